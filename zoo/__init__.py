@@ -1,0 +1,44 @@
+"""RMT, InternImage, Swin and MaxViT behind one registry.
+
+    import zoo
+    model = zoo.load("rmt_s", pretrained=True)
+
+Importing `zoo` also registers RMT and InternImage with timm, so `timm.create_model("rmt_s")` works.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch.nn as nn
+
+from ._checkpoint import CheckpointError, CheckpointMismatchError, LoadReport, read_checkpoint
+from ._registry import ModelInfo, UnknownModelError, info, list_models
+from . import internimage, rmt, timm_models  # noqa: F401  (registration side effects)
+
+__all__ = [
+    "load",
+    "info",
+    "list_models",
+    "ModelInfo",
+    "UnknownModelError",
+    "CheckpointError",
+    "CheckpointMismatchError",
+    "LoadReport",
+    "read_checkpoint",
+]
+
+
+def load(name: str, pretrained: bool | str | Path = False, **kwargs) -> nn.Module:
+    """Build `name` in eval mode, optionally with weights (True: from the Hub; a path: a local checkpoint).
+
+    kwargs are the model's own (`num_classes`, `features_only`, `out_indices`, `drop_path_rate`, ...).
+    Names outside this zoo pass through to `timm.create_model` unchanged.
+    """
+    from ._registry import builder
+
+    build = builder(name)
+    if build is None:
+        model = timm_models.create_passthrough(name, pretrained, **kwargs)
+    else:
+        model = build(pretrained=pretrained, **kwargs)
+    return model.eval()

@@ -1,0 +1,178 @@
+"""Reading checkpoints safely and loading them strictly.
+
+Weights are never unpickled with code execution: `.safetensors` through safetensors, anything else through
+`torch.load(weights_only=True)`. A checkpoint that does not fit ends in one error naming the keys, never a
+silent partial load.
+"""
+from __future__ import annotations
+
+import logging
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+import torch.nn as nn
+
+from ._registry import ModelInfo
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointMismatchError",
+    "LoadReport",
+    "read_checkpoint",
+    "check_fits",
+    "load_pretrained",
+]
+
+_logger = logging.getLogger("zoo")
+
+# Wrappers seen in the wild, in order of preference: EMA weights are what RMT-S/B/L report (qhfan/RMT #25).
+_NESTING_KEYS = ("model_ema", "state_dict_ema", "model", "state_dict", "module")
+StateDict = dict[str, torch.Tensor]
+FilterFn = Callable[[StateDict, nn.Module], StateDict]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be read, or that was refused because unpickling it could run code."""
+
+
+class CheckpointMismatchError(ValueError):
+    """A readable checkpoint whose keys or shapes do not fit the model."""
+
+
+@dataclass
+class LoadReport:
+    """What was loaded, kept on the model as `model.load_report` so the choice of weights is visible."""
+
+    source: str
+    entry: str  # which nesting key was taken, e.g. "model_ema", or "(bare)"
+    dropped: tuple[str, ...] = ()
+
+
+def _is_tensor_dict(obj: object) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def _unwrap(obj: object, source: str) -> tuple[StateDict, str]:
+    if _is_tensor_dict(obj):
+        state, entry = obj, "(bare)"
+    else:
+        if not isinstance(obj, dict):
+            raise CheckpointError(f"Checkpoint {source} holds a {type(obj).__name__}, not a state dict.")
+        entry = next((k for k in _NESTING_KEYS if _is_tensor_dict(obj.get(k))), None)
+        if entry is None:
+            raise CheckpointError(
+                f"Checkpoint {source} has no state dict under any of {', '.join(_NESTING_KEYS)} "
+                f"(its top-level keys: {', '.join(map(str, list(obj)[:8]))})."
+            )
+        state = obj[entry]
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return dict(state), entry
+
+
+def read_checkpoint(path: str | Path) -> tuple[StateDict, str]:
+    """Read a `.safetensors` or `.pth` file into a flat state dict; return it and the nesting key taken."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint file {path} does not exist.")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return _unwrap(load_file(str(path), device="cpu"), str(path))
+        except Exception as e:  # safetensors raises several unrelated types for a damaged file
+            raise CheckpointError(f"Checkpoint {path} is not a readable safetensors file ({e}).") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"Refused to load {path}: it holds pickled objects other than tensors, and loading them could "
+            f"run code (weights_only=True: {first})."
+        ) from None
+    except Exception as e:
+        raise CheckpointError(f"Checkpoint {path} is not a readable PyTorch file ({type(e).__name__}: {e}).") from None
+    return _unwrap(obj, str(path))
+
+
+def _listing(keys: Iterable[str], limit: int = 6) -> str:
+    keys = list(keys)
+    head = ", ".join(keys[:limit])
+    return head + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def check_fits(model: nn.Module, state: StateDict, source: str, hint: str = "") -> None:
+    """Raise CheckpointMismatchError naming missing, unexpected and mis-shaped keys, if any."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k} (checkpoint {list(state[k].shape)}, model {list(own[k].shape)})"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
+    if not (missing or unexpected or shapes):
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing: {_listing(missing)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected: {_listing(unexpected)}")
+    if shapes:
+        parts.append(f"{len(shapes)} of another shape: {_listing(shapes, 4)}")
+    name = getattr(model, "model_name", type(model).__name__)
+    raise CheckpointMismatchError(
+        f"Checkpoint {source} does not fit {name}: {'; '.join(parts)}.{(' ' + hint) if hint else ''}"
+    )
+
+
+def load_pretrained(
+    model: nn.Module,
+    model_info: ModelInfo,
+    pretrained: bool | str | Path,
+    filter_fn: FilterFn | None = None,
+    classifier: tuple[str, ...] = ("head.",),
+    head: tuple[str, ...] = ("head.",),
+    hint: Callable[[StateDict, nn.Module], str] | None = None,
+) -> None:
+    """Load `pretrained` (True for the Hub, or a local path) into `model`, strictly.
+
+    Keys under `head` prefixes are dropped for `features_only` models; keys under `classifier` prefixes are
+    dropped, with a log line, when the model was built for another number of classes than the weights hold.
+    """
+    if pretrained is False or pretrained is None:
+        return
+    if pretrained is True:
+        from hub.download import fetch_weights
+
+        path = fetch_weights(model_info)
+    else:
+        path = Path(pretrained)
+    state, entry = read_checkpoint(path)
+    if filter_fn is not None:
+        state = filter_fn(state, model)
+    own = model.state_dict()
+    if getattr(model, "features_only", False):
+        dropped = tuple(k for k in state if k.startswith(head))
+    elif getattr(model, "num_classes", model_info.num_classes) != model_info.num_classes:
+        # Only a different class count is dropped; any other shape difference is a real mismatch.
+        dropped = tuple(
+            k
+            for k in state
+            if k.startswith(classifier) and (k not in own or own[k].shape[:1] != state[k].shape[:1])
+        )
+    else:
+        dropped = ()
+    for k in dropped:
+        del state[k]
+    if dropped and not getattr(model, "features_only", False):
+        # The freshly initialised classifier stays; everything else must still fit exactly.
+        state.update({k: v for k, v in own.items() if k.startswith(classifier) and k not in state})
+        _logger.info("%s: classifier weights dropped for %d classes: %s", model_info.name, model.num_classes, _listing(dropped))
+    check_fits(model, state, str(path), hint(state, model) if hint else "")
+    model.load_state_dict(state, strict=True)
+    model.load_report = LoadReport(source=str(path), entry=entry, dropped=dropped)
+    _logger.info("%s: loaded %r weights from %s", model_info.name, entry, path)

@@ -1,0 +1,623 @@
+"""RMT: Retentive Networks Meet Vision Transformers (Fan et al., CVPR 2024, arXiv 2309.11523).
+
+Written from the architecture description in shared/docs/MODELS.md. Module and parameter names follow the
+official state dicts (qhfan/RMT) so released checkpoints load by name; the one deliberate difference is the fused
+`retention.qkv` projection, which `checkpoint_filter_fn` builds from the official q/k/v projections.
+
+Manhattan Self-Attention (MaSA) is softmax(q k^T + D) v with an additive spatial-decay bias D, so it runs on
+`scaled_dot_product_attention` with D as the attention mask (or FlexAttention on CUDA). Position tables and
+masks are cached per grid size, device and dtype; the whole-image form switches to query blocks with masks built
+block by block when a full (HW)^2 mask would be large. `attn_impl="reference"` keeps a plain path written like
+the official code (masks rebuilt every call, explicit matmul and softmax) as the test oracle.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import DropPath, trunc_normal_
+from timm.models import register_model
+from timm.models._features import FeatureInfo
+
+from ._checkpoint import StateDict, load_pretrained
+from ._registry import ModelInfo, register
+
+__all__ = ["RMT", "checkpoint_filter_fn", "DEFAULT_HUB_ORG", "ATTN_IMPLS"]
+
+DEFAULT_HUB_ORG = "rmt-zoo"
+ATTN_IMPLS = ("sdpa", "flex", "reference")
+# Above this many mask elements (heads x L x L), the whole-image form works in query blocks (64 MB in fp32).
+MAX_MASK_ELEMS = 1 << 24
+
+
+def _rotate_pairs(x: torch.Tensor) -> torch.Tensor:
+    """Map each adjacent pair (x0, x1) to (x1, x0); the sign of the rotation lives in the sin table."""
+    return x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+
+
+def _theta_shift(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
+    return x * cos + _rotate_pairs(x) * sin
+
+
+def _abs_distance(n: int, device: torch.device) -> torch.Tensor:
+    idx = torch.arange(n, device=device, dtype=torch.float32)
+    return (idx[:, None] - idx[None, :]).abs()
+
+
+def _manhattan_block(rows: torch.Tensor, width: int, length: int) -> torch.Tensor:
+    """|i - i'| + |j - j'| between the query tokens `rows` (flat indices) and all `length` tokens."""
+    keys = torch.arange(length, device=rows.device)
+    dy = (rows[:, None].div(width, rounding_mode="floor") - keys[None, :].div(width, rounding_mode="floor")).abs()
+    dx = (rows[:, None].remainder(width) - keys[None, :].remainder(width)).abs()
+    return (dy + dx).float()
+
+
+class DecayPosition(nn.Module):
+    """The per-stage generator (`Relpos` in the official code) of rotary tables and spatial-decay masks.
+
+    `angle` and `decay` are persistent buffers, as in the official state dicts, so a checkpoint's own values are
+    used. Tables derived from them are cached in eager mode and recomputed inside compiled or exported graphs.
+    """
+
+    def __init__(self, dim: int, num_heads: int, init_value: float, heads_range: float, chunkwise: bool):
+        super().__init__()
+        key_dim = dim // num_heads
+        angle = 1.0 / (10000 ** torch.linspace(0, 1, key_dim // 2))
+        self.register_buffer("angle", angle.repeat_interleave(2))
+        heads = torch.arange(num_heads, dtype=torch.float)
+        self.register_buffer("decay", torch.log(1 - 2 ** (-init_value - heads_range * heads / num_heads)))
+        self.num_heads = num_heads
+        self.chunkwise = chunkwise
+        self._cache: dict[tuple, tuple[torch.Tensor, ...]] = {}
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._cache.clear()  # tables derived from the old buffers would be stale
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def _apply(self, fn, recurse=True):
+        self._cache.clear()
+        return super()._apply(fn, recurse)
+
+    def rotary(self, h: int, w: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """sin and cos of n * angle for the row-major token index n = i * w + j, shaped (h, w, 1, key_dim)."""
+        index = torch.arange(h * w, device=self.angle.device, dtype=torch.float32)
+        theta = index[:, None] * self.angle.float()[None, :]
+        sign = torch.tensor([-1.0, 1.0], device=theta.device).repeat(theta.shape[-1] // 2)
+        sin = (theta.sin() * sign).reshape(h, w, 1, -1).to(dtype)
+        return sin, theta.cos().reshape(h, w, 1, -1).to(dtype)
+
+    def masks(self, h: int, w: int, dtype: torch.dtype, fast: bool = True) -> tuple[torch.Tensor, ...]:
+        """Decay biases. Official form: (row (N,w,w), column (N,h,h)) or whole-image (N,hw,hw).
+
+        `fast` form, shaped for SDPA's fused kernels: (row (1,N,w,w), column repeated per column (1,w*N,h,h)), or
+        whole-image (1,N,hw,hw), or () when that mask would exceed MAX_MASK_ELEMS (MaSA then builds it per block).
+        """
+        decay = self.decay.float()[:, None, None]
+        device = self.decay.device
+        if self.chunkwise:
+            mask_w = (decay * _abs_distance(w, device)).to(dtype)
+            mask_h = (decay * _abs_distance(h, device)).to(dtype)
+            return (mask_w[None], mask_h.repeat(w, 1, 1)[None]) if fast else (mask_w, mask_h)
+        if fast and self.num_heads * (h * w) ** 2 > MAX_MASK_ELEMS:
+            return ()
+        whole = (decay * _manhattan_block(torch.arange(h * w, device=device), w, h * w)).to(dtype)
+        return (whole[None],) if fast else (whole,)
+
+    def forward(self, h: int, w: int, dtype: torch.dtype, cached: bool = True) -> tuple[torch.Tensor, ...]:
+        """(sin, cos, *masks); `cached=False` rebuilds official-form masks on every call, as the official code does."""
+        if not cached:
+            return (*self.rotary(h, w, dtype), *self.masks(h, w, dtype, fast=False))
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():
+            return (*self.rotary(h, w, dtype), *self.masks(h, w, dtype))
+        key = (h, w, dtype, self.angle.device)
+        if key not in self._cache:
+            self._cache[key] = (*self.rotary(h, w, dtype), *self.masks(h, w, dtype))
+        return self._cache[key]
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    # Masks are kept 4-D: a 3-D one sends SDPA on CPU to its slower math path.
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+
+
+def _decayed_softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T + bias) v spelled out, with k already scaled, as the official code computes it."""
+    return torch.softmax(q @ k.transpose(-1, -2) + bias, -1) @ v
+
+
+def _stack_rotate(x: torch.Tensor) -> torch.Tensor:
+    """The official code's stack-based pair rotation (with our signed sin table it equals `_rotate_pairs`)."""
+    return torch.stack((x[..., 1::2], x[..., ::2]), -1).flatten(-2)
+
+
+_compiled_flex = None
+
+
+def _flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, width: int, heads: int) -> torch.Tensor:
+    """FlexAttention with the decay computed inside the kernel from token indices: no mask in memory at all.
+
+    width > 0: whole-image Manhattan distance on a grid of that width; width == 0: 1-D distance |i - i'|.
+    Heads beyond `heads` (the column pass folds columns into the head dim) reuse decay[h % heads].
+    """
+    from torch.nn.attention.flex_attention import flex_attention
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        if width:
+            dist = (q_idx // width - kv_idx // width).abs() + (q_idx % width - kv_idx % width).abs()
+        else:
+            dist = (q_idx - kv_idx).abs()
+        return score + decay[h % heads] * dist
+
+    global _compiled_flex
+    if torch.compiler.is_compiling():
+        return flex_attention(q, k, v, score_mod=score_mod)
+    if _compiled_flex is None:
+        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+    return _compiled_flex(q, k, v, score_mod=score_mod)
+
+
+class DWConv2d(nn.Module):
+    """Depthwise conv on channels-last (B, H, W, C) tensors; both permutes are views, so no layout copy.
+
+    With `residual`, returns x + conv(x) as one conv whose kernel has 1 added at its centre tap, which saves a
+    full-size add. `reference` mode does what the official code does instead: contiguous copies and a separate add.
+    """
+
+    def __init__(self, dim: int, kernel_size: int, residual: bool = False):
+        super().__init__()
+        self.conv = nn.Conv2d(dim, dim, kernel_size, 1, kernel_size // 2, groups=dim)
+        self.residual = residual
+        self.reference = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.reference:
+            y = self.conv(x.permute(0, 3, 1, 2).contiguous()).permute(0, 2, 3, 1).contiguous()
+            return x + y if self.residual else y
+        weight = self.conv.weight
+        if self.residual:
+            centre = self.conv.kernel_size[0] // 2
+            weight = weight + F.pad(weight.new_ones(weight.shape[0], 1, 1, 1), (centre,) * 4)
+        y = F.conv2d(x.permute(0, 3, 1, 2), weight, self.conv.bias, padding=self.conv.padding, groups=self.conv.groups)
+        return y.permute(0, 2, 3, 1)
+
+
+class ManhattanSelfAttention(nn.Module):
+    """MaSA (`retention`): rotary q/k, decay-biased attention (whole-image or row-then-column), plus LePE."""
+
+    def __init__(self, dim: int, num_heads: int, chunkwise: bool, attn_impl: str = "sdpa"):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.chunkwise = chunkwise
+        self.attn_impl = attn_impl
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.lepe = DWConv2d(dim, 5)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, pos: tuple[torch.Tensor, ...], decay: torch.Tensor) -> torch.Tensor:
+        if self.attn_impl == "reference":
+            return self._forward_reference(x, pos)
+        b, h, w, c = x.shape
+        n, d = self.num_heads, self.head_dim
+        qk, v = self.qkv(x).split((2 * c, c), dim=-1)
+        lepe = self.lepe(v)
+        sin, cos = pos[0], pos[1]
+        qk = _theta_shift(qk.unflatten(-1, (2 * n, d)), sin, cos)  # q and k rotated in one pass
+        q, k = qk.chunk(2, dim=3)  # (b, h, w, n, d) each
+        v = v.unflatten(-1, (n, d))
+        if self.chunkwise:
+            out = self._row_then_column(q, k, v, pos[2:], decay)
+        else:
+            out = self._whole_image(q, k, v, pos[2:], decay)
+        return self.out_proj(out.reshape(b, h, w, c) + lepe)
+
+    def _forward_reference(self, x: torch.Tensor, pos: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """The test oracle and benchmark baseline, shaped like the official code: three projections, k scaled
+        before rotation, stack-based rotation, permute-heavy layouts, masks built per call, explicit softmax."""
+        b, h, w, c = x.shape
+        n, d = self.num_heads, self.head_dim
+        (wq, wk, wv), (bq, bk, bv) = self.qkv.weight.chunk(3), self.qkv.bias.chunk(3)
+        q, k, v = F.linear(x, wq, bq), F.linear(x, wk, bk) * d**-0.5, F.linear(x, wv, bv)
+        lepe = self.lepe(v)
+        sin, cos = pos[0].squeeze(2), pos[1].squeeze(2)
+        q = q.view(b, h, w, n, d).permute(0, 3, 1, 2, 4)  # (b, n, h, w, d)
+        k = k.view(b, h, w, n, d).permute(0, 3, 1, 2, 4)
+        qr, kr = q * cos + _stack_rotate(q) * sin, k * cos + _stack_rotate(k) * sin
+        if self.chunkwise:
+            mask_w, mask_h = pos[2], pos[3]
+            v = v.reshape(b, h, w, n, d).permute(0, 1, 3, 2, 4)  # (b, h, n, w, d)
+            v = _decayed_softmax(qr.transpose(1, 2), kr.transpose(1, 2), v, mask_w)
+            out = _decayed_softmax(qr.permute(0, 3, 1, 2, 4), kr.permute(0, 3, 1, 2, 4), v.permute(0, 3, 2, 1, 4), mask_h)
+            out = out.permute(0, 3, 1, 2, 4).flatten(-2)  # (b, w, n, h, d) -> (b, h, w, c)
+        else:
+            qr, kr = qr.flatten(2, 3), kr.flatten(2, 3)  # (b, n, hw, d)
+            v = v.reshape(b, h, w, n, d).permute(0, 3, 1, 2, 4).flatten(2, 3)
+            out = _decayed_softmax(qr, kr, v, pos[2]).transpose(1, 2).reshape(b, h, w, c)
+        return self.out_proj(out + lepe)
+
+    def _attend(self, q, k, v, bias, decay, width: int, heads: int) -> torch.Tensor:
+        if self.attn_impl == "flex":
+            return _flex(q, k, v, decay.to(q.dtype), width, heads)
+        return _sdpa(q, k, v, bias)
+
+    def _row_then_column(self, q, k, v, masks, decay) -> torch.Tensor:
+        b, h, w, n, d = q.shape
+        mask_w, mask_h = masks if masks else (None, None)
+        # Rows: each image row is a batch item, heads stay heads.
+        rows = lambda t: t.reshape(b * h, w, n, d).transpose(1, 2)  # noqa: E731
+        out = self._attend(rows(q), rows(k), rows(v), mask_w, decay, 0, n)  # (b*h, n, w, d)
+        # Columns: (column, head) pairs become heads, so the row result needs no transpose of image axes.
+        cols = lambda t: t.reshape(b, h, w * n, d).transpose(1, 2)  # noqa: E731
+        out = cols(out.transpose(1, 2))
+        out = self._attend(cols(q), cols(k), out, mask_h, decay, 0, n)  # (b, w*n, h, d)
+        return out.transpose(1, 2)
+
+    def _whole_image(self, q, k, v, masks, decay) -> torch.Tensor:
+        b, h, w, n, d = q.shape
+        flat = lambda t: t.reshape(b, h * w, n, d).transpose(1, 2)  # noqa: E731
+        q, k, v = flat(q), flat(k), flat(v)
+        if masks or self.attn_impl == "flex":
+            out = self._attend(q, k, v, masks[0] if masks else None, decay, w, n)
+        else:
+            out = self._whole_image_blocks(q, k, v, decay, w)
+        return out.transpose(1, 2)
+
+    def _whole_image_blocks(self, q, k, v, decay, width: int) -> torch.Tensor:
+        """Query blocks with their own slice of the mask, so no (HW)^2 mask is ever held at once."""
+        length = q.shape[2]
+        step = max(1, MAX_MASK_ELEMS // (self.num_heads * length))
+        outs = []
+        for start in range(0, length, step):
+            rows = torch.arange(start, min(start + step, length), device=q.device)
+            bias = (decay.float()[:, None, None] * _manhattan_block(rows, width, length)).to(q.dtype)[None]
+            outs.append(self._attend(q[:, :, start : start + step], k, v, bias, decay, width, self.num_heads))
+        return torch.cat(outs, dim=2)
+
+
+class FeedForward(nn.Module):
+    """FFN: fc1, GELU, a residual depthwise 3x3 conv, fc2."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.dwconv = DWConv2d(hidden, 3, residual=True)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.dwconv(self.act(self.fc1(x))))
+
+
+class RetBlock(nn.Module):
+    """CPE, then MaSA and FFN in pre-norm residuals, with optional layer scale (gamma_1, gamma_2)."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float,
+        chunkwise: bool,
+        drop_path: float,
+        layer_scale: float | None,
+        attn_impl: str,
+    ):
+        super().__init__()
+        self.pos = DWConv2d(dim, 3, residual=True)
+        self.retention_layer_norm = nn.LayerNorm(dim, eps=1e-6)
+        self.retention = ManhattanSelfAttention(dim, num_heads, chunkwise, attn_impl)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.final_layer_norm = nn.LayerNorm(dim, eps=1e-6)
+        self.ffn = FeedForward(dim, int(mlp_ratio * dim))
+        if layer_scale:
+            self.gamma_1 = nn.Parameter(torch.full((1, 1, 1, dim), layer_scale))
+            self.gamma_2 = nn.Parameter(torch.full((1, 1, 1, dim), layer_scale))
+        else:
+            self.gamma_1 = self.gamma_2 = None
+
+    def forward(self, x: torch.Tensor, pos: tuple[torch.Tensor, ...], decay: torch.Tensor) -> torch.Tensor:
+        x = self.pos(x)
+        y = self.retention(self.retention_layer_norm(x), pos, decay)
+        x = x + self.drop_path(y if self.gamma_1 is None else self.gamma_1 * y)
+        y = self.ffn(self.final_layer_norm(x))
+        return x + self.drop_path(y if self.gamma_2 is None else self.gamma_2 * y)
+
+
+class PatchMerging(nn.Module):
+    """Downsample between stages: conv3x3 stride 2 (`reduction`) and BatchNorm (`norm`), channels-last in and out."""
+
+    def __init__(self, dim: int, out_dim: int):
+        super().__init__()
+        self.reduction = nn.Conv2d(dim, out_dim, 3, 2, 1)
+        self.norm = nn.BatchNorm2d(out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.reduction(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
+
+
+class RMTStage(nn.Module):
+    """`depth` RetBlocks sharing one DecayPosition, then an optional PatchMerging."""
+
+    def __init__(
+        self,
+        dim: int,
+        out_dim: int | None,
+        depth: int,
+        num_heads: int,
+        init_value: float,
+        heads_range: float,
+        mlp_ratio: float,
+        chunkwise: bool,
+        drop_path: list[float],
+        layer_scale: float | None,
+        attn_impl: str,
+    ):
+        super().__init__()
+        self.Relpos = DecayPosition(dim, num_heads, init_value, heads_range, chunkwise)
+        self.blocks = nn.ModuleList(
+            RetBlock(dim, num_heads, mlp_ratio, chunkwise, drop_path[i], layer_scale, attn_impl) for i in range(depth)
+        )
+        self.downsample = PatchMerging(dim, out_dim) if out_dim is not None else None
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (stage output before downsampling, input of the next stage)."""
+        _, h, w, _ = x.shape
+        pos = self.Relpos(h, w, x.dtype, cached=self.blocks[0].retention.attn_impl != "reference")
+        for blk in self.blocks:
+            x = blk(x, pos, self.Relpos.decay)
+        return x, (self.downsample(x) if self.downsample is not None else x)
+
+
+class PatchEmbed(nn.Module):
+    """Stem of four 3x3 convs (stride 4 in all), returning channels-last tokens."""
+
+    def __init__(self, in_chans: int, dim: int):
+        super().__init__()
+        half = dim // 2
+        self.proj = nn.Sequential(
+            nn.Conv2d(in_chans, half, 3, 2, 1), nn.BatchNorm2d(half), nn.GELU(),
+            nn.Conv2d(half, half, 3, 1, 1), nn.BatchNorm2d(half), nn.GELU(),
+            nn.Conv2d(half, dim, 3, 2, 1), nn.BatchNorm2d(dim), nn.GELU(),
+            nn.Conv2d(dim, dim, 3, 1, 1), nn.BatchNorm2d(dim),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).permute(0, 2, 3, 1)
+
+
+class RMT(nn.Module):
+    """RMT backbone and classifier; `features_only=True` returns NCHW stage outputs at strides 4..32."""
+
+    def __init__(
+        self,
+        embed_dims: tuple[int, ...] = (64, 128, 256, 512),
+        depths: tuple[int, ...] = (2, 2, 8, 2),
+        num_heads: tuple[int, ...] = (4, 4, 8, 16),
+        init_values: tuple[float, ...] = (2, 2, 2, 2),
+        heads_ranges: tuple[float, ...] = (4, 4, 6, 6),
+        mlp_ratios: tuple[float, ...] = (3, 3, 3, 3),
+        chunkwise_recurrents: tuple[bool, ...] = (True, True, False, False),
+        layerscales: tuple[bool, ...] = (False, False, False, False),
+        layer_init_values: float = 1e-6,
+        projection: int = 1024,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        drop_path_rate: float = 0.1,
+        token_label: bool = False,
+        aux_head_on: str = "stage",
+        features_only: bool = False,
+        out_indices: tuple[int, ...] = (0, 1, 2, 3),
+        attn_impl: str = "sdpa",
+    ):
+        super().__init__()
+        if aux_head_on not in ("stage", "proj"):
+            raise ValueError(f"aux_head_on must be 'stage' or 'proj', not {aux_head_on!r}.")
+        self.num_classes = num_classes
+        self.features_only = features_only
+        self.out_indices = tuple(out_indices)
+        self.num_features = projection
+        self.aux_head_on = aux_head_on
+        self.patch_embed = PatchEmbed(in_chans, embed_dims[0])
+        rates = [drop_path_rate * i / max(1, sum(depths) - 1) for i in range(sum(depths))]
+        self.layers = nn.ModuleList()
+        for i, depth in enumerate(depths):
+            start = sum(depths[:i])
+            self.layers.append(
+                RMTStage(
+                    embed_dims[i],
+                    embed_dims[i + 1] if i + 1 < len(depths) else None,
+                    depth,
+                    num_heads[i],
+                    init_values[i],
+                    heads_ranges[i],
+                    mlp_ratios[i],
+                    chunkwise_recurrents[i],
+                    rates[start : start + depth],
+                    layer_init_values if layerscales[i] else None,
+                    attn_impl,
+                )
+            )
+        info = [dict(num_chs=c, reduction=4 * 2**i, module=f"layers.{i}") for i, c in enumerate(embed_dims)]
+        self.feature_info = FeatureInfo(info, self.out_indices) if features_only else info
+        if features_only:
+            self.proj = self.norm = self.head = self.aux_head = None
+        else:
+            self.proj = nn.Linear(embed_dims[-1], projection)
+            self.norm = nn.BatchNorm2d(projection)
+            self.head = nn.Linear(projection, num_classes) if num_classes > 0 else nn.Identity()
+            aux_in = embed_dims[-1] if aux_head_on == "stage" else projection
+            self.aux_head = nn.Linear(aux_in, num_classes) if token_label and num_classes > 0 else None
+        self.set_attn_impl(attn_impl)
+        self.apply(self._init_weights)
+        for m in self.modules():
+            if isinstance(m, ManhattanSelfAttention):
+                for part in m.qkv.weight.chunk(3):
+                    nn.init.xavier_normal_(part, gain=2**-2.5)
+                nn.init.xavier_normal_(m.out_proj.weight)
+                nn.init.zeros_(m.out_proj.bias)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def set_attn_impl(self, attn_impl: str) -> "RMT":
+        """Switch every MaSA between "sdpa", "flex" (CUDA, compiled) and "reference" (the test oracle)."""
+        if attn_impl not in ATTN_IMPLS:
+            raise ValueError(f"attn_impl must be one of {', '.join(ATTN_IMPLS)}, not {attn_impl!r}.")
+        for m in self.modules():
+            if isinstance(m, ManhattanSelfAttention):
+                m.attn_impl = attn_impl
+            elif isinstance(m, DWConv2d):
+                m.reference = attn_impl == "reference"
+        return self
+
+    def forward_features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Stage outputs before downsampling (channels-last) and the last stage's tokens."""
+        x = self.patch_embed(x)
+        stages = []
+        for layer in self.layers:
+            out, x = layer(x)
+            stages.append(out)
+        return stages, x
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        t = F.silu(self.norm(self.proj(x).permute(0, 3, 1, 2)))
+        logits = self.head(t.mean((2, 3)))
+        if self.aux_head is not None:
+            tokens = x if self.aux_head_on == "stage" else t.permute(0, 2, 3, 1)
+            logits = logits + 0.5 * self.aux_head(tokens).flatten(1, 2).amax(1)
+        return logits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        stages, x = self.forward_features(x)
+        if self.features_only:
+            return [stages[i].permute(0, 3, 1, 2) for i in self.out_indices]
+        return self.forward_head(x)
+
+
+def checkpoint_filter_fn(state: StateDict, model: nn.Module) -> StateDict:
+    """Official keys to ours: q/k/v projections concatenated into `qkv`; everything else is named alike."""
+    out: StateDict = {}
+    for key, value in state.items():
+        if ".retention.q_proj." in key:
+            k_key, v_key = key.replace(".q_proj.", ".k_proj."), key.replace(".q_proj.", ".v_proj.")
+            if k_key in state and v_key in state:
+                out[key.replace(".q_proj.", ".qkv.")] = torch.cat([value, state[k_key], state[v_key]])
+                continue
+        elif (".retention.k_proj." in key or ".retention.v_proj." in key) and (
+            key.replace(".k_proj.", ".q_proj.").replace(".v_proj.", ".q_proj.") in state
+        ):
+            continue
+        out[key] = value
+    return out
+
+
+def _mismatch_hint(state: StateDict, model: RMT) -> str:
+    """Name the two known layouts that do not fit the current architecture."""
+    aux = state.get("aux_head.weight")
+    if aux is not None and model.aux_head_on == "stage" and aux.shape[1] == model.num_features:
+        return (
+            f"Its aux_head takes {aux.shape[1]} inputs, as the released RMT-S* weights are reported to (512,000 more "
+            f"parameters than the official code); build with aux_head_on='proj' to apply it to the "
+            f"{aux.shape[1]}-wide projected tokens, a reading the official code does not confirm."
+        )
+    if not any(k.endswith("Relpos.angle") for k in state) or not any(".ffn.dwconv." in k for k in state):
+        return (
+            "It looks like the Dec 2023 release of RMT (no rotary position, no FFN dwconv, no 1024-wide head), "
+            "which the current architecture cannot load."
+        )
+    return ""
+
+
+_PAPER = "https://arxiv.org/abs/2309.11523"
+_ARCHS: dict[str, dict] = {
+    "rmt_t": dict(
+        embed_dims=(64, 128, 256, 512), depths=(2, 2, 8, 2), num_heads=(4, 4, 8, 16), heads_ranges=(4, 4, 6, 6),
+        mlp_ratios=(3, 3, 3, 3), chunkwise_recurrents=(True, True, False, False), layerscales=(False,) * 4,
+        drop_path_rate=0.1,
+    ),
+    "rmt_s": dict(
+        embed_dims=(64, 128, 256, 512), depths=(3, 4, 18, 4), num_heads=(4, 4, 8, 16), heads_ranges=(4, 4, 6, 6),
+        mlp_ratios=(4, 4, 3, 3), chunkwise_recurrents=(True, True, True, False), layerscales=(False,) * 4,
+        drop_path_rate=0.15,
+    ),
+    "rmt_b": dict(
+        embed_dims=(80, 160, 320, 512), depths=(4, 8, 25, 8), num_heads=(5, 5, 10, 16), heads_ranges=(5, 5, 6, 6),
+        mlp_ratios=(4, 4, 3, 3), chunkwise_recurrents=(True, True, True, False),
+        layerscales=(False, False, True, True), layer_init_values=1e-6, drop_path_rate=0.4,
+    ),
+    "rmt_l": dict(
+        embed_dims=(112, 224, 448, 640), depths=(4, 8, 25, 8), num_heads=(7, 7, 14, 20), heads_ranges=(6, 6, 6, 6),
+        mlp_ratios=(4, 4, 3, 3), chunkwise_recurrents=(True, True, True, False),
+        layerscales=(False, False, True, True), layer_init_values=1e-6, drop_path_rate=0.5,
+    ),
+}  # fmt: skip
+# name: (official fn, params of the official code, paper GFLOPs, paper top-1)
+_PAPER_ROWS = {
+    "rmt_t": ("RMT_T3", 14_334_216, 2.5, 82.4),
+    "rmt_s": ("RMT_S", 26_967_240, 4.5, 84.1),
+    "rmt_b": ("RMT_M2", 54_154_896, 9.7, 85.0),
+    "rmt_l": ("RMT_L6", 95_464_864, 18.2, 85.5),
+    "rmt_s_tl": ("RMT_S (token labeling)", 26_967_240 + 513_000, 4.5, 84.8),
+    "rmt_b_tl": ("RMT_M2 (token labeling)", 54_154_896 + 513_000, 9.7, 85.6),
+    "rmt_l_tl": ("RMT_L6 (token labeling)", 95_464_864 + 641_000, 18.2, 86.1),
+}
+
+
+def _info(name: str) -> ModelInfo:
+    fn, params, gflops, top1 = _PAPER_ROWS[name]
+    arch = dict(_ARCHS[name.removesuffix("_tl")], token_label=name.endswith("_tl"))
+    return ModelInfo(
+        name=name,
+        family="rmt",
+        arch=arch,
+        paper_params_m=params / 1e6,
+        paper_gflops=gflops,
+        paper_top1=top1,
+        hf_hub_id=f"{DEFAULT_HUB_ORG}/{name}",
+        hf_hub_filename="model.safetensors",
+        paper=_PAPER,
+        notes=f"official builder {fn}; params are the official code's count; GFLOPs as the paper prints them",
+    )
+
+
+def _create(name: str, pretrained: bool | str | Path = False, **kwargs) -> RMT:
+    for k in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
+        kwargs.pop(k, None)
+    model_info = _info(name)
+    model = RMT(**{**model_info.arch, **kwargs})
+    model.model_name = name
+    model.pretrained_cfg = model_info.pretrained_cfg()
+    load_pretrained(
+        model,
+        model_info,
+        pretrained,
+        checkpoint_filter_fn,
+        classifier=("head.", "aux_head."),
+        head=("proj.", "norm.", "head.", "aux_head."),
+        hint=_mismatch_hint,
+    )
+    return model
+
+
+def _builder(name: str):
+    def build(pretrained: bool | str | Path = False, **kwargs) -> RMT:
+        return _create(name, pretrained, **kwargs)
+
+    build.__name__ = build.__qualname__ = name
+    build.__module__ = __name__
+    build.__doc__ = f"{name}: RMT as built by the official `{_PAPER_ROWS[name][0]}`."
+    return register_model(register(_info(name))(build))
+
+
+for _name in _PAPER_ROWS:
+    globals()[_name] = _builder(_name)
+__all__ += list(_PAPER_ROWS)

@@ -1,0 +1,100 @@
+"""Swin and MaxViT through timm, pinned to their ImageNet-1K-only tags, and pass-through for any timm name.
+
+Weights go through the same strict loader as the other families, so errors read the same everywhere.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn as nn
+from timm.models._features import FeatureInfo
+
+from ._checkpoint import load_pretrained
+from ._registry import ModelInfo, info, register
+
+__all__ = ["TimmFeatures", "create_passthrough"]
+
+_SWIN = "https://arxiv.org/abs/2103.14030"
+_MAXVIT = "https://arxiv.org/abs/2204.01697"
+
+# name: (timm model with its ImageNet-1K tag, params M, GMACs, top-1, paper), numbers as timm reports them
+_ALIASES: dict[str, tuple[str, float, float, float, str]] = {
+    "swin_t": ("swin_tiny_patch4_window7_224.ms_in1k", 28.29, 4.51, 81.39, _SWIN),
+    "swin_s": ("swin_small_patch4_window7_224.ms_in1k", 49.61, 8.77, 83.23, _SWIN),
+    "swin_b": ("swin_base_patch4_window7_224.ms_in1k", 87.77, 15.47, 83.60, _SWIN),
+    "maxvit_t": ("maxvit_tiny_tf_224.in1k", 30.92, 5.60, 83.43, _MAXVIT),
+    "maxvit_s": ("maxvit_small_tf_224.in1k", 68.93, 11.66, 84.45, _MAXVIT),
+    "maxvit_b": ("maxvit_base_tf_224.in1k", 119.47, 24.04, 84.88, _MAXVIT),
+}
+
+
+class TimmFeatures(nn.Module):
+    """NCHW stage outputs of a timm model through its `forward_intermediates` (Swin's own are NHWC)."""
+
+    features_only = True
+
+    def __init__(self, model: nn.Module, out_indices: tuple[int, ...]):
+        super().__init__()
+        model.prune_intermediate_layers(list(out_indices), prune_head=True, prune_norm=True)
+        self.model = model
+        self.out_indices = tuple(out_indices)
+        self.feature_info = FeatureInfo(model.feature_info, self.out_indices)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.model.forward_intermediates(x, indices=list(self.out_indices), intermediates_only=True, output_fmt="NCHW")
+
+
+def _filter_fn(model: nn.Module):
+    """timm's own checkpoint filter for the model's module, so original-layout weights convert as in timm."""
+    return getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
+
+
+def _dense_indices(model: nn.Module) -> tuple[int, ...]:
+    """Feature indices at strides 4..32, which is what dense-prediction necks expect."""
+    return tuple(i for i, f in enumerate(model.feature_info) if 4 <= f["reduction"] <= 32)
+
+
+def _create(
+    model_info: ModelInfo,
+    pretrained: bool | str | Path = False,
+    features_only: bool = False,
+    out_indices: tuple[int, ...] | None = None,
+    **kwargs,
+) -> nn.Module:
+    for k in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
+        kwargs.pop(k, None)
+    model = timm.create_model(model_info.timm_name, pretrained=False, **kwargs)
+    filter_fn = _filter_fn(model)
+    load_pretrained(model, model_info, pretrained, (lambda sd, m: filter_fn(sd, m)) if filter_fn else None)
+    if features_only:
+        model = TimmFeatures(model, tuple(out_indices) if out_indices is not None else _dense_indices(model))
+    return model
+
+
+def create_passthrough(name: str, pretrained: bool | str | Path = False, **kwargs) -> nn.Module:
+    """Any timm model name, built and loaded the way the zoo's own names are."""
+    return _create(info(name), pretrained, **kwargs)
+
+
+def _alias(name: str, spec: tuple[str, float, float, float, str]) -> None:
+    timm_name, params, gmacs, top1, paper = spec
+    model_info = replace(
+        info(timm_name),  # preprocessing, license and Hub repo exactly as timm publishes them
+        name=name,
+        family=name.split("_")[0],
+        paper_params_m=params,
+        paper_gflops=gmacs,
+        paper_top1=top1,
+        paper=paper,
+        notes="params, GMACs and top-1 as timm reports them",
+    )
+    register(model_info)(partial(_create, model_info))
+
+
+for _name, _spec in _ALIASES.items():
+    _alias(_name, _spec)
