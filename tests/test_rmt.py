@@ -33,7 +33,7 @@ def _save_pth(tmp_path, obj, name="ckpt.pth"):
     return path
 
 
-@pytest.mark.parametrize("impl", ["sdpa", "reference"])
+@pytest.mark.parametrize("impl", ["auto", "sdpa", "reference"])
 @pytest.mark.parametrize("name,zoo_name", [("rmt_tiny", "rmt_t"), ("rmt_tiny_token_label", "rmt_s_tl")])
 def test_fixture_logits(fixture, tmp_path, name, zoo_name, impl):
     fx = fixture(name)
@@ -43,7 +43,7 @@ def test_fixture_logits(fixture, tmp_path, name, zoo_name, impl):
         assert rel_err(model(fx.input), fx.logits) <= TOL
 
 
-@pytest.mark.parametrize("impl", ["sdpa", "reference"])
+@pytest.mark.parametrize("impl", ["auto", "sdpa", "reference"])
 def test_fixture_stage_features(fixture, tmp_path, impl):
     fx = fixture("rmt_tiny")
     path = _save_pth(tmp_path, {"model": fx.state_dict})
@@ -172,17 +172,21 @@ def test_features_any_size_match_reference(size):
         assert rel_err(f, s) <= TOL
 
 
-def test_whole_image_blocks_equal_full_mask(monkeypatch):
+def test_large_grid_paths_equal_full_masks(monkeypatch):
+    """Where full masks would be large: whole-image attention in row blocks, columns with a compact mask."""
     torch.manual_seed(0)
     model = rmt.RMT(**SMALL).eval()
     x = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
         full = model(x)
         monkeypatch.setattr(rmt, "MAX_MASK_ELEMS", 100)
-        model.layers[2].Relpos._cache.clear()
-        assert model.layers[2].Relpos.masks(4, 6, torch.float32) == ()  # forced onto the block path
-        blocked = model(x)
-    assert rel_err(blocked, full) <= 1e-6
+        for layer in model.layers:
+            layer.Relpos._cache.clear()
+        whole, column = model.layers[2].Relpos.masks(4, 6, torch.float32), model.layers[0].Relpos.masks(16, 24, torch.float32)
+        assert [m.shape for m in whole] == [(4, 4, 4), (4, 6, 6)]  # 1-D tables, no (HW)^2 mask
+        assert column[1].shape == (1, 2, 16, 16)  # compact, not repeated per column
+        for impl in ("auto", "sdpa"):
+            assert rel_err(model.set_attn_impl(impl)(x), full) <= 1e-6
 
 
 def test_position_cache_follows_loaded_buffers(fixture):
@@ -241,5 +245,5 @@ def test_drop_path_rate_rises_linearly():
 
 
 def test_bad_attn_impl_is_one_sentence():
-    with pytest.raises(ValueError, match="attn_impl must be one of sdpa, flex, reference"):
+    with pytest.raises(ValueError, match="attn_impl must be one of auto, sdpa, flex, reference"):
         rmt.RMT(**SMALL, attn_impl="cuda")

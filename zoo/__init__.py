@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 import torch.nn as nn
 
 from ._checkpoint import CheckpointError, CheckpointMismatchError, LoadReport, read_checkpoint
@@ -17,6 +18,7 @@ from . import internimage, rmt, timm_models  # noqa: F401  (registration side ef
 
 __all__ = [
     "load",
+    "param_count",
     "info",
     "list_models",
     "ModelInfo",
@@ -42,3 +44,10 @@ def load(name: str, pretrained: bool | str | Path = False, **kwargs) -> nn.Modul
     else:
         model = build(pretrained=pretrained, **kwargs)
     return model.eval()
+
+
+def param_count(name: str, **kwargs) -> int:
+    """Exact parameter count, from a model built on the meta device (no memory, no weights)."""
+    with torch.device("meta"):
+        model = load(name, **kwargs)
+    return sum(p.numel() for p in model.parameters())

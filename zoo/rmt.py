@@ -28,7 +28,7 @@ from ._registry import ModelInfo, register
 __all__ = ["RMT", "checkpoint_filter_fn", "DEFAULT_HUB_ORG", "ATTN_IMPLS"]
 
 DEFAULT_HUB_ORG = "rmt-zoo"
-ATTN_IMPLS = ("sdpa", "flex", "reference")
+ATTN_IMPLS = ("auto", "sdpa", "flex", "reference")
 # Above this many mask elements (heads x L x L), the whole-image form works in query blocks (64 MB in fp32).
 MAX_MASK_ELEMS = 1 << 24
 
@@ -47,12 +47,15 @@ def _abs_distance(n: int, device: torch.device) -> torch.Tensor:
     return (idx[:, None] - idx[None, :]).abs()
 
 
-def _manhattan_block(rows: torch.Tensor, width: int, length: int) -> torch.Tensor:
-    """|i - i'| + |j - j'| between the query tokens `rows` (flat indices) and all `length` tokens."""
-    keys = torch.arange(length, device=rows.device)
-    dy = (rows[:, None].div(width, rounding_mode="floor") - keys[None, :].div(width, rounding_mode="floor")).abs()
-    dx = (rows[:, None].remainder(width) - keys[None, :].remainder(width)).abs()
-    return (dy + dx).float()
+def _manhattan_bias(decay_h: torch.Tensor, decay_w: torch.Tensor, rows: slice) -> torch.Tensor:
+    """decay * (|i - i'| + |j - j'|) for the query tokens in image rows `rows`, against all tokens: (N, r*w, h*w).
+
+    Built with one broadcast add from the decayed 1-D tables (N, h, h) and (N, w, w), which is far cheaper than
+    computing distances token by token.
+    """
+    n, h, w = decay_h.shape[0], decay_h.shape[1], decay_w.shape[1]
+    bias = decay_h[:, rows, None, :, None] + decay_w[:, None, :, None, :]  # (N, r, w, h, w)
+    return bias.reshape(n, -1, h * w)
 
 
 class DecayPosition(nn.Module):
@@ -92,18 +95,23 @@ class DecayPosition(nn.Module):
     def masks(self, h: int, w: int, dtype: torch.dtype, fast: bool = True) -> tuple[torch.Tensor, ...]:
         """Decay biases. Official form: (row (N,w,w), column (N,h,h)) or whole-image (N,hw,hw).
 
-        `fast` form, shaped for SDPA's fused kernels: (row (1,N,w,w), column repeated per column (1,w*N,h,h)), or
-        whole-image (1,N,hw,hw), or () when that mask would exceed MAX_MASK_ELEMS (MaSA then builds it per block).
+        `fast` form, 4-D for SDPA's fused kernels. Decomposed: row (1,N,w,w) and column (1,w*N,h,h), repeated
+        per column so that columns can be folded into heads without a transpose, or compact (1,N,h,h) where the
+        repeat would exceed MAX_MASK_ELEMS. Whole-image: (1,N,hw,hw), or where that would exceed MAX_MASK_ELEMS
+        the decayed 1-D tables (N,h,h) and (N,w,w), from which MaSA builds the mask block by block.
         """
         decay = self.decay.float()[:, None, None]
         device = self.decay.device
+        mask_w = (decay * _abs_distance(w, device)).to(dtype)
+        mask_h = (decay * _abs_distance(h, device)).to(dtype)
         if self.chunkwise:
-            mask_w = (decay * _abs_distance(w, device)).to(dtype)
-            mask_h = (decay * _abs_distance(h, device)).to(dtype)
-            return (mask_w[None], mask_h.repeat(w, 1, 1)[None]) if fast else (mask_w, mask_h)
+            if not fast:
+                return mask_w, mask_h
+            fold = w * self.num_heads * h * h <= MAX_MASK_ELEMS
+            return mask_w[None], (mask_h.repeat(w, 1, 1) if fold else mask_h)[None]
         if fast and self.num_heads * (h * w) ** 2 > MAX_MASK_ELEMS:
-            return ()
-        whole = (decay * _manhattan_block(torch.arange(h * w, device=device), w, h * w)).to(dtype)
+            return mask_h, mask_w
+        whole = _manhattan_bias(mask_h, mask_w, slice(None))
         return (whole[None],) if fast else (whole,)
 
     def forward(self, h: int, w: int, dtype: torch.dtype, cached: bool = True) -> tuple[torch.Tensor, ...]:
@@ -121,6 +129,13 @@ class DecayPosition(nn.Module):
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     # Masks are kept 4-D: a 3-D one sends SDPA on CPU to its slower math path.
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+
+
+def _matmul_softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Eager CPU attention: at RMT's short rows (7..56 tokens) batched matmuls with an in-place scale, bias and
+    softmax beat SDPA's CPU kernels (measured in benchmarks/rmt_cpu.py)."""
+    scores = torch.matmul(q, k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5).add_(bias)
+    return torch.matmul(torch.softmax(scores, -1), v)
 
 
 def _decayed_softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -187,7 +202,7 @@ class DWConv2d(nn.Module):
 class ManhattanSelfAttention(nn.Module):
     """MaSA (`retention`): rotary q/k, decay-biased attention (whole-image or row-then-column), plus LePE."""
 
-    def __init__(self, dim: int, num_heads: int, chunkwise: bool, attn_impl: str = "sdpa"):
+    def __init__(self, dim: int, num_heads: int, chunkwise: bool, attn_impl: str = "auto"):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
@@ -241,39 +256,45 @@ class ManhattanSelfAttention(nn.Module):
     def _attend(self, q, k, v, bias, decay, width: int, heads: int) -> torch.Tensor:
         if self.attn_impl == "flex":
             return _flex(q, k, v, decay.to(q.dtype), width, heads)
+        if self.attn_impl == "auto" and q.device.type == "cpu" and not torch.compiler.is_compiling():
+            return _matmul_softmax(q, k, v, bias)
         return _sdpa(q, k, v, bias)
 
     def _row_then_column(self, q, k, v, masks, decay) -> torch.Tensor:
         b, h, w, n, d = q.shape
-        mask_w, mask_h = masks if masks else (None, None)
+        mask_w, mask_h = masks
         # Rows: each image row is a batch item, heads stay heads.
         rows = lambda t: t.reshape(b * h, w, n, d).transpose(1, 2)  # noqa: E731
         out = self._attend(rows(q), rows(k), rows(v), mask_w, decay, 0, n)  # (b*h, n, w, d)
-        # Columns: (column, head) pairs become heads, so the row result needs no transpose of image axes.
+        out = out.transpose(1, 2).reshape(b, h, w, n, d)
+        if mask_h.shape[1] == n:
+            # Compact mask (large images): columns become batch items, at the cost of copying q, k and out.
+            cols = lambda t: t.permute(0, 2, 3, 1, 4).reshape(b * w, n, h, d)  # noqa: E731
+            out = self._attend(cols(q), cols(k), cols(out), mask_h, decay, 0, n)  # (b*w, n, h, d)
+            return out.reshape(b, w, n, h, d).permute(0, 3, 1, 2, 4)
+        # Columns folded into heads: (column, head) pairs become heads, with no transpose of the image axes.
         cols = lambda t: t.reshape(b, h, w * n, d).transpose(1, 2)  # noqa: E731
-        out = cols(out.transpose(1, 2))
-        out = self._attend(cols(q), cols(k), out, mask_h, decay, 0, n)  # (b, w*n, h, d)
+        out = self._attend(cols(q), cols(k), cols(out), mask_h, decay, 0, n)  # (b, w*n, h, d)
         return out.transpose(1, 2)
 
     def _whole_image(self, q, k, v, masks, decay) -> torch.Tensor:
         b, h, w, n, d = q.shape
         flat = lambda t: t.reshape(b, h * w, n, d).transpose(1, 2)  # noqa: E731
         q, k, v = flat(q), flat(k), flat(v)
-        if masks or self.attn_impl == "flex":
-            out = self._attend(q, k, v, masks[0] if masks else None, decay, w, n)
+        if len(masks) == 1 or self.attn_impl == "flex":
+            out = self._attend(q, k, v, masks[0], decay, w, n)
         else:
-            out = self._whole_image_blocks(q, k, v, decay, w)
+            out = self._whole_image_blocks(q, k, v, *masks, decay)
         return out.transpose(1, 2)
 
-    def _whole_image_blocks(self, q, k, v, decay, width: int) -> torch.Tensor:
-        """Query blocks with their own slice of the mask, so no (HW)^2 mask is ever held at once."""
-        length = q.shape[2]
-        step = max(1, MAX_MASK_ELEMS // (self.num_heads * length))
+    def _whole_image_blocks(self, q, k, v, mask_h, mask_w, decay) -> torch.Tensor:
+        """Query blocks of whole image rows, each with its own slice of the mask, so no (HW)^2 mask is held."""
+        h, w = mask_h.shape[-1], mask_w.shape[-1]
+        step = max(1, MAX_MASK_ELEMS // (self.num_heads * w * h * w))
         outs = []
-        for start in range(0, length, step):
-            rows = torch.arange(start, min(start + step, length), device=q.device)
-            bias = (decay.float()[:, None, None] * _manhattan_block(rows, width, length)).to(q.dtype)[None]
-            outs.append(self._attend(q[:, :, start : start + step], k, v, bias, decay, width, self.num_heads))
+        for start in range(0, h, step):
+            bias = _manhattan_bias(mask_h, mask_w, slice(start, start + step))[None]
+            outs.append(self._attend(q[:, :, start * w : (start + step) * w], k, v, bias, decay, w, self.num_heads))
         return torch.cat(outs, dim=2)
 
 
@@ -409,7 +430,7 @@ class RMT(nn.Module):
         aux_head_on: str = "stage",
         features_only: bool = False,
         out_indices: tuple[int, ...] = (0, 1, 2, 3),
-        attn_impl: str = "sdpa",
+        attn_impl: str = "auto",
     ):
         super().__init__()
         if aux_head_on not in ("stage", "proj"):
@@ -469,7 +490,8 @@ class RMT(nn.Module):
             nn.init.zeros_(m.bias)
 
     def set_attn_impl(self, attn_impl: str) -> "RMT":
-        """Switch every MaSA between "sdpa", "flex" (CUDA, compiled) and "reference" (the test oracle)."""
+        """Switch every MaSA between "auto" (matmul-softmax in CPU eager, SDPA elsewhere), "sdpa", "flex"
+        (FlexAttention, compiled; meant for CUDA) and "reference" (official-shaped, the test oracle)."""
         if attn_impl not in ATTN_IMPLS:
             raise ValueError(f"attn_impl must be one of {', '.join(ATTN_IMPLS)}, not {attn_impl!r}.")
         for m in self.modules():
