@@ -25,13 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import zoo  # noqa: E402
-
-
-def _cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
+from bench.env import cpu_name  # noqa: E402
 
 
 def throughput(threads: int, batch: int, rounds: int, iters: int) -> dict:
@@ -97,7 +91,7 @@ def main() -> None:
     if args.child:
         return peak_memory_child(args.child, *args.size, args.threads)
 
-    env = {"torch": torch.__version__, "cpu": _cpu_name(), "python": platform.python_version(), "threads": args.threads}
+    env = {"torch": torch.__version__, "cpu": cpu_name(), "python": platform.python_version(), "threads": args.threads}
     tp = throughput(args.threads, args.batch, args.rounds, args.iters)
     mem = peak_memory(*args.size, args.threads)
     result = {"command": " ".join(["python", "benchmarks/rmt_cpu.py", *sys.argv[1:]]), "env": env,

@@ -62,7 +62,7 @@ def test_ema_weights_preferred_and_reported(fixture, tmp_path, caplog):
     noisy = {k: v + 0.1 if v.is_floating_point() else v for k, v in fx.state_dict.items()}
     path = _save_pth(tmp_path, {"model": noisy, "model_ema": fx.state_dict})
     with caplog.at_level(logging.INFO, logger="zoo"):
-        model = zoo.load("rmt_t", pretrained=path, **fx.config)
+        model = zoo.load("rmt_s", pretrained=path, **fx.config)
     assert model.load_report.entry == "model_ema"
     assert "model_ema" in caplog.text
     with torch.no_grad():
@@ -247,3 +247,31 @@ def test_drop_path_rate_rises_linearly():
 def test_bad_attn_impl_is_one_sentence():
     with pytest.raises(ValueError, match="attn_impl must be one of auto, sdpa, flex, reference"):
         rmt.RMT(**SMALL, attn_impl="cuda")
+
+
+@pytest.mark.parametrize("impl", ["auto", "sdpa"])
+def test_bf16_autocast_stays_within_bf16_tolerance(impl):
+    torch.manual_seed(0)
+    model = rmt.RMT(**SMALL, attn_impl=impl).eval()
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        ref = model.set_attn_impl("reference")(x)
+        model.set_attn_impl(impl)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(x)
+    assert low.dtype == torch.bfloat16
+    assert 0 < rel_err(low.float(), ref) <= 3e-2
+
+
+def test_training_checkpoint_with_args_and_plain_weights_for_rmt_t(fixture, tmp_path):
+    """Official training checkpoints carry their argparse options; RMT-T reports its plain (non-EMA) weights."""
+    import argparse
+
+    fx = fixture("rmt_tiny")
+    noisy = {k: v + 0.1 if v.is_floating_point() else v for k, v in fx.state_dict.items()}
+    ckpt = {"model": fx.state_dict, "model_ema": noisy, "args": argparse.Namespace(lr=1e-3, model="RMT_T3"), "epoch": 299}
+    model = zoo.load("rmt_t", pretrained=_save_pth(tmp_path, ckpt), **fx.config)
+    assert model.load_report.entry == "model"
+    with torch.no_grad():
+        assert rel_err(model(fx.input), fx.logits) <= TOL
+    assert zoo.load("rmt_s", pretrained=_save_pth(tmp_path, ckpt), **fx.config).load_report.entry == "model_ema"

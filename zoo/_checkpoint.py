@@ -6,8 +6,10 @@ silent partial load.
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -28,8 +30,14 @@ __all__ = [
 
 _logger = logging.getLogger("zoo")
 
-# Wrappers seen in the wild, in order of preference: EMA weights are what RMT-S/B/L report (qhfan/RMT #25).
-_NESTING_KEYS = ("model_ema", "state_dict_ema", "model", "state_dict", "module")
+# Wrappers seen in the wild, in order of preference: EMA weights are what RMT-S/B/L report (qhfan/RMT #25),
+# the plain ones what RMT-T reports (ModelInfo.prefer_ema=False).
+_EMA_KEYS = ("model_ema", "state_dict_ema")
+_PLAIN_KEYS = ("model", "state_dict", "module")
+# DeiT-style training scripts (the official RMT one among them) save their argparse options beside the weights;
+# a Namespace holds only plain values, so allowing it keeps weights_only's guarantee.
+_SAFE_GLOBALS = [argparse.Namespace]
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 StateDict = dict[str, torch.Tensor]
 FilterFn = Callable[[StateDict, nn.Module], StateDict]
 
@@ -55,16 +63,17 @@ def _is_tensor_dict(obj: object) -> bool:
     return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
 
 
-def _unwrap(obj: object, source: str) -> tuple[StateDict, str]:
+def _unwrap(obj: object, source: str, prefer_ema: bool) -> tuple[StateDict, str]:
     if _is_tensor_dict(obj):
         state, entry = obj, "(bare)"
     else:
         if not isinstance(obj, dict):
             raise CheckpointError(f"Checkpoint {source} holds a {type(obj).__name__}, not a state dict.")
-        entry = next((k for k in _NESTING_KEYS if _is_tensor_dict(obj.get(k))), None)
+        order = _EMA_KEYS + _PLAIN_KEYS if prefer_ema else _PLAIN_KEYS + _EMA_KEYS
+        entry = next((k for k in order if _is_tensor_dict(obj.get(k))), None)
         if entry is None:
             raise CheckpointError(
-                f"Checkpoint {source} has no state dict under any of {', '.join(_NESTING_KEYS)} "
+                f"Checkpoint {source} has no state dict under any of {', '.join(order)} "
                 f"(its top-level keys: {', '.join(map(str, list(obj)[:8]))})."
             )
         state = obj[entry]
@@ -73,8 +82,11 @@ def _unwrap(obj: object, source: str) -> tuple[StateDict, str]:
     return dict(state), entry
 
 
-def read_checkpoint(path: str | Path) -> tuple[StateDict, str]:
-    """Read a `.safetensors` or `.pth` file into a flat state dict; return it and the nesting key taken."""
+def read_checkpoint(path: str | Path, prefer_ema: bool = True) -> tuple[StateDict, str]:
+    """Read a `.safetensors` or `.pth` file into a flat state dict; return it and the nesting key taken.
+
+    With `prefer_ema`, EMA weights are taken when the file has them; otherwise the plain ones are.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"Checkpoint file {path} does not exist.")
@@ -82,20 +94,22 @@ def read_checkpoint(path: str | Path) -> tuple[StateDict, str]:
         from safetensors.torch import load_file
 
         try:
-            return _unwrap(load_file(str(path), device="cpu"), str(path))
+            return _unwrap(load_file(str(path), device="cpu"), str(path), prefer_ema)
         except Exception as e:  # safetensors raises several unrelated types for a damaged file
             raise CheckpointError(f"Checkpoint {path} is not a readable safetensors file ({e}).") from None
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_SAFE_GLOBALS):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        text = _ANSI.sub("", str(e)).strip()
+        first = text.splitlines()[0] if text else type(e).__name__
         raise CheckpointError(
             f"Refused to load {path}: it holds pickled objects other than tensors, and loading them could "
             f"run code (weights_only=True: {first})."
         ) from None
     except Exception as e:
         raise CheckpointError(f"Checkpoint {path} is not a readable PyTorch file ({type(e).__name__}: {e}).") from None
-    return _unwrap(obj, str(path))
+    return _unwrap(obj, str(path), prefer_ema)
 
 
 def _listing(keys: Iterable[str], limit: int = 6) -> str:
@@ -151,7 +165,7 @@ def load_pretrained(
         path = fetch_weights(model_info)
     else:
         path = Path(pretrained)
-    state, entry = read_checkpoint(path)
+    state, entry = read_checkpoint(path, model_info.prefer_ema)
     if filter_fn is not None:
         state = filter_fn(state, model)
     own = model.state_dict()

@@ -12,7 +12,12 @@ from typing import Callable
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-__all__ = ["ModelInfo", "UnknownModelError", "register", "list_models", "info", "builder", "suggest"]
+__all__ = [
+    "ModelInfo", "UnknownModelError", "register", "list_models", "info", "builder", "suggest", "model_kwargs",
+]  # fmt: skip
+
+# Arguments timm.create_model hands every builder; the zoo's builders take their configuration from ModelInfo.
+_TIMM_ONLY_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,7 @@ class ModelInfo:
     license: str | None = None
     paper: str | None = None
     timm_name: str | None = None
+    prefer_ema: bool = True  # which weights of a checkpoint holding both are the reported ones
     notes: str = ""
 
     def pretrained_cfg(self) -> dict:
@@ -133,3 +139,8 @@ def builder(name: str) -> Callable[..., nn.Module] | None:
     if timm.is_model(name):
         return None
     raise _unknown(name)
+
+
+def model_kwargs(kwargs: dict) -> dict:
+    """A builder's kwargs without the ones timm.create_model adds, so timm and zoo.load build alike."""
+    return {k: v for k, v in kwargs.items() if k not in _TIMM_ONLY_KWARGS}

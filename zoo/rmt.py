@@ -23,7 +23,7 @@ from timm.models import register_model
 from timm.models._features import FeatureInfo
 
 from ._checkpoint import StateDict, load_pretrained
-from ._registry import ModelInfo, register
+from ._registry import ModelInfo, model_kwargs, register
 
 __all__ = ["RMT", "checkpoint_filter_fn", "DEFAULT_HUB_ORG", "ATTN_IMPLS"]
 
@@ -167,7 +167,7 @@ def _flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor
         return score + decay[h % heads] * dist
 
     global _compiled_flex
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
         return flex_attention(q, k, v, score_mod=score_mod)
     if _compiled_flex is None:
         _compiled_flex = torch.compile(flex_attention, dynamic=False)
@@ -607,13 +607,14 @@ def _info(name: str) -> ModelInfo:
         hf_hub_id=f"{DEFAULT_HUB_ORG}/{name}",
         hf_hub_filename="model.safetensors",
         paper=_PAPER,
-        notes=f"official builder {fn}; params are the official code's count; GFLOPs as the paper prints them",
+        prefer_ema=name != "rmt_t",  # RMT-T reports its plain weights, S/B/L their EMA weights (qhfan/RMT #25)
+        notes=f"official builder {fn}; params are the official code's count; GFLOPs as the paper prints them; "
+        "qhfan/RMT states no license",
     )
 
 
 def _create(name: str, pretrained: bool | str | Path = False, **kwargs) -> RMT:
-    for k in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
-        kwargs.pop(k, None)
+    kwargs = model_kwargs(kwargs)
     model_info = _info(name)
     model = RMT(**{**model_info.arch, **kwargs})
     model.model_name = name

@@ -15,7 +15,7 @@ import torch.nn as nn
 from timm.models._features import FeatureInfo
 
 from ._checkpoint import load_pretrained
-from ._registry import ModelInfo, info, register
+from ._registry import ModelInfo, info, model_kwargs, register
 
 __all__ = ["TimmFeatures", "create_passthrough"]
 
@@ -66,8 +66,7 @@ def _create(
     out_indices: tuple[int, ...] | None = None,
     **kwargs,
 ) -> nn.Module:
-    for k in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
-        kwargs.pop(k, None)
+    kwargs = model_kwargs(kwargs)
     model = timm.create_model(model_info.timm_name, pretrained=False, **kwargs)
     filter_fn = _filter_fn(model)
     load_pretrained(model, model_info, pretrained, (lambda sd, m: filter_fn(sd, m)) if filter_fn else None)

@@ -1,0 +1,75 @@
+"""The machine and software a number was measured on, recorded in every row."""
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _run(cmd: list[str]) -> str | None:
+    """First line of a helper command's output, or None when it is missing or fails."""
+    if shutil.which(cmd[0]) is None:
+        return None
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10, cwd=REPO_ROOT)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+
+
+def cpu_name() -> str:
+    """The CPU model as the kernel reports it (platform.processor() is empty on most Linux systems)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit() -> str | None:
+    """HEAD of this repository, suffixed '-dirty' when the tree has uncommitted changes."""
+    head = _run(["git", "rev-parse", "HEAD"])
+    if head is None:
+        return None
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, cwd=REPO_ROOT)
+    return head + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def collect_env(device: str) -> dict[str, Any]:
+    """Versions and hardware for `device`; GPU fields are None on a CPU run."""
+    cuda = device.startswith("cuda") and torch.cuda.is_available()
+    return {
+        "device_name": torch.cuda.get_device_name(device) if cuda else cpu_name(),
+        "gpu_driver": _run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]) if cuda else None,
+        "cuda": torch.version.cuda if cuda else None,
+        "cudnn": torch.backends.cudnn.version() if cuda else None,
+        "torch": torch.__version__,
+        "torchvision": _version("torchvision"),
+        "timm": _version("timm"),
+        "fvcore": _version("fvcore"),
+        "torch_tensorrt": _version("torch-tensorrt") or _version("torch_tensorrt"),
+        "tensorrt": _version("tensorrt"),
+        "python": platform.python_version(),
+        "os": platform.platform(),
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "git_commit": git_commit(),
+    }

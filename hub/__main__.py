@@ -1,0 +1,99 @@
+"""`python -m hub {convert,publish,download}`: get RMT's official weights onto the Hub and back.
+
+Errors end in one sentence on stderr and exit status 1 (2 for bad arguments), never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from zoo import CheckpointError, CheckpointMismatchError, UnknownModelError
+
+from .card import ResultsError
+from .convert import ConversionError, convert
+from .download import ORG_ENV, REVISION_ENV, WeightsUnavailableError, fetch_weights
+from .publish import PublishError, plan_upload, publish
+
+_EXPECTED = (
+    CheckpointError,
+    CheckpointMismatchError,
+    UnknownModelError,
+    WeightsUnavailableError,
+    ConversionError,
+    PublishError,
+    ResultsError,
+)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m hub", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("convert", help="a released checkpoint to model.safetensors + config.json + README.md")
+    c.add_argument("source", type=Path, help="the official checkpoint (.pth or .safetensors)")
+    c.add_argument("out_dir", type=Path, help="folder to write (created if missing)")
+    c.add_argument("--model", required=True, help="zoo model name, e.g. rmt_s")
+    c.add_argument("--results", type=Path, help="benchmark harness results JSONL, for measured numbers on the card")
+    c.add_argument("--org", help=f"Hub organisation the RMT repo will live in (default: ${ORG_ENV} or the zoo's)")
+
+    p = sub.add_parser("publish", help="upload a converted folder to a Hub repo (created if missing)")
+    p.add_argument("folder", type=Path)
+    p.add_argument("--repo", help="ORG/NAME (default: where zoo.load looks for this model)")
+    p.add_argument("--dry-run", action="store_true", help="list what would be uploaded where, and stop")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.add_argument("--token", help="Hub token (default: HF_TOKEN or the one saved by `hf auth login`)")
+    p.add_argument("--message", help="commit message")
+
+    d = sub.add_parser("download", help="fetch a model's weights into the Hub cache and print their path")
+    d.add_argument("model")
+    d.add_argument("--revision", help=f"branch, tag or commit (default: ${REVISION_ENV} or main)")
+    d.add_argument("--org", help=f"Hub organisation of the RMT repos (default: ${ORG_ENV} or the zoo's)")
+    return parser
+
+
+def _convert(args: argparse.Namespace) -> None:
+    done = convert(args.model, args.source, args.out_dir, results=args.results, org=args.org)
+    prov = done.config["provenance"]
+    print(
+        f"Took the {prov['weights']} (entry '{prov['entry']}') of {args.source.name}: they load into {args.model} "
+        f"with no missing or unexpected keys and give the source's outputs (max abs difference "
+        f"{prov['check']['max_abs_output_diff']:.3g})."
+    )
+    measured = f"{done.measured_rows} measured rows" if done.measured_rows else "no measured numbers"
+    print(f"Wrote {done.out_dir}/model.safetensors, config.json and README.md ({measured} on the card).")
+
+
+def _publish(args: argparse.Namespace) -> None:
+    plan = plan_upload(args.folder, args.repo, private=args.private)
+    if plan.warning:
+        print(f"warning: {plan.warning}", file=sys.stderr)
+    print(plan.describe())
+    if args.dry_run:
+        print("Dry run: nothing was uploaded.")
+        return
+    print(f"Uploaded: {publish(plan, token=args.token, commit_message=args.message)}")
+
+
+def _download(args: argparse.Namespace) -> None:
+    import zoo
+
+    print(fetch_weights(zoo.info(args.model), revision=args.revision, org=args.org))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    run = {"convert": _convert, "publish": _publish, "download": _download}[args.command]
+    try:
+        run(args)
+    except _EXPECTED as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # writing OUT_DIR, reading a folder: the system's own one-line reason
+        print(f"error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}.", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""The model card (README.md) of a converted folder: what the model is, how to load it, paper and measured numbers.
+
+Everything on the card comes from the folder's config.json and, for measured numbers, from rows of the benchmark
+harness's results JSONL; with no rows the card says so instead of quoting anything else.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import timm
+from huggingface_hub import ModelCardData
+
+import zoo
+
+from .download import ORG_ENV
+
+__all__ = ["ResultsError", "read_results", "render_card"]
+
+_logger = logging.getLogger("hub")
+
+# family: (what it is, official code)
+_FAMILIES: dict[str, tuple[str, str]] = {
+    "rmt": (
+        "RMT, from *Retentive Networks Meet Vision Transformers* (CVPR 2024): a hierarchical vision transformer "
+        "whose Manhattan self-attention (MaSA) adds a decay by the Manhattan distance between tokens to the "
+        "attention scores",
+        "https://github.com/qhfan/RMT",
+    ),
+    "internimage": (
+        "InternImage, from *InternImage: Exploring Large-Scale Vision Foundation Models with Deformable "
+        "Convolutions* (CVPR 2023): a convolutional backbone built on deformable convolution v3 (DCNv3)",
+        "https://github.com/OpenGVLab/InternImage",
+    ),
+    "swin": (
+        "Swin Transformer, from *Swin Transformer: Hierarchical Vision Transformer using Shifted Windows* "
+        "(ICCV 2021): a hierarchical vision transformer with attention in shifted local windows",
+        "https://github.com/microsoft/Swin-Transformer",
+    ),
+    "maxvit": (
+        "MaxViT, from *MaxViT: Multi-Axis Vision Transformer* (ECCV 2022): MBConv blocks joined with "
+        "block-local and dilated grid attention",
+        "https://github.com/google-research/maxvit",
+    ),
+}
+
+# (column, field of a harness row; dots step into nested objects)
+_MEASURED: tuple[tuple[str, str], ...] = (
+    ("backend", "backend"),
+    ("precision", "precision"),
+    ("batch", "batch_size"),
+    ("input", "input_size"),
+    ("device", "env.device_name"),
+    ("img/s", "throughput_ips"),
+    ("latency p50 (ms)", "latency_ms.p50"),
+    ("top-1 (%)", "top1"),
+)
+
+
+class ResultsError(ValueError):
+    """A results file given for the card that cannot be read."""
+
+
+def read_results(path: Path, model_name: str) -> list[dict]:
+    """The harness rows measured for `model_name` (status "ok"); lines that are not JSON objects are skipped."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as e:
+        raise ResultsError(f"Cannot read the results file {path} ({e.strerror or e}).") from None
+    rows, bad = [], 0
+    for line in filter(str.strip, lines):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            bad += 1
+            continue
+        if isinstance(row, dict) and row.get("model") == model_name and row.get("status") == "ok":
+            rows.append(row)
+    if bad:
+        _logger.warning("%s: skipped %d lines that are not JSON", path, bad)
+    return rows
+
+
+def _field(row: dict, dotted: str) -> Any:
+    value: Any = row
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return row.get(dotted)
+        value = value[part]
+    return value
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.1f}" if value >= 100 else f"{value:.2f}"
+    if isinstance(value, (list, tuple)):
+        return "x".join(map(str, value))
+    return str(value)
+
+
+def _measured_table(rows: list[dict], source: str | None) -> str:
+    if not rows:
+        where = f" in `{source}`" if source else ""
+        return f"No measured numbers yet: this project's benchmark harness has no results for this model{where}."
+    head = "| " + " | ".join(c for c, _ in _MEASURED) + " |\n|" + "---|" * len(_MEASURED) + "\n"
+    body = ""
+    for row in rows:
+        cells = [_field(row, f) for _, f in _MEASURED]
+        if cells[4] is None:  # rows without environment details still name their device
+            cells[4] = row.get("device")
+        body += "| " + " | ".join(_cell(c) for c in cells) + " |\n"
+    return f"Measured with this project's benchmark harness (rows from `{source}`):\n\n{head}{body}"
+
+
+def _preprocessing(cfg: dict) -> str:
+    size = cfg["input_size"][-1]
+    resize = math.floor(size / cfg["crop_pct"])
+    mean = ", ".join(f"{m:.3f}" for m in cfg["mean"])
+    std = ", ".join(f"{s:.3f}" for s in cfg["std"])
+    return (
+        f"Resize the short side to {resize} ({cfg['interpolation']}), center-crop {size}x{size}, "
+        f"scale to [0, 1] and normalise with mean ({mean}) and std ({std})."
+    )
+
+
+def _paper_table(metrics: dict, input_size: list[int]) -> str:
+    return (
+        f"| params (M) | GFLOPs at {input_size[-1]}x{input_size[-1]} | ImageNet-1K top-1 (%) |\n|---|---|---|\n"
+        f"| {_cell(metrics['params_m'])} | {_cell(metrics['gflops'])} | {_cell(metrics['top1'])} |\n\n"
+        f"Source: {metrics['note']}."
+    )
+
+
+def render_card(config: dict, rows: list[dict], results_name: str | None = None) -> str:
+    """README.md for a folder described by `config` (see hub.convert), with measured `rows` if any."""
+    name, family = config["architecture"], config["family"]
+    prov, pre = config["provenance"], config["pretrained_cfg"]
+    repo = pre["hf_hub_id"]
+    what, code = _FAMILIES.get(family, (f"{name}, an image classification model", config.get("paper") or ""))
+    front = ModelCardData(
+        library_name="timm",
+        license=config.get("license") or "other",
+        tags=["image-classification", family, "timm"],
+        datasets=["imagenet-1k"],
+        metrics=["accuracy"],
+        pipeline_tag="image-classification",
+    ).to_yaml()
+    org = repo.split("/", 1)[0]
+    default_org = (zoo.info(name).hf_hub_id or "").split("/", 1)[0]
+    env = f"{ORG_ENV}={org}" if family == "rmt" and org != default_org else ""
+    timm_line = (
+        f'After `import zoo`, `timm.create_model("{name}", pretrained=True)` does the same.\n'
+        if timm.is_model(name)
+        else ""
+    )
+    where_env = f" and `{env}` in the environment (the organisation `zoo` takes RMT weights from)" if env else ""
+    commit = f", commit {prov['converter_commit']}" if prov["converter_commit"] else ""
+    license_text = config.get("license") or "not stated by the official release; ask its authors before redistributing"
+    return f"""---
+{front}
+---
+# {name}
+
+{what}. This repository holds its ImageNet-1K classifier weights: the {prov['weights']} (entry
+`{prov['entry']}`) of `{prov['source_file']}`, with the same tensor names, as safetensors.
+
+Official code: {code}. Paper: {config.get('paper')}.
+
+## How to load
+
+With this project's `zoo` package installed{where_env}:
+
+```python
+import zoo
+
+model = zoo.load("{name}", pretrained=True)  # fetches {repo}/model.safetensors through huggingface_hub
+```
+
+{timm_line}`zoo.load("{name}", pretrained="/path/to/model.safetensors")` loads a local copy. The file itself is a plain
+state dict (`safetensors.torch.load_file`) with the source checkpoint's key names, so it also loads into the code
+that wrote the source checkpoint.
+
+## Preprocessing
+
+{_preprocessing(pre)}
+
+## Reported numbers (not measured here)
+
+{_paper_table(config['paper_metrics'], pre['input_size'])}
+
+## Measured numbers
+
+{_measured_table(rows, results_name)}
+
+## Provenance
+
+- source: `{prov['source_file']}`, sha256 `{prov['source_sha256']}`, entry `{prov['entry']}` ({prov['weights']})
+- model.safetensors sha256 `{prov['weights_sha256']}`
+- check: loads into `zoo.load("{name}")` with no missing or unexpected keys, and gives the source
+  checkpoint's outputs on a fixed random input of shape {prov['check']['input_shape']}
+  (max abs difference {prov['check']['max_abs_output_diff']:.3g})
+- converted {prov['converted_at']} by {prov['converter']}{commit}
+- license: {license_text}
+"""

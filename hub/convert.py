@@ -1,0 +1,164 @@
+"""A released checkpoint (e.g. RMT's official `.pth`) to a Hub-ready folder: model.safetensors, config.json, README.md.
+
+The weights are written exactly as the checkpoint's chosen entry holds them (EMA when present), keys unchanged,
+so the file also loads into the official code; the zoo's loaders map official keys at load time. Nothing is
+written unless the checkpoint loads strictly into the zoo's model, and the written file must then give the
+same outputs as the source.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import subprocess
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+import zoo
+from zoo import ModelInfo, read_checkpoint
+
+from .card import read_results, render_card
+from .download import hub_repo_id
+
+__all__ = ["ConversionError", "Conversion", "convert", "WEIGHTS", "CONFIG", "CARD", "ENTRY_MEANING"]
+
+WEIGHTS, CONFIG, CARD = "model.safetensors", "config.json", "README.md"
+# Converted weights are the source tensors unchanged, so any difference at all means something went wrong.
+TOLERANCE = 1e-5
+ENTRY_MEANING = {
+    "model_ema": "EMA weights",
+    "state_dict_ema": "EMA weights",
+    "model": "non-EMA weights",
+    "state_dict": "non-EMA weights",
+    "module": "non-EMA weights",
+    "(bare)": "the file's only state dict",
+}
+
+
+class ConversionError(RuntimeError):
+    """The written weights do not reproduce the source checkpoint, or an input of the conversion is unusable."""
+
+
+@dataclass
+class Conversion:
+    """What `convert` wrote, and the check it passed."""
+
+    out_dir: Path
+    config: dict
+    measured_rows: int
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _converter_commit() -> str | None:
+    """The commit of this checkout, so a published file can be traced to the converter that made it."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() or None
+
+
+def _outputs(name: str, weights: Path, x: torch.Tensor) -> torch.Tensor:
+    """The zoo's model for `name` with `weights` loaded strictly (CheckpointMismatchError names any bad key)."""
+    model = zoo.load(name, pretrained=weights)
+    with torch.inference_mode():
+        return model(x)
+
+
+def _config(
+    model_info: ModelInfo, source: Path, source_sha256: str, entry: str, weights: Path, check: dict, org: str | None
+) -> dict:
+    """config.json: timm's layout (architecture, num_classes, pretrained_cfg) plus arch, provenance and paper facts."""
+    return {
+        "architecture": model_info.name,
+        "num_classes": model_info.num_classes,
+        "pretrained_cfg": {
+            "hf_hub_id": hub_repo_id(model_info, org),
+            "input_size": list(model_info.input_size),
+            "crop_pct": model_info.crop_pct,
+            "crop_mode": "center",
+            "interpolation": model_info.interpolation,
+            "mean": list(model_info.mean),
+            "std": list(model_info.std),
+            "num_classes": model_info.num_classes,
+            "license": model_info.license,
+        },
+        "family": model_info.family,
+        "arch": model_info.arch,
+        "license": model_info.license,
+        "paper": model_info.paper,
+        "paper_metrics": {
+            "params_m": model_info.paper_params_m,
+            "gflops": model_info.paper_gflops,
+            "top1": model_info.paper_top1,
+            "note": model_info.notes or "as reported in the paper; gflops count one multiply-add as one FLOP",
+        },
+        "provenance": {
+            "source_file": source.name,
+            "source_sha256": source_sha256,
+            "entry": entry,
+            "weights": ENTRY_MEANING.get(entry, entry),
+            "key_layout": "as in the source checkpoint",
+            "weights_sha256": file_sha256(weights),
+            "converter": f"rmt-zoo {metadata.version('rmt-zoo')} (python -m hub convert)",
+            "converter_commit": _converter_commit(),
+            "converted_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "check": check,
+        },
+    }
+
+
+def convert(
+    model_name: str,
+    source: str | Path,
+    out_dir: str | Path,
+    results: str | Path | None = None,
+    org: str | None = None,
+) -> Conversion:
+    """Convert `source` for zoo model `model_name` into `out_dir`; `results` is a harness JSONL for the card."""
+    model_info = zoo.info(model_name)
+    source, out_dir = Path(source), Path(out_dir)
+    rows = read_results(Path(results), model_name) if results is not None else []
+    weights = out_dir / WEIGHTS
+    if weights.resolve() == source.resolve():
+        raise ConversionError(f"Converting {source} into {out_dir} would overwrite it; choose another OUT_DIR.")
+    state, entry = read_checkpoint(source, model_info.prefer_ema)
+    source_sha256 = file_sha256(source)
+    x = torch.randn((1, *model_info.input_size), generator=torch.Generator().manual_seed(0))
+    reference = _outputs(model_name, source, x)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # clone: safetensors refuses tensors that share storage, which torch.load can hand back.
+    save_file({k: v.detach().clone().contiguous() for k, v in state.items()}, str(weights), metadata={"format": "pt"})
+    del state
+    try:
+        diff = (reference - _outputs(model_name, weights, x)).abs().max().item()
+        if not diff <= TOLERANCE:
+            raise ConversionError(
+                f"The converted {weights} gives outputs up to {diff:.3g} away from {source} (allowed {TOLERANCE}), "
+                f"so it was removed."
+            )
+    except BaseException:
+        weights.unlink(missing_ok=True)
+        raise
+
+    check = {"strict_load": True, "input_shape": list(x.shape), "max_abs_output_diff": diff, "tolerance": TOLERANCE}
+    config = _config(model_info, source, source_sha256, entry, weights, check, org)
+    (out_dir / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    (out_dir / CARD).write_text(render_card(config, rows, Path(results).name if results is not None else None))
+    return Conversion(out_dir=out_dir, config=config, measured_rows=len(rows))

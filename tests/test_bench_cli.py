@@ -1,0 +1,111 @@
+"""The real entry point in subprocesses: one worker per group, rows on disk as they finish, OOM and crashes
+reported as rows, --resume, missing TensorRT, accuracy on a generated ImageFolder, report rendering."""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from bench.results import load_results
+from test_bench import make_image_folder
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Registers models that fail on purpose at batch >= 2, inside the worker process that imports it.
+FAULTY_MODELS = '''
+import os, signal
+import torch, torch.nn as nn
+from zoo._registry import ModelInfo, register
+
+
+class Faulty(nn.Module):
+    def __init__(self, fault):
+        super().__init__()
+        self.fault = fault
+        self.conv = nn.Conv2d(3, 8, 3, stride=2)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        if x.shape[0] >= 2:
+            if self.fault == "oom":
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (injected by the test)")
+            os.kill(os.getpid(), signal.SIGKILL)  # what the kernel's OOM killer does
+        return self.head(self.conv(x).mean((2, 3)))
+
+
+register(ModelInfo(name="oom_net", family="test", input_size=(3, 32, 32)))(lambda pretrained=False, **kw: Faulty("oom"))
+register(ModelInfo(name="crash_net", family="test", input_size=(3, 32, 32)))(lambda pretrained=False, **kw: Faulty("crash"))
+'''
+
+
+def bench(*args: str, env_path: Path | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(env_path or ""), str(REPO)])))
+    return subprocess.run([sys.executable, "bench.py", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_run_measures_everything_and_reports_missing_tensorrt(tmp_path):
+    data = make_image_folder(tmp_path / "data")
+    out, png = tmp_path / "r.jsonl", tmp_path / "plot.png"
+    args = ["--models", "test_convnext", "--backend", "eager", "tensorrt", "--batch-size", "1", "2", "--input-size", "64",
+            "--warmup", "1", "--iters", "3", "--data", str(data), "--max-samples", "5", "--out", str(out), "--plot", str(png), "--quiet"]
+    proc = bench(*args)
+    assert proc.returncode == 3, proc.stderr  # 3: a backend is unavailable, everything else ok
+    rows = load_results(out)
+    assert [(r["backend"], r["batch_size"], r["status"]) for r in rows] == [
+        ("eager", 2, "ok"), ("eager", 1, "ok"), ("tensorrt", 2, "unavailable"), ("tensorrt", 1, "unavailable")
+    ]
+    for row in rows[:2]:
+        assert row["input_size"] == [64, 64] and row["device"] == "cpu" and row["precision"] == "fp32"
+        assert row["params"] > 0 and row["gmacs"] > 0 and row["gmacs_torch"] > 0
+        assert set(row["latency_ms"]) >= {"mean", "p50", "p90", "p99", "std"} and row["throughput_ips"] > 0
+        assert row["peak_mem_mb"] > 0 and row["compile_s"] is None
+        assert row["eval_samples"] == 5 and 0 <= row["top1"] <= row["top5"] <= 100
+        assert row["env"]["torch"] and row["env"]["timm"] and "git_commit" in row["env"] and "torch_tensorrt" in row["env"]
+        assert row["command"].startswith("python bench.py --models test_convnext") and row["timestamp"]
+    for row in rows[2:]:
+        assert row["reason"].startswith("torch_tensorrt is not installed") and row["export_ok"] is True
+        assert "tensorrt-export check: torch.export.export succeeded" in row["reason"]
+    assert len({r["run_id"] for r in rows}) == 1
+    assert "| test_convnext | tensorrt" in proc.stdout and "unavailable [1]" in proc.stdout
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+    report = bench("report", str(out), "--format", "csv")
+    assert report.returncode == 0, report.stderr
+    table = list(csv.DictReader(io.StringIO(report.stdout)))
+    assert [(t["backend"], t["batch_size"], t["status"]) for t in table] == [  # table order: batch ascending
+        ("eager", "1", "ok"), ("eager", "2", "ok"), ("tensorrt", "1", "unavailable"), ("tensorrt", "2", "unavailable")
+    ]
+    assert float(table[1]["throughput_ips"]) == rows[0]["throughput_ips"]
+
+
+def test_oom_and_crash_are_rows_and_resume_skips_what_was_measured(tmp_path):
+    (tmp_path / "faulty_models.py").write_text(FAULTY_MODELS)
+    out = tmp_path / "r.jsonl"
+    args = ["--import", "faulty_models", "--models", "crash_net", "oom_net", "--batch-size", "1", "2",
+            "--warmup", "0", "--iters", "2", "--out", str(out), "--quiet"]
+    first = bench(*args, env_path=tmp_path)
+    assert first.returncode == 4, first.stderr  # 4: some row ran out of memory or failed
+    rows = {(r["model"], r["batch_size"]): r for r in load_results(out)}
+    # the crash killed crash_net's worker before either of its rows finished; oom_net still ran
+    for batch in (1, 2):
+        assert rows["crash_net", batch]["status"] == "error"
+        assert "worker process stopped (killed by SIGKILL)" in rows["crash_net", batch]["reason"]
+    assert rows["oom_net", 2]["status"] == "oom" and "Out of memory at batch 2" in rows["oom_net", 2]["reason"]
+    assert rows["oom_net", 1]["status"] == "ok" and rows["oom_net", 1]["latency_ms"]["p50"] > 0
+
+    second = bench(*args, "--resume", env_path=tmp_path)
+    assert second.returncode == 4
+    all_rows = load_results(out)
+    new = [r for r in all_rows if r["run_id"] != rows["oom_net", 1]["run_id"]]
+    assert sorted((r["model"], r["batch_size"]) for r in new) == [("crash_net", 1), ("crash_net", 2)]  # errors retried
+    assert second.stdout.count("| oom_net") == 2 and second.stdout.count("| crash_net") == 2
+
+
+def test_unknown_model_through_the_entry_point():
+    proc = bench("--models", "rmt_ss")
+    assert proc.returncode == 2 and proc.stdout == ""
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("error: Unknown model 'rmt_ss'") and "Did you mean: rmt_s" in line
