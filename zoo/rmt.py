@@ -12,7 +12,6 @@ the official code (masks rebuilt every call, explicit matmul and softmax) as the
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
