@@ -5,8 +5,6 @@ harness's results JSONL; with no rows the card says so instead of quoting anythi
 """
 from __future__ import annotations
 
-import json
-import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,6 @@ from .download import ORG_ENV
 
 __all__ = ["ResultsError", "read_results", "render_card"]
 
-_logger = logging.getLogger("hub")
 
 # family: (what it is, official code)
 _FAMILIES: dict[str, tuple[str, str]] = {
@@ -65,23 +62,18 @@ class ResultsError(ValueError):
 
 
 def read_results(path: Path, model_name: str) -> list[dict]:
-    """The harness rows measured for `model_name` (status "ok"); lines that are not JSON objects are skipped."""
+    """The harness's newest rows measured for `model_name` (status "ok"), read by the harness's own reader."""
+    from bench import latest_rows, load_results
+
     try:
-        lines = path.read_text().splitlines()
+        rows = load_results(path)
     except OSError as e:
         raise ResultsError(f"Cannot read the results file {path} ({e.strerror or e}).") from None
-    rows, bad = [], 0
-    for line in filter(str.strip, lines):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            bad += 1
-            continue
-        if isinstance(row, dict) and row.get("model") == model_name and row.get("status") == "ok":
-            rows.append(row)
-    if bad:
-        _logger.warning("%s: skipped %d lines that are not JSON", path, bad)
-    return rows
+    return [
+        row
+        for row in latest_rows(r for r in rows if isinstance(r, dict))
+        if row.get("model") == model_name and row.get("status") == "ok"
+    ]
 
 
 def _field(row: dict, dotted: str) -> Any:

@@ -148,7 +148,7 @@ def rmt_converted(rmt_release, tmp_path_factory: pytest.TempPathFactory) -> Path
     results = out.parent / "results.jsonl"
     rows = [
         {"model": "rmt_t", "status": "ok", "backend": "eager", "precision": "fp32", "batch_size": 64,
-         "input_size": 224, "device": "cuda", "throughput_ips": 1234.56, "latency_ms": {"p50": 51.9},
+         "input_size": [224, 224], "device": "cuda", "throughput_ips": 1234.56, "latency_ms": {"p50": 51.9},
          "top1": None, "env": {"device_name": "NVIDIA H100"}},
         {"model": "rmt_t", "status": "error", "backend": "tensorrt", "throughput_ips": 99999.0},
         {"model": "rmt_s", "status": "ok", "backend": "eager", "throughput_ips": 777.0},
@@ -200,7 +200,7 @@ def test_card_front_matter_paper_and_measured_numbers(rmt_converted):
     assert 'zoo.load("rmt_t", pretrained=True)' in text and f"RMT_HUB_ORG={ORG}" in text
     assert 'timm.create_model("rmt_t", pretrained=True)' in text
     assert "| 14.33 | 2.50 | 82.40 |" in text
-    assert "| eager | fp32 | 64 | 224 | NVIDIA H100 | 1234.6 | 51.90 | - |" in text
+    assert "| eager | fp32 | 64 | 224x224 | NVIDIA H100 | 1234.6 | 51.90 | - |" in text
     assert "99999" not in text and "777" not in text  # failed rows and other models stay off the card
     assert "not stated by the official release" in text  # qhfan/RMT names no license
 
@@ -424,3 +424,12 @@ def test_python_m_hub_download_offline(rmt_converted, offline_cache, capsys):
     assert main(["download", "rmt_b", "--org", ORG]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{ORG}/rmt_b" in err and "Traceback" not in err
+
+
+def test_card_rows_come_from_the_harness_reader_newest_first_wins(tmp_path):
+    old = {"model": "rmt_t", "backend": "eager", "precision": "fp32", "batch_size": 8, "input_size": [224, 224],
+           "device": "cpu", "status": "ok", "throughput_ips": 1.0}  # fmt: skip
+    path = tmp_path / "results.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in (old, {**old, "throughput_ips": 2.0})) + "\n{cut short\n")
+    rows = read_results(path, "rmt_t")
+    assert [r["throughput_ips"] for r in rows] == [2.0]  # a re-measured row replaces the older number
