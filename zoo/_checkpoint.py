@@ -17,7 +17,7 @@ from typing import Callable, Iterable
 import torch
 import torch.nn as nn
 
-from ._registry import ModelInfo
+from ._registry import ModelInfo, model_kwargs
 
 __all__ = [
     "CheckpointError",
@@ -26,6 +26,7 @@ __all__ = [
     "read_checkpoint",
     "check_fits",
     "load_pretrained",
+    "build_model",
 ]
 
 _logger = logging.getLogger("zoo")
@@ -190,3 +191,14 @@ def load_pretrained(
     model.load_state_dict(state, strict=True)
     model.load_report = LoadReport(source=str(path), entry=entry, dropped=dropped)
     _logger.info("%s: loaded %r weights from %s", model_info.name, entry, path)
+
+
+def build_model(
+    cls: Callable[..., nn.Module], model_info: ModelInfo, pretrained: bool | str | Path, kwargs: dict, **load_kwargs
+) -> nn.Module:
+    """The zoo's families built alike: arch from `model_info` (kwargs override it), metadata, then weights."""
+    model = cls(**{**model_info.arch, **model_kwargs(kwargs)})
+    model.model_name = model_info.name
+    model.pretrained_cfg = model_info.pretrained_cfg()
+    load_pretrained(model, model_info, pretrained, **load_kwargs)
+    return model

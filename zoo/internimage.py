@@ -21,8 +21,8 @@ from timm.models import register_model
 from timm.models._features import FeatureInfo
 from torchvision.ops import Permute
 
-from ._checkpoint import StateDict, load_pretrained
-from ._registry import ModelInfo, model_kwargs, register
+from ._checkpoint import StateDict, build_model
+from ._registry import ModelInfo, register
 
 __all__ = ["InternImage", "DCNv3", "dcnv3", "dcnv3_reference", "checkpoint_filter_fn", "DCN_IMPLS"]
 
@@ -401,16 +401,10 @@ def _checkpoint_hint(state: StateDict, model: InternImage) -> str:
 
 def _create(name: str, pretrained: bool | str | Path = False, **kwargs) -> InternImage:
     """Build `name` (constructor kwargs override its arch) and load weights: True for the Hub, or a path."""
-    kwargs = model_kwargs(kwargs)
-    model_info = _CFGS[name]
-    model = InternImage(**{**model_info.arch, **kwargs})
-    model.model_name = name
-    model.pretrained_cfg = model_info.pretrained_cfg()
-    load_pretrained(
-        model, model_info, pretrained, checkpoint_filter_fn,
-        classifier=("head.",), head=("conv_head.", "head."), hint=_checkpoint_hint,
-    )
-    return model
+    return build_model(
+        InternImage, _CFGS[name], pretrained, kwargs,
+        filter_fn=checkpoint_filter_fn, classifier=("head.",), head=("conv_head.", "head."), hint=_checkpoint_hint,
+    )  # fmt: skip
 
 
 @register_model

@@ -21,8 +21,8 @@ from timm.layers import DropPath, trunc_normal_
 from timm.models import register_model
 from timm.models._features import FeatureInfo
 
-from ._checkpoint import StateDict, load_pretrained
-from ._registry import ModelInfo, model_kwargs, register
+from ._checkpoint import StateDict, build_model
+from ._registry import ModelInfo, register
 
 __all__ = ["RMT", "checkpoint_filter_fn", "DEFAULT_HUB_ORG", "ATTN_IMPLS"]
 
@@ -613,21 +613,16 @@ def _info(name: str) -> ModelInfo:
 
 
 def _create(name: str, pretrained: bool | str | Path = False, **kwargs) -> RMT:
-    kwargs = model_kwargs(kwargs)
-    model_info = _info(name)
-    model = RMT(**{**model_info.arch, **kwargs})
-    model.model_name = name
-    model.pretrained_cfg = model_info.pretrained_cfg()
-    load_pretrained(
-        model,
-        model_info,
+    return build_model(
+        RMT,
+        _info(name),
         pretrained,
-        checkpoint_filter_fn,
+        kwargs,
+        filter_fn=checkpoint_filter_fn,
         classifier=("head.", "aux_head."),
         head=("proj.", "norm.", "head.", "aux_head."),
         hint=_mismatch_hint,
     )
-    return model
 
 
 def _builder(name: str):
