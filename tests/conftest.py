@@ -1,4 +1,4 @@
-"""Shared helpers: the official fixtures live in ../shared/fixtures beside the repository."""
+"""Shared helpers: the official fixtures are carried in tests/fixtures (see its README), so a clone needs nothing beside it."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:

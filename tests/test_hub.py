@@ -2,7 +2,7 @@
 
 Nothing reaches the network: huggingface_hub runs in offline mode against a cache laid out the way it lays
 one out (blobs, snapshots/<commit>, refs/<revision>). "Official" checkpoints are made here from the official
-key lists in shared/fixtures (RMT, InternImage) or from timm's own layout (Swin, MaxViT).
+key lists in tests/fixtures (RMT, InternImage) or from timm's own layout (Swin, MaxViT).
 """
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ from hub.card import read_results, render_card
 from hub.convert import ConversionError, convert, file_sha256
 from hub.download import ORG_ENV, REVISION_ENV, WeightsUnavailableError, fetch_weights
 from hub.publish import plan_upload, publish
+from conftest import FIXTURES
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ORG = "test-org"
 
