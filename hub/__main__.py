@@ -32,10 +32,11 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("convert", help="a released checkpoint to model.safetensors + config.json + README.md")
     c.add_argument("source", type=Path, help="the official checkpoint (.pth or .safetensors)")
-    c.add_argument("out_dir", type=Path, help="folder to write (created if missing)")
+    c.add_argument("out_dir", type=Path, help="folder to write (created if missing; must be empty unless --force)")
     c.add_argument("--model", required=True, help="zoo model name, e.g. rmt_s")
     c.add_argument("--results", type=Path, help="benchmark harness results JSONL, for measured numbers on the card")
     c.add_argument("--org", help=f"Hub organisation the RMT repo will live in (default: ${ORG_ENV} or the zoo's)")
+    c.add_argument("--force", action="store_true", help="replace a non-empty OUT_DIR whole (no old file is kept)")
 
     p = sub.add_parser("publish", help="upload a converted folder to a Hub repo (created if missing)")
     p.add_argument("folder", type=Path)
@@ -53,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _convert(args: argparse.Namespace) -> None:
-    done = convert(args.model, args.source, args.out_dir, results=args.results, org=args.org)
+    done = convert(args.model, args.source, args.out_dir, results=args.results, org=args.org, force=args.force)
     prov = done.config["provenance"]
     print(
         f"Took the {prov['weights']} (entry '{prov['entry']}') of {args.source.name}: they load into {args.model} "

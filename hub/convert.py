@@ -10,12 +10,16 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
+import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 import zoo
@@ -123,42 +127,83 @@ def _config(
     }
 
 
+def _check_destination(out_dir: Path, source: Path, force: bool) -> None:
+    """Refuse, before any work, a destination that would mix old and new files or lose the source."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConversionError(f"{out_dir} is a file, not a folder; choose another OUT_DIR.")
+    if source.resolve().is_relative_to(out_dir.resolve()):
+        raise ConversionError(f"{source} lies inside {out_dir}, which conversion replaces; choose another OUT_DIR.")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+        raise ConversionError(
+            f"{out_dir} already holds files, which `publish` would upload beside the new ones; "
+            f"choose an empty folder or pass --force to replace it whole."
+        )
+    parent = out_dir.resolve().parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConversionError(f"Cannot write into {parent}, where {out_dir.name} would be created.")
+
+
+def _swap_into_place(staged: Path, out_dir: Path) -> None:
+    """Replace `out_dir` by the finished `staged` folder with renames, so no reader sees a half-written mix."""
+    if not out_dir.exists():
+        staged.rename(out_dir)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+    out_dir.rename(old / out_dir.name)
+    try:
+        staged.rename(out_dir)
+    except OSError:
+        (old / out_dir.name).rename(out_dir)  # put the previous folder back
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def convert(
     model_name: str,
     source: str | Path,
     out_dir: str | Path,
     results: str | Path | None = None,
     org: str | None = None,
+    force: bool = False,
 ) -> Conversion:
-    """Convert `source` for zoo model `model_name` into `out_dir`; `results` is a harness JSONL for the card."""
+    """Convert `source` for zoo model `model_name` into `out_dir`; `results` is a harness JSONL for the card.
+
+    Everything is written into a hidden folder beside `out_dir` and moved into place only once weights, config
+    and card are complete and checked, so an interrupted conversion leaves the previous folder untouched. A
+    non-empty `out_dir` is refused unless `force`, and then replaced whole (no stale file survives).
+    """
     model_info = zoo.info(model_name)
     source, out_dir = Path(source), Path(out_dir)
     rows = read_results(Path(results), model_name) if results is not None else []
-    weights = out_dir / WEIGHTS
-    if weights.resolve() == source.resolve():
-        raise ConversionError(f"Converting {source} into {out_dir} would overwrite it; choose another OUT_DIR.")
+    _check_destination(out_dir, source, force)
     state, entry = read_checkpoint(source, model_info.prefer_ema)
     source_sha256 = file_sha256(source)
     x = torch.randn((1, *model_info.input_size), generator=torch.Generator().manual_seed(0))
     reference = _outputs(model_name, source, x)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # clone: safetensors refuses tensors that share storage, which torch.load can hand back.
-    save_file({k: v.detach().clone().contiguous() for k, v in state.items()}, str(weights), metadata={"format": "pt"})
-    del state
+    out_dir.resolve().parent.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.resolve().parent))
     try:
+        weights = staged / WEIGHTS
+        # clone: safetensors refuses tensors that share storage, which torch.load can hand back.
+        tensors = {k: v.detach().clone().contiguous() for k, v in state.items()}
+        del state
+        try:
+            save_file(tensors, str(weights), metadata={"format": "pt"})
+        except SafetensorError as e:  # not an OSError, though it mostly reports one
+            raise ConversionError(f"Writing {out_dir / WEIGHTS} failed ({e}).") from None
+        del tensors
         diff = (reference - _outputs(model_name, weights, x)).abs().max().item()
         if not diff <= TOLERANCE:
             raise ConversionError(
-                f"The converted {weights} gives outputs up to {diff:.3g} away from {source} (allowed {TOLERANCE}), "
-                f"so it was removed."
+                f"The converted weights give outputs up to {diff:.3g} away from {source} (allowed {TOLERANCE}), "
+                f"so nothing was written to {out_dir}."
             )
-    except BaseException:
-        weights.unlink(missing_ok=True)
-        raise
-
-    check = {"strict_load": True, "input_shape": list(x.shape), "max_abs_output_diff": diff, "tolerance": TOLERANCE}
-    config = _config(model_info, source, source_sha256, entry, weights, check, org)
-    (out_dir / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-    (out_dir / CARD).write_text(render_card(config, rows, Path(results).name if results is not None else None))
+        check = {"strict_load": True, "input_shape": list(x.shape), "max_abs_output_diff": diff, "tolerance": TOLERANCE}
+        config = _config(model_info, source, source_sha256, entry, weights, check, org)
+        (staged / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        (staged / CARD).write_text(render_card(config, rows, Path(results).name if results is not None else None))
+        _swap_into_place(staged, out_dir)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
     return Conversion(out_dir=out_dir, config=config, measured_rows=len(rows))

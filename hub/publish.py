@@ -12,7 +12,7 @@ from pathlib import Path
 from huggingface_hub import HfApi, constants
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError, OfflineModeIsEnabled
 
-from .convert import CARD, CONFIG, WEIGHTS
+from .convert import CARD, CONFIG, WEIGHTS, file_sha256
 from .download import CLIENT_ERRORS
 
 __all__ = ["PublishError", "UploadPlan", "plan_upload", "publish"]
@@ -65,6 +65,12 @@ def plan_upload(folder: str | Path, repo_id: str | None = None, private: bool = 
         name, family, carded = config["architecture"], config["family"], config["pretrained_cfg"]["hf_hub_id"]
     except (ValueError, KeyError, TypeError):
         raise PublishError(f"{folder / CONFIG} is not a config.json written by `python -m hub convert`.") from None
+    recorded = (config.get("provenance") or {}).get("weights_sha256")
+    if recorded != file_sha256(folder / WEIGHTS):
+        raise PublishError(
+            f"{folder / WEIGHTS} is not the file that was converted (its sha256 differs from config.json's "
+            f"{recorded}); convert again rather than publish a mismatched folder."
+        )
     repo_id = repo_id or carded
     warning = None
     if repo_id != carded:

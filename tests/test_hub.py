@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +27,7 @@ from hub.__main__ import main
 from hub.card import read_results, render_card
 from hub.convert import ConversionError, convert, file_sha256
 from hub.download import ORG_ENV, REVISION_ENV, WeightsUnavailableError, fetch_weights
-from hub.publish import plan_upload, publish
+from hub.publish import PublishError, plan_upload, publish
 from conftest import FIXTURES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -349,6 +350,7 @@ def test_wrong_size_checkpoint_names_keys(offline_cache, tmp_path):
 
 def test_cli_convert_errors_are_one_line(rmt_release, tmp_path, capsys):
     marker = tmp_path / "pwned"
+    (tmp_path / "f.txt").write_text("a file")
     (tmp_path / "evil.pth").write_bytes(evil_pickle({"model": {"w": torch.ones(1)}}, marker))
     old = {k: v for k, v in rmt_release[2].items() if not k.endswith("Relpos.angle") and ".ffn.dwconv." not in k}
     torch.save({"model": old}, tmp_path / "dec2023.pth")
@@ -360,7 +362,9 @@ def test_cli_convert_errors_are_one_line(rmt_release, tmp_path, capsys):
         (["convert", "--model", "rmt_t", str(rmt_release[0]), str(tmp_path / "e"), "--results", str(tmp_path / "r")],
          "Cannot read the results file"),
         (["convert", "--model", "rmt_t", str(tmp_path / "e" / "model.safetensors"), str(tmp_path / "e")],
-         "would overwrite it"),
+         "lies inside"),
+        (["convert", "--model", "rmt_t", str(rmt_release[0]), str(tmp_path / "f.txt" / "out")], "Cannot write into"),
+        (["convert", "--model", "rmt_t", str(rmt_release[0]), str(tmp_path / "f.txt")], "is a file, not a folder"),
     ]
     for argv, needle in cases:
         assert main(argv) == 1, argv
@@ -368,6 +372,73 @@ def test_cli_convert_errors_are_one_line(rmt_release, tmp_path, capsys):
         assert err.startswith("error: ") and err.count("\n") == 1 and needle in err, err
     assert not marker.exists()
     assert not any((tmp_path / d).exists() for d in "abcde")
+    assert (tmp_path / "f.txt").read_text() == "a file"
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staged folder left behind
+
+
+def _folder_state(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_convert_refuses_a_non_empty_folder_and_force_replaces_it_whole(rmt_release, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "stale.bin").write_bytes(b"old weights")
+    (out / "config.json").write_text("{}")
+    argv = ["convert", "--model", "rmt_t", str(rmt_release[0]), str(out)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "already holds files" in err and "--force" in err
+    assert _folder_state(out) == {"config.json": b"{}", "stale.bin": b"old weights"}
+
+    assert main([*argv, "--force"]) == 0
+    assert sorted(_folder_state(out)) == ["README.md", "config.json", "model.safetensors"]
+    assert json.loads((out / "config.json").read_text())["architecture"] == "rmt_t"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staged or old folder left behind
+
+
+def test_interrupted_reconversion_leaves_the_previous_folder_untouched(rmt_release, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    convert("rmt_t", rmt_release[0], out, org=ORG)
+    before = _folder_state(out)
+
+    import hub.convert
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(hub.convert, "render_card", interrupted)  # after the new weights and config are written
+    with pytest.raises(KeyboardInterrupt):
+        convert("rmt_t", rmt_release[0], out, org="another-org", force=True)
+    assert _folder_state(out) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_a_failed_weights_write_is_one_sentence_and_leaves_nothing(rmt_release, tmp_path, monkeypatch, capsys):
+    from safetensors import SafetensorError
+
+    import hub.convert
+
+    def failing_save(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: Permission denied (os error 13)")
+
+    monkeypatch.setattr(hub.convert, "save_file", failing_save)
+    assert main(["convert", "--model", "rmt_t", str(rmt_release[0]), str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: Writing ") and err.count("\n") == 1 and "Permission denied" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_publish_refuses_weights_that_are_not_the_converted_ones(rmt_converted, tmp_path, capsys):
+    folder = tmp_path / "copy"
+    shutil.copytree(rmt_converted, folder)
+    with open(folder / "model.safetensors", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(PublishError, match="sha256 differs from config.json"):
+        plan_upload(folder)
+    assert main(["publish", str(folder), "--dry-run"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "convert again" in err
 
 
 def test_publish_dry_run_lists_files_and_target_without_network(rmt_converted, offline_cache, capsys):
