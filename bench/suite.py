@@ -17,10 +17,12 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .cli import EXIT_FAILED, EXIT_USAGE, OneLineParser, UsageError, exit_code
+from .backends import BACKENDS
+from .cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, OneLineParser, UsageError, exit_code
 from .env import collect_env
 from .report import plot, render_table, status_summary
-from .runner import run
+from .results import OutputPathError, check_output_path
+from .runner import Interrupted, run
 from .spec import RowSpec, Settings
 
 GPU_MODELS = (
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     p = OneLineParser(prog="python -m bench.suite", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="results folder, e.g. results/h100")
     p.add_argument("--dry-run", action="store_true", help="CPU, one tiny model, tiny sizes: checks the plumbing only")
-    p.add_argument("--backends", nargs="+", choices=("eager", "compile", "tensorrt"), help="a subset of the backends")
+    p.add_argument("--backends", nargs="+", choices=tuple(BACKENDS), help="a subset of the backends")
     p.add_argument("--budget-min", type=float, help="stop starting rows after this many minutes (default 24)")
     p.add_argument("--resume", action="store_true", help="skip rows already in OUT/results.jsonl")
     p.add_argument("--quiet", action="store_true")
@@ -98,16 +100,24 @@ def main(argv: list[str] | None = None) -> int:
 
             if not torch.cuda.is_available():
                 raise UsageError("The GPU suite needs a CUDA device; use --dry-run to check it on CPU.")
-    except UsageError as exc:
+        out = Path(args.out)
+        check_output_path(out, "--out", folder=True)
+        if (out / "results.jsonl").exists():
+            check_output_path(out / "results.jsonl", "--out", text_file=True)
+    except (UsageError, OutputPathError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     specs = suite_specs(cfg)
     # one hung worker may not eat the whole budget
     settings = Settings(warmup=cfg.warmup, iters=cfg.iters, timeout_s=min(cfg.budget_s, 900.0))
     command = shlex.join(["python", "-m", "bench.suite", *argv])
-    rows = run(specs, settings, out / "results.jsonl", command, resume=args.resume, progress=not args.quiet, budget_s=cfg.budget_s)
+    try:
+        rows = run(specs, settings, out / "results.jsonl", command, resume=args.resume, progress=not args.quiet, budget_s=cfg.budget_s)
+    except (KeyboardInterrupt, Interrupted) as exc:
+        name = str(exc) if isinstance(exc, Interrupted) else "SIGINT"
+        print(f"\nstopped by {name}: rows measured so far are kept in {out / 'results.jsonl'} (--resume continues).", file=sys.stderr)
+        return EXIT_INTERRUPTED[name]
     write_outputs(rows, out, cfg.device)
     print(render_table(rows, "github"))
     left = len(specs) - len(rows)
