@@ -63,9 +63,15 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [""])[0][:200]
 
 
+def _no_autocast(spec: RowSpec, what: str) -> None:
+    if spec.precision.startswith("amp-"):
+        raise BackendUnavailable(f"{what} is built for one precision (fp32, fp16 or bf16), so autocast does not apply.")
+
+
 class Backend:
     name: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
+    autocast: ClassVar[bool] = True  # runs amp-* rows; graph compilers build for one cast precision instead
 
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None else self.Options()
@@ -183,6 +189,7 @@ class TensorRT(Backend):
 
     name = "tensorrt"
     Options = TensorRTOptions
+    autocast = False
 
     @staticmethod
     def _export_check(model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
@@ -203,8 +210,7 @@ class TensorRT(Backend):
         return BackendUnavailable(f"{why}; tensorrt-export check: {found}.", check)
 
     def prepare(self, model: nn.Module, x: torch.Tensor, spec: RowSpec) -> Prepared:
-        if spec.precision.startswith("amp-"):
-            raise BackendUnavailable("A TensorRT engine is built for one precision (fp32, fp16 or bf16), so autocast does not apply.")
+        _no_autocast(spec, "A TensorRT engine")
         try:
             import torch_tensorrt
         except ImportError:
@@ -234,10 +240,10 @@ class OnnxRuntime(Backend):
 
     name = "onnxruntime"
     Options = OnnxRuntimeOptions
+    autocast = False
 
     def prepare(self, model: nn.Module, x: torch.Tensor, spec: RowSpec) -> Prepared:
-        if spec.precision.startswith("amp-"):
-            raise BackendUnavailable("An ONNX graph is exported in one precision (fp32, fp16 or bf16), so autocast does not apply.")
+        _no_autocast(spec, "An ONNX graph")
         try:
             import onnxruntime as ort
         except ImportError:

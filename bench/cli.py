@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _report_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="bench.py report", description="Render saved benchmark results.")
-    p.add_argument("results", metavar="RESULTS", help="a results JSONL file")
+    p.add_argument("results", nargs="+", metavar="RESULTS", help="results JSONL files, read in order")
     p.add_argument("--format", default="github", choices=FORMATS, metavar="FMT", help="csv, timm (timm's benchmark CSV) or any tabulate format")
     p.add_argument("--plot", metavar="PNG")
     p.add_argument("--all", action="store_true", help="every row, not only the newest per measurement")
@@ -380,16 +380,20 @@ def run_main(argv: Sequence[str]) -> int:
 
 def report_main(argv: Sequence[str]) -> int:
     args = _report_parser().parse_args(argv)
-    if not os.path.isfile(args.results):
-        raise UsageError(f"Results file {args.results!r} does not exist.")
+    rows = []
+    for path in args.results:
+        if not os.path.isfile(path):
+            raise UsageError(f"Results file {path!r} does not exist.")
     check_outputs([(args.plot, "--plot", False)])
-    try:
-        rows = load_results(args.results)
-    except OSError as exc:
-        raise UsageError(f"Results file {args.results!r} cannot be read ({exc.strerror or exc}).") from None
+    for path in args.results:
+        try:
+            rows += load_results(path)
+        except OSError as exc:
+            raise UsageError(f"Results file {path!r} cannot be read ({exc.strerror or exc}).") from None
     rows = table_order(rows if args.all else latest_rows(rows))
     if not rows:
-        raise UsageError(f"Results file {args.results!r} holds no rows.")
+        names = " and ".join(repr(p) for p in args.results)
+        raise UsageError(f"Results file {names} holds no benchmark rows.")
     _show(rows, args.format, args.plot)
     return EXIT_OK
 

@@ -113,11 +113,12 @@ def _csv(rows: list[dict[str, Any]]) -> str:
 
 def timm_csv(rows: Iterable[dict[str, Any]]) -> str:
     """timm's benchmark.py CSV: one line per model/backend/precision/batch/size with its infer_* and train_* columns,
-    param_count in millions, rounded as timm rounds; only rows that measured (status ok)."""
+    param_count in millions, rounded as timm rounds; only classification rows that measured (status ok), since
+    timm's benchmark has no features_only mode."""
     merged: dict[tuple, dict[str, Any]] = {}
     modes: set[str] = set()
     for row in rows:
-        if row.get("status") != "ok":
+        if row.get("status") != "ok" or row.get("features_only"):
             continue
         mode = row.get("mode", "infer")
         modes.add(mode)

@@ -7,7 +7,8 @@ Rows, in the order they run (so a run cut short by the time budget still has the
 --resume to finish): eager then compile, latency at batch 1 and throughput at batch 256 under bf16 autocast at each
 model's own input size (224; InternImage-L 384); TensorRT fp16 at the same shapes (a status row where it is not
 installed); then the features_only backbone at the dense-prediction size 800x1344, batch 1.
-Writes results.jsonl, table.md, table.tex, table.csv, plot.png and env.json under --out.
+Writes results.jsonl, table.md, table.tex, table.csv, table_timm.csv (timm's benchmark CSV), plot.png and env.json
+under --out.
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ class SuiteConfig:
     device: str
     backends: tuple[str, ...] = ("eager", "compile", "tensorrt")
     precision: str = "amp-bf16"
-    trt_precision: str = "fp16"  # an engine has no autocast; fp16 is TensorRT's usual fast path
+    trt_precision: str = "fp16"  # for backends without autocast (TensorRT): fp16, TensorRT's usual fast path
     latency_batch: int = 1
     throughput_batch: int = 256
     input_size: tuple[int, int] | None = None  # None: each model's own
@@ -60,13 +61,13 @@ def suite_specs(cfg: SuiteConfig) -> list[RowSpec]:
 
     classify, dense = [], []
     for backend in cfg.backends:
-        precision = cfg.trt_precision if backend == "tensorrt" else cfg.precision
+        precision = cfg.precision if BACKENDS[backend].autocast else cfg.trt_precision
         mode = "default" if backend == "compile" else None
         for model in cfg.models:
             size = cfg.input_size or tuple(zoo.info(model).input_size[1:])
             for batch in (cfg.latency_batch, cfg.throughput_batch):
                 classify.append(RowSpec(model, backend, precision, batch, size, cfg.device, compile_mode=mode))
-            if backend != "tensorrt":
+            if BACKENDS[backend].autocast:  # the dense backbone: eager and compile
                 dense.append(RowSpec(model, backend, precision, 1, cfg.dense_size, cfg.device, features_only=True, compile_mode=mode))
     return classify + dense
 
@@ -75,6 +76,7 @@ def write_outputs(rows: list[dict], out: Path, device: str) -> None:
     (out / "table.md").write_text(render_table(rows, "github") + "\n")
     (out / "table.tex").write_text(render_table(rows, "latex_booktabs") + "\n")
     (out / "table.csv").write_text(render_table(rows, "csv"))
+    (out / "table_timm.csv").write_text(render_table(rows, "timm"))
     (out / "env.json").write_text(json.dumps(collect_env(device), indent=2) + "\n")
     plot(rows, out / "plot.png")
 

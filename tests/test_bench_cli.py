@@ -203,3 +203,10 @@ def test_train_mode_and_onnxruntime_through_the_entry_point(tmp_path):
     timm_csv = bench("report", str(out), "--format", "timm")
     [line] = list(csv.DictReader(io.StringIO(timm_csv.stdout)))[:1]
     assert float(line["infer_samples_per_sec"]) > 0 and float(line["train_samples_per_sec"]) > 0
+
+
+def test_python_dash_m_bench_is_the_same_entry_point():
+    proc = subprocess.run([sys.executable, "-m", "bench", "--models", "rmt_ss"], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: Unknown model 'rmt_ss'")
+    help_text = subprocess.run([sys.executable, "-m", "bench", "--help"], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert help_text.returncode == 0 and "--bench {infer,train,both}" in help_text.stdout and "onnxruntime" in help_text.stdout
