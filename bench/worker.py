@@ -135,9 +135,8 @@ class Worker:
         memory.reset()
         try:
             x = make_input(spec.batch_size, spec.input_size, spec.precision, spec.device, spec.channels_last)
-            fields, times, wall_s = measure(model, backend, spec, x)
-            return {"latency_ms": latency_stats(times), "times_ms": times, "throughput_ips": spec.batch_size * len(times) / wall_s,
-                    **fields, **memory.read()}
+            fields, times, wall_s = measure(model, backend, spec, x, memory)
+            return {"latency_ms": latency_stats(times), "times_ms": times, "throughput_ips": spec.batch_size * len(times) / wall_s, **fields}
         except BackendUnavailable as exc:
             return {"status": "unavailable", "reason": str(exc), **exc.info}
         except Exception as exc:
@@ -149,12 +148,12 @@ class Worker:
             x = None
             _free(spec.device)
 
-    def _infer(self, model: nn.Module, backend: Backend, spec: RowSpec, x: torch.Tensor) -> tuple[dict[str, Any], list[float], float]:
+    def _infer(self, model: nn.Module, backend: Backend, spec: RowSpec, x: torch.Tensor, memory: PeakMemory) -> tuple[dict[str, Any], list[float], float]:
         settings = self.settings
         with torch.no_grad():
             prepared = backend.prepare(model, x, spec)
             times, wall_s = time_steps(lambda: prepared.forward(x), settings.warmup, settings.iters, spec.device)
-            fields = {"compile_s": prepared.compile_s, **prepared.info}
+            fields = {"compile_s": prepared.compile_s, **prepared.info, **memory.read()}  # before the check's eager run
             if backend.name != "eager":
                 reference = make_backend("eager").prepare(model, x, spec).forward(x)
                 fields.update(output_difference(reference, prepared.forward(x), spec))
@@ -163,14 +162,14 @@ class Worker:
             fields.update(self._accuracy(prepared.forward, spec))
         return fields, times, wall_s
 
-    def _train(self, model: nn.Module, backend: Backend, spec: RowSpec, x: torch.Tensor) -> tuple[dict[str, Any], list[float], float]:
+    def _train(self, model: nn.Module, backend: Backend, spec: RowSpec, x: torch.Tensor, memory: PeakMemory) -> tuple[dict[str, Any], list[float], float]:
         step, fields = training_step(model, backend, spec, x)
         t0 = time.perf_counter()
         step()  # the first step compiles where the backend compiles
         synchronize(spec.device)
         first_s = time.perf_counter() - t0
         times, wall_s = time_steps(step, max(0, self.settings.warmup - 1), self.settings.iters, spec.device)
-        return {**fields, "compile_s": first_s if backend.name != "eager" else None}, times, wall_s
+        return {**fields, "compile_s": first_s if backend.name != "eager" else None, **memory.read()}, times, wall_s
 
     def _accuracy(self, forward, spec: RowSpec) -> dict[str, Any]:
         """Measured once per input size through this row's forward (same backend and precision), then reused."""
