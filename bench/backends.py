@@ -145,16 +145,18 @@ class TensorRTOptions:
     min_block_size: int = 5  # torch_tensorrt's default: smaller PyTorch-op islands stay in PyTorch
 
 
-def trt_arguments(compile_fn: Callable[..., Any], dtype: torch.dtype, options: TensorRTOptions) -> tuple[dict[str, Any], dict[str, Any]]:
+def trt_arguments(compile_fn: Callable[..., Any], spec: RowSpec, options: TensorRTOptions) -> tuple[dict[str, Any], dict[str, Any]]:
     """Keyword arguments for `torch_tensorrt.dynamo.compile` as installed, and what they mean for the row.
 
-    The model and input are already cast to `dtype`. torch-tensorrt 2.13 removed `enabled_precisions` and
+    The model and input are already cast to the row's dtype. torch-tensorrt 2.13 removed `enabled_precisions` and
     `use_explicit_typing` (the engine is always typed from the graph); before that, a `use_explicit_typing`
     defaulting to True types from the graph too, and older releases build fp32 kernels unless
     `enabled_precisions` allows the lower precision. Since 2.12, `attn_bias_is_causal` (default True) rewrites an
     attention whose bias is square into causal attention; RMT's decay and MaxViT's relative-position bias are
-    such biases, so it is passed as False wherever it exists.
+    such biases, so it is passed as False wherever it exists. TensorRT runs fp32 layers in TF32 unless
+    `disable_tf32`; it follows the row's --tf32 so an fp32 row means what it means for the other backends.
     """
+    dtype = compute_dtype(spec.precision)
     params = inspect.signature(compile_fn).parameters
     kwargs: dict[str, Any] = {"min_block_size": options.min_block_size}
     if "enabled_precisions" not in params:
@@ -166,7 +168,10 @@ def trt_arguments(compile_fn: Callable[..., Any], dtype: torch.dtype, options: T
         typing = f"enabled_precisions={str(dtype).removeprefix('torch.')}"
     if "attn_bias_is_causal" in params:
         kwargs["attn_bias_is_causal"] = False
-    info = {"trt_typing": typing, "trt_min_block_size": options.min_block_size, "trt_attn_bias_is_causal": kwargs.get("attn_bias_is_causal")}
+    if "disable_tf32" in params:
+        kwargs["disable_tf32"] = not spec.tf32
+    info = {"trt_typing": typing, "trt_min_block_size": options.min_block_size, "trt_attn_bias_is_causal": kwargs.get("attn_bias_is_causal"),
+            "trt_disable_tf32": kwargs.get("disable_tf32")}
     return kwargs, info
 
 
@@ -224,7 +229,7 @@ class TensorRT(Backend):
         t0 = time.perf_counter()
         exported = torch.export.export(model, (x,))
         export_s = time.perf_counter() - t0
-        kwargs, info = trt_arguments(torch_tensorrt.dynamo.compile, compute_dtype(spec.precision), self.options)
+        kwargs, info = trt_arguments(torch_tensorrt.dynamo.compile, spec, self.options)
         engine = torch_tensorrt.dynamo.compile(exported, inputs=[x], **kwargs)
         info.update(export_s=export_s, export_ok=True, **trt_partition(engine))
         return Prepared(engine, time.perf_counter() - t0, info)

@@ -203,16 +203,18 @@ class _FakeTorchTensorRT:
         self.dynamo = types.SimpleNamespace(compile=compile)
 
 
-TRT_2_11 = {"enabled_precisions": None, "use_explicit_typing": False, "min_block_size": 5}
+TRT_2_11 = {"enabled_precisions": None, "use_explicit_typing": False, "min_block_size": 5, "disable_tf32": False}
 TRT_2_12 = {**TRT_2_11, "attn_bias_is_causal": True}
-TRT_2_13 = {"min_block_size": 5, "attn_bias_is_causal": True}  # enabled_precisions and use_explicit_typing removed
+TRT_2_13 = {"min_block_size": 5, "disable_tf32": False, "attn_bias_is_causal": True}  # enabled_precisions, use_explicit_typing gone
 
 
 @pytest.mark.parametrize("keywords, precision, passed, typing", [
-    (TRT_2_11, "fp16", {"enabled_precisions": {torch.float16}, "min_block_size": 5}, "enabled_precisions=float16"),
-    (TRT_2_12, "fp16", {"enabled_precisions": {torch.float16}, "min_block_size": 5, "attn_bias_is_causal": False}, "enabled_precisions=float16"),
-    ({**TRT_2_11, "use_explicit_typing": True}, "bf16", {"min_block_size": 5}, "explicit typing (default)"),
-    (TRT_2_13, "fp16", {"min_block_size": 5, "attn_bias_is_causal": False}, "strong typing (always on)"),
+    (TRT_2_11, "fp16", {"enabled_precisions": {torch.float16}, "min_block_size": 5, "disable_tf32": True}, "enabled_precisions=float16"),
+    (TRT_2_12, "fp16", {"enabled_precisions": {torch.float16}, "min_block_size": 5, "disable_tf32": True, "attn_bias_is_causal": False},
+     "enabled_precisions=float16"),
+    ({**TRT_2_11, "use_explicit_typing": True}, "bf16", {"min_block_size": 5, "disable_tf32": True}, "explicit typing (default)"),
+    (TRT_2_13, "fp16", {"min_block_size": 5, "disable_tf32": True, "attn_bias_is_causal": False}, "strong typing (always on)"),
+    ({"min_block_size": 5}, "fp32", {"min_block_size": 5}, "strong typing (always on)"),
 ])
 def test_tensorrt_arguments_follow_the_installed_release(keywords, precision, passed, typing):
     fake = _FakeTorchTensorRT(keywords)
@@ -231,6 +233,8 @@ def test_tensorrt_min_block_size_option_reaches_the_compiler():
     fake = _FakeTorchTensorRT(TRT_2_13)
     TensorRT(TensorRTOptions(min_block_size=1)).build(fake, nn.Conv2d(3, 4, 3).eval(), torch.randn(1, 3, 16, 16), _spec("tensorrt", "fp16"))
     assert fake.calls[0]["min_block_size"] == 1
+    TensorRT().build(fake, nn.Conv2d(3, 4, 3).eval(), torch.randn(1, 3, 16, 16), _spec("tensorrt", "fp32", tf32=True))
+    assert fake.calls[1]["disable_tf32"] is False  # --tf32: TensorRT's TF32 stays on, as for the other backends
 
 
 # ----------------------------------------------------------------------------------------------- accuracy
