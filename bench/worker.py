@@ -77,7 +77,7 @@ def output_difference(reference: Any, output: Any, spec: RowSpec) -> dict[str, A
 def _drop_path_rate(model: nn.Module) -> float:
     """The largest stochastic-depth rate in the model (timm's DropPath and torchvision's StochasticDepth)."""
     rates = [float(getattr(m, "drop_prob", getattr(m, "p", 0.0)) or 0.0) for m in model.modules() if type(m).__name__ in ("DropPath", "StochasticDepth")]
-    return max(rates, default=0.0)
+    return round(max(rates, default=0.0), 6)  # builders compute rates in float32 (0.10000000149)
 
 
 class Worker:
