@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import torch
 from timm.data import create_transform
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
@@ -48,6 +48,29 @@ def preprocessing(model: str, input_size: tuple[int, int]) -> Callable:
     )
 
 
+class _Readable(Dataset):
+    """A dataset whose unreadable images (corrupt, truncated, not an image) come back as None instead of raising."""
+
+    def __init__(self, dataset: Dataset, paths: list[str]):
+        self.dataset, self.paths = dataset, paths
+        self.skipped: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        try:
+            return self.dataset[index]
+        except (OSError, ValueError, SyntaxError):  # what PIL raises for a file it cannot decode
+            self.skipped.append(self.paths[index])
+            return None
+
+
+def _collate(items: list[Any]) -> Any:
+    items = [i for i in items if i is not None]
+    return torch.utils.data.default_collate(items) if items else None
+
+
 @torch.no_grad()
 def evaluate(
     forward: Callable[[torch.Tensor], Any],
@@ -58,13 +81,19 @@ def evaluate(
     max_samples: int | None,
     prepare_input: Callable[[torch.Tensor], torch.Tensor],
 ) -> dict[str, Any]:
-    """Accuracy of `forward` at `batch_size`; a short last batch is padded because compiled shapes are static."""
-    dataset = ImageFolder(data_dir, transform=preprocessing(model, input_size))
-    if max_samples is not None and max_samples < len(dataset):
+    """Accuracy of `forward` at `batch_size`; a short batch is padded because compiled shapes are static. Images
+    that cannot be read are skipped and counted, and the rest still count."""
+    folder = ImageFolder(data_dir, transform=preprocessing(model, input_size))
+    indices = list(range(len(folder)))
+    if max_samples is not None and max_samples < len(folder):
         # an even spread over classes, not the first few folders
-        dataset = Subset(dataset, torch.linspace(0, len(dataset) - 1, max_samples).round().long().tolist())
+        indices = torch.linspace(0, len(folder) - 1, max_samples).round().long().tolist()
+    dataset = _Readable(Subset(folder, indices), [folder.samples[i][0] for i in indices])
     correct1 = correct5 = seen = 0
-    for images, targets in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0):
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0, collate_fn=_collate):
+        if batch is None:
+            continue
+        images, targets = batch
         n = images.shape[0]
         if n < batch_size:
             images = torch.cat([images, images[-1:].expand(batch_size - n, *images.shape[1:])])
@@ -74,4 +103,9 @@ def evaluate(
         correct1 += int(hits[:, 0].sum())
         correct5 += int(hits.any(dim=-1).sum())
         seen += n
-    return {"top1": 100.0 * correct1 / seen, "top5": 100.0 * correct5 / seen, "eval_samples": seen}
+    result: dict[str, Any] = {"eval_samples": seen, "eval_skipped": len(dataset.skipped)}
+    if dataset.skipped:
+        result["accuracy_note"] = f"{len(dataset.skipped)} unreadable image(s) skipped, e.g. {dataset.skipped[0]}."
+    if not seen:
+        raise DataError(f"None of the {len(dataset)} images could be read.")
+    return {"top1": 100.0 * correct1 / seen, "top5": 100.0 * correct5 / seen, **result}

@@ -50,8 +50,27 @@ def time_steps(step: Callable[[], Any], warmup: int, iters: int, device: str) ->
 
 def latency_stats(times_ms: list[float]) -> dict[str, float]:
     t = np.asarray(times_ms, dtype=np.float64)
-    p50, p90, p99 = np.percentile(t, [50, 90, 99])
-    return {"mean": float(t.mean()), "p50": float(p50), "p90": float(p90), "p99": float(p99), "std": float(t.std()), "min": float(t.min())}
+    p50, p90, p95, p99 = np.percentile(t, [50, 90, 95, 99])
+    return {"mean": float(t.mean()), "p50": float(p50), "p90": float(p90), "p95": float(p95), "p99": float(p99),
+            "std": float(t.std()), "min": float(t.min())}
+
+
+def enable_tf32() -> None:
+    """What timm's benchmark.py sets on a GPU: TF32 matmuls and convolutions, and cuDNN autotuning. Without it
+    torch's defaults stand (fp32 matmuls, TF32 convolutions, no autotuning), and each row records which ran."""
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
+
+
+def numerics() -> dict[str, Any]:
+    """The numeric settings a row ran under, read back from torch (not from the arguments)."""
+    return {
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+    }
 
 
 def _status_kb(field: str) -> int | None:

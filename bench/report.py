@@ -4,23 +4,17 @@ from __future__ import annotations
 import csv
 import io
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from tabulate import tabulate, tabulate_formats
 
 from .spec import STATUSES
 
-__all__ = ["FORMATS", "render_table", "table_order", "status_summary", "plot"]
+__all__ = ["FORMATS", "COLUMNS", "Column", "render_table", "table_order", "status_summary", "plot", "timm_csv"]
 
-FORMATS = ("csv", *tabulate_formats)
-
-_CSV_FIELDS = (
-    "model", "backend", "compile_mode", "precision", "batch_size", "input_size", "features_only", "channels_last", "device",
-    "status", "reason", "params", "gmacs", "gmacs_torch", "latency_ms.mean", "latency_ms.p50", "latency_ms.p90",
-    "latency_ms.p99", "latency_ms.std", "throughput_ips", "peak_mem_mb", "peak_mem_reserved_mb", "compile_s",
-    "graph_breaks", "top1", "top5", "eval_samples", "env.device_name", "timestamp",
-)
+FORMATS = ("csv", "timm", *tabulate_formats)
 
 
 def _get(row: dict[str, Any], dotted: str) -> Any:
@@ -30,15 +24,16 @@ def _get(row: dict[str, Any], dotted: str) -> Any:
     return value
 
 
-def _num(value: Any, fmt: str) -> str:
-    return "" if value is None else format(value, fmt)
-
-
 def _backend_label(row: dict[str, Any]) -> str:
     label = row["backend"]
     if row.get("compile_mode") not in (None, "default"):
         label += f" ({row['compile_mode']})"
-    return label + (" +cl" if row.get("channels_last") else "")
+    return label + (" +cl" if row.get("channels_last") else "") + (" +gc" if row.get("grad_checkpointing") else "")
+
+
+def _precision_label(row: dict[str, Any]) -> str:
+    """The precision, and TF32 where the row allowed it for fp32 matmuls (timm's GPU default)."""
+    return row["precision"] + (" +tf32" if row.get("tf32") else "")
 
 
 def _input_label(row: dict[str, Any]) -> str:
@@ -46,53 +41,152 @@ def _input_label(row: dict[str, Any]) -> str:
     return f"{h}x{w}" + (" feat" if row.get("features_only") else "")
 
 
+@dataclass(frozen=True)
+class Column:
+    """One measurement as every output shows it: the terminal/LaTeX header, the row field (the CSV column), the
+    format, and where it has one, timm's CSV name (prefixed infer_/train_ by the row's mode) and rounding."""
+
+    header: str
+    field: str
+    fmt: str = ""
+    label: Callable[[dict[str, Any]], str] | None = None  # the table cell, where it is not the formatted field
+    scale: float = 1.0
+    timm: str | None = None
+    timm_digits: int | None = None
+    always: bool = False  # shown in the terminal even when empty
+
+    def value(self, row: dict[str, Any]) -> Any:
+        value = _get(row, self.field)
+        return value * self.scale if isinstance(value, (int, float)) and not isinstance(value, bool) and self.scale != 1 else value
+
+    def cell(self, row: dict[str, Any]) -> str:
+        if self.label is not None:
+            return self.label(row)
+        value = self.value(row)
+        return "" if value is None or value == [] else format(value, self.fmt)
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column("model", "model", always=True),
+    Column("mode", "mode", label=lambda r: r.get("mode", "infer")),
+    Column("backend", "backend", label=_backend_label, always=True),
+    Column("precision", "precision", label=_precision_label, always=True),
+    Column("batch", "batch_size", "d", timm="batch_size", always=True),
+    Column("input", "input_size", label=_input_label, always=True),
+    Column("params (M)", "params", ".2f", scale=1e-6),
+    Column("GMACs", "gmacs", ".3f", timm="gmacs", timm_digits=2),
+    Column("mean ms", "latency_ms.mean", ".2f", timm="step_time", timm_digits=3),
+    Column("p50 ms", "latency_ms.p50", ".2f"),
+    Column("p90 ms", "latency_ms.p90", ".2f"),
+    Column("p95 ms", "latency_ms.p95", ".2f"),
+    Column("p99 ms", "latency_ms.p99", ".2f"),
+    Column("std ms", "latency_ms.std", ".2f"),
+    Column("img/s", "throughput_ips", ".1f", timm="samples_per_sec", timm_digits=2),
+    Column("peak MB", "peak_mem_mb", ".0f"),
+    Column("compile s", "compile_s", ".1f"),
+    Column("breaks", "graph_breaks", "d"),
+    Column("diff vs eager", "diff_vs_eager_rel", ".1e"),
+    Column("top-1", "top1", ".2f"),
+    Column("top-5", "top5", ".2f"),
+)
+# CSV keeps every measurement and what it needs to be read: the columns above plus these.
+_CSV_EXTRA = ("compile_mode", "features_only", "channels_last", "tf32", "device", "status", "reason", "gmacs_torch",
+              "diff_vs_eager_max_abs", "peak_mem_reserved_mb", "float32_matmul_precision", "cudnn_benchmark",
+              "eval_samples", "eval_skipped", "env.device_name", "schema_version", "timestamp")
+
+
+def _csv_value(value: Any) -> Any:
+    if isinstance(value, list):
+        return "x".join(map(str, value))
+    return "" if value is None else value
+
+
 def _csv(rows: list[dict[str, Any]]) -> str:
+    fields = [c.field for c in COLUMNS] + list(_CSV_EXTRA)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(_CSV_FIELDS)
+    writer.writerow(fields)
     for row in rows:
-        writer.writerow(["x".join(map(str, v)) if isinstance(v, list) else ("" if v is None else v) for v in (_get(row, f) for f in _CSV_FIELDS)])
+        writer.writerow([_csv_value(_get(row, f)) for f in fields])
+    return buf.getvalue()
+
+
+def timm_csv(rows: Iterable[dict[str, Any]]) -> str:
+    """timm's benchmark.py CSV: one line per model/backend/precision/batch/size with its infer_* and train_* columns,
+    param_count in millions, rounded as timm rounds; only classification rows that measured (status ok), since
+    timm's benchmark has no features_only mode."""
+    merged: dict[tuple, dict[str, Any]] = {}
+    modes: set[str] = set()
+    for row in rows:
+        if row.get("status") != "ok" or row.get("features_only"):
+            continue
+        mode = row.get("mode", "infer")
+        modes.add(mode)
+        line = merged.setdefault((row["model"], _backend_label(row), _precision_label(row), row["batch_size"], tuple(row["input_size"])), {
+            "model": row["model"], "param_count": round(row["params"] / 1e6, 2) if row.get("params") else None,
+            "backend": _backend_label(row), "precision": _precision_label(row)})
+        line[f"{mode}_img_size"] = row["input_size"][-1]
+        for column in COLUMNS:
+            value = column.value(row)
+            if column.timm and value is not None:
+                line[f"{mode}_{column.timm}"] = round(value, column.timm_digits) if column.timm_digits is not None else value
+    fields = ["model"]
+    for mode in ("infer", "train"):
+        if mode in modes:
+            fields += [f"{mode}_{name}" for name in ("samples_per_sec", "step_time", "batch_size", "img_size")]
+            fields += [f"{mode}_gmacs"] if mode == "infer" else []
+    fields += ["param_count", "backend", "precision"]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fields, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    for line in merged.values():
+        writer.writerow({k: _csv_value(line.get(k)) for k in fields})
     return buf.getvalue()
 
 
 def table_order(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Models and backends in the order they first appear, then input size and batch size ascending."""
+    """Models and backends in the order they first appear, then mode, input size and batch size ascending."""
     first: dict[tuple, int] = {}
     for row in rows:
         first.setdefault((row["model"], row["backend"]), len(first))
-    return sorted(rows, key=lambda r: (first[r["model"], r["backend"]], r["precision"], bool(r.get("features_only")),
+    return sorted(rows, key=lambda r: (first[r["model"], r["backend"]], r.get("mode", "infer"), r["precision"], bool(r.get("features_only")),
                                        bool(r.get("channels_last")), list(r["input_size"]), r["batch_size"]))
 
 
+def _shown(rows: list[dict[str, Any]]) -> list[Column]:
+    """The columns that say something for these rows: the mode only when a row trained, others when any row has a value."""
+    shown = []
+    for column in COLUMNS:
+        if column.field == "mode":
+            keep = any(r.get("mode", "infer") != "infer" for r in rows)
+        else:
+            keep = column.always or any(column.cell(r) for r in rows)
+        if keep:
+            shown.append(column)
+    return shown
+
+
 def render_table(rows: Iterable[dict[str, Any]], fmt: str = "github") -> str:
-    """One line per row; rows that are not `ok` carry a numbered note with their reason under the table."""
+    """One line per row and the columns that have values (CSV formats keep every field); rows that are not `ok`
+    carry a numbered note with their reason under the table."""
     rows = list(rows)
     if fmt == "csv":
         return _csv(rows)
+    if fmt == "timm":
+        return timm_csv(rows)
+    columns = _shown(rows)
     notes: list[str] = []
     body = []
     for row in rows:
         status = row.get("status", "error")
-        reasons = [r for r in (row.get("reason"), row.get("flops_error"), row.get("accuracy_error")) if r]
+        reasons = list(dict.fromkeys(r for r in (row.get("reason"), row.get("flops_error"), row.get("accuracy_error"), row.get("accuracy_note")) if r))
         if reasons:
             note = " ".join(reasons)
             if note not in notes:
                 notes.append(note)
             status += f" [{notes.index(note) + 1}]"
-        lat = row.get("latency_ms") or {}
-        body.append([
-            row["model"], _backend_label(row), row["precision"], row["batch_size"], _input_label(row),
-            _num(row.get("params") and row["params"] / 1e6, ".2f"), _num(row.get("gmacs"), ".3f"),
-            _num(lat.get("mean"), ".2f"), _num(lat.get("p50"), ".2f"), _num(lat.get("p90"), ".2f"), _num(lat.get("p99"), ".2f"),
-            _num(lat.get("std"), ".2f"), _num(row.get("throughput_ips"), ".1f"), _num(row.get("peak_mem_mb"), ".0f"),
-            _num(row.get("compile_s"), ".1f"), _num(row.get("graph_breaks"), "d"),
-            _num(row.get("top1"), ".2f"), _num(row.get("top5"), ".2f"), status,
-        ])
-    headers = [
-        "model", "backend", "precision", "batch", "input", "params (M)", "GMACs", "mean ms", "p50 ms", "p90 ms", "p99 ms",
-        "std ms", "img/s", "peak MB", "compile s", "breaks", "top-1", "top-5", "status",
-    ]
-    table = tabulate(body, headers=headers, tablefmt=fmt, disable_numparse=True)
+        body.append([c.cell(row) for c in columns] + [status])
+    table = tabulate(body, headers=[c.header for c in columns] + ["status"], tablefmt=fmt, disable_numparse=True)
     return table + "".join(f"\n[{i}] {note}" for i, note in enumerate(notes, 1))
 
 

@@ -1,4 +1,8 @@
-"""The JSON-lines results file: one row per measurement, appended the moment it exists so a crash loses nothing."""
+"""The JSON-lines results file: one row per measurement, appended the moment it exists so a crash loses nothing.
+
+Readers skip what they cannot read (a line cut short by a crash, a foreign or older-schema line, binary junk) with
+one summary note on stderr, and never fail on it: a results file is shared by runs, editors and other tools.
+"""
 from __future__ import annotations
 
 import json
@@ -8,38 +12,72 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
-from .spec import row_key
+from .spec import SCHEMA_VERSION, row_key
 
-__all__ = ["load_results", "append_row", "latest_rows", "utc_now"]
+__all__ = ["load_results", "append_row", "latest_rows", "utc_now", "check_output_path", "OutputPathError", "SCHEMA_VERSION"]
+
+# What a line must hold, with these types, to be read as a row; anything else is somebody else's line.
+_REQUIRED = {"model": str, "backend": str, "precision": str, "batch_size": int, "input_size": list, "status": str}
 
 
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def load_results(path: str | Path) -> list[dict[str, Any]]:
-    """All rows of a results file, oldest first.
+def _as_row(line: str) -> dict[str, Any] | None:
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(row, dict) or any(not isinstance(row.get(k), t) for k, t in _REQUIRED.items()):
+        return None
+    size = row["input_size"]
+    if len(size) != 2 or not all(isinstance(v, int) for v in size) or isinstance(row["batch_size"], bool):
+        return None
+    return row
 
-    A line cut short by a crash mid-write is skipped with a note on stderr rather than failing the whole file.
-    Raises FileNotFoundError when the file does not exist.
+
+def load_results(path: str | Path, quiet: bool = False) -> list[dict[str, Any]]:
+    """All rows of a results file, oldest first; lines that are not rows are skipped with one note on stderr.
+
+    Raises FileNotFoundError (an OSError) when the file cannot be opened.
     """
-    rows = []
-    with open(path, encoding="utf-8") as f:
+    rows, skipped = [], []
+    with open(path, encoding="utf-8", errors="replace") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                print(f"note: skipped unreadable line {n} of {path}", file=sys.stderr)
+            row = _as_row(line)
+            if row is None:
+                skipped.append(n)
+            else:
+                rows.append(row)
+    if skipped and not quiet:
+        first = ", ".join(map(str, skipped[:5])) + (", ..." if len(skipped) > 5 else "")
+        print(f"note: skipped {len(skipped)} line(s) of {path} that are not benchmark rows (line {first}).", file=sys.stderr)
     return rows
 
 
+def _ends_cleanly(path: Path) -> bool:
+    """True when the file is empty or ends in a newline, so an appended row starts on its own line."""
+    with open(path, "rb") as f:
+        if f.seek(0, os.SEEK_END) == 0:
+            return True
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
 def append_row(path: str | Path, row: dict[str, Any]) -> None:
-    """Append one row and force it to disk before the next measurement starts."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    """Append one row and force it to disk before the next measurement starts.
+
+    A file left without a final newline (a crash mid-write, an editor) gets one first, so the torn line stays torn
+    and the new row stays whole.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lead = "" if not path.exists() or _ends_cleanly(path) else "\n"
     with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row, default=str) + "\n")
+        f.write(lead + json.dumps({"schema_version": SCHEMA_VERSION, **row}, default=str) + "\n")
         f.flush()
         os.fsync(f.fileno())
 
@@ -52,3 +90,39 @@ def latest_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         latest.pop(key, None)
         latest[key] = row
     return list(latest.values())
+
+
+class OutputPathError(ValueError):
+    """An output path that cannot be written; the message is one sentence."""
+
+
+def check_output_path(path: str | Path, what: str, text_file: bool = False, folder: bool = False) -> None:
+    """Raise OutputPathError unless `path` can be written (created if missing), before anything is measured.
+
+    `text_file`: an existing file must be text (a results file appended to); `folder`: `path` is a folder to fill.
+    """
+    path = Path(path)
+    if path.exists():
+        if folder != path.is_dir():
+            kind = "a file" if folder else "a folder"
+            raise OutputPathError(f"{what} {str(path)!r} is {kind}; give {'a folder' if folder else 'a file path'}.")
+        if not os.access(path, os.W_OK):
+            raise OutputPathError(f"{what} {str(path)!r} is not writable.")
+        if text_file:
+            with open(path, "rb") as f:
+                head = f.read(1 << 16)
+            try:
+                head.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                if exc.start < len(head) - 4:  # not merely a character cut at the 64 KiB boundary
+                    raise OutputPathError(f"{what} {str(path)!r} is a binary file, not a JSON-lines results file.") from None
+            if b"\0" in head:
+                raise OutputPathError(f"{what} {str(path)!r} is a binary file, not a JSON-lines results file.")
+        return
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputPathError(f"{what} {str(path)!r} lies under {str(parent)!r}, which is a file, not a folder.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputPathError(f"{what} {str(path)!r} cannot be created: the folder {str(parent)!r} is not writable.")

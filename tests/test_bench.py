@@ -1,7 +1,12 @@
 """In-process tests of the harness pieces: FLOP counting, timing, memory, backends, accuracy, results, reports, CLI."""
 from __future__ import annotations
 
+import csv
+import inspect
+import io
 import json
+import os
+import types
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +20,15 @@ from PIL import Image
 import zoo
 from bench import cli
 from bench.accuracy import DataError, check_data_dir, evaluate
-from bench.backends import BackendUnavailable, Compile, Eager, TensorRT
+from bench.backends import BACKENDS, BackendUnavailable, Compile, Eager, OnnxRuntime, TensorRT, TensorRTOptions, make_backend
 from bench.flops import count_gmacs, count_params
 from bench.measure import PeakMemory, latency_stats, time_steps
 from bench.report import plot, render_table, status_summary, table_order
-from bench.results import append_row, latest_rows, load_results
+from bench.results import SCHEMA_VERSION, append_row, check_output_path, latest_rows, load_results
+from bench.runner import crash_reason
 from bench.spec import RowSpec
+from bench.train import training_step
+from bench.worker import _drop_path_rate, output_difference
 
 # ----------------------------------------------------------------------------------------------- FLOPs
 
@@ -160,18 +168,73 @@ def test_tensorrt_missing_is_unavailable_with_export_check():
         TensorRT().prepare(nn.Conv2d(3, 4, 3), x, _spec("tensorrt", "amp-fp16"))
 
 
-def test_tensorrt_precision_arguments_follow_the_installed_api():
-    from bench.backends import _precision_kwargs
+class _Relu(nn.Module):
+    def forward(self, x):
+        return torch.relu(x)
 
-    def explicit_typing(exported_program, inputs=None, *, use_explicit_typing=True, enabled_precisions=None): ...
 
-    def weak_typing(exported_program, inputs=None, *, enabled_precisions=None, use_explicit_typing=False): ...
+class _Engine(nn.Module):
+    def __init__(self, converted: nn.Module, left: nn.Module):
+        super().__init__()
+        self._run_on_acc_0, self._run_on_gpu_1 = converted, left
 
-    def oldest(exported_program, inputs=None, *, enabled_precisions=None): ...
+    def forward(self, x):
+        return self._run_on_acc_0(x)
 
-    assert _precision_kwargs(explicit_typing, torch.float16) == {}  # would reject enabled_precisions
-    assert _precision_kwargs(weak_typing, torch.float16) == {"enabled_precisions": {torch.float16}}
-    assert _precision_kwargs(oldest, torch.bfloat16) == {"enabled_precisions": {torch.bfloat16}}
+
+class _FakeTorchTensorRT:
+    """A stand-in `torch_tensorrt` whose `dynamo.compile` has one release's keyword arguments (name: default); it
+    records what it was given and returns a graph split as torch_tensorrt splits one: an engine submodule and a
+    PyTorch submodule."""
+
+    def __init__(self, keywords: dict):
+        self.calls: list[dict] = []
+
+        def compile(exported_program, inputs=None, **kwargs):
+            self.calls.append(kwargs)
+            return _Engine(exported_program.module(), torch.fx.symbolic_trace(_Relu()))
+
+        kind = inspect.Parameter.KEYWORD_ONLY
+        compile.__signature__ = inspect.Signature(
+            [inspect.Parameter("exported_program", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+             inspect.Parameter("inputs", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)]
+            + [inspect.Parameter(name, kind, default=default) for name, default in keywords.items()]
+        )
+        self.dynamo = types.SimpleNamespace(compile=compile)
+
+
+TRT_2_11 = {"enabled_precisions": None, "use_explicit_typing": False, "min_block_size": 5, "disable_tf32": False}
+TRT_2_12 = {**TRT_2_11, "attn_bias_is_causal": True}
+TRT_2_13 = {"min_block_size": 5, "disable_tf32": False, "attn_bias_is_causal": True}  # enabled_precisions, use_explicit_typing gone
+
+
+@pytest.mark.parametrize("keywords, precision, passed, typing", [
+    (TRT_2_11, "fp16", {"enabled_precisions": {torch.float16}, "min_block_size": 5, "disable_tf32": True}, "enabled_precisions=float16"),
+    (TRT_2_12, "fp16", {"enabled_precisions": {torch.float16}, "min_block_size": 5, "disable_tf32": True, "attn_bias_is_causal": False},
+     "enabled_precisions=float16"),
+    ({**TRT_2_11, "use_explicit_typing": True}, "bf16", {"min_block_size": 5, "disable_tf32": True}, "explicit typing (default)"),
+    (TRT_2_13, "fp16", {"min_block_size": 5, "disable_tf32": True, "attn_bias_is_causal": False}, "strong typing (always on)"),
+    ({"min_block_size": 5}, "fp32", {"min_block_size": 5}, "strong typing (always on)"),
+])
+def test_tensorrt_arguments_follow_the_installed_release(keywords, precision, passed, typing):
+    fake = _FakeTorchTensorRT(keywords)
+    model, x = nn.Conv2d(3, 4, 3).eval(), torch.randn(2, 3, 16, 16)
+    prepared = TensorRT().build(fake, model, x, _spec("tensorrt", precision))
+    assert fake.calls == [passed]
+    info = prepared.info
+    assert info["trt_typing"] == typing and info["trt_min_block_size"] == 5
+    assert info["trt_attn_bias_is_causal"] == passed.get("attn_bias_is_causal")
+    assert (info["trt_engines"], info["trt_torch_subgraphs"], info["trt_fully_converted"]) == (1, 1, False)
+    assert info["trt_torch_ops"] == ["relu"]  # what stayed in PyTorch
+    assert torch.allclose(prepared.forward(x), model(x))
+
+
+def test_tensorrt_min_block_size_option_reaches_the_compiler():
+    fake = _FakeTorchTensorRT(TRT_2_13)
+    TensorRT(TensorRTOptions(min_block_size=1)).build(fake, nn.Conv2d(3, 4, 3).eval(), torch.randn(1, 3, 16, 16), _spec("tensorrt", "fp16"))
+    assert fake.calls[0]["min_block_size"] == 1
+    TensorRT().build(fake, nn.Conv2d(3, 4, 3).eval(), torch.randn(1, 3, 16, 16), _spec("tensorrt", "fp32", tf32=True))
+    assert fake.calls[1]["disable_tf32"] is False  # --tf32: TensorRT's TF32 stays on, as for the other backends
 
 
 # ----------------------------------------------------------------------------------------------- accuracy
@@ -201,10 +264,21 @@ def test_accuracy_on_image_folder_pads_the_last_batch(tmp_path):
         return _brightness_logits(x)
 
     result = evaluate(forward, "test_vit", (32, 32), str(data), 4, None, lambda t: t)
-    assert result == {"top1": 100.0, "top5": 100.0, "eval_samples": 6}
+    assert result == {"top1": 100.0, "top5": 100.0, "eval_samples": 6, "eval_skipped": 0}
     assert seen_batches == [4, 4]  # 6 images: the second batch is padded to the static shape
     flipped = evaluate(lambda x: -_brightness_logits(x), "test_vit", (32, 32), str(data), 4, 4, lambda t: t)
     assert flipped["eval_samples"] == 4 and flipped["top1"] == 0.0 and flipped["top5"] == 100.0
+
+
+def test_a_corrupt_image_is_skipped_and_counted(tmp_path):
+    data = make_image_folder(tmp_path / "data")
+    (data / "a" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(200))  # a JPEG header, then nothing decodable
+    good = data / "b" / "cut.jpg"
+    Image.fromarray(np.full((40, 48, 3), 200, dtype=np.uint8)).save(good)
+    good.write_bytes(good.read_bytes()[:100])  # truncated mid-stream
+    result = evaluate(_brightness_logits, "test_vit", (32, 32), str(data), 4, None, lambda t: t)
+    assert result["eval_samples"] == 6 and result["eval_skipped"] == 2 and result["top1"] == 100.0
+    assert result["accuracy_note"].startswith("2 unreadable image(s) skipped")
 
 
 def test_data_folder_checks(tmp_path):
@@ -237,14 +311,71 @@ def test_results_file_round_trip_survives_a_torn_line(tmp_path, capsys):
     path = tmp_path / "r.jsonl"
     append_row(path, _row(throughput_ips=1.0))
     append_row(path, _row(throughput_ips=2.0))
-    append_row(path, _row(batch_size=1))
     with open(path, "a") as f:
-        f.write('{"model": "cut sho')  # a crash mid-write
+        f.write('{"model": "cut sho')  # a crash mid-write: no newline at the end
+    append_row(path, _row(batch_size=1))  # the next row starts on its own line, so it is not glued to the torn one
     rows = load_results(path)
     assert [r["throughput_ips"] for r in rows] == [1.0, 2.0, 800.0]
-    assert "skipped unreadable line 4" in capsys.readouterr().err
+    assert all(r["schema_version"] == SCHEMA_VERSION for r in rows)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "skipped 1 line(s)" in err and "(line 3)" in err
     latest = latest_rows(rows)
     assert [(r["batch_size"], r["throughput_ips"]) for r in latest] == [(8, 2.0), (1, 800.0)]
+
+
+def test_a_row_appended_to_a_file_missing_its_last_newline_is_kept(tmp_path):
+    path = tmp_path / "r.jsonl"
+    append_row(path, _row(throughput_ips=1.0))
+    path.write_bytes(path.read_bytes()[:-1])  # `truncate -s -1`: the last row is whole but has no newline
+    append_row(path, _row(throughput_ips=2.0))
+    assert [r["throughput_ips"] for r in load_results(path)] == [1.0, 2.0]
+
+
+def test_foreign_partial_and_binary_lines_are_skipped_with_one_note(tmp_path, capsys):
+    path = tmp_path / "r.jsonl"
+    append_row(path, _row(throughput_ips=1.0))
+    foreign = ['[1]', '{"name": "x"}', '"text"', 'null', json.dumps(_row(batch_size="8")), json.dumps(_row(input_size=[224])),
+               json.dumps(_row(input_size="224x224")), json.dumps(_row(model=None))]
+    with open(path, "ab") as f:
+        f.write(("\n".join(foreign) + "\n").encode() + bytes(range(256)) + b"\n")
+    append_row(path, _row(throughput_ips=2.0))
+    rows = load_results(path)
+    assert [r["throughput_ips"] for r in rows] == [1.0, 2.0]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "skipped 10 line(s)" in err[0]  # 8 foreign lines, the binary run holds one newline byte
+    assert cli.main(["report", str(path), "--format", "csv"]) == 0
+    header, newest = capsys.readouterr().out.splitlines()  # the newest row of the one measurement
+    assert dict(zip(header.split(","), newest.split(",")))["throughput_ips"] == "2.0"
+    binary = tmp_path / "b.jsonl"
+    binary.write_bytes(bytes(range(256)) * 4)
+    assert load_results(binary) == []
+    assert cli.main(["report", str(binary)]) == cli.EXIT_USAGE
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: Results file")
+
+
+def test_output_paths_are_checked_before_anything_runs(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "binary.jsonl").write_bytes(bytes(range(256)))
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    cases = [
+        (["--out", str(tmp_path)], "is a folder"),
+        (["--out", str(tmp_path / "file" / "r.jsonl")], "which is a file, not a folder"),
+        (["--out", str(tmp_path / "binary.jsonl")], "is a binary file"),
+        (["--plot", str(tmp_path / "file" / "p.png")], "which is a file, not a folder"),
+    ]
+    if os.access(locked, os.W_OK):  # root writes anywhere; the permission case only means something otherwise
+        locked.chmod(0o700)
+    else:
+        cases.append((["--out", str(locked / "r.jsonl")], "is not writable"))
+    for argv, message in cases:
+        assert cli.main(["--models", "test_convnext", *argv]) == cli.EXIT_USAGE
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, (argv, err)
+    assert cli.main(["report", str(tmp_path / "binary.jsonl"), "--plot", str(tmp_path)]) == cli.EXIT_USAGE
+    assert "is a folder" in capsys.readouterr().err
+    check_output_path(tmp_path / "new" / "deeper" / "r.jsonl", "--out", text_file=True)  # created on first write
 
 
 def test_table_formats_and_notes():
@@ -263,9 +394,44 @@ def test_table_formats_and_notes():
     assert lines[-2:] == [f"[1] {reason}", "[2] Out of memory at batch 256."]
     assert "\\begin{tabular}" in render_table(rows, "latex")
     csv_lines = render_table(rows, "csv").splitlines()
-    assert csv_lines[0].startswith("model,backend,compile_mode,precision,batch_size,input_size")
+    assert csv_lines[0].startswith("model,mode,backend,precision,batch_size,input_size")
     assert len(csv_lines) == 5 and ",224x224," in csv_lines[1] and ",15.0," in csv_lines[1]
     assert status_summary(rows) == "4 rows: 1 ok, 1 oom, 2 unavailable"
+
+
+def test_terminal_table_shows_only_columns_with_values():
+    header = render_table([_row()], "github").splitlines()[0]
+    assert "p50 ms" in header and "img/s" in header
+    for empty in ("top-1", "top-5", "compile s", "breaks", "diff vs eager", "p95 ms", "| mode "):
+        assert empty not in header
+    rows = [_row(), _row(backend="compile", compile_s=2.5, graph_breaks=0, diff_vs_eager_rel=3e-7, mode="train", tf32=True)]
+    table = render_table(rows, "github")
+    header = table.splitlines()[0]
+    for shown in ("compile s", "breaks", "diff vs eager", "| mode "):
+        assert shown in header
+    assert "| train " in table and "fp32 +tf32" in table and "3.0e-07" in table
+    assert "top1" in render_table([_row()], "csv").splitlines()[0]  # CSV keeps every field
+
+
+def test_timm_csv_has_timm_columns_and_merges_infer_and_train():
+    rows = [
+        _row(throughput_ips=812.3456, latency_ms={"mean": 9.87654}),
+        _row(mode="train", throughput_ips=201.0, latency_ms={"mean": 39.8}),
+        _row(model="rmt_t", params=14_334_216, gmacs=2.651, throughput_ips=900.0, latency_ms={"mean": 8.9}),
+        _row(model="rmt_t", batch_size=1, status="oom"),
+    ]
+    lines = list(csv.DictReader(io.StringIO(render_table(rows, "timm"))))
+    assert list(lines[0])[:11] == [
+        "model", "infer_samples_per_sec", "infer_step_time", "infer_batch_size", "infer_img_size", "infer_gmacs",
+        "train_samples_per_sec", "train_step_time", "train_batch_size", "train_img_size", "param_count",
+    ]
+    swin, rmt = lines
+    assert swin["model"] == "swin_t" and swin["infer_samples_per_sec"] == "812.35" and swin["infer_step_time"] == "9.877"
+    assert swin["infer_img_size"] == "224" and swin["infer_gmacs"] == "4.51" and swin["param_count"] == "28.29"
+    assert swin["train_samples_per_sec"] == "201.0" and swin["train_batch_size"] == "8"
+    assert rmt["param_count"] == "14.33" and rmt["train_step_time"] == ""  # the oom row is left out
+    only_infer = render_table([_row()], "timm").splitlines()[0]
+    assert "train_" not in only_infer
 
 
 def test_table_order():
@@ -292,10 +458,23 @@ def test_plot_uses_paper_accuracy_when_none_was_measured(tmp_path):
         (["--models", "swin_tt"], "Did you mean: swin_t"),
         (["--models", "swin_t", "--batch-size", "0"], "expected a positive integer, got '0'"),
         (["--models", "swin_t", "--batch-size", "x"], "expected a positive integer, got 'x'"),
-        (["--models", "swin_t", "--input-size", "224x"], "expected N or HxW"),
+        (["--models", "swin_t", "--input-size", "224x"], "expects N, HxW or timm's C H W"),
+        (["--models", "swin_t", "--input-size", "3"], "outside 16..16384 pixels"),
+        (["--models", "swin_t", "--input-size", "99999999999999999999"], "outside 16..16384 pixels"),
+        (["--models", "swin_t", "--input-size", "1", "224", "224"], "take 3 channels, not 1"),
+        (["--models", "swin_t", "--img-size", "224", "--input-size", "224"], "either --img-size or --input-size"),
+        (["--models", "swin_t", "--batch-size", "99999999999"], "too large"),
+        (["--models", "swin_t", "--timeout", "-5"], "expected a positive number of seconds, got '-5'"),
+        (["--models", "swin_t", "--timeout", "nan"], "expected a positive number of seconds"),
+        (["--models", "nope_*"], "matches no model"),
+        (["--models", "swin_t", "--model-kwargs", "attn_impl"], "key=value pairs"),
+        (["--models", "swin_t", "--bench", "train", "--precision", "fp16"], "not fp16"),
+        (["--models", "swin_t", "--bench", "train", "--features-only"], "drop --features-only"),
+        (["--model-list", "/no/list.txt"], "cannot be read"),
         (["--models", "swin_t", "--data", "/no/such/folder"], "does not exist"),
         (["--models", "swin_t", "--device", "cuda"], "no CUDA device"),
         (["--models", "swin_t", "--backend", "onnx"], "invalid choice: 'onnx'"),
+        (["--models", "swin_t", "--import", "json.decoder.nope"], "ModuleNotFoundError"),
         (["--models", "swin_t", "--precision", "fp8"], "expected one of fp32"),
         (["--models", "swin_t", "rmt_t", "--checkpoint", "/x.pth"], "names no model"),
         (["--models", "swin_t", "--checkpoint", "/no/file.pth"], "does not exist"),
@@ -311,6 +490,33 @@ def test_bad_arguments_give_one_sentence_and_exit_2(argv, message, capsys):
     assert len(err.splitlines()) == 1 and err.startswith("error: ") and message in err
 
 
+@pytest.mark.parametrize("body", ["raise RuntimeError('boom')", "raise SystemExit(3)", "1/0", "raise KeyError('k')"])
+def test_import_of_a_module_that_raises_is_one_sentence(body, tmp_path, monkeypatch, capsys):
+    (tmp_path / "bad_registry.py").write_text(body + "\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert cli.main(["--models", "swin_t", "--import", "bad_registry"]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: --import bad_registry failed: ")
+
+
+def test_timm_style_arguments(tmp_path):
+    grid = lambda *argv: cli.grid(cli.parse_run_args(["--out", str(tmp_path / "r.jsonl"), *argv]))  # noqa: E731
+    assert {s.input_size for s in grid("--models", "swin_t", "--input-size", "3", "224", "224")} == {(224, 224)}
+    assert {s.input_size for s in grid("--models", "swin_t", "--input-size", "224", "256x320")} == {(224, 224), (256, 320)}
+    assert {s.input_size for s in grid("--models", "swin_t", "--img-size", "192")} == {(192, 192)}
+    assert [s.model for s in grid("--models", "swin_*", "rmt_t", "--batch-size", "1")] == ["swin_b", "swin_s", "swin_t", "rmt_t"]
+    listing = tmp_path / "models.txt"
+    listing.write_text("# my models\nrmt_t\n\nmaxvit_t  # timm\n")
+    assert [s.model for s in grid("--model-list", str(listing), "--batch-size", "1")] == ["rmt_t", "maxvit_t"]
+    [spec] = grid("--models", "rmt_t", "--batch-size", "1", "--model-kwargs", "attn_impl=flex", "drop_path_rate=0.2")
+    assert dict(spec.model_kwargs) == {"attn_impl": "flex", "drop_path_rate": 0.2}
+    assert spec.fields()["model_kwargs"] == {"attn_impl": "flex", "drop_path_rate": 0.2}
+    assert {s.precision for s in grid("--models", "swin_t", "--precision", "amp")} == {"amp-fp16"}  # timm's meaning
+    specs = grid("--models", "swin_t", "--bench", "both", "--batch-size", "2", "--tf32", "--grad-checkpointing")
+    assert [(s.mode, s.tf32, s.grad_checkpointing) for s in specs] == [("infer", True, False), ("train", True, True)]
+    assert specs[0].key() != specs[1].key() and specs[0].group() != specs[1].group()
+
+
 def test_grid_and_presets():
     args = cli.parse_run_args([])
     assert args.preset == "quick" and args.device == "cpu" and args.models == ["rmt_t", "swin_t"] and args.threads == 1
@@ -319,6 +525,7 @@ def test_grid_and_presets():
     assert len(specs) == 2 * 2 * 2
     assert {(s.backend, s.compile_mode) for s in specs} == {("eager", None), ("compile", "default")}
     args = cli.parse_run_args(["--models", "internimage_l", "swin_t", "--precision", "autocast", "--batch-size", "4"])
+    assert args.out == cli.DEFAULT_RESULTS
     assert [(s.model, s.input_size, s.precision) for s in cli.grid(args)] == [
         ("internimage_l", (384, 384), "amp-bf16"), ("swin_t", (224, 224), "amp-bf16")
     ]
@@ -337,3 +544,99 @@ def test_load_results_is_importable_from_the_package(tmp_path):
     path = tmp_path / "r.jsonl"
     path.write_text(json.dumps(_row()) + "\n")
     assert bench.load_results(path)[0]["latency_ms"]["p50"] == 9.0
+
+
+# ----------------------------------------------------------------------------------------------- output check, ONNX, train
+
+
+def test_output_difference_flags_a_backend_that_computes_something_else():
+    ref = torch.randn(4, 10)
+    same = output_difference(ref, ref + 1e-7, _spec("compile"))
+    assert "status" not in same and same["diff_vs_eager_max_abs"] == pytest.approx(1e-7, rel=0.2)
+    assert same["diff_tolerance_rel"] == 1e-4
+    wrong = output_difference(ref, ref.flip(0), _spec("tensorrt"))
+    assert wrong["status"] == "mismatch" and wrong["reason"].startswith("Output differs from eager by")
+    assert output_difference(ref, ref * float("nan"), _spec("compile"))["status"] == "mismatch"
+    loose = output_difference([ref, ref], [ref, ref * 1.01], _spec("compile", "bf16"))  # features_only: every stage
+    assert "status" not in loose and loose["diff_vs_eager_rel"] == pytest.approx(0.01, rel=0.05)
+    assert output_difference(ref, ref * 1.002, _spec("compile", tf32=True))["diff_tolerance_rel"] == 5e-3
+
+
+def test_onnxruntime_runs_the_exported_graph_on_cpu():
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    model, x = zoo.load("test_convnext"), torch.randn(2, 3, 64, 64)
+    spec = _spec("onnxruntime")
+    with torch.no_grad():
+        prepared = OnnxRuntime().prepare(model, x, spec)
+        out, ref = prepared.forward(x), model(x)
+    assert out.shape == ref.shape and "status" not in output_difference(ref, out, spec)
+    assert prepared.info["ort_provider"] == "CPUExecutionProvider" and prepared.info["onnx_nodes"] > 0
+    assert prepared.info["onnx_opset"] >= 17 and prepared.compile_s >= prepared.info["export_s"] > 0
+    with pytest.raises(BackendUnavailable, match="autocast does not apply"):
+        OnnxRuntime().prepare(model, x, _spec("onnxruntime", "amp-bf16"))
+    with pytest.raises(RuntimeError, match="^torch.onnx.export failed"):
+        OnnxRuntime().prepare(_Branchy().eval(), torch.randn(2, 8), spec)
+
+
+def test_backend_map_names_every_backend_once():
+    assert list(BACKENDS) == ["eager", "compile", "tensorrt", "onnxruntime"]
+    assert make_backend("tensorrt", {"min_block_size": 3}).options == TensorRTOptions(min_block_size=3)
+    assert set(cli.build_parser()._option_string_actions["--backend"].choices) == set(BACKENDS)
+    with pytest.raises(BackendUnavailable, match="inference-only"):
+        make_backend("onnxruntime").for_training(nn.Linear(2, 2), _spec("onnxruntime"))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "amp-bf16"])
+def test_training_step_updates_the_weights_in_train_mode(precision):
+    model = zoo.load("test_convnext", drop_path_rate=0.1)
+    x = torch.randn(2, 3, 64, 64)
+    before = [p.detach().clone() for p in model.parameters()]
+    step, fields = training_step(model, Eager(), _spec("eager", precision, mode="train"), x)
+    step()
+    assert model.training and fields["optimizer"] == "SGD(lr=1e-4)" and fields["grad_scaler"] is False
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert _drop_path_rate(model) == pytest.approx(0.1)
+
+
+def test_fp16_training_uses_a_grad_scaler_and_checkpointing_needs_model_support():
+    _, fields = training_step(zoo.load("test_convnext"), Eager(), _spec("eager", "amp-fp16", mode="train"), torch.randn(2, 3, 64, 64))
+    assert fields["grad_scaler"] is True
+    with pytest.raises(BackendUnavailable, match="has no set_grad_checkpointing"):
+        training_step(nn.Sequential(nn.Flatten(), nn.Linear(12, 3)), Eager(), _spec("eager", mode="train", grad_checkpointing=True), torch.randn(2, 3, 2, 2))
+
+
+def test_crash_reason_is_the_error_not_a_trailing_log_line():
+    log = """loading
+Traceback (most recent call last):
+  File "x.py", line 3, in <module>
+    boom()
+RuntimeError: CUDA error: an illegal memory access was encountered
+/usr/lib/python3/site-packages/torch/cuda/__init__.py:99: UserWarning: something at exit
+  warnings.warn(
+"""
+    assert crash_reason(log) == "RuntimeError: CUDA error: an illegal memory access was encountered"
+    chained = log.replace("RuntimeError", "During handling of the above exception, another exception occurred:\n\nTraceback (most recent call last):\n  File \"y\"\nValueError: second\nX")
+    assert crash_reason(chained) == "ValueError: second"
+    assert crash_reason("Segmentation fault\n  warnings.warn(\n") == ""
+    assert crash_reason("") == ""
+
+
+# ----------------------------------------------------------------------------------------------- packaging
+
+
+def test_the_wheel_ships_zoo_hub_and_bench_and_the_console_scripts():
+    import importlib
+    import tomllib
+
+    import setuptools
+
+    repo = Path(__file__).resolve().parents[1]
+    config = tomllib.loads((repo / "pyproject.toml").read_text())
+    packages = setuptools.find_packages(str(repo), include=config["tool"]["setuptools"]["packages"]["find"]["include"])
+    assert {p.split(".")[0] for p in packages} == {"zoo", "hub", "bench"}  # not benchmarks/ (matched by a bare "bench*")
+    scripts = config["project"]["scripts"]
+    assert set(scripts) == {"rmt-bench", "rmt-hub"}
+    for target in scripts.values():
+        module, function = target.split(":")
+        assert callable(getattr(importlib.import_module(module), function))
+    assert "onnxruntime" in " ".join(config["project"]["optional-dependencies"]["onnx"])

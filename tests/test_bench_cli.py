@@ -5,9 +5,14 @@ from __future__ import annotations
 import csv
 import io
 import os
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
+
+import pytest
 
 from bench.results import load_results
 from test_bench import make_image_folder
@@ -16,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Registers models that fail on purpose at batch >= 2, inside the worker process that imports it.
 FAULTY_MODELS = '''
-import os, signal
+import os, signal, time
 import torch, torch.nn as nn
 from zoo._registry import ModelInfo, register
 
@@ -29,6 +34,10 @@ class Faulty(nn.Module):
         self.head = nn.Linear(8, 10)
 
     def forward(self, x):
+        if self.fault == "hang":  # says where it is, then hangs like a stuck kernel
+            with open(os.environ["BENCH_TEST_PIDFILE"], "w") as f:
+                f.write(str(os.getpid()))
+            time.sleep(600)
         if x.shape[0] >= 2:
             if self.fault == "oom":
                 raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (injected by the test)")
@@ -38,12 +47,19 @@ class Faulty(nn.Module):
 
 register(ModelInfo(name="oom_net", family="test", input_size=(3, 32, 32)))(lambda pretrained=False, **kw: Faulty("oom"))
 register(ModelInfo(name="crash_net", family="test", input_size=(3, 32, 32)))(lambda pretrained=False, **kw: Faulty("crash"))
+register(ModelInfo(name="hang_net", family="test", input_size=(3, 32, 32)))(lambda pretrained=False, **kw: Faulty("hang"))
 '''
 
 
+def _env(env_path: Path | None = None, **extra: str) -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(env_path or ""), str(REPO)])), **extra)
+
+
 def bench(*args: str, env_path: Path | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(env_path or ""), str(REPO)])))
-    return subprocess.run([sys.executable, "bench.py", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, "bench.py", *args], cwd=REPO, env=_env(env_path), capture_output=True, text=True, timeout=600)
+
+
+TINY = ["--models", "test_convnext", "--batch-size", "1", "--input-size", "64", "--warmup", "0", "--iters", "2", "--no-flops", "--quiet"]
 
 
 def test_run_measures_everything_and_reports_missing_tensorrt(tmp_path):
@@ -109,3 +125,88 @@ def test_unknown_model_through_the_entry_point():
     assert proc.returncode == 2 and proc.stdout == ""
     [line] = proc.stderr.strip().splitlines()
     assert line.startswith("error: Unknown model 'rmt_ss'") and "Did you mean: rmt_s" in line
+
+
+def test_a_results_file_cut_before_its_last_newline_loses_nothing(tmp_path):
+    out = tmp_path / "a.jsonl"
+    assert bench(*TINY, "--out", str(out)).returncode == 0
+    out.write_bytes(out.read_bytes()[:-1])  # truncate -s -1
+    second = bench(*TINY, "--batch-size", "2", "--out", str(out))
+    assert second.returncode == 0, second.stderr  # no false "worker stopped (exit code 0)" row
+    assert [(r["batch_size"], r["status"]) for r in load_results(out)] == [(1, "ok"), (2, "ok")]
+    report = bench("report", str(out))
+    assert report.returncode == 0 and report.stderr == "" and report.stdout.count("| test_convnext") == 2
+
+
+def _alive(pid: int) -> bool:
+    """Running, not merely a zombie waiting for whoever inherited it to reap it."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+def _wait_for(predicate, seconds: float = 60.0) -> bool:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="worker death with its parent uses Linux's PR_SET_PDEATHSIG")
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL", "SIGINT"])
+def test_a_stopped_run_leaves_no_worker_behind(how, tmp_path):
+    (tmp_path / "faulty_models.py").write_text(FAULTY_MODELS)
+    pidfile, out = tmp_path / "worker.pid", tmp_path / "r.jsonl"
+    before = set(os.listdir(tempfile.gettempdir()))
+    proc = subprocess.Popen(
+        [sys.executable, "bench.py", "--import", "faulty_models", "--models", "hang_net", "test_convnext", "--batch-size", "1",
+         "--out", str(out), "--quiet"],
+        cwd=REPO, env=_env(tmp_path, BENCH_TEST_PIDFILE=str(pidfile)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert _wait_for(lambda: pidfile.exists() and pidfile.read_text()), "the worker never started"
+        worker = int(pidfile.read_text())
+        assert _alive(worker)
+        proc.send_signal(getattr(signal, how))
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert _wait_for(lambda: not _alive(worker), 30), f"worker {worker} outlived its parent ({how})"
+    assert not out.exists() or load_results(out) == []  # no half row, and test_convnext never started
+    if how != "SIGKILL":
+        assert proc.returncode == 128 + getattr(signal, how)
+        [line] = err.strip().splitlines()
+        assert line.startswith(f"stopped by {how}: the worker was ended") and "Traceback" not in err
+    assert not {n for n in set(os.listdir(tempfile.gettempdir())) - before if n.startswith("bench-")}  # nothing left in /tmp
+
+
+def test_train_mode_and_onnxruntime_through_the_entry_point(tmp_path):
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    out = tmp_path / "r.jsonl"
+    proc = bench(*TINY, "--backend", "eager", "onnxruntime", "--bench", "both", "--out", str(out))
+    assert proc.returncode == 3, proc.stderr  # onnxruntime has no training step: a status row
+    rows = {(r["mode"], r["backend"]): r for r in load_results(out)}
+    assert {k: r["status"] for k, r in rows.items()} == {
+        ("infer", "eager"): "ok", ("infer", "onnxruntime"): "ok", ("train", "eager"): "ok", ("train", "onnxruntime"): "unavailable"}
+    ort = rows["infer", "onnxruntime"]
+    assert ort["diff_vs_eager_rel"] < 1e-4 and ort["ort_provider"] == "CPUExecutionProvider"
+    train = rows["train", "eager"]
+    assert train["throughput_ips"] > 0 and len(train["times_ms"]) == 2 and train["peak_mem_mb"] > 0
+    assert train["optimizer"] == "SGD(lr=1e-4)" and train["schema_version"] >= 2
+    assert train["float32_matmul_precision"] == "highest" and train["cudnn_benchmark"] is False
+    assert "| train " in proc.stdout and "| infer " in proc.stdout
+    timm_csv = bench("report", str(out), "--format", "timm")
+    [line] = list(csv.DictReader(io.StringIO(timm_csv.stdout)))[:1]
+    assert float(line["infer_samples_per_sec"]) > 0 and float(line["train_samples_per_sec"]) > 0
+
+
+def test_python_dash_m_bench_is_the_same_entry_point():
+    proc = subprocess.run([sys.executable, "-m", "bench", "--models", "rmt_ss"], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: Unknown model 'rmt_ss'")
+    help_text = subprocess.run([sys.executable, "-m", "bench", "--help"], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert help_text.returncode == 0 and "--bench {infer,train,both}" in help_text.stdout and "onnxruntime" in help_text.stdout

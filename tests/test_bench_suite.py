@@ -38,5 +38,7 @@ def test_dry_run_writes_every_output(tmp_path, capsys):
     assert (out / "table.md").read_text().count("| test_convnext") == 5
     assert "\\toprule" in (out / "table.tex").read_text()
     assert len((out / "table.csv").read_text().splitlines()) == 6
+    timm_lines = (out / "table_timm.csv").read_text().splitlines()
+    assert timm_lines[0].startswith("model,infer_samples_per_sec,infer_step_time") and len(timm_lines) == 3  # 2 ok batch sizes
     assert json.loads((out / "env.json").read_text())["device_name"]
     assert "5 rows: 3 ok, 2 unavailable" in capsys.readouterr().err
