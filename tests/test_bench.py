@@ -563,7 +563,6 @@ def test_output_difference_flags_a_backend_that_computes_something_else():
 
 
 def test_onnxruntime_runs_the_exported_graph_on_cpu():
-    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
     model, x = zoo.load("test_convnext"), torch.randn(2, 3, 64, 64)
     spec = _spec("onnxruntime")
     with torch.no_grad():
