@@ -27,20 +27,21 @@ class OfficialCodeError(SystemExit):
         super().__init__(2)
 
 
-def _stub(name: str, attrs: tuple[str, ...]) -> types.ModuleType:
-    """A module whose attributes raise when used: stands in for an import the timed model never calls."""
+def _stub(name: str, attrs: dict[str, object]) -> types.ModuleType:
+    """A module standing in for an import the timed model never uses: attributes given as None raise when
+    called, others take the given value (for what the official module runs at import time)."""
 
     def unavailable(*_args, **_kwargs):
         raise RuntimeError(f"{name} is stubbed by the benchmark; the official model should not call it")
 
     module = types.ModuleType(name)
-    for attr in attrs:
-        setattr(module, attr, unavailable)
+    for attr, value in attrs.items():
+        setattr(module, attr, unavailable if value is None else value)
     return module
 
 
-def import_official(path: Path, module: str, stubs: dict[str, tuple[str, ...]]) -> tuple[types.ModuleType, list[str]]:
-    """Import `module` from the official source folder `path` (put first on sys.path).
+def import_official(path: Path, module: str, stubs: dict[str, dict[str, object]]) -> tuple[types.ModuleType, list[str]]:
+    """Import `module` (dotted, relative to `path`) from the official source folder `path`, put first on sys.path.
 
     Each import in `stubs` that is not installed is replaced by a stub with the listed attributes; the names of
     the stubbed modules are returned so the report can say so.
@@ -54,7 +55,7 @@ def import_official(path: Path, module: str, stubs: dict[str, tuple[str, ...]]) 
         except ImportError:
             parts = name.split(".")
             for i in range(1, len(parts) + 1):
-                sys.modules.setdefault(".".join(parts[:i]), _stub(".".join(parts[:i]), attrs if i == len(parts) else ()))
+                sys.modules.setdefault(".".join(parts[:i]), _stub(".".join(parts[:i]), attrs if i == len(parts) else {}))
             if len(parts) > 1:
                 setattr(sys.modules[".".join(parts[:-1])], parts[-1], sys.modules[name])
             stubbed.append(name)
