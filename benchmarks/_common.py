@@ -55,7 +55,8 @@ def import_official(path: Path, module: str, stubs: dict[str, dict[str, object]]
         except ImportError:
             parts = name.split(".")
             for i in range(1, len(parts) + 1):
-                sys.modules.setdefault(".".join(parts[:i]), _stub(".".join(parts[:i]), attrs if i == len(parts) else {}))
+                prefix = ".".join(parts[:i])
+                sys.modules.setdefault(prefix, _stub(prefix, attrs if i == len(parts) else {}))
             if len(parts) > 1:
                 setattr(sys.modules[".".join(parts[:-1])], parts[-1], sys.modules[name])
             stubbed.append(name)
@@ -71,6 +72,14 @@ def import_official(path: Path, module: str, stubs: dict[str, dict[str, object]]
     except ImportError as exc:
         raise OfficialCodeError(f"The official {module} does not import ({exc}); install the missing package.")
     return loaded, stubbed
+
+
+def official_note(path: Path | None, stubbed: list[str]) -> str:
+    """What the report says about the official code: where it came from and what was stubbed, or its absence."""
+    if path is None:
+        return "none given (--official), so **no official comparison was made**"
+    stubs = f"; not installed, so stubbed (unused by the timed model): {', '.join(stubbed)}" if stubbed else ""
+    return f"`{path}`{stubs}"
 
 
 def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:

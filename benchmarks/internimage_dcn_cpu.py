@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 import zoo  # noqa: E402
 from bench.env import cpu_name  # noqa: E402
-from benchmarks._common import import_official, rel_err  # noqa: E402
+from benchmarks._common import import_official, official_note, rel_err  # noqa: E402
 from zoo.internimage import DCN_IMPLS, InternImage, checkpoint_filter_fn, dcnv3, dcnv3_reference  # noqa: E402
 
 OFFICIAL = "official"
@@ -118,7 +118,9 @@ def _timed_rounds(setup: Setup, calls: dict[str, Callable[[], object]]) -> dict[
     return timings
 
 
-def measure_model(setup: Setup, official: types.ModuleType | None) -> tuple[dict[str, Timing], dict[str, float], InternImage]:
+def measure_model(
+    setup: Setup, official: types.ModuleType | None
+) -> tuple[dict[str, Timing], dict[str, float], InternImage]:
     """Whole-model timings per path, and each path's max relative logit difference from the first path."""
     model = zoo.load(setup.model)
     calls: dict[str, Callable[[], object]] = {}
@@ -162,11 +164,19 @@ def _ms(seconds: float) -> str:
     return f"{1e3 * seconds:.1f}"
 
 
-LABELS = {OFFICIAL: "official model, its DCNv3_pytorch", "fast": "ours, fast DCNv3", "reference": "ours, official operator's algorithm"}
+LABELS = {
+    OFFICIAL: "official model, its DCNv3_pytorch",
+    "fast": "ours, fast DCNv3",
+    "reference": "ours, official operator's algorithm",
+}
 
 
 def report(
-    setup: Setup, model: dict[str, Timing], diffs: dict[str, float], levels: list[LevelOp], load_after: tuple[float, ...]
+    setup: Setup,
+    model: dict[str, Timing],
+    diffs: dict[str, float],
+    levels: list[LevelOp],
+    load_after: tuple[float, ...],
 ) -> tuple[str, dict]:
     fast, ref = model["fast"], model["reference"]
     speedup = ref.median_s / fast.median_s
@@ -178,12 +188,16 @@ def report(
     ]
     if OFFICIAL in model:
         vs_official = model[OFFICIAL].median_s / fast.median_s
-        headline = (f"Speed-up of ours (`fast`) over the official model: **{vs_official:.2f}x**; over the official "
-                    f"operator's algorithm in our model (`reference`): {speedup:.2f}x (ratios of medians).")  # fmt: skip
+        headline = (
+            f"Speed-up of ours (`fast`) over the official model: **{vs_official:.2f}x**; over the official "
+            f"operator's algorithm in our model (`reference`): {speedup:.2f}x (ratios of medians)."
+        )
     else:
         vs_official = None
-        headline = (f"**No official comparison was made** (no --official). Speed-up of `fast` over `reference` "
-                    f"(ratio of medians): {speedup:.2f}x.")  # fmt: skip
+        headline = (
+            "**No official comparison was made** (no --official). Speed-up of `fast` over `reference` "
+            f"(ratio of medians): {speedup:.2f}x."
+        )
     op_rows = [
         f"| {lv.level} | {'x'.join(map(str, lv.shape))} | {lv.groups} | {lv.depth} "
         f"| {_ms(lv.timings['fast'].median_s)} | {_ms(lv.timings['reference'].median_s)} "
@@ -210,7 +224,8 @@ def report(
             "",
             "## Whole model",
             "",
-            f"| path | img/s (median) | median ms/batch | min ms | max ms | iterations | rel. logit diff vs `{first}` |",
+            "| path | img/s (median) | median ms/batch | min ms | max ms | iterations "
+            f"| rel. logit diff vs `{first}` |",
             "|---|---|---|---|---|---|---|",
             *rows,
             "",
@@ -257,9 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     official, stubbed = None, []
     if args.official is not None:
         official, stubbed = import_official(args.official, "models.intern_image", STUBS)
-        note = f"`{args.official}`" + (f"; not installed, so stubbed (unused by DCNv3_pytorch): {', '.join(stubbed)}" if stubbed else "")
-    else:
-        note = "none given (--official), so **no official comparison was made**"
+    note = official_note(args.official, stubbed)
     print(f"official code: {note}", flush=True)
     setup = Setup(
         model=args.model,

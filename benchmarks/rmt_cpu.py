@@ -30,7 +30,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import zoo  # noqa: E402
-from benchmarks._common import OfficialCodeError, Timed, import_official, interleaved, machine, rel_err  # noqa: E402
+from benchmarks._common import (  # noqa: E402
+    OfficialCodeError,
+    Timed,
+    import_official,
+    interleaved,
+    machine,
+    official_note,
+    rel_err,
+)
 from zoo.rmt import checkpoint_filter_fn  # noqa: E402
 
 OFFICIAL_BUILDERS = {"rmt_t": "RMT_T3", "rmt_s": "RMT_S", "rmt_b": "RMT_M2", "rmt_l": "RMT_L6"}
@@ -84,7 +92,8 @@ def peak_memory_child(impl: str, height: int, width: int, threads: int) -> None:
 def peak_memory(height: int, width: int, threads: int) -> list[dict]:
     rows = []
     for impl in ("auto", "reference"):
-        cmd = [sys.executable, __file__, "--child", impl, "--threads", str(threads), "--memory-size", str(height), str(width)]
+        cmd = [sys.executable, __file__, "--child", impl, "--threads", str(threads)]
+        cmd += ["--memory-size", str(height), str(width)]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
     return rows
@@ -98,7 +107,8 @@ def markdown(result: dict) -> str:
         f"Command: `{result['command']}`",
         "",
         f"- {env['cpu']}, {env['threads']} threads, torch {env['torch']}, Python {env['python']}, fp32, "
-        f"inference_mode, {SIZE}x{SIZE}, random weights (the official model's, loaded into ours), commit {env['git_commit']}",
+        f"inference_mode, {SIZE}x{SIZE}, random weights (the official model's, loaded into ours), "
+        f"commit {env['git_commit']}",
         f"- load before: `{env['uptime']}`; after: `{result['uptime_after']}` (2 cores shared with other work: "
         "rounds are interleaved so load hits every path alike; medians over rounds)",
         f"- official code: {result['official']}",
@@ -113,9 +123,8 @@ def markdown(result: dict) -> str:
             "|---|---|---|---|---|",
         ]
         for label, rates in row["img_s"].items():
-            lines.append(
-                f"| {label} | {row['median'][label]:.2f} | {min(rates):.2f} | {max(rates):.2f} | {row['rel_err'][label]:.1e} |"
-            )
+            stats = (row["median"][label], min(rates), max(rates))
+            lines.append(f"| {label} | " + " | ".join(f"{v:.2f}" for v in stats) + f" | {row['rel_err'][label]:.1e} |")
         lines += ["", "Ratios of medians: " + ", ".join(f"{k} **{v:.2f}x**" for k, v in row["ratios"].items()), ""]
     if result.get("peak_memory_rmt_t"):
         fast, ref = result["peak_memory_rmt_t"]
@@ -160,9 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.official.suffix != ".py" or not args.official.is_file():
             raise OfficialCodeError(f"--official {args.official} is not the official RMT.py file.")
         official, stubbed = import_official(args.official.parent, args.official.stem, STUBS)
-        note = f"`{args.official}`" + (f"; not installed, so stubbed (unused by the model): {', '.join(stubbed)}" if stubbed else "")
-    else:
-        note = "none given (--official), so **no official comparison was made**"
+    note = official_note(args.official, stubbed)
     print(f"official code: {note}", flush=True)
     result = {"command": " ".join(["python", "benchmarks/rmt_cpu.py", *(sys.argv[1:] if argv is None else argv)]),
               "env": machine(args.threads), "official": note, "stubbed": stubbed, "rows": []}  # fmt: skip

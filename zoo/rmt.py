@@ -113,8 +113,8 @@ class DecayPosition(nn.Module):
         real = torch.stack((cos.reshape(shape), sin.reshape(shape)))[:, None] * scale  # (2, 2, *shape)
         if torch.compiler.is_compiling() or torch.jit.is_tracing() or dtype not in (torch.float32, torch.float64):
             return real.to(dtype), real.to(dtype)
-        table = torch.complex(real[0, ..., ::2], real[1, ..., 1::2]).to(torch.complex128 if dtype == torch.float64 else torch.complex64)
-        return real.to(dtype), table
+        table = torch.complex(real[0, ..., ::2], real[1, ..., 1::2])
+        return real.to(dtype), table.to(torch.complex128 if dtype == torch.float64 else torch.complex64)
 
     def masks(self, h: int, w: int, dtype: torch.dtype, fast: bool = True) -> tuple[torch.Tensor, ...]:
         """Decay biases. Official form: (row (N,w,w), column (N,h,h)) or whole-image (N,hw,hw).
