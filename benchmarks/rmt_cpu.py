@@ -75,6 +75,20 @@ def build_paths(name: str, batch: int, official, seed: int = 0) -> tuple[list[Ti
     return paths, errors
 
 
+def profile(paths: list[Timed], top: int) -> dict[str, list[dict]]:
+    """Self CPU time of the `top` costliest operators in one forward of each path (torch.profiler)."""
+    tables = {}
+    with torch.inference_mode():
+        for p in paths:
+            with torch.profiler.profile() as prof:
+                p.call()
+            events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+            tables[p.label] = [
+                {"op": e.key, "self_ms": e.self_cpu_time_total / 1e3, "calls": e.count} for e in events[:top]
+            ]
+    return tables
+
+
 def peak_memory_child(impl: str, height: int, width: int, threads: int) -> None:
     """Runs in a subprocess: prints the forward's peak RSS increase in MiB as JSON."""
     torch.set_num_threads(threads)
@@ -126,6 +140,11 @@ def markdown(result: dict) -> str:
             stats = (row["median"][label], min(rates), max(rates))
             lines.append(f"| {label} | " + " | ".join(f"{v:.2f}" for v in stats) + f" | {row['rel_err'][label]:.1e} |")
         lines += ["", "Ratios of medians: " + ", ".join(f"{k} **{v:.2f}x**" for k, v in row["ratios"].items()), ""]
+        for label, ops in row.get("profile", {}).items():
+            total = sum(o["self_ms"] for o in ops)
+            lines += [f"Profile, one forward of {label} (top operators by self CPU time; {total:.0f} ms in these):", ""]
+            lines += ["| operator | self ms | calls |", "|---|---|---|"]
+            lines += [f"| {o['op']} | {o['self_ms']:.1f} | {o['calls']} |" for o in ops] + [""]
     if result.get("peak_memory_rmt_t"):
         fast, ref = result["peak_memory_rmt_t"]
         lines += [
@@ -154,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--min-round-s", type=float, default=1.0, help="whole forwards per round, at least this long")
+    ap.add_argument("--profile", type=int, default=0, metavar="N", help="also profile one forward per path: top N ops")
     ap.add_argument("--memory", action="store_true", help="also the rmt_t backbone peak RSS at 800x1344")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "cpu")
     ap.add_argument("--child", choices=("auto", "reference"), help=argparse.SUPPRESS)
@@ -180,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
             median = {p.label: p.median for p in paths}
             row = {"model": name, "batch": batch, "rounds": args.rounds, "img_s": {p.label: p.img_s for p in paths},
                    "median": median, "rel_err": errors, "ratios": ratios(median)}  # fmt: skip
+            if args.profile:
+                row["profile"] = profile(paths, args.profile)
             result["rows"].append(row)
             print(json.dumps({k: row[k] for k in ("model", "batch", "median", "ratios")}), flush=True)
     if args.memory:
