@@ -89,15 +89,22 @@ def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
 
 @dataclass
 class Timed:
-    """One labelled way of running the forward pass and its per-round throughputs."""
+    """One labelled way of running the forward pass and its per-round throughputs: images per wall second, and
+    images per CPU second of this process (which time-slicing by other processes on a shared machine does not
+    inflate; with the same thread count it ranks paths like wall time does on a quiet machine)."""
 
     label: str
     call: Callable[[], object]
     img_s: list[float] = field(default_factory=list)
+    img_cpu_s: list[float] = field(default_factory=list)
 
     @property
     def median(self) -> float:
         return statistics.median(self.img_s)
+
+    @property
+    def median_cpu(self) -> float:
+        return statistics.median(self.img_cpu_s)
 
 
 def interleaved(paths: list[Timed], batch: int, rounds: int, min_round_s: float) -> None:
@@ -112,10 +119,11 @@ def interleaved(paths: list[Timed], batch: int, rounds: int, min_round_s: float)
             iters[p.label] = max(1, round(min_round_s / (time.perf_counter() - start)))
         for _ in range(rounds):
             for p in paths:
-                start = time.perf_counter()
+                start, cpu = time.perf_counter(), time.process_time()
                 for _ in range(iters[p.label]):
                     p.call()
                 p.img_s.append(batch * iters[p.label] / (time.perf_counter() - start))
+                p.img_cpu_s.append(batch * iters[p.label] / (time.process_time() - cpu))
 
 
 def machine(threads: int) -> dict:

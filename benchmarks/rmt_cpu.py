@@ -133,13 +133,14 @@ def markdown(result: dict) -> str:
         lines += [
             f"## {row['model']}, batch {row['batch']} ({row['rounds']} rounds)",
             "",
-            "| path | img/s (median) | min | max | rel. err vs " + labels[0] + " |",
-            "|---|---|---|---|---|",
+            "| path | img/s (median) | min | max | img per CPU-s (median) | rel. err vs " + labels[0] + " |",
+            "|---|---|---|---|---|---|",
         ]
         for label, rates in row["img_s"].items():
-            stats = (row["median"][label], min(rates), max(rates))
+            stats = (row["median"][label], min(rates), max(rates), row["median_cpu"][label])
             lines.append(f"| {label} | " + " | ".join(f"{v:.2f}" for v in stats) + f" | {row['rel_err'][label]:.1e} |")
         lines += ["", "Ratios of medians: " + ", ".join(f"{k} **{v:.2f}x**" for k, v in row["ratios"].items()), ""]
+        lines += ["Same, per CPU-second: " + ", ".join(f"{k} {v:.2f}x" for k, v in row["ratios_cpu"].items()), ""]
         for label, ops in row.get("profile", {}).items():
             total = sum(o["self_ms"] for o in ops)
             lines += [f"Profile, one forward of {label} (top operators by self CPU time; {total:.0f} ms in these):", ""]
@@ -198,12 +199,14 @@ def main(argv: list[str] | None = None) -> int:
             paths, errors = build_paths(name, batch, official)
             interleaved(paths, batch, args.rounds, args.min_round_s)
             median = {p.label: p.median for p in paths}
+            median_cpu = {p.label: p.median_cpu for p in paths}
             row = {"model": name, "batch": batch, "rounds": args.rounds, "img_s": {p.label: p.img_s for p in paths},
-                   "median": median, "rel_err": errors, "ratios": ratios(median)}  # fmt: skip
+                   "img_cpu_s": {p.label: p.img_cpu_s for p in paths}, "median": median, "median_cpu": median_cpu,
+                   "rel_err": errors, "ratios": ratios(median), "ratios_cpu": ratios(median_cpu)}  # fmt: skip
             if args.profile:
                 row["profile"] = profile(paths, args.profile)
             result["rows"].append(row)
-            print(json.dumps({k: row[k] for k in ("model", "batch", "median", "ratios")}), flush=True)
+            print(json.dumps({k: row[k] for k in ("model", "batch", "median", "ratios", "ratios_cpu")}), flush=True)
     if args.memory:
         result["peak_memory_rmt_t"] = peak_memory(*args.memory_size, args.threads)
     result["uptime_after"] = machine(args.threads)["uptime"]
