@@ -90,8 +90,8 @@ def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
 @dataclass
 class Timed:
     """One labelled way of running the forward pass and its per-round throughputs: images per wall second, and
-    images per CPU second of this process (which time-slicing by other processes on a shared machine does not
-    inflate; with the same thread count it ranks paths like wall time does on a quiet machine)."""
+    images per CPU second of this process. The CPU time includes worker threads spin-waiting, so on a loaded
+    machine it follows wall time closely; it is kept as a check, not as a load-free measure."""
 
     label: str
     call: Callable[[], object]
