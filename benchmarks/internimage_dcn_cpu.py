@@ -1,12 +1,18 @@
-"""CPU throughput of internimage_t with the zoo's DCNv3 against the official operator's algorithm.
+"""CPU throughput of internimage_t: the official model with its pure-PyTorch DCNv3 against ours.
 
-Both operators run in the same model with the same weights (`InternImage.set_dcn_impl`), eager fp32,
-rounds interleaved so a busy neighbour on the machine slows both alike; per-iteration times are kept and the
-median is reported. Offset and mask weights are set to small random values first: the released
-initialisation is zero, which would put every sample exactly on a pixel centre, unlike a trained model.
-Each level's sampling call is then timed alone, to show where the two differ.
+    python benchmarks/internimage_dcn_cpu.py --official /path/to/OpenGVLab/InternImage/classification
+    python benchmarks/internimage_dcn_cpu.py            # no official comparison: our two operators only
 
-    python benchmarks/internimage_dcn_cpu.py            # writes results/cpu/internimage_dcn_cpu.{md,json}
+With --official, the official `InternImage(core_op="DCNv3_pytorch")` is built from that folder, its weights are
+loaded into ours (strictly, through the zoo's checkpoint_filter_fn) and the logits must agree to 1e-4 before
+anything is timed. The official ops_dcnv3 package imports its compiled CUDA extension (`DCNv3`) and
+`pkg_resources` at import time although the pure-PyTorch operator uses neither; where they are not installed
+they are stubbed (the output says which), nothing is installed. Timed, interleaved round by round, eager fp32,
+inference_mode: the official model, ours with its fast DCNv3 (`fast`), and ours with the official operator's
+algorithm (`reference`, `InternImage.set_dcn_impl`). Offset and mask weights are set to small random values
+first: the released initialisation is zero, which would put every sample exactly on a pixel centre, unlike a
+trained model. Each level's sampling call is then timed alone, to show where the two operators differ.
+Writes results/cpu/internimage_dcn_cpu.{md,json}.
 """
 from __future__ import annotations
 
@@ -16,17 +22,26 @@ import os
 import statistics
 import sys
 import time
+import types
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-import zoo
-from bench.env import cpu_name
-from zoo.internimage import DCN_IMPLS, DCNv3, InternImage, dcnv3, dcnv3_reference
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import zoo  # noqa: E402
+from bench.env import cpu_name  # noqa: E402
+from benchmarks._common import import_official, official_note, rel_err  # noqa: E402
+from zoo.internimage import DCN_IMPLS, InternImage, checkpoint_filter_fn, dcnv3, dcnv3_reference  # noqa: E402
+
+OFFICIAL = "official"
+TOL = 1e-4
+# Imported by ops_dcnv3 at import time, used only by its CUDA operator.
+STUBS = {"DCNv3": {"dcnv3_forward": None, "dcnv3_backward": None},
+         "pkg_resources": {"get_distribution": lambda name: types.SimpleNamespace(version="0")}}  # fmt: skip
 
 
 @dataclass
@@ -39,6 +54,7 @@ class Setup:
     iters: int
     rounds: int
     command: str
+    official: str = ""
     torch: str = torch.__version__
     cpu: str = ""
     load_avg_before: tuple[float, ...] = ()  # other processes on the machine slow both operators alike
@@ -75,10 +91,15 @@ def _perturb_offsets(model: torch.nn.Module, seed: int = 0) -> None:
     """Small random offset/mask weights so samples land between pixels, as in a trained model."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, DCNv3):
-                for layer in (m.offset, m.mask):
-                    layer.weight.copy_(torch.randn(layer.weight.shape, generator=gen) * 0.02)
+        for name, p in model.named_parameters():
+            if name.endswith((".dcn.offset.weight", ".dcn.mask.weight")):
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+
+
+def _official_model(module: types.ModuleType, name: str) -> torch.nn.Module:
+    """The official InternImage with the same architecture as the zoo's `name`, on its pure-PyTorch DCNv3."""
+    arch = {k: list(v) if isinstance(v, tuple) else v for k, v in zoo.info(name).arch.items()}
+    return module.InternImage(core_op="DCNv3_pytorch", **arch).eval()
 
 
 def _timed_rounds(setup: Setup, calls: dict[str, Callable[[], object]]) -> dict[str, Timing]:
@@ -97,15 +118,28 @@ def _timed_rounds(setup: Setup, calls: dict[str, Callable[[], object]]) -> dict[
     return timings
 
 
-def measure_model(setup: Setup) -> tuple[dict[str, Timing], float, InternImage]:
-    """Whole-model timings per operator, and the max relative difference of their logits."""
+def measure_model(
+    setup: Setup, official: types.ModuleType | None
+) -> tuple[dict[str, Timing], dict[str, float], InternImage]:
+    """Whole-model timings per path, and each path's max relative logit difference from the first path."""
     model = zoo.load(setup.model)
-    _perturb_offsets(model)
+    calls: dict[str, Callable[[], object]] = {}
     x = torch.randn(setup.batch, 3, setup.size, setup.size, generator=torch.Generator().manual_seed(1))
-    timings = _timed_rounds(setup, {impl: lambda impl=impl: model.set_dcn_impl(impl)(x) for impl in DCN_IMPLS})
+    if official is not None:
+        theirs = _official_model(official, setup.model)
+        _perturb_offsets(theirs)
+        model.load_state_dict(checkpoint_filter_fn(theirs.state_dict(), model), strict=True)
+        calls[OFFICIAL] = lambda: theirs(x)
+    else:
+        _perturb_offsets(model)
+    calls |= {impl: lambda impl=impl: model.set_dcn_impl(impl)(x) for impl in DCN_IMPLS}
     with torch.inference_mode():
-        fast, ref = (model.set_dcn_impl(impl)(x) for impl in ("fast", "reference"))
-    return timings, ((fast - ref).abs().max() / ref.abs().max()).item(), model
+        outs = {label: call() for label, call in calls.items()}
+    first = next(iter(outs.values()))
+    diffs = {label: rel_err(out, first) for label, out in outs.items()}
+    if max(diffs.values()) > TOL:
+        raise SystemExit(f"Logits disagree beyond {TOL} with {next(iter(outs))}: {diffs}.")
+    return _timed_rounds(setup, calls), diffs, model
 
 
 def measure_ops(setup: Setup, model: InternImage) -> list[LevelOp]:
@@ -130,16 +164,40 @@ def _ms(seconds: float) -> str:
     return f"{1e3 * seconds:.1f}"
 
 
+LABELS = {
+    OFFICIAL: "official model, its DCNv3_pytorch",
+    "fast": "ours, fast DCNv3",
+    "reference": "ours, official operator's algorithm",
+}
+
+
 def report(
-    setup: Setup, model: dict[str, Timing], diff: float, levels: list[LevelOp], load_after: tuple[float, ...]
+    setup: Setup,
+    model: dict[str, Timing],
+    diffs: dict[str, float],
+    levels: list[LevelOp],
+    load_after: tuple[float, ...],
 ) -> tuple[str, dict]:
     fast, ref = model["fast"], model["reference"]
     speedup = ref.median_s / fast.median_s
+    first = next(iter(model))
     rows = [
-        f"| {t.impl} | {setup.batch / t.median_s:.2f} | {_ms(t.median_s)} | {_ms(min(t.seconds))} "
-        f"| {_ms(max(t.seconds))} | {len(t.seconds)} |"
-        for t in (fast, ref)
+        f"| {LABELS[t.impl]} (`{t.impl}`) | {setup.batch / t.median_s:.2f} | {_ms(t.median_s)} | {_ms(min(t.seconds))} "
+        f"| {_ms(max(t.seconds))} | {len(t.seconds)} | {diffs[t.impl]:.1e} |"
+        for t in model.values()
     ]
+    if OFFICIAL in model:
+        vs_official = model[OFFICIAL].median_s / fast.median_s
+        headline = (
+            f"Speed-up of ours (`fast`) over the official model: **{vs_official:.2f}x**; over the official "
+            f"operator's algorithm in our model (`reference`): {speedup:.2f}x (ratios of medians)."
+        )
+    else:
+        vs_official = None
+        headline = (
+            "**No official comparison was made** (no --official). Speed-up of `fast` over `reference` "
+            f"(ratio of medians): {speedup:.2f}x."
+        )
     op_rows = [
         f"| {lv.level} | {'x'.join(map(str, lv.shape))} | {lv.groups} | {lv.depth} "
         f"| {_ms(lv.timings['fast'].median_s)} | {_ms(lv.timings['reference'].median_s)} "
@@ -156,6 +214,7 @@ def report(
             f"- torch {setup.torch}, CPU: {setup.cpu}, threads: {setup.threads} (torch.set_num_threads)",
             f"- batch {setup.batch}, {setup.size}x{setup.size}, eager fp32, inference_mode; warmup {setup.warmup} "
             f"per operator, then {setup.rounds} interleaved rounds of {setup.iters} iterations per operator",
+            f"- official code: {setup.official}",
             f"- load average (1, 5, 15 min) before the run: {', '.join(f'{v:.2f}' for v in setup.load_avg_before)}; "
             f"after: {', '.join(f'{v:.2f}' for v in load_after)}",
             "- `fast` = `zoo.internimage.dcnv3` (one grid_sample, padding folded into the grid, (point, pixel) "
@@ -165,12 +224,12 @@ def report(
             "",
             "## Whole model",
             "",
-            "| operator | img/s (median) | median ms/batch | min ms | max ms | iterations |",
-            "|---|---|---|---|---|---|",
+            "| path | img/s (median) | median ms/batch | min ms | max ms | iterations "
+            f"| rel. logit diff vs `{first}` |",
+            "|---|---|---|---|---|---|---|",
             *rows,
             "",
-            f"Speed-up of `fast` over `reference` (ratio of medians): **{speedup:.2f}x**. "
-            f"Max relative difference of their logits: {diff:.1e}.",
+            headline,
             "",
             "## The sampling operator alone (median ms per call, same rounds and iterations)",
             "",
@@ -186,9 +245,10 @@ def report(
     )
     data = {
         "setup": asdict(setup),
-        "model": {t.impl: {"images_per_s": setup.batch / t.median_s, **asdict(t)} for t in (fast, ref)},
-        "speedup": speedup,
-        "max_rel_logit_diff": diff,
+        "model": {t.impl: {"images_per_s": setup.batch / t.median_s, **asdict(t)} for t in model.values()},
+        "speedup_fast_vs_reference": speedup,
+        "speedup_fast_vs_official": vs_official,
+        "max_rel_logit_diff": diffs,
         "ops": [asdict(lv) for lv in levels],
         "ops_per_pass_s": per_pass,
         "load_avg_after": load_after,
@@ -198,6 +258,7 @@ def report(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--official", type=Path, help="the official InternImage classification/ folder")
     parser.add_argument("--model", default="internimage_t", choices=zoo.list_models("internimage*"))
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=224)
@@ -208,6 +269,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "cpu", help="folder for the .md and .json")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    official, stubbed = None, []
+    if args.official is not None:
+        official, stubbed = import_official(args.official, "models.intern_image", STUBS)
+    note = official_note(args.official, stubbed)
+    print(f"official code: {note}", flush=True)
     setup = Setup(
         model=args.model,
         batch=args.batch,
@@ -217,12 +283,13 @@ def main(argv: list[str] | None = None) -> int:
         iters=args.iters,
         rounds=args.rounds,
         command="python " + " ".join([os.path.relpath(__file__, ROOT), *(argv if argv is not None else sys.argv[1:])]),
+        official=note,
         cpu=_cpu_name(),
         load_avg_before=tuple(os.getloadavg()),
     )
-    timings, diff, model = measure_model(setup)
+    timings, diffs, model = measure_model(setup, official)
     levels = measure_ops(setup, model)
-    md, data = report(setup, timings, diff, levels, tuple(os.getloadavg()))
+    md, data = report(setup, timings, diffs, levels, tuple(os.getloadavg()))
     print(md)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / "internimage_dcn_cpu"

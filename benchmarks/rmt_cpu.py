@@ -1,19 +1,24 @@
-"""RMT on CPU: our fast path against the official-shaped reference path, in one run on one machine.
+"""RMT on CPU against the official qhfan/RMT code, same weights, interleaved in one process.
 
-    python benchmarks/rmt_cpu.py            # writes results/cpu/rmt_cpu.{md,json}
+    python benchmarks/rmt_cpu.py --official /path/to/qhfan/RMT/classfication_release/RMT.py
+    python benchmarks/rmt_cpu.py            # no official comparison: ours eager, compiled and the reference path
 
-1. Eager throughput of rmt_s at batch 8, 224x224, 2 threads, fp32 (fast and reference runs interleaved, so
-   drift in machine load hits both alike; the median of the per-round ratios is reported).
-2. Peak memory of rmt_t as a backbone (features_only) at 800x1344, batch 1, each path in its own process:
-   peak RSS during the forward minus RSS before it.
+The official model is built by its own builder (RMT_T3, RMT_S, RMT_M2), its random initial weights are loaded into
+ours through the zoo's official-key loader (`checkpoint_filter_fn`, strict), and every path's logits must agree
+with the official eager ones to 1e-4 (max|diff| / max|ref|) before anything is timed. Timed, interleaved round by
+round, each labelled: official eager, official torch.compile, ours eager (attn_impl="auto"), ours torch.compile,
+and our reference path (attn_impl="reference", written like the official code; the test oracle). fp32,
+inference_mode, 224x224; medians over rounds. The official RMT.py imports fvcore and einops but its model uses
+neither: where one is not installed it is stubbed (the output says which), nothing is installed.
+`--memory` adds the peak RSS of rmt_t as a backbone at 800x1344, each path in its own process.
+Writes results/cpu/rmt_cpu.{json,md}.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
-import platform
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -25,33 +30,63 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import zoo  # noqa: E402
-from bench.env import cpu_name  # noqa: E402
+from benchmarks._common import (  # noqa: E402
+    OfficialCodeError,
+    Timed,
+    import_official,
+    interleaved,
+    machine,
+    official_note,
+    rel_err,
+)
+from zoo.rmt import checkpoint_filter_fn  # noqa: E402
+
+OFFICIAL_BUILDERS = {"rmt_t": "RMT_T3", "rmt_s": "RMT_S", "rmt_b": "RMT_M2", "rmt_l": "RMT_L6"}
+STUBS = {"fvcore.nn": {"FlopCountAnalysis": None, "flop_count_table": None}, "einops": {"einsum": None}}
+TOL = 1e-4
+SIZE = 224
 
 
-def throughput(threads: int, batch: int, rounds: int, iters: int) -> dict:
-    torch.set_num_threads(threads)
-    model = zoo.load("rmt_s")
-    x = torch.randn(batch, 3, 224, 224)
-    rates: dict[str, list[float]] = {"auto": [], "reference": []}
+def build_paths(name: str, batch: int, official, seed: int = 0) -> tuple[list[Timed], dict[str, float]]:
+    """The labelled forward passes for one model and batch, and each one's error against the first."""
+    torch.manual_seed(seed)
+    x = torch.randn(batch, 3, SIZE, SIZE)
+    ours = zoo.load(name)
+    paths = []
+    if official is not None:
+        theirs = getattr(official, OFFICIAL_BUILDERS[name])(None).eval()
+        ours.load_state_dict(checkpoint_filter_fn(theirs.state_dict(), ours), strict=True)
+        compiled_theirs = torch.compile(theirs)
+        paths += [Timed("official eager", lambda: theirs(x)), Timed("official compiled", lambda: compiled_theirs(x))]
+    reference = copy.deepcopy(ours).set_attn_impl("reference")
+    compiled_ours = torch.compile(ours, fullgraph=True)
+    paths += [
+        Timed("ours eager", lambda: ours(x)),
+        Timed("ours compiled", lambda: compiled_ours(x)),
+        Timed("reference path", lambda: reference(x)),
+    ]
     with torch.inference_mode():
-        for impl in rates:  # warm-up: allocator, kernels, position-table cache
-            model.set_attn_impl(impl)(x)
-        for _ in range(rounds):
-            for impl in rates:
-                model.set_attn_impl(impl)
-                start = time.perf_counter()
-                for _ in range(iters):
-                    model(x)
-                rates[impl].append(batch * iters / (time.perf_counter() - start))
-    ratios = [f / r for f, r in zip(rates["auto"], rates["reference"])]
-    return {
-        "fast_img_s": statistics.median(rates["auto"]),
-        "reference_img_s": statistics.median(rates["reference"]),
-        "speedup_median": statistics.median(ratios),
-        "speedup_min": min(ratios),
-        "rounds": rounds,
-        "iters_per_round": iters,
-    }
+        outs = {p.label: p.call() for p in paths}
+    ref = next(iter(outs.values()))
+    errors = {label: rel_err(out, ref) for label, out in outs.items()}
+    bad = {label: e for label, e in errors.items() if e > TOL}
+    if bad:
+        raise SystemExit(f"{name} batch {batch}: outputs disagree with {paths[0].label} beyond {TOL}: {bad}.")
+    return paths, errors
+
+
+def profile(paths: list[Timed], top: int) -> dict[str, list[dict]]:
+    """Self CPU time of the `top` costliest operators in one forward of each path (torch.profiler)."""
+    tables = {}
+    with torch.inference_mode():
+        for p in paths:
+            with torch.profiler.profile() as prof:
+                p.call()
+            events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+            tables[p.label] = [
+                {"op": e.key, "self_ms": e.self_cpu_time_total / 1e3, "calls": e.count} for e in events[:top]
+            ]
+    return tables
 
 
 def peak_memory_child(impl: str, height: int, width: int, threads: int) -> None:
@@ -62,60 +97,126 @@ def peak_memory_child(impl: str, height: int, width: int, threads: int) -> None:
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
     with torch.inference_mode():
-        feats = model(x)
+        model(x)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"impl": impl, "peak_rss_increase_mib": (peak - before) / 1024, "seconds": seconds,
-                      "shapes": [list(f.shape) for f in feats]}))  # fmt: skip
+    print(json.dumps({"impl": impl, "peak_rss_increase_mib": (peak - before) / 1024, "seconds": seconds}))
 
 
 def peak_memory(height: int, width: int, threads: int) -> list[dict]:
     rows = []
     for impl in ("auto", "reference"):
-        cmd = [sys.executable, __file__, "--child", impl, "--size", str(height), str(width), "--threads", str(threads)]
+        cmd = [sys.executable, __file__, "--child", impl, "--threads", str(threads)]
+        cmd += ["--memory-size", str(height), str(width)]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
     return rows
 
 
-def main() -> None:
+def markdown(result: dict) -> str:
+    env = result["env"]
+    lines = [
+        "# RMT on CPU: ours against the official code",
+        "",
+        f"Command: `{result['command']}`",
+        "",
+        f"- {env['cpu']}, {env['threads']} threads, torch {env['torch']}, Python {env['python']}, fp32, "
+        f"inference_mode, {SIZE}x{SIZE}, random weights (the official model's, loaded into ours), "
+        f"commit {env['git_commit']}",
+        f"- load before: `{env['uptime']}`; after: `{result['uptime_after']}` (2 cores shared with other work: "
+        "rounds are interleaved so load hits every path alike; medians over rounds)",
+        f"- official code: {result['official']}",
+        "",
+    ]
+    for row in result["rows"]:
+        labels = list(row["img_s"])
+        lines += [
+            f"## {row['model']}, batch {row['batch']} ({row['rounds']} rounds)",
+            "",
+            "| path | img/s (median) | min | max | img per CPU-s (median) | rel. err vs " + labels[0] + " |",
+            "|---|---|---|---|---|---|",
+        ]
+        for label, rates in row["img_s"].items():
+            stats = (row["median"][label], min(rates), max(rates), row["median_cpu"][label])
+            lines.append(f"| {label} | " + " | ".join(f"{v:.2f}" for v in stats) + f" | {row['rel_err'][label]:.1e} |")
+        lines += ["", "Ratios of medians: " + ", ".join(f"{k} **{v:.2f}x**" for k, v in row["ratios"].items()), ""]
+        lines += ["Same, per CPU-second: " + ", ".join(f"{k} {v:.2f}x" for k, v in row["ratios_cpu"].items()), ""]
+        for label, ops in row.get("profile", {}).items():
+            total = sum(o["self_ms"] for o in ops)
+            lines += [f"Profile, one forward of {label} (top operators by self CPU time; {total:.0f} ms in these):", ""]
+            lines += ["| operator | self ms | calls |", "|---|---|---|"]
+            lines += [f"| {o['op']} | {o['self_ms']:.1f} | {o['calls']} |" for o in ops] + [""]
+    if result.get("peak_memory_rmt_t"):
+        fast, ref = result["peak_memory_rmt_t"]
+        lines += [
+            "## rmt_t backbone (features_only), batch 1, 800x1344, each path in its own process",
+            "",
+            "| path | peak RSS increase (MiB) | forward (s) |",
+            "|---|---|---|",
+            f"| ours (auto) | {fast['peak_rss_increase_mib']:.0f} | {fast['seconds']:.2f} |",
+            f"| reference path | {ref['peak_rss_increase_mib']:.0f} | {ref['seconds']:.2f} |",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def ratios(median: dict[str, float]) -> dict[str, float]:
+    pairs = [("ours eager", "official eager"), ("ours compiled", "official compiled"), ("ours eager", "reference path"),
+             ("official eager", "reference path")]  # fmt: skip
+    return {f"{a} / {b}": median[a] / median[b] for a, b in pairs if a in median and b in median}
+
+
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--official", type=Path, help="the official RMT.py (qhfan/RMT classfication_release/RMT.py)")
+    ap.add_argument("--models", nargs="+", default=["rmt_t", "rmt_s", "rmt_b"], choices=list(OFFICIAL_BUILDERS))
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--iters", type=int, default=2)
-    ap.add_argument("--size", type=int, nargs=2, default=(800, 1344), metavar=("H", "W"))
+    ap.add_argument("--min-round-s", type=float, default=1.0, help="whole forwards per round, at least this long")
+    ap.add_argument("--profile", type=int, default=0, metavar="N", help="also profile one forward per path: top N ops")
+    ap.add_argument("--memory", action="store_true", help="also the rmt_t backbone peak RSS at 800x1344")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "cpu")
     ap.add_argument("--child", choices=("auto", "reference"), help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    ap.add_argument("--memory-size", type=int, nargs=2, default=(800, 1344), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
     if args.child:
-        return peak_memory_child(args.child, *args.size, args.threads)
+        peak_memory_child(args.child, *args.memory_size, args.threads)
+        return 0
 
-    env = {"torch": torch.__version__, "cpu": cpu_name(), "python": platform.python_version(), "threads": args.threads}
-    tp = throughput(args.threads, args.batch, args.rounds, args.iters)
-    mem = peak_memory(*args.size, args.threads)
-    result = {"command": " ".join(["python", "benchmarks/rmt_cpu.py", *sys.argv[1:]]), "env": env,
-              "throughput_rmt_s": {"batch": args.batch, "size": 224, **tp}, "peak_memory_rmt_t": mem}  # fmt: skip
+    official, stubbed = None, []
+    if args.official is not None:
+        if args.official.suffix != ".py" or not args.official.is_file():
+            raise OfficialCodeError(f"--official {args.official} is not the official RMT.py file.")
+        official, stubbed = import_official(args.official.parent, args.official.stem, STUBS)
+    note = official_note(args.official, stubbed)
+    print(f"official code: {note}", flush=True)
+    result = {"command": " ".join(["python", "benchmarks/rmt_cpu.py", *(sys.argv[1:] if argv is None else argv)]),
+              "env": machine(args.threads), "official": note, "stubbed": stubbed, "rows": []}  # fmt: skip
+    for name in args.models:
+        for batch in args.batch:
+            paths, errors = build_paths(name, batch, official)
+            interleaved(paths, batch, args.rounds, args.min_round_s)
+            median = {p.label: p.median for p in paths}
+            median_cpu = {p.label: p.median_cpu for p in paths}
+            row = {"model": name, "batch": batch, "rounds": args.rounds, "img_s": {p.label: p.img_s for p in paths},
+                   "img_cpu_s": {p.label: p.img_cpu_s for p in paths}, "median": median, "median_cpu": median_cpu,
+                   "rel_err": errors, "ratios": ratios(median), "ratios_cpu": ratios(median_cpu)}  # fmt: skip
+            if args.profile:
+                row["profile"] = profile(paths, args.profile)
+            result["rows"].append(row)
+            print(json.dumps({k: row[k] for k in ("model", "batch", "median", "ratios", "ratios_cpu")}), flush=True)
+    if args.memory:
+        result["peak_memory_rmt_t"] = peak_memory(*args.memory_size, args.threads)
+    result["uptime_after"] = machine(args.threads)["uptime"]
+    md = markdown(result)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "rmt_cpu.json").write_text(json.dumps(result, indent=2) + "\n")
-    fast, ref = (next(m for m in mem if m["impl"] == i) for i in ("auto", "reference"))
-    md = f"""# RMT on CPU: fast path vs the official-shaped reference path
-
-Command: `{result['command']}`
-Machine: {env['cpu']}, {args.threads} threads, torch {env['torch']}, Python {env['python']}, fp32, eager, inference_mode.
-
-| measurement | fast (auto) | reference | ratio |
-|---|---|---|---|
-| rmt_s throughput, batch {args.batch}, 224x224 (img/s, median of {args.rounds} rounds) | {tp['fast_img_s']:.2f} | {tp['reference_img_s']:.2f} | {tp['speedup_median']:.2f}x (worst round {tp['speedup_min']:.2f}x) |
-| rmt_t backbone peak RSS increase, batch 1, {args.size[0]}x{args.size[1]} (MiB) | {fast['peak_rss_increase_mib']:.0f} | {ref['peak_rss_increase_mib']:.0f} | {ref['peak_rss_increase_mib'] / fast['peak_rss_increase_mib']:.1f}x less |
-| rmt_t backbone forward time, batch 1, {args.size[0]}x{args.size[1]} (s) | {fast['seconds']:.2f} | {ref['seconds']:.2f} | |
-
-The reference path is written like the official code (three projections, stack-based rotation, contiguous
-permutes around depthwise convs, masks rebuilt every forward, explicit softmax(QK^T + D)V) and is the test oracle.
-"""
-    (args.out / "rmt_cpu.md").write_text(md)
+    (args.out / "rmt_cpu.md").write_text(md + "\n")
     print(md)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -37,8 +37,20 @@ def _rotate_pairs(x: torch.Tensor) -> torch.Tensor:
     return x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
 
 
-def _theta_shift(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
-    return x * cos + _rotate_pairs(x) * sin
+def _rotate(x: torch.Tensor, real: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Rotary position for q and k stacked in x's dim 0 (k also scaled), as a new contiguous tensor in x's
+    logical order, so a permuted view of the projection comes out in the layout attention reads.
+
+    With a complex `table` (eager, fp32/fp64) each pair is one complex multiply written straight into the
+    output: no pair flip, no separate products and sum. Otherwise `real` holds (cos, signed sin), the form
+    inductor fuses into one kernel and the one lower precisions (autocast) take.
+    """
+    if table.is_complex() and x.dtype == table.real.dtype:
+        out = torch.empty(x.shape[:-1] + (x.shape[-1] // 2,), dtype=table.dtype, device=x.device)
+        torch.mul(torch.view_as_complex(x.unflatten(-1, (-1, 2))), table, out=out)
+        return torch.view_as_real(out).flatten(-2)
+    cos, sin = real
+    return (x * cos + _rotate_pairs(x) * sin).contiguous()
 
 
 def _abs_distance(n: int, device: torch.device) -> torch.Tensor:
@@ -91,49 +103,60 @@ class DecayPosition(nn.Module):
         sin = (theta.sin() * sign).reshape(h, w, 1, -1).to(dtype)
         return sin, theta.cos().reshape(h, w, 1, -1).to(dtype)
 
+    def rotary_fast(self, h: int, w: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tables for `_rotate` on q and k stacked as (2, b, h, N, w, d) (decomposed form) or (2, b, N, h, w, d)
+        (whole-image form), with k's 1/sqrt(d) scale folded into its row: real (cos, signed sin), and the
+        complex cos + i sin per pair where eager fp32/fp64 can use it (else the real table again)."""
+        sin, cos = self.rotary(h, w, torch.float32)  # (h, w, 1, d)
+        scale = torch.tensor([1.0, self.angle.shape[0] ** -0.5], device=sin.device).view(2, 1, 1, 1, 1, 1)
+        shape = (1, h, 1, w, -1) if self.chunkwise else (1, 1, h, w, -1)
+        real = torch.stack((cos.reshape(shape), sin.reshape(shape)))[:, None] * scale  # (2, 2, *shape)
+        if torch.compiler.is_compiling() or torch.jit.is_tracing() or dtype not in (torch.float32, torch.float64):
+            return real.to(dtype), real.to(dtype)
+        table = torch.complex(real[0, ..., ::2], real[1, ..., 1::2])
+        return real.to(dtype), table.to(torch.complex128 if dtype == torch.float64 else torch.complex64)
+
     def masks(self, h: int, w: int, dtype: torch.dtype, fast: bool = True) -> tuple[torch.Tensor, ...]:
         """Decay biases. Official form: (row (N,w,w), column (N,h,h)) or whole-image (N,hw,hw).
 
-        `fast` form, 4-D for SDPA's fused kernels. Decomposed: row (1,N,w,w) and column (1,w*N,h,h), repeated
-        per column so that columns can be folded into heads without a transpose, or compact (1,N,h,h) where the
-        repeat would exceed MAX_MASK_ELEMS. Whole-image: (1,N,hw,hw), or where that would exceed MAX_MASK_ELEMS
-        the decayed 1-D tables (N,h,h) and (N,w,w), from which MaSA builds the mask block by block.
+        `fast` form, 4-D for SDPA's fused kernels: row (1,N,w,w) and column (1,N,h,h); whole-image (1,N,hw,hw),
+        or where that would exceed MAX_MASK_ELEMS the decayed 1-D tables (N,h,h) and (N,w,w), from which MaSA
+        builds the mask block by block.
         """
         decay = self.decay.float()[:, None, None]
         device = self.decay.device
         mask_w = (decay * _abs_distance(w, device)).to(dtype)
         mask_h = (decay * _abs_distance(h, device)).to(dtype)
         if self.chunkwise:
-            if not fast:
-                return mask_w, mask_h
-            fold = w * self.num_heads * h * h <= MAX_MASK_ELEMS
-            return mask_w[None], (mask_h.repeat(w, 1, 1) if fold else mask_h)[None]
+            return (mask_w, mask_h) if not fast else (mask_w[None], mask_h[None])
         if fast and self.num_heads * (h * w) ** 2 > MAX_MASK_ELEMS:
             return mask_h, mask_w
         whole = _manhattan_bias(mask_h, mask_w, slice(None))
         return (whole[None],) if fast else (whole,)
 
     def forward(self, h: int, w: int, dtype: torch.dtype, cached: bool = True) -> tuple[torch.Tensor, ...]:
-        """(sin, cos, *masks); `cached=False` rebuilds official-form masks on every call, as the official code does."""
+        """(*rotary_fast, *masks); `cached=False` gives (sin, cos, *official-form masks) rebuilt on every call,
+        as the official code does."""
         if not cached:
             return (*self.rotary(h, w, dtype), *self.masks(h, w, dtype, fast=False))
         if torch.compiler.is_compiling() or torch.jit.is_tracing():
-            return (*self.rotary(h, w, dtype), *self.masks(h, w, dtype))
+            return (*self.rotary_fast(h, w, dtype), *self.masks(h, w, dtype))
         key = (h, w, dtype, self.angle.device)
         if key not in self._cache:
-            self._cache[key] = (*self.rotary(h, w, dtype), *self.masks(h, w, dtype))
+            self._cache[key] = (*self.rotary_fast(h, w, dtype), *self.masks(h, w, dtype))
         return self._cache[key]
 
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    # Masks are kept 4-D: a 3-D one sends SDPA on CPU to its slower math path.
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    # k comes scaled (folded into the rotary table). Masks are kept 4-D: a 3-D one sends SDPA on CPU to its
+    # slower math path.
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)
 
 
 def _matmul_softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """Eager CPU attention: at RMT's short rows (7..56 tokens) batched matmuls with an in-place scale, bias and
-    softmax beat SDPA's CPU kernels (measured in benchmarks/rmt_cpu.py)."""
-    scores = torch.matmul(q, k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5).add_(bias)
+    """Eager CPU attention: at RMT's short rows (7..56 tokens) batched matmuls with an in-place bias add and a
+    softmax beat SDPA's CPU kernels (measured in benchmarks/rmt_cpu.py); k comes scaled."""
+    scores = torch.matmul(q, k.transpose(-1, -2)).add_(bias)
     return torch.matmul(torch.softmax(scores, -1), v)
 
 
@@ -150,11 +173,11 @@ def _stack_rotate(x: torch.Tensor) -> torch.Tensor:
 _compiled_flex = None
 
 
-def _flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, width: int, heads: int) -> torch.Tensor:
+def _flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, width: int) -> torch.Tensor:
     """FlexAttention with the decay computed inside the kernel from token indices: no mask in memory at all.
 
     width > 0: whole-image Manhattan distance on a grid of that width; width == 0: 1-D distance |i - i'|.
-    Heads beyond `heads` (the column pass folds columns into the head dim) reuse decay[h % heads].
+    k comes scaled.
     """
     from torch.nn.attention.flex_attention import flex_attention
 
@@ -163,18 +186,18 @@ def _flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor
             dist = (q_idx // width - kv_idx // width).abs() + (q_idx % width - kv_idx % width).abs()
         else:
             dist = (q_idx - kv_idx).abs()
-        return score + decay[h % heads] * dist
+        return score + decay[h] * dist
 
     global _compiled_flex
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
-        return flex_attention(q, k, v, score_mod=score_mod)
+        return flex_attention(q, k, v, score_mod=score_mod, scale=1.0)
     if _compiled_flex is None:
         _compiled_flex = torch.compile(flex_attention, dynamic=False)
-    return _compiled_flex(q, k, v, score_mod=score_mod)
+    return _compiled_flex(q, k, v, score_mod=score_mod, scale=1.0)
 
 
 class DWConv2d(nn.Module):
-    """Depthwise conv on channels-last (B, H, W, C) tensors; both permutes are views, so no layout copy.
+    """Depthwise conv on channels-last (B, H, W, C) tensors, returned contiguous; both permutes are views.
 
     With `residual`, returns x + conv(x) as one conv whose kernel has 1 added at its centre tap, which saves a
     full-size add. `reference` mode does what the official code does instead: contiguous copies and a separate add.
@@ -194,7 +217,10 @@ class DWConv2d(nn.Module):
         if self.residual:
             centre = self.conv.kernel_size[0] // 2
             weight = weight + F.pad(weight.new_ones(weight.shape[0], 1, 1, 1), (centre,) * 4)
-        y = F.conv2d(x.permute(0, 3, 1, 2), weight, self.conv.bias, padding=self.conv.padding, groups=self.conv.groups)
+        # A stage's first block gets NCHW-ordered memory from the downsampling conv; one copy here puts the whole
+        # residual stream in contiguous (B, H, W, C), which LayerNorm and the linear layers read without copies.
+        x = x.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+        y = F.conv2d(x, weight, self.conv.bias, padding=self.conv.padding, groups=self.conv.groups)
         return y.permute(0, 2, 3, 1)
 
 
@@ -216,17 +242,19 @@ class ManhattanSelfAttention(nn.Module):
             return self._forward_reference(x, pos)
         b, h, w, c = x.shape
         n, d = self.num_heads, self.head_dim
-        qk, v = self.qkv(x).split((2 * c, c), dim=-1)
+        (w_qk, w_v), (b_qk, b_v) = self.qkv.weight.split((2 * c, c)), self.qkv.bias.split((2 * c, c))
+        v = F.linear(x, w_v, b_v)  # its own matmul: a contiguous v is 2-4x faster in the depthwise LePE conv
         lepe = self.lepe(v)
-        sin, cos = pos[0], pos[1]
-        qk = _theta_shift(qk.unflatten(-1, (2 * n, d)), sin, cos)  # q and k rotated in one pass
-        q, k = qk.chunk(2, dim=3)  # (b, h, w, n, d) each
-        v = v.unflatten(-1, (n, d))
+        qk = F.linear(x, w_qk, b_qk).view(b, h, w, 2, n, d)
+        # q and k rotated in one pass, written as (b, h, N, w, d) for row attention or (b, N, h, w, d) for whole-image
+        q, k = _rotate(qk.permute(3, 0, 1, 4, 2, 5) if self.chunkwise else qk.permute(3, 0, 4, 1, 2, 5), *pos[:2])
+        v = v.view(b, h, w, n, d)
         if self.chunkwise:
             out = self._row_then_column(q, k, v, pos[2:], decay)
         else:
             out = self._whole_image(q, k, v, pos[2:], decay)
-        return self.out_proj(out.reshape(b, h, w, c) + lepe)
+        # lepe first: the sum takes its contiguous layout, so out's permute costs no separate copy
+        return self.out_proj((lepe.view(b, h, w, n, d) + out).view(b, h, w, c))
 
     def _forward_reference(self, x: torch.Tensor, pos: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """The test oracle and benchmark baseline, shaped like the official code: three projections, k scaled
@@ -252,39 +280,31 @@ class ManhattanSelfAttention(nn.Module):
             out = _decayed_softmax(qr, kr, v, pos[2]).transpose(1, 2).reshape(b, h, w, c)
         return self.out_proj(out + lepe)
 
-    def _attend(self, q, k, v, bias, decay, width: int, heads: int) -> torch.Tensor:
+    def _attend(self, q, k, v, bias, decay, width: int) -> torch.Tensor:
         if self.attn_impl == "flex":
-            return _flex(q, k, v, decay.to(q.dtype), width, heads)
+            return _flex(q, k, v, decay.to(q.dtype), width)
         if self.attn_impl == "auto" and q.device.type == "cpu" and not torch.compiler.is_compiling():
             return _matmul_softmax(q, k, v, bias)
         return _sdpa(q, k, v, bias)
 
     def _row_then_column(self, q, k, v, masks, decay) -> torch.Tensor:
-        b, h, w, n, d = q.shape
+        """q, k (b, h, N, w, d), v (b, h, w, N, d) -> (b, h, w, N, d): rows, then columns of the rows' output."""
+        b, h, n, w, d = q.shape
         mask_w, mask_h = masks
-        # Rows: each image row is a batch item, heads stay heads.
-        rows = lambda t: t.reshape(b * h, w, n, d).transpose(1, 2)  # noqa: E731
-        out = self._attend(rows(q), rows(k), rows(v), mask_w, decay, 0, n)  # (b*h, n, w, d)
-        out = out.transpose(1, 2).reshape(b, h, w, n, d)
-        if mask_h.shape[1] == n:
-            # Compact mask (large images): columns become batch items, at the cost of copying q, k and out.
-            cols = lambda t: t.permute(0, 2, 3, 1, 4).reshape(b * w, n, h, d)  # noqa: E731
-            out = self._attend(cols(q), cols(k), cols(out), mask_h, decay, 0, n)  # (b*w, n, h, d)
-            return out.reshape(b, w, n, h, d).permute(0, 3, 1, 2, 4)
-        # Columns folded into heads: (column, head) pairs become heads, with no transpose of the image axes.
-        cols = lambda t: t.reshape(b, h, w * n, d).transpose(1, 2)  # noqa: E731
-        out = self._attend(cols(q), cols(k), cols(out), mask_h, decay, 0, n)  # (b, w*n, h, d)
-        return out.transpose(1, 2)
+        out = self._attend(q.flatten(0, 1), k.flatten(0, 1), v.transpose(2, 3).flatten(0, 1), mask_w, decay, 0)
+        cols = lambda t: t.view(b, h, n, w, d).permute(0, 3, 2, 1, 4).reshape(b * w, n, h, d)  # noqa: E731
+        out = self._attend(cols(q), cols(k), cols(out), mask_h, decay, 0)  # (b*w, N, h, d)
+        return out.view(b, w, n, h, d).permute(0, 3, 1, 2, 4)
 
     def _whole_image(self, q, k, v, masks, decay) -> torch.Tensor:
-        b, h, w, n, d = q.shape
-        flat = lambda t: t.reshape(b, h * w, n, d).transpose(1, 2)  # noqa: E731
-        q, k, v = flat(q), flat(k), flat(v)
+        """q, k (b, N, h, w, d), v (b, h, w, N, d) -> (b, h, w, N, d)."""
+        b, n, h, w, d = q.shape
+        q, k, v = q.flatten(2, 3), k.flatten(2, 3), v.flatten(1, 2).transpose(1, 2)
         if len(masks) == 1 or self.attn_impl == "flex":
-            out = self._attend(q, k, v, masks[0], decay, w, n)
+            out = self._attend(q, k, v, masks[0], decay, w)
         else:
             out = self._whole_image_blocks(q, k, v, *masks, decay)
-        return out.transpose(1, 2)
+        return out.transpose(1, 2).unflatten(1, (h, w))
 
     def _whole_image_blocks(self, q, k, v, mask_h, mask_w, decay) -> torch.Tensor:
         """Query blocks of whole image rows, each with its own slice of the mask, so no (HW)^2 mask is held."""
@@ -293,7 +313,7 @@ class ManhattanSelfAttention(nn.Module):
         outs = []
         for start in range(0, h, step):
             bias = _manhattan_bias(mask_h, mask_w, slice(start, start + step))[None]
-            outs.append(self._attend(q[:, :, start * w : (start + step) * w], k, v, bias, decay, w, self.num_heads))
+            outs.append(self._attend(q[:, :, start * w : (start + step) * w], k, v, bias, decay, w))
         return torch.cat(outs, dim=2)
 
 
