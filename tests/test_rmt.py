@@ -43,6 +43,17 @@ def test_fixture_logits(fixture, tmp_path, name, zoo_name, impl):
         assert rel_err(model(fx.input), fx.logits) <= TOL
 
 
+def test_fixture_logits_with_gradients_recorded_and_backward(fixture, tmp_path):
+    """Recording gradients switches the eager rotary from the complex `out=` form (no autograd) to the real one."""
+    fx = fixture("rmt_tiny")
+    model = zoo.load("rmt_t", pretrained=_save_pth(tmp_path, {"model": fx.state_dict}), **fx.config)
+    logits = model(fx.input)
+    assert logits.requires_grad and rel_err(logits.detach(), fx.logits) <= TOL
+    logits.square().sum().backward()
+    grad = model.layers[0].blocks[0].retention.qkv.weight.grad
+    assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize("impl", ["auto", "sdpa", "reference"])
 def test_fixture_stage_features(fixture, tmp_path, impl):
     fx = fixture("rmt_tiny")

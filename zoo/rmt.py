@@ -45,7 +45,8 @@ def _rotate(x: torch.Tensor, real: torch.Tensor, table: torch.Tensor) -> torch.T
     output: no pair flip, no separate products and sum. Otherwise `real` holds (cos, signed sin), the form
     inductor fuses into one kernel and the one lower precisions (autocast) take.
     """
-    if table.is_complex() and x.dtype == table.real.dtype:
+    # `out=` has no autograd, so a forward that records gradients takes the real form.
+    if table.is_complex() and x.dtype == table.real.dtype and not (torch.is_grad_enabled() and x.requires_grad):
         out = torch.empty(x.shape[:-1] + (x.shape[-1] // 2,), dtype=table.dtype, device=x.device)
         torch.mul(torch.view_as_complex(x.unflatten(-1, (-1, 2))), table, out=out)
         return torch.view_as_real(out).flatten(-2)
