@@ -36,8 +36,10 @@ def load(name: str, pretrained: bool | str | Path = False, **kwargs) -> nn.Modul
     kwargs are the model's own (`num_classes`, `features_only`, `out_indices`, `drop_path_rate`, ...).
     Names outside this zoo pass through to `timm.create_model` unchanged.
     """
+    from ._builder import check_pretrained
     from ._registry import builder
 
+    check_pretrained(pretrained)
     build = builder(name)
     if build is None:
         model = timm_models.create_passthrough(name, pretrained, **kwargs)
