@@ -38,6 +38,8 @@ _PLAIN_KEYS = ("model", "state_dict", "module")
 # a Namespace holds only plain values, so allowing it keeps weights_only's guarantee.
 _SAFE_GLOBALS = [argparse.Namespace]
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# weights_only's refusal of a pickled object (a class or function to import); anything else is a damaged file.
+_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
 StateDict = dict[str, torch.Tensor]
 FilterFn = Callable[[StateDict, nn.Module], StateDict]
 
@@ -101,11 +103,13 @@ def read_checkpoint(path: str | Path, prefer_ema: bool = True) -> tuple[StateDic
         with torch.serialization.safe_globals(_SAFE_GLOBALS):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        text = _ANSI.sub("", str(e)).strip()
-        first = text.splitlines()[0] if text else type(e).__name__
+        text = _ANSI.sub("", str(e))
+        found = _UNSAFE_GLOBAL.search(text)
+        if found is None:  # damaged or not a pickle at all: nothing in it asked to run anything
+            raise CheckpointError(f"Checkpoint {path} is not a readable PyTorch file (it is damaged or not a checkpoint).") from None
         raise CheckpointError(
-            f"Refused to load {path}: it holds pickled objects other than tensors, and loading them could "
-            f"run code (weights_only=True: {first})."
+            f"Refused to load {path}: it holds pickled objects other than tensors ({found.group(1)}), and loading "
+            f"them could run code (weights_only=True)."
         ) from None
     except Exception as e:
         raise CheckpointError(f"Checkpoint {path} is not a readable PyTorch file ({type(e).__name__}: {e}).") from None
