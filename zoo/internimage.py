@@ -18,7 +18,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, trunc_normal_
 from timm.models import FeatureInfo, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
 from timm.models._features_fx import register_notrace_module
 from torch.utils.checkpoint import checkpoint
 from torchvision.ops import Permute
@@ -26,6 +25,7 @@ from torchvision.ops import Permute
 from ._builder import create, stage_indices
 from ._checkpoint import StateDict
 from ._registry import ModelInfo, register
+from ._staged import StagedModel
 
 __all__ = [
     "InternImage", "DCNv3", "dcnv3", "dcnv3_reference", "checkpoint_filter_fn", "DCN_IMPLS", "INFOS", "default_cfgs",
@@ -240,7 +240,7 @@ class InternImageLevel(nn.Module):
         return x, self.downsample(x)
 
 
-class InternImage(nn.Module):
+class InternImage(StagedModel):
     """InternImage classifier with timm's model interface, or with `features_only` a backbone returning NCHW
     maps at strides 4..32.
 
@@ -250,6 +250,9 @@ class InternImage(nn.Module):
     level's map channels-last (`output_fmt` "NHWC"); the head widens it by `cls_scale` with a 1x1 conv
     before pooling, so `head_hidden_size` is that width and `num_features` the map's.
     """
+
+    stages_attr = "levels"
+    head_modules = ("conv_head",)
 
     def __init__(
         self,
@@ -341,70 +344,6 @@ class InternImage(nn.Module):
                 (r"^conv_head", (99999,)),
             ],
         )  # fmt: skip
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for level in self.levels:
-            level.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """A new classifier for `num_classes`; global_pool "avg", or "" for the unpooled map."""
-        if global_pool is not None:
-            if global_pool not in ("avg", ""):
-                raise ValueError(f"global_pool must be 'avg' or '' (no pooling), not {global_pool!r}.")
-            self.global_pool = global_pool
-        if self.global_pool == "" and num_classes > 0:
-            raise ValueError("global_pool='' leaves an unpooled map, so it needs num_classes=0.")
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
-
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: int | list[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Level outputs before downsampling (NCHW or NHWC) and, unless `intermediates_only`, the final map.
-
-        `norm` is accepted for timm's interface; each level already ends in its own norm where it has one.
-        """
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', not {output_fmt!r}.")
-        take_indices, max_index = feature_take_indices(len(self.levels), indices)
-        levels = self.levels[: max_index + 1] if stop_early or intermediates_only else self.levels
-        intermediates = []
-        x = self.patch_embed(x)
-        for i, level in enumerate(levels):
-            before, x = level(x)
-            if i in take_indices:
-                intermediates.append(before.permute(0, 3, 1, 2) if output_fmt == "NCHW" else before)
-        return intermediates if intermediates_only else (x, intermediates)
-
-    def prune_intermediate_layers(
-        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
-    ) -> list[int]:
-        """Drop the levels after the last one in `indices` (and the head), for a smaller backbone."""
-        take_indices, max_index = feature_take_indices(len(self.levels), indices)
-        self.levels = self.levels[: max_index + 1]
-        if prune_head:
-            self.conv_head = None
-            self.head = nn.Identity()
-            self.num_classes = 0
-        return take_indices
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """NCHW image -> NHWC map of the last level."""
-        x = self.patch_embed(x)
-        for level in self.levels:
-            _, x = level(x)
-        return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.conv_head(x.permute(0, 3, 1, 2))

@@ -19,13 +19,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, trunc_normal_
 from timm.models import FeatureInfo, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
 from timm.models._features_fx import register_notrace_module
 from torch.utils.checkpoint import checkpoint
 
 from ._builder import create, stage_indices
 from ._checkpoint import StateDict
 from ._registry import ModelInfo, register
+from ._staged import StagedModel
 
 __all__ = ["RMT", "checkpoint_filter_fn", "DEFAULT_HUB_ORG", "ORG_ENV", "ATTN_IMPLS", "INFOS", "default_cfgs"]
 
@@ -418,7 +418,7 @@ class PatchEmbed(nn.Module):
         return self.proj(x).permute(0, 2, 3, 1)
 
 
-class RMT(nn.Module):
+class RMT(StagedModel):
     """RMT backbone and classifier, with timm's model interface.
 
     `forward_features` returns the last stage's map channels-last (`output_fmt` "NHWC"); the head is the
@@ -426,6 +426,9 @@ class RMT(nn.Module):
     classifier (plus, with `token_label`, the max-pooled token classifier `aux_head`). `features_only=True`
     makes it a backbone returning NCHW stage outputs (strides 4..32) for `out_indices`.
     """
+
+    stages_attr = "layers"
+    head_modules = ("proj", "norm", "aux_head")
 
     def __init__(
         self,
@@ -533,71 +536,11 @@ class RMT(nn.Module):
             ],
         )  # fmt: skip
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for stage in self.layers:
-            stage.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """A new classifier (and token-labelling head) for `num_classes`; global_pool "avg", or "" for the map."""
-        if global_pool is not None:
-            if global_pool not in ("avg", ""):
-                raise ValueError(f"global_pool must be 'avg' or '' (no pooling), not {global_pool!r}.")
-            self.global_pool = global_pool
-        if self.global_pool == "" and num_classes > 0:
-            raise ValueError("global_pool='' leaves an unpooled map, so it needs num_classes=0.")
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
+        """A new classifier, and token-labelling head, for `num_classes`; global_pool "avg", or "" for the map."""
+        super().reset_classifier(num_classes, global_pool)
         aux_in = self.num_features if self.aux_head_on == "stage" else self.head_hidden_size
         self.aux_head = nn.Linear(aux_in, num_classes) if self.token_label and num_classes > 0 else None
-
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: int | list[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Stage outputs before downsampling (NCHW or NHWC) and, unless `intermediates_only`, the final map.
-
-        `norm` is accepted for timm's interface; RMT has no norm between its last stage and its head.
-        """
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', not {output_fmt!r}.")
-        take_indices, max_index = feature_take_indices(len(self.layers), indices)
-        stages = self.layers[: max_index + 1] if stop_early or intermediates_only else self.layers
-        intermediates = []
-        x = self.patch_embed(x)
-        for i, stage in enumerate(stages):
-            out, x = stage(x)
-            if i in take_indices:
-                intermediates.append(out.permute(0, 3, 1, 2) if output_fmt == "NCHW" else out)
-        return intermediates if intermediates_only else (x, intermediates)
-
-    def prune_intermediate_layers(
-        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
-    ) -> list[int]:
-        """Drop the stages after the last one in `indices` (and the head), for a smaller backbone."""
-        take_indices, max_index = feature_take_indices(len(self.layers), indices)
-        self.layers = self.layers[: max_index + 1]
-        if prune_head:
-            self.proj = self.norm = self.aux_head = None
-            self.head = nn.Identity()
-            self.num_classes = 0
-        return take_indices
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """NCHW image -> the last stage's map, channels-last (N, H/32, W/32, C)."""
-        x = self.patch_embed(x)
-        for layer in self.layers:
-            _, x = layer(x)
-        return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         t = F.silu(self.norm(self.proj(x).permute(0, 3, 1, 2)))
