@@ -63,6 +63,8 @@ def test_interface_shapes_and_cfg_at_full_size(name):
         assert unpooled.ndim == 4 and [unpooled.shape[i] for i in spatial] == list(cfg["pool_size"])
         bare = zoo.load(name, num_classes=0, global_pool="")
         assert bare(x).ndim == 4
+        gray = zoo.load(name, in_chans=1, drop_rate=0.1, drop_path_rate=0.2)  # timm's common arguments
+        assert gray(x[:, :1]).shape == (1, 1000)
 
 
 @pytest.mark.parametrize("name", ALL)
