@@ -146,9 +146,11 @@ def test_out_indices_mean_the_same_in_both_families(name):
     with torch.device("meta"):
         last = zoo.load(name, features_only=True, out_indices=(-1,), **SMALL[name])
         two = zoo.load(name, features_only=True, out_indices=2, **SMALL[name])
+        swapped = zoo.load(name, features_only=True, out_indices=(3, -3), **SMALL[name])
         full = zoo.load(name, **SMALL[name])
     assert last.feature_info.channels() == [full.feature_info[-1]["num_chs"]]
-    assert two.out_indices == (2, 3) and last.out_indices == (3,)
+    assert two.out_indices == (2, 3) and last.out_indices == (3,) and swapped.out_indices == (1, 3)
+    assert [f.shape[1] for f in swapped(torch.randn(1, 3, 64, 64, device="meta"))] == swapped.feature_info.channels()
     feats = last(torch.randn(1, 3, 64, 64, device="meta"))
     assert len(feats) == 1 and feats[0].shape[1] == last.feature_info.channels()[0]
 

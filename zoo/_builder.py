@@ -24,7 +24,8 @@ _WEIGHT_FILES = ("model.safetensors", FALLBACK_FILENAME)
 
 
 def stage_indices(num_stages: int, indices: int | Sequence[int] | None) -> tuple[int, ...]:
-    """Absolute stage indices as timm takes them: None is all, an int n the last n, negatives count from the end."""
+    """Absolute stage indices as timm takes them: None is all, an int n the last n, negatives count from the end;
+    sorted, as the stages produce them."""
     if indices is None:
         return tuple(range(num_stages))
     if isinstance(indices, int) and not isinstance(indices, bool):
@@ -41,7 +42,7 @@ def stage_indices(num_stages: int, indices: int | Sequence[int] | None) -> tuple
             f"out_indices={indices!r} is out of range for {num_stages} stages; "
             f"use indices from 0 to {num_stages - 1} (or -{num_stages} to -1 from the end)."
         )
-    return tuple(i % num_stages for i in given)
+    return tuple(sorted({i % num_stages for i in given}))  # outputs come in stage order, so the info does too
 
 
 def check_pretrained(pretrained: object) -> None:
