@@ -10,11 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import timm
-from huggingface_hub import ModelCardData
+from huggingface_hub import EvalResult, ModelCardData
 
 import zoo
-
-from .download import ORG_ENV
 
 __all__ = ["ResultsError", "read_results", "render_card"]
 
@@ -128,25 +126,46 @@ def _paper_table(metrics: dict, input_size: list[int]) -> str:
     )
 
 
+def _front_matter(config: dict, code: str) -> str:
+    """The card's YAML: timm as the library, and the paper's top-1 as an eval result (labelled as the paper's)."""
+    top1 = config.get("paper_metrics", {}).get("top1")
+    evals = [
+        EvalResult(
+            task_type="image-classification", dataset_type="imagenet-1k", dataset_name="ImageNet-1K",
+            dataset_split="validation", metric_type="accuracy", metric_name="top-1 accuracy (paper)",
+            metric_value=top1, source_name="paper", source_url=config.get("paper"),
+        )
+    ] if top1 is not None else None  # fmt: skip
+    license_ = config.get("license")
+    return ModelCardData(
+        model_name=config["architecture"],
+        library_name="timm",
+        license=license_ or "other",
+        # No license stated: "other" must name one, so the card points at the release that states none.
+        license_name=None if license_ else "no-license-stated",
+        license_link=None if license_ else code or None,
+        tags=["image-classification", config["family"], "timm"],
+        datasets=["imagenet-1k"],
+        metrics=["accuracy"],
+        pipeline_tag="image-classification",
+        eval_results=evals,
+    ).to_yaml()
+
+
 def render_card(config: dict, rows: list[dict], results_name: str | None = None) -> str:
     """README.md for a folder described by `config` (see hub.convert), with measured `rows` if any."""
     name, family = config["architecture"], config["family"]
     prov, pre = config["provenance"], config["pretrained_cfg"]
     repo = pre["hf_hub_id"]
     what, code = _FAMILIES.get(family, (f"{name}, an image classification model", config.get("paper") or ""))
-    front = ModelCardData(
-        library_name="timm",
-        license=config.get("license") or "other",
-        tags=["image-classification", family, "timm"],
-        datasets=["imagenet-1k"],
-        metrics=["accuracy"],
-        pipeline_tag="image-classification",
-    ).to_yaml()
+    front = _front_matter(config, code)
     org = repo.split("/", 1)[0]
-    default_org = (zoo.info(name).hf_hub_id or "").split("/", 1)[0]
-    env = f"{ORG_ENV}={org}" if family == "rmt" and org != default_org else ""
+    model_info = zoo.info(name)
+    default_org = (model_info.hf_hub_id or "").split("/", 1)[0]
+    env = f"{model_info.hub_org_env}={org}" if model_info.hub_org_env and org != default_org else ""
     timm_line = (
-        f'After `import zoo`, `timm.create_model("{name}", pretrained=True)` does the same.\n'
+        f'After `import zoo`, `timm.create_model("{name}", pretrained=True)` does the same, and so does\n'
+        f'`timm.create_model("hf-hub:{repo}", pretrained=True)`, which reads this repository\'s config.json.\n'
         if timm.is_model(name)
         else ""
     )
@@ -165,7 +184,8 @@ Official code: {code}. Paper: {config.get('paper')}.
 
 ## How to load
 
-With this project's `zoo` package installed{where_env}:
+{name} is not part of timm itself: install this project's package (`rmt-zoo`: `pip install -e .` in its
+checkout) and `import zoo` first, which registers its models with timm{where_env}:
 
 ```python
 import zoo

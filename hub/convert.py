@@ -17,6 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -24,9 +25,9 @@ from safetensors.torch import save_file
 
 import zoo
 from zoo import ModelInfo, read_checkpoint
+from zoo._hub import hub_repo_id
 
 from .card import read_results, render_card
-from .download import hub_repo_id
 
 __all__ = ["ConversionError", "Conversion", "convert", "WEIGHTS", "CONFIG", "CARD", "ENTRY_MEANING"]
 
@@ -84,24 +85,25 @@ def _outputs(name: str, weights: Path, x: torch.Tensor) -> torch.Tensor:
         return model(x)
 
 
+def _without_nulls(value: Any) -> Any:
+    """timm's config.json carries no nulls: a field that does not apply is left out."""
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    return value
+
+
 def _config(
     model_info: ModelInfo, source: Path, source_sha256: str, entry: str, weights: Path, check: dict, org: str | None
 ) -> dict:
-    """config.json: timm's layout (architecture, num_classes, pretrained_cfg) plus arch, provenance and paper facts."""
-    return {
+    """config.json in timm's layout (what `timm.create_model("hf-hub:ORG/NAME")` reads: architecture,
+    num_classes, num_features, pretrained_cfg), plus arch, provenance and paper facts."""
+    with torch.device("meta"):
+        num_features = zoo.load(model_info.name).num_features
+    return _without_nulls({
         "architecture": model_info.name,
         "num_classes": model_info.num_classes,
-        "pretrained_cfg": {
-            "hf_hub_id": hub_repo_id(model_info, org),
-            "input_size": list(model_info.input_size),
-            "crop_pct": model_info.crop_pct,
-            "crop_mode": "center",
-            "interpolation": model_info.interpolation,
-            "mean": list(model_info.mean),
-            "std": list(model_info.std),
-            "num_classes": model_info.num_classes,
-            "license": model_info.license,
-        },
+        "num_features": num_features,
+        "pretrained_cfg": {**model_info.pretrained_cfg(), "hf_hub_id": hub_repo_id(model_info, org)},
         "family": model_info.family,
         "arch": model_info.arch,
         "license": model_info.license,
@@ -124,7 +126,7 @@ def _config(
             "converted_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "check": check,
         },
-    }
+    })  # fmt: skip
 
 
 def _check_destination(out_dir: Path, source: Path, force: bool) -> None:

@@ -283,6 +283,48 @@ def test_timm_families_round_trip(name, offline_cache, tmp_path):
     assert all(torch.equal(model.state_dict()[k], state[k]) for k in state)
 
 
+def test_timm_loads_a_converted_folder_by_hf_hub_local_dir_file_and_checkpoint_path(
+    rmt_release, rmt_converted, offline_cache, tmp_path
+):
+    """The folder `python -m hub convert` writes, uploaded anywhere, loads through timm's own ways of asking."""
+    reference = logits(zoo.load("rmt_t", pretrained=rmt_release[0]))
+    repo = "someorg/some-name"  # neither the registry's organisation nor RMT_HUB_ORG (unset here)
+    put_in_cache(offline_cache, repo, {f: rmt_converted / f for f in ("model.safetensors", "config.json", "README.md")})
+    model = timm.create_model(f"hf-hub:{repo}", pretrained=True).eval()
+    assert "models--someorg--some-name" in model.load_report.source
+    assert torch.equal(logits(model), reference)
+    assert timm.data.resolve_data_config({}, model=model)["crop_pct"] == 0.875
+
+    local = timm.create_model(f"local-dir:{rmt_converted}", pretrained=True).eval()
+    assert local.load_report.source == str(rmt_converted / "model.safetensors")
+    assert torch.equal(logits(local), reference)
+    weights = str(rmt_converted / "model.safetensors")
+    overlay = timm.create_model("rmt_t", pretrained=True, pretrained_cfg_overlay=dict(file=weights)).eval()
+    assert torch.equal(logits(overlay), reference)
+    # checkpoint_path is timm's own loader, for the model's own key layout (what timm's train.py saves).
+    own = tmp_path / "own.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(own))
+    assert torch.equal(logits(timm.create_model("rmt_t", checkpoint_path=str(own)).eval()), reference)
+    # A converted folder given to zoo.load directly is read like local-dir.
+    assert torch.equal(logits(zoo.load("rmt_t", pretrained=rmt_converted)), reference)
+
+
+def test_config_is_timm_format_without_nulls_and_card_says_how_to_install(rmt_converted):
+    text = (rmt_converted / "config.json").read_text()
+    assert "null" not in text
+    config = json.loads(text)
+    assert config["num_features"] == 512 and config["num_classes"] == 1000
+    pre = config["pretrained_cfg"]
+    assert pre["classifier"] == "head" and pre["first_conv"] == "patch_embed.proj.0" and pre["pool_size"] == [7, 7]
+    assert timm.models.PretrainedCfg(**pre).hf_hub_id == f"{ORG}/rmt_t"  # every field is one timm knows
+    card = ModelCard.load(rmt_converted / "README.md")
+    result = card.data.eval_results[0]
+    assert (result.metric_type, result.metric_value, result.dataset_type) == ("accuracy", 82.4, "imagenet-1k")
+    assert card.data.license == "other" and card.data.license_link == "https://github.com/qhfan/RMT"
+    assert "pip install" in card.text and "`import zoo` first" in card.text
+    assert f'timm.create_model("hf-hub:{ORG}/rmt_t", pretrained=True)' in card.text
+
+
 # ---------------------------------------------------------------- errors
 
 

@@ -193,7 +193,7 @@ def test_num_classes_zero_and_resized_head(fixture, tmp_path, caplog):
     full = zoo.load("internimage_t", pretrained=path, **fx.config)
     with torch.no_grad():
         feats = pooled(fx.input)
-        assert feats.shape == (2, int(8 * fx.config["channels"] * fx.config["cls_scale"])) == (2, pooled.num_features)
+        assert feats.shape == (2, int(8 * fx.config["channels"] * fx.config["cls_scale"])) == (2, pooled.head_hidden_size)
         assert rel_err(full.head(feats), fx.logits) <= TOL  # pooled features are what the head classifies
         assert five(fx.input).shape == (2, 5)
 

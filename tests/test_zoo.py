@@ -111,3 +111,74 @@ def test_unsafe_or_broken_files_are_refused(tmp_path):
         zoo.load("rmt_t", pretrained=tmp_path / "junk.safetensors")
     with pytest.raises(CheckpointError, match="does not exist"):
         zoo.load("rmt_t", pretrained=tmp_path / "missing.pth")
+
+
+def _one_sentence(message: str) -> bool:
+    return "\n" not in message and ". " not in message.rstrip(".") and message.endswith(".")
+
+
+SMALL = {"rmt_t": dict(depths=(1, 1, 1, 1)), "internimage_t": dict(depths=(1, 1, 1, 1))}
+
+
+@pytest.mark.parametrize("name", SMALL)
+@pytest.mark.parametrize(
+    "kwargs,error,needle",
+    [
+        (dict(features_only=True, out_indices=(0, 4)), ValueError, "out of range for 4 stages"),
+        (dict(features_only=True, out_indices=(-5,)), ValueError, "out of range for 4 stages"),
+        (dict(features_only=True, out_indices=5), ValueError, "last 5 of 4 stages"),
+        (dict(num_classes=-5), ValueError, "num_classes must be a whole number >= 0"),
+        (dict(num_classes="10"), ValueError, "not '10'"),
+        (dict(pretrained=1), TypeError, "pretrained must be True (the Hub), False or a checkpoint path, not 1 (int)"),
+        (dict(global_pool="max"), ValueError, "global_pool must be 'avg' or ''"),
+    ],
+)  # fmt: skip
+def test_model_arguments_are_checked_at_build_time_in_one_sentence(name, kwargs, error, needle):
+    for build in (zoo.load, timm.create_model):
+        with torch.device("meta"), pytest.raises(error) as err:
+            build(name, **SMALL[name], **kwargs)
+        assert needle in str(err.value) and _one_sentence(str(err.value)), str(err.value)
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_out_indices_mean_the_same_in_both_families(name):
+    """timm's semantics everywhere: negatives count from the end, an int n is the last n stages."""
+    with torch.device("meta"):
+        last = zoo.load(name, features_only=True, out_indices=(-1,), **SMALL[name])
+        two = zoo.load(name, features_only=True, out_indices=2, **SMALL[name])
+        swapped = zoo.load(name, features_only=True, out_indices=(3, -3), **SMALL[name])
+        full = zoo.load(name, **SMALL[name])
+    assert last.feature_info.channels() == [full.feature_info[-1]["num_chs"]]
+    assert two.out_indices == (2, 3) and last.out_indices == (3,) and swapped.out_indices == (1, 3)
+    assert [f.shape[1] for f in swapped(torch.randn(1, 3, 64, 64, device="meta"))] == swapped.feature_info.channels()
+    feats = last(torch.randn(1, 3, 64, 64, device="meta"))
+    assert len(feats) == 1 and feats[0].shape[1] == last.feature_info.channels()[0]
+
+
+def test_a_folder_without_weights_and_a_name_in_other_case_get_one_sentence(tmp_path):
+    with pytest.raises(CheckpointError) as err:
+        zoo.load("rmt_t", pretrained=tmp_path)
+    assert "is a folder with neither model.safetensors nor pytorch_model.bin" in str(err.value)
+    assert _one_sentence(str(err.value))
+    with pytest.raises(UnknownModelError, match=r"Did you mean: rmt_s\b"):
+        zoo.load("RMT_S")
+
+
+def test_random_bytes_are_a_damaged_file_not_a_code_risk(tmp_path):
+    path = tmp_path / "random.pth"
+    path.write_bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0), dtype=torch.uint8).numpy().tobytes())
+    with pytest.raises(CheckpointError) as err:
+        zoo.load("rmt_t", pretrained=path)
+    msg = str(err.value)
+    assert "not a readable PyTorch file" in msg and "run code" not in msg and _one_sentence(msg)
+
+
+def test_a_foreign_checkpoint_is_not_called_an_old_rmt_release(tmp_path):
+    from safetensors.torch import save_file
+
+    swin = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, depths=(1, 1, 1, 1))
+    save_file({k: v.contiguous() for k, v in swin.state_dict().items()}, str(tmp_path / "swin.safetensors"))
+    with pytest.raises(CheckpointMismatchError) as err:
+        zoo.load("rmt_t", pretrained=tmp_path / "swin.safetensors")
+    msg = str(err.value)
+    assert "does not look like an RMT checkpoint" in msg and "Dec 2023" not in msg

@@ -31,13 +31,17 @@ __all__ = [
 
 
 def load(name: str, pretrained: bool | str | Path = False, **kwargs) -> nn.Module:
-    """Build `name` in eval mode, optionally with weights (True: from the Hub; a path: a local checkpoint).
+    """Build `name` in eval mode, optionally with weights (True: from the Hub; a path: a local checkpoint file,
+    or a folder written by `python -m hub convert`).
 
-    kwargs are the model's own (`num_classes`, `features_only`, `out_indices`, `drop_path_rate`, ...).
-    Names outside this zoo pass through to `timm.create_model` unchanged.
+    kwargs are the model's own and timm's (`num_classes`, `features_only`, `out_indices`, `drop_path_rate`,
+    `global_pool`, `pretrained_cfg_overlay`, ...), checked when the model is built. Names outside this zoo pass
+    through to `timm.create_model` unchanged.
     """
+    from ._builder import check_pretrained
     from ._registry import builder
 
+    check_pretrained(pretrained)
     build = builder(name)
     if build is None:
         model = timm_models.create_passthrough(name, pretrained, **kwargs)

@@ -17,7 +17,7 @@ from typing import Callable, Iterable
 import torch
 import torch.nn as nn
 
-from ._registry import ModelInfo, model_kwargs
+from ._registry import ModelInfo
 
 __all__ = [
     "CheckpointError",
@@ -26,7 +26,6 @@ __all__ = [
     "read_checkpoint",
     "check_fits",
     "load_pretrained",
-    "build_model",
 ]
 
 _logger = logging.getLogger("zoo")
@@ -39,6 +38,8 @@ _PLAIN_KEYS = ("model", "state_dict", "module")
 # a Namespace holds only plain values, so allowing it keeps weights_only's guarantee.
 _SAFE_GLOBALS = [argparse.Namespace]
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# weights_only's refusal of a pickled object (a class or function to import); anything else is a damaged file.
+_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
 StateDict = dict[str, torch.Tensor]
 FilterFn = Callable[[StateDict, nn.Module], StateDict]
 
@@ -102,11 +103,13 @@ def read_checkpoint(path: str | Path, prefer_ema: bool = True) -> tuple[StateDic
         with torch.serialization.safe_globals(_SAFE_GLOBALS):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        text = _ANSI.sub("", str(e)).strip()
-        first = text.splitlines()[0] if text else type(e).__name__
+        text = _ANSI.sub("", str(e))
+        found = _UNSAFE_GLOBAL.search(text)
+        if found is None:  # damaged or not a pickle at all: nothing in it asked to run anything
+            raise CheckpointError(f"Checkpoint {path} is not a readable PyTorch file (it is damaged or not a checkpoint).") from None
         raise CheckpointError(
-            f"Refused to load {path}: it holds pickled objects other than tensors, and loading them could "
-            f"run code (weights_only=True: {first})."
+            f"Refused to load {path}: it holds pickled objects other than tensors ({found.group(1)}), and loading "
+            f"them could run code (weights_only=True)."
         ) from None
     except Exception as e:
         raise CheckpointError(f"Checkpoint {path} is not a readable PyTorch file ({type(e).__name__}: {e}).") from None
@@ -147,31 +150,27 @@ def check_fits(model: nn.Module, state: StateDict, source: str, hint: str = "") 
 def load_pretrained(
     model: nn.Module,
     model_info: ModelInfo,
-    pretrained: bool | str | Path,
+    source: Path | StateDict,
     filter_fn: FilterFn | None = None,
-    classifier: tuple[str, ...] = ("head.",),
-    head: tuple[str, ...] = ("head.",),
     hint: Callable[[StateDict, nn.Module], str] | None = None,
 ) -> None:
-    """Load `pretrained` (True for the Hub, or a local path) into `model`, strictly.
+    """Load `source` (a checkpoint file, or a state dict from a pretrained_cfg) into `model`, strictly.
 
-    Keys under `head` prefixes are dropped for `features_only` models; keys under `classifier` prefixes are
-    dropped, with a log line, when the model was built for another number of classes than the weights hold.
+    A `features_only` model drops the keys of the modules it does not have (the head); a model built for
+    another number of classes than `model_info` drops, with a log line, the classifier's keys of another size.
     """
-    if pretrained is False or pretrained is None:
-        return
-    if pretrained is True:
-        from hub.download import fetch_weights
-
-        path = fetch_weights(model_info)
+    if isinstance(source, dict):
+        state, entry, where = _unwrap(source, "pretrained_cfg['state_dict']", model_info.prefer_ema) + ("state_dict",)
     else:
-        path = Path(pretrained)
-    state, entry = read_checkpoint(path, model_info.prefer_ema)
+        (state, entry), where = read_checkpoint(source, model_info.prefer_ema), str(source)
     if filter_fn is not None:
         state = filter_fn(state, model)
     own = model.state_dict()
+    classifier = model_info.classifier or ()
+    classifier = tuple(f"{c}." for c in ((classifier,) if isinstance(classifier, str) else classifier))
     if getattr(model, "features_only", False):
-        dropped = tuple(k for k in state if k.startswith(head))
+        children = dict(model.named_children())
+        dropped = tuple(k for k in state if k not in own and k.split(".", 1)[0] not in children)
     elif getattr(model, "num_classes", model_info.num_classes) != model_info.num_classes:
         # Only a different class count is dropped; any other shape difference is a real mismatch.
         dropped = tuple(
@@ -187,18 +186,7 @@ def load_pretrained(
         # The freshly initialised classifier stays; everything else must still fit exactly.
         state.update({k: v for k, v in own.items() if k.startswith(classifier) and k not in state})
         _logger.info("%s: classifier weights dropped for %d classes: %s", model_info.name, model.num_classes, _listing(dropped))
-    check_fits(model, state, str(path), hint(state, model) if hint else "")
+    check_fits(model, state, where, hint(state, model) if hint else "")
     model.load_state_dict(state, strict=True)
-    model.load_report = LoadReport(source=str(path), entry=entry, dropped=dropped)
-    _logger.info("%s: loaded %r weights from %s", model_info.name, entry, path)
-
-
-def build_model(
-    cls: Callable[..., nn.Module], model_info: ModelInfo, pretrained: bool | str | Path, kwargs: dict, **load_kwargs
-) -> nn.Module:
-    """The zoo's families built alike: arch from `model_info` (kwargs override it), metadata, then weights."""
-    model = cls(**{**model_info.arch, **model_kwargs(kwargs)})
-    model.model_name = model_info.name
-    model.pretrained_cfg = model_info.pretrained_cfg()
-    load_pretrained(model, model_info, pretrained, **load_kwargs)
-    return model
+    model.load_report = LoadReport(source=where, entry=entry, dropped=dropped)
+    _logger.info("%s: loaded %r weights from %s", model_info.name, entry, where)

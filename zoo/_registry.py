@@ -14,6 +14,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 __all__ = [
     "ModelInfo", "UnknownModelError", "register", "list_models", "info", "builder", "suggest", "model_kwargs",
+    "registered_info",
 ]  # fmt: skip
 
 # Arguments timm.create_model hands every builder; the zoo's builders take their configuration from ModelInfo.
@@ -43,20 +44,31 @@ class ModelInfo:
     timm_name: str | None = None
     prefer_ema: bool = True  # which weights of a checkpoint holding both are the reported ones
     notes: str = ""
+    first_conv: str | None = None  # module names timm's pretrained_cfg carries (in_chans adaption, head resets)
+    classifier: str | tuple[str, ...] | None = None
+    # Environment variable naming the Hub organisation to take weights from instead of hf_hub_id's, for families
+    # whose weights whoever converts them publishes under their own name (RMT: none are on the Hub yet).
+    hub_org_env: str | None = None
 
     def pretrained_cfg(self) -> dict:
-        """timm's pretrained_cfg for this model, so timm.data.resolve_data_config works on zoo models."""
-        return dict(
-            architecture=self.name,
+        """timm's pretrained_cfg for this model (for `generate_default_cfgs` and config.json), without nulls."""
+        cfg = dict(
+            hf_hub_id=self.hf_hub_id,
+            hf_hub_filename=self.hf_hub_filename,
+            num_classes=self.num_classes,
             input_size=self.input_size,
+            pool_size=(self.input_size[1] // 32, self.input_size[2] // 32),
             crop_pct=self.crop_pct,
+            crop_mode="center",
             interpolation=self.interpolation,
             mean=self.mean,
             std=self.std,
-            num_classes=self.num_classes,
-            hf_hub_id=self.hf_hub_id,
+            first_conv=self.first_conv,
+            classifier=self.classifier,
             license=self.license,
+            paper_ids=self.paper,
         )
+        return {k: v for k, v in cfg.items() if v is not None}
 
 
 class UnknownModelError(ValueError):
@@ -89,8 +101,8 @@ def list_models(pattern: str = "*", family: str | None = None) -> list[str]:
 
 def suggest(name: str, extra: list[str] | tuple[str, ...] = ()) -> list[str]:
     """Close names for a typo, from this zoo first, then from `extra` (timm's names)."""
-    ours = difflib.get_close_matches(name, list(_INFOS), n=3, cutoff=0.5)
-    theirs = difflib.get_close_matches(name, list(extra), n=3, cutoff=0.7) if extra else []
+    ours = difflib.get_close_matches(name.lower(), list(_INFOS), n=3, cutoff=0.5)
+    theirs = difflib.get_close_matches(name.lower(), list(extra), n=3, cutoff=0.7) if extra else []
     return ours + [n for n in theirs if n not in ours][: max(0, 5 - len(ours))]
 
 
@@ -127,6 +139,8 @@ def info(name: str) -> ModelInfo:
         license=cfg.license,
         paper=cfg.paper_ids if isinstance(cfg.paper_ids, str) else None,
         timm_name=name,
+        first_conv=cfg.first_conv,
+        classifier=cfg.classifier,
     )
 
 
@@ -144,3 +158,8 @@ def builder(name: str) -> Callable[..., nn.Module] | None:
 def model_kwargs(kwargs: dict) -> dict:
     """A builder's kwargs without the ones timm.create_model adds, so timm and zoo.load build alike."""
     return {k: v for k, v in kwargs.items() if k not in _TIMM_ONLY_KWARGS}
+
+
+def registered_info(name: str) -> ModelInfo:
+    """The zoo's own ModelInfo for `name` (no timm fallback), for the family builders."""
+    return _INFOS[name]

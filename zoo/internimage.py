@@ -17,14 +17,19 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, trunc_normal_
-from timm.models import register_model
-from timm.models._features import FeatureInfo
+from timm.models import FeatureInfo, generate_default_cfgs, register_model
+from timm.models._features_fx import register_notrace_module
+from torch.utils.checkpoint import checkpoint
 from torchvision.ops import Permute
 
-from ._checkpoint import StateDict, build_model
+from ._builder import create, stage_indices
+from ._checkpoint import StateDict
 from ._registry import ModelInfo, register
+from ._staged import StagedModel
 
-__all__ = ["InternImage", "DCNv3", "dcnv3", "dcnv3_reference", "checkpoint_filter_fn", "DCN_IMPLS"]
+__all__ = [
+    "InternImage", "DCNv3", "dcnv3", "dcnv3_reference", "checkpoint_filter_fn", "DCN_IMPLS", "INFOS", "default_cfgs",
+]  # fmt: skip
 
 _POINTS = 9  # 3x3 kernel points; kernel 3, stride 1, pad 1, dilation 1 in every released model
 DCN_IMPLS = ("fast", "reference")
@@ -116,6 +121,7 @@ def _layer_norm(dim: int, nchw_in: bool = False, nchw_out: bool = False) -> nn.S
     return nn.Sequential(*layers)
 
 
+@register_notrace_module  # sampling arithmetic on shapes: a leaf for FX
 class DCNv3(nn.Module):
     """Deformable convolution v3: values `input_proj`, offsets and point weights read off a depthwise conv."""
 
@@ -187,9 +193,9 @@ class InternImageBlock(nn.Module):
 class StemEmbed(nn.Module):
     """Two stride-2 3x3 convs (to C/2, then C) with LayerNorms: NCHW image in, NHWC stride-4 map out."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, in_chans: int = 3):
         super().__init__()
-        self.conv1 = nn.Conv2d(3, channels // 2, 3, stride=2, padding=1)
+        self.conv1 = nn.Conv2d(in_chans, channels // 2, 3, stride=2, padding=1)
         self.norm1 = _layer_norm(channels // 2, nchw_in=True, nchw_out=True)
         self.act = nn.GELU()
         self.conv2 = nn.Conv2d(channels // 2, channels, 3, stride=2, padding=1)
@@ -221,21 +227,32 @@ class InternImageLevel(nn.Module):
         )
         self.norm = nn.Identity() if block_kwargs["post_norm"] else _layer_norm(dim)
         self.downsample = Downsample(dim) if downsample else nn.Identity()
+        self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the level's output before and after its downsampling."""
         for block in self.blocks:
-            x = block(x)
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
         x = self.norm(x)
         return x, self.downsample(x)
 
 
-class InternImage(nn.Module):
-    """InternImage classifier or, with `features_only`, a backbone returning NCHW maps at strides 4..32.
+class InternImage(StagedModel):
+    """InternImage classifier with timm's model interface, or with `features_only` a backbone returning NCHW
+    maps at strides 4..32.
 
     Arguments are the official constructor's (channels, depths, groups, layer_scale, offset_scale, post_norm,
-    mlp_ratio, num_classes, cls_scale), plus `dcn_impl`: "fast" (`dcnv3`) or "reference" (`dcnv3_reference`).
+    mlp_ratio, num_classes, cls_scale), timm's (in_chans, global_pool, drop_rate, drop_path_rate), plus
+    `dcn_impl`: "fast" (`dcnv3`) or "reference" (`dcnv3_reference`). `forward_features` returns the last
+    level's map channels-last (`output_fmt` "NHWC"); the head widens it by `cls_scale` with a 1x1 conv
+    before pooling, so `head_hidden_size` is that width and `num_features` the map's.
     """
+
+    stages_attr = "levels"
+    head_modules = ("conv_head",)
 
     def __init__(
         self,
@@ -247,10 +264,13 @@ class InternImage(nn.Module):
         post_norm: bool = False,
         mlp_ratio: float = 4.0,
         num_classes: int = 1000,
+        in_chans: int = 3,
+        global_pool: str = "avg",
         cls_scale: float = 1.5,
+        drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         features_only: bool = False,
-        out_indices: tuple[int, ...] = (0, 1, 2, 3),
+        out_indices: int | tuple[int, ...] | None = (0, 1, 2, 3),
         dcn_impl: str = "fast",
     ):
         super().__init__()
@@ -258,10 +278,13 @@ class InternImage(nn.Module):
             raise ValueError(f"depths ({len(depths)} levels) and groups ({len(groups)} levels) must match.")
         self.num_classes = num_classes
         self.features_only = features_only
-        self.out_indices = tuple(out_indices)
+        self.out_indices = stage_indices(len(depths), out_indices)
+        self.output_fmt = "NCHW" if features_only else "NHWC"
         dims = [channels * 2**i for i in range(len(depths))]
+        self.num_features = dims[-1]
+        self.head_hidden_size = int(dims[-1] * cls_scale)
         drop_path = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
-        self.patch_embed = StemEmbed(channels)
+        self.patch_embed = StemEmbed(channels, in_chans)
         self.levels = nn.ModuleList(
             InternImageLevel(
                 dims[i],
@@ -281,14 +304,14 @@ class InternImage(nn.Module):
             self.feature_info = FeatureInfo(stages, self.out_indices)
         else:
             self.feature_info = stages
-            self.num_features = int(dims[-1] * cls_scale)
             self.conv_head = nn.Sequential(
-                nn.Conv2d(dims[-1], self.num_features, 1, bias=False),
-                nn.Sequential(nn.BatchNorm2d(self.num_features)),
+                nn.Conv2d(dims[-1], self.head_hidden_size, 1, bias=False),
+                nn.Sequential(nn.BatchNorm2d(self.head_hidden_size)),
                 nn.GELU(),
             )
             self.avgpool = nn.AdaptiveAvgPool2d(1)
-            self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+            self.head_drop = nn.Dropout(drop_rate)
+            self.reset_classifier(num_classes, global_pool)
         self.apply(self._init_weights)
         for m in self.modules():
             if isinstance(m, DCNv3):
@@ -310,27 +333,27 @@ class InternImage(nn.Module):
             trunc_normal_(m.weight, std=0.02)
             nn.init.zeros_(m.bias)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """NCHW image -> NHWC map of the last level."""
-        x = self.patch_embed(x)
-        for level in self.levels:
-            _, x = level(x)
-        return x
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups for layer-wise learning-rate decay: stem, then level by level (block by block)."""
+        return dict(
+            stem=r"^patch_embed",
+            blocks=r"^levels\.(\d+)" if coarse else [
+                (r"^levels\.(\d+)\.blocks\.(\d+)", None),
+                (r"^levels\.(\d+)\.(?:norm|downsample)", (99998,)),
+                (r"^conv_head", (99999,)),
+            ],
+        )  # fmt: skip
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.avgpool(self.conv_head(x.permute(0, 3, 1, 2))).flatten(1)
-        return x if pre_logits else self.head(x)
+        x = self.conv_head(x.permute(0, 3, 1, 2))
+        x = self.avgpool(x).flatten(1) if self.global_pool == "avg" else x.permute(0, 2, 3, 1)
+        return x if pre_logits else self.head(self.head_drop(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        if not self.features_only:
-            return self.forward_head(self.forward_features(x))
-        x = self.patch_embed(x)
-        features = []
-        for i, level in enumerate(self.levels[: max(self.out_indices) + 1]):
-            before, x = level(x)
-            if i in self.out_indices:
-                features.append(before.permute(0, 3, 1, 2))
-        return features
+        if self.features_only:
+            return self.forward_intermediates(x, self.out_indices, intermediates_only=True)
+        return self.forward_head(self.forward_features(x))
 
 
 def checkpoint_filter_fn(state: StateDict, model: nn.Module) -> StateDict:
@@ -362,10 +385,12 @@ def _info(name: str, hub_repo: str, params: float, gflops: float, top1: float, s
         license="mit",
         paper=_PAPER,
         notes=notes,
+        first_conv="patch_embed.conv1",
+        classifier="head",
     )
 
 
-_CFGS: dict[str, ModelInfo] = {
+INFOS: dict[str, ModelInfo] = {
     "internimage_t": _info(
         "internimage_t", "internimage_t_1k_224", 29.918424, 4.90, 83.5,
         channels=64, depths=(4, 4, 18, 4), groups=(4, 8, 16, 32), layer_scale=None, offset_scale=1.0, post_norm=False,
@@ -384,6 +409,7 @@ _CFGS: dict[str, ModelInfo] = {
         channels=160, depths=(5, 5, 22, 5), groups=(10, 20, 40, 80), layer_scale=1e-5, offset_scale=2.0, post_norm=True,
     ),
 }  # fmt: skip
+default_cfgs = generate_default_cfgs({name: i.pretrained_cfg() for name, i in INFOS.items()})
 
 
 def _checkpoint_hint(state: StateDict, model: InternImage) -> str:
@@ -394,38 +420,34 @@ def _checkpoint_hint(state: StateDict, model: InternImage) -> str:
     width, ours = stem.shape[0], model.patch_embed.conv2.out_channels
     if width == ours:
         return ""
-    like = [n for n, i in _CFGS.items() if i.arch["channels"] == width]
-    guess = f"it looks like {like[0]} weights" if like else f"it matches none of {', '.join(_CFGS)}"
+    like = [n for n, i in INFOS.items() if i.arch["channels"] == width]
+    guess = f"it looks like {like[0]} weights" if like else f"it matches none of {', '.join(INFOS)}"
     return f"The checkpoint's stem is {width} channels wide, this model's {ours}: {guess}."
 
 
-def _create(name: str, pretrained: bool | str | Path = False, **kwargs) -> InternImage:
-    """Build `name` (constructor kwargs override its arch) and load weights: True for the Hub, or a path."""
-    return build_model(
-        InternImage, _CFGS[name], pretrained, kwargs,
-        filter_fn=checkpoint_filter_fn, classifier=("head.",), head=("conv_head.", "head."), hint=_checkpoint_hint,
-    )  # fmt: skip
+def _create(variant: str, pretrained: bool | str | Path = False, **kwargs) -> InternImage:
+    return create(InternImage, variant, pretrained, filter_fn=checkpoint_filter_fn, hint=_checkpoint_hint, **kwargs)
 
 
 @register_model
-@register(_CFGS["internimage_t"])
+@register(INFOS["internimage_t"])
 def internimage_t(pretrained: bool | str | Path = False, **kwargs) -> InternImage:
     return _create("internimage_t", pretrained, **kwargs)
 
 
 @register_model
-@register(_CFGS["internimage_s"])
+@register(INFOS["internimage_s"])
 def internimage_s(pretrained: bool | str | Path = False, **kwargs) -> InternImage:
     return _create("internimage_s", pretrained, **kwargs)
 
 
 @register_model
-@register(_CFGS["internimage_b"])
+@register(INFOS["internimage_b"])
 def internimage_b(pretrained: bool | str | Path = False, **kwargs) -> InternImage:
     return _create("internimage_b", pretrained, **kwargs)
 
 
 @register_model
-@register(_CFGS["internimage_l"])
+@register(INFOS["internimage_l"])
 def internimage_l(pretrained: bool | str | Path = False, **kwargs) -> InternImage:
     return _create("internimage_l", pretrained, **kwargs)

@@ -18,15 +18,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, trunc_normal_
-from timm.models import register_model
-from timm.models._features import FeatureInfo
+from timm.models import FeatureInfo, generate_default_cfgs, register_model
+from timm.models._features_fx import register_notrace_module
+from torch.utils.checkpoint import checkpoint
 
-from ._checkpoint import StateDict, build_model
+from ._builder import create, stage_indices
+from ._checkpoint import StateDict
 from ._registry import ModelInfo, register
+from ._staged import StagedModel
 
-__all__ = ["RMT", "checkpoint_filter_fn", "DEFAULT_HUB_ORG", "ATTN_IMPLS"]
+__all__ = ["RMT", "checkpoint_filter_fn", "DEFAULT_HUB_ORG", "ORG_ENV", "ATTN_IMPLS", "INFOS", "default_cfgs"]
 
 DEFAULT_HUB_ORG = "rmt-zoo"
+# No RMT weights are on the Hub yet: whoever converts them publishes under their own organisation, named here.
+ORG_ENV = "RMT_HUB_ORG"
 ATTN_IMPLS = ("auto", "sdpa", "flex", "reference")
 # Above this many mask elements (heads x L x L), the whole-image form works in query blocks (64 MB in fp32).
 MAX_MASK_ELEMS = 1 << 24
@@ -70,6 +75,7 @@ def _manhattan_bias(decay_h: torch.Tensor, decay_w: torch.Tensor, rows: slice) -
     return bias.reshape(n, -1, h * w)
 
 
+@register_notrace_module  # shape-dependent tables and a cache: a leaf for FX
 class DecayPosition(nn.Module):
     """The per-stage generator (`Relpos` in the official code) of rotary tables and spatial-decay masks.
 
@@ -225,6 +231,7 @@ class DWConv2d(nn.Module):
         return y.permute(0, 2, 3, 1)
 
 
+@register_notrace_module  # impl dispatch and shape-dependent blocking: a leaf for FX
 class ManhattanSelfAttention(nn.Module):
     """MaSA (`retention`): rotary q/k, decay-biased attention (whole-image or row-then-column), plus LePE."""
 
@@ -401,13 +408,17 @@ class RMTStage(nn.Module):
             RetBlock(dim, num_heads, mlp_ratio, chunkwise, drop_path[i], layer_scale, attn_impl) for i in range(depth)
         )
         self.downsample = PatchMerging(dim, out_dim) if out_dim is not None else None
+        self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (stage output before downsampling, input of the next stage)."""
-        _, h, w, _ = x.shape
+        h, w = x.shape[1], x.shape[2]
         pos = self.Relpos(h, w, x.dtype, cached=self.blocks[0].retention.attn_impl != "reference")
         for blk in self.blocks:
-            x = blk(x, pos, self.Relpos.decay)
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint(blk, x, pos, self.Relpos.decay, use_reentrant=False)
+            else:
+                x = blk(x, pos, self.Relpos.decay)
         return x, (self.downsample(x) if self.downsample is not None else x)
 
 
@@ -428,8 +439,17 @@ class PatchEmbed(nn.Module):
         return self.proj(x).permute(0, 2, 3, 1)
 
 
-class RMT(nn.Module):
-    """RMT backbone and classifier; `features_only=True` returns NCHW stage outputs at strides 4..32."""
+class RMT(StagedModel):
+    """RMT backbone and classifier, with timm's model interface.
+
+    `forward_features` returns the last stage's map channels-last (`output_fmt` "NHWC"); the head is the
+    official one: a 1024-wide projection, BatchNorm and SiLU on every token, average pooling, then the
+    classifier (plus, with `token_label`, the max-pooled token classifier `aux_head`). `features_only=True`
+    makes it a backbone returning NCHW stage outputs (strides 4..32) for `out_indices`.
+    """
+
+    stages_attr = "layers"
+    head_modules = ("proj", "norm", "aux_head")
 
     def __init__(
         self,
@@ -445,11 +465,13 @@ class RMT(nn.Module):
         projection: int = 1024,
         num_classes: int = 1000,
         in_chans: int = 3,
+        global_pool: str = "avg",
+        drop_rate: float = 0.0,
         drop_path_rate: float = 0.1,
         token_label: bool = False,
         aux_head_on: str = "stage",
         features_only: bool = False,
-        out_indices: tuple[int, ...] = (0, 1, 2, 3),
+        out_indices: int | tuple[int, ...] | None = (0, 1, 2, 3),
         attn_impl: str = "auto",
     ):
         super().__init__()
@@ -457,8 +479,11 @@ class RMT(nn.Module):
             raise ValueError(f"aux_head_on must be 'stage' or 'proj', not {aux_head_on!r}.")
         self.num_classes = num_classes
         self.features_only = features_only
-        self.out_indices = tuple(out_indices)
-        self.num_features = projection
+        self.out_indices = stage_indices(len(depths), out_indices)
+        self.output_fmt = "NCHW" if features_only else "NHWC"
+        self.num_features = embed_dims[-1]
+        self.head_hidden_size = projection
+        self.token_label = token_label
         self.aux_head_on = aux_head_on
         self.patch_embed = PatchEmbed(in_chans, embed_dims[0])
         rates = [drop_path_rate * i / max(1, sum(depths) - 1) for i in range(sum(depths))]
@@ -487,9 +512,8 @@ class RMT(nn.Module):
         else:
             self.proj = nn.Linear(embed_dims[-1], projection)
             self.norm = nn.BatchNorm2d(projection)
-            self.head = nn.Linear(projection, num_classes) if num_classes > 0 else nn.Identity()
-            aux_in = embed_dims[-1] if aux_head_on == "stage" else projection
-            self.aux_head = nn.Linear(aux_in, num_classes) if token_label and num_classes > 0 else None
+            self.head_drop = nn.Dropout(drop_rate)
+            self.reset_classifier(num_classes, global_pool)
         self.set_attn_impl(attn_impl)
         self.apply(self._init_weights)
         for m in self.modules():
@@ -521,28 +545,39 @@ class RMT(nn.Module):
                 m.reference = attn_impl == "reference"
         return self
 
-    def forward_features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Stage outputs before downsampling (channels-last) and the last stage's tokens."""
-        x = self.patch_embed(x)
-        stages = []
-        for layer in self.layers:
-            out, x = layer(x)
-            stages.append(out)
-        return stages, x
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups for layer-wise learning-rate decay: stem, then stage by stage (block by block)."""
+        return dict(
+            stem=r"^patch_embed",
+            blocks=r"^layers\.(\d+)" if coarse else [
+                (r"^layers\.(\d+)\.blocks\.(\d+)", None),
+                (r"^layers\.(\d+)\.downsample", (99998,)),
+                (r"^proj|^norm", (99999,)),
+            ],
+        )  # fmt: skip
 
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new classifier, and token-labelling head, for `num_classes`; global_pool "avg", or "" for the map."""
+        super().reset_classifier(num_classes, global_pool)
+        aux_in = self.num_features if self.aux_head_on == "stage" else self.head_hidden_size
+        self.aux_head = nn.Linear(aux_in, num_classes) if self.token_label and num_classes > 0 else None
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         t = F.silu(self.norm(self.proj(x).permute(0, 3, 1, 2)))
-        logits = self.head(t.mean((2, 3)))
+        pooled = t.mean((2, 3)) if self.global_pool == "avg" else t.permute(0, 2, 3, 1)
+        if pre_logits:
+            return pooled
+        logits = self.head(self.head_drop(pooled))
         if self.aux_head is not None:
             tokens = x if self.aux_head_on == "stage" else t.permute(0, 2, 3, 1)
             logits = logits + 0.5 * self.aux_head(tokens).flatten(1, 2).amax(1)
         return logits
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        stages, x = self.forward_features(x)
         if self.features_only:
-            return [stages[i].permute(0, 3, 1, 2) for i in self.out_indices]
-        return self.forward_head(x)
+            return self.forward_intermediates(x, self.out_indices, intermediates_only=True)
+        return self.forward_head(self.forward_features(x))
 
 
 def checkpoint_filter_fn(state: StateDict, model: nn.Module) -> StateDict:
@@ -563,15 +598,17 @@ def checkpoint_filter_fn(state: StateDict, model: nn.Module) -> StateDict:
 
 
 def _mismatch_hint(state: StateDict, model: RMT) -> str:
-    """Name the two known layouts that do not fit the current architecture."""
+    """Name the known layouts that do not fit the current architecture, and checkpoints of other models."""
+    if not any(".blocks.0.retention." in k for k in state):
+        return "It does not look like an RMT checkpoint (it has no layers.*.blocks.*.retention keys)."
     aux = state.get("aux_head.weight")
-    if aux is not None and model.aux_head_on == "stage" and aux.shape[1] == model.num_features:
+    if aux is not None and model.aux_head_on == "stage" and aux.shape[1] == model.head_hidden_size:
         return (
             f"Its aux_head takes {aux.shape[1]} inputs, as the released RMT-S* weights are reported to (512,000 more "
             f"parameters than the official code); build with aux_head_on='proj' to apply it to the "
             f"{aux.shape[1]}-wide projected tokens, a reading the official code does not confirm."
         )
-    if not any(k.endswith("Relpos.angle") for k in state) or not any(".ffn.dwconv." in k for k in state):
+    if not any(k.endswith("Relpos.angle") for k in state) and not any(".ffn.dwconv." in k for k in state):
         return (
             "It looks like the Dec 2023 release of RMT (no rotary position, no FFN dwconv, no 1024-wide head), "
             "which the current architecture cannot load."
@@ -602,25 +639,14 @@ _ARCHS: dict[str, dict] = {
         layerscales=(False, False, True, True), layer_init_values=1e-6, drop_path_rate=0.5,
     ),
 }  # fmt: skip
-# name: (official fn, params of the official code, paper GFLOPs, paper top-1)
-_PAPER_ROWS = {
-    "rmt_t": ("RMT_T3", 14_334_216, 2.5, 82.4),
-    "rmt_s": ("RMT_S", 26_967_240, 4.5, 84.1),
-    "rmt_b": ("RMT_M2", 54_154_896, 9.7, 85.0),
-    "rmt_l": ("RMT_L6", 95_464_864, 18.2, 85.5),
-    "rmt_s_tl": ("RMT_S (token labeling)", 26_967_240 + 513_000, 4.5, 84.8),
-    "rmt_b_tl": ("RMT_M2 (token labeling)", 54_154_896 + 513_000, 9.7, 85.6),
-    "rmt_l_tl": ("RMT_L6 (token labeling)", 95_464_864 + 641_000, 18.2, 86.1),
-}
 
 
-def _info(name: str) -> ModelInfo:
-    fn, params, gflops, top1 = _PAPER_ROWS[name]
-    arch = dict(_ARCHS[name.removesuffix("_tl")], token_label=name.endswith("_tl"))
+def _info(name: str, official_fn: str, params: int, gflops: float, top1: float) -> ModelInfo:
+    token_label = name.endswith("_tl")
     return ModelInfo(
         name=name,
         family="rmt",
-        arch=arch,
+        arch=dict(_ARCHS[name.removesuffix("_tl")], token_label=token_label),
         paper_params_m=params / 1e6,
         paper_gflops=gflops,
         paper_top1=top1,
@@ -628,34 +654,68 @@ def _info(name: str) -> ModelInfo:
         hf_hub_filename="model.safetensors",
         paper=_PAPER,
         prefer_ema=name != "rmt_t",  # RMT-T reports its plain weights, S/B/L their EMA weights (qhfan/RMT #25)
-        notes=f"official builder {fn}; params are the official code's count; GFLOPs as the paper prints them; "
-        "qhfan/RMT states no license",
+        notes=f"official builder {official_fn}; params are the official code's count; GFLOPs as the paper prints "
+        "them; qhfan/RMT states no license",
+        first_conv="patch_embed.proj.0",
+        classifier=("head", "aux_head") if token_label else "head",
+        hub_org_env=ORG_ENV,
     )
 
 
-def _create(name: str, pretrained: bool | str | Path = False, **kwargs) -> RMT:
-    return build_model(
-        RMT,
-        _info(name),
-        pretrained,
-        kwargs,
-        filter_fn=checkpoint_filter_fn,
-        classifier=("head.", "aux_head."),
-        head=("proj.", "norm.", "head.", "aux_head."),
-        hint=_mismatch_hint,
-    )
+# name: official builder, params of the official code, paper GFLOPs, paper top-1
+INFOS: dict[str, ModelInfo] = {
+    "rmt_t": _info("rmt_t", "RMT_T3", 14_334_216, 2.5, 82.4),
+    "rmt_s": _info("rmt_s", "RMT_S", 26_967_240, 4.5, 84.1),
+    "rmt_b": _info("rmt_b", "RMT_M2", 54_154_896, 9.7, 85.0),
+    "rmt_l": _info("rmt_l", "RMT_L6", 95_464_864, 18.2, 85.5),
+    "rmt_s_tl": _info("rmt_s_tl", "RMT_S (token labeling)", 26_967_240 + 513_000, 4.5, 84.8),
+    "rmt_b_tl": _info("rmt_b_tl", "RMT_M2 (token labeling)", 54_154_896 + 513_000, 9.7, 85.6),
+    "rmt_l_tl": _info("rmt_l_tl", "RMT_L6 (token labeling)", 95_464_864 + 641_000, 18.2, 86.1),
+}
+default_cfgs = generate_default_cfgs({name: i.pretrained_cfg() for name, i in INFOS.items()})
 
 
-def _builder(name: str):
-    def build(pretrained: bool | str | Path = False, **kwargs) -> RMT:
-        return _create(name, pretrained, **kwargs)
-
-    build.__name__ = build.__qualname__ = name
-    build.__module__ = __name__
-    build.__doc__ = f"{name}: RMT as built by the official `{_PAPER_ROWS[name][0]}`."
-    return register_model(register(_info(name))(build))
+def _create(variant: str, pretrained: bool | str | Path = False, **kwargs) -> RMT:
+    return create(RMT, variant, pretrained, filter_fn=checkpoint_filter_fn, hint=_mismatch_hint, **kwargs)
 
 
-for _name in _PAPER_ROWS:
-    globals()[_name] = _builder(_name)
-__all__ += list(_PAPER_ROWS)
+@register_model
+@register(INFOS["rmt_t"])
+def rmt_t(pretrained: bool | str | Path = False, **kwargs) -> RMT:
+    return _create("rmt_t", pretrained, **kwargs)
+
+
+@register_model
+@register(INFOS["rmt_s"])
+def rmt_s(pretrained: bool | str | Path = False, **kwargs) -> RMT:
+    return _create("rmt_s", pretrained, **kwargs)
+
+
+@register_model
+@register(INFOS["rmt_b"])
+def rmt_b(pretrained: bool | str | Path = False, **kwargs) -> RMT:
+    return _create("rmt_b", pretrained, **kwargs)
+
+
+@register_model
+@register(INFOS["rmt_l"])
+def rmt_l(pretrained: bool | str | Path = False, **kwargs) -> RMT:
+    return _create("rmt_l", pretrained, **kwargs)
+
+
+@register_model
+@register(INFOS["rmt_s_tl"])
+def rmt_s_tl(pretrained: bool | str | Path = False, **kwargs) -> RMT:
+    return _create("rmt_s_tl", pretrained, **kwargs)
+
+
+@register_model
+@register(INFOS["rmt_b_tl"])
+def rmt_b_tl(pretrained: bool | str | Path = False, **kwargs) -> RMT:
+    return _create("rmt_b_tl", pretrained, **kwargs)
+
+
+@register_model
+@register(INFOS["rmt_l_tl"])
+def rmt_l_tl(pretrained: bool | str | Path = False, **kwargs) -> RMT:
+    return _create("rmt_l_tl", pretrained, **kwargs)

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 from timm.models._features import FeatureInfo
 
+from ._builder import check_pretrained, resolve_weights, stage_indices
 from ._checkpoint import load_pretrained
 from ._registry import ModelInfo, info, model_kwargs, register
 
@@ -66,12 +67,16 @@ def _create(
     out_indices: tuple[int, ...] | None = None,
     **kwargs,
 ) -> nn.Module:
+    check_pretrained(pretrained)
     kwargs = model_kwargs(kwargs)
     model = timm.create_model(model_info.timm_name, pretrained=False, **kwargs)
-    filter_fn = _filter_fn(model)
-    load_pretrained(model, model_info, pretrained, (lambda sd, m: filter_fn(sd, m)) if filter_fn else None)
+    indices = _dense_indices(model) if out_indices is None else stage_indices(len(model.feature_info), out_indices)
+    if pretrained:
+        filter_fn = _filter_fn(model)
+        source = resolve_weights(model_info, pretrained, model.pretrained_cfg)
+        load_pretrained(model, model_info, source, (lambda sd, m: filter_fn(sd, m)) if filter_fn else None)
     if features_only:
-        model = TimmFeatures(model, tuple(out_indices) if out_indices is not None else _dense_indices(model))
+        model = TimmFeatures(model, indices)
     return model
 
 

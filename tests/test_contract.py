@@ -1,0 +1,143 @@
+"""timm's model contract, over every model of the zoo: what timm's own tests/test_models.py checks.
+
+Shapes and the interface are checked at each model's full size and default input on the meta device (no
+memory, no compute). Numbers (FX against eager, gradients reaching every parameter, grad checkpointing,
+intermediates against forward_features) are checked on the zoo's own families with one block per stage, which
+keeps every other part of each variant (widths, heads, layer scale, token labelling, post-norm) as it is.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import timm
+import torch
+from timm.layers import get_channel_dim, get_spatial_dim
+from timm.models import FeatureInfo, group_parameters
+from timm.models._features_fx import get_notrace_functions, get_notrace_modules
+from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+import zoo
+
+ALL = zoo.list_models()
+OURS = zoo.list_models(family="rmt") + zoo.list_models(family="internimage")
+ONE_BLOCK = dict(depths=(1, 1, 1, 1))
+
+
+def _input(model: torch.nn.Module, device: str = "meta", batch: int = 1) -> torch.Tensor:
+    return torch.randn(batch, *model.pretrained_cfg["input_size"], device=device)
+
+
+def test_our_models_are_registered_with_timm_and_their_cfgs():
+    for name in OURS:
+        cfg = timm.models.get_pretrained_cfg(name)
+        assert cfg is not None and cfg.hf_hub_id == zoo.info(name).hf_hub_id
+        assert name in timm.list_models(name_matches_cfg=True) and name in timm.list_pretrained(name)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_interface_shapes_and_cfg_at_full_size(name):
+    """timm's test_model_default_cfgs, on the meta device."""
+    with torch.device("meta"):
+        model = zoo.load(name)
+        cfg = model.default_cfg
+        assert cfg is model.pretrained_cfg and model.num_classes == 1000
+        assert model.num_features > 0 and model.head_hidden_size > 0
+        x = _input(model)
+        fmt = getattr(model, "output_fmt", "NCHW")
+        spatial, channel = get_spatial_dim(fmt), get_channel_dim(fmt)
+        features = model.forward_features(x)
+        pre = model.forward_head(features, pre_logits=True)
+        assert [features.shape[i] for i in spatial] == list(cfg["pool_size"])
+        assert features.shape[channel] == model.num_features and pre.shape == (1, model.head_hidden_size)
+        assert model(x).shape == (1, 1000)
+        state = model.state_dict()
+        classifiers = cfg["classifier"] if isinstance(cfg["classifier"], (tuple, list)) else (cfg["classifier"],)
+        assert all(f"{c}.weight" in state for c in classifiers) and f"{cfg['first_conv']}.weight" in state
+        assert model.get_classifier() is model.get_submodule(classifiers[0])
+
+        model.reset_classifier(0)
+        assert model.num_classes == 0 and model(x).shape == pre.shape
+        model.reset_classifier(0, "")
+        unpooled = model(x)
+        assert unpooled.ndim == 4 and [unpooled.shape[i] for i in spatial] == list(cfg["pool_size"])
+        bare = zoo.load(name, num_classes=0, global_pool="")
+        assert bare(x).ndim == 4
+        gray = zoo.load(name, in_chans=1, drop_rate=0.1, drop_path_rate=0.2)  # timm's common arguments
+        assert gray(x[:, :1]).shape == (1, 1000)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_intermediates_and_features_only_at_full_size(name):
+    """timm's test_model_forward_intermediates and test_model_forward_features, on the meta device."""
+    with torch.device("meta"):
+        model = zoo.load(name)
+        info = FeatureInfo(model.feature_info, len(model.feature_info))
+        x = _input(model)
+        final, inters = model.forward_intermediates(x, output_fmt="NCHW")
+        assert final.shape == model.forward_features(x).shape
+        dense = [i for i, r in enumerate(info.reduction()) if 4 <= r <= 32]
+        assert len(inters) == len(info.channels()) >= 3
+        for c, r, t in zip(info.channels(), info.reduction(), inters):
+            assert t.shape[1] == c and t.shape[-1] <= math.ceil(x.shape[-1] / r) + 1
+        backbone = zoo.load(name, features_only=True)
+        feats = backbone(x)
+        assert len(feats) == len(backbone.feature_info.channels()) == len(dense)
+        assert [f.shape[1] for f in feats] == backbone.feature_info.channels()
+        assert backbone.feature_info.reduction() == [4, 8, 16, 32]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_group_matcher_places_every_parameter(name):
+    """Layer-wise decay needs every parameter in a group, the stem first and the stages in order."""
+    with torch.device("meta"):
+        model = zoo.load(name)
+    groups = group_parameters(model, model.group_matcher(coarse=False))
+    placed = {p for names in groups.values() for p in names}
+    assert placed == {n for n, _ in model.named_parameters()}
+    assert len(groups) > 5 and any("patch_embed" in p or "stem" in p for p in groups[min(groups)])
+
+
+@pytest.mark.filterwarnings("ignore:NOTE. The nodes obtained by tracing")
+@pytest.mark.parametrize("name", OURS)
+def test_fx_trace_and_backward_and_grad_checkpointing(name):
+    """timm's test_model_forward_fx, test_model_backward(_fx) and grad-checkpointing checks, one block per stage."""
+    torch.manual_seed(0)
+    model = zoo.load(name, num_classes=42, **ONE_BLOCK).eval()
+    x = torch.randn(2, 3, 64, 64)
+    tracer = dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions(), param_shapes_constant=True)
+    train_nodes, eval_nodes = get_graph_node_names(model, tracer_kwargs=tracer)
+    fx = create_feature_extractor(
+        model, train_return_nodes=[train_nodes[-1]], eval_return_nodes=[eval_nodes[-1]], tracer_kwargs=tracer
+    )
+    with torch.no_grad():
+        eager = model(x)
+        assert torch.allclose(fx(x)[eval_nodes[-1]], eager, atol=1e-5)
+        _, before = model.forward_intermediates(x)
+        model.set_grad_checkpointing()
+        assert torch.allclose(model(x), eager, rtol=1e-4, atol=1e-5)
+        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(model.forward_intermediates(x)[1], before))
+    for net in (model.train(), fx.train()):
+        net.zero_grad()
+        out = net(x)
+        out = out if isinstance(out, torch.Tensor) else next(iter(out.values()))
+        assert out.shape == (2, 42)
+        out.mean().backward()
+        missing = [n for n, p in net.named_parameters() if p.grad is None]
+        assert not missing, missing
+
+
+@pytest.mark.parametrize("name", OURS)
+def test_prune_intermediate_layers_and_getter_features(name):
+    """timm's features_only with feature_cls='getter' and prune_intermediate_layers, one block per stage."""
+    model = zoo.load(name, **ONE_BLOCK)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        full = model.forward_intermediates(x, indices=2, intermediates_only=True)
+        assert model.prune_intermediate_layers(indices=(0, 1)) == [0, 1]
+        pruned = model.forward_intermediates(x, indices=(0, 1), intermediates_only=True)
+        assert [t.shape[1] for t in pruned] == [f["num_chs"] for f in model.feature_info[:2]]
+        getter = timm.create_model(name, features_only=True, feature_cls="getter", out_indices=(-2, -1), **ONE_BLOCK)
+        feats = getter(x)
+    assert len(full) == 2 and [f.shape for f in feats] == [f.shape for f in full]
+    assert getter.output_fmt == "NCHW" and getter.feature_info.reduction() == [16, 32]

@@ -1,0 +1,119 @@
+"""The zoo's families built through timm's machinery, with the zoo's checked arguments and strict, safe loading.
+
+`build_model_with_cfg` resolves the pretrained_cfg (registered by `generate_default_cfgs`, or handed over by
+`timm.create_model("hf-hub:ORG/NAME")`, `local-dir:DIR` or `pretrained_cfg_overlay=dict(file=...)`); the
+weights it names are then read with safetensors or `torch.load(weights_only=True)`, mapped from official
+keys by the family's `checkpoint_filter_fn` and loaded strictly, with errors that name the keys.
+"""
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch.nn as nn
+from timm.models import build_model_with_cfg
+
+from ._checkpoint import CheckpointError, FilterFn, StateDict, load_pretrained
+from ._hub import FALLBACK_FILENAME, fetch_weights
+from ._registry import ModelInfo, registered_info
+
+__all__ = ["create", "stage_indices", "check_pretrained"]
+
+_WEIGHT_FILES = ("model.safetensors", FALLBACK_FILENAME)
+
+
+def stage_indices(num_stages: int, indices: int | Sequence[int] | None) -> tuple[int, ...]:
+    """Absolute stage indices as timm takes them: None is all, an int n the last n, negatives count from the end;
+    sorted, as the stages produce them."""
+    if indices is None:
+        return tuple(range(num_stages))
+    if isinstance(indices, int) and not isinstance(indices, bool):
+        if not 0 < indices <= num_stages:
+            raise ValueError(f"out_indices={indices} asks for the last {indices} of {num_stages} stages; use 1 to {num_stages}.")
+        return tuple(range(num_stages - indices, num_stages))
+    try:
+        given = tuple(indices)
+    except TypeError:
+        raise ValueError(f"out_indices must be an int or a sequence of stage indices, not {indices!r}.") from None
+    bad = [i for i in given if not isinstance(i, int) or isinstance(i, bool) or not -num_stages <= i < num_stages]
+    if bad or not given:
+        raise ValueError(
+            f"out_indices={indices!r} is out of range for {num_stages} stages; "
+            f"use indices from 0 to {num_stages - 1} (or -{num_stages} to -1 from the end)."
+        )
+    return tuple(sorted({i % num_stages for i in given}))  # outputs come in stage order, so the info does too
+
+
+def check_pretrained(pretrained: object) -> None:
+    """`pretrained` is True, False or a checkpoint path; anything else is refused in one sentence."""
+    if not isinstance(pretrained, (bool, str, Path)) and pretrained is not None:
+        raise TypeError(
+            f"pretrained must be True (the Hub), False or a checkpoint path, not {pretrained!r} "
+            f"({type(pretrained).__name__})."
+        )
+
+
+def _check_num_classes(num_classes: object) -> None:
+    if num_classes is None:
+        return
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0:
+        raise ValueError(f"num_classes must be a whole number >= 0 (0 for no classifier), not {num_classes!r}.")
+
+
+def _weights_in(path: Path) -> Path:
+    """A checkpoint file, or the weights file of a converted folder (what `python -m hub convert` writes)."""
+    if not path.is_dir():
+        return path
+    found = next((path / f for f in _WEIGHT_FILES if (path / f).is_file()), None)
+    if found is None:
+        raise CheckpointError(
+            f"{path} is a folder with neither {' nor '.join(_WEIGHT_FILES)} in it; pass the checkpoint file itself."
+        )
+    return found
+
+
+def resolve_weights(
+    model_info: ModelInfo, pretrained: bool | str | Path, cfg: dict, cache_dir: str | Path | None = None
+) -> Path | StateDict:
+    """Where the weights are: a path given to `zoo.load`, else what the pretrained_cfg names, as timm reads it."""
+    if not isinstance(pretrained, bool):
+        return _weights_in(Path(pretrained))
+    if cfg.get("state_dict"):
+        return cfg["state_dict"]
+    if cfg.get("file"):  # pretrained_cfg_overlay=dict(file=...), or the folder of `local-dir:`
+        return _weights_in(Path(cfg["file"]))
+    repo = cfg.get("hf_hub_id")
+    # The registry's own repo keeps the organisation override; any other (hf-hub:ORG/NAME, an overlay) is exact.
+    exact = repo if repo and (cfg.get("source") == "hf-hub" or repo != model_info.hf_hub_id) else None
+    return fetch_weights(model_info, repo_id=exact, filename=cfg.get("hf_hub_filename"), cache_dir=cache_dir)
+
+
+def create(
+    cls: Callable[..., nn.Module],
+    variant: str,
+    pretrained: bool | str | Path = False,
+    filter_fn: FilterFn | None = None,
+    hint: Callable[[StateDict, nn.Module], str] | None = None,
+    **kwargs,
+) -> nn.Module:
+    """Build `variant` (its registry arch, overridden by kwargs) with timm's builder, then load its weights.
+
+    `features_only` builds the model's own backbone mode (NCHW stage maps through `forward_intermediates`),
+    which is also what timm's `feature_cls="getter"` asks for.
+    """
+    model_info = registered_info(variant)
+    check_pretrained(pretrained)
+    _check_num_classes(kwargs.get("num_classes"))
+    features_only = bool(kwargs.pop("features_only", False))
+    feature_cls = kwargs.pop("feature_cls", None)
+    if feature_cls not in (None, "getter"):
+        raise ValueError(f"{variant} builds its features through forward_intermediates (feature_cls='getter'), not {feature_cls!r}.")
+    model = build_model_with_cfg(
+        partial(cls, features_only=features_only), variant, pretrained=False, **{**model_info.arch, **kwargs}
+    )
+    model.model_name = variant
+    if pretrained:
+        source = resolve_weights(model_info, pretrained, model.pretrained_cfg, kwargs.get("cache_dir"))
+        load_pretrained(model, model_info, source, filter_fn, hint)
+    return model

@@ -1,0 +1,91 @@
+"""timm's model interface, once for both families: a stem, then stages that each return (output, next input)."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from timm.models._features import feature_take_indices
+
+__all__ = ["StagedModel"]
+
+
+class StagedModel(nn.Module):
+    """Grad checkpointing, classifier access and reset, `forward_intermediates` and pruning, for a model with
+    `patch_embed`, a ModuleList named by `stages_attr` (each stage with a `grad_checkpointing` flag, returning
+    its output before downsampling and the next stage's input, channels-last) and `head` on `head_hidden_size`.
+    """
+
+    stages_attr = "layers"
+    head_modules: tuple[str, ...] = ()  # modules between the last stage and `head`, dropped with it by pruning
+    head_hidden_size: int
+    num_classes: int
+    global_pool: str
+
+    def _stages(self) -> nn.ModuleList:
+        return getattr(self, self.stages_attr)
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for stage in self._stages():
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new classifier for `num_classes`; global_pool "avg", or "" for the unpooled map."""
+        if global_pool is not None:
+            if global_pool not in ("avg", ""):
+                raise ValueError(f"global_pool must be 'avg' or '' (no pooling), not {global_pool!r}.")
+            self.global_pool = global_pool
+        if self.global_pool == "" and num_classes > 0:
+            raise ValueError("global_pool='' leaves an unpooled map, so it needs num_classes=0.")
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Stage outputs before downsampling (NCHW or NHWC) and, unless `intermediates_only`, the final map.
+
+        `norm` is accepted for timm's interface: no norm sits between the last stage and the head.
+        """
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', not {output_fmt!r}.")
+        stages = self._stages()
+        take_indices, max_index = feature_take_indices(len(stages), indices)
+        if stop_early or intermediates_only:
+            stages = stages[: max_index + 1]
+        intermediates = []
+        x = self.patch_embed(x)
+        for i, stage in enumerate(stages):
+            out, x = stage(x)
+            if i in take_indices:
+                intermediates.append(out.permute(0, 3, 1, 2) if output_fmt == "NCHW" else out)
+        return intermediates if intermediates_only else (x, intermediates)
+
+    def prune_intermediate_layers(
+        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop the stages after the last one in `indices` (and the head), for a smaller backbone."""
+        take_indices, max_index = feature_take_indices(len(self._stages()), indices)
+        setattr(self, self.stages_attr, self._stages()[: max_index + 1])
+        if prune_head:
+            for name in self.head_modules:
+                setattr(self, name, None)
+            self.head = nn.Identity()
+            self.num_classes = 0
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """NCHW image -> the last stage's map, channels-last (N, H/32, W/32, C)."""
+        x = self.patch_embed(x)
+        for stage in self._stages():
+            _, x = stage(x)
+        return x
