@@ -213,9 +213,10 @@ def test_position_cache_follows_loaded_buffers(fixture):
     assert rel_err(cached, fx.logits) > TOL  # the new decay really took effect
 
 
-def test_compile_fullgraph_and_export():
+@pytest.mark.parametrize("impl", ["auto", "sdpa"])  # on CPU: matmul-softmax, and the SDPA form GPUs take
+def test_compile_fullgraph_and_export(impl):
     torch.manual_seed(0)
-    model = rmt.RMT(**SMALL).eval()
+    model = rmt.RMT(**SMALL, attn_impl=impl).eval()
     x = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
         eager = model(x)
@@ -235,7 +236,10 @@ def test_flex_attention_matches_sdpa(chunkwise):
     masa = rmt.ManhattanSelfAttention(32, 4, chunkwise).eval()
     x = torch.randn(2, 5, 7, 32)
     with torch.no_grad():
+        masa.attn_impl = "sdpa"
         sdpa = masa(x, relpos(5, 7, x.dtype), relpos.decay)
+        masa.attn_impl = "matmul"
+        assert rel_err(masa(x, relpos(5, 7, x.dtype), relpos.decay), sdpa) <= 1e-5
         masa.attn_impl = "flex"
         flex = masa(x, relpos(5, 7, x.dtype), relpos.decay)
     assert rel_err(flex, sdpa) <= TOL
@@ -256,7 +260,7 @@ def test_drop_path_rate_rises_linearly():
 
 
 def test_bad_attn_impl_is_one_sentence():
-    with pytest.raises(ValueError, match="attn_impl must be one of auto, sdpa, flex, reference"):
+    with pytest.raises(ValueError, match="attn_impl must be one of auto, matmul, sdpa, flex, reference"):
         rmt.RMT(**SMALL, attn_impl="cuda")
 
 

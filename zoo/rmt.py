@@ -32,7 +32,7 @@ __all__ = ["RMT", "checkpoint_filter_fn", "DEFAULT_HUB_ORG", "ORG_ENV", "ATTN_IM
 DEFAULT_HUB_ORG = "rmt-zoo"
 # No RMT weights are on the Hub yet: whoever converts them publishes under their own organisation, named here.
 ORG_ENV = "RMT_HUB_ORG"
-ATTN_IMPLS = ("auto", "sdpa", "flex", "reference")
+ATTN_IMPLS = ("auto", "matmul", "sdpa", "flex", "reference")
 # Above this many mask elements (heads x L x L), the whole-image form works in query blocks (64 MB in fp32).
 MAX_MASK_ELEMS = 1 << 24
 
@@ -291,7 +291,9 @@ class ManhattanSelfAttention(nn.Module):
     def _attend(self, q, k, v, bias, decay, width: int) -> torch.Tensor:
         if self.attn_impl == "flex":
             return _flex(q, k, v, decay.to(q.dtype), width)
-        if self.attn_impl == "auto" and q.device.type == "cpu" and not torch.compiler.is_compiling():
+        # On CPU, eager and compiled alike, batched matmul-softmax beats SDPA's kernels at RMT's short rows
+        # (benchmarks/rmt_cpu.py, "ours compiled"); on GPUs SDPA's fused kernels take over.
+        if self.attn_impl == "matmul" or (self.attn_impl == "auto" and q.device.type == "cpu"):
             return _matmul_softmax(q, k, v, bias)
         return _sdpa(q, k, v, bias)
 
@@ -534,7 +536,8 @@ class RMT(StagedModel):
             nn.init.zeros_(m.bias)
 
     def set_attn_impl(self, attn_impl: str) -> "RMT":
-        """Switch every MaSA between "auto" (matmul-softmax in CPU eager, SDPA elsewhere), "sdpa", "flex"
+        """Switch every MaSA between "auto" (matmul-softmax on CPU, SDPA elsewhere), "matmul" (always
+        batched matmul-softmax), "sdpa", "flex"
         (FlexAttention, compiled; meant for CUDA) and "reference" (official-shaped, the test oracle)."""
         if attn_impl not in ATTN_IMPLS:
             raise ValueError(f"attn_impl must be one of {', '.join(ATTN_IMPLS)}, not {attn_impl!r}.")
