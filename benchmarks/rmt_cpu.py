@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -89,18 +88,31 @@ def profile(paths: list[Timed], top: int) -> dict[str, list[dict]]:
     return tables
 
 
+def _proc_status_mib(field: str) -> float:
+    """A VmRSS/VmHWM figure of this process from /proc (Linux), in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/self/status has no {field} line.")
+
+
 def peak_memory_child(impl: str, height: int, width: int, threads: int) -> None:
-    """Runs in a subprocess: prints the forward's peak RSS increase in MiB as JSON."""
+    """Runs in a subprocess: prints the forward's peak RSS increase in MiB as JSON.
+
+    Read from this process's own high-water mark (VmHWM), reset just before the forward: getrusage's ru_maxrss
+    also carries the parent's peak across fork and exec, which hid every increase once the parent had grown.
+    """
     torch.set_num_threads(threads)
     model = zoo.load("rmt_t", features_only=True, attn_impl=impl)
     x = torch.randn(1, 3, height, width)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    before = _proc_status_mib("VmRSS")
     start = time.perf_counter()
     with torch.inference_mode():
         model(x)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"impl": impl, "peak_rss_increase_mib": (peak - before) / 1024, "seconds": seconds}))
+    peak = _proc_status_mib("VmHWM")
+    print(json.dumps({"impl": impl, "peak_rss_increase_mib": peak - before, "seconds": seconds}))
 
 
 def peak_memory(height: int, width: int, threads: int) -> list[dict]:
@@ -176,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-round-s", type=float, default=1.0, help="whole forwards per round, at least this long")
     ap.add_argument("--profile", type=int, default=0, metavar="N", help="also profile one forward per path: top N ops")
     ap.add_argument("--memory", action="store_true", help="also the rmt_t backbone peak RSS at 800x1344")
+    ap.add_argument("--memory-only", action="store_true", help="only the rmt_t backbone peak RSS (no throughput)")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "cpu")
     ap.add_argument("--child", choices=("auto", "reference"), help=argparse.SUPPRESS)
     ap.add_argument("--memory-size", type=int, nargs=2, default=(800, 1344), help=argparse.SUPPRESS)
@@ -194,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"official code: {note}", flush=True)
     result = {"command": " ".join(["python", "benchmarks/rmt_cpu.py", *(sys.argv[1:] if argv is None else argv)]),
               "env": machine(args.threads), "official": note, "stubbed": stubbed, "rows": []}  # fmt: skip
-    for name in args.models:
+    for name in [] if args.memory_only else args.models:
         for batch in args.batch:
             paths, errors = build_paths(name, batch, official)
             interleaved(paths, batch, args.rounds, args.min_round_s)
@@ -207,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
                 row["profile"] = profile(paths, args.profile)
             result["rows"].append(row)
             print(json.dumps({k: row[k] for k in ("model", "batch", "median", "ratios", "ratios_cpu")}), flush=True)
-    if args.memory:
+    if args.memory or args.memory_only:
         result["peak_memory_rmt_t"] = peak_memory(*args.memory_size, args.threads)
     result["uptime_after"] = machine(args.threads)["uptime"]
     md = markdown(result)
