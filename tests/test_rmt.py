@@ -213,7 +213,7 @@ def test_position_cache_follows_loaded_buffers(fixture):
     assert rel_err(cached, fx.logits) > TOL  # the new decay really took effect
 
 
-@pytest.mark.parametrize("impl", ["auto", "sdpa"])  # on CPU: matmul-softmax, and the SDPA form GPUs take
+@pytest.mark.parametrize("impl", ["auto", "sdpa"])  # auto on CPU mixes matmul-softmax and SDPA; sdpa as on GPUs
 def test_compile_fullgraph_and_export(impl):
     torch.manual_seed(0)
     model = rmt.RMT(**SMALL, attn_impl=impl).eval()

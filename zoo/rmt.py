@@ -291,9 +291,11 @@ class ManhattanSelfAttention(nn.Module):
     def _attend(self, q, k, v, bias, decay, width: int) -> torch.Tensor:
         if self.attn_impl == "flex":
             return _flex(q, k, v, decay.to(q.dtype), width)
-        # On CPU, eager and compiled alike, batched matmul-softmax beats SDPA's kernels at RMT's short rows
-        # (benchmarks/rmt_cpu.py, "ours compiled"); on GPUs SDPA's fused kernels take over.
-        if self.attn_impl == "matmul" or (self.attn_impl == "auto" and q.device.type == "cpu"):
+        # On CPU, batched matmul-softmax beats SDPA's kernels in eager mode, and under torch.compile at the short
+        # rows and columns of the decomposed form (width 0); compiled whole-image stages are faster on SDPA
+        # (benchmarks/rmt_cpu.py, "ours compiled"). On GPUs SDPA's fused kernels take over.
+        cpu_matmul = q.device.type == "cpu" and (width == 0 or not torch.compiler.is_compiling())
+        if self.attn_impl == "matmul" or (self.attn_impl == "auto" and cpu_matmul):
             return _matmul_softmax(q, k, v, bias)
         return _sdpa(q, k, v, bias)
 
@@ -536,7 +538,7 @@ class RMT(StagedModel):
             nn.init.zeros_(m.bias)
 
     def set_attn_impl(self, attn_impl: str) -> "RMT":
-        """Switch every MaSA between "auto" (matmul-softmax on CPU, SDPA elsewhere), "matmul" (always
+        """Switch every MaSA between "auto" (matmul-softmax on CPU except compiled whole-image stages, SDPA elsewhere), "matmul" (always
         batched matmul-softmax), "sdpa", "flex"
         (FlexAttention, compiled; meant for CUDA) and "reference" (official-shaped, the test oracle)."""
         if attn_impl not in ATTN_IMPLS:
