@@ -141,8 +141,9 @@ def _check_destination(out_dir: Path, source: Path, force: bool) -> None:
             f"choose an empty folder or pass --force to replace it whole."
         )
     parent = out_dir.resolve().parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise ConversionError(f"Cannot write into {parent}, where {out_dir.name} would be created.")
+    existing = next(p for p in (parent, *parent.parents) if p.exists())  # missing folders are created later
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConversionError(f"Cannot write into {existing}, where {out_dir} would be created.")
 
 
 def _swap_into_place(staged: Path, out_dir: Path) -> None:

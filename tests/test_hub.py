@@ -434,6 +434,9 @@ def test_convert_refuses_a_non_empty_folder_and_force_replaces_it_whole(rmt_rele
     assert _folder_state(out) == {"config.json": b"{}", "stale.bin": b"old weights"}
 
     assert main([*argv, "--force"]) == 0
+    assert main(["convert", "--model", "rmt_t", str(rmt_release[0]), str(tmp_path / "new" / "nested" / "out")]) == 0
+    assert (tmp_path / "new" / "nested" / "out" / "model.safetensors").is_file()  # missing parents are created
+    shutil.rmtree(tmp_path / "new")
     assert sorted(_folder_state(out)) == ["README.md", "config.json", "model.safetensors"]
     assert json.loads((out / "config.json").read_text())["architecture"] == "rmt_t"
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staged or old folder left behind
