@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import tempfile
@@ -24,6 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 import zoo
+from bench.results import OutputPathError, check_output_path
 from zoo import ModelInfo, read_checkpoint
 from zoo._hub import hub_repo_id
 
@@ -131,8 +131,11 @@ def _config(
 
 def _check_destination(out_dir: Path, source: Path, force: bool) -> None:
     """Refuse, before any work, a destination that would mix old and new files or lose the source."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConversionError(f"{out_dir} is a file, not a folder; choose another OUT_DIR.")
+    try:
+        check_output_path(out_dir, "OUT_DIR", folder=True)
+        check_output_path(out_dir.resolve().parent, "The folder OUT_DIR goes into", folder=True)  # renames happen there
+    except OutputPathError as e:
+        raise ConversionError(str(e)) from None
     if source.resolve().is_relative_to(out_dir.resolve()):
         raise ConversionError(f"{source} lies inside {out_dir}, which conversion replaces; choose another OUT_DIR.")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
@@ -140,10 +143,6 @@ def _check_destination(out_dir: Path, source: Path, force: bool) -> None:
             f"{out_dir} already holds files, which `publish` would upload beside the new ones; "
             f"choose an empty folder or pass --force to replace it whole."
         )
-    parent = out_dir.resolve().parent
-    existing = next(p for p in (parent, *parent.parents) if p.exists())  # missing folders are created later
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise ConversionError(f"Cannot write into {existing}, where {out_dir} would be created.")
 
 
 def _swap_into_place(staged: Path, out_dir: Path) -> None:
