@@ -19,7 +19,8 @@ from typing import Any, NoReturn, Sequence
 
 from .backends import BACKENDS
 from .report import FORMATS, plot, render_table, status_summary, table_order
-from .results import OutputPathError, check_output_path, latest_rows, load_results
+from .paths import OutputPathError, check_output_path
+from .results import latest_rows, load_results
 from .spec import COMPILE_MODES, MODES, PRECISION_ALIASES, PRECISIONS, TRAIN_PRECISIONS, RowSpec, Settings
 
 EXIT_OK, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_FAILED = 0, 2, 3, 4

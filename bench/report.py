@@ -4,24 +4,17 @@ from __future__ import annotations
 import csv
 import io
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from tabulate import tabulate, tabulate_formats
 
+from .columns import Column, get_field
 from .spec import STATUSES
 
 __all__ = ["FORMATS", "COLUMNS", "Column", "render_table", "table_order", "status_summary", "plot", "timm_csv"]
 
 FORMATS = ("csv", "timm", *tabulate_formats)
-
-
-def _get(row: dict[str, Any], dotted: str) -> Any:
-    value: Any = row
-    for part in dotted.split("."):
-        value = value.get(part) if isinstance(value, dict) else None
-    return value
 
 
 def _backend_label(row: dict[str, Any]) -> str:
@@ -39,31 +32,6 @@ def _precision_label(row: dict[str, Any]) -> str:
 def _input_label(row: dict[str, Any]) -> str:
     h, w = row["input_size"]
     return f"{h}x{w}" + (" feat" if row.get("features_only") else "")
-
-
-@dataclass(frozen=True)
-class Column:
-    """One measurement as every output shows it: the terminal/LaTeX header, the row field (the CSV column), the
-    format, and where it has one, timm's CSV name (prefixed infer_/train_ by the row's mode) and rounding."""
-
-    header: str
-    field: str
-    fmt: str = ""
-    label: Callable[[dict[str, Any]], str] | None = None  # the table cell, where it is not the formatted field
-    scale: float = 1.0
-    timm: str | None = None
-    timm_digits: int | None = None
-    always: bool = False  # shown in the terminal even when empty
-
-    def value(self, row: dict[str, Any]) -> Any:
-        value = _get(row, self.field)
-        return value * self.scale if isinstance(value, (int, float)) and not isinstance(value, bool) and self.scale != 1 else value
-
-    def cell(self, row: dict[str, Any]) -> str:
-        if self.label is not None:
-            return self.label(row)
-        value = self.value(row)
-        return "" if value is None or value == [] else format(value, self.fmt)
 
 
 COLUMNS: tuple[Column, ...] = (
@@ -107,7 +75,7 @@ def _csv(rows: list[dict[str, Any]]) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(fields)
     for row in rows:
-        writer.writerow([_csv_value(_get(row, f)) for f in fields])
+        writer.writerow([_csv_value(get_field(row, f)) for f in fields])
     return buf.getvalue()
 
 

@@ -14,7 +14,7 @@ from typing import Any, Iterable
 
 from .spec import SCHEMA_VERSION, row_key
 
-__all__ = ["load_results", "append_row", "latest_rows", "utc_now", "check_output_path", "OutputPathError", "SCHEMA_VERSION"]
+__all__ = ["load_results", "append_row", "latest_rows", "utc_now", "SCHEMA_VERSION"]
 
 # What a line must hold, with these types, to be read as a row; anything else is somebody else's line.
 _REQUIRED = {"model": str, "backend": str, "precision": str, "batch_size": int, "input_size": list, "status": str}
@@ -90,39 +90,3 @@ def latest_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         latest.pop(key, None)
         latest[key] = row
     return list(latest.values())
-
-
-class OutputPathError(ValueError):
-    """An output path that cannot be written; the message is one sentence."""
-
-
-def check_output_path(path: str | Path, what: str, text_file: bool = False, folder: bool = False) -> None:
-    """Raise OutputPathError unless `path` can be written (created if missing), before anything is measured.
-
-    `text_file`: an existing file must be text (a results file appended to); `folder`: `path` is a folder to fill.
-    """
-    path = Path(path)
-    if path.exists():
-        if folder != path.is_dir():
-            kind = "a file" if folder else "a folder"
-            raise OutputPathError(f"{what} {str(path)!r} is {kind}; give {'a folder' if folder else 'a file path'}.")
-        if not os.access(path, os.W_OK):
-            raise OutputPathError(f"{what} {str(path)!r} is not writable.")
-        if text_file:
-            with open(path, "rb") as f:
-                head = f.read(1 << 16)
-            try:
-                head.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                if exc.start < len(head) - 4:  # not merely a character cut at the 64 KiB boundary
-                    raise OutputPathError(f"{what} {str(path)!r} is a binary file, not a JSON-lines results file.") from None
-            if b"\0" in head:
-                raise OutputPathError(f"{what} {str(path)!r} is a binary file, not a JSON-lines results file.")
-        return
-    parent = path.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise OutputPathError(f"{what} {str(path)!r} lies under {str(parent)!r}, which is a file, not a folder.")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputPathError(f"{what} {str(path)!r} cannot be created: the folder {str(parent)!r} is not writable.")

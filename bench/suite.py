@@ -22,7 +22,7 @@ from .backends import BACKENDS
 from .cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, OneLineParser, UsageError, exit_code
 from .env import collect_env
 from .report import plot, render_table, status_summary
-from .results import OutputPathError, check_output_path
+from .paths import OutputPathError, check_output_path
 from .runner import Interrupted, run
 from .spec import RowSpec, Settings
 

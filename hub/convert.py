@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 import zoo
-from bench.results import OutputPathError, check_output_path
+from bench.paths import OutputPathError, check_output_path
 from zoo import ModelInfo, read_checkpoint
 from zoo._hub import hub_repo_id
 

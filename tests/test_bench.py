@@ -24,7 +24,8 @@ from bench.backends import BACKENDS, BackendUnavailable, Compile, Eager, OnnxRun
 from bench.flops import count_gmacs, count_params
 from bench.measure import PeakMemory, latency_stats, time_steps
 from bench.report import plot, render_table, status_summary, table_order
-from bench.results import SCHEMA_VERSION, append_row, check_output_path, latest_rows, load_results
+from bench.paths import check_output_path
+from bench.results import SCHEMA_VERSION, append_row, latest_rows, load_results
 from bench.runner import crash_reason
 from bench.spec import RowSpec
 from bench.train import training_step
