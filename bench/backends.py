@@ -1,12 +1,17 @@
 """Backends turn an eval-mode model into a forward function for one input shape (and, where they can, a module to
 train through).
 
-A backend is a class with its `name` and its own `Options` dataclass, listed once in `BACKENDS`; the CLI, the grid
-and the suite read the names from there. Each reports its own build cost (`compile_s`) and diagnostics; a backend
-that cannot run here raises `BackendUnavailable` with the one-sentence reason that goes into the row.
+A backend is one class, listed once in `BACKENDS`: its `name`, its `Options` dataclass (each field declares its own
+command-line flag through `option(...)`, which the CLI adds and sweeps), which precisions it runs, the pip extra and
+distributions it needs, and `unavailable_reason`, asked once per run before any model is built. Each reports its
+own build cost (`compile_s`) and diagnostics; a backend that cannot run a row raises `BackendUnavailable` with the
+one-sentence reason that goes into the row. A new backend is one class here plus its extra in pyproject.toml.
 """
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import importlib.util
 import inspect
 import time
 from dataclasses import dataclass, field
@@ -16,11 +21,21 @@ import torch
 import torch.nn as nn
 
 from .measure import is_cuda, synchronize
-from .precision import autocast, compute_dtype
+from .precision import autocast, precision
 from .spec import RowSpec
 
 __all__ = ["BACKENDS", "BackendUnavailable", "Prepared", "Backend", "Eager", "Compile", "TensorRT", "OnnxRuntime",
-           "make_backend", "trt_arguments", "trt_partition"]
+           "make_backend", "option", "options_label", "trt_arguments", "trt_partition", "first_line"]
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message cut to its first line, for a row's one-sentence reason."""
+    return (str(exc).strip().splitlines() or [""])[0][:limit]
+
+
+def option(flag: str, help: str, **argparse_kwargs: Any) -> dict[str, Any]:
+    """Field metadata declaring a backend option's command-line flag; the CLI takes one or more values (a sweep)."""
+    return {"flag": flag, "help": help, **argparse_kwargs}
 
 
 class BackendUnavailable(Exception):
@@ -43,6 +58,11 @@ class NoOptions:
     pass
 
 
+def options_label(options: dict[str, Any]) -> str:
+    """How a row's non-default backend options read in a table: "mode=max-autotune"."""
+    return ", ".join(f"{k}={v}" for k, v in sorted(options.items()))
+
+
 def _with_precision(fn: Callable[[torch.Tensor], Any], spec: RowSpec) -> Callable[[torch.Tensor], Any]:
     def forward(x: torch.Tensor) -> Any:
         with autocast(spec.precision, spec.device):
@@ -59,23 +79,35 @@ def _first_call_s(forward: Callable[[torch.Tensor], Any], x: torch.Tensor, devic
     return time.perf_counter() - t0
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [""])[0][:200]
-
-
-def _no_autocast(spec: RowSpec, what: str) -> None:
-    if spec.precision.startswith("amp-"):
-        raise BackendUnavailable(f"{what} is built for one precision (fp32, fp16 or bf16), so autocast does not apply.")
-
-
 class Backend:
     name: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
-    autocast: ClassVar[bool] = True  # runs amp-* rows; graph compilers build for one cast precision instead
+    runs_autocast: ClassVar[bool] = True  # graph compilers build for one cast precision instead
+    trains: ClassVar[bool] = False  # has a training step (`for_training`)
+    extra: ClassVar[str | None] = None  # the pip extra that installs what it needs
+    distributions: ClassVar[tuple[str, ...]] = ()  # versions recorded in each row's env
 
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None else self.Options()
         self._per_size: dict[tuple[int, int], dict[str, Any]] = {}
+
+    @classmethod
+    def unavailable_reason(cls, device: str) -> str | None:
+        """Why this backend cannot run on `device` on this machine at all, asked before any model is built."""
+        return None
+
+    @classmethod
+    def refusal(cls, spec: RowSpec) -> str | None:
+        """Why this backend cannot run `spec` here, known before any model is built; None when it can."""
+        if precision(spec.precision).autocast and not cls.runs_autocast:
+            return f"The {cls.name} backend builds for one precision (fp32, fp16 or bf16), so autocast does not apply."
+        if spec.mode == "train" and not cls.trains:
+            return f"The {cls.name} backend builds inference-only graphs, so it has no training step to time."
+        return cls.unavailable_reason(spec.device)
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        return {f.name: f.default for f in dataclasses.fields(cls.Options)}
 
     def _once_per_size(self, spec: RowSpec, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         """Diagnostics that do not depend on the batch size, computed at the first row of each input size."""
@@ -87,8 +119,8 @@ class Backend:
         raise NotImplementedError
 
     def for_training(self, model: nn.Module, spec: RowSpec) -> nn.Module:
-        """The module a training step runs through; a backend that only builds inference graphs refuses."""
-        raise BackendUnavailable(f"The {self.name} backend builds inference-only graphs, so it has no training step to time.")
+        """The module a training step runs through (backends with `trains`)."""
+        raise NotImplementedError
 
     def after_oom(self) -> None:
         """Drop whatever the backend caches, so the next row starts clean after an out-of-memory error."""
@@ -96,6 +128,7 @@ class Backend:
 
 class Eager(Backend):
     name = "eager"
+    trains = True
 
     def prepare(self, model: nn.Module, x: torch.Tensor, spec: RowSpec) -> Prepared:
         return Prepared(_with_precision(model, spec))
@@ -104,14 +137,25 @@ class Eager(Backend):
         return model
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    mode: str = field(default="default", metadata=option(
+        "--compile-mode", "torch.compile mode(s); reduce-overhead and max-autotune use CUDA graphs on a GPU",
+        choices=COMPILE_MODES))
+
+
 class Compile(Backend):
-    """torch.compile with a static shape per row (`spec.compile_mode`); graph breaks from torch._dynamo.explain."""
+    """torch.compile with a static shape per row; graph breaks from torch._dynamo.explain."""
 
     name = "compile"
+    Options = CompileOptions
+    trains = True
 
-    @staticmethod
-    def _mode(spec: RowSpec) -> str | None:
-        return None if spec.compile_mode in (None, "default") else spec.compile_mode
+    def _mode(self) -> str | None:
+        return None if self.options.mode == "default" else self.options.mode
 
     @staticmethod
     def _graph_breaks(model: nn.Module, x: torch.Tensor, spec: RowSpec) -> dict[str, Any]:
@@ -129,20 +173,28 @@ class Compile(Backend):
     def prepare(self, model: nn.Module, x: torch.Tensor, spec: RowSpec) -> Prepared:
         info = self._once_per_size(spec, lambda: self._graph_breaks(model, x, spec))
         torch._dynamo.reset()  # a fresh cache per row: its compile time and recompiles are its own
-        forward = _with_precision(torch.compile(model, mode=self._mode(spec), dynamic=False), spec)
+        forward = _with_precision(torch.compile(model, mode=self._mode(), dynamic=False), spec)
         return Prepared(forward, _first_call_s(forward, x, spec.device), dict(info))
 
     def for_training(self, model: nn.Module, spec: RowSpec) -> nn.Module:
         torch._dynamo.reset()
-        return torch.compile(model, mode=self._mode(spec), dynamic=False)
+        return torch.compile(model, mode=self._mode(), dynamic=False)
 
     def after_oom(self) -> None:
         torch._dynamo.reset()
 
 
+def _positive(text: str) -> int:
+    """A command-line value that must be a whole number of at least 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
 @dataclass(frozen=True)
 class TensorRTOptions:
-    min_block_size: int = 5  # torch_tensorrt's default: smaller PyTorch-op islands stay in PyTorch
+    min_block_size: int = field(default=5, metadata=option(  # torch_tensorrt's default
+        "--trt-min-block-size", "TensorRT: smallest op island converted; smaller ones stay in PyTorch", type=_positive))
 
 
 def trt_arguments(compile_fn: Callable[..., Any], spec: RowSpec, options: TensorRTOptions) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -156,7 +208,7 @@ def trt_arguments(compile_fn: Callable[..., Any], spec: RowSpec, options: Tensor
     such biases, so it is passed as False wherever it exists. TensorRT runs fp32 layers in TF32 unless
     `disable_tf32`; it follows the row's --tf32 so an fp32 row means what it means for the other backends.
     """
-    dtype = compute_dtype(spec.precision)
+    dtype = precision(spec.precision).compute_dtype
     params = inspect.signature(compile_fn).parameters
     kwargs: dict[str, Any] = {"min_block_size": options.min_block_size}
     if "enabled_precisions" not in params:
@@ -194,34 +246,21 @@ class TensorRT(Backend):
 
     name = "tensorrt"
     Options = TensorRTOptions
-    autocast = False
+    runs_autocast = False
+    extra = "tensorrt"
+    distributions = ("torch-tensorrt", "tensorrt")
 
-    @staticmethod
-    def _export_check(model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
-        """Run the torch.export step TensorRT builds from, so a machine without TensorRT still tests it."""
-        t0 = time.perf_counter()
-        try:
-            exported = torch.export.export(model, (x,))
-        except Exception as exc:  # any export failure is the finding this check exists to report
-            return {"export_ok": False, "export_error": f"{type(exc).__name__}: {_first_line(exc)}"}
-        return {"export_ok": True, "export_s": time.perf_counter() - t0, "export_nodes": len(exported.graph.nodes)}
-
-    def _unavailable(self, why: str, model: nn.Module, x: torch.Tensor, spec: RowSpec) -> BackendUnavailable:
-        check = self._once_per_size(spec, lambda: self._export_check(model, x))
-        if check["export_ok"]:
-            found = f"torch.export.export succeeded ({check['export_nodes']} nodes, {check['export_s']:.1f} s)"
-        else:
-            found = f"torch.export.export failed ({check['export_error']})"
-        return BackendUnavailable(f"{why}; tensorrt-export check: {found}.", check)
+    @classmethod
+    def unavailable_reason(cls, device: str) -> str | None:
+        if importlib.util.find_spec("torch_tensorrt") is None:
+            return "torch_tensorrt is not installed (pip install 'rmt-zoo[tensorrt]' on a CUDA machine), so no engine was built."
+        if not is_cuda(device):
+            return f"TensorRT builds engines for NVIDIA GPUs only and this run is on {torch.device(device).type}."
+        return None
 
     def prepare(self, model: nn.Module, x: torch.Tensor, spec: RowSpec) -> Prepared:
-        _no_autocast(spec, "A TensorRT engine")
-        try:
-            import torch_tensorrt
-        except ImportError:
-            raise self._unavailable("torch_tensorrt is not installed (pip install torch-tensorrt on a CUDA machine), so no engine was built", model, x, spec) from None
-        if x.device.type != "cuda":
-            raise self._unavailable(f"TensorRT builds engines for NVIDIA GPUs only and this row runs on {x.device.type}", model, x, spec)
+        import torch_tensorrt
+
         return self.build(torch_tensorrt, model, x, spec)
 
     def build(self, torch_tensorrt: Any, model: nn.Module, x: torch.Tensor, spec: RowSpec) -> Prepared:
@@ -237,7 +276,8 @@ class TensorRT(Backend):
 
 @dataclass(frozen=True)
 class OnnxRuntimeOptions:
-    opset: int | None = None  # None: torch.onnx's default
+    opset: int | None = field(default=None, metadata=option(  # None: torch.onnx's default
+        "--onnx-opset", "ONNX Runtime: opset(s) to export (default torch.onnx's)", type=_positive))
 
 
 class OnnxRuntime(Backend):
@@ -245,23 +285,34 @@ class OnnxRuntime(Backend):
 
     name = "onnxruntime"
     Options = OnnxRuntimeOptions
-    autocast = False
+    runs_autocast = False
+    extra = "onnx"
+    distributions = ("onnxruntime", "onnxruntime-gpu", "onnx")
 
-    def prepare(self, model: nn.Module, x: torch.Tensor, spec: RowSpec) -> Prepared:
-        _no_autocast(spec, "An ONNX graph")
+    @staticmethod
+    def _provider(device: str) -> str:
+        return "CUDAExecutionProvider" if is_cuda(device) else "CPUExecutionProvider"
+
+    @classmethod
+    def unavailable_reason(cls, device: str) -> str | None:
         try:
             import onnxruntime as ort
         except ImportError:
-            raise BackendUnavailable("onnxruntime is not installed (pip install 'rmt-zoo[onnx]'), so nothing was exported.") from None
-        provider = "CUDAExecutionProvider" if is_cuda(spec.device) else "CPUExecutionProvider"
-        if provider not in ort.get_available_providers():
-            raise BackendUnavailable(f"The installed onnxruntime has no {provider} (install onnxruntime-gpu for CUDA).")
+            return "onnxruntime is not installed (pip install 'rmt-zoo[onnx]'), so nothing was exported."
+        if cls._provider(device) not in ort.get_available_providers():
+            return f"The installed onnxruntime has no {cls._provider(device)} (install onnxruntime-gpu for CUDA)."
+        return None
+
+    def prepare(self, model: nn.Module, x: torch.Tensor, spec: RowSpec) -> Prepared:
+        import onnxruntime as ort
+
+        provider = self._provider(spec.device)
         t0 = time.perf_counter()
         try:
             program = torch.onnx.export(model, (x,), dynamo=True, opset_version=self.options.opset, verbose=False)
             proto = program.model_proto
         except Exception as exc:  # the row's finding: this model does not export
-            raise RuntimeError(f"torch.onnx.export failed ({type(exc).__name__}: {_first_line(exc)})") from None
+            raise RuntimeError(f"torch.onnx.export failed ({type(exc).__name__}: {first_line(exc, 200)})") from None
         export_s = time.perf_counter() - t0
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
@@ -307,5 +358,6 @@ BACKENDS: dict[str, type[Backend]] = {cls.name: cls for cls in (Eager, Compile, 
 
 
 def make_backend(name: str, options: dict[str, Any] | None = None) -> Backend:
+    """A backend with `options` (non-default values, as rows store them) over its defaults."""
     cls = BACKENDS[name]
     return cls(cls.Options(**(options or {})))

@@ -8,23 +8,24 @@ from __future__ import annotations
 
 import argparse
 import ast
-import fnmatch
+import dataclasses
 import importlib
+import itertools
 import os
 import shlex
-import signal
 import sys
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
 from .backends import BACKENDS
-from .report import FORMATS, plot, render_table, status_summary, table_order
-from .paths import OutputPathError, check_output_path
-from .results import latest_rows, load_results
-from .spec import COMPILE_MODES, MODES, PRECISION_ALIASES, PRECISIONS, TRAIN_PRECISIONS, RowSpec, Settings
+from .paths import OutputPathError, check_distinct, check_output_path
+from .precision import ALIASES, PRECISIONS
+from .report import BY_NAME, FORMATS, plot, render_table, select_columns, status_summary, table_order
+from .results import iter_results, latest_rows
+from .spec import MODES, RANDOM_INIT, RowSpec, Settings
 
-EXIT_OK, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_FAILED = 0, 2, 3, 4
-EXIT_INTERRUPTED = {"SIGINT": 128 + signal.SIGINT, "SIGTERM": 128 + signal.SIGTERM}
+EXIT_OK, EXIT_OUTPUT, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_FAILED = 0, 1, 2, 3, 4
+DEFAULTS = Settings()
 DEFAULT_RESULTS = "bench_results/results.jsonl"
 MIN_SIDE, MAX_SIDE = 16, 16384  # below 16 pixels no model here has a feature map left; above, tensors overflow
 
@@ -103,7 +104,7 @@ def input_sizes(values: list[str]) -> list[tuple[int, int]]:
     return sizes
 
 
-def model_kwargs(values: list[str]) -> dict[str, Any]:
+def parse_model_kwargs(values: list[str]) -> dict[str, Any]:
     """timm's `--model-kwargs k=v ...`: values read as Python literals where they are one (0.1, True), else strings."""
     kwargs = {}
     for value in values:
@@ -148,10 +149,37 @@ def _model_list(path: str) -> list[str]:
 
 
 def _precision(text: str) -> str:
-    value = PRECISION_ALIASES.get(text, text)
+    value = ALIASES.get(text, text)
     if value not in PRECISIONS:
         raise argparse.ArgumentTypeError(f"expected one of {', '.join(PRECISIONS)} or autocast, got {text!r}")
     return value
+
+
+def _option_dest(backend: str, name: str) -> str:
+    return f"option_{backend}_{name}"
+
+
+def _add_backend_options(p: argparse.ArgumentParser) -> None:
+    """Each backend's own flags, from the metadata of its Options fields; each takes one value or a sweep."""
+    for cls in BACKENDS.values():
+        for f in dataclasses.fields(cls.Options):
+            meta = dict(f.metadata)
+            flag, help_text = meta.pop("flag"), meta.pop("help")
+            p.add_argument(flag, nargs="+", dest=_option_dest(cls.name, f.name), metavar=f.name.upper(),
+                           help=f"{help_text} (default {f.default})", **meta)
+
+
+def _option_sweeps(args: argparse.Namespace, backend: str) -> list[tuple[tuple[str, Any], ...]]:
+    """Every combination of the backend's option values asked for, each as its non-default options."""
+    fields = dataclasses.fields(BACKENDS[backend].Options)
+    values = [getattr(args, _option_dest(backend, f.name)) or [f.default] for f in fields]
+    return [tuple((f.name, v) for f, v in zip(fields, combo) if v != f.default) for combo in itertools.product(*values)]
+
+
+def _add_table_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", default="github", choices=FORMATS, metavar="FMT", help="table format: csv, timm (timm's benchmark CSV) or any tabulate format")
+    p.add_argument("--columns", nargs="+", metavar="NAME", choices=[*BY_NAME, "all"],
+                   help=f"table columns ({', '.join(BY_NAME)}), or all; CSV keeps every field")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -176,13 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--tf32", action="store_true", help="TF32 matmuls/convolutions and cudnn.benchmark, as timm's benchmark.py on a GPU")
     p.add_argument("--grad-checkpointing", action="store_true", help="train mode: gradient checkpointing where the model has it")
-    p.add_argument("--compile-mode", choices=COMPILE_MODES, default=None, help="torch.compile mode (default: default)")
-    p.add_argument("--trt-min-block-size", type=_positive_int, metavar="N", help="TensorRT: smallest op island converted (default 5)")
-    p.add_argument("--onnx-opset", type=_positive_int, metavar="N", help="ONNX Runtime: opset to export (default torch.onnx's)")
+    _add_backend_options(p)
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--threads", type=_positive_int, help="CPU threads (torch.set_num_threads)")
-    p.add_argument("--warmup", type=int, help="untimed iterations per row (default 10)")
-    p.add_argument("--iters", type=_positive_int, help="timed iterations per row (default 50)")
+    p.add_argument("--warmup", type=int, help=f"untimed iterations per row (default {DEFAULTS.warmup})")
+    p.add_argument("--iters", type=_positive_int, help=f"timed iterations per row (default {DEFAULTS.iters})")
     p.add_argument("--no-flops", action="store_true", help="skip the GMAC count")
     p.add_argument("--data", metavar="DIR", help="ImageFolder-layout dataset for top-1/top-5")
     p.add_argument("--max-samples", type=_positive_int, metavar="N", help="evaluate at most N images (spread over the set)")
@@ -191,9 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--import", dest="imports", nargs="+", metavar="MODULE", default=[], help="modules that register extra models")
     p.add_argument("--out", metavar="FILE", help=f"results JSONL, appended to (default {DEFAULT_RESULTS})")
     p.add_argument("--resume", action="store_true", help="skip rows already measured (status ok or oom) in --out")
-    p.add_argument("--timeout", type=_positive_float, default=1800.0, metavar="S", help="seconds per worker process before it is killed")
-    p.add_argument("--format", default="github", choices=FORMATS, metavar="FMT", help="table format: csv, timm (timm's benchmark CSV) or any tabulate format")
-    p.add_argument("--plot", metavar="PNG", help="save accuracy vs throughput")
+    p.add_argument("--timeout", type=_positive_float, default=DEFAULTS.timeout_s, metavar="S",
+                   help=f"seconds per worker process before it is killed (default {DEFAULTS.timeout_s:.0f})")
+    _add_table_options(p)
+    p.add_argument("--plot", metavar="PNG", help="save accuracy vs throughput (png, pdf or svg)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--verbose", action="store_true", help="show worker output")
     return p
@@ -201,9 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _report_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="bench.py report", description="Render saved benchmark results.")
-    p.add_argument("results", nargs="+", metavar="RESULTS", help="results JSONL files, read in order")
-    p.add_argument("--format", default="github", choices=FORMATS, metavar="FMT", help="csv, timm (timm's benchmark CSV) or any tabulate format")
-    p.add_argument("--plot", metavar="PNG")
+    p.add_argument("results", nargs="+", metavar="RESULTS", help="results JSONL files (with their shards), read in order")
+    _add_table_options(p)
+    p.add_argument("--plot", metavar="PNG", help="save accuracy vs throughput (png, pdf or svg)")
     p.add_argument("--all", action="store_true", help="every row, not only the newest per measurement")
     return p
 
@@ -220,7 +247,7 @@ def _checkpoints(values: list[str], models: list[str]) -> dict[str, str]:
             raise UsageError(f"--checkpoint names {name!r}, which is not among --models.")
         if not Path(path).is_file():
             raise UsageError(f"Checkpoint file {path!r} does not exist.")
-        mapping[name] = path
+        mapping[name] = str(Path(path).resolve())
     return mapping
 
 
@@ -240,27 +267,62 @@ def _resolve_device(requested: str | None) -> str:
     return requested
 
 
+def _weights(args: argparse.Namespace, model: str) -> str:
+    """The row's weights field: a checkpoint path, "hub", or random initialisation."""
+    if model in args.checkpoints:
+        return args.checkpoints[model]
+    return "hub" if args.pretrained else RANDOM_INIT
+
+
 def grid(args: argparse.Namespace) -> list[RowSpec]:
     """Every row the arguments ask for, in the order they will run."""
     import zoo
 
     modes = list(MODES) if args.bench == "both" else [args.bench]
     kwargs = tuple(args.model_kwargs.items())
+    data = str(Path(args.data).resolve()) if args.data else None
     specs = []
     for model in args.models:
         sizes = args.input_size or [tuple(zoo.info(model).input_size[1:])]
-        for mode in modes:
-            for backend in args.backend:
-                for precision in args.precision:
-                    for size in sizes:
-                        for batch in args.batch_size:
-                            specs.append(RowSpec(
-                                model=model, backend=backend, precision=precision, batch_size=batch, input_size=tuple(size),
-                                device=args.device, channels_last=args.channels_last, features_only=args.features_only,
-                                compile_mode=(args.compile_mode or "default") if backend == "compile" else None,
-                                mode=mode, tf32=args.tf32, model_kwargs=kwargs, grad_checkpointing=args.grad_checkpointing and mode == "train",
-                            ))
+        for mode, backend in itertools.product(modes, args.backend):
+            for options, precision, size, batch in itertools.product(_option_sweeps(args, backend), args.precision, sizes, args.batch_size):
+                specs.append(RowSpec(
+                    model=model, backend=backend, precision=precision, batch_size=batch, input_size=tuple(size),
+                    device=args.device, channels_last=args.channels_last, features_only=args.features_only,
+                    backend_options=options, mode=mode, tf32=args.tf32, model_kwargs=kwargs,
+                    grad_checkpointing=args.grad_checkpointing and mode == "train", weights=_weights(args, model),
+                    threads=args.threads, data=data, max_samples=args.max_samples,
+                ))
     return specs
+
+
+def _check_choices(args: argparse.Namespace) -> None:
+    """Combinations that could not mean what they say, refused before anything runs."""
+    for cls in BACKENDS.values():
+        for f in dataclasses.fields(cls.Options):
+            if getattr(args, _option_dest(cls.name, f.name)) and cls.name not in args.backend:
+                flag = f.metadata["flag"]
+                raise UsageError(f"{flag} applies to the {cls.name} backend, which is not among --backend ({' '.join(args.backend)}).")
+    if args.tf32 and not args.device.startswith("cuda"):
+        raise UsageError(f"--tf32 switches CUDA matmuls and convolutions to TF32, and this run is on {args.device}; drop it.")
+    if args.grad_checkpointing and args.bench == "infer":
+        raise UsageError("--grad-checkpointing applies to training steps; add --bench train or both.")
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if args.threads and args.threads > cpus:
+        raise UsageError(f"--threads {args.threads} is more than the {cpus} CPU(s) this process may use; oversubscribed threads distort timings.")
+
+
+def _check_plot_format(path: str) -> None:
+    """matplotlib picks the file type from the extension; check it before anything is measured."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    ext = Path(path).suffix.lower().lstrip(".")
+    if ext not in formats:
+        raise UsageError(f"--plot {path!r} has no image extension matplotlib writes; use .png, .pdf or .svg (or {', '.join(sorted(set(formats) - {'png', 'pdf', 'svg'}))}).")
 
 
 def parse_run_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -281,7 +343,7 @@ def parse_run_args(argv: Sequence[str]) -> argparse.Namespace:
     if args.model_list:
         args.models = [*(args.models or []), *_model_list(args.model_list)]
     args.models = expand_models(args.models)
-    args.model_kwargs = model_kwargs(args.model_kwargs)
+    args.model_kwargs = parse_model_kwargs(args.model_kwargs)
     if args.img_size is not None:
         if args.input_size:
             raise UsageError("Give either --img-size or --input-size, not both.")
@@ -293,8 +355,8 @@ def parse_run_args(argv: Sequence[str]) -> argparse.Namespace:
         except zoo.UnknownModelError as exc:
             raise UsageError(str(exc)) from None
     args.device = _resolve_device(args.device)
-    args.backend = args.backend or ["eager"]
-    args.precision = args.precision or ["fp32"]
+    args.backend = list(dict.fromkeys(args.backend or ["eager"]))
+    args.precision = list(dict.fromkeys(args.precision or ["fp32"]))
     args.batch_size = args.batch_size or ([1, 256] if args.device.startswith("cuda") else [1, 8])
     if args.warmup is not None and args.warmup < 0:
         raise UsageError(f"--warmup must be 0 or more, got {args.warmup}.")
@@ -310,41 +372,38 @@ def parse_run_args(argv: Sequence[str]) -> argparse.Namespace:
     if args.bench != "infer":
         if args.features_only:
             raise UsageError("--bench train times classification training; drop --features-only.")
-        cast = [p for p in args.precision if p not in TRAIN_PRECISIONS]
+        cast = [p for p in args.precision if not PRECISIONS[p].trainable]
         if cast:
-            raise UsageError(f"--bench train runs {', '.join(TRAIN_PRECISIONS)} (autocast keeps fp32 weights), not {cast[0]}.")
+            trainable = ", ".join(n for n, p in PRECISIONS.items() if p.trainable)
+            raise UsageError(f"--bench train runs {trainable} (autocast keeps fp32 weights), not {cast[0]}.")
+    _check_choices(args)
     args.checkpoints = _checkpoints(args.checkpoint, args.models)
     args.out = args.out or DEFAULT_RESULTS
-    check_outputs([(args.out, "--out", True), (args.plot, "--plot", False)])
+    check_outputs({"--out": args.out, "--plot": args.plot}, {"--data": args.data, **{f"--checkpoint {k}": v for k, v in args.checkpoints.items()}})
+    if args.plot:
+        _check_plot_format(args.plot)
     return args
 
 
-def check_outputs(paths: list[tuple[str | None, str, bool]]) -> None:
-    """Every (path, option, is-results-file) given must be writable, checked before anything is measured."""
-    for path, option, text_file in paths:
-        if path:
-            try:
-                check_output_path(path, option, text_file=text_file)
-            except OutputPathError as exc:
-                raise UsageError(str(exc)) from None
+def check_outputs(outputs: dict[str, str | None], inputs: dict[str, str | None] | None = None) -> None:
+    """Every output given must be writable and none may be an input or another output, checked before anything is
+    measured; the first is a results file (appended to), the others are written whole."""
+    try:
+        for i, (option, path) in enumerate(outputs.items()):
+            if path:
+                check_output_path(path, option, text_file=i == 0)
+        check_distinct(outputs, inputs)
+    except OutputPathError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
     return Settings(
-        warmup=10 if args.warmup is None else args.warmup,
-        iters=args.iters or 50,
-        threads=args.threads,
+        warmup=DEFAULTS.warmup if args.warmup is None else args.warmup,
+        iters=args.iters or DEFAULTS.iters,
         flops=not args.no_flops,
-        data=str(Path(args.data).resolve()) if args.data else None,
-        max_samples=args.max_samples,
-        pretrained=args.pretrained,
-        checkpoints={k: str(Path(v).resolve()) for k, v in args.checkpoints.items()},
         imports=tuple(args.imports),
         timeout_s=args.timeout,
-        backend_options={
-            "tensorrt": {"min_block_size": args.trt_min_block_size} if args.trt_min_block_size else {},
-            "onnxruntime": {"opset": args.onnx_opset} if args.onnx_opset else {},
-        },
     )
 
 
@@ -355,47 +414,64 @@ def exit_code(rows: list[dict[str, Any]]) -> int:
     return EXIT_UNAVAILABLE if "unavailable" in statuses else EXIT_OK
 
 
-def _show(rows: list[dict[str, Any]], fmt: str, plot_path: str | None) -> None:
-    print(render_table(rows, fmt), end="" if fmt in ("csv", "timm") else "\n")
+class OutputError(Exception):
+    """Standard output could not be written (a full disk, a closed terminal); the message is one sentence."""
+
+
+def emit(text: str) -> None:
+    """Write to standard output. A reader that stops early (`| head -1`) ends the output quietly; any other write
+    error is an OutputError."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python would report the broken pipe again when it flushes stdout at exit; point stdout at nothing.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except OSError as exc:
+        raise OutputError(f"Standard output could not be written ({exc.strerror or exc}).") from None
+
+
+def show(rows: list[dict[str, Any]], fmt: str, plot_path: str | None, columns: list[str] | None = None) -> None:
+    emit(render_table(rows, fmt, columns) + ("" if fmt in ("csv", "timm") else "\n"))
     if plot_path:
         saved = plot(rows, plot_path)
-        print(f"plot: {plot_path}" if saved else "plot: no row has both a throughput and a (measured or paper) top-1", file=sys.stderr)
+        print(f"plot: {plot_path}" if saved else "plot: no row has a finite throughput and a (measured or paper) top-1, so none was drawn", file=sys.stderr)
 
 
 def run_main(argv: Sequence[str]) -> int:
-    from .runner import Interrupted, run
+    from .runner import Interrupted, run, stopped_exit_code
 
     args = parse_run_args(argv)
-    out = args.out
     command = shlex.join(["python", "bench.py", *argv])
     try:
-        rows = run(grid(args), settings_from(args), out, command, resume=args.resume, progress=not args.quiet, verbose=args.verbose)
+        outcome = run(grid(args), settings_from(args), args.out, command, resume=args.resume, progress=not args.quiet, verbose=args.verbose)
     except (KeyboardInterrupt, Interrupted) as exc:
-        name = str(exc) if isinstance(exc, Interrupted) else "SIGINT"
-        print(f"\nstopped by {name}: the worker was ended and the rows measured so far are kept in {out} (--resume continues).", file=sys.stderr)
-        return EXIT_INTERRUPTED[name]
-    _show(rows, args.format, args.plot)
-    print(f"{status_summary(rows)}; results in {out}", file=sys.stderr)
-    return exit_code(rows)
+        return stopped_exit_code(exc, args.out)
+    show(outcome.rows, args.format, args.plot, args.columns)
+    print(f"{status_summary(outcome.rows)}; results in {args.out}", file=sys.stderr)
+    return exit_code(outcome.rows)
 
 
 def report_main(argv: Sequence[str]) -> int:
     args = _report_parser().parse_args(argv)
-    rows = []
     for path in args.results:
-        if not os.path.isfile(path):
+        if not os.path.exists(path):
             raise UsageError(f"Results file {path!r} does not exist.")
-    check_outputs([(args.plot, "--plot", False)])
-    for path in args.results:
-        try:
-            rows += load_results(path)
-        except OSError as exc:
-            raise UsageError(f"Results file {path!r} cannot be read ({exc.strerror or exc}).") from None
-    rows = table_order(rows if args.all else latest_rows(rows))
+        if os.path.isdir(path):
+            raise UsageError(f"Results file {path!r} is a folder; give the results .jsonl file in it.")
+    check_outputs({"--plot": args.plot}, {f"RESULTS {p}": p for p in args.results})
+    if args.plot:
+        _check_plot_format(args.plot)
+    select_columns(args.columns)
+    try:
+        rows = [r for path in args.results for r in iter_results(path)]
+        rows = table_order(rows if args.all else latest_rows(rows))
+    except OSError as exc:
+        raise UsageError(f"A results file cannot be read ({exc.strerror or exc}: {exc.filename}).") from None
     if not rows:
         names = " and ".join(repr(p) for p in args.results)
         raise UsageError(f"Results file {names} holds no benchmark rows.")
-    _show(rows, args.format, args.plot)
+    show(rows, args.format, args.plot, args.columns)
     return EXIT_OK
 
 
@@ -406,6 +482,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except OutputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_OUTPUT
     except KeyboardInterrupt:
         print("\nstopped by SIGINT.", file=sys.stderr)
-        return EXIT_INTERRUPTED["SIGINT"]
+        return 130

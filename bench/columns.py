@@ -32,6 +32,11 @@ class Column:
     timm: str | None = None
     timm_digits: int | None = None
     always: bool = False  # shown in the terminal even when empty
+    id: str = ""  # the name `--columns` takes; the field's last part when not given
+
+    @property
+    def name(self) -> str:
+        return self.id or self.field.rsplit(".", 1)[-1]
 
     def value(self, row: dict[str, Any]) -> Any:
         value = get_field(row, self.field)

@@ -52,11 +52,23 @@ def git_commit() -> str | None:
     return head + ("-dirty" if dirty.stdout.strip() else "")
 
 
+def _is_cuda(device: str) -> bool:
+    return device.startswith("cuda") and torch.cuda.is_available()
+
+
+def device_name(device: str) -> str:
+    """The machine a row is measured on, as rows record it: the GPU's name, or the CPU's."""
+    return torch.cuda.get_device_name(device) if _is_cuda(device) else cpu_name()
+
+
 def collect_env(device: str) -> dict[str, Any]:
     """Versions and hardware for `device`; GPU fields are None on a CPU run."""
-    cuda = device.startswith("cuda") and torch.cuda.is_available()
+    from .backends import BACKENDS  # each backend names the distributions its rows depend on
+
+    cuda = _is_cuda(device)
     return {
-        "device_name": torch.cuda.get_device_name(device) if cuda else cpu_name(),
+        "device_name": device_name(device),
+        "hostname": platform.node(),
         "gpu_driver": _run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]) if cuda else None,
         "cuda": torch.version.cuda if cuda else None,
         "cudnn": torch.backends.cudnn.version() if cuda else None,
@@ -64,8 +76,7 @@ def collect_env(device: str) -> dict[str, Any]:
         "torchvision": _version("torchvision"),
         "timm": _version("timm"),
         "fvcore": _version("fvcore"),
-        "torch_tensorrt": _version("torch-tensorrt") or _version("torch_tensorrt"),
-        "tensorrt": _version("tensorrt"),
+        **{d.replace("-", "_"): _version(d) for cls in BACKENDS.values() for d in cls.distributions},
         "python": platform.python_version(),
         "os": platform.platform(),
         "cpu": cpu_name(),

@@ -1,12 +1,23 @@
-"""Timing and memory: CUDA events on a GPU, perf_counter on CPU; peak memory per row."""
+"""Measurements, as trackers around the timed loop: latency, peak memory and energy.
+
+A tracker says how its value is taken (`start`/`stop` around its scope), what it adds to the row (`fields`) and
+how tables show it (`columns`). The worker runs every tracker in `TRACKERS` on every row and the report reads their
+columns, so a new measurement is one class here plus its tests.
+"""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
+
+from .columns import Column
+
+__all__ = ["Loop", "Tracker", "Latency", "Memory", "Energy", "TRACKERS", "time_steps", "latency_stats", "is_cuda",
+           "synchronize", "enable_tf32", "numerics", "proc_status_kb"]
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -21,8 +32,38 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_steps(step: Callable[[], Any], warmup: int, iters: int, device: str) -> tuple[list[float], float]:
-    """Per-step times (ms) and the wall time (s) of `iters` steps after `warmup` untimed ones.
+@dataclass
+class Loop:
+    """What the timed loop measured: per-step times (ms), the loop's wall time (s) and the images per step."""
+
+    times_ms: list[float]
+    wall_s: float
+    batch_size: int = 1
+
+
+class Tracker:
+    """One measurement. `scope` "loop": started after the warm-up, stopped after the timed steps finished on the
+    device; "row": started before the backend builds anything, stopped after the loop (so it sees compilation)."""
+
+    scope: ClassVar[str] = "loop"
+    columns: ClassVar[tuple[Column, ...]] = ()
+
+    def __init__(self, device: str):
+        self.device = device
+
+    def start(self) -> None:
+        """Begin measuring (no-op by default)."""
+
+    def stop(self) -> None:
+        """End measuring (no-op by default)."""
+
+    def fields(self, loop: Loop) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+def time_steps(step: Callable[[], Any], warmup: int, iters: int, device: str, trackers: Sequence[Tracker] = (),
+               batch_size: int = 1) -> Loop:
+    """Per-step times of `iters` steps after `warmup` untimed ones, with loop-scoped `trackers` around them.
 
     On a GPU each step is bracketed by CUDA events and nothing synchronises inside the loop, so the queue stays
     full as in real inference; the wall time runs from the first start event to the last end event.
@@ -30,6 +71,8 @@ def time_steps(step: Callable[[], Any], warmup: int, iters: int, device: str) ->
     for _ in range(warmup):
         step()
     synchronize(device)
+    for tracker in trackers:
+        tracker.start()
     if is_cuda(device):
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
         ends = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
@@ -38,14 +81,18 @@ def time_steps(step: Callable[[], Any], warmup: int, iters: int, device: str) ->
             step()
             end.record()
         torch.cuda.synchronize(device)
-        return [s.elapsed_time(e) for s, e in zip(starts, ends)], starts[0].elapsed_time(ends[-1]) / 1e3
-    times = []
-    t_run = time.perf_counter()
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        step()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return times, time.perf_counter() - t_run
+        loop = Loop([s.elapsed_time(e) for s, e in zip(starts, ends)], starts[0].elapsed_time(ends[-1]) / 1e3, batch_size)
+    else:
+        times = []
+        t_run = time.perf_counter()
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            step()
+            times.append((time.perf_counter() - t0) * 1e3)
+        loop = Loop(times, time.perf_counter() - t_run, batch_size)
+    for tracker in trackers:
+        tracker.stop()
+    return loop
 
 
 def latency_stats(times_ms: list[float]) -> dict[str, float]:
@@ -53,6 +100,135 @@ def latency_stats(times_ms: list[float]) -> dict[str, float]:
     p50, p90, p95, p99 = np.percentile(t, [50, 90, 95, 99])
     return {"mean": float(t.mean()), "p50": float(p50), "p90": float(p90), "p95": float(p95), "p99": float(p99),
             "std": float(t.std()), "min": float(t.min())}
+
+
+class Latency(Tracker):
+    """Step latency percentiles (CUDA events on a GPU, perf_counter on CPU) and throughput from the loop's wall time."""
+
+    columns = (
+        Column("mean ms", "latency_ms.mean", ".2f", id="mean", timm="step_time", timm_digits=3),
+        Column("p50 ms", "latency_ms.p50", ".2f", id="p50"),
+        Column("p90 ms", "latency_ms.p90", ".2f", id="p90"),
+        Column("p95 ms", "latency_ms.p95", ".2f", id="p95"),
+        Column("p99 ms", "latency_ms.p99", ".2f", id="p99"),
+        Column("std ms", "latency_ms.std", ".2f", id="std"),
+        Column("img/s", "throughput_ips", ".1f", id="img_s", timm="samples_per_sec", timm_digits=2),
+    )
+
+    def fields(self, loop: Loop) -> dict[str, Any]:
+        return {"latency_ms": latency_stats(loop.times_ms), "times_ms": loop.times_ms,
+                "throughput_ips": loop.batch_size * len(loop.times_ms) / loop.wall_s}
+
+
+def proc_status_kb(field: str) -> int | None:
+    """A field of /proc/self/status in kB (VmHWM, VmRSS), or None where the kernel has none."""
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+class Memory(Tracker):
+    """Peak memory of the row, compilation included.
+
+    GPU: torch's allocated and reserved peaks. CPU: the process's peak resident set (VmHWM), which Linux lets a
+    process reset through /proc/self/clear_refs; where it cannot, the figure is the process's lifetime peak and
+    the row says so.
+    """
+
+    scope = "row"
+    columns = (Column("peak MB", "peak_mem_mb", ".0f", id="peak_mb"),)
+
+    def start(self) -> None:
+        self.scope_label = "row"
+        if is_cuda(self.device):
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        try:
+            _CLEAR_REFS.write_text("5")
+        except OSError:
+            self.scope_label = "process"
+
+    def fields(self, loop: Loop | None = None) -> dict[str, Any]:
+        if is_cuda(self.device):
+            return {
+                "peak_mem_mb": torch.cuda.max_memory_allocated(self.device) / 2**20,
+                "peak_mem_reserved_mb": torch.cuda.max_memory_reserved(self.device) / 2**20,
+                "peak_mem_kind": "cuda allocated / reserved",
+            }
+        hwm = proc_status_kb("VmHWM")
+        return {"peak_mem_mb": hwm / 1024 if hwm is not None else None, "peak_mem_reserved_mb": None,
+                "peak_mem_kind": f"RSS peak ({self.scope_label})"}
+
+
+# The NVML energy counter advances in steps of tens of milliseconds; shorter loops get a note.
+MIN_ENERGY_WINDOW_S = 1.0
+
+
+class Energy(Tracker):
+    """Joules per image and average watts on NVIDIA GPUs, from NVML's total-energy counter (nvidia-ml-py) read
+    before and after the timed steps; absent, with the reason, elsewhere."""
+
+    columns = (Column("J/img", "energy_j_per_img", ".3g", id="j_img"), Column("W", "power_w", ".0f", id="watts"))
+
+    def __init__(self, device: str):
+        super().__init__(device)
+        self.reason: str | None = None
+        self.nvml: Any = None
+        if not is_cuda(device):
+            self.reason = f"Energy is read from NVML on NVIDIA GPUs; this row ran on {torch.device(device).type}."
+            return
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self.handle = _nvml_handle(pynvml, torch.device(device).index or 0)
+            pynvml.nvmlDeviceGetTotalEnergyConsumption(self.handle)  # unsupported before Volta: say so now
+            self.nvml = pynvml
+        except ImportError:
+            self.reason = "nvidia-ml-py is not installed, so no energy was read."
+        except Exception as exc:  # NVMLError and its subclasses: no driver, no permission, unsupported GPU
+            self.reason = f"NVML could not read the energy counter ({type(exc).__name__}: {exc})."
+
+    def _read(self) -> tuple[float, float]:
+        return self.nvml.nvmlDeviceGetTotalEnergyConsumption(self.handle), time.perf_counter()
+
+    def start(self) -> None:
+        if self.nvml is not None:
+            self.begin = self._read()
+
+    def stop(self) -> None:
+        if self.nvml is not None:
+            self.end = self._read()
+
+    def fields(self, loop: Loop) -> dict[str, Any]:
+        if self.nvml is None:
+            return {"energy_j_per_img": None, "power_w": None, "energy_note": self.reason}
+        joules = (self.end[0] - self.begin[0]) / 1e3  # the counter is in millijoules
+        seconds = self.end[1] - self.begin[1]
+        fields = {"energy_j": joules, "energy_j_per_img": joules / (loop.batch_size * len(loop.times_ms)),
+                  "power_w": joules / seconds if seconds > 0 else None}
+        if seconds < MIN_ENERGY_WINDOW_S:
+            fields["energy_note"] = f"Energy read over {seconds:.2f} s, near the NVML counter's update interval; indicative only."
+        return fields
+
+
+def _nvml_handle(pynvml: Any, index: int) -> Any:
+    """NVML's handle for torch's CUDA device `index`, matched by UUID (NVML numbers GPUs ignoring
+    CUDA_VISIBLE_DEVICES), falling back to the index."""
+    uuid = str(getattr(torch.cuda.get_device_properties(index), "uuid", "") or "")
+    if uuid:
+        try:
+            return pynvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith("GPU-") else f"GPU-{uuid}")
+        except Exception:  # an NVMLError: fall back to the index
+            pass
+    return pynvml.nvmlDeviceGetHandleByIndex(index)
+
+
+TRACKERS: tuple[type[Tracker], ...] = (Latency, Memory, Energy)
 
 
 def enable_tf32() -> None:
@@ -71,49 +247,3 @@ def numerics() -> dict[str, Any]:
         "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
         "cudnn_benchmark": torch.backends.cudnn.benchmark,
     }
-
-
-def _status_kb(field: str) -> int | None:
-    try:
-        for line in _STATUS.read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-class PeakMemory:
-    """Peak memory of what runs between `reset()` and `read()`.
-
-    GPU: torch's allocated and reserved peaks. CPU: the process's peak resident set (VmHWM), which Linux lets a
-    process reset through /proc/self/clear_refs; where it cannot, the figure is the process's lifetime peak and
-    the row says so.
-    """
-
-    def __init__(self, device: str):
-        self.device = device
-        self.scope = "row"
-
-    def reset(self) -> None:
-        if is_cuda(self.device):
-            torch.cuda.reset_peak_memory_stats(self.device)
-            return
-        try:
-            _CLEAR_REFS.write_text("5")
-        except OSError:
-            self.scope = "process"
-
-    def read(self) -> dict[str, Any]:
-        if is_cuda(self.device):
-            return {
-                "peak_mem_mb": torch.cuda.max_memory_allocated(self.device) / 2**20,
-                "peak_mem_reserved_mb": torch.cuda.max_memory_reserved(self.device) / 2**20,
-                "peak_mem_kind": "cuda allocated / reserved",
-            }
-        hwm = _status_kb("VmHWM")
-        return {
-            "peak_mem_mb": hwm / 1024 if hwm is not None else None,
-            "peak_mem_reserved_mb": None,
-            "peak_mem_kind": f"RSS peak ({self.scope})",
-        }

@@ -53,7 +53,7 @@ def check_output_path(path: PathLike, what: str, text_file: bool = False, folder
         raise OutputPathError(f"{what} {str(path)!r} is a symbolic link to {os.readlink(path)!r}, which does not exist.")
     try:
         mode = path.stat().st_mode
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # missing, or under a file: the parent walk below says which
         mode = None
     except OSError as exc:  # a symlink loop, a path component that is a file, ...
         raise OutputPathError(f"{what} {str(path)!r} cannot be used ({exc.strerror}).") from None

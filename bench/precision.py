@@ -1,39 +1,73 @@
-"""Precision modes: cast weights and inputs (fp16, bf16) or run an fp32 model under torch.autocast (amp-*)."""
+"""Precisions, one table: everything the harness knows about a precision is a field of its row in `PRECISIONS`.
+
+A cast precision (fp16, bf16) casts the weights and inputs; an autocast one (amp-*) runs the fp32 model under
+torch.autocast. A new precision is one entry here plus its tests.
+"""
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import ContextManager
 
 import torch
 import torch.nn as nn
 
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+__all__ = ["Precision", "PRECISIONS", "ALIASES", "precision", "autocast", "prepare_model", "make_input"]
 
 
-def weight_dtype(precision: str) -> torch.dtype:
-    """dtype of the weights and inputs: the cast dtype, or fp32 for the autocast modes."""
-    return _DTYPES.get(precision, torch.float32)
+@dataclass(frozen=True)
+class Precision:
+    """One precision mode.
+
+    `tolerance`: the largest |backend - eager| / max|eager| a non-eager row may show before its status says the
+    backends disagree: what the compute dtype's rounding explains, with room for a different kernel order.
+    `tf32_tolerance`: the same when fp32 matmuls may run in TF32 (10 mantissa bits), where that applies.
+    `trainable`: a training step makes sense (cast half-precision weights would need a master copy).
+    """
+
+    name: str
+    weight_dtype: torch.dtype
+    compute_dtype: torch.dtype
+    autocast: bool
+    tolerance: float
+    trainable: bool
+    tf32_tolerance: float | None = None
+
+    def tolerance_for(self, tf32: bool) -> float:
+        return self.tf32_tolerance if tf32 and self.tf32_tolerance is not None else self.tolerance
 
 
-def compute_dtype(precision: str) -> torch.dtype:
-    """dtype the matmuls run in (what a TensorRT engine is built for)."""
-    return _DTYPES[precision.removeprefix("amp-")]
+PRECISIONS: dict[str, Precision] = {p.name: p for p in (
+    Precision("fp32", torch.float32, torch.float32, autocast=False, tolerance=1e-4, trainable=True, tf32_tolerance=5e-3),
+    Precision("fp16", torch.float16, torch.float16, autocast=False, tolerance=1e-2, trainable=False),
+    Precision("bf16", torch.bfloat16, torch.bfloat16, autocast=False, tolerance=5e-2, trainable=False),
+    Precision("amp-fp16", torch.float32, torch.float16, autocast=True, tolerance=1e-2, trainable=True),
+    Precision("amp-bf16", torch.float32, torch.bfloat16, autocast=True, tolerance=5e-2, trainable=True),
+)}
+# `amp` follows timm's benchmark.py (float16 autocast); `autocast` is this harness's bf16 autocast.
+ALIASES = {"amp": "amp-fp16", "autocast": "amp-bf16", "float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
 
-def autocast(precision: str, device: str) -> ContextManager:
-    """torch.autocast for the amp-* modes, a no-op otherwise."""
-    if not precision.startswith("amp-"):
+def precision(name: str) -> Precision:
+    """The table entry for a precision name or alias; KeyError for anything else."""
+    return PRECISIONS[ALIASES.get(name, name)]
+
+
+def autocast(name: str, device: str) -> ContextManager:
+    """torch.autocast for an autocast precision, a no-op otherwise."""
+    p = precision(name)
+    if not p.autocast:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=compute_dtype(precision))
+    return torch.autocast(device_type=torch.device(device).type, dtype=p.compute_dtype)
 
 
-def prepare_model(model: nn.Module, precision: str, device: str, channels_last: bool) -> nn.Module:
-    model = model.to(device=device, dtype=weight_dtype(precision))
+def prepare_model(model: nn.Module, name: str, device: str, channels_last: bool) -> nn.Module:
+    model = model.to(device=device, dtype=precision(name).weight_dtype)
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
-def make_input(batch_size: int, input_size: tuple[int, int], precision: str, device: str, channels_last: bool) -> torch.Tensor:
+def make_input(batch_size: int, input_size: tuple[int, int], name: str, device: str, channels_last: bool) -> torch.Tensor:
     """A fixed random batch; the values do not change the work these models do."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randn((batch_size, 3, *input_size), generator=g).to(device=device, dtype=weight_dtype(precision))
+    x = torch.randn((batch_size, 3, *input_size), generator=g).to(device=device, dtype=precision(name).weight_dtype)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x

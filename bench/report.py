@@ -3,24 +3,28 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import math
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 from tabulate import tabulate, tabulate_formats
 
+from .backends import options_label
 from .columns import Column, get_field
-from .spec import STATUSES
+from .measure import TRACKERS
+from .spec import STATUSES, backend_options
 
-__all__ = ["FORMATS", "COLUMNS", "Column", "render_table", "table_order", "status_summary", "plot", "timm_csv"]
+__all__ = ["FORMATS", "COLUMNS", "DEFAULT_COLUMNS", "select_columns", "render_table", "table_order", "status_summary", "plot", "timm_csv"]
 
 FORMATS = ("csv", "timm", *tabulate_formats)
 
 
 def _backend_label(row: dict[str, Any]) -> str:
-    label = row["backend"]
-    if row.get("compile_mode") not in (None, "default"):
-        label += f" ({row['compile_mode']})"
+    """The backend with its non-default options, and layout flags: "compile (mode=max-autotune) +cl"."""
+    options = backend_options(row)
+    label = row["backend"] + (f" ({options_label(options)})" if options else "")
     return label + (" +cl" if row.get("channels_last") else "") + (" +gc" if row.get("grad_checkpointing") else "")
 
 
@@ -34,38 +38,42 @@ def _input_label(row: dict[str, Any]) -> str:
     return f"{h}x{w}" + (" feat" if row.get("features_only") else "")
 
 
-COLUMNS: tuple[Column, ...] = (
+_IDENTITY = (
     Column("model", "model", always=True),
     Column("mode", "mode", label=lambda r: r.get("mode", "infer")),
     Column("backend", "backend", label=_backend_label, always=True),
     Column("precision", "precision", label=_precision_label, always=True),
-    Column("batch", "batch_size", "d", timm="batch_size", always=True),
-    Column("input", "input_size", label=_input_label, always=True),
+    Column("batch", "batch_size", "d", timm="batch_size", always=True, id="batch"),
+    Column("input", "input_size", label=_input_label, always=True, id="input"),
+    Column("device", "env.device_name", id="device"),
     Column("params (M)", "params", ".2f", scale=1e-6),
     Column("GMACs", "gmacs", ".3f", timm="gmacs", timm_digits=2),
-    Column("mean ms", "latency_ms.mean", ".2f", timm="step_time", timm_digits=3),
-    Column("p50 ms", "latency_ms.p50", ".2f"),
-    Column("p90 ms", "latency_ms.p90", ".2f"),
-    Column("p95 ms", "latency_ms.p95", ".2f"),
-    Column("p99 ms", "latency_ms.p99", ".2f"),
-    Column("std ms", "latency_ms.std", ".2f"),
-    Column("img/s", "throughput_ips", ".1f", timm="samples_per_sec", timm_digits=2),
-    Column("peak MB", "peak_mem_mb", ".0f"),
+)
+_RESULTS = (
     Column("compile s", "compile_s", ".1f"),
     Column("breaks", "graph_breaks", "d"),
-    Column("diff vs eager", "diff_vs_eager_rel", ".1e"),
+    Column("vs eager", "diff_vs_eager_rel", ".1e", id="diff"),
     Column("top-1", "top1", ".2f"),
     Column("top-5", "top5", ".2f"),
 )
+# Every column, in table order: what identifies a row, then each tracker's measurements, then the rest.
+COLUMNS: tuple[Column, ...] = (*_IDENTITY, *(c for t in TRACKERS for c in t.columns), *_RESULTS)
+BY_NAME = {c.name: c for c in COLUMNS}
+# The terminal's default: what a reader compares, within 120 characters; `--columns` picks others, `all` every one.
+DEFAULT_COLUMNS = ("model", "mode", "backend", "precision", "batch", "input", "device", "gmacs", "p50", "img_s",
+                   "peak_mb", "diff", "top1")
 # CSV keeps every measurement and what it needs to be read: the columns above plus these.
-_CSV_EXTRA = ("compile_mode", "features_only", "channels_last", "tf32", "device", "status", "reason", "gmacs_torch",
-              "diff_vs_eager_max_abs", "peak_mem_reserved_mb", "float32_matmul_precision", "cudnn_benchmark",
-              "eval_samples", "eval_skipped", "env.device_name", "schema_version", "timestamp")
+_CSV_EXTRA = ("backend_options", "features_only", "channels_last", "tf32", "device", "status", "reason", "gmacs_torch",
+              "diff_vs_eager_max_abs", "peak_mem_reserved_mb", "energy_note", "float32_matmul_precision",
+              "cudnn_benchmark", "weights", "threads", "data", "eval_samples", "eval_skipped", "schema_version",
+              "timestamp")
 
 
 def _csv_value(value: Any) -> Any:
     if isinstance(value, list):
         return "x".join(map(str, value))
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True) if value else ""
     return "" if value is None else value
 
 
@@ -121,12 +129,26 @@ def table_order(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
                                        bool(r.get("channels_last")), list(r["input_size"]), r["batch_size"]))
 
 
-def _shown(rows: list[dict[str, Any]]) -> list[Column]:
-    """The columns that say something for these rows: the mode only when a row trained, others when any row has a value."""
+def select_columns(names: Iterable[str] | None) -> tuple[Column, ...]:
+    """Columns by their `--columns` names ("all": every one); ValueError names an unknown one."""
+    names = list(names or DEFAULT_COLUMNS)
+    if names == ["all"]:
+        return COLUMNS
+    unknown = [n for n in names if n not in BY_NAME]
+    if unknown:
+        raise ValueError(f"Unknown column {unknown[0]!r}; choose from {', '.join(BY_NAME)} or all.")
+    return tuple(BY_NAME[n] for n in names)
+
+
+def _shown(rows: list[dict[str, Any]], columns: tuple[Column, ...]) -> list[Column]:
+    """Of `columns`, those that say something for these rows: the mode only when a row trained, the device only
+    when rows come from more than one machine, others when any row has a value."""
     shown = []
-    for column in COLUMNS:
-        if column.field == "mode":
+    for column in columns:
+        if column.name == "mode":
             keep = any(r.get("mode", "infer") != "infer" for r in rows)
+        elif column.name == "device":
+            keep = len({column.cell(r) for r in rows}) > 1
         else:
             keep = column.always or any(column.cell(r) for r in rows)
         if keep:
@@ -134,15 +156,15 @@ def _shown(rows: list[dict[str, Any]]) -> list[Column]:
     return shown
 
 
-def render_table(rows: Iterable[dict[str, Any]], fmt: str = "github") -> str:
-    """One line per row and the columns that have values (CSV formats keep every field); rows that are not `ok`
-    carry a numbered note with their reason under the table."""
+def render_table(rows: Iterable[dict[str, Any]], fmt: str = "github", columns: Iterable[str] | None = None) -> str:
+    """One line per row and, of the chosen columns (default: `DEFAULT_COLUMNS`), those that have values; CSV
+    formats keep every field. Rows that are not `ok` carry a numbered note with their reason under the table."""
     rows = list(rows)
     if fmt == "csv":
         return _csv(rows)
     if fmt == "timm":
         return timm_csv(rows)
-    columns = _shown(rows)
+    shown = _shown(rows, select_columns(columns))
     notes: list[str] = []
     body = []
     for row in rows:
@@ -153,14 +175,18 @@ def render_table(rows: Iterable[dict[str, Any]], fmt: str = "github") -> str:
             if note not in notes:
                 notes.append(note)
             status += f" [{notes.index(note) + 1}]"
-        body.append([c.cell(row) for c in columns] + [status])
-    table = tabulate(body, headers=[c.header for c in columns] + ["status"], tablefmt=fmt, disable_numparse=True)
+        body.append([c.cell(row) for c in shown] + [status])
+    table = tabulate(body, headers=[c.header for c in shown] + ["status"], tablefmt=fmt, disable_numparse=True)
     return table + "".join(f"\n[{i}] {note}" for i, note in enumerate(notes, 1))
 
 
 def status_summary(rows: list[dict[str, Any]]) -> str:
     counts = Counter(r.get("status", "error") for r in rows)
     return f"{len(rows)} rows: " + ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts[s])
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def _plot_points(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -170,12 +196,12 @@ def _plot_points(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     best: dict[tuple, dict[str, Any]] = {}
     top1: dict[tuple, float] = {}
     for row in rows:
-        if row.get("status") != "ok" or row.get("features_only") or row.get("throughput_ips") is None:
+        if row.get("status") != "ok" or row.get("features_only") or not _finite(row.get("throughput_ips")):
             continue
         key = (row["model"], _backend_label(row), row["precision"])
         if key not in best or row["batch_size"] > best[key]["batch_size"]:
             best[key] = row
-        if row.get("top1") is not None:
+        if _finite(row.get("top1")):
             top1[key] = row["top1"]
     points = []
     for key, row in best.items():

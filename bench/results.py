@@ -1,30 +1,52 @@
-"""The JSON-lines results file: one row per measurement, appended the moment it exists so a crash loses nothing.
+"""The JSON-lines results file: one row per measurement, appended whole the moment it exists so a crash loses nothing.
 
-Readers skip what they cannot read (a line cut short by a crash, a foreign or older-schema line, binary junk) with
-one summary note on stderr, and never fail on it: a results file is shared by runs, editors and other tools.
+Readers stream the file and skip what they cannot read (a line cut short by a crash, a foreign or damaged line, a
+row whose fields have the wrong types, binary junk) with one summary note on stderr, and never fail on it: a results
+file is shared by runs, launchers, editors and other tools. Jobs of a launcher append to their own shards beside the
+file (`results.shard-<job>.jsonl`), which every reader takes together with it.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
+from .columns import get_field
 from .spec import SCHEMA_VERSION, row_key
 
-__all__ = ["load_results", "append_row", "latest_rows", "utc_now", "SCHEMA_VERSION"]
+__all__ = ["load_results", "iter_results", "append_row", "latest_rows", "utc_now", "result_files", "shard_path",
+           "SCHEMA_VERSION"]
 
 # What a line must hold, with these types, to be read as a row; anything else is somebody else's line.
 _REQUIRED = {"model": str, "backend": str, "precision": str, "batch_size": int, "input_size": list, "status": str}
+_MAPPINGS = ("latency_ms", "env", "model_kwargs", "backend_options")
+# Fields readers join or print as text (the table's notes, labels and device column).
+_TEXT = ("reason", "flops_error", "accuracy_error", "accuracy_note", "energy_note", "mode", "device", "env.device_name")
+
+
+@functools.cache
+def _numeric_fields() -> tuple[tuple[str, bool], ...]:
+    """The fields the report formats as numbers (every column with a format code), and whether the format takes
+    only whole numbers ("d"): such a field is None or a number of that kind, nothing else."""
+    from .report import COLUMNS
+
+    return tuple((c.field, c.fmt.endswith("d")) for c in COLUMNS if c.fmt)
 
 
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _as_row(line: str) -> dict[str, Any] | None:
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def as_row(line: str) -> dict[str, Any] | None:
+    """The row a line holds, or None when it is not a readable row (every field a reader formats is checked)."""
     try:
         row = json.loads(line)
     except ValueError:
@@ -32,58 +54,92 @@ def _as_row(line: str) -> dict[str, Any] | None:
     if not isinstance(row, dict) or any(not isinstance(row.get(k), t) for k, t in _REQUIRED.items()):
         return None
     size = row["input_size"]
-    if len(size) != 2 or not all(isinstance(v, int) for v in size) or isinstance(row["batch_size"], bool):
+    if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in size):
+        return None
+    if isinstance(row["batch_size"], bool) or any(row.get(k) is not None and not isinstance(row[k], dict) for k in _MAPPINGS):
+        return None
+    for name, whole in _numeric_fields():
+        value = get_field(row, name)
+        if value is not None and not (_is_number(value) and (isinstance(value, int) or not whole)):
+            return None
+    if any((v := get_field(row, f)) is not None and not isinstance(v, str) for f in _TEXT):
         return None
     return row
 
 
+def shard_path(path: str | Path, job: str) -> Path:
+    """Where launcher job `job` appends its rows: beside `path`, read with it."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.shard-{job}{path.suffix}")
+
+
+def result_files(path: str | Path) -> list[Path]:
+    """`path` (when it exists) and its launcher shards, in name order."""
+    path = Path(path)
+    shards = sorted(path.parent.glob(f"{path.stem}.shard-*{path.suffix}")) if path.parent.is_dir() else []
+    return ([path] if path.exists() else []) + shards
+
+
+def iter_results(path: str | Path, quiet: bool = False, shards: bool = True) -> Iterator[dict[str, Any]]:
+    """Every row of a results file (and its shards), oldest first, read one line at a time; lines that are not
+    rows are skipped with one note on stderr per file. Raises OSError when the file cannot be opened."""
+    files = result_files(path) if shards else [Path(path)]
+    if not files:
+        open(path, encoding="utf-8").close()  # the FileNotFoundError the caller expects
+    for file in files:
+        skipped: list[int] = []
+        with open(file, encoding="utf-8", errors="replace") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                row = as_row(line)
+                if row is None:
+                    skipped.append(n)
+                else:
+                    yield row
+        if skipped and not quiet:
+            first = ", ".join(map(str, skipped[:5])) + (", ..." if len(skipped) > 5 else "")
+            print(f"note: skipped {len(skipped)} line(s) of {file} that are not benchmark rows (line {first}).", file=sys.stderr)
+
+
 def load_results(path: str | Path, quiet: bool = False) -> list[dict[str, Any]]:
-    """All rows of a results file, oldest first; lines that are not rows are skipped with one note on stderr.
-
-    Raises FileNotFoundError (an OSError) when the file cannot be opened.
-    """
-    rows, skipped = [], []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            row = _as_row(line)
-            if row is None:
-                skipped.append(n)
-            else:
-                rows.append(row)
-    if skipped and not quiet:
-        first = ", ".join(map(str, skipped[:5])) + (", ..." if len(skipped) > 5 else "")
-        print(f"note: skipped {len(skipped)} line(s) of {path} that are not benchmark rows (line {first}).", file=sys.stderr)
-    return rows
+    """All rows of a results file and its shards, oldest first (see `iter_results`)."""
+    return list(iter_results(path, quiet))
 
 
-def _ends_cleanly(path: Path) -> bool:
+def _ends_cleanly(fd: int) -> bool:
     """True when the file is empty or ends in a newline, so an appended row starts on its own line."""
-    with open(path, "rb") as f:
-        if f.seek(0, os.SEEK_END) == 0:
-            return True
-        f.seek(-1, os.SEEK_END)
-        return f.read(1) == b"\n"
+    size = os.fstat(fd).st_size
+    return size == 0 or os.pread(fd, 1, size - 1) == b"\n"
 
 
 def append_row(path: str | Path, row: dict[str, Any]) -> None:
-    """Append one row and force it to disk before the next measurement starts.
+    """Append one row whole, or nothing, and force it to disk before the next measurement starts.
 
     A file left without a final newline (a crash mid-write, an editor) gets one first, so the torn line stays torn
-    and the new row stays whole.
+    and the new row stays whole. A write that fails part-way (disk full) is cut back off, so no torn row is left.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    lead = "" if not path.exists() or _ends_cleanly(path) else "\n"
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(lead + json.dumps({"schema_version": SCHEMA_VERSION, **row}, default=str) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        size = os.fstat(fd).st_size
+        data = (("" if _ends_cleanly(fd) else "\n") + json.dumps({"schema_version": SCHEMA_VERSION, **row}, default=str) + "\n").encode()
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except OSError:
+            os.ftruncate(fd, size)
+            raise
+    finally:
+        os.close(fd)
 
 
 def latest_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The newest row of each measurement (a re-run replaces the older number), in the order they were measured."""
+    """The newest row of each measurement (a re-run replaces the older number), in the order they were measured;
+    rows of the same measurement from different machines are different rows."""
     latest: dict[tuple, dict[str, Any]] = {}
     for row in rows:
         key = row_key(row)

@@ -1,7 +1,10 @@
-"""Runs a grid of rows: one subprocess per model/backend/precision/layout group, rows appended as they finish.
+"""Runs a grid of rows: one subprocess per model build (consecutive rows sharing a worker key), rows appended as they
+finish.
 
-A worker that crashes, hangs past its timeout or is killed for memory takes only its own unfinished rows with it:
-the runner writes those as `error` rows naming the cause and goes on with the next group.
+A worker reports each row on its own progress channel (a pipe), so the runner sleeps in `select` while rows are
+timed and never re-reads the results file. A worker that crashes, hangs past its timeout or is killed for memory
+takes only its own unfinished rows with it: the runner writes those as `error` rows naming the cause and goes on.
+Rows a backend cannot run here are known before any model is built: each backend and reason gets one status row.
 """
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import ctypes.util
 import json
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -17,17 +21,18 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any, Iterable
 
 from tqdm import tqdm
 
-from .env import REPO_ROOT, collect_env
-from .results import append_row, latest_rows, load_results, utc_now
+from .backends import BACKENDS
+from .env import REPO_ROOT, collect_env, device_name
+from .results import append_row, iter_results, latest_rows, utc_now
 from .spec import RowSpec, Settings, row_key
 
-__all__ = ["run", "group_rows", "RESUMABLE", "Interrupted"]
+__all__ = ["run", "Outcome", "group_rows", "RESUMABLE", "Interrupted", "crash_reason", "stopped_exit_code"]
 
 # Rows with these statuses are measurements; --resume skips them. `error` and `unavailable` rows are retried,
 # since a fixed bug or a newly installed backend should change them.
@@ -35,11 +40,15 @@ RESUMABLE = ("ok", "oom")
 
 
 def group_rows(specs: Iterable[RowSpec]) -> list[list[RowSpec]]:
-    """Rows sharing a worker, in the order their groups first appear."""
-    groups: dict[tuple, list[RowSpec]] = {}
+    """Runs of consecutive rows that share a worker (one model build); the plan's order is kept, so a plan in
+    priority order runs in priority order."""
+    groups: list[list[RowSpec]] = []
     for spec in specs:
-        groups.setdefault(spec.group(), []).append(spec)
-    return list(groups.values())
+        if groups and groups[-1][0].worker_key() == spec.worker_key():
+            groups[-1].append(spec)
+        else:
+            groups.append([spec])
+    return groups
 
 
 def _describe_exit(code: int) -> str:
@@ -57,6 +66,14 @@ class Interrupted(Exception):
 
 def _raise_interrupted(signum: int, _frame: Any) -> None:
     raise Interrupted(signal.Signals(signum).name)
+
+
+def stopped_exit_code(exc: BaseException, results: str | Path) -> int:
+    """Say in one line that a run was stopped and what was kept; the shell's exit code for the signal."""
+    name = str(exc) if isinstance(exc, Interrupted) else "SIGINT"
+    print(f"\nstopped by {name}: the worker was ended and the rows measured so far are kept in {results} "
+          f"(--resume continues).", file=sys.stderr)
+    return 128 + signal.Signals[name].value
 
 
 _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True) if sys.platform.startswith("linux") else None
@@ -93,56 +110,105 @@ def _read(log: IO[str]) -> str:
     return log.read()
 
 
-def _rows_of(path: Path, run_id: str) -> list[dict[str, Any]]:
-    return [r for r in load_results(path, quiet=True) if r.get("run_id") == run_id] if path.exists() else []
+class _Channel:
+    """The read end of a worker's progress pipe: whole JSON lines, each a row the worker has written."""
+
+    def __init__(self, fd: int):
+        self.fd, self.buffer = fd, b""
+
+    def read(self, timeout: float) -> tuple[list[dict[str, Any]], bool]:
+        """Rows that arrived within `timeout` seconds, and whether the pipe is closed."""
+        ready, _, _ = select.select([self.fd], [], [], max(0.0, timeout))
+        if not ready:
+            return [], False
+        chunk = os.read(self.fd, 1 << 20)
+        self.buffer += chunk
+        *lines, self.buffer = self.buffer.split(b"\n")
+        rows = []
+        for line in lines:
+            try:
+                rows.append(json.loads(line))
+            except ValueError:  # a worker killed mid-line; the row is on disk or becomes an error row
+                pass
+        return rows, not chunk
 
 
-def _known_flops(path: Path, run_id: str, spec: RowSpec) -> dict[str, dict]:
-    """GMACs already counted in this run for the same model and head, so later groups skip the trace."""
-    known = {}
-    for r in _rows_of(path, run_id):
-        if r["model"] == spec.model and r.get("features_only") == spec.features_only and r.get("gmacs") is not None:
-            known[json.dumps(list(r["input_size"]))] = {"gmacs": r["gmacs"], "gmacs_torch": r.get("gmacs_torch")}
-    return known
+@dataclass
+class Outcome:
+    """What a run produced: the grid's rows (those skipped by --resume included) and how many rows the time budget
+    left unrun (no row at all, so --resume picks them up)."""
+
+    rows: list[dict[str, Any]]
+    unfinished: int = 0
+    fresh: list[dict[str, Any]] = field(default_factory=list)
 
 
 class _Run:
-    def __init__(self, settings: Settings, results: Path, command: str, verbose: bool, deadline: float | None):
+    def __init__(self, settings: Settings, results: Path, command: str, verbose: bool, deadline: float | None, bar: tqdm):
         self.settings = settings
         self.deadline = deadline
         self.results = results
         self.command = command
         self.verbose = verbose
+        self.bar = bar
         self.run_id = uuid.uuid4().hex[:12]
-        self.written = 0  # rows of this run on disk, for the progress bar
+        self.rows: dict[tuple, dict[str, Any]] = {}  # this run's rows by key (machine-free)
 
-    def group(self, specs: list[RowSpec], bar: tqdm) -> None:
+    def _keep(self, row: dict[str, Any]) -> None:
+        self.rows[row_key(row, machine="")] = row
+        self.bar.update(1)
+
+    def _known_flops(self, spec: RowSpec) -> dict[str, dict]:
+        """GMACs already counted in this run for the same model and head, so later workers skip the trace."""
+        return {json.dumps(list(r["input_size"])): {"gmacs": r["gmacs"], "gmacs_torch": r.get("gmacs_torch")}
+                for r in self.rows.values()
+                if r["model"] == spec.model and r.get("features_only") == spec.features_only and r.get("gmacs") is not None}
+
+    def status_row(self, spec: RowSpec, status: str, reason: str) -> None:
+        row = {**spec.fields(), "status": status, "reason": reason, "run_id": self.run_id, "command": self.command,
+               "env": collect_env(spec.device), "timestamp": utc_now()}
+        append_row(self.results, row)
+        self._keep(row)
+
+    def group(self, specs: list[RowSpec]) -> None:
+        read_fd, write_fd = os.pipe()
         job = {
             "rows": [s.fields() for s in specs],
             "settings": asdict(self.settings),
             "results": str(self.results),
             "run_id": self.run_id,
             "command": self.command,
-            "known_flops": _known_flops(self.results, self.run_id, specs[0]),
+            "known_flops": self._known_flops(specs[0]),
+            "progress_fd": write_fd,
         }
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
         # The job goes in through stdin and the log into an unnamed temporary file: nothing is left on disk even
         # when the runner is killed with SIGKILL.
-        with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as log:
-            out = None if self.verbose else log
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "bench.worker", "-"], stdin=subprocess.PIPE, stdout=out, stderr=out, env=env,
-                start_new_session=True, preexec_fn=lambda parent=os.getpid(): _die_with_parent(parent), text=True,
-            )
-            cause = self._wait(proc, job, bar) or _describe_exit(proc.returncode)
-            tail = "" if self.verbose else _read(log)
+        try:
+            with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as log:
+                out = None if self.verbose else log
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "bench.worker", "-"], stdin=subprocess.PIPE, stdout=out, stderr=out, env=env,
+                    start_new_session=True, preexec_fn=lambda parent=os.getpid(): _die_with_parent(parent), text=True,
+                    pass_fds=(write_fd,),
+                )
+                os.close(write_fd)
+                write_fd = -1
+                cause = self._wait(proc, job, _Channel(read_fd)) or _describe_exit(proc.returncode)
+                tail = "" if self.verbose else _read(log)
+        finally:
+            os.close(read_fd)
+            if write_fd >= 0:
+                os.close(write_fd)
         why = crash_reason(tail)
-        self._fill_missing(specs, f"The worker process stopped ({cause}) before this row finished" + (f": {why}" if why else "."))
-        self._advance(bar)
+        reason = f"The worker process stopped ({cause}) before this row finished" + (f": {why}" if why else ".")
+        for spec in specs:
+            if row_key(spec.fields(), machine="") not in self.rows:
+                self.status_row(spec, "error", reason)
 
-    def _wait(self, proc: subprocess.Popen, job: dict[str, Any], bar: tqdm) -> str | None:
-        """Wait for the worker, moving the bar as rows land; a worker past its timeout or the run's deadline is killed,
-        and so is the worker of a run stopped by Ctrl-C or SIGTERM."""
+    def _wait(self, proc: subprocess.Popen, job: dict[str, Any], channel: _Channel) -> str | None:
+        """Wait for the worker, keeping rows as they arrive; a worker past its timeout or the run's deadline is
+        killed, and so is the worker of a run stopped by Ctrl-C or SIGTERM."""
         deadline = time.monotonic() + self.settings.timeout_s
         if self.deadline is not None:
             deadline = min(deadline, self.deadline)
@@ -152,34 +218,41 @@ class _Run:
                 proc.stdin.close()
             except BrokenPipeError:  # the worker died at start; its exit code and log say why
                 pass
-            while proc.poll() is None:
+            closed = False
+            while not closed:
+                rows, closed = channel.read(min(1.0, deadline - time.monotonic()))
+                for row in rows:
+                    self._keep(row)
+                if proc.poll() is not None and not rows:
+                    break  # exited; a grandchild may still hold the pipe open
                 if time.monotonic() > deadline:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
                     over_budget = self.deadline is not None and time.monotonic() >= self.deadline
-                    return "stopped at the run's time budget" if over_budget else f"timed out after {self.settings.timeout_s:.0f} s"
-                time.sleep(0.5)
-                self._advance(bar)
+                    return "stopped at the run's time budget" if over_budget else f"timed out after {_seconds(self.settings.timeout_s)}"
+            proc.wait()
         except (KeyboardInterrupt, Interrupted):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             raise
-        self._advance(bar)
         return None
 
-    def _advance(self, bar: tqdm) -> None:
-        now = len(_rows_of(self.results, self.run_id))
-        bar.update(now - self.written)
-        self.written = now
 
-    def _fill_missing(self, specs: list[RowSpec], reason: str) -> None:
-        """Write an error row for each of `specs` the worker did not write."""
-        written = {row_key(r) for r in _rows_of(self.results, self.run_id)}
-        for spec in specs:
-            if spec.key() not in written:
-                row = {**spec.fields(), "status": "error", "reason": reason}
-                row.update(run_id=self.run_id, command=self.command, env=collect_env(spec.device), timestamp=utc_now())
-                append_row(self.results, row)
+def _seconds(s: float) -> str:
+    return f"{s:.0f} s" if s >= 10 else f"{s:.3g} s"
+
+
+def _refusals(specs: list[RowSpec]) -> dict[RowSpec, str]:
+    """Rows a backend cannot run here, with the reason; asked once per backend, precision, mode and device."""
+    cache: dict[tuple, str | None] = {}
+    refused = {}
+    for spec in specs:
+        key = (spec.backend, spec.precision, spec.mode, spec.device)
+        if key not in cache:
+            cache[key] = BACKENDS[spec.backend].refusal(spec)
+        if cache[key]:
+            refused[spec] = cache[key]
+    return refused
 
 
 def run(
@@ -191,32 +264,48 @@ def run(
     progress: bool = True,
     verbose: bool = False,
     budget_s: float | None = None,
-) -> list[dict[str, Any]]:
-    """Measure `specs` into `results`; returns this grid's rows (those skipped by --resume included).
+) -> Outcome:
+    """Measure `specs` into `results` (read with its shards for --resume).
 
     With `budget_s`, no group starts after the budget is spent and a running one is stopped at its end; the rows
     left out have no row at all, so `--resume` picks them up later.
     """
     results = Path(results)
-    previous = load_results(results) if results.exists() else []
-    done = {row_key(r): r for r in latest_rows(previous) if r.get("status") in RESUMABLE} if resume else {}
-    todo = [s for s in specs if s.key() not in done]
+    machines = {d: device_name(d) for d in {s.device for s in specs}}
+    done: dict[tuple, dict[str, Any]] = {}
+    if resume and results.exists():
+        wanted = {s.key(machines[s.device]) for s in specs}
+        done = {k: r for r in latest_rows(iter_results(results)) if r.get("status") in RESUMABLE and (k := row_key(r)) in wanted}
+    todo = [s for s in specs if s.key(machines[s.device]) not in done]
+    refused = _refusals(todo)
     deadline = None if budget_s is None else time.monotonic() + budget_s
-    runner = _Run(settings, results, command, verbose, deadline)
     # a bar redrawn into a log file is dozens of lines; off unless stderr is a terminal
     show = progress and sys.stderr.isatty()
     main_thread = threading.current_thread() is threading.main_thread()  # only there can a handler be set
     previous_handler = signal.signal(signal.SIGTERM, _raise_interrupted) if main_thread else None
+    unfinished = 0
+    by_reason: dict[tuple[str, str], list[RowSpec]] = {}
+    for spec, reason in refused.items():
+        by_reason.setdefault((spec.backend, reason), []).append(spec)
     try:
-        with tqdm(total=len(todo), unit="row", disable=not show, file=sys.stderr) as bar:
-            for group in group_rows(todo):
+        with tqdm(total=len(todo) - len(refused) + len(by_reason), unit="row", disable=not show, file=sys.stderr) as bar:
+            runner = _Run(settings, results, command, verbose, deadline, bar)
+            for (_, reason), same in by_reason.items():  # one status row per backend and reason, not one per model
+                more = f" ({len(same) - 1} more row(s) of this backend were not run for the same reason.)" if len(same) > 1 else ""
+                runner.status_row(same[0], "unavailable", reason + more)
+            for group in group_rows(s for s in todo if s not in refused):
                 if deadline is not None and time.monotonic() >= deadline:
-                    break
-                head = group[0]
-                bar.set_description(f"{head.model} {head.backend} {head.precision}")
-                runner.group(group, bar)
+                    unfinished += len(group)
+                    continue
+                bar.set_description(f"{group[0].model} ({len(group)} rows)")
+                runner.group(group)
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous_handler)
-    fresh = {row_key(r): r for r in _rows_of(results, runner.run_id)}
-    return [fresh.get(s.key()) or done[s.key()] for s in specs if s.key() in fresh or s.key() in done]
+    fresh = runner.rows
+    rows = []
+    for spec in specs:
+        row = fresh.get(row_key(spec.fields(), machine="")) or done.get(spec.key(machines[spec.device]))
+        if row is not None:
+            rows.append(row)
+    return Outcome(rows, unfinished, list(fresh.values()))

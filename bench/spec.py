@@ -2,47 +2,63 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
-# 2: rows gained schema_version, mode, tf32, model_kwargs, times_ms, p95, numerics and the output check.
-SCHEMA_VERSION = 2
+from .columns import get_field
 
-# amp-* run an fp32 model under torch.autocast; fp16/bf16 cast the weights and inputs.
-PRECISIONS = ("fp32", "fp16", "bf16", "amp-fp16", "amp-bf16")
-# `amp` follows timm's benchmark.py (float16 autocast); `autocast` is this harness's bf16 autocast.
-PRECISION_ALIASES = {"amp": "amp-fp16", "autocast": "amp-bf16", "float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
-TRAIN_PRECISIONS = ("fp32", "amp-fp16", "amp-bf16")
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# 2: rows gained schema_version, mode, tf32, model_kwargs, times_ms, p95, numerics and the output check.
+# 3: `compile_mode` became the backend's own `backend_options`; weights, threads, data and max_samples identify a
+#    row; energy fields. Readers take every version (see `row_key`).
+SCHEMA_VERSION = 3
+
 MODES = ("infer", "train")
 # mismatch: measured, but the output differs from eager beyond the precision's tolerance.
 STATUSES = ("ok", "mismatch", "oom", "unavailable", "error")
+RANDOM_INIT = "random init"
 
 # The fields that make two rows "the same measurement" (used by --resume and by report de-duplication), with the
-# value a row written before the field existed stands for.
+# value a row written before the field existed stands for. The machine (env.device_name) is part of the key too.
 KEY_DEFAULTS: dict[str, Any] = {
     "model": None, "backend": None, "precision": None, "batch_size": None, "input_size": (), "device": None,
-    "channels_last": False, "features_only": False, "compile_mode": None, "mode": "infer", "tf32": False,
-    "model_kwargs": {}, "grad_checkpointing": False,
+    "channels_last": False, "features_only": False, "backend_options": {}, "mode": "infer", "tf32": False,
+    "model_kwargs": {}, "grad_checkpointing": False, "weights": RANDOM_INIT, "threads": None, "data": None,
+    "max_samples": None,
 }
+# The fields of a key that rows sharing one worker process (one model build) have in common.
+WORKER_FIELDS = ("model", "device", "features_only", "mode", "tf32", "model_kwargs", "grad_checkpointing", "weights",
+                 "threads", "data", "max_samples")
+
+
+def backend_options(row: dict[str, Any]) -> dict[str, Any]:
+    """A row's non-default backend options; schema-2 rows held compile's mode as `compile_mode`."""
+    if "backend_options" in row:
+        return dict(row["backend_options"] or {})
+    mode = row.get("compile_mode")
+    return {"mode": mode} if mode not in (None, "default") else {}
 
 
 def _key_value(name: str, value: Any) -> Any:
     if name == "input_size":
         return tuple(value or ())
-    if name == "model_kwargs":
-        return json.dumps(dict(value or {}), sort_keys=True, default=str)
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True, default=str)
     return value
 
 
-def row_key(row: dict[str, Any]) -> tuple:
-    """Identity of a measurement, from a result row or a RowSpec dict."""
-    return tuple(_key_value(k, row.get(k, d)) for k, d in KEY_DEFAULTS.items())
+def row_key(row: dict[str, Any], machine: str | None = None) -> tuple:
+    """Identity of a measurement, from a result row (machine read from its env) or a RowSpec's fields (machine
+    given: the device name where it runs)."""
+    values = {k: row.get(k, d) for k, d in KEY_DEFAULTS.items()}
+    values["backend_options"] = backend_options(row)
+    machine = machine if machine is not None else get_field(row, "env.device_name")
+    return (*(_key_value(k, v) for k, v in values.items()), machine)
 
 
 @dataclass(frozen=True)
 class RowSpec:
-    """One cell of the grid: model x backend x precision x batch size x input size (+ mode and layout options)."""
+    """One cell of the grid: model x backend (with its options) x precision x batch size x input size, plus the
+    layout, mode and run settings that change the number."""
 
     model: str
     backend: str
@@ -52,26 +68,37 @@ class RowSpec:
     device: str
     channels_last: bool = False
     features_only: bool = False
-    compile_mode: str | None = None  # only the compile backend has one
+    backend_options: tuple[tuple[str, Any], ...] = ()  # the backend's options that differ from its defaults
     mode: str = "infer"
     tf32: bool = False  # TF32 matmuls/convolutions and cudnn.benchmark, as timm's benchmark.py sets them
-    model_kwargs: tuple[tuple[str, Any], ...] = ()
+    model_kwargs: tuple[tuple[str, Any], ...] = ()  # passed to the model's builder
     grad_checkpointing: bool = False  # train mode only
+    weights: str = RANDOM_INIT  # "hub" or a checkpoint path otherwise
+    threads: int | None = None  # CPU threads (torch.set_num_threads); None: torch's default
+    data: str | None = None  # ImageFolder for accuracy
+    max_samples: int | None = None
 
     def fields(self) -> dict[str, Any]:
         """The row's identifying fields, in the JSON form rows store."""
-        return {**asdict(self), "input_size": list(self.input_size), "model_kwargs": dict(self.model_kwargs)}
+        return {**asdict(self), "input_size": list(self.input_size), "model_kwargs": dict(self.model_kwargs),
+                "backend_options": dict(self.backend_options)}
 
     @classmethod
     def from_fields(cls, fields: dict[str, Any]) -> "RowSpec":
-        return cls(**{**fields, "input_size": tuple(fields["input_size"]), "model_kwargs": tuple(fields["model_kwargs"].items())})
+        return cls(**{**fields, "input_size": tuple(fields["input_size"]), "model_kwargs": tuple(fields["model_kwargs"].items()),
+                      "backend_options": tuple(fields["backend_options"].items())})
 
-    def key(self) -> tuple:
-        return row_key(self.fields())
+    def key(self, machine: str | None) -> tuple:
+        return row_key(self.fields(), machine)
 
-    def group(self) -> tuple:
-        """Rows that differ only in batch and input size run in one worker process."""
-        return tuple(v for name, v in zip(KEY_DEFAULTS, self.key()) if name not in ("batch_size", "input_size"))
+    def worker_key(self) -> tuple:
+        """Rows with equal worker keys can share one worker process and one model build."""
+        fields = self.fields()
+        return tuple(_key_value(k, fields[k]) for k in WORKER_FIELDS)
+
+    def pretrained(self) -> bool | str:
+        """What `zoo.load(pretrained=...)` gets: Hub weights, a checkpoint path, or none."""
+        return True if self.weights == "hub" else (False if self.weights == RANDOM_INIT else self.weights)
 
 
 @dataclass(frozen=True)
@@ -80,16 +107,6 @@ class Settings:
 
     warmup: int = 10
     iters: int = 50
-    threads: int | None = None
     flops: bool = True
-    data: str | None = None
-    max_samples: int | None = None
-    pretrained: bool = False
-    checkpoints: dict[str, str] = field(default_factory=dict)
     imports: tuple[str, ...] = ()
     timeout_s: float = 1800.0
-    backend_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per backend name, its Options fields
-
-    def weights_for(self, model: str) -> bool | str:
-        """What `zoo.load(pretrained=...)` gets for this model: a checkpoint path, Hub weights, or none."""
-        return self.checkpoints.get(model, self.pretrained)

@@ -1,14 +1,17 @@
-"""The whole comparison on one GPU in one command, sized to finish in under 25 minutes:
+"""The whole comparison on one GPU, in priority order under a time budget:
 
-    python -m bench.suite --out results/h100          # on a CUDA machine
-    python -m bench.suite --dry-run --out /tmp/suite  # CPU, one tiny model: proves the plumbing, measures nothing
+    python -m bench.suite --out results/h100 --budget-min 5          # on a CUDA machine
+    python -m bench.suite --out results/h100 --budget-min 4 --resume # the rows the first call had no time for
+    python -m bench.suite --dry-run --out /tmp/suite                 # CPU, one tiny model: proves the plumbing
 
-Rows, in the order they run (so a run cut short by the time budget still has the most useful ones; rerun with
---resume to finish): eager then compile, latency at batch 1 and throughput at batch 256 under bf16 autocast at each
-model's own input size (224; InternImage-L 384); TensorRT fp16 at the same shapes (a status row where it is not
-installed); then the features_only backbone at the dense-prediction size 800x1344, batch 1.
-Writes results.jsonl, table.md, table.tex, table.csv, table_timm.csv (timm's benchmark CSV), plot.png and env.json
-under --out.
+Rows run in this order, so a run cut short by its budget keeps the most useful ones (--resume finishes the rest):
+1. the head-to-head tier, the models of about 4.5 paper GFLOPs (rmt_s, swin_t, maxvit_t, internimage_t): eager and
+   torch.compile, latency at batch 1 and throughput at batch 256, under bf16 autocast at each model's own input
+   size (with --cuda-graphs also compile's reduce-overhead mode at batch 1), then TensorRT fp16 at the same shapes;
+2. the other sizes, eager; 3. their compiled rows, then TensorRT; 4. the features_only backbone at the
+   dense-prediction size 800x1344, batch 1, eager and compile.
+Consecutive rows of one model share a worker process (one model build, one FLOP count). A backend missing here
+gives one status row for the whole run. Writes results.jsonl, table.md, plot.png and env.json under --out.
 """
 from __future__ import annotations
 
@@ -19,84 +22,121 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .backends import BACKENDS
-from .cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, OneLineParser, UsageError, exit_code
+from .cli import EXIT_FAILED, EXIT_OUTPUT, EXIT_USAGE, OneLineParser, OutputError, UsageError, emit, exit_code
 from .env import collect_env
-from .report import plot, render_table, status_summary
 from .paths import OutputPathError, check_output_path
-from .runner import Interrupted, run
+from .precision import precision
+from .report import plot, render_table, status_summary
+from .runner import Interrupted, run, stopped_exit_code
 from .spec import RowSpec, Settings
 
-GPU_MODELS = (
-    "rmt_t", "rmt_s", "rmt_b", "rmt_l",
-    "swin_t", "swin_s", "swin_b",
-    "maxvit_t", "maxvit_s", "maxvit_b",
-    "internimage_t", "internimage_s", "internimage_b", "internimage_l",
-)
+# The head-to-head tier: models whose paper GFLOPs lie in this band (RMT-S 4.5, Swin-T 4.5, InternImage-T 4.9,
+# MaxViT-T 5.6), compared first.
+HEAD_TO_HEAD_GFLOPS = (4.0, 6.0)
+
+
+def comparison_models() -> list[str]:
+    """The models the suite compares, as the zoo's registry lists them."""
+    import zoo
+
+    return [n for n in zoo.list_models() if not zoo.info(n).arch.get("token_label")]
 
 
 @dataclass(frozen=True)
 class SuiteConfig:
-    models: tuple[str, ...]
     device: str
+    models: tuple[str, ...] | None = None  # None: the registry's comparison models
     backends: tuple[str, ...] = ("eager", "compile", "tensorrt")
     precision: str = "amp-bf16"
-    trt_precision: str = "fp16"  # for backends without autocast (TensorRT): fp16, TensorRT's usual fast path
+    cast_precision: str = "fp16"  # for backends without autocast (TensorRT): fp16, TensorRT's usual fast path
     latency_batch: int = 1
     throughput_batch: int = 256
     input_size: tuple[int, int] | None = None  # None: each model's own
     dense_size: tuple[int, int] = (800, 1344)
+    cuda_graphs: bool = False  # add compile's reduce-overhead mode to the batch-1 rows
     warmup: int = 10
     iters: int = 50
     budget_s: float = 24 * 60
 
 
-FULL = SuiteConfig(models=GPU_MODELS, device="cuda")
-DRY_RUN = SuiteConfig(
-    models=("test_convnext",), device="cpu", throughput_batch=2, input_size=(64, 64), dense_size=(64, 96), warmup=1, iters=2
-)
+FULL = SuiteConfig(device="cuda")
+DRY_RUN = SuiteConfig(models=("test_convnext", "test_vit"), device="cpu", throughput_batch=2, input_size=(64, 64),
+                      dense_size=(64, 96), warmup=1, iters=2)
+
+
+def _tiers(models: list[str]) -> tuple[list[str], list[str]]:
+    """(head-to-head models, the others), each in registry order."""
+    import zoo
+
+    low, high = HEAD_TO_HEAD_GFLOPS
+    first = [m for m in models if low <= (zoo.info(m).paper_gflops or 0) <= high]
+    return first, [m for m in models if m not in first]
 
 
 def suite_specs(cfg: SuiteConfig) -> list[RowSpec]:
+    """Every row of the suite, in priority order."""
     import zoo
 
-    classify, dense = [], []
-    for backend in cfg.backends:
-        precision = cfg.precision if BACKENDS[backend].autocast else cfg.trt_precision
-        mode = "default" if backend == "compile" else None
-        for model in cfg.models:
-            size = cfg.input_size or tuple(zoo.info(model).input_size[1:])
-            for batch in (cfg.latency_batch, cfg.throughput_batch):
-                classify.append(RowSpec(model, backend, precision, batch, size, cfg.device, compile_mode=mode))
-            if BACKENDS[backend].autocast:  # the dense backbone: eager and compile
-                dense.append(RowSpec(model, backend, precision, 1, cfg.dense_size, cfg.device, features_only=True, compile_mode=mode))
-    return classify + dense
+    models = list(cfg.models or comparison_models())
+    head, rest = _tiers(models) if cfg.models is None else (models[:1], models[1:])
+    graph_backends = [b for b in cfg.backends if b != "eager"]
+
+    def rows(model: str, backend: str) -> list[RowSpec]:
+        prec = cfg.precision if BACKENDS[backend].runs_autocast else cfg.cast_precision
+        size = cfg.input_size or tuple(zoo.info(model).input_size[1:])
+        out = [RowSpec(model, backend, prec, batch, size, cfg.device) for batch in (cfg.latency_batch, cfg.throughput_batch)]
+        if backend == "compile" and cfg.cuda_graphs:
+            out.append(RowSpec(model, backend, prec, cfg.latency_batch, size, cfg.device, backend_options=(("mode", "reduce-overhead"),)))
+        return out
+
+    def dense(model: str) -> list[RowSpec]:
+        return [RowSpec(model, b, cfg.precision, 1, cfg.dense_size, cfg.device, features_only=True)
+                for b in cfg.backends if BACKENDS[b].runs_autocast]
+
+    plan = [r for m in head for b in cfg.backends if BACKENDS[b].runs_autocast for r in rows(m, b)]
+    plan += [r for b in cfg.backends if not BACKENDS[b].runs_autocast for m in head for r in rows(m, b)]
+    if "eager" in cfg.backends:
+        plan += [r for m in rest for r in rows(m, "eager")]
+    plan += [r for b in graph_backends for m in rest for r in rows(m, b)]
+    plan += [r for m in models for r in dense(m)]
+    return plan
 
 
 def write_outputs(rows: list[dict], out: Path, device: str) -> None:
-    (out / "table.md").write_text(render_table(rows, "github") + "\n")
-    (out / "table.tex").write_text(render_table(rows, "latex_booktabs") + "\n")
-    (out / "table.csv").write_text(render_table(rows, "csv"))
-    (out / "table_timm.csv").write_text(render_table(rows, "timm"))
+    """The four files of a suite folder; everything else renders from results.jsonl with `bench.py report`."""
+    (out / "table.md").write_text(render_table(rows, "github", ["all"]) + "\n")
     (out / "env.json").write_text(json.dumps(collect_env(device), indent=2) + "\n")
     plot(rows, out / "plot.png")
+
+
+def _budget(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise UsageError(f"--budget-min expects a positive number of minutes, got {text!r}.")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = OneLineParser(prog="python -m bench.suite", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="results folder, e.g. results/h100")
-    p.add_argument("--dry-run", action="store_true", help="CPU, one tiny model, tiny sizes: checks the plumbing only")
+    p.add_argument("--dry-run", action="store_true", help="CPU, two tiny models, tiny sizes: checks the plumbing only")
     p.add_argument("--backends", nargs="+", choices=tuple(BACKENDS), help="a subset of the backends")
-    p.add_argument("--budget-min", type=float, help="stop starting rows after this many minutes (default 24)")
+    p.add_argument("--budget-min", type=str, help="start no row after this many minutes (default 24)")
+    p.add_argument("--cuda-graphs", action="store_true", help="add compile's reduce-overhead (CUDA graphs) rows at batch 1")
     p.add_argument("--resume", action="store_true", help="skip rows already in OUT/results.jsonl")
     p.add_argument("--quiet", action="store_true")
     try:
         args = p.parse_args(argv)
         cfg = DRY_RUN if args.dry_run else FULL
         if args.backends:
-            cfg = replace(cfg, backends=tuple(args.backends))
+            cfg = replace(cfg, backends=tuple(dict.fromkeys(args.backends)))
         if args.budget_min is not None:
-            cfg = replace(cfg, budget_s=args.budget_min * 60)
+            cfg = replace(cfg, budget_s=_budget(args.budget_min) * 60)
+        cfg = replace(cfg, cuda_graphs=args.cuda_graphs)
         if cfg.device == "cuda":
             import torch
 
@@ -104,8 +144,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise UsageError("The GPU suite needs a CUDA device; use --dry-run to check it on CPU.")
         out = Path(args.out)
         check_output_path(out, "--out", folder=True)
-        if (out / "results.jsonl").exists():
-            check_output_path(out / "results.jsonl", "--out", text_file=True)
+        for name in ("results.jsonl", "table.md", "env.json", "plot.png"):
+            if (out / name).exists() or (out / name).is_symlink():
+                check_output_path(out / name, f"--out's {name}", text_file=name == "results.jsonl")
+        precision(cfg.precision)
     except (UsageError, OutputPathError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -115,17 +157,18 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(warmup=cfg.warmup, iters=cfg.iters, timeout_s=min(cfg.budget_s, 900.0))
     command = shlex.join(["python", "-m", "bench.suite", *argv])
     try:
-        rows = run(specs, settings, out / "results.jsonl", command, resume=args.resume, progress=not args.quiet, budget_s=cfg.budget_s)
+        outcome = run(specs, settings, out / "results.jsonl", command, resume=args.resume, progress=not args.quiet, budget_s=cfg.budget_s)
     except (KeyboardInterrupt, Interrupted) as exc:
-        name = str(exc) if isinstance(exc, Interrupted) else "SIGINT"
-        print(f"\nstopped by {name}: rows measured so far are kept in {out / 'results.jsonl'} (--resume continues).", file=sys.stderr)
-        return EXIT_INTERRUPTED[name]
-    write_outputs(rows, out, cfg.device)
-    print(render_table(rows, "github"))
-    left = len(specs) - len(rows)
-    unfinished = f"; {left} rows not run within the time budget (rerun with --resume)" if left else ""
-    print(f"{status_summary(rows)}{unfinished}; outputs in {out}", file=sys.stderr)
-    return exit_code(rows) if left == 0 else EXIT_FAILED
+        return stopped_exit_code(exc, out / "results.jsonl")
+    write_outputs(outcome.rows, out, cfg.device)
+    try:
+        emit(render_table(outcome.rows, "github") + "\n")
+    except OutputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_OUTPUT
+    unfinished = f"; {outcome.unfinished} rows not run within the time budget (rerun with --resume)" if outcome.unfinished else ""
+    print(f"{status_summary(outcome.rows)}{unfinished}; outputs in {out}", file=sys.stderr)
+    return exit_code(outcome.rows) if not outcome.unfinished else EXIT_FAILED
 
 
 if __name__ == "__main__":
