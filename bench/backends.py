@@ -9,7 +9,6 @@ one-sentence reason that goes into the row. A new backend is one class here plus
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import importlib.util
 import inspect
@@ -21,21 +20,17 @@ import torch
 import torch.nn as nn
 
 from .measure import is_cuda, synchronize
+from .options import option, positive_int
 from .precision import autocast, precision
 from .spec import RowSpec
 
 __all__ = ["BACKENDS", "BackendUnavailable", "Prepared", "Backend", "Eager", "Compile", "TensorRT", "OnnxRuntime",
-           "make_backend", "option", "options_label", "trt_arguments", "trt_partition", "first_line"]
+           "make_backend", "options_label", "trt_arguments", "trt_partition", "first_line"]
 
 
 def first_line(exc: BaseException, limit: int = 300) -> str:
     """An exception's message cut to its first line, for a row's one-sentence reason."""
     return (str(exc).strip().splitlines() or [""])[0][:limit]
-
-
-def option(flag: str, help: str, **argparse_kwargs: Any) -> dict[str, Any]:
-    """Field metadata declaring a backend option's command-line flag; the CLI takes one or more values (a sweep)."""
-    return {"flag": flag, "help": help, **argparse_kwargs}
 
 
 class BackendUnavailable(Exception):
@@ -184,17 +179,10 @@ class Compile(Backend):
         torch._dynamo.reset()
 
 
-def _positive(text: str) -> int:
-    """A command-line value that must be a whole number of at least 1."""
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return int(text)
-
-
 @dataclass(frozen=True)
 class TensorRTOptions:
     min_block_size: int = field(default=5, metadata=option(  # torch_tensorrt's default
-        "--trt-min-block-size", "TensorRT: smallest op island converted; smaller ones stay in PyTorch", type=_positive))
+        "--trt-min-block-size", "TensorRT: smallest op island converted; smaller ones stay in PyTorch", type=positive_int))
 
 
 def trt_arguments(compile_fn: Callable[..., Any], spec: RowSpec, options: TensorRTOptions) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -277,7 +265,7 @@ class TensorRT(Backend):
 @dataclass(frozen=True)
 class OnnxRuntimeOptions:
     opset: int | None = field(default=None, metadata=option(  # None: torch.onnx's default
-        "--onnx-opset", "ONNX Runtime: opset(s) to export (default torch.onnx's)", type=_positive))
+        "--onnx-opset", "ONNX Runtime: opset(s) to export (default torch.onnx's)", type=positive_int))
 
 
 class OnnxRuntime(Backend):

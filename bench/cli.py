@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
 from .backends import BACKENDS
+from .launchers import LAUNCHERS, LauncherUnavailable
+from .options import add_flags, flag_of, given
 from .paths import OutputPathError, check_distinct, check_output_path
 from .precision import ALIASES, PRECISIONS
 from .report import BY_NAME, FORMATS, plot, render_table, select_columns, status_summary, table_order
-from .results import iter_results, latest_rows
+from .results import iter_results, latest_rows, result_files
 from .spec import MODES, RANDOM_INIT, RowSpec, Settings
 
 EXIT_OK, EXIT_OUTPUT, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_FAILED = 0, 1, 2, 3, 4
@@ -155,24 +157,17 @@ def _precision(text: str) -> str:
     return value
 
 
-def _option_dest(backend: str, name: str) -> str:
-    return f"option_{backend}_{name}"
-
-
 def _add_backend_options(p: argparse.ArgumentParser) -> None:
-    """Each backend's own flags, from the metadata of its Options fields; each takes one value or a sweep."""
+    """Each backend's own flags, declared on its Options; each takes one value or a sweep."""
     for cls in BACKENDS.values():
-        for f in dataclasses.fields(cls.Options):
-            meta = dict(f.metadata)
-            flag, help_text = meta.pop("flag"), meta.pop("help")
-            p.add_argument(flag, nargs="+", dest=_option_dest(cls.name, f.name), metavar=f.name.upper(),
-                           help=f"{help_text} (default {f.default})", **meta)
+        add_flags(p, cls.name, cls.Options, sweep=True)
 
 
 def _option_sweeps(args: argparse.Namespace, backend: str) -> list[tuple[tuple[str, Any], ...]]:
     """Every combination of the backend's option values asked for, each as its non-default options."""
     fields = dataclasses.fields(BACKENDS[backend].Options)
-    values = [getattr(args, _option_dest(backend, f.name)) or [f.default] for f in fields]
+    chosen = given(args, backend, BACKENDS[backend].Options)
+    values = [chosen.get(f.name, [f.default]) for f in fields]
     return [tuple((f.name, v) for f, v in zip(fields, combo) if v != f.default) for combo in itertools.product(*values)]
 
 
@@ -216,7 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", nargs="+", metavar="[NAME=]PATH", default=[], help="local weights, per model")
     p.add_argument("--import", dest="imports", nargs="+", metavar="MODULE", default=[], help="modules that register extra models")
     p.add_argument("--out", metavar="FILE", help=f"results JSONL, appended to (default {DEFAULT_RESULTS})")
-    p.add_argument("--resume", action="store_true", help="skip rows already measured (status ok or oom) in --out")
+    p.add_argument("--resume", action="store_true", help="skip rows already measured (status ok or oom) in --out and its shards")
+    p.add_argument("--launcher", choices=tuple(LAUNCHERS), default="none",
+                   help="none: run here (default); local or slurm: submitit jobs (pip install 'rmt-zoo[cluster]')")
+    for cls in LAUNCHERS.values():
+        add_flags(p, cls.name, cls.Options, sweep=False)
     p.add_argument("--timeout", type=_positive_float, default=DEFAULTS.timeout_s, metavar="S",
                    help=f"seconds per worker process before it is killed (default {DEFAULTS.timeout_s:.0f})")
     _add_table_options(p)
@@ -299,10 +298,16 @@ def grid(args: argparse.Namespace) -> list[RowSpec]:
 def _check_choices(args: argparse.Namespace) -> None:
     """Combinations that could not mean what they say, refused before anything runs."""
     for cls in BACKENDS.values():
-        for f in dataclasses.fields(cls.Options):
-            if getattr(args, _option_dest(cls.name, f.name)) and cls.name not in args.backend:
-                flag = f.metadata["flag"]
+        for name in given(args, cls.name, cls.Options):
+            if cls.name not in args.backend:
+                flag = flag_of(cls.Options, name)
                 raise UsageError(f"{flag} applies to the {cls.name} backend, which is not among --backend ({' '.join(args.backend)}).")
+    for cls in LAUNCHERS.values():
+        for name in given(args, cls.name, cls.Options):
+            if cls.name != args.launcher:
+                raise UsageError(f"{flag_of(cls.Options, name)} applies to --launcher {cls.name}, not {args.launcher}.")
+    if args.launcher != "none" and args.device not in ("cpu", "cuda"):
+        raise UsageError(f"--launcher {args.launcher} gives each job its own GPU as 'cuda'; use --device cuda, not {args.device}.")
     if args.tf32 and not args.device.startswith("cuda"):
         raise UsageError(f"--tf32 switches CUDA matmuls and convolutions to TF32, and this run is on {args.device}; drop it.")
     if args.grad_checkpointing and args.bench == "infer":
@@ -438,15 +443,27 @@ def show(rows: list[dict[str, Any]], fmt: str, plot_path: str | None, columns: l
         print(f"plot: {plot_path}" if saved else "plot: no row has a finite throughput and a (measured or paper) top-1, so none was drawn", file=sys.stderr)
 
 
+def launcher_from(args: argparse.Namespace) -> Any:
+    """The chosen launcher with its options; one sentence when it cannot work here."""
+    cls = LAUNCHERS[args.launcher]
+    reason = cls.unavailable_reason()
+    if reason:
+        raise UsageError(reason)
+    return cls(cls.Options(**given(args, cls.name, cls.Options)))
+
+
 def run_main(argv: Sequence[str]) -> int:
-    from .runner import Interrupted, run, stopped_exit_code
+    from .runner import Interrupted, stopped_exit_code
 
     args = parse_run_args(argv)
+    launcher = launcher_from(args)
     command = shlex.join(["python", "bench.py", *argv])
     try:
-        outcome = run(grid(args), settings_from(args), args.out, command, resume=args.resume, progress=not args.quiet, verbose=args.verbose)
+        outcome = launcher.launch(grid(args), settings_from(args), Path(args.out), command, args.resume, not args.quiet, args.verbose)
     except (KeyboardInterrupt, Interrupted) as exc:
         return stopped_exit_code(exc, args.out)
+    except LauncherUnavailable as exc:
+        raise UsageError(str(exc)) from None
     show(outcome.rows, args.format, args.plot, args.columns)
     print(f"{status_summary(outcome.rows)}; results in {args.out}", file=sys.stderr)
     return exit_code(outcome.rows)
@@ -455,10 +472,10 @@ def run_main(argv: Sequence[str]) -> int:
 def report_main(argv: Sequence[str]) -> int:
     args = _report_parser().parse_args(argv)
     for path in args.results:
-        if not os.path.exists(path):
-            raise UsageError(f"Results file {path!r} does not exist.")
         if os.path.isdir(path):
             raise UsageError(f"Results file {path!r} is a folder; give the results .jsonl file in it.")
+        if not result_files(path):  # a launcher's run may have left only shards beside the name
+            raise UsageError(f"Results file {path!r} does not exist{' (nor any shard of it)' if not os.path.lexists(path) else ''}.")
     check_outputs({"--plot": args.plot}, {f"RESULTS {p}": p for p in args.results})
     if args.plot:
         _check_plot_format(args.plot)

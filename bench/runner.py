@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from .backends import BACKENDS
 from .env import REPO_ROOT, collect_env, device_name
-from .results import append_row, iter_results, latest_rows, utc_now
+from .results import append_row, iter_results, latest_rows, result_files, utc_now
 from .spec import RowSpec, Settings, row_key
 
 __all__ = ["run", "Outcome", "group_rows", "RESUMABLE", "Interrupted", "crash_reason", "stopped_exit_code"]
@@ -144,14 +144,15 @@ class Outcome:
 
 
 class _Run:
-    def __init__(self, settings: Settings, results: Path, command: str, verbose: bool, deadline: float | None, bar: tqdm):
+    def __init__(self, settings: Settings, results: Path, command: str, verbose: bool, deadline: float | None, bar: tqdm,
+                 run_id: str | None = None):
         self.settings = settings
         self.deadline = deadline
         self.results = results
         self.command = command
         self.verbose = verbose
         self.bar = bar
-        self.run_id = uuid.uuid4().hex[:12]
+        self.run_id = run_id or uuid.uuid4().hex[:12]
         self.rows: dict[tuple, dict[str, Any]] = {}  # this run's rows by key (machine-free)
 
     def _keep(self, row: dict[str, Any]) -> None:
@@ -264,18 +265,22 @@ def run(
     progress: bool = True,
     verbose: bool = False,
     budget_s: float | None = None,
+    resume_from: str | Path | None = None,
+    run_id: str | None = None,
 ) -> Outcome:
-    """Measure `specs` into `results` (read with its shards for --resume).
+    """Measure `specs` into `results`; --resume skips rows measured in `resume_from` (default `results`) or its
+    shards on this machine.
 
     With `budget_s`, no group starts after the budget is spent and a running one is stopped at its end; the rows
-    left out have no row at all, so `--resume` picks them up later.
+    left out have no row at all, so `--resume` picks them up later. `run_id` ties the rows of a launcher's jobs.
     """
     results = Path(results)
     machines = {d: device_name(d) for d in {s.device for s in specs}}
     done: dict[tuple, dict[str, Any]] = {}
-    if resume and results.exists():
+    source = Path(resume_from or results)
+    if resume and (source.exists() or result_files(source)):
         wanted = {s.key(machines[s.device]) for s in specs}
-        done = {k: r for r in latest_rows(iter_results(results)) if r.get("status") in RESUMABLE and (k := row_key(r)) in wanted}
+        done = {k: r for r in latest_rows(iter_results(source)) if r.get("status") in RESUMABLE and (k := row_key(r)) in wanted}
     todo = [s for s in specs if s.key(machines[s.device]) not in done]
     refused = _refusals(todo)
     deadline = None if budget_s is None else time.monotonic() + budget_s
@@ -289,7 +294,7 @@ def run(
         by_reason.setdefault((spec.backend, reason), []).append(spec)
     try:
         with tqdm(total=len(todo) - len(refused) + len(by_reason), unit="row", disable=not show, file=sys.stderr) as bar:
-            runner = _Run(settings, results, command, verbose, deadline, bar)
+            runner = _Run(settings, results, command, verbose, deadline, bar, run_id)
             for (_, reason), same in by_reason.items():  # one status row per backend and reason, not one per model
                 more = f" ({len(same) - 1} more row(s) of this backend were not run for the same reason.)" if len(same) > 1 else ""
                 runner.status_row(same[0], "unavailable", reason + more)
