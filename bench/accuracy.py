@@ -1,26 +1,112 @@
 """Top-1/top-5 on an ImageFolder-layout dataset, each model with its own preprocessing from the registry.
 
 Class indices follow ImageFolder's sorted folder names, which for ImageNet's synset folders (n01440764, ...) is
-the standard 1000-class order.
+the standard 1000-class order. Under torchrun the images are split over the ranks and the counts summed:
+
+    torchrun --nproc-per-node 8 -m bench.accuracy --model rmt_s --pretrained --data /path/to/imagenet/val
 """
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import sys
+from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
+import torch.distributed as dist
 from timm.data import create_transform
-from torch.utils.data import DataLoader, Dataset, Subset
-from torchvision.datasets import ImageFolder
-from torchvision.datasets.folder import IMG_EXTENSIONS
+from torch.utils.data import DataLoader, Dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader, has_file_allowed_extension
 
 import zoo
 
-__all__ = ["DataError", "check_data_dir", "evaluate", "preprocessing"]
+from .cli import EXIT_USAGE, OneLineParser, UsageError, _positive_int, input_sizes
+from .results import OutputPathError, check_output_path
+
+__all__ = ["DataError", "ImageList", "check_data_dir", "evaluate", "list_images", "main", "preprocessing"]
 
 
 class DataError(ValueError):
     """The --data folder is not a usable ImageFolder dataset."""
+
+
+@dataclass
+class ImageList:
+    """The images of an ImageFolder tree, in ImageFolder's order, and the links that led to something already listed."""
+
+    classes: list[str]
+    samples: list[tuple[str, int]] = field(default_factory=list)  # (path, class index)
+    repeats: list[tuple[str, str]] = field(default_factory=list)  # (path through a link, the real path already listed)
+
+    def repeat_note(self) -> str:
+        path, real = self.repeats[0]
+        return (f"{len(self.repeats)} symbolic link(s) in the data folder led to images or folders already counted "
+                f"(e.g. {path} -> {real}); each image was counted once.")
+
+
+def _classes(root: str) -> list[str]:
+    return sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
+
+
+def _walk(root: str, classes: list[str], repeats: list[tuple[str, str]]) -> Iterator[tuple[int, str, str]]:
+    """(class index, folder, file name) of each image, each real file once, and never a folder twice.
+
+    ImageFolder follows links, so a link to an ancestor re-walks the tree until the system's link limit (one image
+    counted 41 times). Here the real folders are walked first, so a file counts under the class folder it lies in;
+    links come after and add only what was not seen, under the class of the first link that reaches it.
+    """
+    visited = {os.path.realpath(root)}  # a link back to --data would list every class again under one label
+    files: set[str] = set()
+
+    def first_time(path: str, real: str) -> bool:
+        if real in files:
+            repeats.append((path, real))
+            return False
+        files.add(real)
+        return True
+
+    tops = [(index, os.path.join(root, name)) for index, name in enumerate(classes)]
+    links = deque((index, top) for index, top in tops if os.path.islink(top))  # class folders that are links first
+    stack = [(index, top) for index, top in tops if not os.path.islink(top)]
+    while stack or links:
+        if not stack:  # the real tree is done: follow the next link
+            index, path = links.popleft()
+            if os.path.isdir(path):
+                stack.append((index, path))
+            elif has_file_allowed_extension(path, IMG_EXTENSIONS) and first_time(path, os.path.realpath(path)):
+                yield index, os.path.dirname(path), os.path.basename(path)
+            continue
+        index, folder = stack.pop()
+        real_folder = os.path.realpath(folder)
+        if real_folder in visited:
+            repeats.append((folder, real_folder))
+            continue
+        visited.add(real_folder)
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:  # an unreadable folder is skipped, as os.walk (and so ImageFolder) skips it
+            continue
+        for entry in entries:
+            if entry.is_symlink():
+                links.append((index, entry.path))
+            elif entry.is_dir():
+                stack.append((index, entry.path))
+            elif has_file_allowed_extension(entry.name, IMG_EXTENSIONS):
+                if first_time(entry.path, os.path.join(real_folder, entry.name)):
+                    yield index, folder, entry.name
+
+
+def list_images(data_dir: str | Path) -> ImageList:
+    """Every image under the class folders of `data_dir`, each real file once, in ImageFolder's order."""
+    root = str(data_dir)
+    images = ImageList(_classes(root))
+    found = sorted(_walk(root, images.classes, images.repeats))
+    images.samples = [(os.path.join(folder, name), index) for index, folder, name in found]
+    return images
 
 
 def check_data_dir(path: str | Path) -> None:
@@ -28,10 +114,13 @@ def check_data_dir(path: str | Path) -> None:
     root = Path(path)
     if not root.is_dir():
         raise DataError(f"The --data folder {str(root)!r} does not exist.")
-    classes = [d for d in root.iterdir() if d.is_dir()]
+    try:
+        classes = _classes(str(root))
+    except OSError as exc:
+        raise DataError(f"The --data folder {str(root)!r} cannot be read ({exc.strerror or exc}).") from None
     if not classes:
         raise DataError(f"The --data folder {str(root)!r} has no class sub-folders (expected DIR/<class>/<image>).")
-    if not any(f.suffix.lower() in IMG_EXTENSIONS for d in classes for f in d.rglob("*")):
+    if next(_walk(str(root), classes, []), None) is None:
         raise DataError(f"The --data folder {str(root)!r} has class folders but no images in them.")
 
 
@@ -48,27 +137,50 @@ def preprocessing(model: str, input_size: tuple[int, int]) -> Callable:
     )
 
 
-class _Readable(Dataset):
-    """A dataset whose unreadable images (corrupt, truncated, not an image) come back as None instead of raising."""
+Skipped = tuple[int, str]  # (position in the evaluated list, path) of an image that could not be read
 
-    def __init__(self, dataset: Dataset, paths: list[str]):
-        self.dataset, self.paths = dataset, paths
-        self.skipped: list[str] = []
+
+class _Images(Dataset):
+    """(position, path, image, class) per sample, the image None where it cannot be read (corrupt, truncated, not
+    an image): the loop counts it and goes on, and the count survives DataLoader worker processes."""
+
+    def __init__(self, samples: list[tuple[int, str, int]], transform: Callable):
+        self.samples, self.transform = samples, transform
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return len(self.samples)
 
-    def __getitem__(self, index: int) -> Any:
+    def __getitem__(self, index: int) -> tuple[int, str, Any, int]:
+        position, path, target = self.samples[index]
         try:
-            return self.dataset[index]
+            image = self.transform(default_loader(path))
         except (OSError, ValueError, SyntaxError):  # what PIL raises for a file it cannot decode
-            self.skipped.append(self.paths[index])
-            return None
+            image = None
+        return position, path, image, target
 
 
-def _collate(items: list[Any]) -> Any:
-    items = [i for i in items if i is not None]
-    return torch.utils.data.default_collate(items) if items else None
+def _collate(items: list[tuple[int, str, Any, int]]) -> tuple[Any, list[Skipped]]:
+    """The readable images as one batch (None if there are none) and the (position, path) of the others."""
+    good = [(image, target) for _, _, image, target in items if image is not None]
+    skipped = [(position, path) for position, path, image, _ in items if image is None]
+    return (torch.utils.data.default_collate(good) if good else None), skipped
+
+
+def _rank_and_world() -> tuple[int, int]:
+    """This process's place in the torch.distributed group that torchrun set up; (0, 1) without one."""
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+
+
+def _over_ranks(counts: torch.Tensor, first_skipped: Skipped | None) -> tuple[torch.Tensor, Skipped | None]:
+    """The counts summed over the process group, and the skipped image that comes first in the dataset."""
+    if _rank_and_world()[1] == 1:
+        return counts, first_skipped
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    counts = counts.to(device)
+    dist.all_reduce(counts)
+    firsts: list[Skipped | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(firsts, first_skipped)
+    return counts.cpu(), min((f for f in firsts if f is not None), default=None)
 
 
 @torch.no_grad()
@@ -80,17 +192,29 @@ def evaluate(
     batch_size: int,
     max_samples: int | None,
     prepare_input: Callable[[torch.Tensor], torch.Tensor],
+    workers: int = 0,
 ) -> dict[str, Any]:
     """Accuracy of `forward` at `batch_size`; a short batch is padded because compiled shapes are static. Images
-    that cannot be read are skipped and counted, and the rest still count."""
-    folder = ImageFolder(data_dir, transform=preprocessing(model, input_size))
-    indices = list(range(len(folder)))
-    if max_samples is not None and max_samples < len(folder):
+    that cannot be read are skipped and counted, and the rest still count; a real file reached again through a
+    symbolic link counts once.
+
+    Under an initialised torch.distributed process group (torchrun) rank r reads images r, r + world_size, ...
+    and the counts are summed, so every image counts exactly once whatever the world size.
+    """
+    listing = list_images(data_dir)
+    picks = range(len(listing.samples))
+    if max_samples is not None and max_samples < len(listing.samples):
         # an even spread over classes, not the first few folders
-        indices = torch.linspace(0, len(folder) - 1, max_samples).round().long().tolist()
-    dataset = _Readable(Subset(folder, indices), [folder.samples[i][0] for i in indices])
-    correct1 = correct5 = seen = 0
-    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0, collate_fn=_collate):
+        picks = torch.linspace(0, len(listing.samples) - 1, max_samples).round().long().tolist()
+    rank, world = _rank_and_world()
+    mine = [(position, *listing.samples[i]) for position, i in enumerate(picks)][rank::world]
+    loader = DataLoader(_Images(mine, preprocessing(model, input_size)), batch_size=batch_size, shuffle=False,
+                        num_workers=workers, collate_fn=_collate)
+    counts = torch.zeros(4, dtype=torch.int64)  # top-1 hits, top-5 hits, images seen, images skipped
+    first_skipped: Skipped | None = None
+    for batch, skipped in loader:
+        counts[3] += len(skipped)
+        first_skipped = first_skipped or (skipped[0] if skipped else None)
         if batch is None:
             continue
         images, targets = batch
@@ -100,12 +224,137 @@ def evaluate(
         logits = forward(prepare_input(images))[:n].float().cpu()
         top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
         hits = top == targets[:, None]
-        correct1 += int(hits[:, 0].sum())
-        correct5 += int(hits.any(dim=-1).sum())
-        seen += n
-    result: dict[str, Any] = {"eval_samples": seen, "eval_skipped": len(dataset.skipped)}
-    if dataset.skipped:
-        result["accuracy_note"] = f"{len(dataset.skipped)} unreadable image(s) skipped, e.g. {dataset.skipped[0]}."
+        counts += torch.tensor([int(hits[:, 0].sum()), int(hits.any(dim=-1).sum()), n, 0])
+    counts, first_skipped = _over_ranks(counts, first_skipped)
+    correct1, correct5, seen, skipped_count = counts.tolist()
     if not seen:
-        raise DataError(f"None of the {len(dataset)} images could be read.")
-    return {"top1": 100.0 * correct1 / seen, "top5": 100.0 * correct5 / seen, **result}
+        raise DataError(f"None of the {skipped_count} images could be read.")
+    notes = [f"{skipped_count} unreadable image(s) skipped, e.g. {first_skipped[1]}."] if first_skipped else []
+    notes += [listing.repeat_note()] if listing.repeats else []
+    result: dict[str, Any] = {"top1": 100.0 * correct1 / seen, "top5": 100.0 * correct5 / seen,
+                              "eval_samples": seen, "eval_skipped": skipped_count}
+    return {**result, "accuracy_note": " ".join(notes)} if notes else result
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = OneLineParser(
+        prog="python -m bench.accuracy",
+        description="Top-1/top-5 of one model on an ImageFolder dataset, split over the ranks under torchrun.",
+        epilog="torchrun --nproc-per-node 8 -m bench.accuracy --model rmt_s --pretrained --data /path/to/imagenet/val",
+    )
+    p.add_argument("--model", required=True, metavar="NAME", help="zoo or timm model name")
+    p.add_argument("--data", required=True, metavar="DIR", help="ImageFolder-layout dataset (DIR/<class>/<image>)")
+    p.add_argument("--batch-size", type=_positive_int, default=64, metavar="N",
+                   help="images per forward, per rank (default 64)")
+    p.add_argument("--max-samples", type=_positive_int, metavar="N",
+                   help="evaluate at most N images (spread over the set)")
+    weights = p.add_mutually_exclusive_group()
+    weights.add_argument("--pretrained", action="store_true", help="the model's Hub weights")
+    weights.add_argument("--checkpoint", metavar="PATH",
+                         help="local weights (a file, or a folder from `python -m hub convert`)")
+    p.add_argument("--input-size", nargs="+", metavar="SIZE", help="N, HxW or timm's C H W (default: the model's own)")
+    p.add_argument("--device", choices=("cpu", "cuda"),
+                   help="cuda runs each rank on cuda:LOCAL_RANK (default: cuda when available)")
+    p.add_argument("--workers", type=int, default=0, metavar="N",
+                   help="DataLoader processes per rank that decode images (default 0)")
+    p.add_argument("--out", metavar="FILE", help="also write the result, as JSON, to FILE (rank 0)")
+    return p
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def parse_args(argv: Sequence[str], rank: int, local_world: int) -> argparse.Namespace:
+    """Parse and validate before any process group or model exists; every problem is a UsageError of one sentence.
+
+    Every rank checks what it reads; only rank 0 writes, so only rank 0 checks --out.
+    """
+    args = _parser().parse_args(argv)
+    try:
+        zoo.info(args.model)
+    except zoo.UnknownModelError as exc:
+        raise UsageError(str(exc)) from None
+    sizes = input_sizes(args.input_size) if args.input_size else [tuple(zoo.info(args.model).input_size[1:])]
+    if len(sizes) != 1:
+        raise UsageError(f"--input-size takes one size here, got {len(sizes)}.")
+    args.input_size = sizes[0]
+    if args.workers < 0:
+        raise UsageError(f"--workers must be 0 or more, got {args.workers}.")
+    try:
+        check_data_dir(args.data)
+    except DataError as exc:
+        raise UsageError(str(exc)) from None
+    args.data = Path(args.data).resolve()
+    if args.checkpoint and not Path(args.checkpoint).exists():
+        raise UsageError(f"Checkpoint {args.checkpoint!r} does not exist.")
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.device == "cuda" and torch.cuda.device_count() < local_world:
+        raise UsageError(f"--device cuda needs a GPU for each of the {local_world} rank(s) on this machine, and torch "
+                         f"sees {torch.cuda.device_count()}.")
+    if args.out and rank == 0:
+        out = Path(args.out).resolve()
+        if _inside(out, args.data) or (args.checkpoint and out == Path(args.checkpoint).resolve()):
+            raise UsageError(f"--out {args.out!r} would overwrite an input (the --data folder or the --checkpoint); "
+                             "write the result elsewhere.")
+        try:
+            check_output_path(args.out, "--out")
+        except OutputPathError as exc:
+            raise UsageError(str(exc)) from None
+    return args
+
+
+def _write_json(path: str, result: dict[str, Any]) -> None:
+    """Written beside the target and moved into place, so a crash never leaves half a file."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial")
+    partial.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    os.replace(partial, target)
+
+
+def _fail(message: str, local_rank: int) -> int:
+    """Every rank meets the same problem, so one line per machine says it."""
+    if local_rank == 0:
+        print(f"error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """One rank of `torchrun ... -m bench.accuracy` (or the only process, without torchrun)."""
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank, local_world = int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    try:
+        args = parse_args(list(sys.argv[1:] if argv is None else argv), rank, local_world)
+    except UsageError as exc:
+        return _fail(str(exc), local_rank)
+    device = f"cuda:{local_rank}" if args.device == "cuda" else "cpu"
+    try:
+        model = zoo.load(args.model, pretrained=args.checkpoint or args.pretrained).to(device).eval()
+    except Exception as exc:  # a bad checkpoint or an unreachable Hub: zoo says why in its first line
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return _fail(f"Could not build {args.model}: {reason}", local_rank)
+    if world > 1:
+        if args.device == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if args.device == "cuda" else "gloo")
+    try:
+        result = evaluate(model, args.model, args.input_size, str(args.data), args.batch_size, args.max_samples,
+                          lambda images: images.to(device), workers=args.workers)
+    except DataError as exc:  # no image could be read: every rank knows, after the counts were summed
+        return _fail(str(exc), local_rank)
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+    if rank == 0:
+        weights = args.checkpoint or ("hub" if args.pretrained else "random init")
+        result = {"model": args.model, "weights": weights, **result, "world_size": world, "data": str(args.data),
+                  "input_size": list(args.input_size)}
+        print(json.dumps(result))
+        if args.out:
+            _write_json(args.out, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
