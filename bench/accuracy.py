@@ -24,8 +24,8 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader, has_file
 
 import zoo
 
-from .cli import EXIT_USAGE, OneLineParser, UsageError, _positive_int, input_sizes
-from .results import OutputPathError, check_output_path
+from .args import EXIT_USAGE, OneLineParser, UsageError, input_sizes, positive_int
+from .paths import OutputPathError, check_distinct, check_output_path
 
 __all__ = ["DataError", "ImageList", "check_data_dir", "evaluate", "list_images", "main", "preprocessing"]
 
@@ -244,9 +244,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", required=True, metavar="NAME", help="zoo or timm model name")
     p.add_argument("--data", required=True, metavar="DIR", help="ImageFolder-layout dataset (DIR/<class>/<image>)")
-    p.add_argument("--batch-size", type=_positive_int, default=64, metavar="N",
+    p.add_argument("--batch-size", type=positive_int, default=64, metavar="N",
                    help="images per forward, per rank (default 64)")
-    p.add_argument("--max-samples", type=_positive_int, metavar="N",
+    p.add_argument("--max-samples", type=positive_int, metavar="N",
                    help="evaluate at most N images (spread over the set)")
     weights = p.add_mutually_exclusive_group()
     weights.add_argument("--pretrained", action="store_true", help="the model's Hub weights")
@@ -259,10 +259,6 @@ def _parser() -> argparse.ArgumentParser:
                    help="DataLoader processes per rank that decode images (default 0)")
     p.add_argument("--out", metavar="FILE", help="also write the result, as JSON, to FILE (rank 0)")
     return p
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    return path == folder or folder in path.parents
 
 
 def parse_args(argv: Sequence[str], rank: int, local_world: int) -> argparse.Namespace:
@@ -293,12 +289,9 @@ def parse_args(argv: Sequence[str], rank: int, local_world: int) -> argparse.Nam
         raise UsageError(f"--device cuda needs a GPU for each of the {local_world} rank(s) on this machine, and torch "
                          f"sees {torch.cuda.device_count()}.")
     if args.out and rank == 0:
-        out = Path(args.out).resolve()
-        if _inside(out, args.data) or (args.checkpoint and out == Path(args.checkpoint).resolve()):
-            raise UsageError(f"--out {args.out!r} would overwrite an input (the --data folder or the --checkpoint); "
-                             "write the result elsewhere.")
         try:
             check_output_path(args.out, "--out")
+            check_distinct({"--out": args.out}, {"--data": args.data, "--checkpoint": args.checkpoint})
         except OutputPathError as exc:
             raise UsageError(str(exc)) from None
     return args

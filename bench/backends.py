@@ -20,7 +20,8 @@ import torch
 import torch.nn as nn
 
 from .measure import is_cuda, synchronize
-from .options import option, positive_int
+from .args import positive_int
+from .options import option
 from .precision import autocast, precision
 from .spec import RowSpec
 

@@ -15,8 +15,12 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, NoReturn, Sequence
+from typing import Any, Sequence
 
+from .args import (
+    EXIT_FAILED, EXIT_OK, EXIT_OUTPUT, EXIT_UNAVAILABLE, EXIT_USAGE, OneLineParser, OutputError, UsageError, emit,
+    input_sizes, positive_float, positive_int,
+)
 from .backends import BACKENDS
 from .launchers import LAUNCHERS, LauncherUnavailable
 from .options import add_flags, flag_of, given
@@ -26,10 +30,8 @@ from .report import BY_NAME, FORMATS, plot, render_table, select_columns, status
 from .results import iter_results, latest_rows, result_files
 from .spec import MODES, RANDOM_INIT, RowSpec, Settings
 
-EXIT_OK, EXIT_OUTPUT, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_FAILED = 0, 1, 2, 3, 4
 DEFAULTS = Settings()
 DEFAULT_RESULTS = "bench_results/results.jsonl"
-MIN_SIDE, MAX_SIDE = 16, 16384  # below 16 pixels no model here has a feature map left; above, tensors overflow
 
 # `python bench.py` with no arguments: a small CPU comparison that finishes in a few minutes. One thread, because
 # on a shared machine OpenMP threads that compete for cores can slow a step twentyfold; --threads overrides it.
@@ -45,65 +47,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "iters": 20,
     },
 }
-
-
-class UsageError(Exception):
-    """Bad arguments; the message is the one sentence the user sees."""
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a bad argument as one sentence (UsageError) instead of usage text."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message[0].upper() + message[1:] + ("" if message.endswith(".") else "."))
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    if value > 1_000_000:
-        raise argparse.ArgumentTypeError(f"{text} is too large (at most 1000000)")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
-    return value
-
-
-def _side(text: str, given: str) -> int:
-    if not text.isdigit():
-        raise UsageError(f"--input-size expects N, HxW or timm's C H W with whole numbers, got {given!r}.")
-    value = int(text)
-    if not MIN_SIDE <= value <= MAX_SIDE:
-        raise UsageError(f"--input-size {given} is outside {MIN_SIDE}..{MAX_SIDE} pixels per side.")
-    return value
-
-
-def input_sizes(values: list[str]) -> list[tuple[int, int]]:
-    """`--input-size` values: N or HxW each, or timm's `C H W` (three plain numbers, the first a channel count)."""
-    if len(values) == 3 and all(v.isdigit() for v in values) and int(values[0]) <= 4:
-        if int(values[0]) != 3:
-            raise UsageError(f"--input-size {' '.join(values)} reads as timm's C H W, and these models take 3 channels, not {values[0]}.")
-        given = " ".join(values)
-        return [(_side(values[1], given), _side(values[2], given))]
-    sizes = []
-    for value in values:
-        parts = value.lower().split("x")
-        if len(parts) not in (1, 2):
-            raise UsageError(f"--input-size expects N, HxW or timm's C H W with whole numbers, got {value!r}.")
-        h, w = [_side(p, value) for p in parts] * (2 if len(parts) == 1 else 1)
-        sizes.append((h, w))
-    return sizes
 
 
 def parse_model_kwargs(values: list[str]) -> dict[str, Any]:
@@ -192,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", "-b", nargs="+", choices=tuple(BACKENDS), help="default: eager")
     p.add_argument("--precision", "-p", nargs="+", type=_precision, metavar="P",
                    help=f"{', '.join(PRECISIONS)}; amp = amp-fp16 as in timm, autocast = amp-bf16 (default fp32)")
-    p.add_argument("--batch-size", nargs="+", type=_positive_int, metavar="N", help="batch sweep (default: 1 256 on cuda, 1 8 on cpu)")
+    p.add_argument("--batch-size", nargs="+", type=positive_int, metavar="N", help="batch sweep (default: 1 256 on cuda, 1 8 on cpu)")
     p.add_argument("--input-size", nargs="+", metavar="SIZE", help="N or HxW each, or timm's C H W (default: each model's own)")
     p.add_argument("--img-size", type=int, metavar="N", help="timm's square input size, same as --input-size N")
     p.add_argument("--features-only", action="store_true", help="benchmark the dense-prediction backbone (stage outputs)")
@@ -201,12 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grad-checkpointing", action="store_true", help="train mode: gradient checkpointing where the model has it")
     _add_backend_options(p)
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    p.add_argument("--threads", type=_positive_int, help="CPU threads (torch.set_num_threads)")
+    p.add_argument("--threads", type=positive_int, help="CPU threads (torch.set_num_threads)")
     p.add_argument("--warmup", type=int, help=f"untimed iterations per row (default {DEFAULTS.warmup})")
-    p.add_argument("--iters", type=_positive_int, help=f"timed iterations per row (default {DEFAULTS.iters})")
+    p.add_argument("--iters", type=positive_int, help=f"timed iterations per row (default {DEFAULTS.iters})")
     p.add_argument("--no-flops", action="store_true", help="skip the GMAC count")
     p.add_argument("--data", metavar="DIR", help="ImageFolder-layout dataset for top-1/top-5")
-    p.add_argument("--max-samples", type=_positive_int, metavar="N", help="evaluate at most N images (spread over the set)")
+    p.add_argument("--max-samples", type=positive_int, metavar="N", help="evaluate at most N images (spread over the set)")
     p.add_argument("--pretrained", action="store_true", help="load each model's Hub weights")
     p.add_argument("--checkpoint", nargs="+", metavar="[NAME=]PATH", default=[], help="local weights, per model")
     p.add_argument("--import", dest="imports", nargs="+", metavar="MODULE", default=[], help="modules that register extra models")
@@ -216,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="none: run here (default); local or slurm: submitit jobs (pip install 'rmt-zoo[cluster]')")
     for cls in LAUNCHERS.values():
         add_flags(p, cls.name, cls.Options, sweep=False)
-    p.add_argument("--timeout", type=_positive_float, default=DEFAULTS.timeout_s, metavar="S",
+    p.add_argument("--timeout", type=positive_float, default=DEFAULTS.timeout_s, metavar="S",
                    help=f"seconds per worker process before it is killed (default {DEFAULTS.timeout_s:.0f})")
     _add_table_options(p)
     p.add_argument("--plot", metavar="PNG", help="save accuracy vs throughput (png, pdf or svg)")
@@ -417,23 +360,6 @@ def exit_code(rows: list[dict[str, Any]]) -> int:
     if statuses & {"oom", "error", "mismatch"}:
         return EXIT_FAILED
     return EXIT_UNAVAILABLE if "unavailable" in statuses else EXIT_OK
-
-
-class OutputError(Exception):
-    """Standard output could not be written (a full disk, a closed terminal); the message is one sentence."""
-
-
-def emit(text: str) -> None:
-    """Write to standard output. A reader that stops early (`| head -1`) ends the output quietly; any other write
-    error is an OutputError."""
-    try:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        # Python would report the broken pipe again when it flushes stdout at exit; point stdout at nothing.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    except OSError as exc:
-        raise OutputError(f"Standard output could not be written ({exc.strerror or exc}).") from None
 
 
 def show(rows: list[dict[str, Any]], fmt: str, plot_path: str | None, columns: list[str] | None = None) -> None:

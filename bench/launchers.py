@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .options import option, positive_int
+from .args import positive_int
+from .options import option
 from .env import REPO_ROOT, collect_env
 from .results import append_row, iter_results, shard_path, utc_now
 from .runner import Outcome, group_rows, run

@@ -9,19 +9,12 @@ import argparse
 import dataclasses
 from typing import Any
 
-__all__ = ["option", "positive_int", "add_flags", "given", "flag_of"]
+__all__ = ["option", "add_flags", "given", "flag_of"]
 
 
 def option(flag: str, help: str, **argparse_kwargs: Any) -> dict[str, Any]:
     """Field metadata declaring an option's command-line flag (argparse keywords such as type and choices)."""
     return {"flag": flag, "help": help, **argparse_kwargs}
-
-
-def positive_int(text: str) -> int:
-    """A command-line value that must be a whole number of at least 1."""
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return int(text)
 
 
 def _dest(owner: str, name: str) -> str:

@@ -86,7 +86,8 @@ def _same(a: Path, b: Path) -> bool:
 
 
 def check_distinct(outputs: Mapping[str, PathLike | None], inputs: Mapping[str, PathLike | None] | None = None) -> None:
-    """Refuse an output that is also an input or another output, or any path inside a folder that is an output.
+    """Refuse an output that is also an input or another output, any path inside a folder that is an output, and
+    an output inside a folder that is an input.
 
     Keys name the paths as the user gave them ("--out", "--plot", "RESULTS"); None values are skipped.
     """
@@ -104,4 +105,8 @@ def check_distinct(outputs: Mapping[str, PathLike | None], inputs: Mapping[str, 
                 raise OutputPathError(
                     f"{name} {str(other)!r} lies inside {out_name} {str(out)!r}, which is written over; choose a path "
                     f"outside it."
+                )
+            if role == "an input" and other.is_dir() and out.resolve().is_relative_to(other.resolve()):
+                raise OutputPathError(
+                    f"{out_name} {str(out)!r} lies inside the input folder {name} {str(other)!r}; write it elsewhere."
                 )

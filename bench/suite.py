@@ -22,7 +22,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .backends import BACKENDS
-from .cli import EXIT_FAILED, EXIT_OUTPUT, EXIT_USAGE, OneLineParser, OutputError, UsageError, emit, exit_code
+from .args import EXIT_FAILED, EXIT_OUTPUT, EXIT_USAGE, OneLineParser, OutputError, UsageError, emit
+from .cli import exit_code
 from .env import collect_env
 from .paths import OutputPathError, check_output_path
 from .precision import precision

@@ -146,8 +146,8 @@ def test_data_check_ends_on_a_loop_without_images(tmp_path):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--out", "{data}/a/0.png"], "would overwrite an input"),
-    (["--out", "{data}/a/0.png/r.json"], "would overwrite an input"),
+    (["--out", "{data}/a/0.png"], "lies inside the input folder --data"),
+    (["--out", "{data}/a/0.png/r.json"], "which is a file, not a folder"),
     (["--out", "{tmp}/file/r.json"], "which is a file, not a folder"),
     (["--out", "{tmp}"], "is a folder"),
     (["--pretrained", "--checkpoint", "{tmp}/file"], "not allowed with argument"),

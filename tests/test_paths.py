@@ -60,3 +60,10 @@ def test_input_inside_an_output_folder(tmp_path):
     with pytest.raises(OutputPathError, match="lies inside OUT_DIR"):
         check_distinct({"OUT_DIR": out}, {"--results": out / "results.jsonl"})
     check_distinct({"OUT_DIR": out}, {"--results": tmp_path / "results.jsonl"})
+
+
+def test_output_inside_an_input_folder(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    with pytest.raises(OutputPathError, match="lies inside the input folder --data"):
+        check_distinct({"--out": data / "val.json"}, {"--data": data})

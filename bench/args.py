@@ -1,0 +1,98 @@
+"""What every command line of the harness shares: one-sentence usage errors, exit codes, value parsers and a
+standard output that survives `| head -1`.
+
+bench.py, bench.suite and bench.accuracy parse with these, so a bad value reads the same everywhere.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import NoReturn
+
+__all__ = ["EXIT_OK", "EXIT_OUTPUT", "EXIT_USAGE", "EXIT_UNAVAILABLE", "EXIT_FAILED", "UsageError", "OneLineParser",
+           "OutputError", "emit", "positive_int", "positive_float", "input_sizes"]
+
+# 0 every row ok; 1 standard output could not be written; 2 bad arguments; 3 a backend is unavailable here (all
+# other rows ok); 4 a row ran out of memory, failed or disagreed with eager. Stopped by a signal: 128 + its number.
+EXIT_OK, EXIT_OUTPUT, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_FAILED = 0, 1, 2, 3, 4
+MIN_SIDE, MAX_SIDE = 16, 16384  # below 16 pixels no model here has a feature map left; above, tensors overflow
+MAX_COUNT = 1_000_000
+
+
+class UsageError(Exception):
+    """Bad arguments; the message is the one sentence the user sees."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad argument as one sentence (UsageError) instead of usage text."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message[0].upper() + message[1:] + ("" if message.endswith(".") else "."))
+
+
+def positive_int(text: str) -> int:
+    """A whole number from 1 to a million (batch sizes, iterations, option values)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    if value > MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"{text} is too large (at most {MAX_COUNT})")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number of seconds above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def _side(text: str, given: str) -> int:
+    if not text.isdigit():
+        raise UsageError(f"--input-size expects N, HxW or timm's C H W with whole numbers, got {given!r}.")
+    value = int(text)
+    if not MIN_SIDE <= value <= MAX_SIDE:
+        raise UsageError(f"--input-size {given} is outside {MIN_SIDE}..{MAX_SIDE} pixels per side.")
+    return value
+
+
+def input_sizes(values: list[str]) -> list[tuple[int, int]]:
+    """`--input-size` values: N or HxW each, or timm's `C H W` (three plain numbers, the first a channel count)."""
+    if len(values) == 3 and all(v.isdigit() for v in values) and int(values[0]) <= 4:
+        if int(values[0]) != 3:
+            raise UsageError(f"--input-size {' '.join(values)} reads as timm's C H W, and these models take 3 channels, not {values[0]}.")
+        given = " ".join(values)
+        return [(_side(values[1], given), _side(values[2], given))]
+    sizes = []
+    for value in values:
+        parts = value.lower().split("x")
+        if len(parts) not in (1, 2):
+            raise UsageError(f"--input-size expects N, HxW or timm's C H W with whole numbers, got {value!r}.")
+        h, w = [_side(p, value) for p in parts] * (2 if len(parts) == 1 else 1)
+        sizes.append((h, w))
+    return sizes
+
+
+class OutputError(Exception):
+    """Standard output could not be written (a full disk, a closed terminal); the message is one sentence."""
+
+
+def emit(text: str) -> None:
+    """Write to standard output. A reader that stops early (`| head -1`) ends the output quietly; any other write
+    error is an OutputError."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python would report the broken pipe again when it flushes stdout at exit; point stdout at nothing.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except OSError as exc:
+        raise OutputError(f"Standard output could not be written ({exc.strerror or exc}).") from None
