@@ -26,7 +26,7 @@ from .launchers import LAUNCHERS, LauncherUnavailable
 from .options import add_flags, flag_of, given
 from .paths import OutputPathError, check_distinct, check_output_path
 from .precision import ALIASES, PRECISIONS
-from .report import BY_NAME, FORMATS, plot, render_table, select_columns, status_summary, table_order
+from .report import BY_NAME, FORMATS, TERMINAL_FORMAT, plot, render_table, select_columns, status_summary, table_order
 from .results import iter_results, latest_rows, result_files
 from .spec import MODES, RANDOM_INIT, RowSpec, Settings
 
@@ -115,7 +115,8 @@ def _option_sweeps(args: argparse.Namespace, backend: str) -> list[tuple[tuple[s
 
 
 def _add_table_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--format", default="github", choices=FORMATS, metavar="FMT", help="table format: csv, timm (timm's benchmark CSV) or any tabulate format")
+    p.add_argument("--format", default=TERMINAL_FORMAT, choices=FORMATS, metavar="FMT",
+                   help=f"table format (default {TERMINAL_FORMAT}): github (Markdown), latex, csv, timm (timm's benchmark CSV) or any tabulate format")
     p.add_argument("--columns", nargs="+", metavar="NAME", choices=[*BY_NAME, "all"],
                    help=f"table columns ({', '.join(BY_NAME)}), or all; CSV keeps every field")
 

@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable
 
+import tabulate as tabulate_module
 from tabulate import tabulate, tabulate_formats
 
 from .backends import options_label
@@ -16,9 +17,11 @@ from .columns import Column, get_field
 from .measure import TRACKERS
 from .spec import STATUSES, backend_options
 
-__all__ = ["FORMATS", "COLUMNS", "DEFAULT_COLUMNS", "select_columns", "render_table", "table_order", "status_summary", "plot", "timm_csv"]
+__all__ = ["FORMATS", "TERMINAL_FORMAT", "COLUMNS", "DEFAULT_COLUMNS", "select_columns", "render_table", "table_order", "status_summary", "plot", "timm_csv"]
 
 FORMATS = ("csv", "timm", *tabulate_formats)
+# What a terminal shows by default: aligned columns without rules, so the default columns fit 120 characters.
+TERMINAL_FORMAT = "simple"
 
 
 def _backend_label(row: dict[str, Any]) -> str:
@@ -47,7 +50,7 @@ _IDENTITY = (
     Column("input", "input_size", label=_input_label, always=True, id="input"),
     Column("device", "env.device_name", id="device"),
     Column("params (M)", "params", ".2f", scale=1e-6),
-    Column("GMACs", "gmacs", ".3f", timm="gmacs", timm_digits=2),
+    Column("GMACs", "gmacs", ".2f", timm="gmacs", timm_digits=2),
 )
 _RESULTS = (
     Column("compile s", "compile_s", ".1f"),
@@ -156,7 +159,7 @@ def _shown(rows: list[dict[str, Any]], columns: tuple[Column, ...]) -> list[Colu
     return shown
 
 
-def render_table(rows: Iterable[dict[str, Any]], fmt: str = "github", columns: Iterable[str] | None = None) -> str:
+def render_table(rows: Iterable[dict[str, Any]], fmt: str = TERMINAL_FORMAT, columns: Iterable[str] | None = None) -> str:
     """One line per row and, of the chosen columns (default: `DEFAULT_COLUMNS`), those that have values; CSV
     formats keep every field. Rows that are not `ok` carry a numbered note with their reason under the table."""
     rows = list(rows)
@@ -176,7 +179,11 @@ def render_table(rows: Iterable[dict[str, Any]], fmt: str = "github", columns: I
                 notes.append(note)
             status += f" [{notes.index(note) + 1}]"
         body.append([c.cell(row) for c in shown] + [status])
-    table = tabulate(body, headers=[c.header for c in shown] + ["status"], tablefmt=fmt, disable_numparse=True)
+    padding, tabulate_module.MIN_PADDING = tabulate_module.MIN_PADDING, 0  # no extra blanks beside headers
+    try:
+        table = tabulate(body, headers=[c.header for c in shown] + ["status"], tablefmt=fmt, disable_numparse=True)
+    finally:
+        tabulate_module.MIN_PADDING = padding
     return table + "".join(f"\n[{i}] {note}" for i, note in enumerate(notes, 1))
 
 

@@ -399,7 +399,7 @@ def test_table_formats_and_notes():
     table = render_table(rows, "github", ["all"])
     lines = table.splitlines()
     assert lines[0].startswith("| model") and "p99 ms" in lines[0] and "img/s" in lines[0]
-    assert "| 28.29 " in lines[2] and "| 4.509 " in lines[2] and "| 800.0 " in lines[2]
+    assert "| 28.29 " in lines[2] and "| 4.51 " in lines[2] and "| 800.0 " in lines[2]
     assert table.count("unavailable [1]") == 2 and "oom [2]" in table  # identical reasons share one note
     assert lines[-2:] == [f"[1] {reason}", "[2] Out of memory at batch 256."]
     assert "\\begin{tabular}" in render_table(rows, "latex")

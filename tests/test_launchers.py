@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bench.results import load_results, result_files
-from test_bench_cli import FAULTY_MODELS, REPO, _env
+from test_bench_cli import FAULTY_MODELS, REPO, _env, table_lines
 
 pytest.importorskip("submitit", reason="the cluster extra is not installed")
 
@@ -47,14 +47,14 @@ def test_local_jobs_shards_a_killed_job_and_resume(tmp_path):
     # the worker runs batch 2 first (largest batch first), so the job died before killjob_net's batch 1 too
     slots = sorted(p.name for p in (tmp_path / "r.submitit").glob("*/slot*"))
     assert slots == ["slot0", "slot1"]  # the two groups ran as two jobs at a time; a dead job's logs are kept
-    assert "| killjob_net" in first.stdout and "1 job(s) died" in first.stderr
+    assert table_lines(first.stdout, "killjob_net") == 2 and "1 job(s) died" in first.stderr
 
     second = _bench(tmp_path, *args, "--resume")
     assert second.returncode == 4
     fresh = [r for r in load_results(out) if r["run_id"] != rows["test_convnext", 1]["run_id"]]
     assert sorted((r["model"], r["batch_size"]) for r in fresh) == [("killjob_net", 1), ("killjob_net", 2)]  # errors retried
     report = subprocess.run([sys.executable, "bench.py", "report", str(out)], cwd=REPO, env=_env(), capture_output=True, text=True)
-    assert report.returncode == 0 and report.stdout.count("| test_convnext") == 2 and report.stdout.count("| killjob_net") == 2
+    assert report.returncode == 0 and table_lines(report.stdout, "test_convnext") == 2 and table_lines(report.stdout, "killjob_net") == 2
 
 
 def test_launcher_arguments(tmp_path, capsys):
