@@ -4,7 +4,7 @@ train through).
 A backend is one class, listed once in `BACKENDS`: its `name`, its `Options` dataclass (each field declares its own
 command-line flag through `option(...)`, which the CLI adds and sweeps), which precisions it runs, the pip extra and
 distributions it needs, and `unavailable_reason`, asked once per run before any model is built. Each reports its
-own build cost (`compile_s`) and diagnostics; a backend that cannot run a row raises `BackendUnavailable` with the
+own build cost (`compile_s`) and diagnostics; a row it cannot run after all raises `spec.Unavailable` with the
 one-sentence reason that goes into the row. A new backend is one class here plus its extra in pyproject.toml.
 """
 from __future__ import annotations
@@ -25,21 +25,13 @@ from .options import option
 from .precision import autocast, precision
 from .spec import RowSpec
 
-__all__ = ["BACKENDS", "BackendUnavailable", "Prepared", "Backend", "Eager", "Compile", "TensorRT", "OnnxRuntime",
+__all__ = ["BACKENDS", "Prepared", "Backend", "Eager", "Compile", "TensorRT", "OnnxRuntime",
            "make_backend", "options_label", "trt_arguments", "trt_partition", "first_line"]
 
 
 def first_line(exc: BaseException, limit: int = 300) -> str:
     """An exception's message cut to its first line, for a row's one-sentence reason."""
     return (str(exc).strip().splitlines() or [""])[0][:limit]
-
-
-class BackendUnavailable(Exception):
-    """The backend cannot run this row here; str(exc) is the row's reason, `info` extra row fields."""
-
-    def __init__(self, reason: str, info: dict[str, Any] | None = None):
-        super().__init__(reason)
-        self.info = info or {}
 
 
 @dataclass

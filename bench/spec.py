@@ -55,6 +55,15 @@ def row_key(row: dict[str, Any], machine: str | None = None) -> tuple:
     return (*(_key_value(k, v) for k, v in values.items()), machine)
 
 
+class Unavailable(Exception):
+    """A row that cannot be measured here for a known reason (a model without the capability it needs, a backend
+    that refuses it); str(exc) is the row's one-sentence reason, `info` extra row fields. Its status: unavailable."""
+
+    def __init__(self, reason: str, info: dict[str, Any] | None = None):
+        super().__init__(reason)
+        self.info = info or {}
+
+
 @dataclass(frozen=True)
 class RowSpec:
     """One cell of the grid: model x backend (with its options) x precision x batch size x input size, plus the

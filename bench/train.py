@@ -12,9 +12,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .backends import Backend, BackendUnavailable
+from .backends import Backend
 from .precision import autocast
-from .spec import RowSpec
+from .spec import RowSpec, Unavailable
 
 __all__ = ["training_step"]
 
@@ -23,7 +23,7 @@ def training_step(model: nn.Module, backend: Backend, spec: RowSpec, x: torch.Te
     """A closure running one training step on `x`, and the fields that describe it."""
     if spec.grad_checkpointing:
         if not hasattr(model, "set_grad_checkpointing"):
-            raise BackendUnavailable(f"{spec.model} has no set_grad_checkpointing, so gradient checkpointing cannot be switched on.")
+            raise Unavailable(f"{spec.model} has no set_grad_checkpointing, so gradient checkpointing cannot be switched on.")
         model.set_grad_checkpointing(True)
     with torch.no_grad():
         classes = model(x[:1]).shape[-1]

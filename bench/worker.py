@@ -21,13 +21,13 @@ import torch.nn as nn
 import zoo
 
 from .accuracy import evaluate
-from .backends import Backend, BackendUnavailable, first_line, make_backend
+from .backends import Backend, first_line, make_backend
 from .env import collect_env
 from .flops import FLOPS_NOTE, count_gmacs, count_params
 from .measure import TRACKERS, Loop, enable_tf32, is_cuda, numerics, synchronize, time_steps
 from .precision import make_input, precision, prepare_model
 from .results import append_row, utc_now
-from .spec import RowSpec, Settings
+from .spec import RowSpec, Settings, Unavailable
 from .train import training_step
 
 Measured = tuple[dict[str, Any], Loop]
@@ -154,7 +154,7 @@ class Worker:
             for tracker in trackers:
                 fields.update(tracker.fields(loop))
             return fields
-        except BackendUnavailable as exc:
+        except Unavailable as exc:
             return {"status": "unavailable", "reason": str(exc), **exc.info}
         except Exception as exc:
             if _is_oom(exc):

@@ -20,14 +20,14 @@ from PIL import Image
 import zoo
 from bench import cli
 from bench.accuracy import DataError, check_data_dir, evaluate
-from bench.backends import BACKENDS, BackendUnavailable, Compile, Eager, OnnxRuntime, TensorRT, TensorRTOptions, make_backend
+from bench.backends import BACKENDS, Compile, Eager, OnnxRuntime, TensorRT, TensorRTOptions, make_backend
 from bench.flops import count_gmacs, count_params
 from bench.measure import Energy, Latency, Memory, latency_stats, time_steps
 from bench.report import plot, render_table, status_summary, table_order
 from bench.paths import check_output_path
 from bench.results import SCHEMA_VERSION, append_row, latest_rows, load_results
 from bench.runner import crash_reason
-from bench.spec import RowSpec
+from bench.spec import RowSpec, Unavailable
 from bench.train import training_step
 from bench.worker import _drop_path_rate, output_difference
 
@@ -618,7 +618,7 @@ def test_training_step_updates_the_weights_in_train_mode(precision):
 def test_fp16_training_uses_a_grad_scaler_and_checkpointing_needs_model_support():
     _, fields = training_step(zoo.load("test_convnext"), Eager(), _spec("eager", "amp-fp16", mode="train"), torch.randn(2, 3, 64, 64))
     assert fields["grad_scaler"] is True
-    with pytest.raises(BackendUnavailable, match="has no set_grad_checkpointing"):
+    with pytest.raises(Unavailable, match="has no set_grad_checkpointing"):
         training_step(nn.Sequential(nn.Flatten(), nn.Linear(12, 3)), Eager(), _spec("eager", mode="train", grad_checkpointing=True), torch.randn(2, 3, 2, 2))
 
 

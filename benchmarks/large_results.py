@@ -1,0 +1,103 @@
+"""Does a large results file change what is measured, or what reading it costs? (issue: 100k rows made rmt_t at
+64x64 measure 227 ms instead of 35 ms, and `report` take 16 s and 1.5 GB.)
+
+    python benchmarks/large_results.py --rows 100000 --rounds 3 --out results/cpu/large_results
+
+Writes a results file of N realistic rows (each with 50 step times), then, interleaved round by round, times
+`bench.py` on rmt_t at 64x64, batch 1, appending to an empty file and to the large one (the worker's own p50 per
+run; medians over rounds); then `bench.py report` on the large file: wall time and the peak resident memory of the
+process. Writes large_results.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks._common import machine  # noqa: E402
+from bench.results import load_results  # noqa: E402
+
+RUN = ["--models", "rmt_t", "--input-size", "64", "--batch-size", "1", "--warmup", "5", "--iters", "30", "--no-flops",
+       "--threads", "1", "--quiet", "--device", "cpu"]
+# Runs `bench.py report` in this child and prints its own peak RSS (kB) last, on stderr.
+REPORT = ("import resource, sys; sys.argv = ['bench.py', 'report', sys.argv[1]]; from bench.cli import main; "
+          "code = main(); print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(code)")
+
+
+def write_rows(path: Path, n: int) -> None:
+    """N distinct rows shaped like real ones (the key varies by batch size and model, so none collapses)."""
+    times = [35.0 + 0.01 * i for i in range(50)]
+    with open(path, "w") as f:
+        for i in range(n):
+            row = {"schema_version": 3, "model": f"m{i % 97}", "backend": "eager", "precision": "fp32", "batch_size": 1 + i,
+                   "input_size": [64, 64], "device": "cpu", "status": "ok", "reason": "", "params": 14_334_216, "gmacs": 0.22,
+                   "latency_ms": {"mean": 35.0, "p50": 35.0, "p90": 36.0, "p95": 36.5, "p99": 37.0, "std": 0.3, "min": 34.8},
+                   "times_ms": times, "throughput_ips": 28.6, "peak_mem_mb": 700.0, "env": {"device_name": "CPU", "torch": "x"},
+                   "command": "python bench.py", "timestamp": "2026-11-27T00:00:00+00:00"}
+            f.write(json.dumps(row) + "\n")
+
+
+def measured_p50(out: Path) -> float:
+    """The p50 (ms) of the newest rmt_t row in `out`, after one run appending to it."""
+    proc = subprocess.run([sys.executable, "bench.py", *RUN, "--out", str(out)], cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"bench.py failed: {proc.stderr.strip().splitlines()[-1]}")
+    return [r for r in load_results(out, quiet=True) if r["model"] == "rmt_t"][-1]["latency_ms"]["p50"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rows", type=int, default=100_000)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=ROOT / "results" / "cpu" / "large_results")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        empty, large = Path(tmp) / "empty.jsonl", Path(tmp) / "large.jsonl"
+        t0 = time.perf_counter()
+        write_rows(large, args.rows)
+        size_mb = large.stat().st_size / 2**20
+        print(f"wrote {args.rows} rows ({size_mb:.0f} MiB) in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        p50 = {"empty": [], "large": []}
+        for r in range(args.rounds):  # interleaved: the machine's load hits both alike
+            p50["empty"].append(measured_p50(empty))
+            p50["large"].append(measured_p50(large))
+            print(f"round {r + 1}: empty {p50['empty'][-1]:.2f} ms, large {p50['large'][-1]:.2f} ms", file=sys.stderr)
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-c", REPORT, str(large)], cwd=ROOT, capture_output=True, text=True)
+        report_s = time.perf_counter() - t0
+        report_mb = int(proc.stderr.strip().splitlines()[-1]) / 1024
+    result = {
+        "command": "python benchmarks/large_results.py " + " ".join(sys.argv[1:]),
+        "rows": args.rows, "file_mib": size_mb, "bench_args": RUN,
+        "p50_ms": {k: {"runs": v, "median": statistics.median(v)} for k, v in p50.items()},
+        "report": {"wall_s": report_s, "peak_rss_mb": report_mb, "exit_code": proc.returncode},
+        "machine": machine(threads=1),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "large_results.json").write_text(json.dumps(result, indent=2) + "\n")
+    e, g = result["p50_ms"]["empty"]["median"], result["p50_ms"]["large"]["median"]
+    md = f"""# A large results file: measurement and reading cost
+
+`{result['command']}` on {result['machine'].get('cpu')} (load average {result['machine']['load_avg']}).
+
+| results file appended to | rmt_t 64x64 batch 1, p50 ms (median of {args.rounds} interleaved runs) |
+|---|---|
+| empty | {e:.2f} |
+| {args.rows} rows ({size_mb:.0f} MiB) | {g:.2f} ({g / e:.2f}x) |
+
+`bench.py report` on the {args.rows}-row file: {report_s:.1f} s, peak RSS {report_mb:.0f} MB (exit code {proc.returncode}).
+"""
+    (args.out / "large_results.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
