@@ -405,7 +405,7 @@ def test_cli_convert_errors_are_one_line(rmt_release, tmp_path, capsys):
          "Cannot read the results file"),
         (["convert", "--model", "rmt_t", str(tmp_path / "e" / "model.safetensors"), str(tmp_path / "e")],
          "lies inside"),
-        (["convert", "--model", "rmt_t", str(rmt_release[0]), str(tmp_path / "f.txt" / "out")], "which is a file, not a folder"),
+        (["convert", "--model", "rmt_t", str(rmt_release[0]), str(tmp_path / "f.txt" / "out")], "Not a directory"),
         (["convert", "--model", "rmt_t", str(rmt_release[0]), str(tmp_path / "f.txt")], "is a file; give a folder"),
     ]
     for argv, needle in cases:
