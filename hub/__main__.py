@@ -9,10 +9,11 @@ import sys
 from pathlib import Path
 
 from zoo import CheckpointError, CheckpointMismatchError, UnknownModelError
+from zoo._hub import REVISION_ENV, WeightsUnavailableError, fetch_weights
+from zoo.rmt import ORG_ENV
 
 from .card import ResultsError
 from .convert import ConversionError, convert
-from .download import ORG_ENV, REVISION_ENV, WeightsUnavailableError, fetch_weights
 from .publish import PublishError, plan_upload, publish
 
 _EXPECTED = (

@@ -13,6 +13,7 @@ import timm
 from huggingface_hub import EvalResult, ModelCardData
 
 import zoo
+from bench.columns import get_field
 
 __all__ = ["ResultsError", "read_results", "render_card"]
 
@@ -74,15 +75,6 @@ def read_results(path: Path, model_name: str) -> list[dict]:
     ]
 
 
-def _field(row: dict, dotted: str) -> Any:
-    value: Any = row
-    for part in dotted.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return row.get(dotted)
-        value = value[part]
-    return value
-
-
 def _cell(value: Any) -> str:
     if value is None:
         return "-"
@@ -100,7 +92,7 @@ def _measured_table(rows: list[dict], source: str | None) -> str:
     head = "| " + " | ".join(c for c, _ in _MEASURED) + " |\n|" + "---|" * len(_MEASURED) + "\n"
     body = ""
     for row in rows:
-        cells = [_field(row, f) for _, f in _MEASURED]
+        cells = [get_field(row, f) for _, f in _MEASURED]
         if cells[4] is None:  # rows without environment details still name their device
             cells[4] = row.get("device")
         body += "| " + " | ".join(_cell(c) for c in cells) + " |\n"

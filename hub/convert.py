@@ -11,7 +11,6 @@ import datetime as dt
 import hashlib
 import json
 import shutil
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from importlib import metadata
@@ -23,6 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 import zoo
+from bench.env import git_commit
 from bench.paths import OutputPathError, check_output_path
 from zoo import ModelInfo, read_checkpoint
 from zoo._hub import hub_repo_id
@@ -63,19 +63,6 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _converter_commit() -> str | None:
-    """The commit of this checkout, so a published file can be traced to the converter that made it."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if out.returncode != 0:
-        return None
-    return out.stdout.strip() or None
 
 
 def _outputs(name: str, weights: Path, x: torch.Tensor) -> torch.Tensor:
@@ -122,7 +109,8 @@ def _config(
             "key_layout": "as in the source checkpoint",
             "weights_sha256": file_sha256(weights),
             "converter": f"rmt-zoo {metadata.version('rmt-zoo')} (python -m hub convert)",
-            "converter_commit": _converter_commit(),
+            # the checkout that converted, '-dirty' when it had uncommitted changes (as benchmark rows record it)
+            "converter_commit": git_commit(),
             "converted_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "check": check,
         },

@@ -12,8 +12,9 @@ from pathlib import Path
 from huggingface_hub import HfApi, constants
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError, OfflineModeIsEnabled
 
+from zoo._hub import CLIENT_ERRORS
+
 from .convert import CARD, CONFIG, WEIGHTS, file_sha256
-from .download import CLIENT_ERRORS
 
 __all__ = ["PublishError", "UploadPlan", "plan_upload", "publish"]
 

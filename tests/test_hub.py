@@ -26,7 +26,8 @@ import zoo
 from hub.__main__ import main
 from hub.card import read_results, render_card
 from hub.convert import ConversionError, convert, file_sha256
-from hub.download import ORG_ENV, REVISION_ENV, WeightsUnavailableError, fetch_weights
+from zoo._hub import REVISION_ENV, WeightsUnavailableError, fetch_weights
+from zoo.rmt import ORG_ENV
 from hub.publish import PublishError, plan_upload, publish
 from conftest import FIXTURES
 
