@@ -13,7 +13,6 @@ import json
 import shutil
 import tempfile
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from bench.paths import OutputPathError, check_output_path
 from zoo import ModelInfo, read_checkpoint
 from zoo._hub import hub_repo_id
 
+from . import __version__
 from .card import read_results, render_card
 
 __all__ = ["ConversionError", "Conversion", "convert", "WEIGHTS", "CONFIG", "CARD", "ENTRY_MEANING"]
@@ -108,7 +108,7 @@ def _config(
             "weights": ENTRY_MEANING.get(entry, entry),
             "key_layout": "as in the source checkpoint",
             "weights_sha256": file_sha256(weights),
-            "converter": f"rmt-zoo {metadata.version('rmt-zoo')} (python -m hub convert)",
+            "converter": f"rmt-zoo {__version__} (python -m hub convert)",
             # the checkout that converted, '-dirty' when it had uncommitted changes (as benchmark rows record it)
             "converter_commit": git_commit(),
             "converted_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

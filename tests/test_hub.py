@@ -6,7 +6,9 @@ key lists in tests/fixtures (RMT, InternImage) or from timm's own layout (Swin, 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 import pickle
@@ -160,6 +162,33 @@ def rmt_converted(rmt_release, tmp_path_factory: pytest.TempPathFactory) -> Path
     return out
 
 
+@pytest.fixture(scope="module")
+def bare_converted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """`python -m hub convert` of a bare safetensors state dict, run as from a source tree that is not installed
+    (no rmt-zoo distribution metadata) under umask 027: (OUT_DIR, what it printed)."""
+    import importlib.metadata
+
+    def not_installed(real):
+        def lookup(name, *args, **kwargs):
+            if name.lower().replace("_", "-") == "rmt-zoo":
+                raise importlib.metadata.PackageNotFoundError(name)
+            return real(name, *args, **kwargs)
+
+        return lookup
+
+    tmp = tmp_path_factory.mktemp("bare")
+    save_file(official_state("rmt_t"), str(tmp / "rmt_t.safetensors"))
+    old_umask = os.umask(0o027)
+    try:
+        with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(io.StringIO()) as printed:
+            for name in ("version", "distribution", "metadata"):
+                mp.setattr(importlib.metadata, name, not_installed(getattr(importlib.metadata, name)))
+            assert main(["convert", "--model", "rmt_t", str(tmp / "rmt_t.safetensors"), str(tmp / "out")]) == 0
+    finally:
+        os.umask(old_umask)
+    return tmp / "out", printed.getvalue()
+
+
 # ---------------------------------------------------------------- convert
 
 
@@ -183,6 +212,19 @@ def test_convert_takes_reported_weights_keeps_official_keys_and_records_provenan
     assert config["pretrained_cfg"]["hf_hub_id"] == f"{ORG}/rmt_t"
     assert config["pretrained_cfg"]["crop_pct"] == 0.875 and config["pretrained_cfg"]["interpolation"] == "bicubic"
     assert config["paper_metrics"]["top1"] == 82.4
+
+
+def test_convert_runs_from_a_source_tree_without_installed_metadata(bare_converted):
+    """The version has one home (hub.__version__, which pyproject.toml reads), so no metadata lookup can fail."""
+    import tomllib
+
+    import hub
+
+    config = json.loads((bare_converted[0] / "config.json").read_text())
+    assert config["provenance"]["converter"] == f"rmt-zoo {hub.__version__} (python -m hub convert)"
+    pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    assert "version" not in pyproject["project"] and "version" in pyproject["project"]["dynamic"]
+    assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "hub.__version__"}
 
 
 def test_convert_takes_ema_for_models_that_report_it(tmp_path):
