@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 
 import zoo
 from bench.env import git_commit
-from bench.paths import OutputPathError, check_output_path
+from bench.paths import OutputPathError, check_distinct, check_output_path
 from zoo import ModelInfo, read_checkpoint
 from zoo._hub import hub_repo_id
 
@@ -117,15 +117,15 @@ def _config(
     })  # fmt: skip
 
 
-def _check_destination(out_dir: Path, source: Path, force: bool) -> None:
-    """Refuse, before any work, a destination that would mix old and new files or lose the source."""
+def _check_destination(out_dir: Path, source: Path, results: Path | None, force: bool) -> None:
+    """Refuse, before any work, a destination that would mix old and new files or destroy an input (the source or
+    the results file inside an OUT_DIR that --force replaces whole)."""
     try:
         check_output_path(out_dir, "OUT_DIR", folder=True)
         check_output_path(out_dir.resolve().parent, "The folder OUT_DIR goes into", folder=True)  # renames happen there
+        check_distinct({"OUT_DIR": out_dir}, {"SOURCE": source, "--results": results})
     except OutputPathError as e:
         raise ConversionError(str(e)) from None
-    if source.resolve().is_relative_to(out_dir.resolve()):
-        raise ConversionError(f"{source} lies inside {out_dir}, which conversion replaces; choose another OUT_DIR.")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
         raise ConversionError(
             f"{out_dir} already holds files, which `publish` would upload beside the new ones; "
@@ -164,8 +164,9 @@ def convert(
     """
     model_info = zoo.info(model_name)
     source, out_dir = Path(source), Path(out_dir)
-    rows = read_results(Path(results), model_name) if results is not None else []
-    _check_destination(out_dir, source, force)
+    results = Path(results) if results is not None else None
+    _check_destination(out_dir, source, results, force)
+    rows = read_results(results, model_name) if results is not None else []
     state, entry = read_checkpoint(source, model_info.prefer_ema)
     source_sha256 = file_sha256(source)
     x = torch.randn((1, *model_info.input_size), generator=torch.Generator().manual_seed(0))
@@ -192,7 +193,7 @@ def convert(
         check = {"strict_load": True, "input_shape": list(x.shape), "max_abs_output_diff": diff, "tolerance": TOLERANCE}
         config = _config(model_info, source, source_sha256, entry, weights, check, org)
         (staged / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-        (staged / CARD).write_text(render_card(config, rows, Path(results).name if results is not None else None))
+        (staged / CARD).write_text(render_card(config, rows, results.name if results is not None else None))
         _swap_into_place(staged, out_dir)
     finally:
         shutil.rmtree(staged, ignore_errors=True)

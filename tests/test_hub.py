@@ -446,8 +446,6 @@ def test_cli_convert_errors_are_one_line(rmt_release, tmp_path, capsys):
         (["convert", "--model", "rmt_t", str(tmp_path / "nope.pth"), str(tmp_path / "d")], "does not exist"),
         (["convert", "--model", "rmt_t", str(rmt_release[0]), str(tmp_path / "e"), "--results", str(tmp_path / "r")],
          "Cannot read the results file"),
-        (["convert", "--model", "rmt_t", str(tmp_path / "e" / "model.safetensors"), str(tmp_path / "e")],
-         "lies inside"),
         (["convert", "--model", "rmt_t", str(rmt_release[0]), str(tmp_path / "f.txt" / "out")], "Not a directory"),
         (["convert", "--model", "rmt_t", str(rmt_release[0]), str(tmp_path / "f.txt")], "is a file; give a folder"),
     ]
@@ -483,6 +481,30 @@ def test_convert_refuses_a_non_empty_folder_and_force_replaces_it_whole(rmt_rele
     assert sorted(_folder_state(out)) == ["README.md", "config.json", "model.safetensors"]
     assert json.loads((out / "config.json").read_text())["architecture"] == "rmt_t"
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staged or old folder left behind
+
+
+def test_convert_refuses_an_out_dir_holding_an_input_before_writing(rmt_release, tmp_path, capsys):
+    """OUT_DIR is replaced whole under --force, so any input inside it, however named, would be lost."""
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copy(rmt_release[0], out / "RMT-T.pth")
+    (out / "results.jsonl").write_text('{"model": "rmt_t"}\n')
+    (tmp_path / "link.jsonl").symlink_to(out / "results.jsonl")
+    (tmp_path / "out-link").symlink_to(out)
+    before = _folder_state(out)
+    source = str(rmt_release[0])
+    cases = [
+        ([source, str(out), "--results", str(out / "results.jsonl")], "--results"),
+        ([str(out / "RMT-T.pth"), str(out)], "SOURCE"),
+        ([source, str(out), "--results", str(tmp_path / "link.jsonl")], "--results"),
+        ([source, str(tmp_path / "out-link"), "--results", str(out / "results.jsonl")], "--results"),
+    ]
+    for argv, named in cases:
+        assert main(["convert", "--model", "rmt_t", *argv, "--force"]) == 1, argv
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {named} ") and err.count("\n") == 1 and "lies inside OUT_DIR" in err, err
+        assert _folder_state(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.jsonl", "out", "out-link"]
 
 
 def test_interrupted_reconversion_leaves_the_previous_folder_untouched(rmt_release, tmp_path, monkeypatch):
