@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import secrets
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ ENTRY_MEANING = {
     "model": "non-EMA weights",
     "state_dict": "non-EMA weights",
     "module": "non-EMA weights",
-    "(bare)": "the file's only state dict",
+    "(bare)": "only state dict",  # read after "the": "took the only state dict (entry '(bare)') of FILE"
 }
 
 
@@ -133,6 +134,14 @@ def _check_destination(out_dir: Path, source: Path, results: Path | None, force:
         )
 
 
+def _new_folder(parent: Path, prefix: str) -> Path:
+    """A fresh, uniquely named folder with the mode a plain mkdir gives under the umask (mkdtemp's 0700 would
+    stay on the finished OUT_DIR and shut out everyone else)."""
+    folder = parent / f"{prefix}{secrets.token_hex(8)}"
+    folder.mkdir()
+    return folder
+
+
 def _swap_into_place(staged: Path, out_dir: Path) -> None:
     """Replace `out_dir` by the finished `staged` folder with renames, so no reader sees a half-written mix."""
     if not out_dir.exists():
@@ -173,7 +182,7 @@ def convert(
     reference = _outputs(model_name, source, x)
 
     out_dir.resolve().parent.mkdir(parents=True, exist_ok=True)
-    staged = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.resolve().parent))
+    staged = _new_folder(out_dir.resolve().parent, f".{out_dir.name}.partial-")
     try:
         weights = staged / WEIGHTS
         # clone: safetensors refuses tensors that share storage, which torch.load can hand back.
@@ -183,6 +192,8 @@ def convert(
             save_file(tensors, str(weights), metadata={"format": "pt"})
         except SafetensorError as e:  # not an OSError, though it mostly reports one
             raise ConversionError(f"Writing {out_dir / WEIGHTS} failed ({e}).") from None
+        # safetensors creates its file 0600; give it what open() would under the umask, as the folder's mkdir did.
+        weights.chmod(staged.stat().st_mode & 0o666)
         del tensors
         diff = (reference - _outputs(model_name, weights, x)).abs().max().item()
         if not diff <= TOLERANCE:

@@ -13,6 +13,7 @@ import json
 import os
 import pickle
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -225,6 +226,14 @@ def test_convert_runs_from_a_source_tree_without_installed_metadata(bare_convert
     pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
     assert "version" not in pyproject["project"] and "version" in pyproject["project"]["dynamic"]
     assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "hub.__version__"}
+
+
+def test_converted_folder_has_a_plain_mkdir_mode_and_reads_well(bare_converted):
+    out, printed = bare_converted
+    assert stat.S_IMODE(out.stat().st_mode) == 0o750  # 0777 under the umask 027, not mkdtemp's 0700
+    assert {stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == {0o640}
+    assert printed.startswith("Took the only state dict (entry '(bare)') of rmt_t.safetensors: "), printed
+    assert "the the" not in printed.lower() and "the the" not in (out / "README.md").read_text().lower()
 
 
 def test_convert_takes_ema_for_models_that_report_it(tmp_path):
