@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--org", help=f"Hub organisation the RMT repo will live in (default: ${ORG_ENV} or the zoo's)")
     c.add_argument("--force", action="store_true", help="replace a non-empty OUT_DIR whole (no old file is kept)")
 
-    p = sub.add_parser("publish", help="upload a converted folder to a Hub repo (created if missing)")
+    p = sub.add_parser("publish", help="upload a converted folder's regular files (never links) to a Hub repo")
     p.add_argument("folder", type=Path)
     p.add_argument("--repo", help="ORG/NAME (default: where zoo.load looks for this model)")
     p.add_argument("--dry-run", action="store_true", help="list what would be uploaded where, and stop")

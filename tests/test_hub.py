@@ -17,6 +17,7 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import timm
@@ -188,6 +189,37 @@ def bare_converted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]
     finally:
         os.umask(old_umask)
     return tmp / "out", printed.getvalue()
+
+
+@pytest.fixture
+def fake_hub(monkeypatch: pytest.MonkeyPatch) -> dict:
+    """HfApi replaced by a recorder: the repos it would create and each commit's files with their bytes."""
+    calls: dict = {"repos": [], "commits": []}
+
+    class FakeApi:
+        def __init__(self, token=None):
+            calls["token"] = token
+
+        def create_repo(self, repo_id, **kwargs):
+            calls["repos"].append((repo_id, kwargs))
+
+        def create_commit(self, repo_id, operations, *, commit_message, repo_type=None, **kwargs):
+            files = {}
+            for op in operations:
+                op.path_or_fileobj.seek(0)
+                files[op.path_in_repo] = op.path_or_fileobj.read()
+            calls["commits"].append(
+                {"repo_id": repo_id, "repo_type": repo_type, "message": commit_message, "files": files}
+            )
+            return SimpleNamespace(commit_url=f"https://hf.test/{repo_id}/commit/1")
+
+        def __getattr__(self, name):
+            raise AssertionError(f"HfApi.{name} is not how this project uploads")
+
+    import hub.publish
+
+    monkeypatch.setattr(hub.publish, "HfApi", FakeApi)
+    return calls
 
 
 # ---------------------------------------------------------------- convert
@@ -577,28 +609,72 @@ def test_publish_dry_run_lists_files_and_target_without_network(rmt_converted, o
     assert "is not a converted folder" in capsys.readouterr().err
 
 
-def test_publish_creates_repo_and_uploads_exactly_the_planned_files(rmt_converted, monkeypatch):
-    calls = {}
-
-    class FakeApi:
-        def __init__(self, token=None):
-            calls["token"] = token
-
-        def create_repo(self, repo_id, **kwargs):
-            calls["create"] = (repo_id, kwargs)
-
-        def upload_folder(self, **kwargs):
-            calls["upload"] = kwargs
-            return type("Commit", (), {"commit_url": f"https://hf.test/{kwargs['repo_id']}/commit/1"})()
-
-    import hub.publish
-
-    monkeypatch.setattr(hub.publish, "HfApi", FakeApi)
+def test_publish_creates_repo_and_uploads_exactly_the_planned_files(rmt_converted, fake_hub):
     url = publish(plan_upload(rmt_converted, "me/rmt_t", private=True), token="tok")
     assert url == "https://hf.test/me/rmt_t/commit/1"
-    assert calls["token"] == "tok"
-    assert calls["create"] == ("me/rmt_t", {"repo_type": "model", "private": True, "exist_ok": True})
-    assert sorted(calls["upload"]["allow_patterns"]) == ["README.md", "config.json", "model.safetensors"]
+    assert fake_hub["token"] == "tok"
+    assert fake_hub["repos"] == [("me/rmt_t", {"repo_type": "model", "private": True, "exist_ok": True})]
+    [commit] = fake_hub["commits"]
+    assert commit["repo_type"] == "model"
+    assert {k: len(v) for k, v in commit["files"].items()} == {
+        f: (rmt_converted / f).stat().st_size for f in ("README.md", "config.json", "model.safetensors")
+    }
+
+
+def _publishable_copy(converted: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of a converted folder, and beside it a folder of secrets that must never be uploaded."""
+    folder, outside = tmp_path / "pub", tmp_path / "outside"
+    shutil.copytree(converted, folder)
+    outside.mkdir()
+    (outside / "token").write_text("hf_secret")
+    (outside / "eval.md").write_text("s3cr3")  # the size of notes/eval.md, so only the file's identity tells them apart
+    (folder / "notes").mkdir()
+    (folder / "notes" / "eval.md").write_text("notes")
+    return folder, outside
+
+
+def test_publish_uploads_regular_files_inside_the_folder_only_and_says_what_it_skipped(
+    rmt_converted, tmp_path, fake_hub, capsys
+):
+    folder, outside = _publishable_copy(rmt_converted, tmp_path)
+    (folder / "token").symlink_to(outside / "token")
+    (folder / "linked").symlink_to(outside)
+    (folder / "notes" / "token").symlink_to("../../outside/token")
+    os.mkfifo(folder / "pipe")
+    (folder / ".git").mkdir()
+    skipped = ["token (a symbolic link", "linked (a symbolic link", "notes/token (a symbolic link",
+               "pipe (not a regular file", ".git (hidden)"]  # fmt: skip
+    for dry_run in (["--dry-run"], []):
+        assert main(["publish", str(folder), *dry_run]) == 0
+        out = capsys.readouterr().out
+        assert all(f"skipped  {s}" in out for s in skipped), out
+    [commit] = fake_hub["commits"]
+    assert sorted(commit["files"]) == ["README.md", "config.json", "model.safetensors", "notes/eval.md"]
+    assert commit["files"]["notes/eval.md"] == b"notes" and b"hf_secret" not in b"".join(commit["files"].values())
+
+    (folder / "config.json").rename(outside / "config.json")
+    (folder / "config.json").symlink_to(outside / "config.json")  # a file publish needs may not be a link either
+    with pytest.raises(PublishError, match=r"config.json \(a symbolic link"):
+        plan_upload(folder)
+
+
+@pytest.mark.parametrize("swap", ["file for a link", "folder for a link", "file for another file"])
+def test_publish_sends_the_planned_files_or_nothing(swap, rmt_converted, tmp_path, fake_hub):
+    """Whatever is swapped in between the plan (the dry run's listing) and the upload is not sent."""
+    folder, outside = _publishable_copy(rmt_converted, tmp_path)
+    plan = plan_upload(folder)
+    notes = folder / "notes" / "eval.md"
+    if swap == "file for a link":
+        notes.unlink()
+        notes.symlink_to(outside / "eval.md")
+    elif swap == "folder for a link":
+        notes.parent.rename(tmp_path / "notes-old")
+        notes.parent.symlink_to(outside)
+    else:
+        (outside / "eval.md").rename(notes)
+    with pytest.raises(PublishError, match="nothing was uploaded"):
+        publish(plan)
+    assert fake_hub["repos"] == [] and fake_hub["commits"] == []
 
 
 def test_python_m_hub_download_offline(rmt_converted, offline_cache, capsys):
