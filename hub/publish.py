@@ -15,16 +15,38 @@ import stat
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
+import torch
 from huggingface_hub import CommitOperationAdd, HfApi, constants
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError, OfflineModeIsEnabled
+from huggingface_hub.utils import validate_repo_id
+from safetensors import SafetensorError, safe_open
 
+import zoo
+from bench.columns import get_field
+from zoo._checkpoint import check_fits
 from zoo._hub import CLIENT_ERRORS
+from zoo.timm_models import _filter_fn
 
 from .convert import CARD, CONFIG, WEIGHTS, file_sha256
 
-__all__ = ["PublishError", "PlannedFile", "UploadPlan", "list_files", "plan_upload", "publish"]
+__all__ = ["PublishError", "PlannedFile", "UploadPlan", "list_files", "plan_upload", "publish", "check_repo_id"]
+
+# What publish reads from config.json: (field, type, required), parents before their fields.
+_CONFIG_FIELDS: tuple[tuple[str, type, bool], ...] = (
+    ("architecture", str, True),
+    ("family", str, True),
+    ("pretrained_cfg", dict, True),
+    ("pretrained_cfg.hf_hub_id", str, False),
+    ("provenance", dict, True),
+    ("provenance.weights_sha256", str, True),
+)
+_JSON_TYPES = {
+    dict: "an object", list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean",
+    type(None): "null",
+}  # fmt: skip
+
 
 class PublishError(RuntimeError):
     """A folder that is not ready to publish, or an upload the Hub refused."""
@@ -75,6 +97,14 @@ def _size(n: float) -> str:
     raise AssertionError("unreachable")
 
 
+def check_repo_id(repo_id: str) -> None:
+    """Refuse a malformed repo id before anything is staged or listed as a target."""
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise PublishError(f"{repo_id!r} is not a valid Hub repo id (ORG/NAME: letters, digits, -, _ and .).") from None
+
+
 def list_files(folder: Path) -> tuple[list[PlannedFile], list[str]]:
     """The regular files inside `folder`, and each entry skipped with why (hidden, a link, not a regular file);
     links are never followed, so nothing outside the folder is listed."""
@@ -101,6 +131,44 @@ def list_files(folder: Path) -> tuple[list[PlannedFile], list[str]]:
     return files, skipped
 
 
+def _read_config(path: Path) -> dict[str, Any]:
+    """config.json with the fields publish relies on checked for type, so a hand edit is named, not a traceback."""
+    try:
+        config = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise PublishError(f"{path} is not a config.json written by `python -m hub convert` (not JSON).") from None
+    if not isinstance(config, dict):
+        raise PublishError(f"{path} holds {_JSON_TYPES[type(config)]}, not the object `python -m hub convert` writes.")
+    for dotted, expected, required in _CONFIG_FIELDS:
+        value = get_field(config, dotted)
+        if (value is None and required) or (value is not None and type(value) is not expected):
+            found = "missing" if value is None else f"{_JSON_TYPES[type(value)]} {json.dumps(value)[:40]}"
+            raise PublishError(
+                f"{path}: field {dotted} is {found}, not {_JSON_TYPES[expected]}; convert again rather than edit it."
+            )
+    return config
+
+
+def _check_weights_fit(weights: Path, name: str) -> None:
+    """config.json's architecture must still describe the weights: the names and shapes in the safetensors header
+    (no tensor is read) against the model built on the meta device, after the family's mapping of official keys."""
+    try:
+        with torch.device("meta"):
+            model = zoo.load(name)
+    except zoo.UnknownModelError:
+        raise PublishError(
+            f"{weights.parent / CONFIG} names the architecture {name!r}, which is no model of this zoo or timm."
+        ) from None
+    try:
+        with safe_open(str(weights), "pt") as f:
+            state = {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
+    except SafetensorError as e:
+        raise PublishError(f"{weights} is not a readable safetensors file ({e}).") from None
+    mapping = _filter_fn(model)
+    hint = f"config.json names {name} as its architecture; convert again with the model the weights are for."
+    check_fits(model, mapping(state, model) if mapping else state, str(weights), hint)
+
+
 def plan_upload(folder: str | Path, repo_id: str | None = None, private: bool = False) -> UploadPlan:
     """Check that `folder` is a converted folder and list what would be uploaded where; no network."""
     folder = Path(folder)
@@ -113,20 +181,24 @@ def plan_upload(folder: str | Path, repo_id: str | None = None, private: bool = 
             f"{folder} is not a converted folder with regular files to publish ({'; '.join(why)}); "
             f"make one with `python -m hub convert --model NAME SRC.pth {folder}`."
         )
-    try:
-        config = json.loads((folder / CONFIG).read_text())
-        name, family, carded = config["architecture"], config["family"], config["pretrained_cfg"]["hf_hub_id"]
-    except (ValueError, KeyError, TypeError):
-        raise PublishError(f"{folder / CONFIG} is not a config.json written by `python -m hub convert`.") from None
-    recorded = (config.get("provenance") or {}).get("weights_sha256")
+    config = _read_config(folder / CONFIG)
+    name, family = config["architecture"], config["family"]
+    carded = config["pretrained_cfg"].get("hf_hub_id")
+    recorded = config["provenance"]["weights_sha256"]
     if recorded != file_sha256(folder / WEIGHTS):
         raise PublishError(
             f"{folder / WEIGHTS} is not the file that was converted (its sha256 differs from config.json's "
             f"{recorded}); convert again rather than publish a mismatched folder."
         )
+    _check_weights_fit(folder / WEIGHTS, name)
+    if repo_id is None and carded is None:
+        raise PublishError(f"{folder / CONFIG} names no repo (no pretrained_cfg.hf_hub_id); pass --repo ORG/NAME.")
     repo_id = repo_id or carded
+    check_repo_id(repo_id)
     warning = None
-    if repo_id != carded:
+    if carded is None:
+        warning = f"The card in {folder} names no repo to load from (config.json has no hf_hub_id); convert again."
+    elif repo_id != carded:
         org, repo_name = repo_id.split("/", 1) if "/" in repo_id else ("", repo_id)
         if family == "rmt" and repo_name == name:
             fix = f"convert again with --org {org} so the card matches"

@@ -677,6 +677,53 @@ def test_publish_sends_the_planned_files_or_nothing(swap, rmt_converted, tmp_pat
     assert fake_hub["repos"] == [] and fake_hub["commits"] == []
 
 
+def test_publish_names_a_config_field_of_the_wrong_type(rmt_converted, tmp_path, capsys):
+    folder = tmp_path / "pub"
+    shutil.copytree(rmt_converted, folder)
+    config = json.loads((folder / "config.json").read_text())
+    cases = [
+        ({**config, "provenance": "hand edit"}, 'field provenance is a string "hand edit", not an object'),
+        ({**config, "architecture": 5}, "field architecture is a number 5, not a string"),
+        ({**config, "pretrained_cfg": []}, "field pretrained_cfg is a list [], not an object"),
+        ({**config, "pretrained_cfg": {**config["pretrained_cfg"], "hf_hub_id": 7}}, "pretrained_cfg.hf_hub_id is a"),
+        ({**config, "provenance": {**config["provenance"], "weights_sha256": None}}, "weights_sha256 is missing"),
+        ({k: v for k, v in config.items() if k != "family"}, "field family is missing, not a string"),
+        ([config], "holds a list, not the object"),
+    ]
+    for edited, needle in cases:
+        (folder / "config.json").write_text(json.dumps(edited))
+        assert main(["publish", str(folder), "--dry-run"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and one_sentence(err[len("error: "):].strip()) and needle in err, err
+
+
+def test_publish_refuses_a_config_that_no_longer_describes_the_folder(rmt_converted, tmp_path, capsys):
+    folder = tmp_path / "pub"
+    shutil.copytree(rmt_converted, folder)
+    config = json.loads((folder / "config.json").read_text())
+
+    def dry_run(edited: dict, *args: str) -> tuple[int, str, str]:
+        (folder / "config.json").write_text(json.dumps(edited))
+        code = main(["publish", str(folder), "--dry-run", *args])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    no_repo = {**config, "pretrained_cfg": {k: v for k, v in config["pretrained_cfg"].items() if k != "hf_hub_id"}}
+    code, out, err = dry_run(no_repo)
+    assert code == 1 and "names no repo" in err and "--repo ORG/NAME" in err and "None" not in out + err
+    code, out, err = dry_run(no_repo, "--repo", "me/rmt_t")
+    assert code == 0 and f"{constants.ENDPOINT}/me/rmt_t " in out and "names no repo to load from" in err
+    assert dry_run(config, "--repo", "me/rmt/t")[:3:2] == (1, "error: 'me/rmt/t' is not a valid Hub repo id "
+                                                           "(ORG/NAME: letters, digits, -, _ and .).\n")  # fmt: skip
+
+    for architecture, needle in [("rmt_s", "does not fit rmt_s"), ("internimage_t", "does not fit internimage_t"),
+                                 ("nope", "'nope', which is no model")]:  # fmt: skip
+        code, out, err = dry_run({**config, "architecture": architecture})
+        assert code == 1 and err.count("\n") == 1 and needle in err and "Would upload" not in out, err
+    assert "config.json names rmt_s as its architecture" in dry_run({**config, "architecture": "rmt_s"})[2]
+    assert dry_run(config)[0] == 0  # the official q/k/v keys fit rmt_t once mapped, as the zoo's loader maps them
+
+
 def test_python_m_hub_download_offline(rmt_converted, offline_cache, capsys):
     put_in_cache(offline_cache, f"{ORG}/rmt_t", {"model.safetensors": rmt_converted / "model.safetensors"})
     env = {**os.environ, "HF_HUB_CACHE": str(offline_cache), "HF_HUB_OFFLINE": "1", ORG_ENV: ORG}
