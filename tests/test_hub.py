@@ -500,6 +500,18 @@ def test_cli_convert_errors_are_one_line(rmt_release, tmp_path, capsys):
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staged folder left behind
 
 
+def test_cli_convert_prints_the_zoos_own_refusal_of_an_unsafe_pickle(tmp_path, capsys):
+    """The zoo words why a file was refused (unsafe, not damaged); hub convert passes that sentence through."""
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pth"
+    evil.write_bytes(evil_pickle({"model": official_state("rmt_t")}, marker))
+    with pytest.raises(zoo.CheckpointError) as refused:
+        zoo.read_checkpoint(evil)
+    assert main(["convert", "--model", "rmt_t", str(evil), str(tmp_path / "out")]) == 1
+    assert capsys.readouterr().err == f"error: {refused.value}\n"
+    assert "damaged" not in str(refused.value) and not marker.exists() and not (tmp_path / "out").exists()
+
+
 def _folder_state(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
