@@ -6,6 +6,7 @@ harness's results JSONL; with no rows the card says so instead of quoting anythi
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -43,16 +44,16 @@ _FAMILIES: dict[str, tuple[str, str]] = {
     ),
 }
 
-# (column, field of a harness row; dots step into nested objects)
-_MEASURED: tuple[tuple[str, str], ...] = (
-    ("backend", "backend"),
-    ("precision", "precision"),
-    ("batch", "batch_size"),
-    ("input", "input_size"),
-    ("device", "env.device_name"),
-    ("img/s", "throughput_ips"),
-    ("latency p50 (ms)", "latency_ms.p50"),
-    ("top-1 (%)", "top1"),
+# (column, field of a harness row (dots step into nested objects), measured: must be a finite number when present)
+_MEASURED: tuple[tuple[str, str, bool], ...] = (
+    ("backend", "backend", False),
+    ("precision", "precision", False),
+    ("batch", "batch_size", False),
+    ("input", "input_size", False),
+    ("device", "env.device_name", False),
+    ("img/s", "throughput_ips", True),
+    ("latency p50 (ms)", "latency_ms.p50", True),
+    ("top-1 (%)", "top1", True),
 )
 
 
@@ -61,18 +62,40 @@ class ResultsError(ValueError):
 
 
 def read_results(path: Path, model_name: str) -> list[dict]:
-    """The harness's newest rows measured for `model_name` (status "ok"), read by the harness's own reader."""
+    """The harness's newest rows measured for `model_name` (status "ok"), read by the harness's own reader; a row
+    whose measured numbers are not all finite numbers is left out, with one note on stderr."""
     from bench import latest_rows, load_results
 
     try:
         rows = load_results(path)
     except OSError as e:
         raise ResultsError(f"Cannot read the results file {path} ({e.strerror or e}).") from None
-    return [
-        row
-        for row in latest_rows(r for r in rows if isinstance(r, dict))
-        if row.get("model") == model_name and row.get("status") == "ok"
-    ]
+    kept, left_out = [], []
+    for row in latest_rows(rows):
+        if row.get("model") != model_name or row.get("status") != "ok":
+            continue
+        bad = [why for _, field, measured in _MEASURED if measured and (why := _not_a_number(row, field))]
+        if bad:
+            left_out.append(", ".join(bad))
+        else:
+            kept.append(row)
+    if left_out:
+        shown = "; ".join(left_out[:3]) + ("; ..." if len(left_out) > 3 else "")
+        print(
+            f"note: left {len(left_out)} row(s) of {path} for {model_name} off the card: a measured field is not a "
+            f"finite number ({shown}).",
+            file=sys.stderr,
+        )
+    return kept
+
+
+def _not_a_number(row: dict, field: str) -> str | None:
+    """`field=value` where a measured field holds anything but a finite number (a string, NaN, inf, true), so it
+    never reaches the card as a measurement; None where it is a number or not measured at all."""
+    value = get_field(row, field)
+    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)):
+        return None
+    return f"{field}={value!r}"
 
 
 def _cell(value: Any) -> str:
@@ -89,10 +112,10 @@ def _measured_table(rows: list[dict], source: str | None) -> str:
     if not rows:
         where = f" in `{source}`" if source else ""
         return f"No measured numbers yet: this project's benchmark harness has no results for this model{where}."
-    head = "| " + " | ".join(c for c, _ in _MEASURED) + " |\n|" + "---|" * len(_MEASURED) + "\n"
+    head = "| " + " | ".join(c for c, _, _ in _MEASURED) + " |\n|" + "---|" * len(_MEASURED) + "\n"
     body = ""
     for row in rows:
-        cells = [get_field(row, f) for _, f in _MEASURED]
+        cells = [get_field(row, f) for _, f, _ in _MEASURED]
         if cells[4] is None:  # rows without environment details still name their device
             cells[4] = row.get("device")
         body += "| " + " | ".join(_cell(c) for c in cells) + " |\n"

@@ -758,3 +758,21 @@ def test_card_rows_come_from_the_harness_reader_newest_first_wins(tmp_path):
     path.write_text("\n".join(json.dumps(r) for r in (old, {**old, "throughput_ips": 2.0})) + "\n{cut short\n")
     rows = read_results(path, "rmt_t")
     assert [r["throughput_ips"] for r in rows] == [2.0]  # a re-measured row replaces the older number
+
+
+def test_card_shows_only_finite_numbers_as_measured(rmt_converted, tmp_path, capsys):
+    base = {"model": "rmt_t", "backend": "eager", "precision": "fp32", "batch_size": 1, "input_size": [224, 224],
+            "device": "cpu", "status": "ok", "throughput_ips": 12.5}  # fmt: skip
+    bad = [{"throughput_ips": float("nan")}, {"latency_ms": {"p50": float("inf")}}, {"top1": "82.4"},
+           {"throughput_ips": True}, {"throughput_ips": -float("inf")}]  # fmt: skip
+    rows = [base] + [{**base, "batch_size": 2 + i, **fields} for i, fields in enumerate(bad)]
+    path = tmp_path / "results.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))  # json writes NaN and Infinity, and reads them back
+    kept = read_results(path, "rmt_t")
+    assert kept == [base]
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"note: left 5 row(s) of {path} for rmt_t off the card: "), err
+    assert "throughput_ips=nan" in err and "top1='82.4'" in err and err.rstrip().endswith("; ...).")
+    text = render_card(json.loads((rmt_converted / "config.json").read_text()), kept, path.name)
+    table = text[text.index("## Measured numbers"):text.index("## Provenance")]
+    assert table.count("\n| eager |") == 1 and "| 12.50 |" in table
