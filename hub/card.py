@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import timm
-from huggingface_hub import EvalResult, ModelCardData
+from huggingface_hub import EvalResult, ModelCardData, constants
 
 import zoo
 from bench.columns import get_field
 
-__all__ = ["ResultsError", "read_results", "render_card"]
+__all__ = ["ResultsError", "read_results", "render_card", "hub_url"]
 
 
 # family: (what it is, official code)
@@ -55,6 +55,11 @@ _MEASURED: tuple[tuple[str, str, bool], ...] = (
     ("latency p50 (ms)", "latency_ms.p50", True),
     ("top-1 (%)", "top1", True),
 )
+
+
+def hub_url(repo_id: str, repo_type: str = "model") -> str:
+    """The web page of a Hub repo (datasets live under /datasets/)."""
+    return f"{constants.ENDPOINT}/{'datasets/' if repo_type == 'dataset' else ''}{repo_id}"
 
 
 class ResultsError(ValueError):
@@ -167,8 +172,11 @@ def _front_matter(config: dict, code: str) -> str:
     ).to_yaml()
 
 
-def render_card(config: dict, rows: list[dict], results_name: str | None = None) -> str:
-    """README.md for a folder described by `config` (see hub.convert), with measured `rows` if any."""
+def render_card(
+    config: dict, rows: list[dict], results_name: str | None = None, results_dataset: str | None = None
+) -> str:
+    """README.md for a folder described by `config` (see hub.convert), with measured `rows` if any, pointing at the
+    dataset repo `results_dataset` (see hub.results) for the full benchmark."""
     name, family = config["architecture"], config["family"]
     prov, pre = config["provenance"], config["pretrained_cfg"]
     repo = pre["hf_hub_id"]
@@ -186,6 +194,7 @@ def render_card(config: dict, rows: list[dict], results_name: str | None = None)
     )
     where_env = f" and `{env}` in the environment (the organisation `zoo` takes RMT weights from)" if env else ""
     commit = f", commit {prov['converter_commit']}" if prov["converter_commit"] else ""
+    full_results = f"\n\nFull benchmark results: {hub_url(results_dataset, 'dataset')}" if results_dataset else ""
     license_text = config.get("license") or "not stated by the official release; ask its authors before redistributing"
     return f"""---
 {front}
@@ -222,7 +231,7 @@ that wrote the source checkpoint.
 
 ## Measured numbers
 
-{_measured_table(rows, results_name)}
+{_measured_table(rows, results_name)}{full_results}
 
 ## Provenance
 

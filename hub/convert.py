@@ -164,8 +164,10 @@ def convert(
     results: str | Path | None = None,
     org: str | None = None,
     force: bool = False,
+    results_dataset: str | None = None,
 ) -> Conversion:
-    """Convert `source` for zoo model `model_name` into `out_dir`; `results` is a harness JSONL for the card.
+    """Convert `source` for zoo model `model_name` into `out_dir`; `results` is a harness JSONL for the card, and
+    `results_dataset` the dataset repo (ORG/NAME) with the full benchmark, which the card links to.
 
     Everything is written into a hidden folder beside `out_dir` and moved into place only once weights, config
     and card are complete and checked, so an interrupted conversion leaves the previous folder untouched. A
@@ -204,7 +206,8 @@ def convert(
         check = {"strict_load": True, "input_shape": list(x.shape), "max_abs_output_diff": diff, "tolerance": TOLERANCE}
         config = _config(model_info, source, source_sha256, entry, weights, check, org)
         (staged / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-        (staged / CARD).write_text(render_card(config, rows, results.name if results is not None else None))
+        results_name = results.name if results is not None else None
+        (staged / CARD).write_text(render_card(config, rows, results_name, results_dataset))
         _swap_into_place(staged, out_dir)
     finally:
         shutil.rmtree(staged, ignore_errors=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
-from huggingface_hub import CommitOperationAdd, HfApi, constants
+from huggingface_hub import CommitOperationAdd, HfApi
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError, OfflineModeIsEnabled
 from huggingface_hub.utils import validate_repo_id
 from safetensors import SafetensorError, safe_open
@@ -29,6 +29,7 @@ from zoo._checkpoint import check_fits
 from zoo._hub import CLIENT_ERRORS
 from zoo.timm_models import _filter_fn
 
+from .card import hub_url
 from .convert import CARD, CONFIG, WEIGHTS, file_sha256
 
 __all__ = ["PublishError", "PlannedFile", "UploadPlan", "list_files", "plan_upload", "publish", "check_repo_id"]
@@ -76,7 +77,7 @@ class UploadPlan:
 
     @property
     def url(self) -> str:
-        return f"{constants.ENDPOINT}/{'datasets/' if self.repo_type == 'dataset' else ''}{self.repo_id}"
+        return hub_url(self.repo_id, self.repo_type)
 
     def describe(self) -> str:
         total = sum(f.size for f in self.files)

@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import pytest
 import timm
 import torch
-from huggingface_hub import ModelCard, constants
+from huggingface_hub import HfApi, ModelCard, constants
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -166,8 +166,8 @@ def rmt_converted(rmt_release, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 @pytest.fixture(scope="module")
 def bare_converted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """`python -m hub convert` of a bare safetensors state dict, run as from a source tree that is not installed
-    (no rmt-zoo distribution metadata) under umask 027: (OUT_DIR, what it printed)."""
+    """`python -m hub convert` of a bare safetensors state dict with --results-dataset, run as from a source tree that
+    is not installed (no rmt-zoo distribution metadata) under umask 027: (OUT_DIR, what it printed)."""
     import importlib.metadata
 
     def not_installed(real):
@@ -185,7 +185,8 @@ def bare_converted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]
         with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(io.StringIO()) as printed:
             for name in ("version", "distribution", "metadata"):
                 mp.setattr(importlib.metadata, name, not_installed(getattr(importlib.metadata, name)))
-            assert main(["convert", "--model", "rmt_t", str(tmp / "rmt_t.safetensors"), str(tmp / "out")]) == 0
+            argv = [str(tmp / "rmt_t.safetensors"), str(tmp / "out"), "--results-dataset", "bench-org/rmt-results"]
+            assert main(["convert", "--model", "rmt_t", *argv]) == 0
     finally:
         os.umask(old_umask)
     return tmp / "out", printed.getvalue()
@@ -776,3 +777,111 @@ def test_card_shows_only_finite_numbers_as_measured(rmt_converted, tmp_path, cap
     text = render_card(json.loads((rmt_converted / "config.json").read_text()), kept, path.name)
     table = text[text.index("## Measured numbers"):text.index("## Provenance")]
     assert table.count("\n| eager |") == 1 and "| 12.50 |" in table
+
+
+# ---------------------------------------------------------------- benchmark results as a dataset repo
+
+
+def bench_rows() -> list[dict]:
+    """Rows as the harness writes them: two measured on a GPU, one failed."""
+    env = {"device_name": "NVIDIA H100 80GB HBM3", "torch": "2.9.0+cu128", "timm": "1.0.20",
+           "git_commit": "abc123-dirty"}
+    base = {"schema_version": 2, "backend": "eager", "precision": "amp-bf16", "batch_size": 64,
+            "input_size": [224, 224], "device": "cuda", "status": "ok", "env": env,
+            "command": "python -m bench.suite --out results/h100", "timestamp": "2025-01-02T03:04:05+00:00",
+            "latency_ms": {"p50": 20.5}}  # fmt: skip
+    return [
+        {**base, "model": "rmt_t", "throughput_ips": 3120.5},
+        {**base, "model": "swin_t", "throughput_ips": 4410.0, "timestamp": "2025-01-02T04:00:00+00:00"},
+        {**base, "model": "rmt_s", "backend": "tensorrt", "status": "error", "reason": "export failed",
+         "command": "python bench.py --models rmt_s --backend tensorrt"},
+    ]  # fmt: skip
+
+
+def test_push_results_uploads_rows_table_plot_and_card_as_a_dataset_repo(fake_hub, tmp_path, capsys):
+    from huggingface_hub import DatasetCard
+
+    from bench import load_results
+    from bench.report import render_table
+    from hub.results import push_results
+
+    rows = bench_rows()
+    sources = [str(tmp_path / "private-home" / "results.jsonl")]
+    printed = push_results(rows, "me/bench", sources=sources, dry_run=False, private=True, token="tok")
+    assert printed.endswith("Uploaded: https://hf.test/me/bench/commit/1")
+    assert fake_hub["repos"] == [("me/bench", {"repo_type": "dataset", "private": True, "exist_ok": True})]
+    [commit] = fake_hub["commits"]
+    files = commit["files"]
+    assert commit["repo_type"] == "dataset" and fake_hub["token"] == "tok"
+    assert sorted(files) == ["README.md", "plot.png", "results.csv", "results.jsonl", "table.md"]
+    (tmp_path / "back.jsonl").write_bytes(files["results.jsonl"])
+    assert load_results(tmp_path / "back.jsonl") == rows  # the harness reads the uploaded rows back unchanged
+    assert files["results.csv"].decode() == render_table(rows, "csv")
+    assert files["table.md"].decode() == render_table(rows, "github") + "\n"
+    assert files["plot.png"].startswith(b"\x89PNG")
+
+    card = DatasetCard(files["README.md"].decode())  # the YAML front matter parses
+    assert card.data.configs == [{"config_name": "default", "data_files": "results.csv"}]
+    assert "benchmark" in card.data.tags
+    for needle in ("NVIDIA H100 80GB HBM3", "torch 2.9.0+cu128; timm 1.0.20", "abc123-dirty",
+                   "python -m bench.suite --out results/h100", "python bench.py --models rmt_s --backend tensorrt",
+                   "3 rows: 2 ok, 1 error", "2025-01-02T03:04:05+00:00 to 2025-01-02T04:00:00+00:00", "rmt-zoo",
+                   "`results.jsonl`", 'hf_hub_download("me/bench", "results.jsonl", repo_type="dataset")',
+                   "![accuracy against throughput](plot.png)"):  # fmt: skip
+        assert needle in card.text, needle
+    assert "private-home" not in card.text and "private-home" not in commit["message"]  # local paths stay local
+
+
+def test_push_results_dry_run_lists_files_and_uploads_nothing(fake_hub):
+    from hub.results import push_results
+
+    printed = push_results(bench_rows(), "me/bench", sources=["r.jsonl"], dry_run=True, private=False, token=None)
+    lines = printed.splitlines()
+    assert lines[0].startswith("Would upload 5 files (") and " from 3 rows of r.jsonl to " in lines[0]
+    assert f"{constants.ENDPOINT}/datasets/me/bench (public dataset repo, created if missing):" in lines[0]
+    assert sorted(line.split()[-1] for line in lines[1:-1]) == sorted(
+        ["README.md", "plot.png", "results.csv", "results.jsonl", "table.md"]
+    )
+    assert all(line.split()[1] in ("B", "KB") for line in lines[1:-1]) and lines[-1] == "Dry run: nothing was uploaded."
+    assert fake_hub == {"repos": [], "commits": []}
+
+
+def test_push_results_errors_are_one_sentence(fake_hub, offline_cache, monkeypatch):
+    from huggingface_hub.errors import HfHubHTTPError
+
+    import hub.publish
+    from hub.results import push_results
+
+    def refuse(self, repo_id, **kwargs):
+        # the parts of the HTTP client's response that huggingface_hub reads (its client differs by version)
+        raise HfHubHTTPError("401 Unauthorized", response=SimpleNamespace(status_code=401, headers={}, request=None))
+
+    kwargs = dict(sources=["r.jsonl"], dry_run=False, private=False, token=None)
+    with pytest.raises(PublishError) as bad_id:
+        push_results(bench_rows(), "me/bench/x", **kwargs)
+    with pytest.raises(PublishError) as no_rows:
+        push_results([], "me/bench", **kwargs)
+    with monkeypatch.context() as patch, pytest.raises(PublishError) as unauthorized:
+        patch.setattr(hub.publish.HfApi, "create_repo", refuse)
+        push_results(bench_rows(), "me/bench", **kwargs)
+    with monkeypatch.context() as patch, pytest.raises(PublishError) as offline:
+        patch.setattr(hub.publish, "HfApi", HfApi)  # the real one, in offline mode (offline_cache)
+        push_results(bench_rows(), "me/bench", **kwargs)
+    assert "'me/bench/x' is not a valid Hub repo id" in str(bad_id.value)
+    assert "no benchmark rows" in str(no_rows.value)
+    assert "HTTP 401, not logged in (run `hf auth login` or pass --token)" in str(unauthorized.value)
+    assert "HF_HUB_OFFLINE is set" in str(offline.value)
+    for error in (bad_id, no_rows, unauthorized, offline):
+        assert one_sentence(str(error.value)), error.value
+    assert fake_hub["commits"] == []
+
+
+def test_card_links_the_results_dataset_and_convert_checks_its_id(bare_converted, tmp_path, capsys):
+    card = (bare_converted[0] / "README.md").read_text()
+    assert f"Full benchmark results: {constants.ENDPOINT}/datasets/bench-org/rmt-results" in card
+    argv = ["convert", "--model", "rmt_t", "nope.pth", str(tmp_path / "out"), "--results-dataset", "bench org/x"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err == "error: 'bench org/x' is not a valid Hub repo id (ORG/NAME: letters, digits, -, _ and .).\n"
+    assert list(tmp_path.iterdir()) == []
+
