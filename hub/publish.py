@@ -185,6 +185,10 @@ def plan_upload(folder: str | Path, repo_id: str | None = None, private: bool = 
     config = _read_config(folder / CONFIG)
     name, family = config["architecture"], config["family"]
     carded = config["pretrained_cfg"].get("hf_hub_id")
+    if repo_id is None and carded is None:
+        raise PublishError(f"{folder / CONFIG} names no repo (no pretrained_cfg.hf_hub_id); pass --repo ORG/NAME.")
+    repo_id = repo_id or carded
+    check_repo_id(repo_id)
     recorded = config["provenance"]["weights_sha256"]
     if recorded != file_sha256(folder / WEIGHTS):
         raise PublishError(
@@ -192,10 +196,6 @@ def plan_upload(folder: str | Path, repo_id: str | None = None, private: bool = 
             f"{recorded}); convert again rather than publish a mismatched folder."
         )
     _check_weights_fit(folder / WEIGHTS, name)
-    if repo_id is None and carded is None:
-        raise PublishError(f"{folder / CONFIG} names no repo (no pretrained_cfg.hf_hub_id); pass --repo ORG/NAME.")
-    repo_id = repo_id or carded
-    check_repo_id(repo_id)
     warning = None
     if carded is None:
         warning = f"The card in {folder} names no repo to load from (config.json has no hf_hub_id); convert again."
