@@ -1,10 +1,10 @@
-"""The Hugging Face Hub side of the zoo: fetch weights (`zoo.load(..., pretrained=True)`), convert, publish.
+"""The Hugging Face Hub side of the zoo: convert, publish, download (the download code itself is `zoo._hub`).
 
     python -m hub convert --model rmt_s --org ORG RMT-S.pth out/rmt_s   # official .pth -> safetensors, config, card
     python -m hub publish out/rmt_s --dry-run                           # then without --dry-run to upload
 """
 from __future__ import annotations
 
-from .download import WeightsUnavailableError, fetch_weights, hub_repo_id
-
-__all__ = ["WeightsUnavailableError", "fetch_weights", "hub_repo_id"]
+# The one home of the project's version: pyproject.toml reads it from here (tool.setuptools.dynamic), so a source
+# tree run without installing and an installed copy report the same version.
+__version__ = "0.1.0"

@@ -9,11 +9,12 @@ import sys
 from pathlib import Path
 
 from zoo import CheckpointError, CheckpointMismatchError, UnknownModelError
+from zoo._hub import REVISION_ENV, WeightsUnavailableError, fetch_weights
+from zoo.rmt import ORG_ENV
 
 from .card import ResultsError
 from .convert import ConversionError, convert
-from .download import ORG_ENV, REVISION_ENV, WeightsUnavailableError, fetch_weights
-from .publish import PublishError, plan_upload, publish
+from .publish import PublishError, check_repo_id, plan_upload, publish
 
 _EXPECTED = (
     CheckpointError,
@@ -37,8 +38,11 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--results", type=Path, help="benchmark harness results JSONL, for measured numbers on the card")
     c.add_argument("--org", help=f"Hub organisation the RMT repo will live in (default: ${ORG_ENV} or the zoo's)")
     c.add_argument("--force", action="store_true", help="replace a non-empty OUT_DIR whole (no old file is kept)")
+    c.add_argument(
+        "--results-dataset", metavar="ORG/NAME", help="dataset repo of the full benchmark, linked from the card"
+    )
 
-    p = sub.add_parser("publish", help="upload a converted folder to a Hub repo (created if missing)")
+    p = sub.add_parser("publish", help="upload a converted folder's regular files (never links) to a Hub repo")
     p.add_argument("folder", type=Path)
     p.add_argument("--repo", help="ORG/NAME (default: where zoo.load looks for this model)")
     p.add_argument("--dry-run", action="store_true", help="list what would be uploaded where, and stop")
@@ -54,7 +58,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _convert(args: argparse.Namespace) -> None:
-    done = convert(args.model, args.source, args.out_dir, results=args.results, org=args.org, force=args.force)
+    if args.results_dataset is not None:
+        check_repo_id(args.results_dataset)
+    done = convert(
+        args.model, args.source, args.out_dir, results=args.results, org=args.org, force=args.force,
+        results_dataset=args.results_dataset,
+    )  # fmt: skip
     prov = done.config["provenance"]
     print(
         f"Took the {prov['weights']} (entry '{prov['entry']}') of {args.source.name}: they load into {args.model} "

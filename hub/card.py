@@ -6,15 +6,17 @@ harness's results JSONL; with no rows the card says so instead of quoting anythi
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
 import timm
-from huggingface_hub import EvalResult, ModelCardData
+from huggingface_hub import EvalResult, ModelCardData, constants
 
 import zoo
+from bench.columns import get_field
 
-__all__ = ["ResultsError", "read_results", "render_card"]
+__all__ = ["ResultsError", "read_results", "render_card", "hub_url"]
 
 
 # family: (what it is, official code)
@@ -42,17 +44,22 @@ _FAMILIES: dict[str, tuple[str, str]] = {
     ),
 }
 
-# (column, field of a harness row; dots step into nested objects)
-_MEASURED: tuple[tuple[str, str], ...] = (
-    ("backend", "backend"),
-    ("precision", "precision"),
-    ("batch", "batch_size"),
-    ("input", "input_size"),
-    ("device", "env.device_name"),
-    ("img/s", "throughput_ips"),
-    ("latency p50 (ms)", "latency_ms.p50"),
-    ("top-1 (%)", "top1"),
+# (column, field of a harness row (dots step into nested objects), measured: must be a finite number when present)
+_MEASURED: tuple[tuple[str, str, bool], ...] = (
+    ("backend", "backend", False),
+    ("precision", "precision", False),
+    ("batch", "batch_size", False),
+    ("input", "input_size", False),
+    ("device", "env.device_name", False),
+    ("img/s", "throughput_ips", True),
+    ("latency p50 (ms)", "latency_ms.p50", True),
+    ("top-1 (%)", "top1", True),
 )
+
+
+def hub_url(repo_id: str, repo_type: str = "model") -> str:
+    """The web page of a Hub repo (datasets live under /datasets/)."""
+    return f"{constants.ENDPOINT}/{'datasets/' if repo_type == 'dataset' else ''}{repo_id}"
 
 
 class ResultsError(ValueError):
@@ -60,27 +67,40 @@ class ResultsError(ValueError):
 
 
 def read_results(path: Path, model_name: str) -> list[dict]:
-    """The harness's newest rows measured for `model_name` (status "ok"), read by the harness's own reader."""
+    """The harness's newest rows measured for `model_name` (status "ok"), read by the harness's own reader; a row
+    whose measured numbers are not all finite numbers is left out, with one note on stderr."""
     from bench import latest_rows, load_results
 
     try:
         rows = load_results(path)
     except OSError as e:
         raise ResultsError(f"Cannot read the results file {path} ({e.strerror or e}).") from None
-    return [
-        row
-        for row in latest_rows(r for r in rows if isinstance(r, dict))
-        if row.get("model") == model_name and row.get("status") == "ok"
-    ]
+    kept, left_out = [], []
+    for row in latest_rows(rows):
+        if row.get("model") != model_name or row.get("status") != "ok":
+            continue
+        bad = [why for _, field, measured in _MEASURED if measured and (why := _not_a_number(row, field))]
+        if bad:
+            left_out.append(", ".join(bad))
+        else:
+            kept.append(row)
+    if left_out:
+        shown = "; ".join(left_out[:3]) + ("; ..." if len(left_out) > 3 else "")
+        print(
+            f"note: left {len(left_out)} row(s) of {path} for {model_name} off the card: a measured field is not a "
+            f"finite number ({shown}).",
+            file=sys.stderr,
+        )
+    return kept
 
 
-def _field(row: dict, dotted: str) -> Any:
-    value: Any = row
-    for part in dotted.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return row.get(dotted)
-        value = value[part]
-    return value
+def _not_a_number(row: dict, field: str) -> str | None:
+    """`field=value` where a measured field holds anything but a finite number (a string, NaN, inf, true), so it
+    never reaches the card as a measurement; None where it is a number or not measured at all."""
+    value = get_field(row, field)
+    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)):
+        return None
+    return f"{field}={value!r}"
 
 
 def _cell(value: Any) -> str:
@@ -97,10 +117,10 @@ def _measured_table(rows: list[dict], source: str | None) -> str:
     if not rows:
         where = f" in `{source}`" if source else ""
         return f"No measured numbers yet: this project's benchmark harness has no results for this model{where}."
-    head = "| " + " | ".join(c for c, _ in _MEASURED) + " |\n|" + "---|" * len(_MEASURED) + "\n"
+    head = "| " + " | ".join(c for c, _, _ in _MEASURED) + " |\n|" + "---|" * len(_MEASURED) + "\n"
     body = ""
     for row in rows:
-        cells = [_field(row, f) for _, f in _MEASURED]
+        cells = [get_field(row, f) for _, f, _ in _MEASURED]
         if cells[4] is None:  # rows without environment details still name their device
             cells[4] = row.get("device")
         body += "| " + " | ".join(_cell(c) for c in cells) + " |\n"
@@ -152,8 +172,11 @@ def _front_matter(config: dict, code: str) -> str:
     ).to_yaml()
 
 
-def render_card(config: dict, rows: list[dict], results_name: str | None = None) -> str:
-    """README.md for a folder described by `config` (see hub.convert), with measured `rows` if any."""
+def render_card(
+    config: dict, rows: list[dict], results_name: str | None = None, results_dataset: str | None = None
+) -> str:
+    """README.md for a folder described by `config` (see hub.convert), with measured `rows` if any, pointing at the
+    dataset repo `results_dataset` (see hub.results) for the full benchmark."""
     name, family = config["architecture"], config["family"]
     prov, pre = config["provenance"], config["pretrained_cfg"]
     repo = pre["hf_hub_id"]
@@ -171,6 +194,7 @@ def render_card(config: dict, rows: list[dict], results_name: str | None = None)
     )
     where_env = f" and `{env}` in the environment (the organisation `zoo` takes RMT weights from)" if env else ""
     commit = f", commit {prov['converter_commit']}" if prov["converter_commit"] else ""
+    full_results = f"\n\nFull benchmark results: {hub_url(results_dataset, 'dataset')}" if results_dataset else ""
     license_text = config.get("license") or "not stated by the official release; ask its authors before redistributing"
     return f"""---
 {front}
@@ -207,7 +231,7 @@ that wrote the source checkpoint.
 
 ## Measured numbers
 
-{_measured_table(rows, results_name)}
+{_measured_table(rows, results_name)}{full_results}
 
 ## Provenance
 

@@ -10,11 +10,10 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import secrets
 import shutil
-import subprocess
 import tempfile
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +22,12 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 import zoo
-from bench.paths import OutputPathError, check_output_path
+from bench.env import git_commit
+from bench.paths import OutputPathError, check_distinct, check_output_path
 from zoo import ModelInfo, read_checkpoint
 from zoo._hub import hub_repo_id
 
+from . import __version__
 from .card import read_results, render_card
 
 __all__ = ["ConversionError", "Conversion", "convert", "WEIGHTS", "CONFIG", "CARD", "ENTRY_MEANING"]
@@ -40,7 +41,7 @@ ENTRY_MEANING = {
     "model": "non-EMA weights",
     "state_dict": "non-EMA weights",
     "module": "non-EMA weights",
-    "(bare)": "the file's only state dict",
+    "(bare)": "only state dict",  # read after "the": "took the only state dict (entry '(bare)') of FILE"
 }
 
 
@@ -63,19 +64,6 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _converter_commit() -> str | None:
-    """The commit of this checkout, so a published file can be traced to the converter that made it."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if out.returncode != 0:
-        return None
-    return out.stdout.strip() or None
 
 
 def _outputs(name: str, weights: Path, x: torch.Tensor) -> torch.Tensor:
@@ -121,28 +109,37 @@ def _config(
             "weights": ENTRY_MEANING.get(entry, entry),
             "key_layout": "as in the source checkpoint",
             "weights_sha256": file_sha256(weights),
-            "converter": f"rmt-zoo {metadata.version('rmt-zoo')} (python -m hub convert)",
-            "converter_commit": _converter_commit(),
+            "converter": f"rmt-zoo {__version__} (python -m hub convert)",
+            # the checkout that converted, '-dirty' when it had uncommitted changes (as benchmark rows record it)
+            "converter_commit": git_commit(),
             "converted_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "check": check,
         },
     })  # fmt: skip
 
 
-def _check_destination(out_dir: Path, source: Path, force: bool) -> None:
-    """Refuse, before any work, a destination that would mix old and new files or lose the source."""
+def _check_destination(out_dir: Path, source: Path, results: Path | None, force: bool) -> None:
+    """Refuse, before any work, a destination that would mix old and new files or destroy an input (the source or
+    the results file inside an OUT_DIR that --force replaces whole)."""
     try:
         check_output_path(out_dir, "OUT_DIR", folder=True)
         check_output_path(out_dir.resolve().parent, "The folder OUT_DIR goes into", folder=True)  # renames happen there
+        check_distinct({"OUT_DIR": out_dir}, {"SOURCE": source, "--results": results})
     except OutputPathError as e:
         raise ConversionError(str(e)) from None
-    if source.resolve().is_relative_to(out_dir.resolve()):
-        raise ConversionError(f"{source} lies inside {out_dir}, which conversion replaces; choose another OUT_DIR.")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
         raise ConversionError(
             f"{out_dir} already holds files, which `publish` would upload beside the new ones; "
             f"choose an empty folder or pass --force to replace it whole."
         )
+
+
+def _new_folder(parent: Path, prefix: str) -> Path:
+    """A fresh, uniquely named folder with the mode a plain mkdir gives under the umask (mkdtemp's 0700 would
+    stay on the finished OUT_DIR and shut out everyone else)."""
+    folder = parent / f"{prefix}{secrets.token_hex(8)}"
+    folder.mkdir()
+    return folder
 
 
 def _swap_into_place(staged: Path, out_dir: Path) -> None:
@@ -167,8 +164,10 @@ def convert(
     results: str | Path | None = None,
     org: str | None = None,
     force: bool = False,
+    results_dataset: str | None = None,
 ) -> Conversion:
-    """Convert `source` for zoo model `model_name` into `out_dir`; `results` is a harness JSONL for the card.
+    """Convert `source` for zoo model `model_name` into `out_dir`; `results` is a harness JSONL for the card, and
+    `results_dataset` the dataset repo (ORG/NAME) with the full benchmark, which the card links to.
 
     Everything is written into a hidden folder beside `out_dir` and moved into place only once weights, config
     and card are complete and checked, so an interrupted conversion leaves the previous folder untouched. A
@@ -176,15 +175,16 @@ def convert(
     """
     model_info = zoo.info(model_name)
     source, out_dir = Path(source), Path(out_dir)
-    rows = read_results(Path(results), model_name) if results is not None else []
-    _check_destination(out_dir, source, force)
+    results = Path(results) if results is not None else None
+    _check_destination(out_dir, source, results, force)
+    rows = read_results(results, model_name) if results is not None else []
     state, entry = read_checkpoint(source, model_info.prefer_ema)
     source_sha256 = file_sha256(source)
     x = torch.randn((1, *model_info.input_size), generator=torch.Generator().manual_seed(0))
     reference = _outputs(model_name, source, x)
 
     out_dir.resolve().parent.mkdir(parents=True, exist_ok=True)
-    staged = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.resolve().parent))
+    staged = _new_folder(out_dir.resolve().parent, f".{out_dir.name}.partial-")
     try:
         weights = staged / WEIGHTS
         # clone: safetensors refuses tensors that share storage, which torch.load can hand back.
@@ -194,6 +194,8 @@ def convert(
             save_file(tensors, str(weights), metadata={"format": "pt"})
         except SafetensorError as e:  # not an OSError, though it mostly reports one
             raise ConversionError(f"Writing {out_dir / WEIGHTS} failed ({e}).") from None
+        # safetensors creates its file 0600; give it what open() would under the umask, as the folder's mkdir did.
+        weights.chmod(staged.stat().st_mode & 0o666)
         del tensors
         diff = (reference - _outputs(model_name, weights, x)).abs().max().item()
         if not diff <= TOLERANCE:
@@ -204,7 +206,8 @@ def convert(
         check = {"strict_load": True, "input_shape": list(x.shape), "max_abs_output_diff": diff, "tolerance": TOLERANCE}
         config = _config(model_info, source, source_sha256, entry, weights, check, org)
         (staged / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-        (staged / CARD).write_text(render_card(config, rows, Path(results).name if results is not None else None))
+        results_name = results.name if results is not None else None
+        (staged / CARD).write_text(render_card(config, rows, results_name, results_dataset))
         _swap_into_place(staged, out_dir)
     finally:
         shutil.rmtree(staged, ignore_errors=True)

@@ -6,19 +6,23 @@ key lists in tests/fixtures (RMT, InternImage) or from timm's own layout (Swin, 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 import pickle
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import timm
 import torch
-from huggingface_hub import ModelCard, constants
+from huggingface_hub import HfApi, ModelCard, constants
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -26,7 +30,8 @@ import zoo
 from hub.__main__ import main
 from hub.card import read_results, render_card
 from hub.convert import ConversionError, convert, file_sha256
-from hub.download import ORG_ENV, REVISION_ENV, WeightsUnavailableError, fetch_weights
+from zoo._hub import REVISION_ENV, WeightsUnavailableError, fetch_weights
+from zoo.rmt import ORG_ENV
 from hub.publish import PublishError, plan_upload, publish
 from conftest import FIXTURES
 
@@ -159,6 +164,65 @@ def rmt_converted(rmt_release, tmp_path_factory: pytest.TempPathFactory) -> Path
     return out
 
 
+@pytest.fixture(scope="module")
+def bare_converted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """`python -m hub convert` of a bare safetensors state dict with --results-dataset, run as from a source tree that
+    is not installed (no rmt-zoo distribution metadata) under umask 027: (OUT_DIR, what it printed)."""
+    import importlib.metadata
+
+    def not_installed(real):
+        def lookup(name, *args, **kwargs):
+            if name.lower().replace("_", "-") == "rmt-zoo":
+                raise importlib.metadata.PackageNotFoundError(name)
+            return real(name, *args, **kwargs)
+
+        return lookup
+
+    tmp = tmp_path_factory.mktemp("bare")
+    save_file(official_state("rmt_t"), str(tmp / "rmt_t.safetensors"))
+    old_umask = os.umask(0o027)
+    try:
+        with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(io.StringIO()) as printed:
+            for name in ("version", "distribution", "metadata"):
+                mp.setattr(importlib.metadata, name, not_installed(getattr(importlib.metadata, name)))
+            argv = [str(tmp / "rmt_t.safetensors"), str(tmp / "out"), "--results-dataset", "bench-org/rmt-results"]
+            assert main(["convert", "--model", "rmt_t", *argv]) == 0
+    finally:
+        os.umask(old_umask)
+    return tmp / "out", printed.getvalue()
+
+
+@pytest.fixture
+def fake_hub(monkeypatch: pytest.MonkeyPatch) -> dict:
+    """HfApi replaced by a recorder: the repos it would create and each commit's files with their bytes."""
+    calls: dict = {"repos": [], "commits": []}
+
+    class FakeApi:
+        def __init__(self, token=None):
+            calls["token"] = token
+
+        def create_repo(self, repo_id, **kwargs):
+            calls["repos"].append((repo_id, kwargs))
+
+        def create_commit(self, repo_id, operations, *, commit_message, repo_type=None, **kwargs):
+            files = {}
+            for op in operations:
+                op.path_or_fileobj.seek(0)
+                files[op.path_in_repo] = op.path_or_fileobj.read()
+            calls["commits"].append(
+                {"repo_id": repo_id, "repo_type": repo_type, "message": commit_message, "files": files}
+            )
+            return SimpleNamespace(commit_url=f"https://hf.test/{repo_id}/commit/1")
+
+        def __getattr__(self, name):
+            raise AssertionError(f"HfApi.{name} is not how this project uploads")
+
+    import hub.publish
+
+    monkeypatch.setattr(hub.publish, "HfApi", FakeApi)
+    return calls
+
+
 # ---------------------------------------------------------------- convert
 
 
@@ -182,6 +246,27 @@ def test_convert_takes_reported_weights_keeps_official_keys_and_records_provenan
     assert config["pretrained_cfg"]["hf_hub_id"] == f"{ORG}/rmt_t"
     assert config["pretrained_cfg"]["crop_pct"] == 0.875 and config["pretrained_cfg"]["interpolation"] == "bicubic"
     assert config["paper_metrics"]["top1"] == 82.4
+
+
+def test_convert_runs_from_a_source_tree_without_installed_metadata(bare_converted):
+    """The version has one home (hub.__version__, which pyproject.toml reads), so no metadata lookup can fail."""
+    import tomllib
+
+    import hub
+
+    config = json.loads((bare_converted[0] / "config.json").read_text())
+    assert config["provenance"]["converter"] == f"rmt-zoo {hub.__version__} (python -m hub convert)"
+    pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    assert "version" not in pyproject["project"] and "version" in pyproject["project"]["dynamic"]
+    assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "hub.__version__"}
+
+
+def test_converted_folder_has_a_plain_mkdir_mode_and_reads_well(bare_converted):
+    out, printed = bare_converted
+    assert stat.S_IMODE(out.stat().st_mode) == 0o750  # 0777 under the umask 027, not mkdtemp's 0700
+    assert {stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == {0o640}
+    assert printed.startswith("Took the only state dict (entry '(bare)') of rmt_t.safetensors: "), printed
+    assert "the the" not in printed.lower() and "the the" not in (out / "README.md").read_text().lower()
 
 
 def test_convert_takes_ema_for_models_that_report_it(tmp_path):
@@ -403,9 +488,7 @@ def test_cli_convert_errors_are_one_line(rmt_release, tmp_path, capsys):
         (["convert", "--model", "rmt_t", str(tmp_path / "nope.pth"), str(tmp_path / "d")], "does not exist"),
         (["convert", "--model", "rmt_t", str(rmt_release[0]), str(tmp_path / "e"), "--results", str(tmp_path / "r")],
          "Cannot read the results file"),
-        (["convert", "--model", "rmt_t", str(tmp_path / "e" / "model.safetensors"), str(tmp_path / "e")],
-         "lies inside"),
-        (["convert", "--model", "rmt_t", str(rmt_release[0]), str(tmp_path / "f.txt" / "out")], "which is a file, not a folder"),
+        (["convert", "--model", "rmt_t", str(rmt_release[0]), str(tmp_path / "f.txt" / "out")], "Not a directory"),
         (["convert", "--model", "rmt_t", str(rmt_release[0]), str(tmp_path / "f.txt")], "is a file; give a folder"),
     ]
     for argv, needle in cases:
@@ -416,6 +499,18 @@ def test_cli_convert_errors_are_one_line(rmt_release, tmp_path, capsys):
     assert not any((tmp_path / d).exists() for d in "abcde")
     assert (tmp_path / "f.txt").read_text() == "a file"
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staged folder left behind
+
+
+def test_cli_convert_prints_the_zoos_own_refusal_of_an_unsafe_pickle(tmp_path, capsys):
+    """The zoo words why a file was refused (unsafe, not damaged); hub convert passes that sentence through."""
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pth"
+    evil.write_bytes(evil_pickle({"model": official_state("rmt_t")}, marker))
+    with pytest.raises(zoo.CheckpointError) as refused:
+        zoo.read_checkpoint(evil)
+    assert main(["convert", "--model", "rmt_t", str(evil), str(tmp_path / "out")]) == 1
+    assert capsys.readouterr().err == f"error: {refused.value}\n"
+    assert "damaged" not in str(refused.value) and not marker.exists() and not (tmp_path / "out").exists()
 
 
 def _folder_state(folder: Path) -> dict[str, bytes]:
@@ -440,6 +535,30 @@ def test_convert_refuses_a_non_empty_folder_and_force_replaces_it_whole(rmt_rele
     assert sorted(_folder_state(out)) == ["README.md", "config.json", "model.safetensors"]
     assert json.loads((out / "config.json").read_text())["architecture"] == "rmt_t"
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staged or old folder left behind
+
+
+def test_convert_refuses_an_out_dir_holding_an_input_before_writing(rmt_release, tmp_path, capsys):
+    """OUT_DIR is replaced whole under --force, so any input inside it, however named, would be lost."""
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copy(rmt_release[0], out / "RMT-T.pth")
+    (out / "results.jsonl").write_text('{"model": "rmt_t"}\n')
+    (tmp_path / "link.jsonl").symlink_to(out / "results.jsonl")
+    (tmp_path / "out-link").symlink_to(out)
+    before = _folder_state(out)
+    source = str(rmt_release[0])
+    cases = [
+        ([source, str(out), "--results", str(out / "results.jsonl")], "--results"),
+        ([str(out / "RMT-T.pth"), str(out)], "SOURCE"),
+        ([source, str(out), "--results", str(tmp_path / "link.jsonl")], "--results"),
+        ([source, str(tmp_path / "out-link"), "--results", str(out / "results.jsonl")], "--results"),
+    ]
+    for argv, named in cases:
+        assert main(["convert", "--model", "rmt_t", *argv, "--force"]) == 1, argv
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {named} ") and err.count("\n") == 1 and "lies inside OUT_DIR" in err, err
+        assert _folder_state(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.jsonl", "out", "out-link"]
 
 
 def test_interrupted_reconversion_leaves_the_previous_folder_untouched(rmt_release, tmp_path, monkeypatch):
@@ -503,28 +622,119 @@ def test_publish_dry_run_lists_files_and_target_without_network(rmt_converted, o
     assert "is not a converted folder" in capsys.readouterr().err
 
 
-def test_publish_creates_repo_and_uploads_exactly_the_planned_files(rmt_converted, monkeypatch):
-    calls = {}
-
-    class FakeApi:
-        def __init__(self, token=None):
-            calls["token"] = token
-
-        def create_repo(self, repo_id, **kwargs):
-            calls["create"] = (repo_id, kwargs)
-
-        def upload_folder(self, **kwargs):
-            calls["upload"] = kwargs
-            return type("Commit", (), {"commit_url": f"https://hf.test/{kwargs['repo_id']}/commit/1"})()
-
-    import hub.publish
-
-    monkeypatch.setattr(hub.publish, "HfApi", FakeApi)
+def test_publish_creates_repo_and_uploads_exactly_the_planned_files(rmt_converted, fake_hub):
     url = publish(plan_upload(rmt_converted, "me/rmt_t", private=True), token="tok")
     assert url == "https://hf.test/me/rmt_t/commit/1"
-    assert calls["token"] == "tok"
-    assert calls["create"] == ("me/rmt_t", {"repo_type": "model", "private": True, "exist_ok": True})
-    assert sorted(calls["upload"]["allow_patterns"]) == ["README.md", "config.json", "model.safetensors"]
+    assert fake_hub["token"] == "tok"
+    assert fake_hub["repos"] == [("me/rmt_t", {"repo_type": "model", "private": True, "exist_ok": True})]
+    [commit] = fake_hub["commits"]
+    assert commit["repo_type"] == "model"
+    assert {k: len(v) for k, v in commit["files"].items()} == {
+        f: (rmt_converted / f).stat().st_size for f in ("README.md", "config.json", "model.safetensors")
+    }
+
+
+def _publishable_copy(converted: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of a converted folder, and beside it a folder of secrets that must never be uploaded."""
+    folder, outside = tmp_path / "pub", tmp_path / "outside"
+    shutil.copytree(converted, folder)
+    outside.mkdir()
+    (outside / "token").write_text("hf_secret")
+    (outside / "eval.md").write_text("s3cr3")  # the size of notes/eval.md, so only the file's identity tells them apart
+    (folder / "notes").mkdir()
+    (folder / "notes" / "eval.md").write_text("notes")
+    return folder, outside
+
+
+def test_publish_uploads_regular_files_inside_the_folder_only_and_says_what_it_skipped(
+    rmt_converted, tmp_path, fake_hub, capsys
+):
+    folder, outside = _publishable_copy(rmt_converted, tmp_path)
+    (folder / "token").symlink_to(outside / "token")
+    (folder / "linked").symlink_to(outside)
+    (folder / "notes" / "token").symlink_to("../../outside/token")
+    os.mkfifo(folder / "pipe")
+    (folder / ".git").mkdir()
+    skipped = ["token (a symbolic link", "linked (a symbolic link", "notes/token (a symbolic link",
+               "pipe (not a regular file", ".git (hidden)"]  # fmt: skip
+    for dry_run in (["--dry-run"], []):
+        assert main(["publish", str(folder), *dry_run]) == 0
+        out = capsys.readouterr().out
+        assert all(f"skipped  {s}" in out for s in skipped), out
+    [commit] = fake_hub["commits"]
+    assert sorted(commit["files"]) == ["README.md", "config.json", "model.safetensors", "notes/eval.md"]
+    assert commit["files"]["notes/eval.md"] == b"notes" and b"hf_secret" not in b"".join(commit["files"].values())
+
+    (folder / "config.json").rename(outside / "config.json")
+    (folder / "config.json").symlink_to(outside / "config.json")  # a file publish needs may not be a link either
+    with pytest.raises(PublishError, match=r"config.json \(a symbolic link"):
+        plan_upload(folder)
+
+
+@pytest.mark.parametrize("swap", ["file for a link", "folder for a link", "file for another file"])
+def test_publish_sends_the_planned_files_or_nothing(swap, rmt_converted, tmp_path, fake_hub):
+    """Whatever is swapped in between the plan (the dry run's listing) and the upload is not sent."""
+    folder, outside = _publishable_copy(rmt_converted, tmp_path)
+    plan = plan_upload(folder)
+    notes = folder / "notes" / "eval.md"
+    if swap == "file for a link":
+        notes.unlink()
+        notes.symlink_to(outside / "eval.md")
+    elif swap == "folder for a link":
+        notes.parent.rename(tmp_path / "notes-old")
+        notes.parent.symlink_to(outside)
+    else:
+        (outside / "eval.md").rename(notes)
+    with pytest.raises(PublishError, match="nothing was uploaded"):
+        publish(plan)
+    assert fake_hub["repos"] == [] and fake_hub["commits"] == []
+
+
+def test_publish_names_a_config_field_of_the_wrong_type(rmt_converted, tmp_path, capsys):
+    folder = tmp_path / "pub"
+    shutil.copytree(rmt_converted, folder)
+    config = json.loads((folder / "config.json").read_text())
+    cases = [
+        ({**config, "provenance": "hand edit"}, 'field provenance is a string "hand edit", not an object'),
+        ({**config, "architecture": 5}, "field architecture is a number 5, not a string"),
+        ({**config, "pretrained_cfg": []}, "field pretrained_cfg is a list [], not an object"),
+        ({**config, "pretrained_cfg": {**config["pretrained_cfg"], "hf_hub_id": 7}}, "pretrained_cfg.hf_hub_id is a"),
+        ({**config, "provenance": {**config["provenance"], "weights_sha256": None}}, "weights_sha256 is missing"),
+        ({k: v for k, v in config.items() if k != "family"}, "field family is missing, not a string"),
+        ([config], "holds a list, not the object"),
+    ]
+    for edited, needle in cases:
+        (folder / "config.json").write_text(json.dumps(edited))
+        assert main(["publish", str(folder), "--dry-run"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and one_sentence(err[len("error: "):].strip()) and needle in err, err
+
+
+def test_publish_refuses_a_config_that_no_longer_describes_the_folder(rmt_converted, tmp_path, capsys):
+    folder = tmp_path / "pub"
+    shutil.copytree(rmt_converted, folder)
+    config = json.loads((folder / "config.json").read_text())
+
+    def dry_run(edited: dict, *args: str) -> tuple[int, str, str]:
+        (folder / "config.json").write_text(json.dumps(edited))
+        code = main(["publish", str(folder), "--dry-run", *args])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    no_repo = {**config, "pretrained_cfg": {k: v for k, v in config["pretrained_cfg"].items() if k != "hf_hub_id"}}
+    code, out, err = dry_run(no_repo)
+    assert code == 1 and "names no repo" in err and "--repo ORG/NAME" in err and "None" not in out + err
+    code, out, err = dry_run(no_repo, "--repo", "me/rmt_t")
+    assert code == 0 and f"{constants.ENDPOINT}/me/rmt_t " in out and "names no repo to load from" in err
+    assert dry_run(config, "--repo", "me/rmt/t")[:3:2] == (1, "error: 'me/rmt/t' is not a valid Hub repo id "
+                                                           "(ORG/NAME: letters, digits, -, _ and .).\n")  # fmt: skip
+
+    for architecture, needle in [("rmt_s", "does not fit rmt_s"), ("internimage_t", "does not fit internimage_t"),
+                                 ("nope", "'nope', which is no model")]:  # fmt: skip
+        code, out, err = dry_run({**config, "architecture": architecture})
+        assert code == 1 and err.count("\n") == 1 and needle in err and "Would upload" not in out, err
+    assert "config.json names rmt_s as its architecture" in dry_run({**config, "architecture": "rmt_s"})[2]
+    assert dry_run(config)[0] == 0  # the official q/k/v keys fit rmt_t once mapped, as the zoo's loader maps them
 
 
 def test_python_m_hub_download_offline(rmt_converted, offline_cache, capsys):
@@ -549,3 +759,129 @@ def test_card_rows_come_from_the_harness_reader_newest_first_wins(tmp_path):
     path.write_text("\n".join(json.dumps(r) for r in (old, {**old, "throughput_ips": 2.0})) + "\n{cut short\n")
     rows = read_results(path, "rmt_t")
     assert [r["throughput_ips"] for r in rows] == [2.0]  # a re-measured row replaces the older number
+
+
+def test_card_shows_only_finite_numbers_as_measured(rmt_converted, tmp_path, capsys):
+    base = {"model": "rmt_t", "backend": "eager", "precision": "fp32", "batch_size": 1, "input_size": [224, 224],
+            "device": "cpu", "status": "ok", "throughput_ips": 12.5}  # fmt: skip
+    bad = [{"throughput_ips": float("nan")}, {"latency_ms": {"p50": float("inf")}}, {"top1": "82.4"},
+           {"throughput_ips": True}, {"throughput_ips": -float("inf")}]  # fmt: skip
+    rows = [base] + [{**base, "batch_size": 2 + i, **fields} for i, fields in enumerate(bad)]
+    path = tmp_path / "results.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))  # json writes NaN and Infinity, and reads them back
+    kept = read_results(path, "rmt_t")
+    assert kept == [base]
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"note: left 5 row(s) of {path} for rmt_t off the card: "), err
+    assert "throughput_ips=nan" in err and "top1='82.4'" in err and err.rstrip().endswith("; ...).")
+    text = render_card(json.loads((rmt_converted / "config.json").read_text()), kept, path.name)
+    table = text[text.index("## Measured numbers"):text.index("## Provenance")]
+    assert table.count("\n| eager |") == 1 and "| 12.50 |" in table
+
+
+# ---------------------------------------------------------------- benchmark results as a dataset repo
+
+
+def bench_rows() -> list[dict]:
+    """Rows as the harness writes them: two measured on a GPU, one failed."""
+    env = {"device_name": "NVIDIA H100 80GB HBM3", "torch": "2.9.0+cu128", "timm": "1.0.20",
+           "git_commit": "abc123-dirty"}
+    base = {"schema_version": 2, "backend": "eager", "precision": "amp-bf16", "batch_size": 64,
+            "input_size": [224, 224], "device": "cuda", "status": "ok", "env": env,
+            "command": "python -m bench.suite --out results/h100", "timestamp": "2025-01-02T03:04:05+00:00",
+            "latency_ms": {"p50": 20.5}}  # fmt: skip
+    return [
+        {**base, "model": "rmt_t", "throughput_ips": 3120.5},
+        {**base, "model": "swin_t", "throughput_ips": 4410.0, "timestamp": "2025-01-02T04:00:00+00:00"},
+        {**base, "model": "rmt_s", "backend": "tensorrt", "status": "error", "reason": "export failed",
+         "command": "python bench.py --models rmt_s --backend tensorrt"},
+    ]  # fmt: skip
+
+
+def test_push_results_uploads_rows_table_plot_and_card_as_a_dataset_repo(fake_hub, tmp_path, capsys):
+    from huggingface_hub import DatasetCard
+
+    from bench import load_results
+    from bench.report import render_table
+    from hub.results import push_results
+
+    rows = bench_rows()
+    sources = [str(tmp_path / "private-home" / "results.jsonl")]
+    printed = push_results(rows, "me/bench", sources=sources, dry_run=False, private=True, token="tok")
+    assert printed.endswith("Uploaded: https://hf.test/me/bench/commit/1")
+    assert fake_hub["repos"] == [("me/bench", {"repo_type": "dataset", "private": True, "exist_ok": True})]
+    [commit] = fake_hub["commits"]
+    files = commit["files"]
+    assert commit["repo_type"] == "dataset" and fake_hub["token"] == "tok"
+    assert sorted(files) == ["README.md", "plot.png", "results.csv", "results.jsonl", "table.md"]
+    (tmp_path / "back.jsonl").write_bytes(files["results.jsonl"])
+    assert load_results(tmp_path / "back.jsonl") == rows  # the harness reads the uploaded rows back unchanged
+    assert files["results.csv"].decode() == render_table(rows, "csv")
+    assert files["table.md"].decode() == render_table(rows, "github") + "\n"
+    assert files["plot.png"].startswith(b"\x89PNG")
+
+    card = DatasetCard(files["README.md"].decode())  # the YAML front matter parses
+    assert card.data.configs == [{"config_name": "default", "data_files": "results.csv"}]
+    assert "benchmark" in card.data.tags
+    for needle in ("NVIDIA H100 80GB HBM3", "torch 2.9.0+cu128; timm 1.0.20", "abc123-dirty",
+                   "python -m bench.suite --out results/h100", "python bench.py --models rmt_s --backend tensorrt",
+                   "3 rows: 2 ok, 1 error", "2025-01-02T03:04:05+00:00 to 2025-01-02T04:00:00+00:00", "rmt-zoo",
+                   "`results.jsonl`", 'hf_hub_download("me/bench", "results.jsonl", repo_type="dataset")',
+                   "![accuracy against throughput](plot.png)"):  # fmt: skip
+        assert needle in card.text, needle
+    assert "private-home" not in card.text and "private-home" not in commit["message"]  # local paths stay local
+
+
+def test_push_results_dry_run_lists_files_and_uploads_nothing(fake_hub):
+    from hub.results import push_results
+
+    printed = push_results(bench_rows(), "me/bench", sources=["r.jsonl"], dry_run=True, private=False, token=None)
+    lines = printed.splitlines()
+    assert lines[0].startswith("Would upload 5 files (") and " from 3 rows of r.jsonl to " in lines[0]
+    assert f"{constants.ENDPOINT}/datasets/me/bench (public dataset repo, created if missing):" in lines[0]
+    assert sorted(line.split()[-1] for line in lines[1:-1]) == sorted(
+        ["README.md", "plot.png", "results.csv", "results.jsonl", "table.md"]
+    )
+    assert all(line.split()[1] in ("B", "KB") for line in lines[1:-1]) and lines[-1] == "Dry run: nothing was uploaded."
+    assert fake_hub == {"repos": [], "commits": []}
+
+
+def test_push_results_errors_are_one_sentence(fake_hub, offline_cache, monkeypatch):
+    from huggingface_hub.errors import HfHubHTTPError
+
+    import hub.publish
+    from hub.results import push_results
+
+    def refuse(self, repo_id, **kwargs):
+        # the parts of the HTTP client's response that huggingface_hub reads (its client differs by version)
+        raise HfHubHTTPError("401 Unauthorized", response=SimpleNamespace(status_code=401, headers={}, request=None))
+
+    kwargs = dict(sources=["r.jsonl"], dry_run=False, private=False, token=None)
+    with pytest.raises(PublishError) as bad_id:
+        push_results(bench_rows(), "me/bench/x", **kwargs)
+    with pytest.raises(PublishError) as no_rows:
+        push_results([], "me/bench", **kwargs)
+    with monkeypatch.context() as patch, pytest.raises(PublishError) as unauthorized:
+        patch.setattr(hub.publish.HfApi, "create_repo", refuse)
+        push_results(bench_rows(), "me/bench", **kwargs)
+    with monkeypatch.context() as patch, pytest.raises(PublishError) as offline:
+        patch.setattr(hub.publish, "HfApi", HfApi)  # the real one, in offline mode (offline_cache)
+        push_results(bench_rows(), "me/bench", **kwargs)
+    assert "'me/bench/x' is not a valid Hub repo id" in str(bad_id.value)
+    assert "no benchmark rows" in str(no_rows.value)
+    assert "HTTP 401, not logged in (run `hf auth login` or pass --token)" in str(unauthorized.value)
+    assert "HF_HUB_OFFLINE is set" in str(offline.value)
+    for error in (bad_id, no_rows, unauthorized, offline):
+        assert one_sentence(str(error.value)), error.value
+    assert fake_hub["commits"] == []
+
+
+def test_card_links_the_results_dataset_and_convert_checks_its_id(bare_converted, tmp_path, capsys):
+    card = (bare_converted[0] / "README.md").read_text()
+    assert f"Full benchmark results: {constants.ENDPOINT}/datasets/bench-org/rmt-results" in card
+    argv = ["convert", "--model", "rmt_t", "nope.pth", str(tmp_path / "out"), "--results-dataset", "bench org/x"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err == "error: 'bench org/x' is not a valid Hub repo id (ORG/NAME: letters, digits, -, _ and .).\n"
+    assert list(tmp_path.iterdir()) == []
+

@@ -1,0 +1,135 @@
+"""Benchmark results on the Hub, as a dataset repo: the rows, a CSV, the table, the plot and a dataset card.
+
+`bench.py report RESULTS... --push-to-hub ORG/NAME` calls `push_results`, so numbers measured on one machine can be
+read on any other (`hf_hub_download(ORG/NAME, "results.jsonl", repo_type="dataset")`). The files are staged in a
+temporary folder and committed from there by `hub.publish` (regular files only, by name), which also turns Hub
+errors into one sentence.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import DatasetCard, DatasetCardData
+
+from bench.columns import get_field
+from bench.report import plot, render_table, status_summary
+
+from .publish import PublishError, UploadPlan, check_repo_id, list_files, publish
+
+__all__ = ["push_results", "ROWS", "CSV", "TABLE", "PLOT", "CARD"]
+
+ROWS, CSV, TABLE, PLOT, CARD = "results.jsonl", "results.csv", "table.md", "plot.png", "README.md"
+
+
+def _distinct(rows: list[dict[str, Any]], *fields: str) -> list[str]:
+    """Each value the rows hold in the first of `fields` that is set, in first-seen order."""
+    seen: dict[str, None] = {}
+    for row in rows:
+        value = next((v for f in fields if (v := get_field(row, f)) is not None), None)
+        if value is not None:
+            seen[str(value)] = None
+    return list(seen)
+
+
+def _recorded(rows: list[dict[str, Any]], *fields: str) -> str:
+    return ", ".join(_distinct(rows, *fields)) or "not recorded"
+
+
+def _card(rows: list[dict[str, Any]], repo_id: str, sources: list[str], table: str, plotted: bool) -> str:
+    """README.md of the dataset repo: how the numbers were measured, read from the rows themselves."""
+    data = DatasetCardData(
+        pretty_name=f"rmt-zoo benchmark results: {repo_id.split('/')[-1]}",
+        tags=["benchmark", "image-classification", "rmt-zoo"],
+        # The dataset viewer shows the flat CSV; results.jsonl keeps every field of every row.
+        configs=[{"config_name": "default", "data_files": CSV}],
+    )
+    commands = "\n".join(_distinct(rows, "command")) or "(not recorded)"
+    timestamps = sorted(_distinct(rows, "timestamp"))
+    when = f"{timestamps[0]} to {timestamps[-1]}" if timestamps else "not recorded"
+    files = [
+        f"`{ROWS}`: the rows as the harness writes them, every field (read them with rmt-zoo's `bench.load_results`)",
+        f"`{CSV}`: the same rows as `bench.py report --format csv` writes them",
+        f"`{TABLE}`: the table `bench.py report` prints",
+    ]
+    if plotted:
+        files.append(f"`{PLOT}`: accuracy against throughput, as `bench.py report --plot` draws it")
+    file_list = "\n".join(f"- {f}" for f in files)
+    figure = f"\n![accuracy against throughput]({PLOT})\n" if plotted else ""
+    body = f"""# Benchmark results: {repo_id}
+
+Measured with the benchmark harness of **rmt-zoo** (RMT, InternImage, Swin and MaxViT; `python bench.py`), which runs
+each row in its own worker process and appends it to a JSON-lines file as soon as it is measured. Rows read from
+{", ".join(f"`{Path(s).name}`" for s in sources) or "files not named"}; {status_summary(rows)}.
+
+## How the numbers were measured
+
+- devices: {_recorded(rows, "env.device_name", "device")}
+- torch {_recorded(rows, "env.torch")}; timm {_recorded(rows, "env.timm")}
+- rmt-zoo git commit: {_recorded(rows, "env.git_commit")} (`-dirty`: the checkout had uncommitted changes)
+- measured: {when}
+- commands:
+
+```
+{commands}
+```
+
+## Files
+
+{file_list}
+
+```python
+from huggingface_hub import hf_hub_download
+from bench import load_results  # rmt-zoo
+
+rows = load_results(hf_hub_download("{repo_id}", "{ROWS}", repo_type="dataset"))
+```
+
+## Table
+
+{table}
+{figure}"""
+    return str(DatasetCard(f"---\n{data.to_yaml()}\n---\n{body}"))  # parsed back, so the YAML is known to load
+
+
+def _stage(rows: list[dict[str, Any]], folder: Path, repo_id: str, sources: list[str]) -> None:
+    (folder / ROWS).write_text("".join(json.dumps(row, default=str) + "\n" for row in rows))
+    (folder / CSV).write_text(render_table(rows, "csv"))
+    table = render_table(rows, "github")
+    (folder / TABLE).write_text(table + "\n")
+    plotted = plot(rows, folder / PLOT)
+    (folder / CARD).write_text(_card(rows, repo_id, sources, table, plotted))
+
+
+def push_results(
+    rows: list[dict[str, Any]],
+    repo_id: str,
+    *,
+    sources: list[str],
+    dry_run: bool = False,
+    private: bool = False,
+    token: str | None = None,
+) -> str:
+    """Upload `rows` to the dataset repo `repo_id` (created if missing) and return what to print: the files and
+    sizes that would go where, then "Dry run: nothing was uploaded." or the commit URL.
+
+    `rows` are as `bench.py report` shows them (`load_results` of each file in `sources`, then `latest_rows`);
+    `sources` are those files, named (by file name only) on the card. Raises PublishError, one sentence, for no
+    rows, a malformed repo id, or an upload the Hub refused (offline, 401, 403, ...).
+    """
+    check_repo_id(repo_id)
+    if not rows:
+        raise PublishError(f"There are no benchmark rows to upload to {repo_id}.")
+    names = ", ".join(Path(s).name for s in sources) or "benchmark results"
+    with tempfile.TemporaryDirectory(prefix="rmt-zoo-results-") as staging:
+        folder = Path(staging)
+        _stage(rows, folder, repo_id, sources)
+        files, _ = list_files(folder)
+        what = f"{len(rows)} rows of {names}"
+        plan = UploadPlan(folder=folder, repo_id=repo_id, files=files, private=private, repo_type="dataset", what=what)
+        if dry_run:
+            return f"{plan.describe()}\nDry run: nothing was uploaded."
+        url = publish(plan, token=token, commit_message=f"Benchmark results: {what}")
+    return f"{plan.describe()}\nUploaded: {url}"
