@@ -175,6 +175,11 @@ def _report_parser() -> argparse.ArgumentParser:
     _add_table_options(p)
     p.add_argument("--plot", metavar="PNG", help="save accuracy vs throughput (png, pdf or svg)")
     p.add_argument("--all", action="store_true", help="every row, not only the newest per measurement")
+    hub = p.add_argument_group("results on the Hugging Face Hub")
+    hub.add_argument("--push-to-hub", metavar="ORG/NAME", help="upload the rows, tables, plot and a dataset card as a dataset repo")
+    hub.add_argument("--dry-run", action="store_true", help="with --push-to-hub: list what would be uploaded where, upload nothing")
+    hub.add_argument("--private", action="store_true", help="with --push-to-hub: create the dataset repo private")
+    hub.add_argument("--token", help="with --push-to-hub: Hub token (default: HF_TOKEN or `hf auth login`'s)")
     return p
 
 
@@ -403,6 +408,15 @@ def report_main(argv: Sequence[str]) -> int:
             raise UsageError(f"Results file {path!r} is a folder; give the results .jsonl file in it.")
         if not result_files(path):  # a launcher's run may have left only shards beside the name
             raise UsageError(f"Results file {path!r} does not exist{' (nor any shard of it)' if not os.path.lexists(path) else ''}.")
+    if (args.dry_run or args.private or args.token) and not args.push_to_hub:
+        raise UsageError("--dry-run, --private and --token go with --push-to-hub ORG/NAME.")
+    if args.push_to_hub:
+        from hub.publish import PublishError, check_repo_id
+
+        try:
+            check_repo_id(args.push_to_hub)
+        except PublishError as exc:
+            raise UsageError(str(exc)) from None
     check_outputs({"--plot": args.plot}, {f"RESULTS {p}": p for p in args.results})
     if args.plot:
         _check_plot_format(args.plot)
@@ -416,6 +430,16 @@ def report_main(argv: Sequence[str]) -> int:
         names = " and ".join(repr(p) for p in args.results)
         raise UsageError(f"Results file {names} holds no benchmark rows.")
     show(rows, args.format, args.plot, args.columns)
+    if args.push_to_hub:
+        from hub.publish import PublishError
+        from hub.results import push_results
+
+        try:
+            emit(push_results(rows, args.push_to_hub, sources=args.results, dry_run=args.dry_run, private=args.private,
+                              token=args.token) + "\n")
+        except PublishError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_OUTPUT
     return EXIT_OK
 
 

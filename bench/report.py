@@ -48,7 +48,7 @@ _IDENTITY = (
     Column("precision", "precision", label=_precision_label, always=True),
     Column("batch", "batch_size", "d", timm="batch_size", always=True, id="batch"),
     Column("input", "input_size", label=_input_label, always=True, id="input"),
-    Column("device", "env.device_name", id="device"),
+    Column("device", "env.device_name", id="device", label=lambda r: get_field(r, "env.device_name") or r.get("device") or ""),
     Column("params (M)", "params", ".2f", scale=1e-6),
     Column("GMACs", "gmacs", ".2f", timm="gmacs", timm_digits=2),
 )

@@ -15,6 +15,7 @@ from huggingface_hub import EvalResult, ModelCardData, constants
 
 import zoo
 from bench.columns import get_field
+from bench.report import select_columns
 
 __all__ = ["ResultsError", "read_results", "render_card", "hub_url"]
 
@@ -45,16 +46,8 @@ _FAMILIES: dict[str, tuple[str, str]] = {
 }
 
 # (column, field of a harness row (dots step into nested objects), measured: must be a finite number when present)
-_MEASURED: tuple[tuple[str, str, bool], ...] = (
-    ("backend", "backend", False),
-    ("precision", "precision", False),
-    ("batch", "batch_size", False),
-    ("input", "input_size", False),
-    ("device", "env.device_name", False),
-    ("img/s", "throughput_ips", True),
-    ("latency p50 (ms)", "latency_ms.p50", True),
-    ("top-1 (%)", "top1", True),
-)
+# The harness's own columns (bench/report.py), so the card formats a number as every table does.
+_MEASURED = select_columns(("backend", "precision", "batch", "input", "device", "img_s", "p50", "top1"))
 
 
 def hub_url(repo_id: str, repo_type: str = "model") -> str:
@@ -79,7 +72,7 @@ def read_results(path: Path, model_name: str) -> list[dict]:
     for row in latest_rows(rows):
         if row.get("model") != model_name or row.get("status") != "ok":
             continue
-        bad = [why for _, field, measured in _MEASURED if measured and (why := _not_a_number(row, field))]
+        bad = [why for c in _MEASURED if c.fmt and (why := _not_a_number(row, c.field))]
         if bad:
             left_out.append(", ".join(bad))
         else:
@@ -117,13 +110,8 @@ def _measured_table(rows: list[dict], source: str | None) -> str:
     if not rows:
         where = f" in `{source}`" if source else ""
         return f"No measured numbers yet: this project's benchmark harness has no results for this model{where}."
-    head = "| " + " | ".join(c for c, _, _ in _MEASURED) + " |\n|" + "---|" * len(_MEASURED) + "\n"
-    body = ""
-    for row in rows:
-        cells = [get_field(row, f) for _, f, _ in _MEASURED]
-        if cells[4] is None:  # rows without environment details still name their device
-            cells[4] = row.get("device")
-        body += "| " + " | ".join(_cell(c) for c in cells) + " |\n"
+    head = "| " + " | ".join(c.header for c in _MEASURED) + " |\n|" + "---|" * len(_MEASURED) + "\n"
+    body = "".join("| " + " | ".join(c.cell(row) or "-" for c in _MEASURED) + " |\n" for row in rows)
     return f"Measured with this project's benchmark harness (rows from `{source}`):\n\n{head}{body}"
 
 

@@ -771,12 +771,13 @@ def test_card_shows_only_finite_numbers_as_measured(rmt_converted, tmp_path, cap
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))  # json writes NaN and Infinity, and reads them back
     kept = read_results(path, "rmt_t")
     assert kept == [base]
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith(f"note: left 5 row(s) of {path} for rmt_t off the card: "), err
-    assert "throughput_ips=nan" in err and "top1='82.4'" in err and err.rstrip().endswith("; ...).")
+    skipped, left = capsys.readouterr().err.strip().splitlines()
+    assert skipped.startswith(f"note: skipped 2 line(s) of {path}")  # the harness's reader: a string and a bool
+    assert left.startswith(f"note: left 3 row(s) of {path} for rmt_t off the card: ")  # finite numbers only
+    assert "throughput_ips=nan" in left and "latency_ms.p50=inf" in left and "throughput_ips=-inf" in left
     text = render_card(json.loads((rmt_converted / "config.json").read_text()), kept, path.name)
     table = text[text.index("## Measured numbers"):text.index("## Provenance")]
-    assert table.count("\n| eager |") == 1 and "| 12.50 |" in table
+    assert table.count("\n| eager |") == 1 and "| 12.5 |" in table
 
 
 # ---------------------------------------------------------------- benchmark results as a dataset repo
@@ -885,3 +886,18 @@ def test_card_links_the_results_dataset_and_convert_checks_its_id(bare_converted
     assert err == "error: 'bench org/x' is not a valid Hub repo id (ORG/NAME: letters, digits, -, _ and .).\n"
     assert list(tmp_path.iterdir()) == []
 
+
+
+def test_report_push_to_hub_dry_run_through_the_bench_cli(tmp_path, capsys):
+    from bench import cli
+    from bench.results import append_row
+
+    path = tmp_path / "r.jsonl"
+    append_row(path, {"model": "rmt_t", "backend": "eager", "precision": "fp32", "batch_size": 1, "input_size": [224, 224],
+                      "device": "cpu", "status": "ok", "throughput_ips": 12.5, "env": {"device_name": "Test CPU"}})
+    assert cli.main(["report", str(path), "--push-to-hub", "my-org/rmt-results", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "datasets/my-org/rmt-results" in out and "results.jsonl" in out and out.rstrip().endswith("Dry run: nothing was uploaded.")
+    assert cli.main(["report", str(path), "--push-to-hub", "not a repo"]) == cli.EXIT_USAGE
+    assert "is not a valid Hub repo id" in capsys.readouterr().err
+    assert cli.main(["report", str(path), "--dry-run"]) == cli.EXIT_USAGE
