@@ -26,7 +26,7 @@ from .launchers import LAUNCHERS, LauncherUnavailable
 from .options import add_flags, flag_of, given
 from .paths import OutputPathError, check_distinct, check_output_path
 from .precision import ALIASES, PRECISIONS
-from .report import BY_NAME, FORMATS, TERMINAL_FORMAT, plot, render_table, select_columns, status_summary, table_order
+from .report import BY_NAME, FORMATS, TERMINAL_FORMAT, plot, render_table, select_columns, slim, status_summary, table_order
 from .results import iter_results, latest_rows, result_files
 from .spec import MODES, RANDOM_INIT, RowSpec, Settings
 
@@ -421,9 +421,10 @@ def report_main(argv: Sequence[str]) -> int:
     if args.plot:
         _check_plot_format(args.plot)
     select_columns(args.columns)
+    keep = (lambda r: r) if args.push_to_hub else slim  # an upload carries whole rows
     try:
-        rows = [r for path in args.results for r in iter_results(path)]
-        rows = table_order(rows if args.all else latest_rows(rows))
+        rows = (keep(r) for path in args.results for r in iter_results(path))
+        rows = table_order(list(rows) if args.all else latest_rows(rows))
     except OSError as exc:
         raise UsageError(f"A results file cannot be read ({exc.strerror or exc}: {exc.filename}).") from None
     if not rows:

@@ -5,16 +5,22 @@ declare and read columns without importing each other.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable
 
 __all__ = ["Column", "get_field"]
 
 
+@functools.cache
+def _parts(dotted: str) -> tuple[str, ...]:
+    return tuple(dotted.split("."))
+
+
 def get_field(row: dict[str, Any], dotted: str) -> Any:
     """`row["env"]["device_name"]` for "env.device_name"; None where any step is missing."""
     value: Any = row
-    for part in dotted.split("."):
+    for part in _parts(dotted):
         value = value.get(part) if isinstance(value, dict) else None
     return value
 

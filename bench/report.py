@@ -15,9 +15,9 @@ from tabulate import tabulate, tabulate_formats
 from .backends import options_label
 from .columns import Column, get_field
 from .measure import TRACKERS
-from .spec import STATUSES, backend_options
+from .spec import KEY_DEFAULTS, STATUSES, backend_options
 
-__all__ = ["FORMATS", "TERMINAL_FORMAT", "COLUMNS", "DEFAULT_COLUMNS", "select_columns", "render_table", "table_order", "status_summary", "plot", "timm_csv"]
+__all__ = ["FORMATS", "TERMINAL_FORMAT", "COLUMNS", "DEFAULT_COLUMNS", "select_columns", "slim", "render_table", "table_order", "status_summary", "plot", "timm_csv"]
 
 FORMATS = ("csv", "timm", *tabulate_formats)
 # What a terminal shows by default: aligned columns without rules, so the default columns fit 120 characters.
@@ -70,6 +70,21 @@ _CSV_EXTRA = ("backend_options", "features_only", "channels_last", "tf32", "devi
               "diff_vs_eager_max_abs", "peak_mem_reserved_mb", "energy_note", "float32_matmul_precision",
               "cudnn_benchmark", "weights", "threads", "data", "eval_samples", "eval_skipped", "schema_version",
               "timestamp")
+
+
+_NOTES = ("reason", "flops_error", "accuracy_error", "accuracy_note")
+# Every top-level field some output of this module reads (and what keys a row, old schemas included).
+_READ = frozenset({c.field.split(".")[0] for c in COLUMNS} | set(_CSV_EXTRA) | set(KEY_DEFAULTS) | set(_NOTES)
+                  | {"compile_mode", "status"}) - {"env"}
+
+
+def slim(row: dict[str, Any]) -> dict[str, Any]:
+    """The part of a row the tables, CSVs and plot read (env reduced to its device name): a report over a large
+    file holds a few hundred bytes per row, not the raw step times and environment of each."""
+    kept = {k: row[k] for k in _READ if k in row}
+    if "env" in row:
+        kept["env"] = {"device_name": get_field(row, "env.device_name")}
+    return kept
 
 
 def _csv_value(value: Any) -> Any:
@@ -168,23 +183,35 @@ def render_table(rows: Iterable[dict[str, Any]], fmt: str = TERMINAL_FORMAT, col
     if fmt == "timm":
         return timm_csv(rows)
     shown = _shown(rows, select_columns(columns))
-    notes: list[str] = []
+    notes: dict[str, int] = {}  # note -> its number
     body = []
     for row in rows:
         status = row.get("status", "error")
-        reasons = list(dict.fromkeys(r for r in (row.get("reason"), row.get("flops_error"), row.get("accuracy_error"), row.get("accuracy_note")) if r))
-        if reasons:
-            note = " ".join(reasons)
-            if note not in notes:
-                notes.append(note)
-            status += f" [{notes.index(note) + 1}]"
+        note = " ".join(dict.fromkeys(row[k] for k in _NOTES if row.get(k)))
+        if note:
+            status += f" [{notes.setdefault(note, len(notes) + 1)}]"
         body.append([c.cell(row) for c in shown] + [status])
-    padding, tabulate_module.MIN_PADDING = tabulate_module.MIN_PADDING, 0  # no extra blanks beside headers
-    try:
-        table = tabulate(body, headers=[c.header for c in shown] + ["status"], tablefmt=fmt, disable_numparse=True)
-    finally:
-        tabulate_module.MIN_PADDING = padding
-    return table + "".join(f"\n[{i}] {note}" for i, note in enumerate(notes, 1))
+    headers = [c.header for c in shown] + ["status"]
+    if fmt == TERMINAL_FORMAT:
+        table = _simple(headers, body)
+    else:
+        padding, tabulate_module.MIN_PADDING = tabulate_module.MIN_PADDING, 0  # no extra blanks beside headers
+        try:
+            table = tabulate(body, headers=headers, tablefmt=fmt, disable_numparse=True)
+        finally:
+            tabulate_module.MIN_PADDING = padding
+    return table + "".join(f"\n[{i}] {note}" for note, i in notes.items())
+
+
+def _simple(headers: list[str], body: list[list[str]]) -> str:
+    """tabulate's "simple" layout (left-aligned, two blanks between columns, a rule under the headers), written
+    directly: tabulate's type inference would cost seconds and hundreds of MB on a file of many rows."""
+    widths = [max([len(h), *(len(r[i]) for r in body)]) for i, h in enumerate(headers)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+
+    return "\n".join([line(headers), "  ".join("-" * w for w in widths), *map(line, body)])
 
 
 def status_summary(rows: list[dict[str, Any]]) -> str:
