@@ -20,7 +20,7 @@ from torchvision.models.feature_extraction import create_feature_extractor, get_
 import zoo
 
 ALL = zoo.list_models()
-OURS = zoo.list_models(family="rmt") + zoo.list_models(family="internimage")
+OURS = [name for f in zoo.families().values() if f.built_by == "zoo" for name in zoo.list_models(family=f.name)]
 ONE_BLOCK = dict(depths=(1, 1, 1, 1))
 
 

@@ -34,6 +34,68 @@ def test_every_listed_name_is_registered():
     assert zoo.list_models(family="swin") == ["swin_b", "swin_s", "swin_t"]
 
 
+def test_families_are_registry_data_and_list_their_models():
+    fams = zoo.families()
+    assert list(fams) == ["internimage", "rmt", "swin", "maxvit"]  # registration order
+    assert {n for n, f in fams.items() if f.built_by == "zoo"} == {"rmt", "internimage"}
+    for name, fam in fams.items():
+        assert fam.name == name and fam.code.startswith("https://github.com/") and "\n" not in fam.description
+        assert all(zoo.info(m).family == name for m in zoo.list_models(family=name))
+    assert "Manhattan self-attention" in fams["rmt"].description
+    assert sorted(m for f in fams for m in zoo.list_models(family=f)) == zoo.list_models()
+    with pytest.raises(ValueError, match="Unknown family 'vit'; the zoo's families are internimage, rmt, swin, maxvit"):
+        zoo.list_models(family="vit")
+
+
+def test_comparison_models_leave_out_token_labelling():
+    """What the GPU suite compares: every family's models but RMT's token-labelling variants, family by family."""
+    assert zoo.comparison_models() == [
+        "internimage_t", "internimage_s", "internimage_b", "internimage_l", "rmt_t", "rmt_s", "rmt_b", "rmt_l",
+        "swin_t", "swin_s", "swin_b", "maxvit_t", "maxvit_s", "maxvit_b",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("family", ["rmt", "internimage"])
+def test_generated_entry_points_are_timm_models_written_in_the_family_module(family):
+    import importlib
+    import pickle
+
+    module = importlib.import_module(f"zoo.{family}")
+    names = zoo.list_models(family=family)
+    assert timm.list_models(f"{family}_*") == names and timm.list_models(module=family) == names
+    for name in names:
+        fn = getattr(module, name)
+        assert (fn.__name__, fn.__qualname__, fn.__module__) == (name, name, module.__name__)
+        assert timm.models.model_entrypoint(name) is fn and pickle.loads(pickle.dumps(fn)) is fn
+        assert name in module.__all__ and name in module.default_cfgs
+        assert timm.models.get_pretrained_cfg(name).architecture == name
+    assert not timm.is_model("swin_t")  # timm's own families stay under timm's names
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_pretrained_cfg_reads_back_as_the_same_facts(name):
+    """ModelInfo -> pretrained_cfg -> ModelInfo through the one field mapping keeps every fact the cfg carries."""
+    from dataclasses import asdict
+
+    from zoo._registry import _CFG_FIELDS, ModelInfo
+
+    i = zoo.info(name)
+    back = asdict(ModelInfo.from_pretrained_cfg(name, timm.models.PretrainedCfg(**i.pretrained_cfg())))
+    assert {f: back[f] for f in _CFG_FIELDS} == {f: asdict(i)[f] for f in _CFG_FIELDS}
+
+
+def test_register_family_refuses_a_second_registration_and_strays():
+    from zoo._registry import Family, ModelInfo, register_family
+
+    fam = Family("rmt", "again", code="", built_by="zoo")
+    with pytest.raises(ValueError, match="rmt, rmt_t would be registered twice"):
+        register_family(fam, [ModelInfo(name="rmt_t", family="rmt")], lambda name, pretrained=False, **kw: None)
+    stray = Family("stray", "a test family", code="", built_by="timm")
+    with pytest.raises(ValueError, match="stray_t name another family than 'stray'"):
+        register_family(stray, [ModelInfo(name="stray_t", family="rmt")], lambda name, pretrained=False, **kw: None)
+    assert "stray" not in zoo.families() and "stray_t" not in zoo.list_models()
+
+
 @pytest.mark.parametrize("name", ["swin_t", "swin_s", "swin_b", "maxvit_t", "maxvit_s", "maxvit_b"])
 def test_timm_families_use_in1k_tags_and_their_sizes(name):
     i = zoo.info(name)

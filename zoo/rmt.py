@@ -18,16 +18,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, trunc_normal_
-from timm.models import FeatureInfo, generate_default_cfgs, register_model
+from timm.models import FeatureInfo
 from timm.models._features_fx import register_notrace_module
 from torch.utils.checkpoint import checkpoint
 
 from ._builder import create, stage_indices
 from ._checkpoint import StateDict
-from ._registry import ModelInfo, register
+from ._registry import Family, ModelInfo, register_family
 from ._staged import StagedModel
 
-__all__ = ["RMT", "checkpoint_filter_fn", "DEFAULT_HUB_ORG", "ORG_ENV", "ATTN_IMPLS", "INFOS", "default_cfgs"]
+__all__ = ["RMT", "checkpoint_filter_fn", "DEFAULT_HUB_ORG", "ORG_ENV", "ATTN_IMPLS", "FAMILY", "INFOS"]
 
 DEFAULT_HUB_ORG = "rmt-zoo"
 # No RMT weights are on the Hub yet: whoever converts them publishes under their own organisation, named here.
@@ -621,6 +621,13 @@ def _mismatch_hint(state: StateDict, model: RMT) -> str:
     return ""
 
 
+FAMILY = Family(
+    "rmt",
+    "RMT, from *Retentive Networks Meet Vision Transformers* (CVPR 2024): a hierarchical vision transformer whose "
+    "Manhattan self-attention (MaSA) adds a decay by the Manhattan distance between tokens to the attention scores",
+    code="https://github.com/qhfan/RMT",
+    built_by="zoo",
+)
 _PAPER = "https://arxiv.org/abs/2309.11523"
 _ARCHS: dict[str, dict] = {
     "rmt_t": dict(
@@ -650,7 +657,7 @@ def _info(name: str, official_fn: str, params: int, gflops: float, top1: float) 
     token_label = name.endswith("_tl")
     return ModelInfo(
         name=name,
-        family="rmt",
+        family=FAMILY.name,
         arch=dict(_ARCHS[name.removesuffix("_tl")], token_label=token_label),
         paper_params_m=params / 1e6,
         paper_gflops=gflops,
@@ -664,63 +671,25 @@ def _info(name: str, official_fn: str, params: int, gflops: float, top1: float) 
         first_conv="patch_embed.proj.0",
         classifier=("head", "aux_head") if token_label else "head",
         hub_org_env=ORG_ENV,
+        comparable=not token_label,  # trained with extra supervision
     )
 
 
 # name: official builder, params of the official code, paper GFLOPs, paper top-1
-INFOS: dict[str, ModelInfo] = {
-    "rmt_t": _info("rmt_t", "RMT_T3", 14_334_216, 2.5, 82.4),
-    "rmt_s": _info("rmt_s", "RMT_S", 26_967_240, 4.5, 84.1),
-    "rmt_b": _info("rmt_b", "RMT_M2", 54_154_896, 9.7, 85.0),
-    "rmt_l": _info("rmt_l", "RMT_L6", 95_464_864, 18.2, 85.5),
-    "rmt_s_tl": _info("rmt_s_tl", "RMT_S (token labeling)", 26_967_240 + 513_000, 4.5, 84.8),
-    "rmt_b_tl": _info("rmt_b_tl", "RMT_M2 (token labeling)", 54_154_896 + 513_000, 9.7, 85.6),
-    "rmt_l_tl": _info("rmt_l_tl", "RMT_L6 (token labeling)", 95_464_864 + 641_000, 18.2, 86.1),
+_VARIANTS: dict[str, tuple[str, int, float, float]] = {
+    "rmt_t": ("RMT_T3", 14_334_216, 2.5, 82.4),
+    "rmt_s": ("RMT_S", 26_967_240, 4.5, 84.1),
+    "rmt_b": ("RMT_M2", 54_154_896, 9.7, 85.0),
+    "rmt_l": ("RMT_L6", 95_464_864, 18.2, 85.5),
+    "rmt_s_tl": ("RMT_S (token labeling)", 26_967_240 + 513_000, 4.5, 84.8),
+    "rmt_b_tl": ("RMT_M2 (token labeling)", 54_154_896 + 513_000, 9.7, 85.6),
+    "rmt_l_tl": ("RMT_L6 (token labeling)", 95_464_864 + 641_000, 18.2, 86.1),
 }
-default_cfgs = generate_default_cfgs({name: i.pretrained_cfg() for name, i in INFOS.items()})
+INFOS: dict[str, ModelInfo] = {name: _info(name, *row) for name, row in _VARIANTS.items()}
 
 
 def _create(variant: str, pretrained: bool | str | Path = False, **kwargs) -> RMT:
     return create(RMT, variant, pretrained, filter_fn=checkpoint_filter_fn, hint=_mismatch_hint, **kwargs)
 
 
-@register_model
-@register(INFOS["rmt_t"])
-def rmt_t(pretrained: bool | str | Path = False, **kwargs) -> RMT:
-    return _create("rmt_t", pretrained, **kwargs)
-
-
-@register_model
-@register(INFOS["rmt_s"])
-def rmt_s(pretrained: bool | str | Path = False, **kwargs) -> RMT:
-    return _create("rmt_s", pretrained, **kwargs)
-
-
-@register_model
-@register(INFOS["rmt_b"])
-def rmt_b(pretrained: bool | str | Path = False, **kwargs) -> RMT:
-    return _create("rmt_b", pretrained, **kwargs)
-
-
-@register_model
-@register(INFOS["rmt_l"])
-def rmt_l(pretrained: bool | str | Path = False, **kwargs) -> RMT:
-    return _create("rmt_l", pretrained, **kwargs)
-
-
-@register_model
-@register(INFOS["rmt_s_tl"])
-def rmt_s_tl(pretrained: bool | str | Path = False, **kwargs) -> RMT:
-    return _create("rmt_s_tl", pretrained, **kwargs)
-
-
-@register_model
-@register(INFOS["rmt_b_tl"])
-def rmt_b_tl(pretrained: bool | str | Path = False, **kwargs) -> RMT:
-    return _create("rmt_b_tl", pretrained, **kwargs)
-
-
-@register_model
-@register(INFOS["rmt_l_tl"])
-def rmt_l_tl(pretrained: bool | str | Path = False, **kwargs) -> RMT:
-    return _create("rmt_l_tl", pretrained, **kwargs)
+register_family(FAMILY, INFOS.values(), _create)
