@@ -185,7 +185,9 @@ def load_pretrained(
     if dropped and not getattr(model, "features_only", False):
         # The freshly initialised classifier stays; everything else must still fit exactly.
         state.update({k: v for k, v in own.items() if k.startswith(classifier) and k not in state})
-        _logger.info("%s: classifier weights dropped for %d classes: %s", model_info.name, model.num_classes, _listing(dropped))
+        _logger.info(
+            "%s: classifier weights dropped for %d classes: %s", model_info.name, model.num_classes, _listing(dropped)
+        )
     check_fits(model, state, where, hint(state, model) if hint else "")
     model.load_state_dict(state, strict=True)
     model.load_report = LoadReport(source=where, entry=entry, dropped=dropped)

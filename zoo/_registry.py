@@ -18,9 +18,18 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import PretrainedCfg, generate_default_cfgs, register_model
 
 __all__ = [
-    "Family", "ModelInfo", "UnknownModelError", "register_family", "families", "list_models", "comparison_models",
-    "info", "builder", "suggest", "registered_info",
-]  # fmt: skip
+    "Family",
+    "ModelInfo",
+    "UnknownModelError",
+    "register_family",
+    "families",
+    "list_models",
+    "comparison_models",
+    "info",
+    "builder",
+    "suggest",
+    "registered_info",
+]
 
 
 @dataclass(frozen=True)
@@ -38,10 +47,19 @@ class Family:
 
 # ModelInfo fields that timm's pretrained_cfg carries, with their pretrained_cfg names: the one mapping, both ways.
 _CFG_FIELDS = dict(
-    hf_hub_id="hf_hub_id", hf_hub_filename="hf_hub_filename", num_classes="num_classes", input_size="input_size",
-    crop_pct="crop_pct", interpolation="interpolation", mean="mean", std="std", first_conv="first_conv",
-    classifier="classifier", license="license", paper="paper_ids",
-)  # fmt: skip
+    hf_hub_id="hf_hub_id",
+    hf_hub_filename="hf_hub_filename",
+    num_classes="num_classes",
+    input_size="input_size",
+    crop_pct="crop_pct",
+    interpolation="interpolation",
+    mean="mean",
+    std="std",
+    first_conv="first_conv",
+    classifier="classifier",
+    license="license",
+    paper="paper_ids",
+)
 
 
 @dataclass(frozen=True)
@@ -191,7 +209,9 @@ def info(name: str) -> ModelInfo:
     if not timm.is_model(name):
         raise _unknown(name)
     cfg = timm.models.get_pretrained_cfg(name)
-    return ModelInfo(name=name, family="timm", timm_name=name) if cfg is None else ModelInfo.from_pretrained_cfg(name, cfg)
+    if cfg is None:
+        return ModelInfo(name=name, family="timm", timm_name=name)
+    return ModelInfo.from_pretrained_cfg(name, cfg)
 
 
 def builder(name: str) -> Callable[..., nn.Module] | None:

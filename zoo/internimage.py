@@ -28,8 +28,15 @@ from ._registry import Family, ModelInfo, register_family
 from ._staged import StagedModel
 
 __all__ = [
-    "InternImage", "DCNv3", "dcnv3", "dcnv3_reference", "checkpoint_filter_fn", "DCN_IMPLS", "FAMILY", "INFOS",
-]  # fmt: skip
+    "InternImage",
+    "DCNv3",
+    "dcnv3",
+    "dcnv3_reference",
+    "checkpoint_filter_fn",
+    "DCN_IMPLS",
+    "FAMILY",
+    "INFOS",
+]
 
 _POINTS = 9  # 3x3 kernel points; kernel 3, stride 1, pad 1, dilation 1 in every released model
 DCN_IMPLS = ("fast", "reference")
@@ -375,8 +382,16 @@ _PAPER = "https://arxiv.org/abs/2211.05778"
 _NOTES = "params as the official code counts them; GFLOPs are fvcore's (multiply-adds); top-1 from the paper"
 
 
-def _info(name: str, hub_repo: str, params: float, gflops: float, top1: float, arch: dict, size: int = 224,
-          notes: str = _NOTES) -> ModelInfo:
+def _info(
+    name: str,
+    hub_repo: str,
+    params: float,
+    gflops: float,
+    top1: float,
+    arch: dict,
+    size: int = 224,
+    notes: str = _NOTES,
+) -> ModelInfo:
     return ModelInfo(
         name=name,
         family=FAMILY.name,
@@ -401,19 +416,23 @@ def _info(name: str, hub_repo: str, params: float, gflops: float, top1: float, a
 _VARIANTS: dict[str, tuple] = {
     "internimage_t": (
         "internimage_t_1k_224", 29.918424, 4.90, 83.5,
-        dict(channels=64, depths=(4, 4, 18, 4), groups=(4, 8, 16, 32), layer_scale=None, offset_scale=1.0, post_norm=False),
+        dict(channels=64, depths=(4, 4, 18, 4), groups=(4, 8, 16, 32), layer_scale=None, offset_scale=1.0,
+             post_norm=False),
     ),
     "internimage_s": (
         "internimage_s_1k_224", 50.079880, 8.33, 84.2,
-        dict(channels=80, depths=(4, 4, 21, 4), groups=(5, 10, 20, 40), layer_scale=1e-5, offset_scale=1.0, post_norm=True),
+        dict(channels=80, depths=(4, 4, 21, 4), groups=(5, 10, 20, 40), layer_scale=1e-5, offset_scale=1.0,
+             post_norm=True),
     ),
     "internimage_b": (
         "internimage_b_1k_224", 97.461832, 16.21, 84.9,
-        dict(channels=112, depths=(4, 4, 21, 4), groups=(7, 14, 28, 56), layer_scale=1e-5, offset_scale=1.0, post_norm=True),
+        dict(channels=112, depths=(4, 4, 21, 4), groups=(7, 14, 28, 56), layer_scale=1e-5, offset_scale=1.0,
+             post_norm=True),
     ),
     "internimage_l": (
         "internimage_l_22kto1k_384", 223.334810, 107.94, 87.7,
-        dict(channels=160, depths=(5, 5, 22, 5), groups=(10, 20, 40, 80), layer_scale=1e-5, offset_scale=2.0, post_norm=True),
+        dict(channels=160, depths=(5, 5, 22, 5), groups=(10, 20, 40, 80), layer_scale=1e-5, offset_scale=2.0,
+             post_norm=True),
         384, _NOTES + "; pretrained on ImageNet-22K, fine-tuned on ImageNet-1K at 384x384",
     ),
 }  # fmt: skip

@@ -35,17 +35,23 @@ MAXVIT = Family(
 )
 # family: (paper, {name: (timm model with its ImageNet-1K tag, params M, GMACs, top-1)}), numbers as timm reports them
 _VARIANTS: dict[Family, tuple[str, dict[str, tuple[str, float, float, float]]]] = {
-    SWIN: ("https://arxiv.org/abs/2103.14030", {
-        "swin_t": ("swin_tiny_patch4_window7_224.ms_in1k", 28.29, 4.51, 81.39),
-        "swin_s": ("swin_small_patch4_window7_224.ms_in1k", 49.61, 8.77, 83.23),
-        "swin_b": ("swin_base_patch4_window7_224.ms_in1k", 87.77, 15.47, 83.60),
-    }),
-    MAXVIT: ("https://arxiv.org/abs/2204.01697", {
-        "maxvit_t": ("maxvit_tiny_tf_224.in1k", 30.92, 5.60, 83.43),
-        "maxvit_s": ("maxvit_small_tf_224.in1k", 68.93, 11.66, 84.45),
-        "maxvit_b": ("maxvit_base_tf_224.in1k", 119.47, 24.04, 84.88),
-    }),
-}  # fmt: skip
+    SWIN: (
+        "https://arxiv.org/abs/2103.14030",
+        {
+            "swin_t": ("swin_tiny_patch4_window7_224.ms_in1k", 28.29, 4.51, 81.39),
+            "swin_s": ("swin_small_patch4_window7_224.ms_in1k", 49.61, 8.77, 83.23),
+            "swin_b": ("swin_base_patch4_window7_224.ms_in1k", 87.77, 15.47, 83.60),
+        },
+    ),
+    MAXVIT: (
+        "https://arxiv.org/abs/2204.01697",
+        {
+            "maxvit_t": ("maxvit_tiny_tf_224.in1k", 30.92, 5.60, 83.43),
+            "maxvit_s": ("maxvit_small_tf_224.in1k", 68.93, 11.66, 84.45),
+            "maxvit_b": ("maxvit_base_tf_224.in1k", 119.47, 24.04, 84.88),
+        },
+    ),
+}
 # Arguments timm.create_model hands an entry point besides the model's own; the zoo takes the cfg from ModelInfo.
 _TIMM_CFG_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
 
@@ -63,7 +69,9 @@ class TimmFeatures(nn.Module):
         self.feature_info = FeatureInfo(model.feature_info, self.out_indices)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return self.model.forward_intermediates(x, indices=list(self.out_indices), intermediates_only=True, output_fmt="NCHW")
+        return self.model.forward_intermediates(
+            x, indices=list(self.out_indices), intermediates_only=True, output_fmt="NCHW"
+        )
 
 
 def _filter_fn(model: nn.Module):
