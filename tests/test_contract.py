@@ -7,6 +7,8 @@ keeps every other part of each variant (widths, heads, layer scale, token labell
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
 
 import pytest
@@ -141,3 +143,30 @@ def test_prune_intermediate_layers_and_getter_features(name):
         feats = getter(x)
     assert len(full) == 2 and [f.shape for f in feats] == [f.shape for f in full]
     assert getter.output_fmt == "NCHW" and getter.feature_info.reduction() == [16, 32]
+
+
+AUTOGRAD_MODES = {"inference_mode": torch.inference_mode, "no_grad": torch.no_grad, "grad": contextlib.nullcontext}
+
+
+@pytest.mark.parametrize("first", AUTOGRAD_MODES)
+@pytest.mark.parametrize("name", ["rmt_t", "rmt_s", "internimage_t"])  # RMT: whole-image and decomposed stage 3
+def test_a_forward_in_any_autograd_mode_leaves_nothing_that_changes_later_ones(name, first):
+    """What a forward under inference_mode, no_grad or recording gradients leaves in a model (RMT's cached position
+    tables) serves a later training step, inference and a move to float64 exactly as a fresh model does."""
+    torch.manual_seed(0)
+    used = zoo.load(name, num_classes=5, drop_path_rate=0.0, **ONE_BLOCK)
+    fresh = copy.deepcopy(used)
+    x = torch.randn(2, 3, 64, 96)
+    with AUTOGRAD_MODES[first]():
+        used(x)
+
+    def step(model: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+        model.train().zero_grad()
+        loss = model(x).square().mean()
+        loss.backward()
+        with torch.inference_mode():
+            after = model.eval()(x)
+        return [loss.detach(), after, *(p.grad for p in model.parameters())]
+
+    assert all(torch.equal(a, b) for a, b in zip(step(used, x), step(fresh, x)))
+    assert all(torch.equal(a, b) for a, b in zip(step(used.double(), x.double()), step(fresh.double(), x.double())))
