@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import timm
@@ -142,6 +143,25 @@ def test_cli_lists_and_rejects_unknown_names():
     bad = subprocess.run([sys.executable, "-m", "zoo", "info", "rmt_ss"], capture_output=True, text=True)
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "Did you mean: rmt_s" in bad.stderr
+
+
+def test_cli_pattern_matching_nothing_is_an_error_in_one_sentence():
+    proc = subprocess.run([sys.executable, "-m", "zoo", "list", "zzz*"], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.startswith("error: no model of the zoo matches 'zzz*'") and proc.stderr.count("\n") == 1
+
+
+def test_cli_ends_quietly_when_the_reader_goes_and_says_why_a_write_failed():
+    cmd = [sys.executable, "-m", "zoo", "list", "rmt_t"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the reader is gone before the table is written (`| head` after its lines)
+    err = proc.stderr.read()
+    assert proc.wait() == 141 and "Traceback" not in err and "Error" not in err, err
+    if Path("/dev/full").exists():
+        with open("/dev/full", "w") as full:
+            proc = subprocess.run(cmd, stdout=full, stderr=subprocess.PIPE, text=True)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr
+        assert proc.stderr.splitlines()[-1] == "error: cannot write to standard output (No space left on device)."
 
 
 def test_timm_checkpoint_path_loads_strictly(tmp_path):
