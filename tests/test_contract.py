@@ -69,6 +69,24 @@ def test_interface_shapes_and_cfg_at_full_size(name):
         assert gray(x[:, :1]).shape == (1, 1000)
 
 
+@pytest.mark.parametrize("name", OURS)
+def test_feature_dim_names_the_channel_axis_as_timm_reads_it(name):
+    """timm's test_model_default_cfgs_non_std: the channel axis of forward_features comes from `feature_dim` (axis 1
+    of a 4-D map when a model has none), and pooled outputs carry head_hidden_size on it."""
+    with torch.device("meta"):
+        model = zoo.load(name)
+        x = _input(model)
+        features = model.forward_features(x)
+        assert features.ndim == 4 and model.feature_dim % 4 == get_channel_dim(model.output_fmt)
+        assert features.shape[model.feature_dim] == model.num_features
+        pre = model.forward_head(features, pre_logits=True)
+        model.reset_classifier(0)
+        pooled = model(x)
+        assert pooled.shape == pre.shape and pooled.shape[model.feature_dim] == model.head_hidden_size
+        # timm's test asks num_features of this one, which only models with head_hidden_size == num_features meet
+        assert zoo.load(name, num_classes=0)(x).shape[model.feature_dim] == model.head_hidden_size
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_intermediates_and_features_only_at_full_size(name):
     """timm's test_model_forward_intermediates and test_model_forward_features, on the meta device."""
