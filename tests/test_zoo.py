@@ -195,6 +195,46 @@ def test_unsafe_or_broken_files_are_refused(tmp_path):
         zoo.load("rmt_t", pretrained=tmp_path / "missing.pth")
 
 
+def test_a_pickle_that_calls_os_system_is_refused_as_unsafe_not_called_damaged(tmp_path):
+    import os
+    import pickle
+
+    marker = tmp_path / "ran"
+
+    class System:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"model": {"w": torch.zeros(1)}, "payload": System()}, tmp_path / "torch_save.pth")
+    (tmp_path / "plain.pkl").write_bytes(pickle.dumps({"model": System()}))  # protocol 4 or 5: not weights_only's
+    good = tmp_path / "good.pth"
+    torch.save({"model": {"w": torch.zeros(1000)}}, good)
+    (tmp_path / "truncated.pth").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    for name in ("torch_save.pth", "plain.pkl"):
+        with pytest.raises(CheckpointError) as err:
+            zoo.load("rmt_t", pretrained=tmp_path / name)
+        msg, system = str(err.value), f"{os.system.__module__}.system"
+        assert msg.startswith(f"Refused to load {tmp_path / name} as unsafe: it asks to import {system}")
+        assert "damaged" not in msg and _one_sentence(msg)
+    assert not marker.exists()
+    with pytest.raises(CheckpointError) as err:
+        zoo.load("rmt_t", pretrained=tmp_path / "truncated.pth")
+    assert "not a readable PyTorch file" in str(err.value) and "unsafe" not in str(err.value)
+
+
+def test_a_symbolic_link_loop_is_named_as_one(tmp_path):
+    loop = tmp_path / "loop.pth"
+    try:
+        loop.symlink_to(loop)
+    except OSError:
+        pytest.skip("no symbolic links here")
+    with pytest.raises(CheckpointError) as err:
+        zoo.load("rmt_t", pretrained=loop)
+    assert str(err.value) == f"Checkpoint path {loop} is a symbolic-link loop: its links never reach a file."
+    with pytest.raises(CheckpointError, match="does not exist"):
+        zoo.load("rmt_t", pretrained=tmp_path / "missing.pth")
+
+
 def _one_sentence(message: str) -> bool:
     return "\n" not in message and ". " not in message.rstrip(".") and message.endswith(".")
 
