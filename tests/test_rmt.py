@@ -248,10 +248,11 @@ def test_position_cache_follows_loaded_buffers(fixture):
 
 @pytest.mark.parametrize("impl", ["auto", "sdpa"])  # auto on CPU mixes matmul-softmax and SDPA; sdpa as on GPUs
 def test_compile_fullgraph_and_export(impl):
+    """Also after an eager forward under inference_mode has filled the position cache."""
     torch.manual_seed(0)
     model = rmt.RMT(**SMALL, attn_impl=impl).eval()
     x = torch.randn(2, 3, 64, 96)
-    with torch.no_grad():
+    with torch.inference_mode():
         eager = model(x)
     torch._dynamo.reset()
     assert torch._dynamo.explain(model)(x).graph_break_count == 0
