@@ -20,32 +20,6 @@ from bench.report import select_columns
 __all__ = ["ResultsError", "read_results", "render_card", "hub_url"]
 
 
-# family: (what it is, official code)
-_FAMILIES: dict[str, tuple[str, str]] = {
-    "rmt": (
-        "RMT, from *Retentive Networks Meet Vision Transformers* (CVPR 2024): a hierarchical vision transformer "
-        "whose Manhattan self-attention (MaSA) adds a decay by the Manhattan distance between tokens to the "
-        "attention scores",
-        "https://github.com/qhfan/RMT",
-    ),
-    "internimage": (
-        "InternImage, from *InternImage: Exploring Large-Scale Vision Foundation Models with Deformable "
-        "Convolutions* (CVPR 2023): a convolutional backbone built on deformable convolution v3 (DCNv3)",
-        "https://github.com/OpenGVLab/InternImage",
-    ),
-    "swin": (
-        "Swin Transformer, from *Swin Transformer: Hierarchical Vision Transformer using Shifted Windows* "
-        "(ICCV 2021): a hierarchical vision transformer with attention in shifted local windows",
-        "https://github.com/microsoft/Swin-Transformer",
-    ),
-    "maxvit": (
-        "MaxViT, from *MaxViT: Multi-Axis Vision Transformer* (ECCV 2022): MBConv blocks joined with "
-        "block-local and dilated grid attention",
-        "https://github.com/google-research/maxvit",
-    ),
-}
-
-# (column, field of a harness row (dots step into nested objects), measured: must be a finite number when present)
 # The harness's own columns (bench/report.py), so the card formats a number as every table does.
 _MEASURED = select_columns(("backend", "precision", "batch", "input", "device", "img_s", "p50", "top1"))
 
@@ -168,7 +142,9 @@ def render_card(
     name, family = config["architecture"], config["family"]
     prov, pre = config["provenance"], config["pretrained_cfg"]
     repo = pre["hf_hub_id"]
-    what, code = _FAMILIES.get(family, (f"{name}, an image classification model", config.get("paper") or ""))
+    known = zoo.families().get(family)  # what the family is and its official code, from the registry
+    what = known.description if known else f"{name}, an image classification model"
+    code = known.code if known else config.get("paper") or ""
     front = _front_matter(config, code)
     org = repo.split("/", 1)[0]
     model_info = zoo.info(name)

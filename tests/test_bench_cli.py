@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 FAULTY_MODELS = '''
 import os, signal, time
 import torch, torch.nn as nn
-from zoo._registry import ModelInfo, register
+from zoo._registry import Family, ModelInfo, register_family
 
 
 class Faulty(nn.Module):
@@ -46,9 +46,11 @@ class Faulty(nn.Module):
         return self.head(self.conv(x).mean((2, 3)))
 
 
-register(ModelInfo(name="oom_net", family="test", input_size=(3, 32, 32)))(lambda pretrained=False, **kw: Faulty("oom"))
-register(ModelInfo(name="crash_net", family="test", input_size=(3, 32, 32)))(lambda pretrained=False, **kw: Faulty("crash"))
-register(ModelInfo(name="hang_net", family="test", input_size=(3, 32, 32)))(lambda pretrained=False, **kw: Faulty("hang"))
+register_family(
+    Family("test", "models that fail on purpose", code="", built_by="zoo"),
+    [ModelInfo(name=f"{fault}_net", family="test", input_size=(3, 32, 32)) for fault in ("oom", "crash", "hang")],
+    lambda name, pretrained=False, **kw: Faulty(name.removesuffix("_net")),
+)
 '''
 
 

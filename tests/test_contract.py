@@ -7,6 +7,8 @@ keeps every other part of each variant (widths, heads, layer scale, token labell
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
 
 import pytest
@@ -20,7 +22,7 @@ from torchvision.models.feature_extraction import create_feature_extractor, get_
 import zoo
 
 ALL = zoo.list_models()
-OURS = zoo.list_models(family="rmt") + zoo.list_models(family="internimage")
+OURS = [name for f in zoo.families().values() if f.built_by == "zoo" for name in zoo.list_models(family=f.name)]
 ONE_BLOCK = dict(depths=(1, 1, 1, 1))
 
 
@@ -65,6 +67,24 @@ def test_interface_shapes_and_cfg_at_full_size(name):
         assert bare(x).ndim == 4
         gray = zoo.load(name, in_chans=1, drop_rate=0.1, drop_path_rate=0.2)  # timm's common arguments
         assert gray(x[:, :1]).shape == (1, 1000)
+
+
+@pytest.mark.parametrize("name", OURS)
+def test_feature_dim_names_the_channel_axis_as_timm_reads_it(name):
+    """timm's test_model_default_cfgs_non_std: the channel axis of forward_features comes from `feature_dim` (axis 1
+    of a 4-D map when a model has none), and pooled outputs carry head_hidden_size on it."""
+    with torch.device("meta"):
+        model = zoo.load(name)
+        x = _input(model)
+        features = model.forward_features(x)
+        assert features.ndim == 4 and model.feature_dim % 4 == get_channel_dim(model.output_fmt)
+        assert features.shape[model.feature_dim] == model.num_features
+        pre = model.forward_head(features, pre_logits=True)
+        model.reset_classifier(0)
+        pooled = model(x)
+        assert pooled.shape == pre.shape and pooled.shape[model.feature_dim] == model.head_hidden_size
+        # timm's test asks num_features of this one, which only models with head_hidden_size == num_features meet
+        assert zoo.load(name, num_classes=0)(x).shape[model.feature_dim] == model.head_hidden_size
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -141,3 +161,30 @@ def test_prune_intermediate_layers_and_getter_features(name):
         feats = getter(x)
     assert len(full) == 2 and [f.shape for f in feats] == [f.shape for f in full]
     assert getter.output_fmt == "NCHW" and getter.feature_info.reduction() == [16, 32]
+
+
+AUTOGRAD_MODES = {"inference_mode": torch.inference_mode, "no_grad": torch.no_grad, "grad": contextlib.nullcontext}
+
+
+@pytest.mark.parametrize("first", AUTOGRAD_MODES)
+@pytest.mark.parametrize("name", ["rmt_t", "rmt_s", "internimage_t"])  # RMT: whole-image and decomposed stage 3
+def test_a_forward_in_any_autograd_mode_leaves_nothing_that_changes_later_ones(name, first):
+    """What a forward under inference_mode, no_grad or recording gradients leaves in a model (RMT's cached position
+    tables) serves a later training step, inference and a move to float64 exactly as a fresh model does."""
+    torch.manual_seed(0)
+    used = zoo.load(name, num_classes=5, drop_path_rate=0.0, **ONE_BLOCK)
+    fresh = copy.deepcopy(used)
+    x = torch.randn(2, 3, 64, 96)
+    with AUTOGRAD_MODES[first]():
+        used(x)
+
+    def step(model: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+        model.train().zero_grad()
+        loss = model(x).square().mean()
+        loss.backward()
+        with torch.inference_mode():
+            after = model.eval()(x)
+        return [loss.detach(), after, *(p.grad for p in model.parameters())]
+
+    assert all(torch.equal(a, b) for a, b in zip(step(used, x), step(fresh, x)))
+    assert all(torch.equal(a, b) for a, b in zip(step(used.double(), x.double()), step(fresh.double(), x.double())))

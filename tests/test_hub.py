@@ -289,6 +289,7 @@ def test_card_front_matter_paper_and_measured_numbers(rmt_converted):
     assert "| eager | fp32 | 64 | 224x224 | NVIDIA H100 | 1234.6 | 51.90 | - |" in text
     assert "99999" not in text and "777" not in text  # failed rows and other models stay off the card
     assert "not stated by the official release" in text  # qhfan/RMT names no license
+    assert zoo.families()["rmt"].description in text  # what the model is, from the registry
 
 
 def test_card_without_rows_says_so_and_never_invents(rmt_converted, tmp_path):

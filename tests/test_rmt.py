@@ -200,6 +200,39 @@ def test_large_grid_paths_equal_full_masks(monkeypatch):
             assert rel_err(model.set_attn_impl(impl)(x), full) <= 1e-6
 
 
+def _storage_bytes(tensors) -> int:
+    return sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}.values())
+
+
+def test_position_cache_is_one_lru_per_model_bounded_by_bytes_and_exact(monkeypatch):
+    """Many input sizes: the model's tables never hold more than POSITION_CACHE_BYTES, the least recently used go
+    first, tables above the bound on their own are not kept, and every output equals one from fresh tables."""
+    torch.manual_seed(0)
+    model = rmt.RMT(**SMALL).eval()
+    cache = model.layers[0].Relpos._cache
+    assert all(layer.Relpos._cache is cache for layer in model.layers)
+    monkeypatch.setattr(rmt, "POSITION_CACHE_BYTES", 256 << 10)
+    sizes = [(32 + 4 * i, 48 + 2 * i) for i in range(16)]
+    inputs = {s: torch.randn(1, 3, *s) for s in sizes}
+    first = {}
+    with torch.no_grad():
+        for size in sizes:
+            first[size] = model(inputs[size])
+            grids = [f.shape[-2:] for f in model.forward_intermediates(inputs[size], intermediates_only=True)]
+            entries = list(cache._entries.values())
+            assert cache.nbytes == sum(n for _, n in entries) == sum(_storage_bytes(t) for t, _ in entries)
+            assert 0 < cache.nbytes <= rmt.POSITION_CACHE_BYTES
+            stages = [layer.Relpos._stage_id for layer in model.layers]
+            assert list(cache._entries)[-4:] == [(s, *g, torch.float32, torch.device("cpu")) for s, g in zip(stages, grids)]
+        assert len(cache) < 4 * len(sizes)  # the bound evicted
+        for size in reversed(sizes):  # recent sizes hit, evicted ones are rebuilt
+            assert torch.equal(model(inputs[size]), first[size])
+        monkeypatch.setattr(rmt, "POSITION_CACHE_BYTES", 1024)
+        cache.clear()
+        assert torch.equal(model(inputs[sizes[-1]]), first[sizes[-1]])
+        assert all(n <= 1024 for _, n in cache._entries.values()) and cache.nbytes <= 1024
+
+
 def test_position_cache_follows_loaded_buffers(fixture):
     fx = fixture("rmt_tiny")
     model = rmt.RMT(**fx.config).eval()
@@ -215,10 +248,11 @@ def test_position_cache_follows_loaded_buffers(fixture):
 
 @pytest.mark.parametrize("impl", ["auto", "sdpa"])  # auto on CPU mixes matmul-softmax and SDPA; sdpa as on GPUs
 def test_compile_fullgraph_and_export(impl):
+    """Also after an eager forward under inference_mode has filled the position cache."""
     torch.manual_seed(0)
     model = rmt.RMT(**SMALL, attn_impl=impl).eval()
     x = torch.randn(2, 3, 64, 96)
-    with torch.no_grad():
+    with torch.inference_mode():
         eager = model(x)
     torch._dynamo.reset()
     assert torch._dynamo.explain(model)(x).graph_break_count == 0

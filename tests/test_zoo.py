@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import timm
@@ -32,6 +33,68 @@ def test_every_listed_name_is_registered():
     assert zoo.list_models() == sorted(ALL)
     assert zoo.list_models("rmt_*_tl") == ["rmt_b_tl", "rmt_l_tl", "rmt_s_tl"]
     assert zoo.list_models(family="swin") == ["swin_b", "swin_s", "swin_t"]
+
+
+def test_families_are_registry_data_and_list_their_models():
+    fams = zoo.families()
+    assert list(fams) == ["internimage", "rmt", "swin", "maxvit"]  # registration order
+    assert {n for n, f in fams.items() if f.built_by == "zoo"} == {"rmt", "internimage"}
+    for name, fam in fams.items():
+        assert fam.name == name and fam.code.startswith("https://github.com/") and "\n" not in fam.description
+        assert all(zoo.info(m).family == name for m in zoo.list_models(family=name))
+    assert "Manhattan self-attention" in fams["rmt"].description
+    assert sorted(m for f in fams for m in zoo.list_models(family=f)) == zoo.list_models()
+    with pytest.raises(ValueError, match="Unknown family 'vit'; the zoo's families are internimage, rmt, swin, maxvit"):
+        zoo.list_models(family="vit")
+
+
+def test_comparison_models_leave_out_token_labelling():
+    """What the GPU suite compares: every family's models but RMT's token-labelling variants, family by family."""
+    assert zoo.comparison_models() == [
+        "internimage_t", "internimage_s", "internimage_b", "internimage_l", "rmt_t", "rmt_s", "rmt_b", "rmt_l",
+        "swin_t", "swin_s", "swin_b", "maxvit_t", "maxvit_s", "maxvit_b",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("family", ["rmt", "internimage"])
+def test_generated_entry_points_are_timm_models_written_in_the_family_module(family):
+    import importlib
+    import pickle
+
+    module = importlib.import_module(f"zoo.{family}")
+    names = zoo.list_models(family=family)
+    assert timm.list_models(f"{family}_*") == names and timm.list_models(module=family) == names
+    for name in names:
+        fn = getattr(module, name)
+        assert (fn.__name__, fn.__qualname__, fn.__module__) == (name, name, module.__name__)
+        assert timm.models.model_entrypoint(name) is fn and pickle.loads(pickle.dumps(fn)) is fn
+        assert name in module.__all__ and name in module.default_cfgs
+        assert timm.models.get_pretrained_cfg(name).architecture == name
+    assert not timm.is_model("swin_t")  # timm's own families stay under timm's names
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_pretrained_cfg_reads_back_as_the_same_facts(name):
+    """ModelInfo -> pretrained_cfg -> ModelInfo through the one field mapping keeps every fact the cfg carries."""
+    from dataclasses import asdict
+
+    from zoo._registry import _CFG_FIELDS, ModelInfo
+
+    i = zoo.info(name)
+    back = asdict(ModelInfo.from_pretrained_cfg(name, timm.models.PretrainedCfg(**i.pretrained_cfg())))
+    assert {f: back[f] for f in _CFG_FIELDS} == {f: asdict(i)[f] for f in _CFG_FIELDS}
+
+
+def test_register_family_refuses_a_second_registration_and_strays():
+    from zoo._registry import Family, ModelInfo, register_family
+
+    fam = Family("rmt", "again", code="", built_by="zoo")
+    with pytest.raises(ValueError, match="rmt, rmt_t would be registered twice"):
+        register_family(fam, [ModelInfo(name="rmt_t", family="rmt")], lambda name, pretrained=False, **kw: None)
+    stray = Family("stray", "a test family", code="", built_by="timm")
+    with pytest.raises(ValueError, match="stray_t name another family than 'stray'"):
+        register_family(stray, [ModelInfo(name="stray_t", family="rmt")], lambda name, pretrained=False, **kw: None)
+    assert "stray" not in zoo.families() and "stray_t" not in zoo.list_models()
 
 
 @pytest.mark.parametrize("name", ["swin_t", "swin_s", "swin_b", "maxvit_t", "maxvit_s", "maxvit_b"])
@@ -82,6 +145,25 @@ def test_cli_lists_and_rejects_unknown_names():
     assert bad.stderr.strip().count("\n") == 0 and "Did you mean: rmt_s" in bad.stderr
 
 
+def test_cli_pattern_matching_nothing_is_an_error_in_one_sentence():
+    proc = subprocess.run([sys.executable, "-m", "zoo", "list", "zzz*"], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.startswith("error: no model of the zoo matches 'zzz*'") and proc.stderr.count("\n") == 1
+
+
+def test_cli_ends_quietly_when_the_reader_goes_and_says_why_a_write_failed():
+    cmd = [sys.executable, "-m", "zoo", "list", "rmt_t"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the reader is gone before the table is written (`| head` after its lines)
+    err = proc.stderr.read()
+    assert proc.wait() == 141 and "Traceback" not in err and "Error" not in err, err
+    if Path("/dev/full").exists():
+        with open("/dev/full", "w") as full:
+            proc = subprocess.run(cmd, stdout=full, stderr=subprocess.PIPE, text=True)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr
+        assert proc.stderr.splitlines()[-1] == "error: cannot write to standard output (No space left on device)."
+
+
 def test_timm_checkpoint_path_loads_strictly(tmp_path):
     src = zoo.load("test_vit", num_classes=4)
     path = tmp_path / "vit.pth"
@@ -109,6 +191,46 @@ def test_unsafe_or_broken_files_are_refused(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(CheckpointError, match="not a readable safetensors file"):
         zoo.load("rmt_t", pretrained=tmp_path / "junk.safetensors")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        zoo.load("rmt_t", pretrained=tmp_path / "missing.pth")
+
+
+def test_a_pickle_that_calls_os_system_is_refused_as_unsafe_not_called_damaged(tmp_path):
+    import os
+    import pickle
+
+    marker = tmp_path / "ran"
+
+    class System:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"model": {"w": torch.zeros(1)}, "payload": System()}, tmp_path / "torch_save.pth")
+    (tmp_path / "plain.pkl").write_bytes(pickle.dumps({"model": System()}))  # protocol 4 or 5: not weights_only's
+    good = tmp_path / "good.pth"
+    torch.save({"model": {"w": torch.zeros(1000)}}, good)
+    (tmp_path / "truncated.pth").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    for name in ("torch_save.pth", "plain.pkl"):
+        with pytest.raises(CheckpointError) as err:
+            zoo.load("rmt_t", pretrained=tmp_path / name)
+        msg, system = str(err.value), f"{os.system.__module__}.system"
+        assert msg.startswith(f"Refused to load {tmp_path / name} as unsafe: it asks to import {system}")
+        assert "damaged" not in msg and _one_sentence(msg)
+    assert not marker.exists()
+    with pytest.raises(CheckpointError) as err:
+        zoo.load("rmt_t", pretrained=tmp_path / "truncated.pth")
+    assert "not a readable PyTorch file" in str(err.value) and "unsafe" not in str(err.value)
+
+
+def test_a_symbolic_link_loop_is_named_as_one(tmp_path):
+    loop = tmp_path / "loop.pth"
+    try:
+        loop.symlink_to(loop)
+    except OSError:
+        pytest.skip("no symbolic links here")
+    with pytest.raises(CheckpointError) as err:
+        zoo.load("rmt_t", pretrained=loop)
+    assert str(err.value) == f"Checkpoint path {loop} is a symbolic-link loop: its links never reach a file."
     with pytest.raises(CheckpointError, match="does not exist"):
         zoo.load("rmt_t", pretrained=tmp_path / "missing.pth")
 

@@ -2,6 +2,8 @@
 
     import zoo
     model = zoo.load("rmt_s", pretrained=True)
+    zoo.families()                      # name -> Family (description, official code, who builds it)
+    zoo.list_models(family="rmt")       # its models; zoo.comparison_models(): the ones benchmarks compare
 
 Importing `zoo` also registers RMT and InternImage with timm, so `timm.create_model("rmt_s")` works.
 """
@@ -13,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from ._checkpoint import CheckpointError, CheckpointMismatchError, LoadReport, read_checkpoint
-from ._registry import ModelInfo, UnknownModelError, info, list_models
+from ._registry import Family, ModelInfo, UnknownModelError, comparison_models, families, info, list_models
 from . import internimage, rmt, timm_models  # noqa: F401  (registration side effects)
 
 __all__ = [
@@ -21,6 +23,9 @@ __all__ = [
     "param_count",
     "info",
     "list_models",
+    "families",
+    "comparison_models",
+    "Family",
     "ModelInfo",
     "UnknownModelError",
     "CheckpointError",
@@ -44,7 +49,7 @@ def load(name: str, pretrained: bool | str | Path = False, **kwargs) -> nn.Modul
     check_pretrained(pretrained)
     build = builder(name)
     if build is None:
-        model = timm_models.create_passthrough(name, pretrained, **kwargs)
+        model = timm_models.create(name, pretrained, **kwargs)
     else:
         model = build(pretrained=pretrained, **kwargs)
     return model.eval()

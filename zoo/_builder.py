@@ -30,7 +30,9 @@ def stage_indices(num_stages: int, indices: int | Sequence[int] | None) -> tuple
         return tuple(range(num_stages))
     if isinstance(indices, int) and not isinstance(indices, bool):
         if not 0 < indices <= num_stages:
-            raise ValueError(f"out_indices={indices} asks for the last {indices} of {num_stages} stages; use 1 to {num_stages}.")
+            raise ValueError(
+                f"out_indices={indices} asks for the last {indices} of {num_stages} stages; use 1 to {num_stages}."
+            )
         return tuple(range(num_stages - indices, num_stages))
     try:
         given = tuple(indices)
@@ -108,7 +110,9 @@ def create(
     features_only = bool(kwargs.pop("features_only", False))
     feature_cls = kwargs.pop("feature_cls", None)
     if feature_cls not in (None, "getter"):
-        raise ValueError(f"{variant} builds its features through forward_intermediates (feature_cls='getter'), not {feature_cls!r}.")
+        raise ValueError(
+            f"{variant} builds its features through forward_intermediates (feature_cls='getter'), not {feature_cls!r}."
+        )
     model = build_model_with_cfg(
         partial(cls, features_only=features_only), variant, pretrained=False, **{**model_info.arch, **kwargs}
     )

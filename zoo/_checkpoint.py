@@ -7,12 +7,13 @@ silent partial load.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import pickle
-import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import IO, Callable, Iterable
 
 import torch
 import torch.nn as nn
@@ -37,15 +38,15 @@ _PLAIN_KEYS = ("model", "state_dict", "module")
 # DeiT-style training scripts (the official RMT one among them) save their argparse options beside the weights;
 # a Namespace holds only plain values, so allowing it keeps weights_only's guarantee.
 _SAFE_GLOBALS = [argparse.Namespace]
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-# weights_only's refusal of a pickled object (a class or function to import); anything else is a damaged file.
-_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+# What a PyTorch checkpoint's pickle imports; anything else in a file weights_only refused is why it refused.
+_CHECKPOINT_GLOBALS = ("torch.", "collections.OrderedDict", *(f"{g.__module__}.{g.__name__}" for g in _SAFE_GLOBALS))
 StateDict = dict[str, torch.Tensor]
 FilterFn = Callable[[StateDict, nn.Module], StateDict]
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint file that cannot be read, or that was refused because unpickling it could run code."""
+    """A checkpoint file that cannot be read (missing, a link loop, damaged), or that was refused as unsafe because
+    unpickling it could run code."""
 
 
 class CheckpointMismatchError(ValueError):
@@ -84,6 +85,65 @@ def _unwrap(obj: object, source: str, prefer_ema: bool) -> tuple[StateDict, str]
     return dict(state), entry
 
 
+class _Inert:
+    """Stands in for every object a pickle asks for, so reading it runs nothing."""
+
+    def __new__(cls, *args, **kwargs):
+        return super().__new__(cls)
+
+    def __setstate__(self, state: object) -> None:
+        pass
+
+
+class _ImportRecorder(pickle.Unpickler):
+    """Reads a pickle of any protocol, recording the globals it imports instead of importing them."""
+
+    def __init__(self, file):
+        super().__init__(file)
+        self.imports: list[str] = []
+
+    def find_class(self, module: str, name: str) -> type:
+        self.imports.append(f"{module}.{name}")
+        return _Inert
+
+    def persistent_load(self, pid: object) -> None:
+        return None
+
+
+def _imports(file: IO[bytes]) -> list[str]:
+    """The globals the pickles in `file` import, one pickle after another, as far as they can be read."""
+    recorder = _ImportRecorder(file)
+    while True:
+        try:
+            recorder.load()
+        except Exception:  # the end of the pickles, or damage: what was read so far is the answer
+            return recorder.imports
+
+
+def _foreign_imports(path: Path) -> list[str]:
+    """The globals, other than a checkpoint's own, that `path` imports: in a zip checkpoint its data.pkl, in a
+    legacy or plain pickle file each pickle in turn."""
+    with open(path, "rb") as f:
+        if zipfile.is_zipfile(f):
+            with zipfile.ZipFile(f) as archive:
+                pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
+                imports = _imports(archive.open(pickles[0])) if pickles else []
+        else:
+            f.seek(0)
+            imports = _imports(f)
+    return [g for g in imports if not g.startswith(_CHECKPOINT_GLOBALS)]
+
+
+def _not_a_file(path: Path) -> CheckpointError:
+    try:
+        path.stat()
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return CheckpointError(f"Checkpoint path {path} is a symbolic-link loop: its links never reach a file.")
+        return CheckpointError(f"Checkpoint file {path} does not exist.")
+    return CheckpointError(f"Checkpoint path {path} is not a file.")
+
+
 def read_checkpoint(path: str | Path, prefer_ema: bool = True) -> tuple[StateDict, str]:
     """Read a `.safetensors` or `.pth` file into a flat state dict; return it and the nesting key taken.
 
@@ -91,7 +151,7 @@ def read_checkpoint(path: str | Path, prefer_ema: bool = True) -> tuple[StateDic
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"Checkpoint file {path} does not exist.")
+        raise _not_a_file(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -102,14 +162,15 @@ def read_checkpoint(path: str | Path, prefer_ema: bool = True) -> tuple[StateDic
     try:
         with torch.serialization.safe_globals(_SAFE_GLOBALS):
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        text = _ANSI.sub("", str(e))
-        found = _UNSAFE_GLOBAL.search(text)
-        if found is None:  # damaged or not a pickle at all: nothing in it asked to run anything
-            raise CheckpointError(f"Checkpoint {path} is not a readable PyTorch file (it is damaged or not a checkpoint).") from None
+    except pickle.UnpicklingError:
+        foreign = _foreign_imports(path)
+        if not foreign:  # damaged, or not a pickle at all: nothing in it asked to run anything
+            raise CheckpointError(
+                f"Checkpoint {path} is not a readable PyTorch file (it is damaged or not a checkpoint)."
+            ) from None
         raise CheckpointError(
-            f"Refused to load {path}: it holds pickled objects other than tensors ({found.group(1)}), and loading "
-            f"them could run code (weights_only=True)."
+            f"Refused to load {path} as unsafe: it asks to import {_listing(dict.fromkeys(foreign), 3)}, and "
+            f"torch.load(weights_only=True) refuses whatever could run code while loading."
         ) from None
     except Exception as e:
         raise CheckpointError(f"Checkpoint {path} is not a readable PyTorch file ({type(e).__name__}: {e}).") from None
@@ -185,7 +246,9 @@ def load_pretrained(
     if dropped and not getattr(model, "features_only", False):
         # The freshly initialised classifier stays; everything else must still fit exactly.
         state.update({k: v for k, v in own.items() if k.startswith(classifier) and k not in state})
-        _logger.info("%s: classifier weights dropped for %d classes: %s", model_info.name, model.num_classes, _listing(dropped))
+        _logger.info(
+            "%s: classifier weights dropped for %d classes: %s", model_info.name, model.num_classes, _listing(dropped)
+        )
     check_fits(model, state, where, hint(state, model) if hint else "")
     model.load_state_dict(state, strict=True)
     model.load_report = LoadReport(source=where, entry=entry, dropped=dropped)

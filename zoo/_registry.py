@@ -1,24 +1,65 @@
-"""One registry for every family: names, metadata (`ModelInfo`) and builders.
+"""One registry for every family: the families, their models' metadata (`ModelInfo`) and builders.
 
-The harness and the Hub model cards read `ModelInfo`; nothing else restates those facts.
+Each family's module states its facts once, as data: a `Family` record and a table of its variants' `ModelInfo`s,
+handed to `register_family`, which generates the entry points. The harness, the Hub model cards and the tests
+read families and models from here; nothing else restates those facts.
 """
 from __future__ import annotations
 
 import difflib
 import fnmatch
+import sys
 from dataclasses import dataclass, field
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Iterable, Literal
 
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import PretrainedCfg, generate_default_cfgs, register_model
 
 __all__ = [
-    "ModelInfo", "UnknownModelError", "register", "list_models", "info", "builder", "suggest", "model_kwargs",
+    "Family",
+    "ModelInfo",
+    "UnknownModelError",
+    "register_family",
+    "families",
+    "list_models",
+    "comparison_models",
+    "info",
+    "builder",
+    "suggest",
     "registered_info",
-]  # fmt: skip
+]
 
-# Arguments timm.create_model hands every builder; the zoo's builders take their configuration from ModelInfo.
-_TIMM_ONLY_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
+
+@dataclass(frozen=True)
+class Family:
+    """A model family: what it is (one line, as model cards open), its official code, and whose code builds it.
+
+    `built_by="zoo"`: built by this repository's code and registered with timm as well; `"timm"`: timm's own models.
+    """
+
+    name: str
+    description: str
+    code: str
+    built_by: Literal["zoo", "timm"]
+
+
+# ModelInfo fields that timm's pretrained_cfg carries, with their pretrained_cfg names: the one mapping, both ways.
+_CFG_FIELDS = dict(
+    hf_hub_id="hf_hub_id",
+    hf_hub_filename="hf_hub_filename",
+    num_classes="num_classes",
+    input_size="input_size",
+    crop_pct="crop_pct",
+    interpolation="interpolation",
+    mean="mean",
+    std="std",
+    first_conv="first_conv",
+    classifier="classifier",
+    license="license",
+    paper="paper_ids",
+)
 
 
 @dataclass(frozen=True)
@@ -49,54 +90,99 @@ class ModelInfo:
     # Environment variable naming the Hub organisation to take weights from instead of hf_hub_id's, for families
     # whose weights whoever converts them publishes under their own name (RMT: none are on the Hub yet).
     hub_org_env: str | None = None
+    # False for variants trained with extra supervision (RMT's token labelling): their top-1 is not comparable
+    # with the other families', so the benchmark's comparison (`comparison_models`) leaves them out.
+    comparable: bool = True
 
     def pretrained_cfg(self) -> dict:
         """timm's pretrained_cfg for this model (for `generate_default_cfgs` and config.json), without nulls."""
-        cfg = dict(
-            hf_hub_id=self.hf_hub_id,
-            hf_hub_filename=self.hf_hub_filename,
-            num_classes=self.num_classes,
-            input_size=self.input_size,
-            pool_size=(self.input_size[1] // 32, self.input_size[2] // 32),
-            crop_pct=self.crop_pct,
-            crop_mode="center",
-            interpolation=self.interpolation,
-            mean=self.mean,
-            std=self.std,
-            first_conv=self.first_conv,
-            classifier=self.classifier,
-            license=self.license,
-            paper_ids=self.paper,
-        )
+        cfg = {cfg_name: getattr(self, name) for name, cfg_name in _CFG_FIELDS.items()}
+        cfg.update(pool_size=(self.input_size[1] // 32, self.input_size[2] // 32), crop_mode="center")
         return {k: v for k, v in cfg.items() if v is not None}
+
+    @classmethod
+    def from_pretrained_cfg(cls, name: str, cfg: PretrainedCfg) -> ModelInfo:
+        """The facts a timm pretrained_cfg holds, read back: what the zoo knows of a model timm builds."""
+        facts = {f: getattr(cfg, cfg_name) for f, cfg_name in _CFG_FIELDS.items()}
+        facts.update(
+            input_size=tuple(cfg.input_size),
+            mean=tuple(cfg.mean),
+            std=tuple(cfg.std),
+            # timm reads model.safetensors from a Hub repo unless its cfg names a file; the zoo names it.
+            hf_hub_filename="model.safetensors" if cfg.hf_hub_id else None,
+            paper=cfg.paper_ids if isinstance(cfg.paper_ids, str) else None,
+        )
+        return cls(name=name, family="timm", timm_name=name, **facts)
 
 
 class UnknownModelError(ValueError):
     """Raised for a name neither this zoo nor timm knows; the message suggests close names."""
 
 
+_FAMILIES: dict[str, Family] = {}
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 _INFOS: dict[str, ModelInfo] = {}
 
 
-def register(model_info: ModelInfo) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator: record a builder `fn(pretrained=False, **kwargs) -> nn.Module` under `model_info.name`."""
+def _entry_point(name: str, create: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """`name(pretrained=False, **kwargs)`, defined as if written in `create`'s module (timm, pickle and FX look it
+    up there by name)."""
 
-    def decorate(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if model_info.name in _BUILDERS:
-            raise ValueError(f"model {model_info.name!r} is registered twice")
-        _BUILDERS[model_info.name] = fn
-        _INFOS[model_info.name] = model_info
-        return fn
+    def entry_point(pretrained: bool | str | Path = False, **kwargs) -> nn.Module:
+        return create(name, pretrained, **kwargs)
 
-    return decorate
+    entry_point.__name__ = entry_point.__qualname__ = name
+    entry_point.__module__ = create.__module__
+    entry_point.__doc__ = f"Build {name} (see `zoo.info({name!r})`); kwargs as for `zoo.load`."
+    return entry_point
+
+
+def register_family(family: Family, variants: Iterable[ModelInfo], create: Callable[..., nn.Module]) -> None:
+    """Register `family` and its variants, each built by `create(name, pretrained=False, **kwargs)`.
+
+    Every variant gets an entry point named after it in `create`'s module. For a family the zoo builds, that module
+    also gets `default_cfgs` from the variants' pretrained_cfgs, and the entry points go through timm's
+    `register_model`, so `timm.list_models`, `timm.create_model`, `hf-hub:` and `local-dir:` know the variants.
+    """
+    variants = list(variants)
+    twice = ([family.name] if family.name in _FAMILIES else []) + [v.name for v in variants if v.name in _INFOS]
+    if twice:
+        raise ValueError(f"{', '.join(twice)} would be registered twice.")
+    strays = [v.name for v in variants if v.family != family.name]
+    if strays:
+        raise ValueError(f"{', '.join(strays)} name another family than {family.name!r}.")
+    module = sys.modules[create.__module__]
+    if family.built_by == "zoo":
+        cfgs = generate_default_cfgs({v.name: v.pretrained_cfg() for v in variants})
+        vars(module).setdefault("default_cfgs", {}).update(cfgs)  # what register_model reads
+    _FAMILIES[family.name] = family
+    for variant in variants:
+        fn = _entry_point(variant.name, create)
+        setattr(module, variant.name, fn)
+        _BUILDERS[variant.name], _INFOS[variant.name] = fn, variant
+        if family.built_by == "zoo":
+            register_model(fn)
+
+
+def families() -> dict[str, Family]:
+    """Every registered family by name, in the order they were registered."""
+    return dict(_FAMILIES)
 
 
 def list_models(pattern: str = "*", family: str | None = None) -> list[str]:
-    """Names of this zoo's models matching a shell-style pattern (timm names pass through `load` too)."""
+    """Names of this zoo's models (of one family) matching a shell-style pattern, sorted (timm names pass through
+    `load` too)."""
+    if family is not None and family not in _FAMILIES:
+        raise ValueError(f"Unknown family {family!r}; the zoo's families are {', '.join(_FAMILIES)}.")
     return sorted(
         n for n, i in _INFOS.items() if fnmatch.fnmatch(n, pattern) and (family is None or i.family == family)
     )
+
+
+def comparison_models() -> list[str]:
+    """The models a benchmark compares: every registered model but those marked not `comparable` (RMT's
+    token-labelling variants), family by family in registration order, each in its variant table's order."""
+    return [n for n, i in _INFOS.items() if i.comparable]
 
 
 def suggest(name: str, extra: list[str] | tuple[str, ...] = ()) -> list[str]:
@@ -125,23 +211,7 @@ def info(name: str) -> ModelInfo:
     cfg = timm.models.get_pretrained_cfg(name)
     if cfg is None:
         return ModelInfo(name=name, family="timm", timm_name=name)
-    return ModelInfo(
-        name=name,
-        family="timm",
-        input_size=tuple(cfg.input_size),
-        crop_pct=cfg.crop_pct,
-        interpolation=cfg.interpolation,
-        mean=tuple(cfg.mean),
-        std=tuple(cfg.std),
-        num_classes=cfg.num_classes,
-        hf_hub_id=cfg.hf_hub_id,
-        hf_hub_filename="model.safetensors" if cfg.hf_hub_id else None,
-        license=cfg.license,
-        paper=cfg.paper_ids if isinstance(cfg.paper_ids, str) else None,
-        timm_name=name,
-        first_conv=cfg.first_conv,
-        classifier=cfg.classifier,
-    )
+    return ModelInfo.from_pretrained_cfg(name, cfg)
 
 
 def builder(name: str) -> Callable[..., nn.Module] | None:
@@ -153,11 +223,6 @@ def builder(name: str) -> Callable[..., nn.Module] | None:
     if timm.is_model(name):
         return None
     raise _unknown(name)
-
-
-def model_kwargs(kwargs: dict) -> dict:
-    """A builder's kwargs without the ones timm.create_model adds, so timm and zoo.load build alike."""
-    return {k: v for k, v in kwargs.items() if k not in _TIMM_ONLY_KWARGS}
 
 
 def registered_info(name: str) -> ModelInfo:

@@ -16,6 +16,9 @@ class StagedModel(nn.Module):
 
     stages_attr = "layers"
     head_modules: tuple[str, ...] = ()  # modules between the last stage and `head`, dropped with it by pruning
+    # The channel axis of forward_features' map (NHWC), where timm's NHWC models declare it (timm's checks of
+    # non-standard models read it, and take axis 1 of a 4-D map without it).
+    feature_dim = -1
     head_hidden_size: int
     num_classes: int
     global_pool: str

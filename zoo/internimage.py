@@ -17,19 +17,26 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, trunc_normal_
-from timm.models import FeatureInfo, generate_default_cfgs, register_model
+from timm.models import FeatureInfo
 from timm.models._features_fx import register_notrace_module
 from torch.utils.checkpoint import checkpoint
 from torchvision.ops import Permute
 
 from ._builder import create, stage_indices
 from ._checkpoint import StateDict
-from ._registry import ModelInfo, register
+from ._registry import Family, ModelInfo, register_family
 from ._staged import StagedModel
 
 __all__ = [
-    "InternImage", "DCNv3", "dcnv3", "dcnv3_reference", "checkpoint_filter_fn", "DCN_IMPLS", "INFOS", "default_cfgs",
-]  # fmt: skip
+    "InternImage",
+    "DCNv3",
+    "dcnv3",
+    "dcnv3_reference",
+    "checkpoint_filter_fn",
+    "DCN_IMPLS",
+    "FAMILY",
+    "INFOS",
+]
 
 _POINTS = 9  # 3x3 kernel points; kernel 3, stride 1, pad 1, dilation 1 in every released model
 DCN_IMPLS = ("fast", "reference")
@@ -364,15 +371,30 @@ def checkpoint_filter_fn(state: StateDict, model: nn.Module) -> StateDict:
     return {re.sub(r"\.layer_scale([12])$", r".gamma\1", k[len("model."):]): v for k, v in state.items()}
 
 
+FAMILY = Family(
+    "internimage",
+    "InternImage, from *InternImage: Exploring Large-Scale Vision Foundation Models with Deformable Convolutions* "
+    "(CVPR 2023): a convolutional backbone built on deformable convolution v3 (DCNv3)",
+    code="https://github.com/OpenGVLab/InternImage",
+    built_by="zoo",
+)
 _PAPER = "https://arxiv.org/abs/2211.05778"
 _NOTES = "params as the official code counts them; GFLOPs are fvcore's (multiply-adds); top-1 from the paper"
 
 
-def _info(name: str, hub_repo: str, params: float, gflops: float, top1: float, size: int = 224,
-          notes: str = _NOTES, **arch) -> ModelInfo:
+def _info(
+    name: str,
+    hub_repo: str,
+    params: float,
+    gflops: float,
+    top1: float,
+    arch: dict,
+    size: int = 224,
+    notes: str = _NOTES,
+) -> ModelInfo:
     return ModelInfo(
         name=name,
-        family="internimage",
+        family=FAMILY.name,
         arch=arch,
         paper_params_m=params,
         paper_gflops=gflops,
@@ -390,26 +412,31 @@ def _info(name: str, hub_repo: str, params: float, gflops: float, top1: float, s
     )
 
 
-INFOS: dict[str, ModelInfo] = {
-    "internimage_t": _info(
-        "internimage_t", "internimage_t_1k_224", 29.918424, 4.90, 83.5,
-        channels=64, depths=(4, 4, 18, 4), groups=(4, 8, 16, 32), layer_scale=None, offset_scale=1.0, post_norm=False,
+# name: Hub repo under OpenGVLab, params (M) as the official code counts them, GFLOPs, top-1, arch[, size, notes]
+_VARIANTS: dict[str, tuple] = {
+    "internimage_t": (
+        "internimage_t_1k_224", 29.918424, 4.90, 83.5,
+        dict(channels=64, depths=(4, 4, 18, 4), groups=(4, 8, 16, 32), layer_scale=None, offset_scale=1.0,
+             post_norm=False),
     ),
-    "internimage_s": _info(
-        "internimage_s", "internimage_s_1k_224", 50.079880, 8.33, 84.2,
-        channels=80, depths=(4, 4, 21, 4), groups=(5, 10, 20, 40), layer_scale=1e-5, offset_scale=1.0, post_norm=True,
+    "internimage_s": (
+        "internimage_s_1k_224", 50.079880, 8.33, 84.2,
+        dict(channels=80, depths=(4, 4, 21, 4), groups=(5, 10, 20, 40), layer_scale=1e-5, offset_scale=1.0,
+             post_norm=True),
     ),
-    "internimage_b": _info(
-        "internimage_b", "internimage_b_1k_224", 97.461832, 16.21, 84.9,
-        channels=112, depths=(4, 4, 21, 4), groups=(7, 14, 28, 56), layer_scale=1e-5, offset_scale=1.0, post_norm=True,
+    "internimage_b": (
+        "internimage_b_1k_224", 97.461832, 16.21, 84.9,
+        dict(channels=112, depths=(4, 4, 21, 4), groups=(7, 14, 28, 56), layer_scale=1e-5, offset_scale=1.0,
+             post_norm=True),
     ),
-    "internimage_l": _info(
-        "internimage_l", "internimage_l_22kto1k_384", 223.334810, 107.94, 87.7, size=384,
-        notes=_NOTES + "; pretrained on ImageNet-22K, fine-tuned on ImageNet-1K at 384x384",
-        channels=160, depths=(5, 5, 22, 5), groups=(10, 20, 40, 80), layer_scale=1e-5, offset_scale=2.0, post_norm=True,
+    "internimage_l": (
+        "internimage_l_22kto1k_384", 223.334810, 107.94, 87.7,
+        dict(channels=160, depths=(5, 5, 22, 5), groups=(10, 20, 40, 80), layer_scale=1e-5, offset_scale=2.0,
+             post_norm=True),
+        384, _NOTES + "; pretrained on ImageNet-22K, fine-tuned on ImageNet-1K at 384x384",
     ),
 }  # fmt: skip
-default_cfgs = generate_default_cfgs({name: i.pretrained_cfg() for name, i in INFOS.items()})
+INFOS: dict[str, ModelInfo] = {name: _info(name, *row) for name, row in _VARIANTS.items()}
 
 
 def _checkpoint_hint(state: StateDict, model: InternImage) -> str:
@@ -429,25 +456,4 @@ def _create(variant: str, pretrained: bool | str | Path = False, **kwargs) -> In
     return create(InternImage, variant, pretrained, filter_fn=checkpoint_filter_fn, hint=_checkpoint_hint, **kwargs)
 
 
-@register_model
-@register(INFOS["internimage_t"])
-def internimage_t(pretrained: bool | str | Path = False, **kwargs) -> InternImage:
-    return _create("internimage_t", pretrained, **kwargs)
-
-
-@register_model
-@register(INFOS["internimage_s"])
-def internimage_s(pretrained: bool | str | Path = False, **kwargs) -> InternImage:
-    return _create("internimage_s", pretrained, **kwargs)
-
-
-@register_model
-@register(INFOS["internimage_b"])
-def internimage_b(pretrained: bool | str | Path = False, **kwargs) -> InternImage:
-    return _create("internimage_b", pretrained, **kwargs)
-
-
-@register_model
-@register(INFOS["internimage_l"])
-def internimage_l(pretrained: bool | str | Path = False, **kwargs) -> InternImage:
-    return _create("internimage_l", pretrained, **kwargs)
+register_family(FAMILY, INFOS.values(), _create)

@@ -1,33 +1,49 @@
 """RMT: Retentive Networks Meet Vision Transformers (Fan et al., CVPR 2024, arXiv 2309.11523).
 
-Written from the architecture description in shared/docs/MODELS.md. Module and parameter names follow the
-official state dicts (qhfan/RMT) so released checkpoints load by name; the one deliberate difference is the fused
-`retention.qkv` projection, which `checkpoint_filter_fn` builds from the official q/k/v projections.
+Written from the paper's description and checked against outputs of the official code (qhfan/RMT), which
+tests/fixtures carries. Module and parameter names follow the official state dicts so released checkpoints load by
+name; the one deliberate difference is the fused `retention.qkv` projection, which `checkpoint_filter_fn` builds
+from the official q/k/v projections.
 
-Manhattan Self-Attention (MaSA) is softmax(q k^T + D) v with an additive spatial-decay bias D, so it runs on
-`scaled_dot_product_attention` with D as the attention mask (or FlexAttention on CUDA). Position tables and
-masks are cached per grid size, device and dtype; the whole-image form switches to query blocks with masks built
-block by block when a full (HW)^2 mask would be large. `attn_impl="reference"` keeps a plain path written like
-the official code (masks rebuilt every call, explicit matmul and softmax) as the test oracle.
+Manhattan Self-Attention (MaSA) is softmax(q k^T + D) v with an additive spatial-decay bias D, so any attention
+kernel that takes an additive mask computes it. `attn_impl="auto"` takes batched matmul-softmax on CPU (faster there
+in eager mode; compiled whole-image stages take SDPA) and `scaled_dot_product_attention` with D as the mask on other
+devices; "matmul", "sdpa" and "flex" (FlexAttention, D computed inside the kernel) choose one. Position tables and
+masks are cached per stage, grid size, dtype and device, in one least-recently-used cache per model bounded by
+POSITION_CACHE_BYTES; the whole-image form switches to query blocks with masks built block by block when a full
+(HW)^2 mask would be large. `attn_impl="reference"` keeps a plain path written like the official code (masks
+rebuilt every call, explicit matmul and softmax) as the test oracle.
 """
 from __future__ import annotations
 
+import itertools
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, trunc_normal_
-from timm.models import FeatureInfo, generate_default_cfgs, register_model
+from timm.models import FeatureInfo
 from timm.models._features_fx import register_notrace_module
 from torch.utils.checkpoint import checkpoint
 
 from ._builder import create, stage_indices
 from ._checkpoint import StateDict
-from ._registry import ModelInfo, register
+from ._registry import Family, ModelInfo, register_family
 from ._staged import StagedModel
 
-__all__ = ["RMT", "checkpoint_filter_fn", "DEFAULT_HUB_ORG", "ORG_ENV", "ATTN_IMPLS", "INFOS", "default_cfgs"]
+__all__ = [
+    "RMT",
+    "checkpoint_filter_fn",
+    "DEFAULT_HUB_ORG",
+    "ORG_ENV",
+    "ATTN_IMPLS",
+    "POSITION_CACHE_BYTES",
+    "PositionCache",
+    "FAMILY",
+    "INFOS",
+]
 
 DEFAULT_HUB_ORG = "rmt-zoo"
 # No RMT weights are on the Hub yet: whoever converts them publishes under their own organisation, named here.
@@ -35,6 +51,9 @@ ORG_ENV = "RMT_HUB_ORG"
 ATTN_IMPLS = ("auto", "matmul", "sdpa", "flex", "reference")
 # Above this many mask elements (heads x L x L), the whole-image form works in query blocks (64 MB in fp32).
 MAX_MASK_ELEMS = 1 << 24
+# What one model keeps of its position tables and masks: every stage's at any one input size up to dense-prediction
+# sizes (rmt_t: 47 MiB at 512x512, 44 MiB at 800x1344, 3.3 MiB at 224x224).
+POSITION_CACHE_BYTES = 64 << 20
 
 
 def _rotate_pairs(x: torch.Tensor) -> torch.Tensor:
@@ -75,15 +94,57 @@ def _manhattan_bias(decay_h: torch.Tensor, decay_w: torch.Tensor, rows: slice) -
     return bias.reshape(n, -1, h * w)
 
 
+class PositionCache:
+    """The stages' position tables by (stage, grid, dtype, device), evicting the least recently used beyond
+    POSITION_CACHE_BYTES (read at each insertion); tables larger than that on their own are not kept."""
+
+    def __init__(self):
+        self._entries: OrderedDict[tuple, tuple[tuple[torch.Tensor, ...], int]] = OrderedDict()
+        self.nbytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: tuple) -> tuple[torch.Tensor, ...] | None:
+        if key not in self._entries:
+            return None
+        self._entries.move_to_end(key)
+        return self._entries[key][0]
+
+    def put(self, key: tuple, tables: tuple[torch.Tensor, ...]) -> None:
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tables}  # views count once
+        self._entries[key] = (tables, sum(storages.values()))
+        self.nbytes += self._entries[key][1]
+        while self.nbytes > POSITION_CACHE_BYTES:
+            self.nbytes -= self._entries.popitem(last=False)[1][1]
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.nbytes = 0
+
+
+_STAGE_IDS = itertools.count()
+
+
 @register_notrace_module  # shape-dependent tables and a cache: a leaf for FX
 class DecayPosition(nn.Module):
     """The per-stage generator (`Relpos` in the official code) of rotary tables and spatial-decay masks.
 
     `angle` and `decay` are persistent buffers, as in the official state dicts, so a checkpoint's own values are
-    used. Tables derived from them are cached in eager mode and recomputed inside compiled or exported graphs.
+    used. Tables derived from them are kept in `cache` (shared by a model's stages) in eager mode, built outside
+    inference mode as plain constants so that any later forward, recording gradients or not, can use them; they
+    are recomputed inside compiled or exported graphs, and dropped when the buffers are loaded or moved.
     """
 
-    def __init__(self, dim: int, num_heads: int, init_value: float, heads_range: float, chunkwise: bool):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        init_value: float,
+        heads_range: float,
+        chunkwise: bool,
+        cache: PositionCache | None = None,
+    ):
         super().__init__()
         key_dim = dim // num_heads
         angle = 1.0 / (10000 ** torch.linspace(0, 1, key_dim // 2))
@@ -92,7 +153,8 @@ class DecayPosition(nn.Module):
         self.register_buffer("decay", torch.log(1 - 2 ** (-init_value - heads_range * heads / num_heads)))
         self.num_heads = num_heads
         self.chunkwise = chunkwise
-        self._cache: dict[tuple, tuple[torch.Tensor, ...]] = {}
+        self._cache = PositionCache() if cache is None else cache
+        self._stage_id = next(_STAGE_IDS)
 
     def _load_from_state_dict(self, *args, **kwargs):
         self._cache.clear()  # tables derived from the old buffers would be stale
@@ -148,10 +210,14 @@ class DecayPosition(nn.Module):
             return (*self.rotary(h, w, dtype), *self.masks(h, w, dtype, fast=False))
         if torch.compiler.is_compiling() or torch.jit.is_tracing():
             return (*self.rotary_fast(h, w, dtype), *self.masks(h, w, dtype))
-        key = (h, w, dtype, self.angle.device)
-        if key not in self._cache:
-            self._cache[key] = (*self.rotary_fast(h, w, dtype), *self.masks(h, w, dtype))
-        return self._cache[key]
+        key = (self._stage_id, h, w, dtype, self.angle.device)
+        tables = self._cache.get(key)
+        if tables is None:
+            # Under inference_mode the tables would be inference tensors, which autograd cannot save later.
+            with torch.inference_mode(False), torch.no_grad():
+                tables = (*self.rotary_fast(h, w, dtype), *self.masks(h, w, dtype))
+            self._cache.put(key, tables)
+        return tables
 
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -280,7 +346,9 @@ class ManhattanSelfAttention(nn.Module):
             mask_w, mask_h = pos[2], pos[3]
             v = v.reshape(b, h, w, n, d).permute(0, 1, 3, 2, 4)  # (b, h, n, w, d)
             v = _decayed_softmax(qr.transpose(1, 2), kr.transpose(1, 2), v, mask_w)
-            out = _decayed_softmax(qr.permute(0, 3, 1, 2, 4), kr.permute(0, 3, 1, 2, 4), v.permute(0, 3, 2, 1, 4), mask_h)
+            out = _decayed_softmax(
+                qr.permute(0, 3, 1, 2, 4), kr.permute(0, 3, 1, 2, 4), v.permute(0, 3, 2, 1, 4), mask_h
+            )
             out = out.permute(0, 3, 1, 2, 4).flatten(-2)  # (b, w, n, h, d) -> (b, h, w, c)
         else:
             qr, kr = qr.flatten(2, 3), kr.flatten(2, 3)  # (b, n, hw, d)
@@ -405,9 +473,10 @@ class RMTStage(nn.Module):
         drop_path: list[float],
         layer_scale: float | None,
         attn_impl: str,
+        cache: PositionCache | None = None,
     ):
         super().__init__()
-        self.Relpos = DecayPosition(dim, num_heads, init_value, heads_range, chunkwise)
+        self.Relpos = DecayPosition(dim, num_heads, init_value, heads_range, chunkwise, cache)
         self.blocks = nn.ModuleList(
             RetBlock(dim, num_heads, mlp_ratio, chunkwise, drop_path[i], layer_scale, attn_impl) for i in range(depth)
         )
@@ -492,6 +561,7 @@ class RMT(StagedModel):
         self.patch_embed = PatchEmbed(in_chans, embed_dims[0])
         rates = [drop_path_rate * i / max(1, sum(depths) - 1) for i in range(sum(depths))]
         self.layers = nn.ModuleList()
+        cache = PositionCache()  # one budget for the whole model's tables
         for i, depth in enumerate(depths):
             start = sum(depths[:i])
             self.layers.append(
@@ -507,6 +577,7 @@ class RMT(StagedModel):
                     rates[start : start + depth],
                     layer_init_values if layerscales[i] else None,
                     attn_impl,
+                    cache,
                 )
             )
         info = [dict(num_chs=c, reduction=4 * 2**i, module=f"layers.{i}") for i, c in enumerate(embed_dims)]
@@ -538,9 +609,9 @@ class RMT(StagedModel):
             nn.init.zeros_(m.bias)
 
     def set_attn_impl(self, attn_impl: str) -> "RMT":
-        """Switch every MaSA between "auto" (matmul-softmax on CPU except compiled whole-image stages, SDPA elsewhere), "matmul" (always
-        batched matmul-softmax), "sdpa", "flex"
-        (FlexAttention, compiled; meant for CUDA) and "reference" (official-shaped, the test oracle)."""
+        """Switch every MaSA between "auto" (matmul-softmax on CPU except compiled whole-image stages, SDPA elsewhere),
+        "matmul" (always batched matmul-softmax), "sdpa", "flex" (FlexAttention, compiled; meant for CUDA) and
+        "reference" (official-shaped, the test oracle)."""
         if attn_impl not in ATTN_IMPLS:
             raise ValueError(f"attn_impl must be one of {', '.join(ATTN_IMPLS)}, not {attn_impl!r}.")
         for m in self.modules():
@@ -621,6 +692,13 @@ def _mismatch_hint(state: StateDict, model: RMT) -> str:
     return ""
 
 
+FAMILY = Family(
+    "rmt",
+    "RMT, from *Retentive Networks Meet Vision Transformers* (CVPR 2024): a hierarchical vision transformer whose "
+    "Manhattan self-attention (MaSA) adds a decay by the Manhattan distance between tokens to the attention scores",
+    code="https://github.com/qhfan/RMT",
+    built_by="zoo",
+)
 _PAPER = "https://arxiv.org/abs/2309.11523"
 _ARCHS: dict[str, dict] = {
     "rmt_t": dict(
@@ -650,7 +728,7 @@ def _info(name: str, official_fn: str, params: int, gflops: float, top1: float) 
     token_label = name.endswith("_tl")
     return ModelInfo(
         name=name,
-        family="rmt",
+        family=FAMILY.name,
         arch=dict(_ARCHS[name.removesuffix("_tl")], token_label=token_label),
         paper_params_m=params / 1e6,
         paper_gflops=gflops,
@@ -664,63 +742,25 @@ def _info(name: str, official_fn: str, params: int, gflops: float, top1: float) 
         first_conv="patch_embed.proj.0",
         classifier=("head", "aux_head") if token_label else "head",
         hub_org_env=ORG_ENV,
+        comparable=not token_label,  # trained with extra supervision
     )
 
 
 # name: official builder, params of the official code, paper GFLOPs, paper top-1
-INFOS: dict[str, ModelInfo] = {
-    "rmt_t": _info("rmt_t", "RMT_T3", 14_334_216, 2.5, 82.4),
-    "rmt_s": _info("rmt_s", "RMT_S", 26_967_240, 4.5, 84.1),
-    "rmt_b": _info("rmt_b", "RMT_M2", 54_154_896, 9.7, 85.0),
-    "rmt_l": _info("rmt_l", "RMT_L6", 95_464_864, 18.2, 85.5),
-    "rmt_s_tl": _info("rmt_s_tl", "RMT_S (token labeling)", 26_967_240 + 513_000, 4.5, 84.8),
-    "rmt_b_tl": _info("rmt_b_tl", "RMT_M2 (token labeling)", 54_154_896 + 513_000, 9.7, 85.6),
-    "rmt_l_tl": _info("rmt_l_tl", "RMT_L6 (token labeling)", 95_464_864 + 641_000, 18.2, 86.1),
+_VARIANTS: dict[str, tuple[str, int, float, float]] = {
+    "rmt_t": ("RMT_T3", 14_334_216, 2.5, 82.4),
+    "rmt_s": ("RMT_S", 26_967_240, 4.5, 84.1),
+    "rmt_b": ("RMT_M2", 54_154_896, 9.7, 85.0),
+    "rmt_l": ("RMT_L6", 95_464_864, 18.2, 85.5),
+    "rmt_s_tl": ("RMT_S (token labeling)", 26_967_240 + 513_000, 4.5, 84.8),
+    "rmt_b_tl": ("RMT_M2 (token labeling)", 54_154_896 + 513_000, 9.7, 85.6),
+    "rmt_l_tl": ("RMT_L6 (token labeling)", 95_464_864 + 641_000, 18.2, 86.1),
 }
-default_cfgs = generate_default_cfgs({name: i.pretrained_cfg() for name, i in INFOS.items()})
+INFOS: dict[str, ModelInfo] = {name: _info(name, *row) for name, row in _VARIANTS.items()}
 
 
 def _create(variant: str, pretrained: bool | str | Path = False, **kwargs) -> RMT:
     return create(RMT, variant, pretrained, filter_fn=checkpoint_filter_fn, hint=_mismatch_hint, **kwargs)
 
 
-@register_model
-@register(INFOS["rmt_t"])
-def rmt_t(pretrained: bool | str | Path = False, **kwargs) -> RMT:
-    return _create("rmt_t", pretrained, **kwargs)
-
-
-@register_model
-@register(INFOS["rmt_s"])
-def rmt_s(pretrained: bool | str | Path = False, **kwargs) -> RMT:
-    return _create("rmt_s", pretrained, **kwargs)
-
-
-@register_model
-@register(INFOS["rmt_b"])
-def rmt_b(pretrained: bool | str | Path = False, **kwargs) -> RMT:
-    return _create("rmt_b", pretrained, **kwargs)
-
-
-@register_model
-@register(INFOS["rmt_l"])
-def rmt_l(pretrained: bool | str | Path = False, **kwargs) -> RMT:
-    return _create("rmt_l", pretrained, **kwargs)
-
-
-@register_model
-@register(INFOS["rmt_s_tl"])
-def rmt_s_tl(pretrained: bool | str | Path = False, **kwargs) -> RMT:
-    return _create("rmt_s_tl", pretrained, **kwargs)
-
-
-@register_model
-@register(INFOS["rmt_b_tl"])
-def rmt_b_tl(pretrained: bool | str | Path = False, **kwargs) -> RMT:
-    return _create("rmt_b_tl", pretrained, **kwargs)
-
-
-@register_model
-@register(INFOS["rmt_l_tl"])
-def rmt_l_tl(pretrained: bool | str | Path = False, **kwargs) -> RMT:
-    return _create("rmt_l_tl", pretrained, **kwargs)
+register_family(FAMILY, INFOS.values(), _create)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import sys
 from dataclasses import replace
-from functools import partial
 from pathlib import Path
 
 import timm
@@ -16,22 +15,45 @@ from timm.models._features import FeatureInfo
 
 from ._builder import check_pretrained, resolve_weights, stage_indices
 from ._checkpoint import load_pretrained
-from ._registry import ModelInfo, info, model_kwargs, register
+from ._registry import Family, ModelInfo, info, register_family
 
-__all__ = ["TimmFeatures", "create_passthrough"]
+__all__ = ["TimmFeatures", "create", "SWIN", "MAXVIT"]
 
-_SWIN = "https://arxiv.org/abs/2103.14030"
-_MAXVIT = "https://arxiv.org/abs/2204.01697"
-
-# name: (timm model with its ImageNet-1K tag, params M, GMACs, top-1, paper), numbers as timm reports them
-_ALIASES: dict[str, tuple[str, float, float, float, str]] = {
-    "swin_t": ("swin_tiny_patch4_window7_224.ms_in1k", 28.29, 4.51, 81.39, _SWIN),
-    "swin_s": ("swin_small_patch4_window7_224.ms_in1k", 49.61, 8.77, 83.23, _SWIN),
-    "swin_b": ("swin_base_patch4_window7_224.ms_in1k", 87.77, 15.47, 83.60, _SWIN),
-    "maxvit_t": ("maxvit_tiny_tf_224.in1k", 30.92, 5.60, 83.43, _MAXVIT),
-    "maxvit_s": ("maxvit_small_tf_224.in1k", 68.93, 11.66, 84.45, _MAXVIT),
-    "maxvit_b": ("maxvit_base_tf_224.in1k", 119.47, 24.04, 84.88, _MAXVIT),
+SWIN = Family(
+    "swin",
+    "Swin Transformer, from *Swin Transformer: Hierarchical Vision Transformer using Shifted Windows* (ICCV 2021): "
+    "a hierarchical vision transformer with attention in shifted local windows",
+    code="https://github.com/microsoft/Swin-Transformer",
+    built_by="timm",
+)
+MAXVIT = Family(
+    "maxvit",
+    "MaxViT, from *MaxViT: Multi-Axis Vision Transformer* (ECCV 2022): MBConv blocks joined with block-local and "
+    "dilated grid attention",
+    code="https://github.com/google-research/maxvit",
+    built_by="timm",
+)
+# family: (paper, {name: (timm model with its ImageNet-1K tag, params M, GMACs, top-1)}), numbers as timm reports them
+_VARIANTS: dict[Family, tuple[str, dict[str, tuple[str, float, float, float]]]] = {
+    SWIN: (
+        "https://arxiv.org/abs/2103.14030",
+        {
+            "swin_t": ("swin_tiny_patch4_window7_224.ms_in1k", 28.29, 4.51, 81.39),
+            "swin_s": ("swin_small_patch4_window7_224.ms_in1k", 49.61, 8.77, 83.23),
+            "swin_b": ("swin_base_patch4_window7_224.ms_in1k", 87.77, 15.47, 83.60),
+        },
+    ),
+    MAXVIT: (
+        "https://arxiv.org/abs/2204.01697",
+        {
+            "maxvit_t": ("maxvit_tiny_tf_224.in1k", 30.92, 5.60, 83.43),
+            "maxvit_s": ("maxvit_small_tf_224.in1k", 68.93, 11.66, 84.45),
+            "maxvit_b": ("maxvit_base_tf_224.in1k", 119.47, 24.04, 84.88),
+        },
+    ),
 }
+# Arguments timm.create_model hands an entry point besides the model's own; the zoo takes the cfg from ModelInfo.
+_TIMM_CFG_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
 
 
 class TimmFeatures(nn.Module):
@@ -47,7 +69,9 @@ class TimmFeatures(nn.Module):
         self.feature_info = FeatureInfo(model.feature_info, self.out_indices)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return self.model.forward_intermediates(x, indices=list(self.out_indices), intermediates_only=True, output_fmt="NCHW")
+        return self.model.forward_intermediates(
+            x, indices=list(self.out_indices), intermediates_only=True, output_fmt="NCHW"
+        )
 
 
 def _filter_fn(model: nn.Module):
@@ -60,15 +84,17 @@ def _dense_indices(model: nn.Module) -> tuple[int, ...]:
     return tuple(i for i, f in enumerate(model.feature_info) if 4 <= f["reduction"] <= 32)
 
 
-def _create(
-    model_info: ModelInfo,
+def create(
+    name: str,
     pretrained: bool | str | Path = False,
     features_only: bool = False,
     out_indices: tuple[int, ...] | None = None,
     **kwargs,
 ) -> nn.Module:
+    """Any timm model, by a zoo alias or timm's own name, built and loaded the way the zoo's own families are."""
+    model_info = info(name)
     check_pretrained(pretrained)
-    kwargs = model_kwargs(kwargs)
+    kwargs = {k: v for k, v in kwargs.items() if k not in _TIMM_CFG_KWARGS}
     model = timm.create_model(model_info.timm_name, pretrained=False, **kwargs)
     indices = _dense_indices(model) if out_indices is None else stage_indices(len(model.feature_info), out_indices)
     if pretrained:
@@ -80,25 +106,20 @@ def _create(
     return model
 
 
-def create_passthrough(name: str, pretrained: bool | str | Path = False, **kwargs) -> nn.Module:
-    """Any timm model name, built and loaded the way the zoo's own names are."""
-    return _create(info(name), pretrained, **kwargs)
-
-
-def _alias(name: str, spec: tuple[str, float, float, float, str]) -> None:
-    timm_name, params, gmacs, top1, paper = spec
-    model_info = replace(
+def _alias(
+    name: str, family: Family, paper: str, timm_name: str, params: float, gmacs: float, top1: float
+) -> ModelInfo:
+    return replace(
         info(timm_name),  # preprocessing, license and Hub repo exactly as timm publishes them
         name=name,
-        family=name.split("_")[0],
+        family=family.name,
         paper_params_m=params,
         paper_gflops=gmacs,
         paper_top1=top1,
         paper=paper,
         notes="params, GMACs and top-1 as timm reports them",
     )
-    register(model_info)(partial(_create, model_info))
 
 
-for _name, _spec in _ALIASES.items():
-    _alias(_name, _spec)
+for _family, (_paper, _table) in _VARIANTS.items():
+    register_family(_family, [_alias(name, _family, _paper, *row) for name, row in _table.items()], create)
