@@ -40,7 +40,7 @@ def comparison_models() -> list[str]:
     """The models the suite compares, as the zoo's registry lists them."""
     import zoo
 
-    return [n for n in zoo.list_models() if not zoo.info(n).arch.get("token_label")]
+    return zoo.comparison_models()
 
 
 @dataclass(frozen=True)

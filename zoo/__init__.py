@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from ._checkpoint import CheckpointError, CheckpointMismatchError, LoadReport, read_checkpoint
 from ._registry import Family, ModelInfo, UnknownModelError, comparison_models, families, info, list_models
-from . import internimage, rmt, timm_models  # noqa: F401  (registration side effects)
+from . import rmt, internimage, timm_models  # noqa: F401  (registration side effects; families are listed in this order)
 
 __all__ = [
     "load",
