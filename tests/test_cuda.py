@@ -65,11 +65,12 @@ def test_rmt_paths_under_autocast(impl, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("chunkwise", [True, False])
 def test_flex_attention_matches_reference(chunkwise, dtype):
-    """One MaSA layer per form: each new shape compiles a FlexAttention kernel, so the grid is square and small."""
+    """One MaSA layer per form: each new shape compiles a FlexAttention kernel, so the grid is square and small.
+    Head dim 16, the least CUDA's FlexAttention kernels take (every RMT variant has 16 or more)."""
     torch.manual_seed(0)
-    relpos = rmt.DecayPosition(32, 4, 2, 4, chunkwise).cuda()
-    masa = rmt.ManhattanSelfAttention(32, 4, chunkwise, attn_impl="reference").eval().cuda()
-    x = torch.randn(2, 6, 6, 32, device="cuda")
+    relpos = rmt.DecayPosition(64, 4, 2, 4, chunkwise).cuda()
+    masa = rmt.ManhattanSelfAttention(64, 4, chunkwise, attn_impl="reference").eval().cuda()
+    x = torch.randn(2, 6, 6, 64, device="cuda")
     with torch.no_grad():
         ref = masa(x, relpos(6, 6, x.dtype, cached=False), relpos.decay)
         masa.attn_impl = "flex"
