@@ -281,15 +281,16 @@ def main(argv: list[str] | None = None) -> int:
         if i == 0:
             eager = [p for p in paths if p.label.endswith("eager")]
             result["profile"], tables = profile(eager, cfg.device, cfg.profile_rows)
-        del paths
+            del eager
+        del paths  # frees this setting's models before the next part's memory is measured
         write(result, tables, args.out)
         print(f"{setting.label}: {json.dumps(row['ratios'])} ({time.perf_counter() - start:.0f} s)", flush=True)
         if i == 0:  # the backbone next: eager and quick, so a run stopped in a later setting's compiles still has it
             start = time.perf_counter()
             result["dense"] = dense_memory(cfg, official)
             write(result, tables, args.out)
-            paths_s = f"{json.dumps(result['dense']['paths'])} ({time.perf_counter() - start:.0f} s)"
-            print(f"backbone memory: {paths_s}", flush=True)
+            summary = json.dumps(result["dense"]["paths"])
+            print(f"backbone memory: {summary} ({time.perf_counter() - start:.0f} s)", flush=True)
     return 0
 
 
