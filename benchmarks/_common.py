@@ -1,10 +1,12 @@
-"""What the CPU benchmarks against the official code share: importing that code from a path, interleaved timing,
-and the machine's state (load average, versions) recorded beside every number."""
+"""What the benchmarks against the official code share: importing that code from a path, the official RMT model
+with its weights loaded into ours, interleaved timing, and the machine's state (load average, versions) recorded
+beside every number."""
 from __future__ import annotations
 
 import importlib.util
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -15,8 +17,16 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import torch.nn as nn
 
+import zoo
 from bench.env import cpu_name, git_commit
+from bench.measure import synchronize
+from zoo.rmt import checkpoint_filter_fn
+
+OFFICIAL_RMT_BUILDERS = {"rmt_t": "RMT_T3", "rmt_s": "RMT_S", "rmt_b": "RMT_M2", "rmt_l": "RMT_L6"}
+# The official RMT.py imports these at module level; its model uses neither.
+RMT_STUBS = {"fvcore.nn": {"FlopCountAnalysis": None, "flop_count_table": None}, "einops": {"einsum": None}}
 
 
 class OfficialCodeError(SystemExit):
@@ -74,6 +84,34 @@ def import_official(path: Path, module: str, stubs: dict[str, dict[str, object]]
     return loaded, stubbed
 
 
+def import_official_rmt(file: Path) -> tuple[types.ModuleType, list[str]]:
+    """qhfan/RMT's classfication_release/RMT.py, given as the file, with its unused imports stubbed where missing."""
+    if file.suffix != ".py" or not file.is_file():
+        raise OfficialCodeError(f"--official {file} is not the official RMT.py file.")
+    return import_official(file.parent, file.stem, RMT_STUBS)
+
+
+def build_official(official: types.ModuleType, name: str, arch: dict | None = None) -> nn.Module:
+    """The official model, randomly initialised, in eval mode: from the official builder for `name`, or, given
+    `arch` (the official VisRetNet's arguments, which ours shares), that architecture."""
+    return (official.VisRetNet(**arch) if arch else getattr(official, OFFICIAL_RMT_BUILDERS[name])(None)).eval()
+
+
+def official_and_ours(official: types.ModuleType, name: str, arch: dict | None = None) -> tuple[nn.Module, nn.Module]:
+    """The official model and ours with its weights, loaded strictly through the zoo's official-key loader."""
+    theirs = build_official(official, name, arch)
+    ours = zoo.load(name, **(arch or {}))
+    ours.load_state_dict(checkpoint_filter_fn(theirs.state_dict(), ours), strict=True)
+    return theirs, ours
+
+
+def ratios(median: dict[str, float]) -> dict[str, float]:
+    """Throughput ratios of ours to the official code (and to the reference path), for the paths present."""
+    pairs = [("ours eager", "official eager"), ("ours compiled", "official compiled"), ("ours eager", "reference path"),
+             ("official eager", "reference path")]  # fmt: skip
+    return {f"{a} / {b}": median[a] / median[b] for a, b in pairs if a in median and b in median}
+
+
 def official_note(path: Path | None, stubbed: list[str]) -> str:
     """What the report says about the official code: where it came from and what was stubbed, or its absence."""
     if path is None:
@@ -107,28 +145,56 @@ class Timed:
         return statistics.median(self.img_cpu_s)
 
 
-def interleaved(paths: list[Timed], batch: int, rounds: int, min_round_s: float) -> None:
+def first_calls(paths: list[Timed]) -> tuple[list[Timed], dict[str, torch.Tensor], dict[str, str]]:
+    """Call each path once under inference_mode (compiling where it compiles): the paths that ran, their outputs,
+    and the error of each that raised, in a line. A compiler bug in one path then costs only that path's numbers
+    (inductor's SDPA pattern rewrite fails on the official code's rank-5 attention in fp32 on CPU, torch 2.11-2.14)."""
+    ran, outs, failed = [], {}, {}
+    with torch.inference_mode():
+        for p in paths:
+            try:
+                outs[p.label] = p.call()
+            except Exception as exc:  # any failure of this path is reported in the results, not raised
+                lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+                failed[p.label] = f"{type(exc).__name__}: {' '.join(lines[:2])}"
+                continue
+            ran.append(p)
+    return ran, outs, failed
+
+
+def failed_lines(failed: dict[str, str]) -> list[str]:
+    """The report's lines for the paths that did not run (none when all ran)."""
+    return [f"Did not run: **{label}**: `{error}`" for label, error in failed.items()] + ([""] if failed else [])
+
+
+def interleaved(paths: list[Timed], batch: int, rounds: int, min_round_s: float, device: str = "cpu") -> None:
     """Warm each path up (compiling where it compiles), then time them in interleaved rounds, each round long
-    enough (>= min_round_s, whole forwards) that timer noise is small; a busy neighbour slows all paths alike."""
+    enough (>= min_round_s, whole forwards) that timer noise is small; a busy neighbour slows all paths alike.
+    On a GPU each round is bracketed by synchronisation, so it times the queued work, not its launch."""
+
+    def run(p: Timed, n: int) -> tuple[float, float]:
+        synchronize(device)
+        start, cpu = time.perf_counter(), time.process_time()
+        for _ in range(n):
+            p.call()
+        synchronize(device)
+        return time.perf_counter() - start, time.process_time() - cpu
+
     iters = {}
     with torch.inference_mode():
         for p in paths:
             p.call()
-            start = time.perf_counter()
-            p.call()
-            iters[p.label] = max(1, round(min_round_s / (time.perf_counter() - start)))
+            iters[p.label] = max(1, round(min_round_s / run(p, 1)[0]))
         for _ in range(rounds):
             for p in paths:
-                start, cpu = time.perf_counter(), time.process_time()
-                for _ in range(iters[p.label]):
-                    p.call()
-                p.img_s.append(batch * iters[p.label] / (time.perf_counter() - start))
-                p.img_cpu_s.append(batch * iters[p.label] / (time.process_time() - cpu))
+                wall, cpu = run(p, iters[p.label])
+                p.img_s.append(batch * iters[p.label] / wall)
+                p.img_cpu_s.append(batch * iters[p.label] / cpu)
 
 
 def machine(threads: int) -> dict:
     """Versions, CPU and the `uptime` load average: the machine is shared, so the load belongs with the numbers."""
-    uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip() if shutil.which("uptime") else ""
     return {
         "torch": torch.__version__,
         "python": platform.python_version(),

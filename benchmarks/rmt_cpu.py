@@ -30,31 +30,33 @@ sys.path.insert(0, str(ROOT))
 
 import zoo  # noqa: E402
 from benchmarks._common import (  # noqa: E402
-    OfficialCodeError,
+    OFFICIAL_RMT_BUILDERS,
     Timed,
-    import_official,
+    failed_lines,
+    first_calls,
+    import_official_rmt,
     interleaved,
     machine,
+    official_and_ours,
     official_note,
+    ratios,
     rel_err,
 )
-from zoo.rmt import checkpoint_filter_fn  # noqa: E402
 
-OFFICIAL_BUILDERS = {"rmt_t": "RMT_T3", "rmt_s": "RMT_S", "rmt_b": "RMT_M2", "rmt_l": "RMT_L6"}
-STUBS = {"fvcore.nn": {"FlopCountAnalysis": None, "flop_count_table": None}, "einops": {"einsum": None}}
 TOL = 1e-4
 SIZE = 224
 
 
-def build_paths(name: str, batch: int, official, seed: int = 0) -> tuple[list[Timed], dict[str, float]]:
-    """The labelled forward passes for one model and batch, and each one's error against the first."""
+def build_paths(name: str, batch: int, official, seed: int = 0) -> tuple[list[Timed], dict[str, float], dict[str, str]]:
+    """The labelled forward passes for one model and batch that ran, each one's error against the first, and the
+    error of each that did not run."""
     torch.manual_seed(seed)
     x = torch.randn(batch, 3, SIZE, SIZE)
-    ours = zoo.load(name)
     paths = []
-    if official is not None:
-        theirs = getattr(official, OFFICIAL_BUILDERS[name])(None).eval()
-        ours.load_state_dict(checkpoint_filter_fn(theirs.state_dict(), ours), strict=True)
+    if official is None:
+        ours = zoo.load(name)
+    else:
+        theirs, ours = official_and_ours(official, name)
         compiled_theirs = torch.compile(theirs)
         paths += [Timed("official eager", lambda: theirs(x)), Timed("official compiled", lambda: compiled_theirs(x))]
     reference = copy.deepcopy(ours).set_attn_impl("reference")
@@ -64,14 +66,13 @@ def build_paths(name: str, batch: int, official, seed: int = 0) -> tuple[list[Ti
         Timed("ours compiled", lambda: compiled_ours(x)),
         Timed("reference path", lambda: reference(x)),
     ]
-    with torch.inference_mode():
-        outs = {p.label: p.call() for p in paths}
+    paths, outs, failed = first_calls(paths)
     ref = next(iter(outs.values()))
     errors = {label: rel_err(out, ref) for label, out in outs.items()}
     bad = {label: e for label, e in errors.items() if e > TOL}
     if bad:
         raise SystemExit(f"{name} batch {batch}: outputs disagree with {paths[0].label} beyond {TOL}: {bad}.")
-    return paths, errors
+    return paths, errors, failed
 
 
 def profile(paths: list[Timed], top: int) -> dict[str, list[dict]]:
@@ -153,6 +154,7 @@ def markdown(result: dict) -> str:
             lines.append(f"| {label} | " + " | ".join(f"{v:.2f}" for v in stats) + f" | {row['rel_err'][label]:.1e} |")
         lines += ["", "Ratios of medians: " + ", ".join(f"{k} **{v:.2f}x**" for k, v in row["ratios"].items()), ""]
         lines += ["Same, per CPU-second: " + ", ".join(f"{k} {v:.2f}x" for k, v in row["ratios_cpu"].items()), ""]
+        lines += failed_lines(row["failed"])
         for label, ops in row.get("profile", {}).items():
             total = sum(o["self_ms"] for o in ops)
             lines += [f"Profile, one forward of {label} (top operators by self CPU time; {total:.0f} ms in these):", ""]
@@ -172,16 +174,10 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def ratios(median: dict[str, float]) -> dict[str, float]:
-    pairs = [("ours eager", "official eager"), ("ours compiled", "official compiled"), ("ours eager", "reference path"),
-             ("official eager", "reference path")]  # fmt: skip
-    return {f"{a} / {b}": median[a] / median[b] for a, b in pairs if a in median and b in median}
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--official", type=Path, help="the official RMT.py (qhfan/RMT classfication_release/RMT.py)")
-    ap.add_argument("--models", nargs="+", default=["rmt_t", "rmt_s", "rmt_b"], choices=list(OFFICIAL_BUILDERS))
+    ap.add_argument("--models", nargs="+", default=["rmt_t", "rmt_s", "rmt_b"], choices=list(OFFICIAL_RMT_BUILDERS))
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
@@ -200,22 +196,21 @@ def main(argv: list[str] | None = None) -> int:
 
     official, stubbed = None, []
     if args.official is not None:
-        if args.official.suffix != ".py" or not args.official.is_file():
-            raise OfficialCodeError(f"--official {args.official} is not the official RMT.py file.")
-        official, stubbed = import_official(args.official.parent, args.official.stem, STUBS)
+        official, stubbed = import_official_rmt(args.official)
     note = official_note(args.official, stubbed)
     print(f"official code: {note}", flush=True)
     result = {"command": " ".join(["python", "benchmarks/rmt_cpu.py", *(sys.argv[1:] if argv is None else argv)]),
               "env": machine(args.threads), "official": note, "stubbed": stubbed, "rows": []}  # fmt: skip
     for name in [] if args.memory_only else args.models:
         for batch in args.batch:
-            paths, errors = build_paths(name, batch, official)
+            paths, errors, failed = build_paths(name, batch, official)
             interleaved(paths, batch, args.rounds, args.min_round_s)
             median = {p.label: p.median for p in paths}
             median_cpu = {p.label: p.median_cpu for p in paths}
             row = {"model": name, "batch": batch, "rounds": args.rounds, "img_s": {p.label: p.img_s for p in paths},
                    "img_cpu_s": {p.label: p.img_cpu_s for p in paths}, "median": median, "median_cpu": median_cpu,
-                   "rel_err": errors, "ratios": ratios(median), "ratios_cpu": ratios(median_cpu)}  # fmt: skip
+                   "rel_err": errors, "failed": failed, "ratios": ratios(median),
+                   "ratios_cpu": ratios(median_cpu)}  # fmt: skip
             if args.profile:
                 row["profile"] = profile(paths, args.profile)
             result["rows"].append(row)

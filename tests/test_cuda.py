@@ -1,0 +1,164 @@
+"""The CUDA paths against the reference paths on tiny sizes (well under a minute on an H100); skipped without CUDA.
+
+CI has no GPU, so here every test is collected and skipped; benchmarks/gpu_run.sh runs them on the lent GPU machine
+(`python -m pytest -m cuda tests/test_cuda.py`). Errors are relative to max|reference| (the fixtures' criterion).
+fp32 runs with TF32 off: cuDNN convolutions default to TF32, whose 10-bit mantissa alone exceeds the 1e-4 bar.
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import zoo.internimage as ii
+import zoo.rmt as rmt
+from bench.measure import PeakMemory, time_steps
+
+from conftest import rel_err
+from test_internimage import _dcn_inputs
+from test_rmt import SMALL
+
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+TOL = 1e-4
+# Under autocast, against the fp32 reference: bf16 keeps 8 significant bits (unit roundoff 2^-8 = 3.9e-3), fp16 11
+# (2^-11 = 4.9e-4). A few blocks of projections, softmax and residual adds compound that to a few roundoffs (the
+# CPU bf16 run of this model measures about 1e-2); each bound allows about 8 roundoffs.
+LOW_TOL = {torch.bfloat16: 3e-2, torch.float16: 4e-3}
+LOW = list(LOW_TOL)
+
+
+@pytest.fixture(autouse=True)
+def no_tf32():
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def _rmt_pair(impl: str = "auto") -> tuple[rmt.RMT, rmt.RMT, torch.Tensor]:
+    """The small RMT on CUDA with `impl`, a copy on the reference path, and an input with both MaSA forms."""
+    torch.manual_seed(0)
+    model = rmt.RMT(**SMALL, attn_impl=impl).eval().cuda()
+    return model, copy.deepcopy(model).set_attn_impl("reference"), torch.randn(2, 3, 64, 96, device="cuda")
+
+
+@pytest.mark.parametrize("impl", ["auto", "sdpa", "matmul"])
+def test_rmt_paths_match_reference_fp32(impl):
+    model, reference, x = _rmt_pair(impl)
+    with torch.no_grad():
+        assert rel_err(model(x), reference(x)) <= TOL
+
+
+@pytest.mark.parametrize("dtype", LOW, ids=str)
+@pytest.mark.parametrize("impl", ["sdpa", "matmul"])
+def test_rmt_paths_under_autocast(impl, dtype):
+    model, reference, x = _rmt_pair(impl)
+    with torch.no_grad():
+        ref = reference(x)
+        with torch.autocast("cuda", dtype=dtype):
+            low = model(x)
+    assert low.dtype == dtype and 0 < rel_err(low.float(), ref) <= LOW_TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("chunkwise", [True, False])
+def test_flex_attention_matches_reference(chunkwise, dtype):
+    """One MaSA layer per form: each new shape compiles a FlexAttention kernel, so the grid is square and small.
+    Head dim 16, the least CUDA's FlexAttention kernels take (every RMT variant has 16 or more)."""
+    torch.manual_seed(0)
+    relpos = rmt.DecayPosition(64, 4, 2, 4, chunkwise).cuda()
+    masa = rmt.ManhattanSelfAttention(64, 4, chunkwise, attn_impl="reference").eval().cuda()
+    x = torch.randn(2, 6, 6, 64, device="cuda")
+    with torch.no_grad():
+        ref = masa(x, relpos(6, 6, x.dtype, cached=False), relpos.decay)
+        masa.attn_impl = "flex"
+        with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+            out = masa(x, relpos(6, 6, x.dtype), relpos.decay)
+    assert out.dtype == dtype and rel_err(out.float(), ref) <= LOW_TOL.get(dtype, TOL)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_compiled_fullgraph_matches_reference(dtype):
+    model, reference, x = _rmt_pair()
+    compiled = torch.compile(model, fullgraph=True)
+    with torch.no_grad():
+        ref = reference(x)
+        with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+            out = compiled(x)
+    assert rel_err(out.float(), ref) <= LOW_TOL.get(dtype, TOL)
+
+
+def test_backward_matches_reference():
+    model, reference, x = _rmt_pair()
+    weight = torch.linspace(-1, 1, SMALL["num_classes"], device="cuda")
+    grads = []
+    for net in (model, reference):
+        inp = x.clone().requires_grad_()
+        (net(inp) * weight).sum().backward()
+        grads.append({"input": inp.grad, **{name: p.grad for name, p in net.named_parameters()}})
+    fast, ref = grads
+    errors = {name: rel_err(fast[name], ref[name]) for name in ref}
+    assert all(e <= TOL for e in errors.values()), {name: e for name, e in errors.items() if not e <= TOL}
+
+
+def test_channels_last_model_and_input():
+    model, reference, x = _rmt_pair()
+    with torch.no_grad():
+        ref = reference(x)
+        out = model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+    assert rel_err(out, ref) <= TOL
+
+
+def test_dcnv3_op_matches_reference_with_gradients():
+    inputs = [t.float().cuda().requires_grad_() for t in _dcn_inputs(n=3, h=6, w=9, groups=4, group_channels=5)]
+    results = []
+    for op in (ii.dcnv3, ii.dcnv3_reference):
+        out = op(*inputs, 4, 2.0)
+        (out * torch.linspace(-1, 1, out.numel(), device="cuda").view_as(out)).sum().backward()
+        results.append((out.detach(), *(t.grad.clone() for t in inputs)))
+        for t in inputs:
+            t.grad = None
+    for fast, ref in zip(*results):
+        assert rel_err(fast, ref) <= TOL
+
+
+def test_internimage_fast_matches_reference():
+    torch.manual_seed(0)
+    model = ii.InternImage(channels=16, depths=(1, 1, 2, 1), groups=(2, 2, 4, 8), offset_scale=2.0, num_classes=7)
+    for m in model.modules():  # offsets of a few pixels instead of the zero initialisation
+        if isinstance(m, ii.DCNv3):
+            torch.nn.init.normal_(m.offset.weight, std=0.5)
+            torch.nn.init.normal_(m.mask.weight, std=0.5)
+    model = model.eval().cuda()
+    x = torch.randn(3, 3, 45, 70, device="cuda")
+    with torch.no_grad():
+        fast = model(x)
+        ref = model.set_dcn_impl("reference")(x)
+    assert rel_err(fast, ref) <= TOL
+
+
+# --- the harness's CUDA measurements (bench.measure as of this commit; adapt with its refactoring) ---------------
+
+
+def test_harness_cuda_event_timing_and_peak_memory():
+    """One tiny row: each step queues 10^7 GPU clock cycles of sleep before a forward, so event times that follow
+    the GPU (not the host, which returns at once) are at least 1 ms even at a 10 GHz clock; the peak includes a
+    64 MiB buffer allocated and freed inside the measured span."""
+    model, _, x = _rmt_pair()
+
+    def step():
+        torch.cuda._sleep(10**7)
+        with torch.no_grad():
+            model(x)
+
+    memory = PeakMemory("cuda")
+    memory.reset()
+    times_ms, wall_s = time_steps(step, warmup=2, iters=5, device="cuda")
+    torch.empty(64 * 2**20, dtype=torch.uint8, device="cuda")  # allocated and freed at once
+    peak = memory.read()
+    assert len(times_ms) == 5 and min(times_ms) >= 1.0
+    assert sum(times_ms) <= wall_s * 1e3 * 1.01  # steps are disjoint spans of the first-start-to-last-end wall time
+    assert peak["peak_mem_mb"] == torch.cuda.max_memory_allocated() / 2**20 >= 64
+    assert peak["peak_mem_reserved_mb"] >= peak["peak_mem_mb"]
