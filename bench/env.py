@@ -44,10 +44,11 @@ def cpu_name() -> str:
 
 
 def git_commit() -> str | None:
-    """HEAD of this repository, suffixed '-dirty' when the tree has uncommitted changes."""
+    """HEAD of this repository, suffixed '-dirty' when the tree has uncommitted changes; without a git checkout,
+    $RMT_ZOO_COMMIT (benchmarks/gpu_run.sh sets it from the carried wheel's build commit)."""
     head = _run(["git", "rev-parse", "HEAD"])
-    if head is None:
-        return None
+    if head is None:  # a copy without .git (the lent GPU machine): the commit its wheel was built from, if given
+        return os.environ.get("RMT_ZOO_COMMIT")
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, cwd=REPO_ROOT)
     return head + ("-dirty" if dirty.stdout.strip() else "")
 

@@ -112,6 +112,8 @@ main() {
     TIMES=()
     step install install || fail "the wheels in .whl/ did not install into $SITE."
     export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
+    # rows record the commit; without .git here, the one the carried wheel was built from
+    git rev-parse HEAD >/dev/null 2>&1 || export RMT_ZOO_COMMIT=$(awk '{print $6}' .whl/rmt_zoo_commit.txt)
     step versions versions || exit 1
     if [[ -z $resume ]]; then
         step "CUDA tests" tests

@@ -60,7 +60,8 @@ def table_lines(text: str, model: str) -> int:
 
 
 def _env(env_path: Path | None = None, **extra: str) -> dict[str, str]:
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(env_path or ""), str(REPO)])), **extra)
+    path = [str(env_path or ""), str(REPO), os.environ.get("PYTHONPATH", "")]  # kept: packages may live there
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, path)), **extra)
 
 
 def bench(*args: str, env_path: Path | None = None) -> subprocess.CompletedProcess:

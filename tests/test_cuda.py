@@ -13,7 +13,7 @@ import torch
 
 import zoo.internimage as ii
 import zoo.rmt as rmt
-from bench.measure import PeakMemory, time_steps
+from bench.measure import Energy, Latency, Memory, time_steps
 
 from conftest import rel_err
 from test_internimage import _dcn_inputs
@@ -139,7 +139,7 @@ def test_internimage_fast_matches_reference():
     assert rel_err(fast, ref) <= TOL
 
 
-# --- the harness's CUDA measurements (bench.measure as of this commit; adapt with its refactoring) ---------------
+# --- the harness's CUDA measurements: its trackers around its timed loop -----------------------------------------
 
 
 def test_harness_cuda_event_timing_and_peak_memory():
@@ -153,12 +153,18 @@ def test_harness_cuda_event_timing_and_peak_memory():
         with torch.no_grad():
             model(x)
 
-    memory = PeakMemory("cuda")
-    memory.reset()
-    times_ms, wall_s = time_steps(step, warmup=2, iters=5, device="cuda")
+    memory, energy = Memory("cuda"), Energy("cuda")
+    memory.start()
+    loop = time_steps(step, warmup=2, iters=5, device="cuda", trackers=[energy], batch_size=x.shape[0])
     torch.empty(64 * 2**20, dtype=torch.uint8, device="cuda")  # allocated and freed at once
-    peak = memory.read()
-    assert len(times_ms) == 5 and min(times_ms) >= 1.0
-    assert sum(times_ms) <= wall_s * 1e3 * 1.01  # steps are disjoint spans of the first-start-to-last-end wall time
+    peak = memory.fields(loop)
+    assert len(loop.times_ms) == 5 and min(loop.times_ms) >= 1.0
+    assert sum(loop.times_ms) <= loop.wall_s * 1e3 * 1.01  # steps are disjoint spans of the first-start-to-last-end wall time
+    assert Latency("cuda").fields(loop)["throughput_ips"] == pytest.approx(x.shape[0] * 5 / loop.wall_s)
     assert peak["peak_mem_mb"] == torch.cuda.max_memory_allocated() / 2**20 >= 64
     assert peak["peak_mem_reserved_mb"] >= peak["peak_mem_mb"]
+    joules = energy.fields(loop)
+    if energy.reason is None:  # NVML is there: the counter read around the loop never runs backwards
+        assert joules["energy_j"] >= 0 and joules["energy_j_per_img"] >= 0
+    else:
+        assert joules["energy_j_per_img"] is None and joules["energy_note"] == energy.reason
