@@ -1,4 +1,5 @@
 """Entry point: `python bench.py --help` (the code lives in the bench/ package beside this file)."""
+
 import sys
 
 from bench.cli import main

@@ -5,6 +5,7 @@
 
 Other tools read results with `load_results(path)`: a list of row dicts, one per measurement (bench/spec.py).
 """
+
 from .results import latest_rows, load_results
 
 __all__ = ["load_results", "latest_rows"]

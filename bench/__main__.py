@@ -1,4 +1,5 @@
 """`python -m bench` = `python bench.py` = the `rmt-bench` console script."""
+
 import sys
 
 from .cli import main

@@ -5,6 +5,7 @@ the standard 1000-class order. Under torchrun the images are split over the rank
 
     torchrun --nproc-per-node 8 -m bench.accuracy --model rmt_s --pretrained --data /path/to/imagenet/val
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,10 @@ class ImageList:
 
     def repeat_note(self) -> str:
         path, real = self.repeats[0]
-        return (f"{len(self.repeats)} symbolic link(s) in the data folder led to images or folders already counted "
-                f"(e.g. {path} -> {real}); each image was counted once.")
+        return (
+            f"{len(self.repeats)} symbolic link(s) in the data folder led to images or folders already counted "
+            f"(e.g. {path} -> {real}); each image was counted once."
+        )
 
 
 def _classes(root: str) -> list[str]:
@@ -208,8 +211,13 @@ def evaluate(
         picks = torch.linspace(0, len(listing.samples) - 1, max_samples).round().long().tolist()
     rank, world = _rank_and_world()
     mine = [(position, *listing.samples[i]) for position, i in enumerate(picks)][rank::world]
-    loader = DataLoader(_Images(mine, preprocessing(model, input_size)), batch_size=batch_size, shuffle=False,
-                        num_workers=workers, collate_fn=_collate)
+    loader = DataLoader(
+        _Images(mine, preprocessing(model, input_size)),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_collate,
+    )
     counts = torch.zeros(4, dtype=torch.int64)  # top-1 hits, top-5 hits, images seen, images skipped
     first_skipped: Skipped | None = None
     for batch, skipped in loader:
@@ -231,8 +239,12 @@ def evaluate(
         raise DataError(f"None of the {skipped_count} images could be read.")
     notes = [f"{skipped_count} unreadable image(s) skipped, e.g. {first_skipped[1]}."] if first_skipped else []
     notes += [listing.repeat_note()] if listing.repeats else []
-    result: dict[str, Any] = {"top1": 100.0 * correct1 / seen, "top5": 100.0 * correct5 / seen,
-                              "eval_samples": seen, "eval_skipped": skipped_count}
+    result: dict[str, Any] = {
+        "top1": 100.0 * correct1 / seen,
+        "top5": 100.0 * correct5 / seen,
+        "eval_samples": seen,
+        "eval_skipped": skipped_count,
+    }
     return {**result, "accuracy_note": " ".join(notes)} if notes else result
 
 
@@ -244,19 +256,30 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", required=True, metavar="NAME", help="zoo or timm model name")
     p.add_argument("--data", required=True, metavar="DIR", help="ImageFolder-layout dataset (DIR/<class>/<image>)")
-    p.add_argument("--batch-size", type=positive_int, default=64, metavar="N",
-                   help="images per forward, per rank (default 64)")
-    p.add_argument("--max-samples", type=positive_int, metavar="N",
-                   help="evaluate at most N images (spread over the set)")
+    p.add_argument(
+        "--batch-size", type=positive_int, default=64, metavar="N", help="images per forward, per rank (default 64)"
+    )
+    p.add_argument(
+        "--max-samples", type=positive_int, metavar="N", help="evaluate at most N images (spread over the set)"
+    )
     weights = p.add_mutually_exclusive_group()
     weights.add_argument("--pretrained", action="store_true", help="the model's Hub weights")
-    weights.add_argument("--checkpoint", metavar="PATH",
-                         help="local weights (a file, or a folder from `python -m hub convert`)")
+    weights.add_argument(
+        "--checkpoint", metavar="PATH", help="local weights (a file, or a folder from `python -m hub convert`)"
+    )
     p.add_argument("--input-size", nargs="+", metavar="SIZE", help="N, HxW or timm's C H W (default: the model's own)")
-    p.add_argument("--device", choices=("cpu", "cuda"),
-                   help="cuda runs each rank on cuda:LOCAL_RANK (default: cuda when available)")
-    p.add_argument("--workers", type=int, default=0, metavar="N",
-                   help="DataLoader processes per rank that decode images (default 0)")
+    p.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        help="cuda runs each rank on cuda:LOCAL_RANK (default: cuda when available)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="DataLoader processes per rank that decode images (default 0)",
+    )
     p.add_argument("--out", metavar="FILE", help="also write the result, as JSON, to FILE (rank 0)")
     return p
 
@@ -286,8 +309,10 @@ def parse_args(argv: Sequence[str], rank: int, local_world: int) -> argparse.Nam
         raise UsageError(f"Checkpoint {args.checkpoint!r} does not exist.")
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.device == "cuda" and torch.cuda.device_count() < local_world:
-        raise UsageError(f"--device cuda needs a GPU for each of the {local_world} rank(s) on this machine, and torch "
-                         f"sees {torch.cuda.device_count()}.")
+        raise UsageError(
+            f"--device cuda needs a GPU for each of the {local_world} rank(s) on this machine, and torch "
+            f"sees {torch.cuda.device_count()}."
+        )
     if args.out and rank == 0:
         try:
             check_output_path(args.out, "--out")
@@ -332,8 +357,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if args.device == "cuda" else "gloo")
     try:
-        result = evaluate(model, args.model, args.input_size, str(args.data), args.batch_size, args.max_samples,
-                          lambda images: images.to(device), workers=args.workers)
+        result = evaluate(
+            model,
+            args.model,
+            args.input_size,
+            str(args.data),
+            args.batch_size,
+            args.max_samples,
+            lambda images: images.to(device),
+            workers=args.workers,
+        )
     except DataError as exc:  # no image could be read: every rank knows, after the counts were summed
         return _fail(str(exc), local_rank)
     finally:
@@ -341,8 +374,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             dist.destroy_process_group()
     if rank == 0:
         weights = args.checkpoint or ("hub" if args.pretrained else "random init")
-        result = {"model": args.model, "weights": weights, **result, "world_size": world, "data": str(args.data),
-                  "input_size": list(args.input_size)}
+        result = {
+            "model": args.model,
+            "weights": weights,
+            **result,
+            "world_size": world,
+            "data": str(args.data),
+            "input_size": list(args.input_size),
+        }
         print(json.dumps(result))
         if args.out:
             _write_json(args.out, result)

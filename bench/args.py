@@ -3,6 +3,7 @@ standard output that survives `| head -1`.
 
 bench.py, bench.suite and bench.accuracy parse with these, so a bad value reads the same everywhere.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -10,8 +11,20 @@ import os
 import sys
 from typing import NoReturn
 
-__all__ = ["EXIT_OK", "EXIT_OUTPUT", "EXIT_USAGE", "EXIT_UNAVAILABLE", "EXIT_FAILED", "UsageError", "OneLineParser",
-           "OutputError", "emit", "positive_int", "positive_float", "input_sizes"]
+__all__ = [
+    "EXIT_OK",
+    "EXIT_OUTPUT",
+    "EXIT_USAGE",
+    "EXIT_UNAVAILABLE",
+    "EXIT_FAILED",
+    "UsageError",
+    "OneLineParser",
+    "OutputError",
+    "emit",
+    "positive_int",
+    "positive_float",
+    "input_sizes",
+]
 
 # 0 every row ok; 1 standard output could not be written; 2 bad arguments; 3 a backend is unavailable here (all
 # other rows ok); 4 a row ran out of memory, failed or disagreed with eager. Stopped by a signal: 128 + its number.
@@ -68,7 +81,10 @@ def input_sizes(values: list[str]) -> list[tuple[int, int]]:
     """`--input-size` values: N or HxW each, or timm's `C H W` (three plain numbers, the first a channel count)."""
     if len(values) == 3 and all(v.isdigit() for v in values) and int(values[0]) <= 4:
         if int(values[0]) != 3:
-            raise UsageError(f"--input-size {' '.join(values)} reads as timm's C H W, and these models take 3 channels, not {values[0]}.")
+            raise UsageError(
+                f"--input-size {' '.join(values)} reads as timm's C H W, and these models take 3 channels, "
+                f"not {values[0]}."
+            )
         given = " ".join(values)
         return [(_side(values[1], given), _side(values[2], given))]
     sizes = []

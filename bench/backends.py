@@ -7,6 +7,7 @@ distributions it needs, and `unavailable_reason`, asked once per run before any 
 own build cost (`compile_s`) and diagnostics; a row it cannot run after all raises `spec.Unavailable` with the
 one-sentence reason that goes into the row. A new backend is one class here plus its extra in pyproject.toml.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,8 +26,20 @@ from .options import option
 from .precision import autocast, precision
 from .spec import RowSpec
 
-__all__ = ["BACKENDS", "Prepared", "Backend", "Eager", "Compile", "TensorRT", "OnnxRuntime",
-           "make_backend", "options_label", "trt_arguments", "trt_partition", "first_line"]
+__all__ = [
+    "BACKENDS",
+    "Prepared",
+    "Backend",
+    "Eager",
+    "Compile",
+    "TensorRT",
+    "OnnxRuntime",
+    "make_backend",
+    "options_label",
+    "trt_arguments",
+    "trt_partition",
+    "first_line",
+]
 
 
 def first_line(exc: BaseException, limit: int = 300) -> str:
@@ -130,9 +143,14 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 
 @dataclass(frozen=True)
 class CompileOptions:
-    mode: str = field(default="default", metadata=option(
-        "--compile-mode", "torch.compile mode(s); reduce-overhead and max-autotune use CUDA graphs on a GPU",
-        choices=COMPILE_MODES))
+    mode: str = field(
+        default="default",
+        metadata=option(
+            "--compile-mode",
+            "torch.compile mode(s); reduce-overhead and max-autotune use CUDA graphs on a GPU",
+            choices=COMPILE_MODES,
+        ),
+    )
 
 
 class Compile(Backend):
@@ -156,7 +174,11 @@ class Compile(Backend):
         with autocast(spec.precision, spec.device):
             explanation = torch._dynamo.explain(model)(x)
         reasons = [r.reason.strip().splitlines()[0][:160] for r in explanation.break_reasons]
-        return {"graphs": explanation.graph_count, "graph_breaks": len(reasons), "break_reasons": list(dict.fromkeys(reasons))[:5]}
+        return {
+            "graphs": explanation.graph_count,
+            "graph_breaks": len(reasons),
+            "break_reasons": list(dict.fromkeys(reasons))[:5],
+        }
 
     def prepare(self, model: nn.Module, x: torch.Tensor, spec: RowSpec) -> Prepared:
         info = self._once_per_size(spec, lambda: self._graph_breaks(model, x, spec))
@@ -174,11 +196,19 @@ class Compile(Backend):
 
 @dataclass(frozen=True)
 class TensorRTOptions:
-    min_block_size: int = field(default=5, metadata=option(  # torch_tensorrt's default
-        "--trt-min-block-size", "TensorRT: smallest op island converted; smaller ones stay in PyTorch", type=positive_int))
+    min_block_size: int = field(
+        default=5,
+        metadata=option(  # torch_tensorrt's default
+            "--trt-min-block-size",
+            "TensorRT: smallest op island converted; smaller ones stay in PyTorch",
+            type=positive_int,
+        ),
+    )
 
 
-def trt_arguments(compile_fn: Callable[..., Any], spec: RowSpec, options: TensorRTOptions) -> tuple[dict[str, Any], dict[str, Any]]:
+def trt_arguments(
+    compile_fn: Callable[..., Any], spec: RowSpec, options: TensorRTOptions
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Keyword arguments for `torch_tensorrt.dynamo.compile` as installed, and what they mean for the row.
 
     The model and input are already cast to the row's dtype. torch-tensorrt 2.13 removed `enabled_precisions` and
@@ -203,8 +233,12 @@ def trt_arguments(compile_fn: Callable[..., Any], spec: RowSpec, options: Tensor
         kwargs["attn_bias_is_causal"] = False
     if "disable_tf32" in params:
         kwargs["disable_tf32"] = not spec.tf32
-    info = {"trt_typing": typing, "trt_min_block_size": options.min_block_size, "trt_attn_bias_is_causal": kwargs.get("attn_bias_is_causal"),
-            "trt_disable_tf32": kwargs.get("disable_tf32")}
+    info = {
+        "trt_typing": typing,
+        "trt_min_block_size": options.min_block_size,
+        "trt_attn_bias_is_causal": kwargs.get("attn_bias_is_causal"),
+        "trt_disable_tf32": kwargs.get("disable_tf32"),
+    }
     return kwargs, info
 
 
@@ -217,9 +251,17 @@ def trt_partition(engine: nn.Module) -> dict[str, Any]:
     ops = []
     for part in torch_parts:
         graph = getattr(part, "graph", None)
-        ops += [getattr(node.target, "__name__", str(node.target)) for node in (graph.nodes if graph is not None else ()) if node.op == "call_function"]
-    return {"trt_engines": len(trt), "trt_torch_subgraphs": len(torch_parts), "trt_fully_converted": not torch_parts and bool(trt),
-            "trt_torch_ops": sorted(set(ops))[:20]}
+        ops += [
+            getattr(node.target, "__name__", str(node.target))
+            for node in (graph.nodes if graph is not None else ())
+            if node.op == "call_function"
+        ]
+    return {
+        "trt_engines": len(trt),
+        "trt_torch_subgraphs": len(torch_parts),
+        "trt_fully_converted": not torch_parts and bool(trt),
+        "trt_torch_ops": sorted(set(ops))[:20],
+    }
 
 
 class TensorRT(Backend):
@@ -234,7 +276,10 @@ class TensorRT(Backend):
     @classmethod
     def unavailable_reason(cls, device: str) -> str | None:
         if importlib.util.find_spec("torch_tensorrt") is None:
-            return "torch_tensorrt is not installed (pip install 'rmt-zoo[tensorrt]' on a CUDA machine), so no engine was built."
+            return (
+                "torch_tensorrt is not installed (pip install 'rmt-zoo[tensorrt]' on a CUDA machine), "
+                "so no engine was built."
+            )
         if not is_cuda(device):
             return f"TensorRT builds engines for NVIDIA GPUs only and this run is on {torch.device(device).type}."
         return None
@@ -257,8 +302,12 @@ class TensorRT(Backend):
 
 @dataclass(frozen=True)
 class OnnxRuntimeOptions:
-    opset: int | None = field(default=None, metadata=option(  # None: torch.onnx's default
-        "--onnx-opset", "ONNX Runtime: opset(s) to export (default torch.onnx's)", type=positive_int))
+    opset: int | None = field(
+        default=None,
+        metadata=option(  # None: torch.onnx's default
+            "--onnx-opset", "ONNX Runtime: opset(s) to export (default torch.onnx's)", type=positive_int
+        ),
+    )
 
 
 class OnnxRuntime(Backend):
@@ -301,8 +350,13 @@ class OnnxRuntime(Backend):
         forward = _ort_forward(session, x)
         forward(x)  # the first run, where ONNX Runtime allocates its arenas
         synchronize(spec.device)
-        info = {"export_s": export_s, "onnx_opset": next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None),
-                "onnx_nodes": len(proto.graph.node), "ort_provider": provider, "onnxruntime": ort.__version__}
+        info = {
+            "export_s": export_s,
+            "onnx_opset": next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None),
+            "onnx_nodes": len(proto.graph.node),
+            "ort_provider": provider,
+            "onnxruntime": ort.__version__,
+        }
         return Prepared(forward, time.perf_counter() - t0, info)
 
 

@@ -4,6 +4,7 @@ Exit codes: 0 every row ok; 2 bad arguments; 3 some backend unavailable here (al
 4 some row ran out of memory, failed or disagreed with eager; 130 / 143 stopped by Ctrl-C / SIGTERM (rows already
 measured are kept).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,15 +19,35 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .args import (
-    EXIT_FAILED, EXIT_OK, EXIT_OUTPUT, EXIT_UNAVAILABLE, EXIT_USAGE, OneLineParser, OutputError, UsageError, emit,
-    input_sizes, positive_float, positive_int,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_OUTPUT,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    OneLineParser,
+    OutputError,
+    UsageError,
+    emit,
+    input_sizes,
+    positive_float,
+    positive_int,
 )
-from .backends import BACKENDS
+from .backends import BACKENDS, first_line
 from .launchers import LAUNCHERS, LauncherUnavailable
 from .options import add_flags, flag_of, given
 from .paths import OutputPathError, check_distinct, check_output_path
 from .precision import ALIASES, PRECISIONS
-from .report import BY_NAME, FORMATS, TERMINAL_FORMAT, plot, render_table, select_columns, slim, status_summary, table_order
+from .report import (
+    BY_NAME,
+    FORMATS,
+    TERMINAL_FORMAT,
+    plot,
+    render_table,
+    select_columns,
+    slim,
+    status_summary,
+    table_order,
+)
 from .results import iter_results, latest_rows, result_files
 from .spec import MODES, RANDOM_INIT, RowSpec, Settings
 
@@ -85,7 +106,9 @@ def _model_list(path: str) -> list[str]:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"--model-list {path!r} cannot be read ({getattr(exc, 'strerror', None) or type(exc).__name__}).") from None
+        raise UsageError(
+            f"--model-list {path!r} cannot be read ({getattr(exc, 'strerror', None) or type(exc).__name__})."
+        ) from None
     names = [ln.split("#", 1)[0].strip() for ln in text.splitlines()]
     names = [n for n in names if n]
     if not names:
@@ -115,34 +138,74 @@ def _option_sweeps(args: argparse.Namespace, backend: str) -> list[tuple[tuple[s
 
 
 def _add_table_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--format", default=TERMINAL_FORMAT, choices=FORMATS, metavar="FMT",
-                   help=f"table format (default {TERMINAL_FORMAT}): github (Markdown), latex, csv, timm (timm's benchmark CSV) or any tabulate format")
-    p.add_argument("--columns", nargs="+", metavar="NAME", choices=[*BY_NAME, "all"],
-                   help=f"table columns ({', '.join(BY_NAME)}), or all; CSV keeps every field")
+    p.add_argument(
+        "--format",
+        default=TERMINAL_FORMAT,
+        choices=FORMATS,
+        metavar="FMT",
+        help=f"table format (default {TERMINAL_FORMAT}): github (Markdown), latex, csv, timm (timm's benchmark CSV) "
+        "or any tabulate format",
+    )
+    p.add_argument(
+        "--columns",
+        nargs="+",
+        metavar="NAME",
+        choices=[*BY_NAME, "all"],
+        help=f"table columns ({', '.join(BY_NAME)}), or all; CSV keeps every field",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(
         prog="bench.py",
         description="Benchmark zoo models: params, GMACs, latency, throughput, memory, compile time, accuracy.",
-        epilog="`bench.py report RESULTS.jsonl` renders saved results. Without --models, --preset quick fills what is not given. "
-        "Exit codes: 0 all rows ok, 2 bad arguments, 3 a backend is unavailable here, 4 a row ran out of memory or failed.",
+        epilog="`bench.py report RESULTS.jsonl` renders saved results. Without --models, --preset quick fills what is "
+        "not given. Exit codes: 0 all rows ok, 1 standard output could not be written, 2 bad arguments, 3 a backend "
+        "is unavailable here, 4 a row ran out of memory, failed or mismatched.",
     )
     p.add_argument("--preset", choices=sorted(PRESETS), help="named settings; explicit options override them")
-    p.add_argument("--models", "-m", nargs="+", metavar="NAME", help="zoo or timm model names; wildcards such as 'swin_*'")
+    p.add_argument(
+        "--models", "-m", nargs="+", metavar="NAME", help="zoo or timm model names; wildcards such as 'swin_*'"
+    )
     p.add_argument("--model-list", metavar="FILE", help="a file of model names, one per line (timm's --model-list)")
-    p.add_argument("--model-kwargs", nargs="+", default=[], metavar="K=V", help="passed to the model builder, e.g. attn_impl=flex")
-    p.add_argument("--bench", choices=(*MODES, "both"), default="infer", help="time inference (default), a training step, or both")
+    p.add_argument(
+        "--model-kwargs", nargs="+", default=[], metavar="K=V", help="passed to the model builder, e.g. attn_impl=flex"
+    )
+    p.add_argument(
+        "--bench", choices=(*MODES, "both"), default="infer", help="time inference (default), a training step, or both"
+    )
     p.add_argument("--backend", "-b", nargs="+", choices=tuple(BACKENDS), help="default: eager")
-    p.add_argument("--precision", "-p", nargs="+", type=_precision, metavar="P",
-                   help=f"{', '.join(PRECISIONS)}; amp = amp-fp16 as in timm, autocast = amp-bf16 (default fp32)")
-    p.add_argument("--batch-size", nargs="+", type=positive_int, metavar="N", help="batch sweep (default: 1 256 on cuda, 1 8 on cpu)")
-    p.add_argument("--input-size", nargs="+", metavar="SIZE", help="N or HxW each, or timm's C H W (default: each model's own)")
+    p.add_argument(
+        "--precision",
+        "-p",
+        nargs="+",
+        type=_precision,
+        metavar="P",
+        help=f"{', '.join(PRECISIONS)}; amp = amp-fp16 as in timm, autocast = amp-bf16 (default fp32)",
+    )
+    p.add_argument(
+        "--batch-size",
+        nargs="+",
+        type=positive_int,
+        metavar="N",
+        help="batch sweep (default: 1 256 on cuda, 1 8 on cpu)",
+    )
+    p.add_argument(
+        "--input-size", nargs="+", metavar="SIZE", help="N or HxW each, or timm's C H W (default: each model's own)"
+    )
     p.add_argument("--img-size", type=int, metavar="N", help="timm's square input size, same as --input-size N")
-    p.add_argument("--features-only", action="store_true", help="benchmark the dense-prediction backbone (stage outputs)")
+    p.add_argument(
+        "--features-only", action="store_true", help="benchmark the dense-prediction backbone (stage outputs)"
+    )
     p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--tf32", action="store_true", help="TF32 matmuls/convolutions and cudnn.benchmark, as timm's benchmark.py on a GPU")
-    p.add_argument("--grad-checkpointing", action="store_true", help="train mode: gradient checkpointing where the model has it")
+    p.add_argument(
+        "--tf32",
+        action="store_true",
+        help="TF32 matmuls/convolutions and cudnn.benchmark, as timm's benchmark.py on a GPU",
+    )
+    p.add_argument(
+        "--grad-checkpointing", action="store_true", help="train mode: gradient checkpointing where the model has it"
+    )
     _add_backend_options(p)
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--threads", type=positive_int, help="CPU threads (torch.set_num_threads)")
@@ -150,18 +213,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=positive_int, help=f"timed iterations per row (default {DEFAULTS.iters})")
     p.add_argument("--no-flops", action="store_true", help="skip the GMAC count")
     p.add_argument("--data", metavar="DIR", help="ImageFolder-layout dataset for top-1/top-5")
-    p.add_argument("--max-samples", type=positive_int, metavar="N", help="evaluate at most N images (spread over the set)")
+    p.add_argument(
+        "--max-samples", type=positive_int, metavar="N", help="evaluate at most N images (spread over the set)"
+    )
     p.add_argument("--pretrained", action="store_true", help="load each model's Hub weights")
     p.add_argument("--checkpoint", nargs="+", metavar="[NAME=]PATH", default=[], help="local weights, per model")
-    p.add_argument("--import", dest="imports", nargs="+", metavar="MODULE", default=[], help="modules that register extra models")
+    p.add_argument(
+        "--import", dest="imports", nargs="+", metavar="MODULE", default=[], help="modules that register extra models"
+    )
     p.add_argument("--out", metavar="FILE", help=f"results JSONL, appended to (default {DEFAULT_RESULTS})")
-    p.add_argument("--resume", action="store_true", help="skip rows already measured (status ok or oom) in --out and its shards")
-    p.add_argument("--launcher", choices=tuple(LAUNCHERS), default="none",
-                   help="none: run here (default); local or slurm: submitit jobs (pip install 'rmt-zoo[cluster]')")
+    p.add_argument(
+        "--resume", action="store_true", help="skip rows already measured (status ok or oom) in --out and its shards"
+    )
+    p.add_argument(
+        "--launcher",
+        choices=tuple(LAUNCHERS),
+        default="none",
+        help="none: run here (default); local or slurm: submitit jobs (pip install 'rmt-zoo[cluster]')",
+    )
     for cls in LAUNCHERS.values():
         add_flags(p, cls.name, cls.Options, sweep=False)
-    p.add_argument("--timeout", type=positive_float, default=DEFAULTS.timeout_s, metavar="S",
-                   help=f"seconds per worker process before it is killed (default {DEFAULTS.timeout_s:.0f})")
+    p.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=DEFAULTS.timeout_s,
+        metavar="S",
+        help=f"seconds per worker process before it is killed (default {DEFAULTS.timeout_s:.0f})",
+    )
     _add_table_options(p)
     p.add_argument("--plot", metavar="PNG", help="save accuracy vs throughput (png, pdf or svg)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -171,13 +249,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _report_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="bench.py report", description="Render saved benchmark results.")
-    p.add_argument("results", nargs="+", metavar="RESULTS", help="results JSONL files (with their shards), read in order")
+    p.add_argument(
+        "results", nargs="+", metavar="RESULTS", help="results JSONL files (with their shards), read in order"
+    )
     _add_table_options(p)
     p.add_argument("--plot", metavar="PNG", help="save accuracy vs throughput (png, pdf or svg)")
     p.add_argument("--all", action="store_true", help="every row, not only the newest per measurement")
     hub = p.add_argument_group("results on the Hugging Face Hub")
-    hub.add_argument("--push-to-hub", metavar="ORG/NAME", help="upload the rows, tables, plot and a dataset card as a dataset repo")
-    hub.add_argument("--dry-run", action="store_true", help="with --push-to-hub: list what would be uploaded where, upload nothing")
+    hub.add_argument(
+        "--push-to-hub", metavar="ORG/NAME", help="upload the rows, tables, plot and a dataset card as a dataset repo"
+    )
+    hub.add_argument(
+        "--dry-run", action="store_true", help="with --push-to-hub: list what would be uploaded where, upload nothing"
+    )
     hub.add_argument("--private", action="store_true", help="with --push-to-hub: create the dataset repo private")
     hub.add_argument("--token", help="with --push-to-hub: Hub token (default: HF_TOKEN or `hf auth login`'s)")
     return p
@@ -189,7 +273,9 @@ def _checkpoints(values: list[str], models: list[str]) -> dict[str, str]:
         name, sep, path = value.partition("=")
         if not sep:
             if len(models) != 1:
-                raise UsageError(f"--checkpoint {value!r} names no model; write NAME=PATH when benchmarking several models.")
+                raise UsageError(
+                    f"--checkpoint {value!r} names no model; write NAME=PATH when benchmarking several models."
+                )
             name, path = models[0], value
         if name not in models:
             raise UsageError(f"--checkpoint names {name!r}, which is not among --models.")
@@ -233,14 +319,30 @@ def grid(args: argparse.Namespace) -> list[RowSpec]:
     for model in args.models:
         sizes = args.input_size or [tuple(zoo.info(model).input_size[1:])]
         for mode, backend in itertools.product(modes, args.backend):
-            for options, precision, size, batch in itertools.product(_option_sweeps(args, backend), args.precision, sizes, args.batch_size):
-                specs.append(RowSpec(
-                    model=model, backend=backend, precision=precision, batch_size=batch, input_size=tuple(size),
-                    device=args.device, channels_last=args.channels_last, features_only=args.features_only,
-                    backend_options=options, mode=mode, tf32=args.tf32, model_kwargs=kwargs,
-                    grad_checkpointing=args.grad_checkpointing and mode == "train", weights=_weights(args, model),
-                    threads=args.threads, data=data, max_samples=args.max_samples,
-                ))
+            for options, precision, size, batch in itertools.product(
+                _option_sweeps(args, backend), args.precision, sizes, args.batch_size
+            ):
+                specs.append(
+                    RowSpec(
+                        model=model,
+                        backend=backend,
+                        precision=precision,
+                        batch_size=batch,
+                        input_size=tuple(size),
+                        device=args.device,
+                        channels_last=args.channels_last,
+                        features_only=args.features_only,
+                        backend_options=options,
+                        mode=mode,
+                        tf32=args.tf32,
+                        model_kwargs=kwargs,
+                        grad_checkpointing=args.grad_checkpointing and mode == "train",
+                        weights=_weights(args, model),
+                        threads=args.threads,
+                        data=data,
+                        max_samples=args.max_samples,
+                    )
+                )
     return specs
 
 
@@ -250,20 +352,30 @@ def _check_choices(args: argparse.Namespace) -> None:
         for name in given(args, cls.name, cls.Options):
             if cls.name not in args.backend:
                 flag = flag_of(cls.Options, name)
-                raise UsageError(f"{flag} applies to the {cls.name} backend, which is not among --backend ({' '.join(args.backend)}).")
+                raise UsageError(
+                    f"{flag} applies to the {cls.name} backend, which is not among "
+                    f"--backend ({' '.join(args.backend)})."
+                )
     for cls in LAUNCHERS.values():
         for name in given(args, cls.name, cls.Options):
             if cls.name != args.launcher:
                 raise UsageError(f"{flag_of(cls.Options, name)} applies to --launcher {cls.name}, not {args.launcher}.")
     if args.launcher != "none" and args.device not in ("cpu", "cuda"):
-        raise UsageError(f"--launcher {args.launcher} gives each job its own GPU as 'cuda'; use --device cuda, not {args.device}.")
+        raise UsageError(
+            f"--launcher {args.launcher} gives each job its own GPU as 'cuda'; use --device cuda, not {args.device}."
+        )
     if args.tf32 and not args.device.startswith("cuda"):
-        raise UsageError(f"--tf32 switches CUDA matmuls and convolutions to TF32, and this run is on {args.device}; drop it.")
+        raise UsageError(
+            f"--tf32 switches CUDA matmuls and convolutions to TF32, and this run is on {args.device}; drop it."
+        )
     if args.grad_checkpointing and args.bench == "infer":
         raise UsageError("--grad-checkpointing applies to training steps; add --bench train or both.")
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     if args.threads and args.threads > cpus:
-        raise UsageError(f"--threads {args.threads} is more than the {cpus} CPU(s) this process may use; oversubscribed threads distort timings.")
+        raise UsageError(
+            f"--threads {args.threads} is more than the {cpus} CPU(s) this process may use; oversubscribed threads "
+            "distort timings."
+        )
 
 
 def _check_plot_format(path: str) -> None:
@@ -276,7 +388,10 @@ def _check_plot_format(path: str) -> None:
     formats = FigureCanvasBase.get_supported_filetypes()
     ext = Path(path).suffix.lower().lstrip(".")
     if ext not in formats:
-        raise UsageError(f"--plot {path!r} has no image extension matplotlib writes; use .png, .pdf or .svg (or {', '.join(sorted(set(formats) - {'png', 'pdf', 'svg'}))}).")
+        raise UsageError(
+            f"--plot {path!r} has no image extension matplotlib writes; use .png, .pdf or .svg "
+            f"(or {', '.join(sorted(set(formats) - {'png', 'pdf', 'svg'}))})."
+        )
 
 
 def parse_run_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -291,7 +406,9 @@ def parse_run_args(argv: Sequence[str]) -> argparse.Namespace:
         try:
             importlib.import_module(module)
         except (Exception, SystemExit) as exc:  # a module that raises anything on import is the user's to fix; say what
-            raise UsageError(f"--import {module} failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else 'no message'}.") from None
+            raise UsageError(
+                f"--import {module} failed: {type(exc).__name__}: {first_line(exc) or 'no message'}."
+            ) from None
     import zoo
 
     if args.model_list:
@@ -333,7 +450,10 @@ def parse_run_args(argv: Sequence[str]) -> argparse.Namespace:
     _check_choices(args)
     args.checkpoints = _checkpoints(args.checkpoint, args.models)
     args.out = args.out or DEFAULT_RESULTS
-    check_outputs({"--out": args.out, "--plot": args.plot}, {"--data": args.data, **{f"--checkpoint {k}": v for k, v in args.checkpoints.items()}})
+    check_outputs(
+        {"--out": args.out, "--plot": args.plot},
+        {"--data": args.data, **{f"--checkpoint {k}": v for k, v in args.checkpoints.items()}},
+    )
     if args.plot:
         _check_plot_format(args.plot)
     return args
@@ -372,7 +492,12 @@ def show(rows: list[dict[str, Any]], fmt: str, plot_path: str | None, columns: l
     emit(render_table(rows, fmt, columns) + ("" if fmt in ("csv", "timm") else "\n"))
     if plot_path:
         saved = plot(rows, plot_path)
-        print(f"plot: {plot_path}" if saved else "plot: no row has a finite throughput and a (measured or paper) top-1, so none was drawn", file=sys.stderr)
+        print(
+            f"plot: {plot_path}"
+            if saved
+            else "plot: no row has a finite throughput and a (measured or paper) top-1, so none was drawn",
+            file=sys.stderr,
+        )
 
 
 def launcher_from(args: argparse.Namespace) -> Any:
@@ -391,7 +516,9 @@ def run_main(argv: Sequence[str]) -> int:
     launcher = launcher_from(args)
     command = shlex.join(["python", "bench.py", *argv])
     try:
-        outcome = launcher.launch(grid(args), settings_from(args), Path(args.out), command, args.resume, not args.quiet, args.verbose)
+        outcome = launcher.launch(
+            grid(args), settings_from(args), Path(args.out), command, args.resume, not args.quiet, args.verbose
+        )
     except (KeyboardInterrupt, Interrupted) as exc:
         return stopped_exit_code(exc, args.out)
     except LauncherUnavailable as exc:
@@ -407,7 +534,9 @@ def report_main(argv: Sequence[str]) -> int:
         if os.path.isdir(path):
             raise UsageError(f"Results file {path!r} is a folder; give the results .jsonl file in it.")
         if not result_files(path):  # a launcher's run may have left only shards beside the name
-            raise UsageError(f"Results file {path!r} does not exist{' (nor any shard of it)' if not os.path.lexists(path) else ''}.")
+            raise UsageError(
+                f"Results file {path!r} does not exist{' (nor any shard of it)' if not os.path.lexists(path) else ''}."
+            )
     if (args.dry_run or args.private or args.token) and not args.push_to_hub:
         raise UsageError("--dry-run, --private and --token go with --push-to-hub ORG/NAME.")
     if args.push_to_hub:
@@ -436,8 +565,17 @@ def report_main(argv: Sequence[str]) -> int:
         from hub.results import push_results
 
         try:
-            emit(push_results(rows, args.push_to_hub, sources=args.results, dry_run=args.dry_run, private=args.private,
-                              token=args.token) + "\n")
+            emit(
+                push_results(
+                    rows,
+                    args.push_to_hub,
+                    sources=args.results,
+                    dry_run=args.dry_run,
+                    private=args.private,
+                    token=args.token,
+                )
+                + "\n"
+            )
         except PublishError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_OUTPUT

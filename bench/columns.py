@@ -3,6 +3,7 @@
 A leaf module, so that measurements (bench/measure.py), the report and the model cards (hub/card.py) can all
 declare and read columns without importing each other.
 """
+
 from __future__ import annotations
 
 import functools
@@ -46,7 +47,11 @@ class Column:
 
     def value(self, row: dict[str, Any]) -> Any:
         value = get_field(row, self.field)
-        return value * self.scale if isinstance(value, (int, float)) and not isinstance(value, bool) and self.scale != 1 else value
+        return (
+            value * self.scale
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and self.scale != 1
+            else value
+        )
 
     def cell(self, row: dict[str, Any]) -> str:
         if self.label is not None:

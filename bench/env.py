@@ -1,4 +1,5 @@
 """The machine and software a number was measured on, recorded in every row."""
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -49,7 +50,9 @@ def git_commit() -> str | None:
     head = _run(["git", "rev-parse", "HEAD"])
     if head is None:  # a copy without .git (the lent GPU machine): the commit its wheel was built from, if given
         return os.environ.get("RMT_ZOO_COMMIT")
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, cwd=REPO_ROOT)
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, cwd=REPO_ROOT
+    )
     return head + ("-dirty" if dirty.stdout.strip() else "")
 
 

@@ -11,6 +11,7 @@ same shapes. Softmax, activations and other elementwise work are not counted (as
 `gmacs_torch` is the cross-check: torch.utils.flop_counter's FLOPs / 2, which counts matmuls, convolutions and
 attention but no normalisation, so it sits slightly below `gmacs` (about 0.4% for Swin-T).
 """
+
 from __future__ import annotations
 
 import math
@@ -68,7 +69,12 @@ def flex_as_sdpa() -> Iterator[None]:
         out = F.scaled_dot_product_attention(query, key, value, enable_gqa=int(query.size(-3)) != int(key.size(-3)))
         return (out, out.new_zeros(out.shape[:-1])) if kwargs.get("return_lse") else out
 
-    bound = [(m, name) for m in list(sys.modules.values()) for name, v in list(getattr(m, "__dict__", {}).items()) if v is original]
+    bound = [
+        (m, name)
+        for m in list(sys.modules.values())
+        for name, v in list(getattr(m, "__dict__", {}).items())
+        if v is original
+    ]
     for m, name in bound:
         setattr(m, name, stand_in)
     try:
@@ -103,7 +109,10 @@ def count_gmacs(model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
         warnings.simplefilter("ignore")
         counts: dict[str, Any] = {"gmacs": None, "gmacs_torch": _torch_gmacs(model, x)}
         if FlopCountAnalysis is None:
-            return {**counts, "flops_error": "fvcore is not installed, so GMACs in the papers' convention were not counted."}
+            return {
+                **counts,
+                "flops_error": "fvcore is not installed, so GMACs in the papers' convention were not counted.",
+            }
         analysis = FlopCountAnalysis(model, x).set_op_handle(**{op: _attention_macs for op in ATTENTION_OPS})
         analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
         return {**counts, "gmacs": analysis.total() / 1e9}

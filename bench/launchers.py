@@ -7,6 +7,7 @@ Locally at most one job runs per visible GPU at a time, each seeing only its GPU
 Slurm each group is one job of an array. A job that dies becomes error rows for what it had not measured, and
 nothing measured is lost. A launcher is one class here, listed in LAUNCHERS, with its flags declared on its Options.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,11 +34,26 @@ class LauncherUnavailable(Exception):
     """The launcher cannot work here (submitit missing, no GPU for a GPU run); the message is one sentence."""
 
 
-def run_job(specs: list[dict[str, Any]], settings: dict[str, Any], shard: str, command: str, resume_from: str,
-            resume: bool, run_id: str) -> list[dict[str, Any]]:
+def run_job(
+    specs: list[dict[str, Any]],
+    settings: dict[str, Any],
+    shard: str,
+    command: str,
+    resume_from: str,
+    resume: bool,
+    run_id: str,
+) -> list[dict[str, Any]]:
     """What one submitit job runs: the ordinary runner on its rows, into its shard; returns its rows."""
-    outcome = run([RowSpec.from_fields(s) for s in specs], Settings(**{**settings, "imports": tuple(settings["imports"])}),
-                  shard, command, resume=resume, progress=False, resume_from=resume_from, run_id=run_id)
+    outcome = run(
+        [RowSpec.from_fields(s) for s in specs],
+        Settings(**{**settings, "imports": tuple(settings["imports"])}),
+        shard,
+        command,
+        resume=resume,
+        progress=False,
+        resume_from=resume_from,
+        run_id=run_id,
+    )
     return outcome.rows
 
 
@@ -45,7 +61,9 @@ def _submitit() -> Any:
     try:
         import submitit
     except ImportError:
-        raise LauncherUnavailable("The local and slurm launchers use submitit, which is not installed (pip install 'rmt-zoo[cluster]').") from None
+        raise LauncherUnavailable(
+            "The local and slurm launchers use submitit, which is not installed (pip install 'rmt-zoo[cluster]')."
+        ) from None
     return submitit
 
 
@@ -68,8 +86,16 @@ class Launcher:
         """Why this launcher cannot work from this machine, asked before anything runs."""
         return None
 
-    def launch(self, specs: list[RowSpec], settings: Settings, results: Path, command: str, resume: bool,
-               progress: bool, verbose: bool) -> Outcome:
+    def launch(
+        self,
+        specs: list[RowSpec],
+        settings: Settings,
+        results: Path,
+        command: str,
+        resume: bool,
+        progress: bool,
+        verbose: bool,
+    ) -> Outcome:
         raise NotImplementedError
 
 
@@ -108,8 +134,22 @@ class _Jobs(Launcher):
         calls = []
         for i, group in enumerate(groups):
             shard = shard_path(results, f"{run_id}-{i}")
-            calls.append((group, shard, (run_job, [s.fields() for s in group], dataclasses.asdict(settings), str(shard),
-                                         command, str(results), resume, run_id)))
+            calls.append(
+                (
+                    group,
+                    shard,
+                    (
+                        run_job,
+                        [s.fields() for s in group],
+                        dataclasses.asdict(settings),
+                        str(shard),
+                        command,
+                        str(results),
+                        resume,
+                        run_id,
+                    ),
+                )
+            )
         rows: list[dict[str, Any]] = []
         failed = 0
         try:
@@ -147,13 +187,23 @@ def _job_failure(exc: Exception) -> str:
 
 def _fill_dead_job(group: list[RowSpec], shard: Path, run_id: str, command: str, why: str) -> list[dict[str, Any]]:
     """The rows a dead job wrote before it died, and an error row for each row it did not."""
-    written = {row_key(r, machine=""): r for r in iter_results(shard, quiet=True, shards=False)
-               if r.get("run_id") == run_id} if shard.exists() else {}
+    written = (
+        {row_key(r, machine=""): r for r in iter_results(shard, quiet=True, shards=False) if r.get("run_id") == run_id}
+        if shard.exists()
+        else {}
+    )
     rows = list(written.values())
     for spec in group:
         if row_key(spec.fields(), machine="") not in written:
-            row = {**spec.fields(), "status": "error", "reason": f"The job running this row died before it finished: {why}",
-                   "run_id": run_id, "command": command, "env": collect_env(spec.device), "timestamp": utc_now()}
+            row = {
+                **spec.fields(),
+                "status": "error",
+                "reason": f"The job running this row died before it finished: {why}",
+                "run_id": run_id,
+                "command": command,
+                "env": collect_env(spec.device),
+                "timestamp": utc_now(),
+            }
             append_row(shard, row)
             rows.append(row)
     return rows
@@ -161,8 +211,14 @@ def _fill_dead_job(group: list[RowSpec], shard: Path, run_id: str, command: str,
 
 @dataclass(frozen=True)
 class LocalOptions:
-    jobs: int | None = field(default=None, metadata=option(
-        "--jobs", "local launcher: jobs at a time (default: one per visible GPU, or 1 on a CPU run)", type=positive_int))
+    jobs: int | None = field(
+        default=None,
+        metadata=option(
+            "--jobs",
+            "local launcher: jobs at a time (default: one per visible GPU, or 1 on a CPU run)",
+            type=positive_int,
+        ),
+    )
 
 
 class Local(_Jobs):
@@ -183,8 +239,12 @@ class Local(_Jobs):
         executors = []
         for slot in range(slots):
             ex = submitit.LocalExecutor(folder=folder / f"slot{slot}")
-            ex.update_parameters(timeout_min=timeout_min, gpus_per_node=1 if gpus else 0, visible_gpus=(slot,) if gpus else (),
-                                 setup=_setup())
+            ex.update_parameters(
+                timeout_min=timeout_min,
+                gpus_per_node=1 if gpus else 0,
+                visible_gpus=(slot,) if gpus else (),
+                setup=_setup(),
+            )
             executors.append(ex)
         return executors
 
@@ -224,9 +284,15 @@ class SlurmOptions:
     time_min: int = field(default=60, metadata=option("--slurm-time", "minutes per job", type=positive_int))
     gpus: int = field(default=1, metadata=option("--slurm-gpus", "GPUs per job (the rows use one)", type=positive_int))
     cpus: int = field(default=8, metadata=option("--slurm-cpus", "CPUs per job", type=positive_int))
-    mem_gb: int | None = field(default=None, metadata=option("--slurm-mem-gb", "memory per job in GB", type=positive_int))
-    constraint: str | None = field(default=None, metadata=option("--slurm-constraint", "Slurm node constraint, e.g. a GPU kind"))
-    parallel: int = field(default=64, metadata=option("--slurm-parallel", "array jobs running at a time", type=positive_int))
+    mem_gb: int | None = field(
+        default=None, metadata=option("--slurm-mem-gb", "memory per job in GB", type=positive_int)
+    )
+    constraint: str | None = field(
+        default=None, metadata=option("--slurm-constraint", "Slurm node constraint, e.g. a GPU kind")
+    )
+    parallel: int = field(
+        default=64, metadata=option("--slurm-parallel", "array jobs running at a time", type=positive_int)
+    )
 
 
 class Slurm(_Jobs):
@@ -246,17 +312,34 @@ class Slurm(_Jobs):
         o = self.options
         ex = submitit.SlurmExecutor(folder=folder / "%j")
         ex.update_parameters(
-            job_name="rmt-zoo-bench", time=o.time_min, gpus_per_node=o.gpus, cpus_per_task=o.cpus, ntasks_per_node=1,
-            array_parallelism=o.parallel, setup=_setup(),
-            **{k: v for k, v in dict(partition=o.partition, account=o.account, qos=o.qos, constraint=o.constraint,
-                                     mem=f"{o.mem_gb}GB" if o.mem_gb else None).items() if v is not None},
+            job_name="rmt-zoo-bench",
+            time=o.time_min,
+            gpus_per_node=o.gpus,
+            cpus_per_task=o.cpus,
+            ntasks_per_node=1,
+            array_parallelism=o.parallel,
+            setup=_setup(),
+            **{
+                k: v
+                for k, v in dict(
+                    partition=o.partition,
+                    account=o.account,
+                    qos=o.qos,
+                    constraint=o.constraint,
+                    mem=f"{o.mem_gb}GB" if o.mem_gb else None,
+                ).items()
+                if v is not None
+            },
         )
         return ex
 
     def submit(self, executor, calls):
         with executor.batch():
             jobs = [(executor.submit(*call), group, shard) for group, shard, call in calls]
-        print(f"submitted {len(jobs)} Slurm job(s) ({jobs[0][0].job_id.split('_')[0] if jobs else '-'}); waiting for them", file=sys.stderr)
+        print(
+            f"submitted {len(jobs)} Slurm job(s) (array {jobs[0][0].job_id.split('_')[0] if jobs else '-'}); waiting",
+            file=sys.stderr,
+        )
         self.jobs = jobs
         return jobs
 

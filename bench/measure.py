@@ -4,6 +4,7 @@ A tracker says how its value is taken (`start`/`stop` around its scope), what it
 how tables show it (`columns`). The worker runs every tracker in `TRACKERS` on every row and the report reads their
 columns, so a new measurement is one class here plus its tests.
 """
+
 from __future__ import annotations
 
 import time
@@ -16,8 +17,21 @@ import torch
 
 from .columns import Column
 
-__all__ = ["Loop", "Tracker", "Latency", "Memory", "Energy", "TRACKERS", "time_steps", "latency_stats", "is_cuda",
-           "synchronize", "enable_tf32", "numerics", "proc_status_kb"]
+__all__ = [
+    "Loop",
+    "Tracker",
+    "Latency",
+    "Memory",
+    "Energy",
+    "TRACKERS",
+    "time_steps",
+    "latency_stats",
+    "is_cuda",
+    "synchronize",
+    "enable_tf32",
+    "numerics",
+    "proc_status_kb",
+]
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -61,8 +75,9 @@ class Tracker:
         raise NotImplementedError
 
 
-def time_steps(step: Callable[[], Any], warmup: int, iters: int, device: str, trackers: Sequence[Tracker] = (),
-               batch_size: int = 1) -> Loop:
+def time_steps(
+    step: Callable[[], Any], warmup: int, iters: int, device: str, trackers: Sequence[Tracker] = (), batch_size: int = 1
+) -> Loop:
     """Per-step times of `iters` steps after `warmup` untimed ones, with loop-scoped `trackers` around them.
 
     On a GPU each step is bracketed by CUDA events and nothing synchronises inside the loop, so the queue stays
@@ -81,7 +96,9 @@ def time_steps(step: Callable[[], Any], warmup: int, iters: int, device: str, tr
             step()
             end.record()
         torch.cuda.synchronize(device)
-        loop = Loop([s.elapsed_time(e) for s, e in zip(starts, ends)], starts[0].elapsed_time(ends[-1]) / 1e3, batch_size)
+        loop = Loop(
+            [s.elapsed_time(e) for s, e in zip(starts, ends)], starts[0].elapsed_time(ends[-1]) / 1e3, batch_size
+        )
     else:
         times = []
         t_run = time.perf_counter()
@@ -98,8 +115,15 @@ def time_steps(step: Callable[[], Any], warmup: int, iters: int, device: str, tr
 def latency_stats(times_ms: list[float]) -> dict[str, float]:
     t = np.asarray(times_ms, dtype=np.float64)
     p50, p90, p95, p99 = np.percentile(t, [50, 90, 95, 99])
-    return {"mean": float(t.mean()), "p50": float(p50), "p90": float(p90), "p95": float(p95), "p99": float(p99),
-            "std": float(t.std()), "min": float(t.min())}
+    return {
+        "mean": float(t.mean()),
+        "p50": float(p50),
+        "p90": float(p90),
+        "p95": float(p95),
+        "p99": float(p99),
+        "std": float(t.std()),
+        "min": float(t.min()),
+    }
 
 
 class Latency(Tracker):
@@ -116,8 +140,11 @@ class Latency(Tracker):
     )
 
     def fields(self, loop: Loop) -> dict[str, Any]:
-        return {"latency_ms": latency_stats(loop.times_ms), "times_ms": loop.times_ms,
-                "throughput_ips": loop.batch_size * len(loop.times_ms) / loop.wall_s}
+        return {
+            "latency_ms": latency_stats(loop.times_ms),
+            "times_ms": loop.times_ms,
+            "throughput_ips": loop.batch_size * len(loop.times_ms) / loop.wall_s,
+        }
 
 
 def proc_status_kb(field: str) -> int | None:
@@ -160,8 +187,11 @@ class Memory(Tracker):
                 "peak_mem_kind": "cuda allocated / reserved",
             }
         hwm = proc_status_kb("VmHWM")
-        return {"peak_mem_mb": hwm / 1024 if hwm is not None else None, "peak_mem_reserved_mb": None,
-                "peak_mem_kind": f"RSS peak ({self.scope_label})"}
+        return {
+            "peak_mem_mb": hwm / 1024 if hwm is not None else None,
+            "peak_mem_reserved_mb": None,
+            "peak_mem_kind": f"RSS peak ({self.scope_label})",
+        }
 
 
 # The NVML energy counter advances in steps of tens of milliseconds; shorter loops get a note.
@@ -209,10 +239,15 @@ class Energy(Tracker):
             return {"energy_j_per_img": None, "power_w": None, "energy_note": self.reason}
         joules = (self.end[0] - self.begin[0]) / 1e3  # the counter is in millijoules
         seconds = self.end[1] - self.begin[1]
-        fields = {"energy_j": joules, "energy_j_per_img": joules / (loop.batch_size * len(loop.times_ms)),
-                  "power_w": joules / seconds if seconds > 0 else None}
+        fields = {
+            "energy_j": joules,
+            "energy_j_per_img": joules / (loop.batch_size * len(loop.times_ms)),
+            "power_w": joules / seconds if seconds > 0 else None,
+        }
         if seconds < MIN_ENERGY_WINDOW_S:
-            fields["energy_note"] = f"Energy read over {seconds:.2f} s, near the NVML counter's update interval; indicative only."
+            fields["energy_note"] = (
+                f"Energy read over {seconds:.2f} s, near the NVML counter's update interval; indicative only."
+            )
         return fields
 
 

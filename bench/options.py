@@ -3,6 +3,7 @@
 A field's metadata, made by `option(...)`, names the flag and its help; the CLI adds every declared flag under a
 destination of its own and reads the values back, so adding an option is one field in one place.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,14 @@ def add_flags(parser: argparse.ArgumentParser, owner: str, options: type, sweep:
     for f in dataclasses.fields(options):
         meta = dict(f.metadata)
         flag, help_text = meta.pop("flag"), meta.pop("help")
-        parser.add_argument(flag, dest=_dest(owner, f.name), metavar=f.name.upper(), help=f"{help_text} (default {f.default})",
-                            **({"nargs": "+"} if sweep else {}), **meta)
+        parser.add_argument(
+            flag,
+            dest=_dest(owner, f.name),
+            metavar=f.name.upper(),
+            help=f"{help_text} (default {f.default})",
+            **({"nargs": "+"} if sweep else {}),
+            **meta,
+        )
 
 
 def given(args: argparse.Namespace, owner: str, options: type) -> dict[str, Any]:

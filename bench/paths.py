@@ -4,6 +4,7 @@ Every CLI of the project (bench.py, bench.suite, hub convert) checks its outputs
 without blocking (a FIFO), without failing late (a dangling link, a device such as /dev/null), and that no output
 is also an input or another output (a plot written over the results it was drawn from).
 """
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,12 @@ class OutputPathError(ValueError):
 
 def _kind(mode: int) -> str:
     """What a path that is neither a regular file nor a folder is, for the error sentence."""
-    for test, name in ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+    for test, name in (
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
         if test(mode):
             return name
     return "not a regular file"
@@ -50,7 +55,9 @@ def check_output_path(path: PathLike, what: str, text_file: bool = False, folder
     """
     path = Path(path)
     if path.is_symlink() and not path.exists():
-        raise OutputPathError(f"{what} {str(path)!r} is a symbolic link to {os.readlink(path)!r}, which does not exist.")
+        raise OutputPathError(
+            f"{what} {str(path)!r} is a symbolic link to {os.readlink(path)!r}, which does not exist."
+        )
     try:
         mode = path.stat().st_mode
     except (FileNotFoundError, NotADirectoryError):  # missing, or under a file: the parent walk below says which
@@ -60,7 +67,9 @@ def check_output_path(path: PathLike, what: str, text_file: bool = False, folder
     if mode is not None:
         if not (stat.S_ISDIR(mode) if folder else stat.S_ISREG(mode)):
             kind = "a folder" if stat.S_ISDIR(mode) else "a file" if stat.S_ISREG(mode) else _kind(mode)
-            raise OutputPathError(f"{what} {str(path)!r} is {kind}; give {'a folder' if folder else 'a regular file path'}.")
+            raise OutputPathError(
+                f"{what} {str(path)!r} is {kind}; give {'a folder' if folder else 'a regular file path'}."
+            )
         if not os.access(path, os.W_OK):
             raise OutputPathError(f"{what} {str(path)!r} is not writable.")
         if text_file:
@@ -94,7 +103,7 @@ def check_distinct(outputs: Mapping[str, PathLike | None], inputs: Mapping[str, 
     outs = [(k, Path(v)) for k, v in outputs.items() if v is not None]
     ins = [(k, Path(v)) for k, v in (inputs or {}).items() if v is not None]
     for i, (out_name, out) in enumerate(outs):
-        for name, other in [*outs[:i], *outs[i + 1:], *ins]:
+        for name, other in [*outs[:i], *outs[i + 1 :], *ins]:
             role = "an input" if (name, other) in ins else "another output"
             if _same(out, other):
                 raise OutputPathError(

@@ -3,6 +3,7 @@
 A cast precision (fp16, bf16) casts the weights and inputs; an autocast one (amp-*) runs the fp32 model under
 torch.autocast. A new precision is one entry here plus its tests.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -37,13 +38,18 @@ class Precision:
         return self.tf32_tolerance if tf32 and self.tf32_tolerance is not None else self.tolerance
 
 
-PRECISIONS: dict[str, Precision] = {p.name: p for p in (
-    Precision("fp32", torch.float32, torch.float32, autocast=False, tolerance=1e-4, trainable=True, tf32_tolerance=5e-3),
-    Precision("fp16", torch.float16, torch.float16, autocast=False, tolerance=1e-2, trainable=False),
-    Precision("bf16", torch.bfloat16, torch.bfloat16, autocast=False, tolerance=5e-2, trainable=False),
-    Precision("amp-fp16", torch.float32, torch.float16, autocast=True, tolerance=1e-2, trainable=True),
-    Precision("amp-bf16", torch.float32, torch.bfloat16, autocast=True, tolerance=5e-2, trainable=True),
-)}
+PRECISIONS: dict[str, Precision] = {
+    p.name: p
+    for p in (
+        Precision(
+            "fp32", torch.float32, torch.float32, autocast=False, tolerance=1e-4, trainable=True, tf32_tolerance=5e-3
+        ),
+        Precision("fp16", torch.float16, torch.float16, autocast=False, tolerance=1e-2, trainable=False),
+        Precision("bf16", torch.bfloat16, torch.bfloat16, autocast=False, tolerance=5e-2, trainable=False),
+        Precision("amp-fp16", torch.float32, torch.float16, autocast=True, tolerance=1e-2, trainable=True),
+        Precision("amp-bf16", torch.float32, torch.bfloat16, autocast=True, tolerance=5e-2, trainable=True),
+    )
+}
 # `amp` follows timm's benchmark.py (float16 autocast); `autocast` is this harness's bf16 autocast.
 ALIASES = {"amp": "amp-fp16", "autocast": "amp-bf16", "float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
@@ -66,7 +72,9 @@ def prepare_model(model: nn.Module, name: str, device: str, channels_last: bool)
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
-def make_input(batch_size: int, input_size: tuple[int, int], name: str, device: str, channels_last: bool) -> torch.Tensor:
+def make_input(
+    batch_size: int, input_size: tuple[int, int], name: str, device: str, channels_last: bool
+) -> torch.Tensor:
     """A fixed random batch; the values do not change the work these models do."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn((batch_size, 3, *input_size), generator=g).to(device=device, dtype=precision(name).weight_dtype)

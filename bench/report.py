@@ -1,4 +1,5 @@
 """Tables (tabulate or CSV) and the accuracy-vs-throughput plot, from result rows."""
+
 from __future__ import annotations
 
 import csv
@@ -17,7 +18,19 @@ from .columns import Column, get_field
 from .measure import TRACKERS
 from .spec import KEY_DEFAULTS, STATUSES, backend_options
 
-__all__ = ["FORMATS", "TERMINAL_FORMAT", "COLUMNS", "DEFAULT_COLUMNS", "select_columns", "slim", "render_table", "table_order", "status_summary", "plot", "timm_csv"]
+__all__ = [
+    "FORMATS",
+    "TERMINAL_FORMAT",
+    "COLUMNS",
+    "DEFAULT_COLUMNS",
+    "select_columns",
+    "slim",
+    "render_table",
+    "table_order",
+    "status_summary",
+    "plot",
+    "timm_csv",
+]
 
 FORMATS = ("csv", "timm", *tabulate_formats)
 # What a terminal shows by default: aligned columns without rules, so the default columns fit 120 characters.
@@ -48,7 +61,12 @@ _IDENTITY = (
     Column("precision", "precision", label=_precision_label, always=True),
     Column("batch", "batch_size", "d", timm="batch_size", always=True, id="batch"),
     Column("input", "input_size", label=_input_label, always=True, id="input"),
-    Column("device", "env.device_name", id="device", label=lambda r: get_field(r, "env.device_name") or r.get("device") or ""),
+    Column(
+        "device",
+        "env.device_name",
+        id="device",
+        label=lambda r: get_field(r, "env.device_name") or r.get("device") or "",
+    ),
     Column("params (M)", "params", ".2f", scale=1e-6),
     Column("GMACs", "gmacs", ".2f", timm="gmacs", timm_digits=2),
 )
@@ -63,19 +81,55 @@ _RESULTS = (
 COLUMNS: tuple[Column, ...] = (*_IDENTITY, *(c for t in TRACKERS for c in t.columns), *_RESULTS)
 BY_NAME = {c.name: c for c in COLUMNS}
 # The terminal's default: what a reader compares, within 120 characters; `--columns` picks others, `all` every one.
-DEFAULT_COLUMNS = ("model", "mode", "backend", "precision", "batch", "input", "device", "gmacs", "p50", "img_s",
-                   "peak_mb", "diff", "top1")
+DEFAULT_COLUMNS = (
+    "model",
+    "mode",
+    "backend",
+    "precision",
+    "batch",
+    "input",
+    "device",
+    "gmacs",
+    "p50",
+    "img_s",
+    "peak_mb",
+    "diff",
+    "top1",
+)
 # CSV keeps every measurement and what it needs to be read: the columns above plus these.
-_CSV_EXTRA = ("backend_options", "features_only", "channels_last", "tf32", "device", "status", "reason", "gmacs_torch",
-              "diff_vs_eager_max_abs", "peak_mem_reserved_mb", "energy_note", "float32_matmul_precision",
-              "cudnn_benchmark", "weights", "threads", "data", "eval_samples", "eval_skipped", "schema_version",
-              "timestamp")
+_CSV_EXTRA = (
+    "backend_options",
+    "features_only",
+    "channels_last",
+    "tf32",
+    "device",
+    "status",
+    "reason",
+    "gmacs_torch",
+    "diff_vs_eager_max_abs",
+    "peak_mem_reserved_mb",
+    "energy_note",
+    "float32_matmul_precision",
+    "cudnn_benchmark",
+    "weights",
+    "threads",
+    "data",
+    "eval_samples",
+    "eval_skipped",
+    "schema_version",
+    "timestamp",
+)
 
 
 _NOTES = ("reason", "flops_error", "accuracy_error", "accuracy_note")
 # Every top-level field some output of this module reads (and what keys a row, old schemas included).
-_READ = frozenset({c.field.split(".")[0] for c in COLUMNS} | set(_CSV_EXTRA) | set(KEY_DEFAULTS) | set(_NOTES)
-                  | {"compile_mode", "status"}) - {"env"}
+_READ = frozenset(
+    {c.field.split(".")[0] for c in COLUMNS}
+    | set(_CSV_EXTRA)
+    | set(KEY_DEFAULTS)
+    | set(_NOTES)
+    | {"compile_mode", "status"}
+) - {"env"}
 
 
 def slim(row: dict[str, Any]) -> dict[str, Any]:
@@ -116,14 +170,22 @@ def timm_csv(rows: Iterable[dict[str, Any]]) -> str:
             continue
         mode = row.get("mode", "infer")
         modes.add(mode)
-        line = merged.setdefault((row["model"], _backend_label(row), _precision_label(row), row["batch_size"], tuple(row["input_size"])), {
-            "model": row["model"], "param_count": round(row["params"] / 1e6, 2) if row.get("params") else None,
-            "backend": _backend_label(row), "precision": _precision_label(row)})
+        line = merged.setdefault(
+            (row["model"], _backend_label(row), _precision_label(row), row["batch_size"], tuple(row["input_size"])),
+            {
+                "model": row["model"],
+                "param_count": round(row["params"] / 1e6, 2) if row.get("params") else None,
+                "backend": _backend_label(row),
+                "precision": _precision_label(row),
+            },
+        )
         line[f"{mode}_img_size"] = row["input_size"][-1]
         for column in COLUMNS:
             value = column.value(row)
             if column.timm and value is not None:
-                line[f"{mode}_{column.timm}"] = round(value, column.timm_digits) if column.timm_digits is not None else value
+                line[f"{mode}_{column.timm}"] = (
+                    round(value, column.timm_digits) if column.timm_digits is not None else value
+                )
     fields = ["model"]
     for mode in ("infer", "train"):
         if mode in modes:
@@ -143,8 +205,18 @@ def table_order(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     first: dict[tuple, int] = {}
     for row in rows:
         first.setdefault((row["model"], row["backend"]), len(first))
-    return sorted(rows, key=lambda r: (first[r["model"], r["backend"]], r.get("mode", "infer"), r["precision"], bool(r.get("features_only")),
-                                       bool(r.get("channels_last")), list(r["input_size"]), r["batch_size"]))
+    return sorted(
+        rows,
+        key=lambda r: (
+            first[r["model"], r["backend"]],
+            r.get("mode", "infer"),
+            r["precision"],
+            bool(r.get("features_only")),
+            bool(r.get("channels_last")),
+            list(r["input_size"]),
+            r["batch_size"],
+        ),
+    )
 
 
 def select_columns(names: Iterable[str] | None) -> tuple[Column, ...]:
@@ -174,7 +246,9 @@ def _shown(rows: list[dict[str, Any]], columns: tuple[Column, ...]) -> list[Colu
     return shown
 
 
-def render_table(rows: Iterable[dict[str, Any]], fmt: str = TERMINAL_FORMAT, columns: Iterable[str] | None = None) -> str:
+def render_table(
+    rows: Iterable[dict[str, Any]], fmt: str = TERMINAL_FORMAT, columns: Iterable[str] | None = None
+) -> str:
     """One line per row and, of the chosen columns (default: `DEFAULT_COLUMNS`), those that have values; CSV
     formats keep every field. Rows that are not `ok` carry a numbered note with their reason under the table."""
     rows = list(rows)
@@ -246,8 +320,15 @@ def _plot_points(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             paper = None
         if measured is None and paper is None:
             continue
-        points.append({"model": key[0], "series": f"{key[1]} {key[2]}", "x": row["throughput_ips"],
-                       "y": measured if measured is not None else paper, "measured": measured is not None})
+        points.append(
+            {
+                "model": key[0],
+                "series": f"{key[1]} {key[2]}",
+                "x": row["throughput_ips"],
+                "y": measured if measured is not None else paper,
+                "measured": measured is not None,
+            }
+        )
     return points
 
 
@@ -267,13 +348,24 @@ def plot(rows: Iterable[dict[str, Any]], path: str | Path, title: str | None = N
     series = sorted({p["series"] for p in points})
     colors = dict(zip(series, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4))
     for name in series:
-        for measured, marker_face, label in ((True, None, "measured top-1"), (False, "none", "paper top-1 (zoo.info, not measured here)")):
+        for measured, marker_face, label in (
+            (True, None, "measured top-1"),
+            (False, "none", "paper top-1 (zoo.info, not measured here)"),
+        ):
             pts = [p for p in points if p["series"] == name and p["measured"] == measured]
             if pts:
-                ax.scatter([p["x"] for p in pts], [p["y"] for p in pts], s=48, color=colors[name],
-                           facecolors=marker_face or colors[name], label=f"{name}: {label}")
+                ax.scatter(
+                    [p["x"] for p in pts],
+                    [p["y"] for p in pts],
+                    s=48,
+                    color=colors[name],
+                    facecolors=marker_face or colors[name],
+                    label=f"{name}: {label}",
+                )
     for i, p in enumerate(points):  # alternate above/below so labels of neighbouring points do not collide
-        ax.annotate(p["model"], (p["x"], p["y"]), textcoords="offset points", xytext=(5, 5 if i % 2 else -11), fontsize=8)
+        ax.annotate(
+            p["model"], (p["x"], p["y"]), textcoords="offset points", xytext=(5, 5 if i % 2 else -11), fontsize=8
+        )
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.xaxis.set_minor_formatter(matplotlib.ticker.LogFormatter(labelOnlyBase=False))  # plain numbers, thinned

@@ -5,6 +5,7 @@ row whose fields have the wrong types, binary junk) with one summary note on std
 file is shared by runs, launchers, editors and other tools. Jobs of a launcher append to their own shards beside the
 file (`results.shard-<job>.jsonl`), which every reader takes together with it.
 """
+
 from __future__ import annotations
 
 import functools
@@ -18,8 +19,16 @@ from typing import Any, Iterable, Iterator
 from .columns import get_field
 from .spec import SCHEMA_VERSION, row_key
 
-__all__ = ["load_results", "iter_results", "append_row", "latest_rows", "utc_now", "result_files", "shard_path",
-           "SCHEMA_VERSION"]
+__all__ = [
+    "load_results",
+    "iter_results",
+    "append_row",
+    "latest_rows",
+    "utc_now",
+    "result_files",
+    "shard_path",
+    "SCHEMA_VERSION",
+]
 
 # What a line must hold, with these types, to be read as a row; anything else is somebody else's line.
 _REQUIRED = {"model": str, "backend": str, "precision": str, "batch_size": int, "input_size": list, "status": str}
@@ -56,7 +65,9 @@ def as_row(line: str) -> dict[str, Any] | None:
     size = row["input_size"]
     if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in size):
         return None
-    if isinstance(row["batch_size"], bool) or any(row.get(k) is not None and not isinstance(row[k], dict) for k in _MAPPINGS):
+    if isinstance(row["batch_size"], bool) or any(
+        row.get(k) is not None and not isinstance(row[k], dict) for k in _MAPPINGS
+    ):
         return None
     for name, whole in _numeric_fields():
         value = get_field(row, name)
@@ -99,7 +110,10 @@ def iter_results(path: str | Path, quiet: bool = False, shards: bool = True) -> 
                     yield row
         if skipped and not quiet:
             first = ", ".join(map(str, skipped[:5])) + (", ..." if len(skipped) > 5 else "")
-            print(f"note: skipped {len(skipped)} line(s) of {file} that are not benchmark rows (line {first}).", file=sys.stderr)
+            print(
+                f"note: skipped {len(skipped)} line(s) of {file} that are not benchmark rows (line {first}).",
+                file=sys.stderr,
+            )
 
 
 def load_results(path: str | Path, quiet: bool = False) -> list[dict[str, Any]]:
@@ -124,11 +138,15 @@ def append_row(path: str | Path, row: dict[str, Any]) -> None:
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
     try:
         size = os.fstat(fd).st_size
-        data = (("" if _ends_cleanly(fd) else "\n") + json.dumps({"schema_version": SCHEMA_VERSION, **row}, default=str) + "\n").encode()
+        data = (
+            ("" if _ends_cleanly(fd) else "\n")
+            + json.dumps({"schema_version": SCHEMA_VERSION, **row}, default=str)
+            + "\n"
+        ).encode()
         try:
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
         except OSError:
             os.ftruncate(fd, size)

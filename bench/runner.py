@@ -6,6 +6,7 @@ timed and never re-reads the results file. A worker that crashes, hangs past its
 takes only its own unfinished rows with it: the runner writes those as `error` rows naming the cause and goes on.
 Rows a backend cannot run here are known before any model is built: each backend and reason gets one status row.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -71,8 +72,11 @@ def _raise_interrupted(signum: int, _frame: Any) -> None:
 def stopped_exit_code(exc: BaseException, results: str | Path) -> int:
     """Say in one line that a run was stopped and what was kept; the shell's exit code for the signal."""
     name = str(exc) if isinstance(exc, Interrupted) else "SIGINT"
-    print(f"\nstopped by {name}: the worker was ended and the rows measured so far are kept in {results} "
-          f"(--resume continues).", file=sys.stderr)
+    print(
+        f"\nstopped by {name}: the worker was ended and the rows measured so far are kept in {results} "
+        f"(--resume continues).",
+        file=sys.stderr,
+    )
     return 128 + signal.Signals[name].value
 
 
@@ -96,11 +100,13 @@ def crash_reason(log: str) -> str:
     lines = [ln.rstrip() for ln in log.splitlines() if ln.strip()]
     starts = [i for i, ln in enumerate(lines) if ln.startswith("Traceback (most recent call last)")]
     if starts:
-        tail = [ln for ln in lines[starts[-1] + 1:] if not ln.startswith((" ", "\t"))]
+        tail = [ln for ln in lines[starts[-1] + 1 :] if not ln.startswith((" ", "\t"))]
         found = next((ln for ln in tail if _EXCEPTION_LINE.match(ln)), None)
         if found:
             return found.strip()[:300]
-    found = next((ln for ln in reversed(lines) if _EXCEPTION_LINE.match(ln.strip()) and "Warning" not in ln.split(":")[0]), None)
+    found = next(
+        (ln for ln in reversed(lines) if _EXCEPTION_LINE.match(ln.strip()) and "Warning" not in ln.split(":")[0]), None
+    )
     return (found or "").strip()[:300]
 
 
@@ -144,8 +150,16 @@ class Outcome:
 
 
 class _Run:
-    def __init__(self, settings: Settings, results: Path, command: str, verbose: bool, deadline: float | None, bar: tqdm,
-                 run_id: str | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        results: Path,
+        command: str,
+        verbose: bool,
+        deadline: float | None,
+        bar: tqdm,
+        run_id: str | None = None,
+    ):
         self.settings = settings
         self.deadline = deadline
         self.results = results
@@ -161,13 +175,22 @@ class _Run:
 
     def _known_flops(self, spec: RowSpec) -> dict[str, dict]:
         """GMACs already counted in this run for the same model and head, so later workers skip the trace."""
-        return {json.dumps(list(r["input_size"])): {"gmacs": r["gmacs"], "gmacs_torch": r.get("gmacs_torch")}
-                for r in self.rows.values()
-                if r["model"] == spec.model and r.get("features_only") == spec.features_only and r.get("gmacs") is not None}
+        return {
+            json.dumps(list(r["input_size"])): {"gmacs": r["gmacs"], "gmacs_torch": r.get("gmacs_torch")}
+            for r in self.rows.values()
+            if r["model"] == spec.model and r.get("features_only") == spec.features_only and r.get("gmacs") is not None
+        }
 
     def status_row(self, spec: RowSpec, status: str, reason: str) -> None:
-        row = {**spec.fields(), "status": status, "reason": reason, "run_id": self.run_id, "command": self.command,
-               "env": collect_env(spec.device), "timestamp": utc_now()}
+        row = {
+            **spec.fields(),
+            "status": status,
+            "reason": reason,
+            "run_id": self.run_id,
+            "command": self.command,
+            "env": collect_env(spec.device),
+            "timestamp": utc_now(),
+        }
         append_row(self.results, row)
         self._keep(row)
 
@@ -189,8 +212,14 @@ class _Run:
             with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as log:
                 out = None if self.verbose else log
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "bench.worker", "-"], stdin=subprocess.PIPE, stdout=out, stderr=out, env=env,
-                    start_new_session=True, preexec_fn=lambda parent=os.getpid(): _die_with_parent(parent), text=True,
+                    [sys.executable, "-m", "bench.worker", "-"],
+                    stdin=subprocess.PIPE,
+                    stdout=out,
+                    stderr=out,
+                    env=env,
+                    start_new_session=True,
+                    preexec_fn=lambda parent=os.getpid(): _die_with_parent(parent),
+                    text=True,
                     pass_fds=(write_fd,),
                 )
                 os.close(write_fd)
@@ -230,7 +259,11 @@ class _Run:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
                     over_budget = self.deadline is not None and time.monotonic() >= self.deadline
-                    return "stopped at the run's time budget" if over_budget else f"timed out after {_seconds(self.settings.timeout_s)}"
+                    return (
+                        "stopped at the run's time budget"
+                        if over_budget
+                        else f"timed out after {_seconds(self.settings.timeout_s)}"
+                    )
             proc.wait()
         except (KeyboardInterrupt, Interrupted):
             os.killpg(proc.pid, signal.SIGKILL)
@@ -280,7 +313,11 @@ def run(
     source = Path(resume_from or results)
     if resume and (source.exists() or result_files(source)):
         wanted = {s.key(machines[s.device]) for s in specs}
-        done = {k: r for r in latest_rows(iter_results(source)) if r.get("status") in RESUMABLE and (k := row_key(r)) in wanted}
+        done = {
+            k: r
+            for r in latest_rows(iter_results(source))
+            if r.get("status") in RESUMABLE and (k := row_key(r)) in wanted
+        }
     todo = [s for s in specs if s.key(machines[s.device]) not in done]
     refused = _refusals(todo)
     deadline = None if budget_s is None else time.monotonic() + budget_s
@@ -293,10 +330,16 @@ def run(
     for spec, reason in refused.items():
         by_reason.setdefault((spec.backend, reason), []).append(spec)
     try:
-        with tqdm(total=len(todo) - len(refused) + len(by_reason), unit="row", disable=not show, file=sys.stderr) as bar:
+        with tqdm(
+            total=len(todo) - len(refused) + len(by_reason), unit="row", disable=not show, file=sys.stderr
+        ) as bar:
             runner = _Run(settings, results, command, verbose, deadline, bar, run_id)
             for (_, reason), same in by_reason.items():  # one status row per backend and reason, not one per model
-                more = f" ({len(same) - 1} more row(s) of this backend were not run for the same reason.)" if len(same) > 1 else ""
+                more = (
+                    f" ({len(same) - 1} more row(s) of this backend were not run for the same reason.)"
+                    if len(same) > 1
+                    else ""
+                )
                 runner.status_row(same[0], "unavailable", reason + more)
             for group in group_rows(s for s in todo if s not in refused):
                 if deadline is not None and time.monotonic() >= deadline:

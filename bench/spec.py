@@ -1,4 +1,5 @@
 """What one benchmark row is, and how a run measures: plain dataclasses shared by the CLI, runner and worker."""
+
 from __future__ import annotations
 
 import json
@@ -20,14 +21,38 @@ RANDOM_INIT = "random init"
 # The fields that make two rows "the same measurement" (used by --resume and by report de-duplication), with the
 # value a row written before the field existed stands for. The machine (env.device_name) is part of the key too.
 KEY_DEFAULTS: dict[str, Any] = {
-    "model": None, "backend": None, "precision": None, "batch_size": None, "input_size": (), "device": None,
-    "channels_last": False, "features_only": False, "backend_options": {}, "mode": "infer", "tf32": False,
-    "model_kwargs": {}, "grad_checkpointing": False, "weights": RANDOM_INIT, "threads": None, "data": None,
+    "model": None,
+    "backend": None,
+    "precision": None,
+    "batch_size": None,
+    "input_size": (),
+    "device": None,
+    "channels_last": False,
+    "features_only": False,
+    "backend_options": {},
+    "mode": "infer",
+    "tf32": False,
+    "model_kwargs": {},
+    "grad_checkpointing": False,
+    "weights": RANDOM_INIT,
+    "threads": None,
+    "data": None,
     "max_samples": None,
 }
 # The fields of a key that rows sharing one worker process (one model build) have in common.
-WORKER_FIELDS = ("model", "device", "features_only", "mode", "tf32", "model_kwargs", "grad_checkpointing", "weights",
-                 "threads", "data", "max_samples")
+WORKER_FIELDS = (
+    "model",
+    "device",
+    "features_only",
+    "mode",
+    "tf32",
+    "model_kwargs",
+    "grad_checkpointing",
+    "weights",
+    "threads",
+    "data",
+    "max_samples",
+)
 
 
 def backend_options(row: dict[str, Any]) -> dict[str, Any]:
@@ -89,13 +114,23 @@ class RowSpec:
 
     def fields(self) -> dict[str, Any]:
         """The row's identifying fields, in the JSON form rows store."""
-        return {**asdict(self), "input_size": list(self.input_size), "model_kwargs": dict(self.model_kwargs),
-                "backend_options": dict(self.backend_options)}
+        return {
+            **asdict(self),
+            "input_size": list(self.input_size),
+            "model_kwargs": dict(self.model_kwargs),
+            "backend_options": dict(self.backend_options),
+        }
 
     @classmethod
     def from_fields(cls, fields: dict[str, Any]) -> "RowSpec":
-        return cls(**{**fields, "input_size": tuple(fields["input_size"]), "model_kwargs": tuple(fields["model_kwargs"].items()),
-                      "backend_options": tuple(fields["backend_options"].items())})
+        return cls(
+            **{
+                **fields,
+                "input_size": tuple(fields["input_size"]),
+                "model_kwargs": tuple(fields["model_kwargs"].items()),
+                "backend_options": tuple(fields["backend_options"].items()),
+            }
+        )
 
     def key(self, machine: str | None) -> tuple:
         return row_key(self.fields(), machine)

@@ -13,6 +13,7 @@ Rows run in this order, so a run cut short by its budget keeps the most useful o
 Consecutive rows of one model share a worker process (one model build, one FLOP count). A backend missing here
 gives one status row for the whole run. Writes results.jsonl, table.md, plot.png and env.json under --out.
 """
+
 from __future__ import annotations
 
 import json
@@ -61,8 +62,15 @@ class SuiteConfig:
 
 
 FULL = SuiteConfig(device="cuda")
-DRY_RUN = SuiteConfig(models=("test_convnext", "test_vit"), device="cpu", throughput_batch=2, input_size=(64, 64),
-                      dense_size=(64, 96), warmup=1, iters=2)
+DRY_RUN = SuiteConfig(
+    models=("test_convnext", "test_vit"),
+    device="cpu",
+    throughput_batch=2,
+    input_size=(64, 64),
+    dense_size=(64, 96),
+    warmup=1,
+    iters=2,
+)
 
 
 def _tiers(models: list[str]) -> tuple[list[str], list[str]]:
@@ -85,14 +93,30 @@ def suite_specs(cfg: SuiteConfig) -> list[RowSpec]:
     def rows(model: str, backend: str) -> list[RowSpec]:
         prec = cfg.precision if BACKENDS[backend].runs_autocast else cfg.cast_precision
         size = cfg.input_size or tuple(zoo.info(model).input_size[1:])
-        out = [RowSpec(model, backend, prec, batch, size, cfg.device) for batch in (cfg.latency_batch, cfg.throughput_batch)]
+        out = [
+            RowSpec(model, backend, prec, batch, size, cfg.device)
+            for batch in (cfg.latency_batch, cfg.throughput_batch)
+        ]
         if backend == "compile" and cfg.cuda_graphs:
-            out.append(RowSpec(model, backend, prec, cfg.latency_batch, size, cfg.device, backend_options=(("mode", "reduce-overhead"),)))
+            out.append(
+                RowSpec(
+                    model,
+                    backend,
+                    prec,
+                    cfg.latency_batch,
+                    size,
+                    cfg.device,
+                    backend_options=(("mode", "reduce-overhead"),),
+                )
+            )
         return out
 
     def dense(model: str) -> list[RowSpec]:
-        return [RowSpec(model, b, cfg.precision, 1, cfg.dense_size, cfg.device, features_only=True)
-                for b in cfg.backends if BACKENDS[b].runs_autocast]
+        return [
+            RowSpec(model, b, cfg.precision, 1, cfg.dense_size, cfg.device, features_only=True)
+            for b in cfg.backends
+            if BACKENDS[b].runs_autocast
+        ]
 
     plan = [r for m in head for b in cfg.backends if BACKENDS[b].runs_autocast for r in rows(m, b)]
     plan += [r for b in cfg.backends if not BACKENDS[b].runs_autocast for m in head for r in rows(m, b)]
@@ -127,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="CPU, two tiny models, tiny sizes: checks the plumbing only")
     p.add_argument("--backends", nargs="+", choices=tuple(BACKENDS), help="a subset of the backends")
     p.add_argument("--budget-min", type=str, help="start no row after this many minutes (default 24)")
-    p.add_argument("--cuda-graphs", action="store_true", help="add compile's reduce-overhead (CUDA graphs) rows at batch 1")
+    p.add_argument(
+        "--cuda-graphs", action="store_true", help="add compile's reduce-overhead (CUDA graphs) rows at batch 1"
+    )
     p.add_argument("--resume", action="store_true", help="skip rows already in OUT/results.jsonl")
     p.add_argument("--quiet", action="store_true")
     try:
@@ -158,7 +184,15 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(warmup=cfg.warmup, iters=cfg.iters, timeout_s=min(cfg.budget_s, 900.0))
     command = shlex.join(["python", "-m", "bench.suite", *argv])
     try:
-        outcome = run(specs, settings, out / "results.jsonl", command, resume=args.resume, progress=not args.quiet, budget_s=cfg.budget_s)
+        outcome = run(
+            specs,
+            settings,
+            out / "results.jsonl",
+            command,
+            resume=args.resume,
+            progress=not args.quiet,
+            budget_s=cfg.budget_s,
+        )
     except (KeyboardInterrupt, Interrupted) as exc:
         return stopped_exit_code(exc, out / "results.jsonl")
     write_outputs(outcome.rows, out, cfg.device)
@@ -167,7 +201,11 @@ def main(argv: list[str] | None = None) -> int:
     except OutputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_OUTPUT
-    unfinished = f"; {outcome.unfinished} rows not run within the time budget (rerun with --resume)" if outcome.unfinished else ""
+    unfinished = (
+        f"; {outcome.unfinished} rows not run within the time budget (rerun with --resume)"
+        if outcome.unfinished
+        else ""
+    )
     print(f"{status_summary(outcome.rows)}{unfinished}; outputs in {out}", file=sys.stderr)
     return exit_code(outcome.rows) if not outcome.unfinished else EXIT_FAILED
 

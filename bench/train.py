@@ -4,6 +4,7 @@ The model trains as it would: train mode (dropout and stochastic depth on, at th
 cross-entropy against fixed random labels, SGD at timm's benchmark learning rate, autocast with a gradient scaler for
 fp16. The optimizer never sees a real batch, so the weights drift; the work per step does not change.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -19,11 +20,15 @@ from .spec import RowSpec, Unavailable
 __all__ = ["training_step"]
 
 
-def training_step(model: nn.Module, backend: Backend, spec: RowSpec, x: torch.Tensor) -> tuple[Callable[[], None], dict[str, Any]]:
+def training_step(
+    model: nn.Module, backend: Backend, spec: RowSpec, x: torch.Tensor
+) -> tuple[Callable[[], None], dict[str, Any]]:
     """A closure running one training step on `x`, and the fields that describe it."""
     if spec.grad_checkpointing:
         if not hasattr(model, "set_grad_checkpointing"):
-            raise Unavailable(f"{spec.model} has no set_grad_checkpointing, so gradient checkpointing cannot be switched on.")
+            raise Unavailable(
+                f"{spec.model} has no set_grad_checkpointing, so gradient checkpointing cannot be switched on."
+            )
         model.set_grad_checkpointing(True)
     with torch.no_grad():
         classes = model(x[:1]).shape[-1]

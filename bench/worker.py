@@ -4,6 +4,7 @@ as it ends and report it to the runner on the progress channel.
 Run by the runner as `python -m bench.worker -` with the job as JSON on stdin; a crash here costs only the rows not
 yet written.
 """
+
 from __future__ import annotations
 
 import copy
@@ -37,7 +38,9 @@ def _is_oom(exc: BaseException) -> bool:
     """CUDA raises torch.OutOfMemoryError; the CPU allocator raises a RuntimeError that says so."""
     if isinstance(exc, torch.OutOfMemoryError):
         return True
-    return isinstance(exc, RuntimeError) and ("out of memory" in str(exc).lower() or "can't allocate memory" in str(exc).lower())
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in str(exc).lower() or "can't allocate memory" in str(exc).lower()
+    )
 
 
 def _free(device: str) -> None:
@@ -52,7 +55,10 @@ def _tensors(output: Any) -> list[torch.Tensor]:
 
 def output_difference(reference: Any, output: Any, spec: RowSpec) -> dict[str, Any]:
     """Max absolute and relative (to the largest reference value) difference from eager on the same input."""
-    pairs = [(r.detach().float().cpu(), o.detach().float().cpu()) for r, o in zip(_tensors(reference), _tensors(output), strict=True)]
+    pairs = [
+        (r.detach().float().cpu(), o.detach().float().cpu())
+        for r, o in zip(_tensors(reference), _tensors(output), strict=True)
+    ]
     max_abs = max(float((o - r).abs().max()) for r, o in pairs)
     if any(bool((o - r).isnan().any()) for r, o in pairs):
         max_abs = float("nan")  # max() would drop a NaN
@@ -61,13 +67,21 @@ def output_difference(reference: Any, output: Any, spec: RowSpec) -> dict[str, A
     tol = precision(spec.precision).tolerance_for(spec.tf32)
     fields = {"diff_vs_eager_max_abs": max_abs, "diff_vs_eager_rel": rel, "diff_tolerance_rel": tol}
     if not rel <= tol:  # NaN counts as beyond
-        fields.update(status="mismatch", reason=f"Output differs from eager by {rel:.2e} relative (max abs {max_abs:.2e}), beyond the {tol:.0e} tolerance for {spec.precision}.")
+        fields.update(
+            status="mismatch",
+            reason=f"Output differs from eager by {rel:.2e} relative (max abs {max_abs:.2e}), beyond the {tol:.0e} "
+            f"tolerance for {spec.precision}.",
+        )
     return fields
 
 
 def _drop_path_rate(model: nn.Module) -> float:
     """The largest stochastic-depth rate in the model (timm's DropPath and torchvision's StochasticDepth)."""
-    rates = [float(getattr(m, "drop_prob", getattr(m, "p", 0.0)) or 0.0) for m in model.modules() if type(m).__name__ in ("DropPath", "StochasticDepth")]
+    rates = [
+        float(getattr(m, "drop_prob", getattr(m, "p", 0.0)) or 0.0)
+        for m in model.modules()
+        if type(m).__name__ in ("DropPath", "StochasticDepth")
+    ]
     return round(max(rates, default=0.0), 6)  # builders compute rates in float32 (0.10000000149)
 
 
@@ -75,8 +89,15 @@ class Worker:
     """Holds the model (fp32, as built), its cast copy for the current precision and layout, the backends, and the
     per-input-size caches (FLOPs, accuracy) for one group of rows."""
 
-    def __init__(self, rows: list[RowSpec], settings: Settings, results: str, base: dict[str, Any],
-                 known_flops: dict[str, dict], progress: IO[str] | None = None):
+    def __init__(
+        self,
+        rows: list[RowSpec],
+        settings: Settings,
+        results: str,
+        base: dict[str, Any],
+        known_flops: dict[str, dict],
+        progress: IO[str] | None = None,
+    ):
         self.rows = rows
         self.settings = settings
         self.results = results
@@ -132,7 +153,13 @@ class Worker:
             model = zoo.load(head.model, pretrained=head.pretrained(), **kwargs).to(head.device)
         except Exception as exc:  # every row of the group fails the same way; say so in each
             for spec in self.rows:
-                self._write(spec, {"status": "oom" if _is_oom(exc) else "error", "reason": f"Could not build the model: {type(exc).__name__}: {first_line(exc)}"})
+                self._write(
+                    spec,
+                    {
+                        "status": "oom" if _is_oom(exc) else "error",
+                        "reason": f"Could not build the model: {type(exc).__name__}: {first_line(exc)}",
+                    },
+                )
             return
         common = {"params": count_params(model), **numerics()}
         if head.mode == "train":
@@ -143,7 +170,9 @@ class Worker:
             fields = self._guarded(measure, self._model_for(model, spec), self._backend(spec), spec)
             self._write(spec, {**common, **self.flops.get(spec.input_size, {}), "flops_note": FLOPS_NOTE, **fields})
 
-    def _guarded(self, measure: Callable[..., Measured], model: nn.Module, backend: Backend, spec: RowSpec) -> dict[str, Any]:
+    def _guarded(
+        self, measure: Callable[..., Measured], model: nn.Module, backend: Backend, spec: RowSpec
+    ) -> dict[str, Any]:
         """One row's measurement with every tracker running; its failure is that row's result, and the next row
         still runs."""
         _free(spec.device)
@@ -167,7 +196,9 @@ class Worker:
 
     def _timed(self, step: Callable[[], Any], spec: RowSpec, trackers: list, warmup: int) -> Loop:
         """The timed loop with the loop-scoped trackers around it, then the row-scoped ones stopped."""
-        loop = time_steps(step, warmup, self.settings.iters, spec.device, [t for t in trackers if t.scope == "loop"], spec.batch_size)
+        loop = time_steps(
+            step, warmup, self.settings.iters, spec.device, [t for t in trackers if t.scope == "loop"], spec.batch_size
+        )
         for tracker in trackers:
             if tracker.scope == "row":
                 tracker.stop()
@@ -212,7 +243,9 @@ class Worker:
                 return images.to(spec.device, dtype=dtype).contiguous(memory_format=memory_format)
 
             try:
-                self.accuracy[key] = evaluate(forward, spec.model, spec.input_size, spec.data, spec.batch_size, spec.max_samples, to_device)
+                self.accuracy[key] = evaluate(
+                    forward, spec.model, spec.input_size, spec.data, spec.batch_size, spec.max_samples, to_device
+                )
             except Exception as exc:  # speed numbers stand without it; the reason is kept
                 return {"accuracy_error": f"{type(exc).__name__}: {first_line(exc)}"}
         return self.accuracy[key]
@@ -239,8 +272,13 @@ def main(job_path: str) -> None:
     for r in rows:
         first.setdefault(block(r), len(first))
     rows.sort(key=lambda r: (first[block(r)], r.input_size, -r.batch_size))
-    base = {"run_id": job["run_id"], "command": job["command"], "warmup": settings.warmup, "iters": settings.iters,
-            "env": collect_env(rows[0].device)}
+    base = {
+        "run_id": job["run_id"],
+        "command": job["command"],
+        "warmup": settings.warmup,
+        "iters": settings.iters,
+        "env": collect_env(rows[0].device),
+    }
     progress = os.fdopen(job["progress_fd"], "w", encoding="utf-8") if job.get("progress_fd") is not None else None
     t0 = time.perf_counter()
     Worker(rows, settings, job["results"], base, job.get("known_flops", {}), progress).run()

@@ -1,6 +1,7 @@
 """What the benchmarks against the official code share: importing that code from a path, the official RMT model
 with its weights loaded into ours, interleaved timing, and the machine's state (load average, versions) recorded
 beside every number."""
+
 from __future__ import annotations
 
 import importlib.util

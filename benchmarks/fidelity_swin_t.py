@@ -10,6 +10,7 @@ the per-round ratios: on a shared machine the load drifts between rounds, and pa
 That timm file (an older revision) has no --device flag, so a three-line driver imports it and sets device="cpu" on
 its parsed arguments, exactly as its own `benchmark(args)` passes them on to its runner.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,15 +49,36 @@ def run_timm(path: str, batch: int, warmup: int, iters: int, threads: int) -> fl
     cmd = [sys.executable, "-c", TIMM_DRIVER, path, str(batch), str(warmup), str(iters), str(threads), TIMM_NAME]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(threads), check=True)
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
-    return json.loads(line[len("RESULT "):])["infer_samples_per_sec"]
+    return json.loads(line[len("RESULT ") :])["infer_samples_per_sec"]
 
 
 def run_ours(batch: int, warmup: int, iters: int, threads: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp, "r.jsonl")
-        cmd = [sys.executable, "bench.py", "--models", "swin_t", "--device", "cpu", "--backend", "eager", "--precision", "fp32",
-               "--batch-size", str(batch), "--warmup", str(warmup), "--iters", str(iters), "--threads", str(threads),
-               "--no-flops", "--quiet", "--out", str(out)]
+        cmd = [
+            sys.executable,
+            "bench.py",
+            "--models",
+            "swin_t",
+            "--device",
+            "cpu",
+            "--backend",
+            "eager",
+            "--precision",
+            "fp32",
+            "--batch-size",
+            str(batch),
+            "--warmup",
+            str(warmup),
+            "--iters",
+            str(iters),
+            "--threads",
+            str(threads),
+            "--no-flops",
+            "--quiet",
+            "--out",
+            str(out),
+        ]
         subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=_env(threads), check=True)
         [row] = load_results(out)
     return row["throughput_ips"]
@@ -93,9 +115,17 @@ def main() -> int:
     ratio = statistics.median(ratios)
     result = {
         "check": "eager swin_t throughput, bench.py vs timm benchmark.py (median of paired per-round ratios)",
-        "settings": {"device": "cpu", "precision": "fp32", "model": f"swin_t = {TIMM_NAME}", "input_size": [224, 224],
-                     "batch_size": args.batch_size, "warmup": args.warmup, "iters": args.iters, "threads": args.threads,
-                     "rounds": args.rounds},
+        "settings": {
+            "device": "cpu",
+            "precision": "fp32",
+            "model": f"swin_t = {TIMM_NAME}",
+            "input_size": [224, 224],
+            "batch_size": args.batch_size,
+            "warmup": args.warmup,
+            "iters": args.iters,
+            "threads": args.threads,
+            "rounds": args.rounds,
+        },
         "bench_py_ips": ours,
         "timm_benchmark_ips": timm,
         "median_bench_py_ips": statistics.median(ours),

@@ -14,6 +14,7 @@ first: the released initialisation is zero, which would put every sample exactly
 trained model. Each level's sampling call is then timed alone, to show where the two operators differ.
 Writes results/cpu/internimage_dcn_cpu.{md,json}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -153,9 +154,7 @@ def measure_ops(setup: Setup, model: InternImage) -> list[LevelOp]:
         values = torch.randn(setup.batch, h, w, c, generator=gen)
         offset = 0.5 * torch.randn(setup.batch, h, w, dcn.groups * 18, generator=gen)
         mask = torch.randn(setup.batch, h, w, dcn.groups * 9, generator=gen)
-        calls = {
-            impl: lambda op=op: op(values, offset, mask, dcn.groups, dcn.offset_scale) for impl, op in ops.items()
-        }
+        calls = {impl: lambda op=op: op(values, offset, mask, dcn.groups, dcn.offset_scale) for impl, op in ops.items()}
         levels.append(LevelOp(i, (setup.batch, h, w, c), dcn.groups, len(level.blocks), _timed_rounds(setup, calls)))
     return levels
 

@@ -8,6 +8,7 @@ Writes a results file of N realistic rows (each with 50 step times), then, inter
 run; medians over rounds); then `bench.py report` on the large file: wall time and the peak resident memory of the
 process. Writes large_results.{json,md}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,13 +24,33 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._common import machine  # noqa: E402
-from bench.results import load_results  # noqa: E402
+from bench.results import as_row  # noqa: E402
 
-RUN = ["--models", "rmt_t", "--input-size", "64", "--batch-size", "1", "--warmup", "5", "--iters", "30", "--no-flops",
-       "--threads", "1", "--quiet", "--device", "cpu"]
-# Runs `bench.py report` in this child and prints its own peak RSS (kB) last, on stderr.
-REPORT = ("import resource, sys; sys.argv = ['bench.py', 'report', sys.argv[1]]; from bench.cli import main; "
-          "code = main(); print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(code)")
+RUN = [
+    "--models",
+    "rmt_t",
+    "--input-size",
+    "64",
+    "--batch-size",
+    "1",
+    "--warmup",
+    "5",
+    "--iters",
+    "30",
+    "--no-flops",
+    "--threads",
+    "1",
+    "--quiet",
+    "--device",
+    "cpu",
+]
+# Runs `bench.py report` in this child and prints its own peak RSS (kB, VmHWM: ru_maxrss would carry this parent's
+# peak across exec) last, on stderr.
+REPORT = (
+    "import sys; sys.argv = ['bench.py', 'report', sys.argv[1]]; from bench.cli import main; "
+    "from bench.measure import proc_status_kb; code = main(); print(proc_status_kb('VmHWM'), file=sys.stderr); "
+    "sys.exit(code)"
+)
 
 
 def write_rows(path: Path, n: int) -> None:
@@ -37,20 +58,47 @@ def write_rows(path: Path, n: int) -> None:
     times = [35.0 + 0.01 * i for i in range(50)]
     with open(path, "w") as f:
         for i in range(n):
-            row = {"schema_version": 3, "model": f"m{i % 97}", "backend": "eager", "precision": "fp32", "batch_size": 1 + i,
-                   "input_size": [64, 64], "device": "cpu", "status": "ok", "reason": "", "params": 14_334_216, "gmacs": 0.22,
-                   "latency_ms": {"mean": 35.0, "p50": 35.0, "p90": 36.0, "p95": 36.5, "p99": 37.0, "std": 0.3, "min": 34.8},
-                   "times_ms": times, "throughput_ips": 28.6, "peak_mem_mb": 700.0, "env": {"device_name": "CPU", "torch": "x"},
-                   "command": "python bench.py", "timestamp": "2026-11-27T00:00:00+00:00"}
+            row = {
+                "schema_version": 3,
+                "model": f"m{i % 97}",
+                "backend": "eager",
+                "precision": "fp32",
+                "batch_size": 1 + i,
+                "input_size": [64, 64],
+                "device": "cpu",
+                "status": "ok",
+                "reason": "",
+                "params": 14_334_216,
+                "gmacs": 0.22,
+                "latency_ms": {
+                    "mean": 35.0,
+                    "p50": 35.0,
+                    "p90": 36.0,
+                    "p95": 36.5,
+                    "p99": 37.0,
+                    "std": 0.3,
+                    "min": 34.8,
+                },
+                "times_ms": times,
+                "throughput_ips": 28.6,
+                "peak_mem_mb": 700.0,
+                "env": {"device_name": "CPU", "torch": "x"},
+                "command": "python bench.py",
+                "timestamp": "2026-11-27T00:00:00+00:00",
+            }
             f.write(json.dumps(row) + "\n")
 
 
 def measured_p50(out: Path) -> float:
     """The p50 (ms) of the newest rmt_t row in `out`, after one run appending to it."""
-    proc = subprocess.run([sys.executable, "bench.py", *RUN, "--out", str(out)], cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "bench.py", *RUN, "--out", str(out)], cwd=ROOT, capture_output=True, text=True
+    )
     if proc.returncode != 0:
         raise SystemExit(f"bench.py failed: {proc.stderr.strip().splitlines()[-1]}")
-    return [r for r in load_results(out, quiet=True) if r["model"] == "rmt_t"][-1]["latency_ms"]["p50"]
+    with open(out, "rb") as f:  # the newest row is the last line; reading the whole file here would be the cost
+        f.seek(max(0, f.seek(0, 2) - (1 << 16)))
+        return as_row(f.read().decode().splitlines()[-1])["latency_ms"]["p50"]
 
 
 def report_cost(path: Path) -> dict:
@@ -58,8 +106,11 @@ def report_cost(path: Path) -> dict:
     included, which a one-row file shows alone)."""
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", REPORT, str(path)], cwd=ROOT, capture_output=True, text=True)
-    return {"wall_s": time.perf_counter() - t0, "peak_rss_mb": int(proc.stderr.strip().splitlines()[-1]) / 1024,
-            "exit_code": proc.returncode}
+    return {
+        "wall_s": time.perf_counter() - t0,
+        "peak_rss_mb": int(proc.stderr.strip().splitlines()[-1]) / 1024,
+        "exit_code": proc.returncode,
+    }
 
 
 def main() -> None:
@@ -84,7 +135,9 @@ def main() -> None:
         report = {name: report_cost(path) for name, path in (("one row", small), (f"{args.rows} rows", large))}
     result = {
         "command": "python benchmarks/large_results.py " + " ".join(sys.argv[1:]),
-        "rows": args.rows, "file_mib": size_mb, "bench_args": RUN,
+        "rows": args.rows,
+        "file_mib": size_mb,
+        "bench_args": RUN,
         "p50_ms": {k: {"runs": v, "median": statistics.median(v)} for k, v in p50.items()},
         "report": report,
         "machine": machine(threads=1),
@@ -94,7 +147,7 @@ def main() -> None:
     e, g = result["p50_ms"]["empty"]["median"], result["p50_ms"]["large"]["median"]
     md = f"""# A large results file: measurement and reading cost
 
-`{result['command']}` on {result['machine'].get('cpu')} (load average {result['machine']['load_avg']}).
+`{result["command"]}` on {result["machine"].get("cpu")} (load average {result["machine"]["load_avg"]}).
 
 | results file appended to | rmt_t 64x64 batch 1, p50 ms (median of {args.rounds} interleaved runs) |
 |---|---|
@@ -103,7 +156,9 @@ def main() -> None:
 
 | `bench.py report` on | wall s | peak RSS MB | exit code |
 |---|---|---|---|
-""" + "".join(f"| {name} | {r['wall_s']:.1f} | {r['peak_rss_mb']:.0f} | {r['exit_code']} |\n" for name, r in report.items())
+""" + "".join(
+        f"| {name} | {r['wall_s']:.1f} | {r['peak_rss_mb']:.0f} | {r['exit_code']} |\n" for name, r in report.items()
+    )
     (args.out / "large_results.md").write_text(md)
     print(md)
 

@@ -13,6 +13,7 @@ neither: where one is not installed it is stubbed (the output says which), nothi
 `--memory` adds the peak RSS of rmt_t as a backbone at 800x1344, each path in its own process.
 Writes results/cpu/rmt_cpu.{json,md}.
 """
+
 from __future__ import annotations
 
 import argparse

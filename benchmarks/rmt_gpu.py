@@ -20,6 +20,7 @@ The official RMT.py imports fvcore and einops, which its model does not use: whe
 Writes OUT/rmt_gpu.md, OUT/rmt_gpu.json and OUT/rmt_gpu_profile.md, rewritten after each part, so a run stopped
 early keeps what it measured.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -2,6 +2,7 @@
 
 Errors end in one sentence on stderr and exit status 1 (2 for bad arguments), never a traceback.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -3,6 +3,7 @@
 Everything on the card comes from the folder's config.json and, for measured numbers, from rows of the benchmark
 harness's results JSONL; with no rows the card says so instead of quoting anything else.
 """
+
 from __future__ import annotations
 
 import math
@@ -165,10 +166,10 @@ def render_card(
 ---
 # {name}
 
-{what}. This repository holds its ImageNet-1K classifier weights: the {prov['weights']} (entry
-`{prov['entry']}`) of `{prov['source_file']}`, with the same tensor names, as safetensors.
+{what}. This repository holds its ImageNet-1K classifier weights: the {prov["weights"]} (entry
+`{prov["entry"]}`) of `{prov["source_file"]}`, with the same tensor names, as safetensors.
 
-Official code: {code}. Paper: {config.get('paper')}.
+Official code: {code}. Paper: {config.get("paper")}.
 
 ## How to load
 
@@ -191,7 +192,7 @@ that wrote the source checkpoint.
 
 ## Reported numbers (not measured here)
 
-{_paper_table(config['paper_metrics'], pre['input_size'])}
+{_paper_table(config["paper_metrics"], pre["input_size"])}
 
 ## Measured numbers
 
@@ -199,11 +200,11 @@ that wrote the source checkpoint.
 
 ## Provenance
 
-- source: `{prov['source_file']}`, sha256 `{prov['source_sha256']}`, entry `{prov['entry']}` ({prov['weights']})
-- model.safetensors sha256 `{prov['weights_sha256']}`
+- source: `{prov["source_file"]}`, sha256 `{prov["source_sha256"]}`, entry `{prov["entry"]}` ({prov["weights"]})
+- model.safetensors sha256 `{prov["weights_sha256"]}`
 - check: loads into `zoo.load("{name}")` with no missing or unexpected keys, and gives the source
-  checkpoint's outputs on a fixed random input of shape {prov['check']['input_shape']}
-  (max abs difference {prov['check']['max_abs_output_diff']:.3g})
-- converted {prov['converted_at']} by {prov['converter']}{commit}
+  checkpoint's outputs on a fixed random input of shape {prov["check"]["input_shape"]}
+  (max abs difference {prov["check"]["max_abs_output_diff"]:.3g})
+- converted {prov["converted_at"]} by {prov["converter"]}{commit}
 - license: {license_text}
 """

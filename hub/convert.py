@@ -5,6 +5,7 @@ so the file also loads into the official code; the zoo's loaders map official ke
 written unless the checkpoint loads strictly into the zoo's model, and the written file must then give the
 same outputs as the source.
 """
+
 from __future__ import annotations
 
 import datetime as dt

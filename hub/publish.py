@@ -7,6 +7,7 @@ Only regular files inside the folder are uploaded: a symbolic link could point a
 folder), so none is followed, and each file is committed by name from the plan, opened without following links and
 checked to be the very file that was listed, so nothing swapped in after the plan can be sent instead.
 """
+
 from __future__ import annotations
 
 import json

@@ -5,6 +5,7 @@ read on any other (`hf_hub_download(ORG/NAME, "results.jsonl", repo_type="datase
 temporary folder and committed from there by `hub.publish` (regular files only, by name), which also turns Hub
 errors into one sentence.
 """
+
 from __future__ import annotations
 
 import json

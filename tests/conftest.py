@@ -1,4 +1,6 @@
-"""Shared helpers: the official fixtures are carried in tests/fixtures (see its README), so a clone needs nothing beside it."""
+"""Shared helpers: the official fixtures are carried in tests/fixtures (see its README), so a clone needs nothing
+beside it."""
+
 from __future__ import annotations
 
 import json
@@ -24,7 +26,7 @@ class Fixture:
         tensors = load_file(str(FIXTURES / f"{name}.safetensors"))
         self.name = name
         self.config: dict = meta["config"]
-        self.state_dict = {k[len("state_dict."):]: v for k, v in tensors.items() if k.startswith("state_dict.")}
+        self.state_dict = {k[len("state_dict.") :]: v for k, v in tensors.items() if k.startswith("state_dict.")}
         self.input = tensors["input"]
         self.logits = tensors["logits"]
         self.features = [tensors[f"features.{i}"] for i in range(len(meta["feature_shapes"]))]

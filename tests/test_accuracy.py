@@ -1,6 +1,7 @@
 """Accuracy over ranks and over awkward folders: torchrun with two gloo processes gives what one process gives,
 every readable image counts once (no sampler padding, no walk through a symbolic-link loop), and
 `python -m bench.accuracy` refuses bad arguments in one sentence before it evaluates anything."""
+
 from __future__ import annotations
 
 import json
@@ -54,11 +55,34 @@ def biased_checkpoint(path: Path) -> Path:
 def test_two_ranks_agree_with_one_and_count_every_image_once(tmp_path, capsys):
     data = tmp_path / "data"
     readable = make_uneven_folder(data)
-    args = ["--model", "test_convnext", "--data", str(data), "--input-size", "32", "--batch-size", "4",
-            "--device", "cpu", "--checkpoint", str(biased_checkpoint(tmp_path / "head.pth"))]
+    args = [
+        "--model",
+        "test_convnext",
+        "--data",
+        str(data),
+        "--input-size",
+        "32",
+        "--batch-size",
+        "4",
+        "--device",
+        "cpu",
+        "--checkpoint",
+        str(biased_checkpoint(tmp_path / "head.pth")),
+    ]
     out = tmp_path / "results" / "ws2.json"
-    command = [str(TORCHRUN), "--standalone", "--nproc-per-node", "2", "-m", "bench.accuracy", *args,
-               "--workers", "2", "--out", str(out)]  # decoding in DataLoader processes must not lose a skip
+    command = [
+        str(TORCHRUN),
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "bench.accuracy",
+        *args,
+        "--workers",
+        "2",
+        "--out",
+        str(out),
+    ]  # decoding in DataLoader processes must not lose a skip
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     two_ranks = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -104,7 +128,13 @@ def test_a_link_loop_counts_each_image_once_under_its_own_class(tmp_path):
     # torchvision's ImageFolder walks each loop to the system's link limit: with several, it never ends
     listing = list_images(data)
     assert [(Path(p).relative_to(data).as_posix(), c) for p, c in listing.samples] == [
-        ("a/0.png", 0), ("a/1.png", 0), ("a/2.png", 0), ("b/0.png", 1), ("b/1.png", 1), ("b/2.png", 1)]
+        ("a/0.png", 0),
+        ("a/1.png", 0),
+        ("a/2.png", 0),
+        ("b/0.png", 1),
+        ("b/1.png", 1),
+        ("b/2.png", 1),
+    ]
     assert len(listing.repeats) == 4
     result = evaluate(_brightness_logits, "test_vit", (32, 32), str(data), 4, None, lambda t: t)
     assert result["eval_samples"] == 6 and result["top1"] == 100.0
@@ -120,8 +150,14 @@ def test_linked_images_outside_the_folder_still_count(tmp_path):
     os.symlink(elsewhere / "b" / "0.png", data / "b" / "0.png")
     os.symlink(elsewhere / "b", data / "b" / "more")
     samples = [(Path(p).relative_to(data).as_posix(), c) for p, c in list_images(data).samples]
-    assert samples == [("a/0.png", 0), ("a/1.png", 0), ("a/2.png", 0),
-                       ("b/0.png", 1), ("b/more/1.png", 1), ("b/more/2.png", 1)]
+    assert samples == [
+        ("a/0.png", 0),
+        ("a/1.png", 0),
+        ("a/2.png", 0),
+        ("b/0.png", 1),
+        ("b/more/1.png", 1),
+        ("b/more/2.png", 1),
+    ]
 
 
 def test_listing_follows_image_folder_order_without_links(tmp_path):
@@ -145,16 +181,19 @@ def test_data_check_ends_on_a_loop_without_images(tmp_path):
     assert time.perf_counter() - t0 < 1
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--out", "{data}/a/0.png"], "lies inside the input folder --data"),
-    (["--out", "{data}/a/0.png/r.json"], "which is a file, not a folder"),
-    (["--out", "{tmp}/file/r.json"], "which is a file, not a folder"),
-    (["--out", "{tmp}"], "is a folder"),
-    (["--pretrained", "--checkpoint", "{tmp}/file"], "not allowed with argument"),
-    (["--checkpoint", "{tmp}/missing.pth"], "does not exist"),
-    (["--input-size", "32", "64"], "one size"),
-    (["--model", "no_such_model"], "Unknown model"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--out", "{data}/a/0.png"], "lies inside the input folder --data"),
+        (["--out", "{data}/a/0.png/r.json"], "which is a file, not a folder"),
+        (["--out", "{tmp}/file/r.json"], "which is a file, not a folder"),
+        (["--out", "{tmp}"], "is a folder"),
+        (["--pretrained", "--checkpoint", "{tmp}/file"], "not allowed with argument"),
+        (["--checkpoint", "{tmp}/missing.pth"], "does not exist"),
+        (["--input-size", "32", "64"], "one size"),
+        (["--model", "no_such_model"], "Unknown model"),
+    ],
+)
 def test_bad_arguments_are_one_sentence_before_anything_runs(tmp_path, capsys, monkeypatch, extra, message):
     data = make_image_folder(tmp_path / "data")
     (tmp_path / "file").write_text("x")

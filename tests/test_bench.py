@@ -1,4 +1,5 @@
 """In-process tests of the harness pieces: FLOP counting, timing, memory, backends, accuracy, results, reports, CLI."""
+
 from __future__ import annotations
 
 import csv
@@ -206,8 +207,10 @@ class _FakeTorchTensorRT:
 
         kind = inspect.Parameter.KEYWORD_ONLY
         compile.__signature__ = inspect.Signature(
-            [inspect.Parameter("exported_program", inspect.Parameter.POSITIONAL_OR_KEYWORD),
-             inspect.Parameter("inputs", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)]
+            [
+                inspect.Parameter("exported_program", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+                inspect.Parameter("inputs", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None),
+            ]
             + [inspect.Parameter(name, kind, default=default) for name, default in keywords.items()]
         )
         self.dynamo = types.SimpleNamespace(compile=compile)
@@ -215,17 +218,48 @@ class _FakeTorchTensorRT:
 
 TRT_2_11 = {"enabled_precisions": None, "use_explicit_typing": False, "min_block_size": 5, "disable_tf32": False}
 TRT_2_12 = {**TRT_2_11, "attn_bias_is_causal": True}
-TRT_2_13 = {"min_block_size": 5, "disable_tf32": False, "attn_bias_is_causal": True}  # enabled_precisions, use_explicit_typing gone
+TRT_2_13 = {
+    "min_block_size": 5,
+    "disable_tf32": False,
+    "attn_bias_is_causal": True,
+}  # enabled_precisions, use_explicit_typing gone
 
 
-@pytest.mark.parametrize("keywords, precision, passed, typing", [
-    (TRT_2_11, "fp16", {"enabled_precisions": {torch.float16}, "min_block_size": 5, "disable_tf32": True}, "enabled_precisions=float16"),
-    (TRT_2_12, "fp16", {"enabled_precisions": {torch.float16}, "min_block_size": 5, "disable_tf32": True, "attn_bias_is_causal": False},
-     "enabled_precisions=float16"),
-    ({**TRT_2_11, "use_explicit_typing": True}, "bf16", {"min_block_size": 5, "disable_tf32": True}, "explicit typing (default)"),
-    (TRT_2_13, "fp16", {"min_block_size": 5, "disable_tf32": True, "attn_bias_is_causal": False}, "strong typing (always on)"),
-    ({"min_block_size": 5}, "fp32", {"min_block_size": 5}, "strong typing (always on)"),
-])
+@pytest.mark.parametrize(
+    "keywords, precision, passed, typing",
+    [
+        (
+            TRT_2_11,
+            "fp16",
+            {"enabled_precisions": {torch.float16}, "min_block_size": 5, "disable_tf32": True},
+            "enabled_precisions=float16",
+        ),
+        (
+            TRT_2_12,
+            "fp16",
+            {
+                "enabled_precisions": {torch.float16},
+                "min_block_size": 5,
+                "disable_tf32": True,
+                "attn_bias_is_causal": False,
+            },
+            "enabled_precisions=float16",
+        ),
+        (
+            {**TRT_2_11, "use_explicit_typing": True},
+            "bf16",
+            {"min_block_size": 5, "disable_tf32": True},
+            "explicit typing (default)",
+        ),
+        (
+            TRT_2_13,
+            "fp16",
+            {"min_block_size": 5, "disable_tf32": True, "attn_bias_is_causal": False},
+            "strong typing (always on)",
+        ),
+        ({"min_block_size": 5}, "fp32", {"min_block_size": 5}, "strong typing (always on)"),
+    ],
+)
 def test_tensorrt_arguments_follow_the_installed_release(keywords, precision, passed, typing):
     fake = _FakeTorchTensorRT(keywords)
     model, x = nn.Conv2d(3, 4, 3).eval(), torch.randn(2, 3, 16, 16)
@@ -241,7 +275,9 @@ def test_tensorrt_arguments_follow_the_installed_release(keywords, precision, pa
 
 def test_tensorrt_min_block_size_option_reaches_the_compiler():
     fake = _FakeTorchTensorRT(TRT_2_13)
-    TensorRT(TensorRTOptions(min_block_size=1)).build(fake, nn.Conv2d(3, 4, 3).eval(), torch.randn(1, 3, 16, 16), _spec("tensorrt", "fp16"))
+    TensorRT(TensorRTOptions(min_block_size=1)).build(
+        fake, nn.Conv2d(3, 4, 3).eval(), torch.randn(1, 3, 16, 16), _spec("tensorrt", "fp16")
+    )
     assert fake.calls[0]["min_block_size"] == 1
     TensorRT().build(fake, nn.Conv2d(3, 4, 3).eval(), torch.randn(1, 3, 16, 16), _spec("tensorrt", "fp32", tf32=True))
     assert fake.calls[1]["disable_tf32"] is False  # --tf32: TensorRT's TF32 stays on, as for the other backends
@@ -308,10 +344,23 @@ def test_data_folder_checks(tmp_path):
 
 def _row(**kw) -> dict:
     row = {
-        "model": "swin_t", "backend": "eager", "precision": "fp32", "batch_size": 8, "input_size": [224, 224],
-        "device": "cpu", "channels_last": False, "features_only": False, "backend_options": {}, "status": "ok", "reason": "",
-        "params": 28_288_354, "gmacs": 4.509, "latency_ms": {"mean": 10.0, "p50": 9.0, "p90": 12.0, "p99": 15.0, "std": 1.0},
-        "throughput_ips": 800.0, "peak_mem_mb": 900.0, "env": {"device_name": "Test CPU"},
+        "model": "swin_t",
+        "backend": "eager",
+        "precision": "fp32",
+        "batch_size": 8,
+        "input_size": [224, 224],
+        "device": "cpu",
+        "channels_last": False,
+        "features_only": False,
+        "backend_options": {},
+        "status": "ok",
+        "reason": "",
+        "params": 28_288_354,
+        "gmacs": 4.509,
+        "latency_ms": {"mean": 10.0, "p50": 9.0, "p90": 12.0, "p99": 15.0, "std": 1.0},
+        "throughput_ips": 800.0,
+        "peak_mem_mb": 900.0,
+        "env": {"device_name": "Test CPU"},
     }
     row.update(kw)
     return row
@@ -344,8 +393,16 @@ def test_a_row_appended_to_a_file_missing_its_last_newline_is_kept(tmp_path):
 def test_foreign_partial_and_binary_lines_are_skipped_with_one_note(tmp_path, capsys):
     path = tmp_path / "r.jsonl"
     append_row(path, _row(throughput_ips=1.0))
-    foreign = ['[1]', '{"name": "x"}', '"text"', 'null', json.dumps(_row(batch_size="8")), json.dumps(_row(input_size=[224])),
-               json.dumps(_row(input_size="224x224")), json.dumps(_row(model=None))]
+    foreign = [
+        "[1]",
+        '{"name": "x"}',
+        '"text"',
+        "null",
+        json.dumps(_row(batch_size="8")),
+        json.dumps(_row(input_size=[224])),
+        json.dumps(_row(input_size="224x224")),
+        json.dumps(_row(model=None)),
+    ]
     with open(path, "ab") as f:
         f.write(("\n".join(foreign) + "\n").encode() + bytes(range(256)) + b"\n")
     append_row(path, _row(throughput_ips=2.0))
@@ -393,7 +450,9 @@ def test_table_formats_and_notes():
     rows = [
         _row(),
         _row(backend="tensorrt", status="unavailable", reason=reason, latency_ms=None, throughput_ips=None),
-        _row(backend="tensorrt", batch_size=1, status="unavailable", reason=reason, latency_ms=None, throughput_ips=None),
+        _row(
+            backend="tensorrt", batch_size=1, status="unavailable", reason=reason, latency_ms=None, throughput_ips=None
+        ),
         _row(batch_size=256, status="oom", reason="Out of memory at batch 256.", latency_ms=None, throughput_ips=None),
     ]
     table = render_table(rows, "github", ["all"])
@@ -414,7 +473,10 @@ def test_terminal_table_shows_only_columns_with_values():
     assert "p50 ms" in header and "img/s" in header
     for empty in ("top-1", "top-5", "compile s", "breaks", "vs eager", "p95 ms", "| mode ", "| device "):
         assert empty not in header
-    rows = [_row(), _row(backend="compile", compile_s=2.5, graph_breaks=0, diff_vs_eager_rel=3e-7, mode="train", tf32=True)]
+    rows = [
+        _row(),
+        _row(backend="compile", compile_s=2.5, graph_breaks=0, diff_vs_eager_rel=3e-7, mode="train", tf32=True),
+    ]
     table = render_table(rows, "github", ["all"])
     header = table.splitlines()[0]
     for shown in ("compile s", "breaks", "vs eager", "| mode "):
@@ -432,11 +494,22 @@ def test_timm_csv_has_timm_columns_and_merges_infer_and_train():
     ]
     lines = list(csv.DictReader(io.StringIO(render_table(rows, "timm"))))
     assert list(lines[0])[:11] == [
-        "model", "infer_samples_per_sec", "infer_step_time", "infer_batch_size", "infer_img_size", "infer_gmacs",
-        "train_samples_per_sec", "train_step_time", "train_batch_size", "train_img_size", "param_count",
+        "model",
+        "infer_samples_per_sec",
+        "infer_step_time",
+        "infer_batch_size",
+        "infer_img_size",
+        "infer_gmacs",
+        "train_samples_per_sec",
+        "train_step_time",
+        "train_batch_size",
+        "train_img_size",
+        "param_count",
     ]
     swin, rmt = lines
-    assert swin["model"] == "swin_t" and swin["infer_samples_per_sec"] == "812.35" and swin["infer_step_time"] == "9.877"
+    assert (
+        swin["model"] == "swin_t" and swin["infer_samples_per_sec"] == "812.35" and swin["infer_step_time"] == "9.877"
+    )
     assert swin["infer_img_size"] == "224" and swin["infer_gmacs"] == "4.51" and swin["param_count"] == "28.29"
     assert swin["train_samples_per_sec"] == "201.0" and swin["train_batch_size"] == "8"
     assert rmt["param_count"] == "14.33" and rmt["train_step_time"] == ""  # the oom row is left out
@@ -445,9 +518,17 @@ def test_timm_csv_has_timm_columns_and_merges_infer_and_train():
 
 
 def test_table_order():
-    rows = [_row(model="b", batch_size=8), _row(model="a"), _row(model="b", batch_size=1), _row(model="b", backend="compile")]
+    rows = [
+        _row(model="b", batch_size=8),
+        _row(model="a"),
+        _row(model="b", batch_size=1),
+        _row(model="b", backend="compile"),
+    ]
     assert [(r["model"], r["backend"], r["batch_size"]) for r in table_order(rows)] == [
-        ("b", "eager", 1), ("b", "eager", 8), ("a", "eager", 8), ("b", "compile", 8)
+        ("b", "eager", 1),
+        ("b", "eager", 8),
+        ("a", "eager", 8),
+        ("b", "compile", 8),
     ]
 
 
@@ -521,9 +602,17 @@ def test_import_of_a_module_that_raises_is_one_sentence(body, tmp_path, monkeypa
 def test_timm_style_arguments(tmp_path):
     grid = lambda *argv: cli.grid(cli.parse_run_args(["--out", str(tmp_path / "r.jsonl"), *argv]))  # noqa: E731
     assert {s.input_size for s in grid("--models", "swin_t", "--input-size", "3", "224", "224")} == {(224, 224)}
-    assert {s.input_size for s in grid("--models", "swin_t", "--input-size", "224", "256x320")} == {(224, 224), (256, 320)}
+    assert {s.input_size for s in grid("--models", "swin_t", "--input-size", "224", "256x320")} == {
+        (224, 224),
+        (256, 320),
+    }
     assert {s.input_size for s in grid("--models", "swin_t", "--img-size", "192")} == {(192, 192)}
-    assert [s.model for s in grid("--models", "swin_*", "rmt_t", "--batch-size", "1")] == ["swin_b", "swin_s", "swin_t", "rmt_t"]
+    assert [s.model for s in grid("--models", "swin_*", "rmt_t", "--batch-size", "1")] == [
+        "swin_b",
+        "swin_s",
+        "swin_t",
+        "rmt_t",
+    ]
     listing = tmp_path / "models.txt"
     listing.write_text("# my models\nrmt_t\n\nmaxvit_t  # timm\n")
     assert [s.model for s in grid("--model-list", str(listing), "--batch-size", "1")] == ["rmt_t", "maxvit_t"]
@@ -546,7 +635,8 @@ def test_grid_and_presets():
     args = cli.parse_run_args(["--models", "internimage_l", "swin_t", "--precision", "autocast", "--batch-size", "4"])
     assert args.out == cli.DEFAULT_RESULTS
     assert [(s.model, s.input_size, s.precision) for s in cli.grid(args)] == [
-        ("internimage_l", (384, 384), "amp-bf16"), ("swin_t", (224, 224), "amp-bf16")
+        ("internimage_l", (384, 384), "amp-bf16"),
+        ("swin_t", (224, 224), "amp-bf16"),
     ]
 
 
@@ -565,7 +655,7 @@ def test_load_results_is_importable_from_the_package(tmp_path):
     assert bench.load_results(path)[0]["latency_ms"]["p50"] == 9.0
 
 
-# ----------------------------------------------------------------------------------------------- output check, ONNX, train
+# ------------------------------------------------------------------------------------- output check, ONNX, train
 
 
 def test_output_difference_flags_a_backend_that_computes_something_else():
@@ -616,10 +706,17 @@ def test_training_step_updates_the_weights_in_train_mode(precision):
 
 
 def test_fp16_training_uses_a_grad_scaler_and_checkpointing_needs_model_support():
-    _, fields = training_step(zoo.load("test_convnext"), Eager(), _spec("eager", "amp-fp16", mode="train"), torch.randn(2, 3, 64, 64))
+    _, fields = training_step(
+        zoo.load("test_convnext"), Eager(), _spec("eager", "amp-fp16", mode="train"), torch.randn(2, 3, 64, 64)
+    )
     assert fields["grad_scaler"] is True
     with pytest.raises(Unavailable, match="has no set_grad_checkpointing"):
-        training_step(nn.Sequential(nn.Flatten(), nn.Linear(12, 3)), Eager(), _spec("eager", mode="train", grad_checkpointing=True), torch.randn(2, 3, 2, 2))
+        training_step(
+            nn.Sequential(nn.Flatten(), nn.Linear(12, 3)),
+            Eager(),
+            _spec("eager", mode="train", grad_checkpointing=True),
+            torch.randn(2, 3, 2, 2),
+        )
 
 
 def test_crash_reason_is_the_error_not_a_trailing_log_line():
@@ -632,7 +729,11 @@ RuntimeError: CUDA error: an illegal memory access was encountered
   warnings.warn(
 """
     assert crash_reason(log) == "RuntimeError: CUDA error: an illegal memory access was encountered"
-    chained = log.replace("RuntimeError", "During handling of the above exception, another exception occurred:\n\nTraceback (most recent call last):\n  File \"y\"\nValueError: second\nX")
+    chained = log.replace(
+        "RuntimeError",
+        "During handling of the above exception, another exception occurred:\n\n"
+        'Traceback (most recent call last):\n  File "y"\nValueError: second\nX',
+    )
     assert crash_reason(chained) == "ValueError: second"
     assert crash_reason("Segmentation fault\n  warnings.warn(\n") == ""
     assert crash_reason("") == ""
@@ -650,7 +751,11 @@ def test_the_wheel_ships_zoo_hub_and_bench_and_the_console_scripts():
     repo = Path(__file__).resolve().parents[1]
     config = tomllib.loads((repo / "pyproject.toml").read_text())
     packages = setuptools.find_packages(str(repo), include=config["tool"]["setuptools"]["packages"]["find"]["include"])
-    assert {p.split(".")[0] for p in packages} == {"zoo", "hub", "bench"}  # not benchmarks/ (matched by a bare "bench*")
+    assert {p.split(".")[0] for p in packages} == {
+        "zoo",
+        "hub",
+        "bench",
+    }  # not benchmarks/ (matched by a bare "bench*")
     scripts = config["project"]["scripts"]
     assert set(scripts) == {"rmt-bench", "rmt-hub"}
     for target in scripts.values():

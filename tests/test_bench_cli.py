@@ -1,5 +1,6 @@
 """The real entry point in subprocesses: one worker per group, rows on disk as they finish, OOM and crashes
 reported as rows, --resume, missing TensorRT, accuracy on a generated ImageFolder, report rendering."""
+
 from __future__ import annotations
 
 import csv
@@ -21,7 +22,7 @@ from test_bench import make_image_folder
 REPO = Path(__file__).resolve().parents[1]
 
 # Registers models that fail on purpose at batch >= 2, inside the worker process that imports it.
-FAULTY_MODELS = '''
+FAULTY_MODELS = """
 import os, signal, time
 import torch, torch.nn as nn
 from zoo._registry import Family, ModelInfo, register_family
@@ -51,7 +52,7 @@ register_family(
     [ModelInfo(name=f"{fault}_net", family="test", input_size=(3, 32, 32)) for fault in ("oom", "crash", "hang")],
     lambda name, pretrained=False, **kw: Faulty(name.removesuffix("_net")),
 )
-'''
+"""
 
 
 def table_lines(text: str, model: str) -> int:
@@ -65,23 +66,63 @@ def _env(env_path: Path | None = None, **extra: str) -> dict[str, str]:
 
 
 def bench(*args: str, env_path: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "bench.py", *args], cwd=REPO, env=_env(env_path), capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "bench.py", *args], cwd=REPO, env=_env(env_path), capture_output=True, text=True, timeout=600
+    )
 
 
-TINY = ["--models", "test_convnext", "--batch-size", "1", "--input-size", "64", "--warmup", "0", "--iters", "2", "--no-flops", "--quiet"]
+TINY = [
+    "--models",
+    "test_convnext",
+    "--batch-size",
+    "1",
+    "--input-size",
+    "64",
+    "--warmup",
+    "0",
+    "--iters",
+    "2",
+    "--no-flops",
+    "--quiet",
+]
 
 
 def test_run_measures_everything_and_reports_missing_tensorrt(tmp_path):
     data = make_image_folder(tmp_path / "data")
     out, png = tmp_path / "r.jsonl", tmp_path / "plot.png"
-    args = ["--models", "test_convnext", "--backend", "eager", "tensorrt", "--batch-size", "1", "2", "--input-size", "64",
-            "--warmup", "1", "--iters", "3", "--data", str(data), "--max-samples", "5", "--out", str(out), "--plot", str(png), "--quiet"]
+    args = [
+        "--models",
+        "test_convnext",
+        "--backend",
+        "eager",
+        "tensorrt",
+        "--batch-size",
+        "1",
+        "2",
+        "--input-size",
+        "64",
+        "--warmup",
+        "1",
+        "--iters",
+        "3",
+        "--data",
+        str(data),
+        "--max-samples",
+        "5",
+        "--out",
+        str(out),
+        "--plot",
+        str(png),
+        "--quiet",
+    ]
     proc = bench(*args)
     assert proc.returncode == 3, proc.stderr  # 3: a backend is unavailable, everything else ok
     rows = load_results(out)
     # TensorRT is known to be missing before any model is built: one status row for its two rows, no worker
     assert [(r["backend"], r["batch_size"], r["status"]) for r in rows] == [
-        ("tensorrt", 1, "unavailable"), ("eager", 2, "ok"), ("eager", 1, "ok")
+        ("tensorrt", 1, "unavailable"),
+        ("eager", 2, "ok"),
+        ("eager", 1, "ok"),
     ]
     for row in rows[1:]:
         assert row["input_size"] == [64, 64] and row["device"] == "cpu" and row["precision"] == "fp32"
@@ -90,7 +131,9 @@ def test_run_measures_everything_and_reports_missing_tensorrt(tmp_path):
         assert row["peak_mem_mb"] > 0 and row["compile_s"] is None
         assert row["energy_j_per_img"] is None and "NVML" in row["energy_note"]  # no GPU here: absent, with the reason
         assert row["eval_samples"] == 5 and 0 <= row["top1"] <= row["top5"] <= 100
-        assert row["env"]["torch"] and row["env"]["timm"] and "git_commit" in row["env"] and "torch_tensorrt" in row["env"]
+        assert (
+            row["env"]["torch"] and row["env"]["timm"] and "git_commit" in row["env"] and "torch_tensorrt" in row["env"]
+        )
         assert row["command"].startswith("python bench.py --models test_convnext") and row["timestamp"]
         assert row["data"] == str(data.resolve()) and row["max_samples"] == 5 and row["weights"] == "random init"
     assert rows[0]["reason"].startswith("torch_tensorrt is not installed") and "1 more row(s)" in rows[0]["reason"]
@@ -102,7 +145,9 @@ def test_run_measures_everything_and_reports_missing_tensorrt(tmp_path):
     assert report.returncode == 0, report.stderr
     table = list(csv.DictReader(io.StringIO(report.stdout)))
     assert [(t["backend"], t["batch_size"], t["status"]) for t in table] == [  # table order: batch ascending
-        ("tensorrt", "1", "unavailable"), ("eager", "1", "ok"), ("eager", "2", "ok")
+        ("tensorrt", "1", "unavailable"),
+        ("eager", "1", "ok"),
+        ("eager", "2", "ok"),
     ]
     assert float(table[2]["throughput_ips"]) == rows[1]["throughput_ips"]
 
@@ -110,8 +155,23 @@ def test_run_measures_everything_and_reports_missing_tensorrt(tmp_path):
 def test_oom_and_crash_are_rows_and_resume_skips_what_was_measured(tmp_path):
     (tmp_path / "faulty_models.py").write_text(FAULTY_MODELS)
     out = tmp_path / "r.jsonl"
-    args = ["--import", "faulty_models", "--models", "crash_net", "oom_net", "--batch-size", "1", "2",
-            "--warmup", "0", "--iters", "2", "--out", str(out), "--quiet"]
+    args = [
+        "--import",
+        "faulty_models",
+        "--models",
+        "crash_net",
+        "oom_net",
+        "--batch-size",
+        "1",
+        "2",
+        "--warmup",
+        "0",
+        "--iters",
+        "2",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     first = bench(*args, env_path=tmp_path)
     assert first.returncode == 4, first.stderr  # 4: some row ran out of memory or failed
     rows = {(r["model"], r["batch_size"]): r for r in load_results(out)}
@@ -166,16 +226,34 @@ def _wait_for(predicate, seconds: float = 60.0) -> bool:
     return False
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="worker death with its parent uses Linux's PR_SET_PDEATHSIG")
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="worker death with its parent uses Linux's PR_SET_PDEATHSIG"
+)
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL", "SIGINT"])
 def test_a_stopped_run_leaves_no_worker_behind(how, tmp_path):
     (tmp_path / "faulty_models.py").write_text(FAULTY_MODELS)
     pidfile, out = tmp_path / "worker.pid", tmp_path / "r.jsonl"
     before = set(os.listdir(tempfile.gettempdir()))
     proc = subprocess.Popen(
-        [sys.executable, "bench.py", "--import", "faulty_models", "--models", "hang_net", "test_convnext", "--batch-size", "1",
-         "--out", str(out), "--quiet"],
-        cwd=REPO, env=_env(tmp_path, BENCH_TEST_PIDFILE=str(pidfile)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "bench.py",
+            "--import",
+            "faulty_models",
+            "--models",
+            "hang_net",
+            "test_convnext",
+            "--batch-size",
+            "1",
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+        cwd=REPO,
+        env=_env(tmp_path, BENCH_TEST_PIDFILE=str(pidfile)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert _wait_for(lambda: pidfile.exists() and pidfile.read_text()), "the worker never started"
@@ -192,7 +270,9 @@ def test_a_stopped_run_leaves_no_worker_behind(how, tmp_path):
         assert proc.returncode == 128 + getattr(signal, how)
         [line] = err.strip().splitlines()
         assert line.startswith(f"stopped by {how}: the worker was ended") and "Traceback" not in err
-    assert not {n for n in set(os.listdir(tempfile.gettempdir())) - before if n.startswith("bench-")}  # nothing left in /tmp
+    assert not {
+        n for n in set(os.listdir(tempfile.gettempdir())) - before if n.startswith("bench-")
+    }  # nothing left in /tmp
 
 
 def test_train_mode_and_onnxruntime_through_the_entry_point(tmp_path):
@@ -202,7 +282,11 @@ def test_train_mode_and_onnxruntime_through_the_entry_point(tmp_path):
     assert proc.returncode == 3, proc.stderr  # onnxruntime has no training step: a status row
     rows = {(r["mode"], r["backend"]): r for r in load_results(out)}
     assert {k: r["status"] for k, r in rows.items()} == {
-        ("infer", "eager"): "ok", ("infer", "onnxruntime"): "ok", ("train", "eager"): "ok", ("train", "onnxruntime"): "unavailable"}
+        ("infer", "eager"): "ok",
+        ("infer", "onnxruntime"): "ok",
+        ("train", "eager"): "ok",
+        ("train", "onnxruntime"): "unavailable",
+    }
     ort = rows["infer", "onnxruntime"]
     assert ort["diff_vs_eager_rel"] < 1e-4 and ort["ort_provider"] == "CPUExecutionProvider"
     train = rows["train", "eager"]
@@ -216,7 +300,20 @@ def test_train_mode_and_onnxruntime_through_the_entry_point(tmp_path):
 
 
 def test_python_dash_m_bench_is_the_same_entry_point():
-    proc = subprocess.run([sys.executable, "-m", "bench", "--models", "rmt_ss"], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--models", "rmt_ss"],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2 and proc.stderr.startswith("error: Unknown model 'rmt_ss'")
-    help_text = subprocess.run([sys.executable, "-m", "bench", "--help"], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
-    assert help_text.returncode == 0 and "--bench {infer,train,both}" in help_text.stdout and "onnxruntime" in help_text.stdout
+    help_text = subprocess.run(
+        [sys.executable, "-m", "bench", "--help"], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300
+    )
+    assert (
+        help_text.returncode == 0
+        and "--bench {infer,train,both}" in help_text.stdout
+        and "onnxruntime" in help_text.stdout
+    )

@@ -1,5 +1,6 @@
 """The GPU suite's plan (priority order, worker count) and its --dry-run on CPU end to end (no GPU number is
 produced or claimed)."""
+
 from __future__ import annotations
 
 import json
@@ -22,7 +23,8 @@ def test_full_suite_plan_runs_in_priority_order():
     first = specs[:16]  # 1. the head-to-head tier: eager and compile, batch 1 and 256, bf16 autocast
     assert {s.model for s in first} == HEAD
     assert {(s.backend, s.precision, s.batch_size) for s in first} == {
-        (b, "amp-bf16", n) for b in ("eager", "compile") for n in (1, 256)}
+        (b, "amp-bf16", n) for b in ("eager", "compile") for n in (1, 256)
+    }
     assert {(s.model, s.backend) for s in specs[16:24]} == {(m, "tensorrt") for m in HEAD}  # then TensorRT fp16
     assert {s.precision for s in specs[16:24]} == {"fp16"}
     rest = specs[24:]

@@ -5,6 +5,7 @@ memory, no compute). Numbers (FX against eager, gradients reaching every paramet
 intermediates against forward_features) are checked on the zoo's own families with one block per stage, which
 keeps every other part of each variant (widths, heads, layer scale, token labelling, post-norm) as it is.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -125,7 +126,9 @@ def test_fx_trace_and_backward_and_grad_checkpointing(name):
     torch.manual_seed(0)
     model = zoo.load(name, num_classes=42, **ONE_BLOCK).eval()
     x = torch.randn(2, 3, 64, 64)
-    tracer = dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions(), param_shapes_constant=True)
+    tracer = dict(
+        leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions(), param_shapes_constant=True
+    )
     train_nodes, eval_nodes = get_graph_node_names(model, tracer_kwargs=tracer)
     fx = create_feature_extractor(
         model, train_return_nodes=[train_nodes[-1]], eval_return_nodes=[eval_nodes[-1]], tracer_kwargs=tracer

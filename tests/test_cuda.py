@@ -4,6 +4,7 @@ CI has no GPU, so here every test is collected and skipped; benchmarks/gpu_run.s
 (`python -m pytest -m cuda tests/test_cuda.py`). Errors are relative to max|reference| (the fixtures' criterion).
 fp32 runs with TF32 off: cuDNN convolutions default to TF32, whose 10-bit mantissa alone exceeds the 1e-4 bar.
 """
+
 from __future__ import annotations
 
 import copy
@@ -159,7 +160,9 @@ def test_harness_cuda_event_timing_and_peak_memory():
     torch.empty(64 * 2**20, dtype=torch.uint8, device="cuda")  # allocated and freed at once
     peak = memory.fields(loop)
     assert len(loop.times_ms) == 5 and min(loop.times_ms) >= 1.0
-    assert sum(loop.times_ms) <= loop.wall_s * 1e3 * 1.01  # steps are disjoint spans of the first-start-to-last-end wall time
+    assert (
+        sum(loop.times_ms) <= loop.wall_s * 1e3 * 1.01
+    )  # steps are disjoint spans of the first-start-to-last-end wall time
     assert Latency("cuda").fields(loop)["throughput_ips"] == pytest.approx(x.shape[0] * 5 / loop.wall_s)
     assert peak["peak_mem_mb"] == torch.cuda.max_memory_allocated() / 2**20 >= 64
     assert peak["peak_mem_reserved_mb"] >= peak["peak_mem_mb"]

@@ -1,5 +1,6 @@
 """Faults in the harness, by class: outputs that are inputs or not files, torn writes, damaged rows, broken pipes,
 resume keys, unbounded work in the runner, energy through a fake NVML and the terminal table's width."""
+
 from __future__ import annotations
 
 import errno
@@ -69,10 +70,19 @@ def test_a_failed_append_leaves_no_torn_row(tmp_path, monkeypatch):
     assert [r["throughput_ips"] for r in load_results(path)] == [1.0, 3.0]
 
 
-@pytest.mark.parametrize("damage", [
-    {"throughput_ips": "fast"}, {"latency_ms": {"p50": "9"}}, {"graph_breaks": 1.5}, {"gmacs": True},
-    {"latency_ms": [1, 2]}, {"reason": 7}, {"env": {"device_name": 3}}, {"top1": [80]},
-])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        {"throughput_ips": "fast"},
+        {"latency_ms": {"p50": "9"}},
+        {"graph_breaks": 1.5},
+        {"gmacs": True},
+        {"latency_ms": [1, 2]},
+        {"reason": 7},
+        {"env": {"device_name": 3}},
+        {"top1": [80]},
+    ],
+)
 def test_rows_with_wrongly_typed_fields_are_skipped_not_formatted(damage, tmp_path, capsys):
     path = tmp_path / "r.jsonl"
     append_row(path, _row(throughput_ips=1.0))
@@ -85,8 +95,14 @@ def test_rows_with_wrongly_typed_fields_are_skipped_not_formatted(damage, tmp_pa
 
 def test_resume_keys_on_what_changes_the_number_and_on_the_machine():
     base = _row()
-    for change in ({"data": "/val"}, {"threads": 4}, {"weights": "hub"}, {"max_samples": 100},
-                   {"env": {"device_name": "Other CPU"}}, {"backend_options": {"mode": "max-autotune"}}):
+    for change in (
+        {"data": "/val"},
+        {"threads": 4},
+        {"weights": "hub"},
+        {"max_samples": 100},
+        {"env": {"device_name": "Other CPU"}},
+        {"backend_options": {"mode": "max-autotune"}},
+    ):
         assert results.row_key({**base, **change}) != results.row_key(base), change
     old = {**base, "compile_mode": "max-autotune"}  # a schema-2 row
     del old["backend_options"]
@@ -103,7 +119,9 @@ def test_two_machines_show_a_device_column():
 
 def test_a_plot_of_only_non_finite_numbers_is_not_saved(tmp_path):
     png = tmp_path / "p.png"
-    assert not plot([_row(model="rmt_t", throughput_ips=float("nan")), _row(model="rmt_t", throughput_ips=math.inf)], png)
+    assert not plot(
+        [_row(model="rmt_t", throughput_ips=float("nan")), _row(model="rmt_t", throughput_ips=math.inf)], png
+    )
     assert not png.exists()
 
 
@@ -114,12 +132,24 @@ def test_a_closed_pipe_ends_output_quietly_and_a_full_disk_is_one_sentence(tmp_p
     path = tmp_path / "r.jsonl"
     for batch in range(1, 400):
         append_row(path, _row(batch_size=batch))
-    piped = subprocess.run(f"{sys.executable} bench.py report {path} | head -1", shell=True, cwd=REPO, env=_env(),
-                           capture_output=True, text=True)
+    piped = subprocess.run(
+        f"{sys.executable} bench.py report {path} | head -1",
+        shell=True,
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+    )
     assert piped.stdout.startswith("model ") and piped.stderr == ""
     with open("/dev/full", "w") as full:
-        failed = subprocess.run([sys.executable, "bench.py", "report", str(path)], cwd=REPO, env=_env(), stdout=full,
-                                stderr=subprocess.PIPE, text=True)
+        failed = subprocess.run(
+            [sys.executable, "bench.py", "report", str(path)],
+            cwd=REPO,
+            env=_env(),
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
     assert failed.returncode == cli.EXIT_OUTPUT
     assert failed.stderr.strip() == "error: Standard output could not be written (No space left on device)."
 
@@ -138,8 +168,13 @@ def test_the_runner_reads_rows_from_its_channel_not_the_results_file(tmp_path, m
 
     monkeypatch.setattr("bench.runner.iter_results", no_reading)
     spec = RowSpec("test_convnext", "eager", "fp32", 1, (32, 32), "cpu")
-    outcome = run([spec, RowSpec("test_convnext", "eager", "fp32", 2, (32, 32), "cpu")],
-                  Settings(warmup=0, iters=2, flops=False), out, "test", progress=False)
+    outcome = run(
+        [spec, RowSpec("test_convnext", "eager", "fp32", 2, (32, 32), "cpu")],
+        Settings(warmup=0, iters=2, flops=False),
+        out,
+        "test",
+        progress=False,
+    )
     assert [(r["batch_size"], r["status"]) for r in outcome.rows] == [(1, "ok"), (2, "ok")]
     assert sum(1 for _ in iter_results(out)) == 20_002
 
@@ -147,9 +182,28 @@ def test_the_runner_reads_rows_from_its_channel_not_the_results_file(tmp_path, m
 def test_a_sub_second_timeout_is_said_as_given(tmp_path):
     (tmp_path / "faulty_models.py").write_text(FAULTY_MODELS)
     out = tmp_path / "r.jsonl"
-    proc = subprocess.run([sys.executable, "bench.py", "--import", "faulty_models", "--models", "hang_net", "--batch-size", "1",
-                           "--timeout", "0.5", "--out", str(out), "--quiet"], cwd=REPO,
-                          env=_env(tmp_path, BENCH_TEST_PIDFILE=str(tmp_path / "pid")), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "bench.py",
+            "--import",
+            "faulty_models",
+            "--models",
+            "hang_net",
+            "--batch-size",
+            "1",
+            "--timeout",
+            "0.5",
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+        cwd=REPO,
+        env=_env(tmp_path, BENCH_TEST_PIDFILE=str(tmp_path / "pid")),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == cli.EXIT_FAILED
     [row] = load_results(out)
     assert "timed out after 0.5 s" in row["reason"]
@@ -200,10 +254,24 @@ def test_energy_is_absent_with_the_reason_on_cpu():
 
 
 def test_default_table_fits_120_columns():
-    rows = [_row(model="internimage_t", backend="compile", precision="amp-bf16", batch_size=256, input_size=[800, 1344],
-                 features_only=True, gmacs=107.94, latency_ms={"p50": 1234.56}, throughput_ips=12345.6, peak_mem_mb=12345.0,
-                 diff_vs_eager_rel=1.2e-2, status="mismatch", reason="x"),
-            _row(backend="tensorrt", status="unavailable", reason="y")]
+    rows = [
+        _row(
+            model="internimage_t",
+            backend="compile",
+            precision="amp-bf16",
+            batch_size=256,
+            input_size=[800, 1344],
+            features_only=True,
+            gmacs=107.94,
+            latency_ms={"p50": 1234.56},
+            throughput_ips=12345.6,
+            peak_mem_mb=12345.0,
+            diff_vs_eager_rel=1.2e-2,
+            status="mismatch",
+            reason="x",
+        ),
+        _row(backend="tensorrt", status="unavailable", reason="y"),
+    ]
     lines = render_table(rows).splitlines()
     assert max(len(ln) for ln in lines[:-2]) <= 120, lines[0]
     assert "p99" not in lines[0] and len(render_table(rows, columns=["all"]).splitlines()[0]) > 120

@@ -4,6 +4,7 @@ Nothing reaches the network: huggingface_hub runs in offline mode against a cach
 one out (blobs, snapshots/<commit>, refs/<revision>). "Official" checkpoints are made here from the official
 key lists in tests/fixtures (RMT, InternImage) or from timm's own layout (Swin, MaxViT).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -487,8 +488,10 @@ def test_cli_convert_errors_are_one_line(rmt_release, tmp_path, capsys):
         (["convert", "--model", "rmt_t", str(tmp_path / "dec2023.pth"), str(tmp_path / "b")], "Relpos.angle"),
         (["convert", "--model", "rmt_tt", str(rmt_release[0]), str(tmp_path / "c")], "Did you mean: rmt_t"),
         (["convert", "--model", "rmt_t", str(tmp_path / "nope.pth"), str(tmp_path / "d")], "does not exist"),
-        (["convert", "--model", "rmt_t", str(rmt_release[0]), str(tmp_path / "e"), "--results", str(tmp_path / "r")],
-         "Cannot read the results file"),
+        (
+            ["convert", "--model", "rmt_t", str(rmt_release[0]), str(tmp_path / "e"), "--results", str(tmp_path / "r")],
+            "Cannot read the results file",
+        ),
         (["convert", "--model", "rmt_t", str(rmt_release[0]), str(tmp_path / "f.txt" / "out")], "Not a directory"),
         (["convert", "--model", "rmt_t", str(rmt_release[0]), str(tmp_path / "f.txt")], "is a file; give a folder"),
     ]
@@ -708,7 +711,7 @@ def test_publish_names_a_config_field_of_the_wrong_type(rmt_converted, tmp_path,
         (folder / "config.json").write_text(json.dumps(edited))
         assert main(["publish", str(folder), "--dry-run"]) == 1
         err = capsys.readouterr().err
-        assert err.startswith("error: ") and one_sentence(err[len("error: "):].strip()) and needle in err, err
+        assert err.startswith("error: ") and one_sentence(err[len("error: ") :].strip()) and needle in err, err
 
 
 def test_publish_refuses_a_config_that_no_longer_describes_the_folder(rmt_converted, tmp_path, capsys):
@@ -777,7 +780,7 @@ def test_card_shows_only_finite_numbers_as_measured(rmt_converted, tmp_path, cap
     assert left.startswith(f"note: left 3 row(s) of {path} for rmt_t off the card: ")  # finite numbers only
     assert "throughput_ips=nan" in left and "latency_ms.p50=inf" in left and "throughput_ips=-inf" in left
     text = render_card(json.loads((rmt_converted / "config.json").read_text()), kept, path.name)
-    table = text[text.index("## Measured numbers"):text.index("## Provenance")]
+    table = text[text.index("## Measured numbers") : text.index("## Provenance")]
     assert table.count("\n| eager |") == 1 and "| 12.5 |" in table
 
 
@@ -786,8 +789,12 @@ def test_card_shows_only_finite_numbers_as_measured(rmt_converted, tmp_path, cap
 
 def bench_rows() -> list[dict]:
     """Rows as the harness writes them: two measured on a GPU, one failed."""
-    env = {"device_name": "NVIDIA H100 80GB HBM3", "torch": "2.9.0+cu128", "timm": "1.0.20",
-           "git_commit": "abc123-dirty"}
+    env = {
+        "device_name": "NVIDIA H100 80GB HBM3",
+        "torch": "2.9.0+cu128",
+        "timm": "1.0.20",
+        "git_commit": "abc123-dirty",
+    }
     base = {"schema_version": 2, "backend": "eager", "precision": "amp-bf16", "batch_size": 64,
             "input_size": [224, 224], "device": "cuda", "status": "ok", "env": env,
             "command": "python -m bench.suite --out results/h100", "timestamp": "2025-01-02T03:04:05+00:00",
@@ -888,17 +895,32 @@ def test_card_links_the_results_dataset_and_convert_checks_its_id(bare_converted
     assert list(tmp_path.iterdir()) == []
 
 
-
 def test_report_push_to_hub_dry_run_through_the_bench_cli(tmp_path, capsys):
     from bench import cli
     from bench.results import append_row
 
     path = tmp_path / "r.jsonl"
-    append_row(path, {"model": "rmt_t", "backend": "eager", "precision": "fp32", "batch_size": 1, "input_size": [224, 224],
-                      "device": "cpu", "status": "ok", "throughput_ips": 12.5, "env": {"device_name": "Test CPU"}})
+    append_row(
+        path,
+        {
+            "model": "rmt_t",
+            "backend": "eager",
+            "precision": "fp32",
+            "batch_size": 1,
+            "input_size": [224, 224],
+            "device": "cpu",
+            "status": "ok",
+            "throughput_ips": 12.5,
+            "env": {"device_name": "Test CPU"},
+        },
+    )
     assert cli.main(["report", str(path), "--push-to-hub", "my-org/rmt-results", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "datasets/my-org/rmt-results" in out and "results.jsonl" in out and out.rstrip().endswith("Dry run: nothing was uploaded.")
+    assert (
+        "datasets/my-org/rmt-results" in out
+        and "results.jsonl" in out
+        and out.rstrip().endswith("Dry run: nothing was uploaded.")
+    )
     assert cli.main(["report", str(path), "--push-to-hub", "not a repo"]) == cli.EXIT_USAGE
     assert "is not a valid Hub repo id" in capsys.readouterr().err
     assert cli.main(["report", str(path), "--dry-run"]) == cli.EXIT_USAGE

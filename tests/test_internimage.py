@@ -1,4 +1,5 @@
 """InternImage against the official code's outputs and checkpoint layouts, and DCNv3 against first principles."""
+
 from __future__ import annotations
 
 import logging
@@ -51,7 +52,7 @@ def _direct_dcnv3(values, offset, mask, groups, offset_scale):
 
     def pixel(b, yy, xx, grp):
         inside = 0 <= yy < h and 0 <= xx < w
-        return values[b, yy, xx, grp * gc:(grp + 1) * gc] if inside else torch.zeros(gc, dtype=values.dtype)
+        return values[b, yy, xx, grp * gc : (grp + 1) * gc] if inside else torch.zeros(gc, dtype=values.dtype)
 
     for b in range(n):
         for y in range(h):
@@ -64,10 +65,12 @@ def _direct_dcnv3(values, offset, mask, groups, offset_scale):
                         x0, y0 = math.floor(sx), math.floor(sy)
                         fx, fy = sx - x0, sy - y0
                         sample = (
-                            pixel(b, y0, x0, grp) * (1 - fx) * (1 - fy) + pixel(b, y0, x0 + 1, grp) * fx * (1 - fy)
-                            + pixel(b, y0 + 1, x0, grp) * (1 - fx) * fy + pixel(b, y0 + 1, x0 + 1, grp) * fx * fy
+                            pixel(b, y0, x0, grp) * (1 - fx) * (1 - fy)
+                            + pixel(b, y0, x0 + 1, grp) * fx * (1 - fy)
+                            + pixel(b, y0 + 1, x0, grp) * (1 - fx) * fy
+                            + pixel(b, y0 + 1, x0 + 1, grp) * fx * fy
                         )
-                        out[b, y, x, grp * gc:(grp + 1) * gc] += weights[b, y, x, grp, p] * sample
+                        out[b, y, x, grp * gc : (grp + 1) * gc] += weights[b, y, x, grp, p] * sample
     return out
 
 
@@ -158,7 +161,9 @@ def test_load_both_official_layouts(fixture, tmp_path, layout):
     model = zoo.load("internimage_s", pretrained=path, **fx.config)
     assert model.load_report.entry == entry and not model.training
     backbone = zoo.load("internimage_s", pretrained=path, features_only=True, **fx.config)
-    assert {k for k in backbone.load_report.dropped} == {k for k in fx.state_dict if k.startswith(("conv_head.", "head."))}
+    assert {k for k in backbone.load_report.dropped} == {
+        k for k in fx.state_dict if k.startswith(("conv_head.", "head."))
+    }
     with torch.no_grad():
         assert rel_err(model(fx.input), fx.logits) <= TOL
         for ours, ref in zip(backbone(fx.input), fx.features):
@@ -193,7 +198,9 @@ def test_num_classes_zero_and_resized_head(fixture, tmp_path, caplog):
     full = zoo.load("internimage_t", pretrained=path, **fx.config)
     with torch.no_grad():
         feats = pooled(fx.input)
-        assert feats.shape == (2, int(8 * fx.config["channels"] * fx.config["cls_scale"])) == (2, pooled.head_hidden_size)
+        assert (
+            feats.shape == (2, int(8 * fx.config["channels"] * fx.config["cls_scale"])) == (2, pooled.head_hidden_size)
+        )
         assert rel_err(full.head(feats), fx.logits) <= TOL  # pooled features are what the head classifies
         assert five(fx.input).shape == (2, 5)
 

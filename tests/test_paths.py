@@ -1,4 +1,5 @@
 """Output paths are refused in one sentence before anything is written: the class of fault, not one path."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """RMT against the official code's outputs, its checkpoint layouts, and its own reference path."""
+
 from __future__ import annotations
 
 import logging
@@ -147,7 +148,11 @@ def test_wide_aux_head_is_reported_then_loadable(fixture, tmp_path):
 def test_wrong_size_names_shapes(fixture, tmp_path):
     fx = fixture("rmt_tiny")
     with pytest.raises(CheckpointMismatchError) as err:
-        zoo.load("rmt_t", pretrained=_save_pth(tmp_path, {"model": fx.state_dict}), **{**fx.config, "embed_dims": [16, 32, 48, 80]})
+        zoo.load(
+            "rmt_t",
+            pretrained=_save_pth(tmp_path, {"model": fx.state_dict}),
+            **{**fx.config, "embed_dims": [16, 32, 48, 80]},
+        )
     assert "28 of another shape" in str(err.value)
     assert "layers.2.downsample.reduction.weight (checkpoint [64, 48, 3, 3], model [80, 48, 3, 3])" in str(err.value)
 
@@ -193,7 +198,10 @@ def test_large_grid_paths_equal_full_masks(monkeypatch):
         monkeypatch.setattr(rmt, "MAX_MASK_ELEMS", 100)
         for layer in model.layers:
             layer.Relpos._cache.clear()
-        whole, column = model.layers[2].Relpos.masks(4, 6, torch.float32), model.layers[0].Relpos.masks(16, 24, torch.float32)
+        whole, column = (
+            model.layers[2].Relpos.masks(4, 6, torch.float32),
+            model.layers[0].Relpos.masks(16, 24, torch.float32),
+        )
         assert [m.shape for m in whole] == [(4, 4, 4), (4, 6, 6)]  # 1-D tables, no (HW)^2 mask
         assert column[1].shape == (1, 2, 16, 16)  # compact, not repeated per column
         for impl in ("auto", "sdpa"):
@@ -223,7 +231,9 @@ def test_position_cache_is_one_lru_per_model_bounded_by_bytes_and_exact(monkeypa
             assert cache.nbytes == sum(n for _, n in entries) == sum(_storage_bytes(t) for t, _ in entries)
             assert 0 < cache.nbytes <= rmt.POSITION_CACHE_BYTES
             stages = [layer.Relpos._stage_id for layer in model.layers]
-            assert list(cache._entries)[-4:] == [(s, *g, torch.float32, torch.device("cpu")) for s, g in zip(stages, grids)]
+            assert list(cache._entries)[-4:] == [
+                (s, *g, torch.float32, torch.device("cpu")) for s, g in zip(stages, grids)
+            ]
         assert len(cache) < 4 * len(sizes)  # the bound evicted
         for size in reversed(sizes):  # recent sizes hit, evicted ones are rebuilt
             assert torch.equal(model(inputs[size]), first[size])
@@ -318,7 +328,12 @@ def test_training_checkpoint_with_args_and_plain_weights_for_rmt_t(fixture, tmp_
 
     fx = fixture("rmt_tiny")
     noisy = {k: v + 0.1 if v.is_floating_point() else v for k, v in fx.state_dict.items()}
-    ckpt = {"model": fx.state_dict, "model_ema": noisy, "args": argparse.Namespace(lr=1e-3, model="RMT_T3"), "epoch": 299}
+    ckpt = {
+        "model": fx.state_dict,
+        "model_ema": noisy,
+        "args": argparse.Namespace(lr=1e-3, model="RMT_T3"),
+        "epoch": 299,
+    }
     model = zoo.load("rmt_t", pretrained=_save_pth(tmp_path, ckpt), **fx.config)
     assert model.load_report.entry == "model"
     with torch.no_grad():

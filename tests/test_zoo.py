@@ -1,4 +1,5 @@
 """The registry: names, metadata, timm families, errors, and the install itself."""
+
 from __future__ import annotations
 
 import subprocess
@@ -288,7 +289,9 @@ def test_a_folder_without_weights_and_a_name_in_other_case_get_one_sentence(tmp_
 
 def test_random_bytes_are_a_damaged_file_not_a_code_risk(tmp_path):
     path = tmp_path / "random.pth"
-    path.write_bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0), dtype=torch.uint8).numpy().tobytes())
+    path.write_bytes(
+        torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0), dtype=torch.uint8).numpy().tobytes()
+    )
     with pytest.raises(CheckpointError) as err:
         zoo.load("rmt_t", pretrained=path)
     msg = str(err.value)

@@ -7,6 +7,7 @@
 
 Importing `zoo` also registers RMT and InternImage with timm, so `timm.create_model("rmt_s")` works.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

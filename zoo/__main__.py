@@ -1,4 +1,5 @@
 """`python -m zoo [list [PATTERN] | info NAME]`: the zoo's models, their sizes and where their weights live."""
+
 from __future__ import annotations
 
 import argparse

@@ -5,6 +5,7 @@
 weights it names are then read with safetensors or `torch.load(weights_only=True)`, mapped from official
 keys by the family's `checkpoint_filter_fn` and loaded strictly, with errors that name the keys.
 """
+
 from __future__ import annotations
 
 from functools import partial

@@ -4,6 +4,7 @@ Weights are never unpickled with code execution: `.safetensors` through safetens
 `torch.load(weights_only=True)`. A checkpoint that does not fit ends in one error naming the keys, never a
 silent partial load.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -81,7 +82,7 @@ def _unwrap(obj: object, source: str, prefer_ema: bool) -> tuple[StateDict, str]
             )
         state = obj[entry]
     if all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     return dict(state), entry
 
 
@@ -235,9 +236,7 @@ def load_pretrained(
     elif getattr(model, "num_classes", model_info.num_classes) != model_info.num_classes:
         # Only a different class count is dropped; any other shape difference is a real mismatch.
         dropped = tuple(
-            k
-            for k in state
-            if k.startswith(classifier) and (k not in own or own[k].shape[:1] != state[k].shape[:1])
+            k for k in state if k.startswith(classifier) and (k not in own or own[k].shape[:1] != state[k].shape[:1])
         )
     else:
         dropped = ()

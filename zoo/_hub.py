@@ -9,6 +9,7 @@ of our own, read at call time:
   since no RMT weights are on the Hub yet and whoever converts them publishes under their own name;
 - ZOO_HUB_REVISION: a branch, tag or commit to take weights from (default: each repo's main branch).
 """
+
 from __future__ import annotations
 
 import logging

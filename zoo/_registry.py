@@ -4,6 +4,7 @@ Each family's module states its facts once, as data: a `Family` record and a tab
 handed to `register_family`, which generates the entry points. The harness, the Hub model cards and the tests
 read families and models from here; nothing else restates those facts.
 """
+
 from __future__ import annotations
 
 import difflib

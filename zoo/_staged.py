@@ -1,4 +1,5 @@
 """timm's model interface, once for both families: a stem, then stages that each return (output, next input)."""
+
 from __future__ import annotations
 
 import torch

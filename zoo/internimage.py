@@ -8,6 +8,7 @@ with no renaming; the Hub's transformers-style port is mapped back by `checkpoin
 
 Tensors are channels-last (N, H, W, C) inside the levels, as in the official code.
 """
+
 from __future__ import annotations
 
 import re
@@ -297,7 +298,7 @@ class InternImage(StagedModel):
                 dims[i],
                 depths[i],
                 groups[i],
-                drop_path[sum(depths[:i]):],
+                drop_path[sum(depths[:i]) :],
                 downsample=i < len(depths) - 1,
                 offset_scale=offset_scale,
                 mlp_ratio=mlp_ratio,
@@ -368,7 +369,7 @@ def checkpoint_filter_fn(state: StateDict, model: nn.Module) -> StateDict:
     named `layer_scale1/2`) is mapped back to the official names."""
     if not all(k.startswith("model.") for k in state):
         return state
-    return {re.sub(r"\.layer_scale([12])$", r".gamma\1", k[len("model."):]): v for k, v in state.items()}
+    return {re.sub(r"\.layer_scale([12])$", r".gamma\1", k[len("model.") :]): v for k, v in state.items()}
 
 
 FAMILY = Family(

@@ -14,6 +14,7 @@ POSITION_CACHE_BYTES; the whole-image form switches to query blocks with masks b
 (HW)^2 mask would be large. `attn_impl="reference"` keeps a plain path written like the official code (masks
 rebuilt every call, explicit matmul and softmax) as the test oracle.
 """
+
 from __future__ import annotations
 
 import itertools

@@ -2,6 +2,7 @@
 
 Weights go through the same strict loader as the other families, so errors read the same everywhere.
 """
+
 from __future__ import annotations
 
 import sys
