@@ -193,13 +193,18 @@ def interleaved(paths: list[Timed], batch: int, rounds: int, min_round_s: float,
                 p.img_cpu_s.append(batch * iters[p.label] / cpu)
 
 
+def cpu_description() -> str:
+    """The CPU as the kernel names it, its logical CPU count and the SIMD level torch uses."""
+    return f"{cpu_name()} ({os.cpu_count()} logical CPUs, {torch.backends.cpu.get_cpu_capability()})"
+
+
 def machine(threads: int) -> dict:
     """Versions, CPU and the `uptime` load average: the machine is shared, so the load belongs with the numbers."""
     uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip() if shutil.which("uptime") else ""
     return {
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "cpu": f"{cpu_name()} ({os.cpu_count()} logical CPUs, {torch.backends.cpu.get_cpu_capability()})",
+        "cpu": cpu_description(),
         "threads": threads,
         "git_commit": git_commit(),
         "uptime": uptime,

@@ -22,7 +22,6 @@ import json
 import os
 import statistics
 import sys
-import time
 import types
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,8 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import zoo  # noqa: E402
-from bench.env import cpu_name  # noqa: E402
-from benchmarks._common import import_official, official_note, rel_err  # noqa: E402
+from benchmarks._common import Timed, cpu_description, import_official, interleaved, official_note, rel_err  # noqa: E402
 from zoo.internimage import DCN_IMPLS, InternImage, checkpoint_filter_fn, dcnv3, dcnv3_reference  # noqa: E402
 
 OFFICIAL = "official"
@@ -84,10 +82,6 @@ class LevelOp:
     timings: dict[str, Timing]
 
 
-def _cpu_name() -> str:
-    return f"{cpu_name()} ({os.cpu_count()} logical CPUs, {torch.backends.cpu.get_cpu_capability()})"
-
-
 def _perturb_offsets(model: torch.nn.Module, seed: int = 0) -> None:
     """Small random offset/mask weights so samples land between pixels, as in a trained model."""
     gen = torch.Generator().manual_seed(seed)
@@ -104,19 +98,14 @@ def _official_model(module: types.ModuleType, name: str) -> torch.nn.Module:
 
 
 def _timed_rounds(setup: Setup, calls: dict[str, Callable[[], object]]) -> dict[str, Timing]:
-    """Warm every call up, then time them in interleaved rounds so machine noise falls on all alike."""
-    timings = {impl: Timing(impl) for impl in calls}
+    """Per-call times of each call, in interleaved rounds (`_common.interleaved`, one call a round) after warm-up."""
+    paths = [Timed(impl, call) for impl, call in calls.items()]
     with torch.inference_mode():
-        for call in calls.values():
-            for _ in range(setup.warmup):
+        for _ in range(max(0, setup.warmup - 1)):  # interleaved warms each path up once more
+            for call in calls.values():
                 call()
-        for _ in range(setup.rounds):
-            for impl, call in calls.items():
-                for _ in range(setup.iters):
-                    start = time.perf_counter()
-                    call()
-                    timings[impl].seconds.append(time.perf_counter() - start)
-    return timings
+    interleaved(paths, batch=1, rounds=setup.rounds * setup.iters, min_round_s=0.0)
+    return {p.label: Timing(p.label, [1.0 / calls_per_s for calls_per_s in p.img_s]) for p in paths}
 
 
 def measure_model(
@@ -283,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         rounds=args.rounds,
         command="python " + " ".join([os.path.relpath(__file__, ROOT), *(argv if argv is not None else sys.argv[1:])]),
         official=note,
-        cpu=_cpu_name(),
+        cpu=cpu_description(),
         load_avg_before=tuple(os.getloadavg()),
     )
     timings, diffs, model = measure_model(setup, official)

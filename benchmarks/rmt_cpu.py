@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import zoo  # noqa: E402
+from bench.measure import proc_status_kb  # noqa: E402
 from benchmarks._common import (  # noqa: E402
     OFFICIAL_RMT_BUILDERS,
     Timed,
@@ -90,14 +91,6 @@ def profile(paths: list[Timed], top: int) -> dict[str, list[dict]]:
     return tables
 
 
-def _proc_status_mib(field: str) -> float:
-    """A VmRSS/VmHWM figure of this process from /proc (Linux), in MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"/proc/self/status has no {field} line.")
-
-
 def peak_memory_child(impl: str, height: int, width: int, threads: int) -> None:
     """Runs in a subprocess: prints the forward's peak RSS increase in MiB as JSON.
 
@@ -108,12 +101,12 @@ def peak_memory_child(impl: str, height: int, width: int, threads: int) -> None:
     model = zoo.load("rmt_t", features_only=True, attn_impl=impl)
     x = torch.randn(1, 3, height, width)
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-    before = _proc_status_mib("VmRSS")
+    before = proc_status_kb("VmRSS") / 1024
     start = time.perf_counter()
     with torch.inference_mode():
         model(x)
     seconds = time.perf_counter() - start
-    peak = _proc_status_mib("VmHWM")
+    peak = proc_status_kb("VmHWM") / 1024
     print(json.dumps({"impl": impl, "peak_rss_increase_mib": peak - before, "seconds": seconds}))
 
 
