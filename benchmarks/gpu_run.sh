@@ -86,6 +86,15 @@ official() {
     timeout 270 "$PY" benchmarks/rmt_gpu.py --official .gl/RMT.py --out "$OUT" ${rehearse:+--rehearse}
 }
 
+seed() {  # a first call resumes the suite from what earlier sessions on the same GPU kind committed
+    local kind
+    kind=$("$PY" -c "import torch; n = torch.cuda.get_device_name().lower(); print(next((k for k in ('h100', 'h200') if k in n), ''))")
+    if [[ -n $kind && -f $ROOT/results/$kind/results.jsonl && ! -f $WORK/results.jsonl ]]; then
+        mkdir -p "$WORK" && cp "$ROOT/results/$kind/results.jsonl" "$WORK/" && resume=1
+        echo "resuming from results/$kind/results.jsonl ($(wc -l < "$WORK/results.jsonl") rows)"
+    fi
+}
+
 suite() {
     local left=$(($(budget_s) - SECONDS - RESERVE_S))
     if [[ -n $rehearse ]]; then
@@ -122,6 +131,7 @@ main() {
         step "CUDA tests" tests
         step "official comparison" official
     fi
+    [[ -n $rehearse || -n $resume ]] || seed
     step suite suite
     step collect collect
     echo "steps: $(IFS=';'; echo "${TIMES[*]}"); $SECONDS s in all"

@@ -21,7 +21,7 @@ def test_full_suite_plan_runs_in_priority_order():
     specs = suite_specs(FULL)
     assert {s.model for s in specs} == set(models) and all(s.device == "cuda" for s in specs)
     first = specs[:16]  # 1. the head-to-head tier: eager and compile, batch 1 and 256, bf16 autocast
-    assert {s.model for s in first} == HEAD
+    assert [s.model for s in first[::4]] == ["rmt_s", "swin_t", "internimage_t", "maxvit_t"]  # closest GFLOPs first
     assert {(s.backend, s.precision, s.batch_size) for s in first} == {
         (b, "amp-bf16", n) for b in ("eager", "compile") for n in (1, 256)
     }
