@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from .measure import is_cuda, synchronize
 from .args import positive_int
-from .options import option
+from .options import NoOptions, option
 from .precision import autocast, precision
 from .spec import RowSpec
 
@@ -52,11 +52,6 @@ class Prepared:
     forward: Callable[[torch.Tensor], Any]
     compile_s: float | None = None
     info: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class NoOptions:
-    pass
 
 
 def options_label(options: dict[str, Any]) -> str:

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from .args import positive_int
-from .options import option
-from .env import REPO_ROOT, collect_env
-from .results import append_row, iter_results, shard_path, utc_now
-from .runner import Outcome, group_rows, run
+from .env import REPO_ROOT
+from .options import NoOptions, option
+from .results import append_row, iter_results, shard_path
+from .runner import Outcome, group_rows, run, status_row
 from .spec import RowSpec, Settings, row_key
 
 __all__ = ["LAUNCHERS", "Launcher", "LauncherUnavailable", "run_job"]
@@ -65,11 +65,6 @@ def _submitit() -> Any:
             "The local and slurm launchers use submitit, which is not installed (pip install 'rmt-zoo[cluster]')."
         ) from None
     return submitit
-
-
-@dataclass(frozen=True)
-class NoOptions:
-    pass
 
 
 class Launcher:
@@ -169,7 +164,7 @@ class _Jobs(Launcher):
             if not any(folder.parent.iterdir()):
                 folder.parent.rmdir()
         keyed = {row_key(r, machine=""): r for r in rows}
-        return Outcome([keyed[k] for s in specs if (k := row_key(s.fields(), machine="")) in keyed], 0, rows)
+        return Outcome([keyed[k] for s in specs if (k := row_key(s.fields(), machine="")) in keyed])
 
     def stop(self, executor: Any) -> None:
         """Cancel what this launch submitted, when it is stopped."""
@@ -195,15 +190,7 @@ def _fill_dead_job(group: list[RowSpec], shard: Path, run_id: str, command: str,
     rows = list(written.values())
     for spec in group:
         if row_key(spec.fields(), machine="") not in written:
-            row = {
-                **spec.fields(),
-                "status": "error",
-                "reason": f"The job running this row died before it finished: {why}",
-                "run_id": run_id,
-                "command": command,
-                "env": collect_env(spec.device),
-                "timestamp": utc_now(),
-            }
+            row = status_row(spec, "error", f"The job running this row died before it finished: {why}", run_id, command)
             append_row(shard, row)
             rows.append(row)
     return rows

@@ -8,9 +8,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["option", "add_flags", "given", "flag_of"]
+__all__ = ["NoOptions", "option", "add_flags", "given", "flag_of"]
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """The Options of an entry that has none."""
 
 
 def option(flag: str, help: str, **argparse_kwargs: Any) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any, Iterable
 
@@ -139,6 +139,20 @@ class _Channel:
         return rows, not chunk
 
 
+def status_row(spec: RowSpec, status: str, reason: str, run_id: str, command: str) -> dict[str, Any]:
+    """A row that says why `spec` has no measurement (a backend missing here, a worker or job that died)."""
+    env = collect_env(spec.device)
+    return {
+        **spec.fields(),
+        "status": status,
+        "reason": reason,
+        "run_id": run_id,
+        "command": command,
+        "env": env,
+        "timestamp": utc_now(),
+    }
+
+
 @dataclass
 class Outcome:
     """What a run produced: the grid's rows (those skipped by --resume included) and how many rows the time budget
@@ -146,7 +160,6 @@ class Outcome:
 
     rows: list[dict[str, Any]]
     unfinished: int = 0
-    fresh: list[dict[str, Any]] = field(default_factory=list)
 
 
 class _Run:
@@ -182,15 +195,7 @@ class _Run:
         }
 
     def status_row(self, spec: RowSpec, status: str, reason: str) -> None:
-        row = {
-            **spec.fields(),
-            "status": status,
-            "reason": reason,
-            "run_id": self.run_id,
-            "command": self.command,
-            "env": collect_env(spec.device),
-            "timestamp": utc_now(),
-        }
+        row = status_row(spec, status, reason, self.run_id, self.command)
         append_row(self.results, row)
         self._keep(row)
 
@@ -356,4 +361,4 @@ def run(
         row = fresh.get(row_key(spec.fields(), machine="")) or done.get(spec.key(machines[spec.device]))
         if row is not None:
             rows.append(row)
-    return Outcome(rows, unfinished, list(fresh.values()))
+    return Outcome(rows, unfinished)
