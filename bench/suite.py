@@ -63,7 +63,7 @@ class SuiteConfig:
 
 FULL = SuiteConfig(device="cuda")
 DRY_RUN = SuiteConfig(
-    models=("test_convnext", "test_vit"),
+    models=("test_convnext",),
     device="cpu",
     throughput_batch=2,
     input_size=(64, 64),
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = OneLineParser(prog="python -m bench.suite", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="results folder, e.g. results/h100")
-    p.add_argument("--dry-run", action="store_true", help="CPU, two tiny models, tiny sizes: checks the plumbing only")
+    p.add_argument("--dry-run", action="store_true", help="CPU, one tiny model, tiny sizes: checks the plumbing only")
     p.add_argument("--backends", nargs="+", choices=tuple(BACKENDS), help="a subset of the backends")
     p.add_argument("--budget-min", type=str, help="start no row after this many minutes (default 24)")
     p.add_argument(

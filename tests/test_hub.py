@@ -492,7 +492,10 @@ def test_cli_convert_errors_are_one_line(rmt_release, tmp_path, capsys):
             ["convert", "--model", "rmt_t", str(rmt_release[0]), str(tmp_path / "e"), "--results", str(tmp_path / "r")],
             "Cannot read the results file",
         ),
-        (["convert", "--model", "rmt_t", str(rmt_release[0]), str(tmp_path / "f.txt" / "out")], "Not a directory"),
+        (
+            ["convert", "--model", "rmt_t", str(rmt_release[0]), str(tmp_path / "f.txt" / "out")],
+            "which is a file, not a folder",
+        ),
         (["convert", "--model", "rmt_t", str(rmt_release[0]), str(tmp_path / "f.txt")], "is a file; give a folder"),
     ]
     for argv, needle in cases:

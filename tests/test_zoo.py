@@ -38,21 +38,21 @@ def test_every_listed_name_is_registered():
 
 def test_families_are_registry_data_and_list_their_models():
     fams = zoo.families()
-    assert list(fams) == ["internimage", "rmt", "swin", "maxvit"]  # registration order
+    assert list(fams) == ["rmt", "internimage", "swin", "maxvit"]  # registration order
     assert {n for n, f in fams.items() if f.built_by == "zoo"} == {"rmt", "internimage"}
     for name, fam in fams.items():
         assert fam.name == name and fam.code.startswith("https://github.com/") and "\n" not in fam.description
         assert all(zoo.info(m).family == name for m in zoo.list_models(family=name))
     assert "Manhattan self-attention" in fams["rmt"].description
     assert sorted(m for f in fams for m in zoo.list_models(family=f)) == zoo.list_models()
-    with pytest.raises(ValueError, match="Unknown family 'vit'; the zoo's families are internimage, rmt, swin, maxvit"):
+    with pytest.raises(ValueError, match="Unknown family 'vit'; the zoo's families are rmt, internimage, swin, maxvit"):
         zoo.list_models(family="vit")
 
 
 def test_comparison_models_leave_out_token_labelling():
     """What the GPU suite compares: every family's models but RMT's token-labelling variants, family by family."""
     assert zoo.comparison_models() == [
-        "internimage_t", "internimage_s", "internimage_b", "internimage_l", "rmt_t", "rmt_s", "rmt_b", "rmt_l",
+        "rmt_t", "rmt_s", "rmt_b", "rmt_l", "internimage_t", "internimage_s", "internimage_b", "internimage_l",
         "swin_t", "swin_s", "swin_b", "maxvit_t", "maxvit_s", "maxvit_b",
     ]  # fmt: skip
 
