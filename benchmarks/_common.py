@@ -113,12 +113,26 @@ def ratios(median: dict[str, float]) -> dict[str, float]:
     return {f"{a} / {b}": median[a] / median[b] for a, b in pairs if a in median and b in median}
 
 
+def official_source(path: Path) -> str:
+    """Which version of the official code `path` is: the commit of the git checkout it lies in, or the first line of
+    the *_SOURCE.txt that gpu_wheels.sh writes beside a copied file; never this machine's path."""
+    folder = path if path.is_dir() else path.parent
+    notes = sorted(folder.glob("*_SOURCE.txt"))
+    if notes:
+        return notes[0].read_text().splitlines()[0]
+    git = ["git", "-C", str(folder), "rev-parse", "--show-toplevel", "HEAD"]
+    found = subprocess.run(git, capture_output=True, text=True).stdout.split()
+    if len(found) == 2 and Path(found[0]).resolve() != Path(__file__).resolve().parents[1]:  # not this project's
+        return f"{path.name} at commit {found[1]}"
+    return f"{path.name} (commit unknown)"
+
+
 def official_note(path: Path | None, stubbed: list[str]) -> str:
-    """What the report says about the official code: where it came from and what was stubbed, or its absence."""
+    """What the report says about the official code: which version it is and what was stubbed, or its absence."""
     if path is None:
         return "none given (--official), so **no official comparison was made**"
     stubs = f"; not installed, so stubbed (unused by the timed model): {', '.join(stubbed)}" if stubbed else ""
-    return f"`{path}`{stubs}"
+    return f"{official_source(path)}{stubs}"
 
 
 def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
