@@ -17,7 +17,7 @@ import zoo.rmt as rmt
 from bench.measure import Energy, Latency, Memory, time_steps
 
 from conftest import rel_err
-from test_internimage import _dcn_inputs
+from test_internimage import _dcn_inputs, small_model_with_offsets
 from test_rmt import SMALL
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -126,13 +126,7 @@ def test_dcnv3_op_matches_reference_with_gradients():
 
 
 def test_internimage_fast_matches_reference():
-    torch.manual_seed(0)
-    model = ii.InternImage(channels=16, depths=(1, 1, 2, 1), groups=(2, 2, 4, 8), offset_scale=2.0, num_classes=7)
-    for m in model.modules():  # offsets of a few pixels instead of the zero initialisation
-        if isinstance(m, ii.DCNv3):
-            torch.nn.init.normal_(m.offset.weight, std=0.5)
-            torch.nn.init.normal_(m.mask.weight, std=0.5)
-    model = model.eval().cuda()
+    model = small_model_with_offsets().eval().cuda()
     x = torch.randn(3, 3, 45, 70, device="cuda")
     with torch.no_grad():
         fast = model(x)

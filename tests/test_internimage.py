@@ -216,14 +216,20 @@ def test_features_only_and_out_indices():
     assert model.features_only and model.model_name == "internimage_t"
 
 
-@pytest.mark.parametrize("size", [(45, 70), (97, 33)])
-def test_fast_equals_reference_on_odd_sizes(size):
+def small_model_with_offsets() -> ii.InternImage:
+    """A small InternImage whose DCNv3 layers sample a few pixels away (not the zero initialisation's grid)."""
     torch.manual_seed(0)
     model = ii.InternImage(channels=16, depths=(1, 1, 2, 1), groups=(2, 2, 4, 8), offset_scale=2.0, num_classes=7)
-    for m in model.modules():  # offsets of a few pixels instead of the zero initialisation
+    for m in model.modules():
         if isinstance(m, ii.DCNv3):
             torch.nn.init.normal_(m.offset.weight, std=0.5)
             torch.nn.init.normal_(m.mask.weight, std=0.5)
+    return model
+
+
+@pytest.mark.parametrize("size", [(45, 70), (97, 33)])
+def test_fast_equals_reference_on_odd_sizes(size):
+    model = small_model_with_offsets()
     x = torch.randn(3, 3, *size)
     with torch.no_grad():
         fast = model.eval()(x)
