@@ -620,6 +620,26 @@ def test_timm_style_arguments(tmp_path):
     assert dict(spec.model_kwargs) == {"attn_impl": "flex", "drop_path_rate": 0.2}
     assert spec.fields()["model_kwargs"] == {"attn_impl": "flex", "drop_path_rate": 0.2}
     assert {s.precision for s in grid("--models", "swin_t", "--precision", "amp")} == {"amp-fp16"}  # timm's meaning
+    sweep = grid(
+        "--models",
+        "swin_t",
+        "--backend",
+        "eager",
+        "compile",
+        "--compile-mode",
+        "default",
+        "reduce-overhead",
+        "max-autotune",
+        "--batch-size",
+        "1",
+    )  # CUDA graphs per row: compile's modes are a sweep, recorded
+    assert [(s.backend, s.backend_options) for s in sweep] == [
+        ("eager", ()),
+        ("compile", ()),
+        ("compile", (("mode", "reduce-overhead"),)),
+        ("compile", (("mode", "max-autotune"),)),
+    ]
+    assert len({s.key(None) for s in sweep}) == 4
     specs = grid("--models", "swin_t", "--bench", "both", "--batch-size", "2", "--grad-checkpointing")
     assert [(s.mode, s.grad_checkpointing) for s in specs] == [("infer", False), ("train", True)]
     assert specs[0].key(None) != specs[1].key(None) and specs[0].worker_key() != specs[1].worker_key()
