@@ -71,21 +71,36 @@ def test_interface_shapes_and_cfg_at_full_size(name):
 
 
 @pytest.mark.parametrize("name", OURS)
-def test_feature_dim_names_the_channel_axis_as_timm_reads_it(name):
-    """timm's test_model_default_cfgs_non_std: the channel axis of forward_features comes from `feature_dim` (axis 1
-    of a 4-D map when a model has none), and pooled outputs carry head_hidden_size on it."""
+def test_default_cfgs_non_std_as_timm_checks_it(name):
+    """timm's test_model_default_cfgs_non_std, check for check: the channel axis comes from `feature_dim`,
+    a model reset with reset_classifier(0) gives head_hidden_size-wide outputs and one built with num_classes=0
+    num_features-wide ones (the projection ends forward_features wherever a head does not read the stage)."""
     with torch.device("meta"):
         model = zoo.load(name)
+        assert model.num_classes >= 0 and model.num_features > 0 and model.head_hidden_size > 0
         x = _input(model)
+        feat_dim = model.feature_dim
         features = model.forward_features(x)
-        assert features.ndim == 4 and model.feature_dim % 4 == get_channel_dim(model.output_fmt)
-        assert features.shape[model.feature_dim] == model.num_features
         pre = model.forward_head(features, pre_logits=True)
+        assert features.ndim == 4 and feat_dim % 4 == get_channel_dim(model.output_fmt)
+        assert features.shape[feat_dim] == model.num_features and pre.shape[1] == model.head_hidden_size
         model.reset_classifier(0)
         pooled = model(x)
-        assert pooled.shape == pre.shape and pooled.shape[model.feature_dim] == model.head_hidden_size
-        # timm's test asks num_features of this one, which only models with head_hidden_size == num_features meet
-        assert zoo.load(name, num_classes=0)(x).shape[model.feature_dim] == model.head_hidden_size
+        assert model.num_classes == 0 and pooled.shape[feat_dim] == model.head_hidden_size and pooled.shape == pre.shape
+        headless = zoo.load(name, num_classes=0)
+        assert headless(x).shape[feat_dim] == headless.num_features
+
+
+def test_token_labelling_head_reads_the_stage_and_a_headless_model_ends_projected():
+    """RMT-S*'s aux_head reads the last stage's 512-wide tokens, so its forward_features stops there; without
+    classes nothing reads them and forward_features ends with the projection, as for the other variants."""
+    with torch.device("meta"):
+        tl, plain, headless = zoo.load("rmt_s_tl"), zoo.load("rmt_s"), zoo.load("rmt_s_tl", num_classes=0)
+        assert (tl.projection_at, tl.num_features, tl.aux_head.in_features) == ("head", 512, 512)
+        assert (plain.projection_at, plain.num_features) == (headless.projection_at, headless.num_features)
+        assert headless.projection_at == "features" and headless.num_features == headless.head_hidden_size == 1024
+        headless.reset_classifier(5)  # a fresh token head then reads the tokens forward_features returns
+        assert headless.aux_head.in_features == 1024 and headless(_input(headless)).shape == (1, 5)
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -164,6 +179,27 @@ def test_prune_intermediate_layers_and_getter_features(name):
         feats = getter(x)
     assert len(full) == 2 and [f.shape for f in feats] == [f.shape for f in full]
     assert getter.output_fmt == "NCHW" and getter.feature_info.reduction() == [16, 32]
+
+
+@pytest.mark.parametrize("name", ["rmt_t", "rmt_s_tl", "internimage_t"])
+def test_pruning_keeps_the_projection_while_forward_features_ends_with_it(name):
+    """As timm's EfficientNet treats its conv head: pruning the head alone keeps a projection that ends
+    forward_features; dropping a stage or prune_norm drops it; a projection that opens the head goes with it."""
+    with torch.device("meta"):
+        x = _input(zoo.load(name))
+        kept = zoo.load(name)
+        width = kept.head_hidden_size if kept.projection_at == "features" else kept.feature_info[-1]["num_chs"]
+        kept.prune_intermediate_layers(indices=4)
+        final, _ = kept.forward_intermediates(x)
+        assert final.shape == kept.forward_features(x).shape and final.shape[-1] == width
+        assert kept(x).shape == (1, width) and kept.num_classes == 0
+        cut = zoo.load(name)
+        cut.prune_intermediate_layers(indices=(0, 1, 2))
+        normless = zoo.load(name)
+        normless.prune_intermediate_layers(indices=4, prune_norm=True)
+        for model in (cut, normless):
+            assert model.projection_at == "none" and all(getattr(model, m) is None for m in model.projection_modules)
+        assert normless.forward_features(x).shape[-1] == normless.feature_info[-1]["num_chs"]
 
 
 AUTOGRAD_MODES = {"inference_mode": torch.inference_mode, "no_grad": torch.no_grad, "grad": contextlib.nullcontext}

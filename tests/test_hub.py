@@ -400,7 +400,7 @@ def test_config_is_timm_format_without_nulls_and_card_says_how_to_install(rmt_co
     text = (rmt_converted / "config.json").read_text()
     assert "null" not in text
     config = json.loads(text)
-    assert config["num_features"] == 512 and config["num_classes"] == 1000
+    assert config["num_features"] == 1024 and config["num_classes"] == 1000
     pre = config["pretrained_cfg"]
     assert pre["classifier"] == "head" and pre["first_conv"] == "patch_embed.proj.0" and pre["pool_size"] == [7, 7]
     assert timm.models.PretrainedCfg(**pre).hf_hub_id == f"{ORG}/rmt_t"  # every field is one timm knows

@@ -13,10 +13,17 @@ class StagedModel(nn.Module):
     """Grad checkpointing, classifier access and reset, `forward_intermediates` and pruning, for a model with
     `patch_embed`, a ModuleList named by `stages_attr` (each stage with a `grad_checkpointing` flag, returning
     its output before downsampling and the next stage's input, channels-last) and `head` on `head_hidden_size`.
+
+    Both families widen every token (RMT's `proj`/`norm`, InternImage's `conv_head`) before pooling. Like the
+    conv head of timm's EfficientNet, that projection ends `forward_features` (`projection_at` "features",
+    `num_features == head_hidden_size`), unless a head reads the stage's own tokens (RMT's token-labelling
+    head): then it opens `forward_head` ("head"). Pruning sets it to "none".
     """
 
     stages_attr = "layers"
-    head_modules: tuple[str, ...] = ()  # modules between the last stage and `head`, dropped with it by pruning
+    projection_modules: tuple[str, ...] = ()  # the per-token projection between the last stage and pooling
+    head_modules: tuple[str, ...] = ()  # modules beside `head` that pruning the head drops with it
+    projection_at = "features"
     # The channel axis of forward_features' map (NHWC), where timm's NHWC models declare it (timm's checks of
     # non-standard models read it, and take axis 1 of a 4-D map without it).
     feature_dim = -1
@@ -47,6 +54,14 @@ class StagedModel(nn.Module):
         self.num_classes = num_classes
         self.head = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
 
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """The projection, channels-last in and out."""
+        raise NotImplementedError
+
+    def _pool(self, x: torch.Tensor) -> torch.Tensor:
+        """Average over the map (NHWC), or keep it with global_pool ""."""
+        return x.mean((1, 2)) if self.global_pool == "avg" else x
+
     def forward_intermediates(
         self,
         x: torch.Tensor,
@@ -72,24 +87,38 @@ class StagedModel(nn.Module):
             out, x = stage(x)
             if i in take_indices:
                 intermediates.append(out.permute(0, 3, 1, 2) if output_fmt == "NCHW" else out)
-        return intermediates if intermediates_only else (x, intermediates)
+        if intermediates_only:
+            return intermediates
+        if self.projection_at == "features" and len(stages) == len(self._stages()):
+            x = self.project(x)
+        return x, intermediates
 
     def prune_intermediate_layers(
         self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
     ) -> list[int]:
-        """Drop the stages after the last one in `indices` (and the head), for a smaller backbone."""
+        """Drop the stages after the last one in `indices` and the head; as in timm's EfficientNet, the projection
+        goes with the stages (`prune_norm` or a stage dropped) when `forward_features` ends with it, else with the
+        head."""
         take_indices, max_index = feature_take_indices(len(self._stages()), indices)
+        truncated = max_index + 1 < len(self._stages())
         setattr(self, self.stages_attr, self._stages()[: max_index + 1])
+        dropped = []
         if prune_head:
-            for name in self.head_modules:
-                setattr(self, name, None)
+            dropped += self.head_modules
             self.head = nn.Identity()
             self.num_classes = 0
+        if (self.projection_at == "head" and prune_head) or (
+            self.projection_at == "features" and (prune_norm or truncated)
+        ):
+            dropped += self.projection_modules
+            self.projection_at = "none"
+        for name in dropped:
+            setattr(self, name, None)
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """NCHW image -> the last stage's map, channels-last (N, H/32, W/32, C)."""
+        """NCHW image -> the map pooling reads, channels-last (N, H/32, W/32, num_features)."""
         x = self.patch_embed(x)
         for stage in self._stages():
             _, x = stage(x)
-        return x
+        return self.project(x) if self.projection_at == "features" else x

@@ -255,12 +255,12 @@ class InternImage(StagedModel):
     Arguments are the official constructor's (channels, depths, groups, layer_scale, offset_scale, post_norm,
     mlp_ratio, num_classes, cls_scale), timm's (in_chans, global_pool, drop_rate, drop_path_rate), plus
     `dcn_impl`: "fast" (`dcnv3`) or "reference" (`dcnv3_reference`). `forward_features` returns the last
-    level's map channels-last (`output_fmt` "NHWC"); the head widens it by `cls_scale` with a 1x1 conv
-    before pooling, so `head_hidden_size` is that width and `num_features` the map's.
+    level's map widened by `cls_scale` (the official `conv_head`: 1x1 conv, BatchNorm, GELU), channels-last
+    (`output_fmt` "NHWC"), so `num_features` and `head_hidden_size` are that width; the head pools and classifies.
     """
 
     stages_attr = "levels"
-    head_modules = ("conv_head",)
+    projection_modules = ("conv_head",)
 
     def __init__(
         self,
@@ -289,8 +289,9 @@ class InternImage(StagedModel):
         self.out_indices = stage_indices(len(depths), out_indices)
         self.output_fmt = "NCHW" if features_only else "NHWC"
         dims = [channels * 2**i for i in range(len(depths))]
-        self.num_features = dims[-1]
+        self.projection_at = "none" if features_only else "features"
         self.head_hidden_size = int(dims[-1] * cls_scale)
+        self.num_features = dims[-1] if features_only else self.head_hidden_size
         drop_path = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         self.patch_embed = StemEmbed(channels, in_chans)
         self.levels = nn.ModuleList(
@@ -317,7 +318,6 @@ class InternImage(StagedModel):
                 nn.Sequential(nn.BatchNorm2d(self.head_hidden_size)),
                 nn.GELU(),
             )
-            self.avgpool = nn.AdaptiveAvgPool2d(1)
             self.head_drop = nn.Dropout(drop_rate)
             self.reset_classifier(num_classes, global_pool)
         self.apply(self._init_weights)
@@ -353,9 +353,11 @@ class InternImage(StagedModel):
             ],
         )  # fmt: skip
 
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv_head(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.conv_head(x.permute(0, 3, 1, 2))
-        x = self.avgpool(x).flatten(1) if self.global_pool == "avg" else x.permute(0, 2, 3, 1)
+        x = self._pool(x)
         return x if pre_logits else self.head(self.head_drop(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:

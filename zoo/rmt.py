@@ -516,14 +516,18 @@ class PatchEmbed(nn.Module):
 class RMT(StagedModel):
     """RMT backbone and classifier, with timm's model interface.
 
-    `forward_features` returns the last stage's map channels-last (`output_fmt` "NHWC"); the head is the
-    official one: a 1024-wide projection, BatchNorm and SiLU on every token, average pooling, then the
-    classifier (plus, with `token_label`, the max-pooled token classifier `aux_head`). `features_only=True`
-    makes it a backbone returning NCHW stage outputs (strides 4..32) for `out_indices`.
+    The head is the official one: a 1024-wide projection, BatchNorm and SiLU on every token, average pooling,
+    then the classifier (plus, with `token_label`, the max-pooled token classifier `aux_head`). The official
+    `forward_features` ends after the pooling; ours ends before it, after the projection, channels-last
+    (`output_fmt` "NHWC", `num_features` 1024), except for a token-labelling model with classes whose
+    `aux_head` reads the last stage's tokens: its `forward_features` is that stage's map (`num_features` 512)
+    and the projection opens `forward_head`. `features_only=True` makes it a backbone returning NCHW stage
+    outputs (strides 4..32) for `out_indices`.
     """
 
     stages_attr = "layers"
-    head_modules = ("proj", "norm", "aux_head")
+    projection_modules = ("proj", "norm")
+    head_modules = ("aux_head",)
 
     def __init__(
         self,
@@ -555,7 +559,9 @@ class RMT(StagedModel):
         self.features_only = features_only
         self.out_indices = stage_indices(len(depths), out_indices)
         self.output_fmt = "NCHW" if features_only else "NHWC"
-        self.num_features = embed_dims[-1]
+        stage_tokens_read = token_label and aux_head_on == "stage" and num_classes > 0
+        self.projection_at = "none" if features_only else "head" if stage_tokens_read else "features"
+        self.num_features = projection if self.projection_at == "features" else embed_dims[-1]
         self.head_hidden_size = projection
         self.token_label = token_label
         self.aux_head_on = aux_head_on
@@ -640,14 +646,17 @@ class RMT(StagedModel):
         aux_in = self.num_features if self.aux_head_on == "stage" else self.head_hidden_size
         self.aux_head = nn.Linear(aux_in, num_classes) if self.token_label and num_classes > 0 else None
 
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        return F.silu(self.norm(self.proj(x).permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
+
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        t = F.silu(self.norm(self.proj(x).permute(0, 3, 1, 2)))
-        pooled = t.mean((2, 3)) if self.global_pool == "avg" else t.permute(0, 2, 3, 1)
+        projected = self.project(x) if self.projection_at == "head" else x
+        pooled = self._pool(projected)
         if pre_logits:
             return pooled
         logits = self.head(self.head_drop(pooled))
-        if self.aux_head is not None:
-            tokens = x if self.aux_head_on == "stage" else t.permute(0, 2, 3, 1)
+        if self.aux_head is not None:  # on forward_features' tokens when aux_head_on is "stage", else projected ones
+            tokens = x if self.aux_head_on == "stage" else projected
             logits = logits + 0.5 * self.aux_head(tokens).flatten(1, 2).amax(1)
         return logits
 
