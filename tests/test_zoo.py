@@ -123,6 +123,24 @@ def test_timm_features_are_nchw_at_strides_4_to_32(name):
     assert [f.shape[-1] for f in feats] == [56, 28, 14, 7]
 
 
+def test_timm_aliases_load_the_file_a_pretrained_cfg_overlay_names(tmp_path):
+    """As with timm.create_model, pretrained=True with pretrained_cfg_overlay=dict(file=...) loads that file."""
+    from safetensors.torch import save_file
+
+    small = dict(depths=(1, 1, 1, 1), num_classes=7)
+    torch.manual_seed(0)
+    saved = zoo.load("swin_t", **small)
+    save_file({k: v.contiguous() for k, v in saved.state_dict().items()}, str(tmp_path / "swin.safetensors"))
+    loaded = zoo.load(
+        "swin_t", pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "swin.safetensors")), **small
+    )
+    assert all(torch.equal(a, b) for a, b in zip(saved.state_dict().values(), loaded.state_dict().values()))
+    with pytest.raises(CheckpointError):
+        zoo.load(
+            "swin_t", pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "none.safetensors")), **small
+        )
+
+
 def test_timm_names_pass_through():
     model = zoo.load("test_vit", num_classes=3)
     assert not model.training

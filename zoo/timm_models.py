@@ -53,8 +53,6 @@ _VARIANTS: dict[Family, tuple[str, dict[str, tuple[str, float, float, float]]]] 
         },
     ),
 }
-# Arguments timm.create_model hands an entry point besides the model's own; the zoo takes the cfg from ModelInfo.
-_TIMM_CFG_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
 
 
 class TimmFeatures(nn.Module):
@@ -92,15 +90,16 @@ def create(
     out_indices: tuple[int, ...] | None = None,
     **kwargs,
 ) -> nn.Module:
-    """Any timm model, by a zoo alias or timm's own name, built and loaded the way the zoo's own families are."""
+    """Any timm model, by a zoo alias or timm's own name, built and loaded the way the zoo's own families are
+    (`pretrained_cfg_overlay=dict(file=...)` and `cache_dir` included)."""
     model_info = info(name)
     check_pretrained(pretrained)
-    kwargs = {k: v for k, v in kwargs.items() if k not in _TIMM_CFG_KWARGS}
+    cache_dir = kwargs.pop("cache_dir", None)
     model = timm.create_model(model_info.timm_name, pretrained=False, **kwargs)
     indices = _dense_indices(model) if out_indices is None else stage_indices(len(model.feature_info), out_indices)
     if pretrained:
         filter_fn = _filter_fn(model)
-        source = resolve_weights(model_info, pretrained, model.pretrained_cfg)
+        source = resolve_weights(model_info, pretrained, model.pretrained_cfg, cache_dir)
         load_pretrained(model, model_info, source, (lambda sd, m: filter_fn(sd, m)) if filter_fn else None)
     if features_only:
         model = TimmFeatures(model, indices)
