@@ -179,6 +179,9 @@ class Worker:
         trackers = [cls(spec.device) for cls in TRACKERS]
         try:
             x = make_input(spec.batch_size, spec.input_size, spec.precision, spec.device, spec.channels_last)
+            for tracker in trackers:
+                if tracker.scope == "row":
+                    tracker.start()
             fields, loop = measure(model, backend, spec, x, trackers)
             for tracker in trackers:
                 fields.update(tracker.fields(loop))
@@ -205,9 +208,6 @@ class Worker:
         return loop
 
     def _infer(self, model: nn.Module, backend: Backend, spec: RowSpec, x: torch.Tensor, trackers: list) -> Measured:
-        for tracker in trackers:
-            if tracker.scope == "row":
-                tracker.start()
         with torch.no_grad():
             prepared = backend.prepare(model, x, spec)
             loop = self._timed(lambda: prepared.forward(x), spec, trackers, self.settings.warmup)
@@ -221,9 +221,6 @@ class Worker:
         return fields, loop
 
     def _train(self, model: nn.Module, backend: Backend, spec: RowSpec, x: torch.Tensor, trackers: list) -> Measured:
-        for tracker in trackers:
-            if tracker.scope == "row":
-                tracker.start()
         step, fields = training_step(model, backend, spec, x)
         t0 = time.perf_counter()
         step()  # the first step compiles where the backend compiles
