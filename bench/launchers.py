@@ -216,8 +216,9 @@ class Local(_Jobs):
 
     def executor(self, folder, settings, groups):
         submitit = _submitit()
-        gpus = _gpu_count() if groups and groups[0][0].device.startswith("cuda") else 0
-        if groups and groups[0][0].device.startswith("cuda") and not gpus:
+        cuda = bool(groups) and groups[0][0].device.startswith("cuda")
+        gpus = _gpu_count() if cuda else 0
+        if cuda and not gpus:
             raise LauncherUnavailable("The local launcher was asked for a CUDA run, but torch sees no GPU here.")
         slots = self.options.jobs or max(1, gpus)
         if gpus and slots > gpus:
@@ -327,7 +328,6 @@ class Slurm(_Jobs):
             f"submitted {len(jobs)} Slurm job(s) (array {jobs[0][0].job_id.split('_')[0] if jobs else '-'}); waiting",
             file=sys.stderr,
         )
-        self.jobs = jobs
         return jobs
 
     def stop(self, executor):

@@ -27,7 +27,6 @@ from .args import EXIT_FAILED, EXIT_OUTPUT, EXIT_USAGE, OneLineParser, OutputErr
 from .cli import exit_code
 from .env import collect_env
 from .paths import OutputPathError, check_output_path
-from .precision import precision
 from .report import plot, render_table, status_summary
 from .runner import Interrupted, run, stopped_exit_code
 from .spec import RowSpec, Settings
@@ -35,13 +34,6 @@ from .spec import RowSpec, Settings
 # The head-to-head tier: models whose paper GFLOPs lie in this band (RMT-S 4.5, Swin-T 4.5, InternImage-T 4.9,
 # MaxViT-T 5.6), compared first.
 HEAD_TO_HEAD_GFLOPS = (4.0, 6.0)
-
-
-def comparison_models() -> list[str]:
-    """The models the suite compares, as the zoo's registry lists them."""
-    import zoo
-
-    return zoo.comparison_models()
 
 
 @dataclass(frozen=True)
@@ -89,7 +81,7 @@ def suite_specs(cfg: SuiteConfig) -> list[RowSpec]:
     """Every row of the suite, in priority order."""
     import zoo
 
-    models = list(cfg.models or comparison_models())
+    models = list(cfg.models or zoo.comparison_models())
     head, rest = _tiers(models) if cfg.models is None else (models[:1], models[1:])
     graph_backends = [b for b in cfg.backends if b != "eager"]
 
@@ -177,7 +169,6 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("results.jsonl", "table.md", "env.json", "plot.png"):
             if (out / name).exists() or (out / name).is_symlink():
                 check_output_path(out / name, f"--out's {name}", text_file=name == "results.jsonl")
-        precision(cfg.precision)
     except (UsageError, OutputPathError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 import zoo  # noqa: E402
 from bench.env import collect_env  # noqa: E402
 from bench.measure import numerics, synchronize  # noqa: E402
+from bench.precision import precision  # noqa: E402
 from benchmarks._common import (  # noqa: E402
     Timed,
     build_official,
@@ -55,7 +56,8 @@ from benchmarks._common import (  # noqa: E402
     rel_err,
 )
 
-TOL = {None: 1e-4, torch.bfloat16: 5e-2}
+# The harness's own bounds against eager: fp32, and bf16 autocast.
+TOL = {None: precision("fp32").tolerance, torch.bfloat16: precision("amp-bf16").tolerance}
 
 
 @dataclass(frozen=True)

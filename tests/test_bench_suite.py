@@ -10,13 +10,15 @@ import pytest
 
 from bench.results import load_results
 from bench.runner import group_rows
-from bench.suite import FULL, comparison_models, main, suite_specs
+from bench.suite import FULL, main, suite_specs
+
+import zoo
 
 HEAD = {"rmt_s", "swin_t", "maxvit_t", "internimage_t"}
 
 
 def test_full_suite_plan_runs_in_priority_order():
-    models = comparison_models()
+    models = zoo.comparison_models()
     assert len(models) == 14 and not [m for m in models if m.endswith("_tl")]
     specs = suite_specs(FULL)
     assert {s.model for s in specs} == set(models) and all(s.device == "cuda" for s in specs)
