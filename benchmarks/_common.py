@@ -106,10 +106,12 @@ def official_and_ours(official: types.ModuleType, name: str, arch: dict | None =
     return theirs, ours
 
 
-def ratios(median: dict[str, float]) -> dict[str, float]:
-    """Throughput ratios of ours to the official code (and to the reference path), for the paths present."""
+def ratios(median: dict[str, float], peers: tuple[str, ...] = ()) -> dict[str, float]:
+    """Throughput ratios of ours to the official code (and to the reference path, and to each peer model eager and
+    compiled), for the paths present."""
     pairs = [("ours eager", "official eager"), ("ours compiled", "official compiled"), ("ours eager", "reference path"),
-             ("official eager", "reference path")]  # fmt: skip
+             ("official eager", "reference path"), ("ours eager", "ours eager (sdpa)")]  # fmt: skip
+    pairs += [(f"ours {how}", f"{peer} {how}") for peer in peers for how in ("eager", "compiled")]
     return {f"{a} / {b}": median[a] / median[b] for a, b in pairs if a in median and b in median}
 
 
@@ -168,7 +170,9 @@ def first_calls(paths: list[Timed]) -> tuple[list[Timed], dict[str, torch.Tensor
     with torch.inference_mode():
         for p in paths:
             try:
-                outs[p.label] = p.call()
+                out = p.call()
+                # a copy: the next call of a CUDA-graph path (mode="reduce-overhead") overwrites its output
+                outs[p.label] = out.clone() if isinstance(out, torch.Tensor) else out
             except Exception as exc:  # any failure of this path is reported in the results, not raised
                 lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
                 failed[p.label] = f"{type(exc).__name__}: {' '.join(lines[:2])}"

@@ -1,21 +1,26 @@
 """RMT on a GPU against the official qhfan/RMT code, same weights, interleaved in one process.
 
-    python benchmarks/rmt_gpu.py --official .gl/RMT.py --out OUT              # a CUDA machine (about 3 min, H100)
+    python benchmarks/rmt_gpu.py --official .gl/RMT.py --out OUT              # a CUDA machine (about 6 min, H200)
+    python benchmarks/rmt_gpu.py --official .gl/RMT.py --out OUT --parts latency   # one part only
     python benchmarks/rmt_gpu.py --official .gl/RMT.py --out OUT --rehearse   # CPU, tiny sizes: the plumbing only
 
 rmt_s at 224x224 in two settings: bf16 autocast at batch 256 (throughput) and fp32 at batch 1 (latency). Paths,
-interleaved round by round: official eager, official torch.compile, ours eager (attn_impl="auto": SDPA on a GPU),
-ours torch.compile(fullgraph=True); compiled graphs are static (dynamic=False). The official model's random initial
-weights are loaded into ours (`checkpoint_filter_fn`, strict). Before timing, every path's output is checked
-against the official eager fp32 output on the same input: 1e-4 in fp32, 5e-2 under bf16 autocast (the harness's
-bf16 bound: bf16 keeps 8 significant bits and errors compound over rmt_s's 29 blocks); the official bf16's own error
-is reported beside ours. A path that raises (a compiler bug, say) is reported and left out; the others are timed.
+interleaved round by round: official eager, official torch.compile, ours eager (attn_impl="auto"), ours
+torch.compile(fullgraph=True); compiled graphs are static (dynamic=False), and at batch 1 use CUDA graphs
+(mode="reduce-overhead", both implementations), the usual way to serve batch 1 when launches dominate. The throughput
+setting also times ours eager with attn_impl="sdpa" (what "auto" took on GPUs before SHORT_ROW) and swin_t, eager and
+compiled, timm's own code at equal GMACs. The official model's random initial weights are loaded into ours
+(`checkpoint_filter_fn`, strict). Before timing, every path's output is checked against the eager fp32 output of its
+own code on the same input: 1e-4 in fp32, 5e-2 under bf16 autocast (the harness's bf16 bound: bf16 keeps 8
+significant bits and errors compound over rmt_s's 29 blocks); the official bf16's own error is reported beside ours.
+A path that raises (a compiler bug, say) is reported and left out; the others are timed.
 TF32 is off throughout (cuDNN's default TF32 convolutions alone exceed 1e-4), so fp32 is fp32. Rounds are bracketed
-by synchronisation; medians over rounds. After the first setting: rmt_t as a backbone (features_only) at 800x1344,
+by synchronisation; medians over rounds. Between the two settings (--parts picks among throughput, memory and
+latency, always in that order): rmt_t as a backbone (features_only) at 800x1344,
 batch 1, fp32, the peak of torch.cuda.max_memory_allocated over one forward of ours, of our reference path and of
 the official model (its whole classifier: it has no features_only), each after a warm-up forward, empty_cache and
-reset_peak_memory_stats; and a torch.profiler table of one eager forward of each implementation in the first
-setting (top operators by self CUDA time).
+reset_peak_memory_stats; and a torch.profiler table of one forward of each path of the first setting, compiled ones
+included (top operators by self CUDA time).
 The official RMT.py imports fvcore and einops, which its model does not use: where missing they are stubbed.
 Writes OUT/rmt_gpu.md, OUT/rmt_gpu.json and OUT/rmt_gpu_profile.md, rewritten after each part, so a run stopped
 early keeps what it measured.
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import gc
 import json
 import sys
@@ -60,11 +66,19 @@ from benchmarks._common import (  # noqa: E402
 TOL = {None: precision("fp32").tolerance, torch.bfloat16: precision("amp-bf16").tolerance}
 
 
+# What rmt_gpu.py measures, in this order; --parts picks some (a second call finishes what a first one had no time for).
+PARTS = ("throughput", "memory", "latency")
+
+
 @dataclass(frozen=True)
 class Setting:
+    part: str  # "throughput" or "latency"
     label: str
     batch: int
     autocast: torch.dtype | None  # None: fp32
+    compile_mode: str | None = None  # torch.compile's mode for every compiled path; None: its default
+    attn_impls: tuple[str, ...] = ()  # ours eager with these attn_impls as well as "auto"
+    peers: tuple[str, ...] = ()  # other models (timm's own code) timed eager and compiled beside RMT
 
 
 @dataclass(frozen=True)
@@ -85,14 +99,16 @@ class Config:
 
 GPU = Config(
     device="cuda", model="rmt_s", size=224,
-    settings=(Setting("bf16 autocast", 256, torch.bfloat16), Setting("fp32", 1, None)),
+    settings=(Setting("throughput", "bf16 autocast", 256, torch.bfloat16, attn_impls=("sdpa",), peers=("swin_t",)),
+              Setting("latency", "fp32", 1, None, compile_mode="reduce-overhead")),
     dense_model="rmt_t", dense_size=(800, 1344), rounds=5, min_round_s=0.5, profile_rows=25, compile_backend="inductor",
 )  # fmt: skip
 # CPU, tiny: every step runs, nothing is measured. A one-block-per-stage RMT with both MaSA forms and layer scale;
 # the "eager" compile backend traces the graphs as inductor would get them, without its C++ build.
 REHEARSE = Config(
     device="cpu", model="rmt_t", size=64,
-    settings=(Setting("bf16 autocast", 2, torch.bfloat16), Setting("fp32", 1, None)),
+    settings=(Setting("throughput", "bf16 autocast", 2, torch.bfloat16, attn_impls=("sdpa",), peers=("test_convnext",)),
+              Setting("latency", "fp32", 1, None, compile_mode="reduce-overhead")),
     dense_model="rmt_t", dense_size=(64, 96), rounds=2, min_round_s=0.02, profile_rows=10, compile_backend="eager",
     threads=1,  # the rehearsal machine is shared: threads spin-waiting on busy cores multiply the time
     arch=dict(embed_dims=[16, 32, 48, 64], depths=[1, 1, 1, 1], num_heads=[2, 2, 4, 4], init_values=[2, 2, 2, 2],
@@ -113,33 +129,42 @@ def _under(setting: Setting, device: str, fn: Callable, x: torch.Tensor) -> Call
 
 
 def time_setting(cfg: Config, official, setting: Setting) -> tuple[list[Timed], dict]:
-    """The four paths of one setting, checked against the official eager fp32 output, then timed interleaved."""
+    """The setting's paths, each checked against the eager fp32 output of its own code, then timed interleaved."""
     torch.manual_seed(0)
     x = torch.randn(setting.batch, 3, cfg.size, cfg.size, device=cfg.device)
     theirs, ours = (m.to(cfg.device) for m in official_and_ours(official, cfg.model, cfg.arch))
-    compile_args = dict(backend=cfg.compile_backend, dynamic=False)
+    compile_args = dict(backend=cfg.compile_backend, mode=setting.compile_mode, dynamic=False)
     models = {
         "official eager": theirs,
         "official compiled": torch.compile(theirs, **compile_args),
         "ours eager": ours,
         "ours compiled": torch.compile(ours, fullgraph=True, **compile_args),
     }
+    for impl in setting.attn_impls:
+        models[f"ours eager ({impl})"] = copy.deepcopy(ours).set_attn_impl(impl)
+    eager_fp32 = {"official": theirs}  # whose eager fp32 output each path is checked against
+    for name in setting.peers:
+        peer = zoo.load(name).eval().to(cfg.device)
+        eager_fp32[name] = models[f"{name} eager"] = peer
+        models[f"{name} compiled"] = torch.compile(peer, **compile_args)
     paths = [Timed(label, _under(setting, cfg.device, m, x)) for label, m in models.items()]
     with torch.inference_mode():
-        ref = theirs(x).float()
+        refs = {owner: m(x).float() for owner, m in eager_fp32.items()}
     start = time.perf_counter()
     paths, outs, failed = first_calls(paths)
     first_call_s = time.perf_counter() - start
-    errors = {label: rel_err(out.float(), ref) for label, out in outs.items()}
+    owner = lambda label: next((n for n in setting.peers if label.startswith(f"{n} ")), "official")  # noqa: E731
+    errors = {label: rel_err(out.float(), refs[owner(label)]) for label, out in outs.items()}
     tol = TOL[setting.autocast]
     bad = {label: e for label, e in errors.items() if e > tol}
     if bad:
-        raise SystemExit(f"{setting.label}: outputs disagree with the official eager fp32 output beyond {tol}: {bad}.")
+        raise SystemExit(f"{setting.label}: outputs disagree with their code's eager fp32 output beyond {tol}: {bad}.")
     interleaved(paths, setting.batch, cfg.rounds, cfg.min_round_s, cfg.device)
     median = {p.label: p.median for p in paths}
-    row = {"setting": setting.label, "batch": setting.batch, "rounds": cfg.rounds, "tolerance": tol,
-           "rel_err_vs_official_fp32": errors, "failed": failed, "img_s": {p.label: p.img_s for p in paths},
-           "median": median, "ratios": ratios(median), "first_calls_s": first_call_s}  # fmt: skip
+    row = {"part": setting.part, "setting": setting.label, "batch": setting.batch, "rounds": cfg.rounds,
+           "tolerance": tol, "compile_mode": setting.compile_mode or "default", "rel_err_vs_eager_fp32": errors,
+           "failed": failed, "img_s": {p.label: p.img_s for p in paths}, "median": median,
+           "ratios": ratios(median, setting.peers), "first_calls_s": first_call_s}  # fmt: skip
     return paths, row
 
 
@@ -186,7 +211,7 @@ def dense_memory(cfg: Config, official) -> dict:
 
 
 def profile(paths: list[Timed], device: str, top: int) -> tuple[dict[str, list[dict]], dict[str, str]]:
-    """One forward of each eager path under torch.profiler: the top operators by self device (CPU: self CPU) time,
+    """One forward of each path under torch.profiler: the top operators by self device (CPU: self CPU) time,
     as rows and as torch's own table."""
     cuda = torch.device(device).type == "cuda"
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
@@ -219,15 +244,18 @@ def markdown(result: dict) -> str:
     ]
     for row in result["settings"]:
         lines += [
-            f"## {row['setting']}, batch {row['batch']} ({row['rounds']} rounds)",
+            f"## {row['setting']}, batch {row['batch']} ({row['rounds']} rounds; torch.compile mode "
+            f"{row['compile_mode']})",
             "",
-            f"| path | img/s (median) | min | max | rel. err vs official eager fp32 (bound {row['tolerance']:g}) |",
-            "|---|---|---|---|---|",
+            f"| path | img/s (median) | min | max | ms per batch (median) | rel. err vs its code's eager fp32 "
+            f"(bound {row['tolerance']:g}) |",
+            "|---|---|---|---|---|---|",
         ]
+        errors = row["rel_err_vs_eager_fp32"]
         for label, rates in row["img_s"].items():
             stats = (row["median"][label], min(rates), max(rates))
             lines.append(f"| {label} | " + " | ".join(f"{v:.1f}" for v in stats) +
-                         f" | {row['rel_err_vs_official_fp32'][label]:.1e} |")  # fmt: skip
+                         f" | {1e3 * row['batch'] / stats[0]:.2f} | {errors[label]:.1e} |")  # fmt: skip
         lines += ["", "Ratios of medians: " + ", ".join(f"{k} **{v:.2f}x**" for k, v in row["ratios"].items()), ""]
         lines += [f"First call of each path (compiles included): {row['first_calls_s']:.0f} s in all", ""]
         lines += failed_lines(row["failed"])
@@ -245,7 +273,7 @@ def markdown(result: dict) -> str:
         errors = ", ".join(f"{e:.1e}" for e in dense["rel_err_ours_vs_reference"])
         lines += ["", f"Ours against the reference path, per stage: {errors}", ""]
     if "profile" in result:
-        lines += [f"Operator profiles of one eager forward per implementation: `{result['profile_file']}`", ""]
+        lines += [f"Operator profiles of one forward per path of the first setting: `{result['profile_file']}`", ""]
     return "\n".join(lines)
 
 
@@ -254,7 +282,8 @@ def write(result: dict, tables: dict[str, str], out: Path) -> None:
     (out / "rmt_gpu.md").write_text(markdown(result) + "\n")
     if tables:
         sections = [f"## {label}\n\n```\n{table}\n```\n" for label, table in tables.items()]
-        title = f"# One eager forward per implementation, {result['settings'][0]['setting']}, torch.profiler\n\n"
+        label = next(row["setting"] for row in result["settings"] if row["part"] == "throughput")
+        title = f"# One forward per path, {label}, torch.profiler\n\n"
         (out / result["profile_file"]).write_text(title + "\n".join(sections))
 
 
@@ -263,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--official", type=Path, required=True, help="qhfan/RMT's classfication_release/RMT.py")
     ap.add_argument("--out", type=Path, required=True, help="folder for rmt_gpu.md, rmt_gpu.json, rmt_gpu_profile.md")
     ap.add_argument("--rehearse", action="store_true", help="CPU, tiny sizes, few rounds: checks the plumbing only")
+    ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                    help="what to measure (always in the order throughput, memory, latency); default: all")  # fmt: skip
     args = ap.parse_args(argv)
     cfg = REHEARSE if args.rehearse else GPU
     if cfg.device == "cuda" and not torch.cuda.is_available():
@@ -277,23 +308,22 @@ def main(argv: list[str] | None = None) -> int:
               "official": official_note(args.official, stubbed), "model": cfg.model, "size": cfg.size,
               "settings": [], "profile_file": "rmt_gpu_profile.md"}  # fmt: skip
     tables: dict[str, str] = {}
-    for i, setting in enumerate(cfg.settings):
+    # the backbone's memory second: eager and quick, so a run stopped in the latency setting's compiles still has it
+    for part in (p for p in PARTS if p in args.parts):
         start = time.perf_counter()
-        paths, row = time_setting(cfg, official, setting)
-        result["settings"].append(row)
-        if i == 0:
-            eager = [p for p in paths if p.label.endswith("eager")]
-            result["profile"], tables = profile(eager, cfg.device, cfg.profile_rows)
-            del eager
-        del paths  # frees this setting's models before the next part's memory is measured
-        write(result, tables, args.out)
-        print(f"{setting.label}: {json.dumps(row['ratios'])} ({time.perf_counter() - start:.0f} s)", flush=True)
-        if i == 0:  # the backbone next: eager and quick, so a run stopped in a later setting's compiles still has it
-            start = time.perf_counter()
+        if part == "memory":
             result["dense"] = dense_memory(cfg, official)
-            write(result, tables, args.out)
-            summary = json.dumps(result["dense"]["paths"])
-            print(f"backbone memory: {summary} ({time.perf_counter() - start:.0f} s)", flush=True)
+            summary = result["dense"]["paths"]
+        else:
+            setting = next(s for s in cfg.settings if s.part == part)
+            paths, row = time_setting(cfg, official, setting)
+            result["settings"].append(row)
+            if part == "throughput":
+                result["profile"], tables = profile(paths, cfg.device, cfg.profile_rows)
+            del paths  # frees this setting's models before the next part's memory is measured
+            summary = row["ratios"]
+        write(result, tables, args.out)
+        print(f"{part}: {json.dumps(summary)} ({time.perf_counter() - start:.0f} s)", flush=True)
     return 0
 
 

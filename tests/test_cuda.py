@@ -52,6 +52,19 @@ def test_rmt_paths_match_reference_fp32(impl):
         assert rel_err(model(x), reference(x)) <= TOL
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_rmt_auto_takes_both_kernels_by_row_length(dtype):
+    """An input whose first stage has rows longer than SHORT_ROW: "auto" runs those on SDPA and every shorter row
+    (columns, later stages) on matmul-softmax, in one forward."""
+    model, reference, _ = _rmt_pair("auto")
+    x = torch.randn(1, 3, 64, 4 * (rmt.SHORT_ROW + 8), device="cuda")  # stage 1: 16 x 72 tokens
+    with torch.no_grad():
+        ref = reference(x)
+        with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+            out = model(x)
+    assert rel_err(out.float(), ref) <= LOW_TOL.get(dtype, TOL)
+
+
 @pytest.mark.parametrize("dtype", LOW, ids=str)
 @pytest.mark.parametrize("impl", ["sdpa", "matmul"])
 def test_rmt_paths_under_autocast(impl, dtype):

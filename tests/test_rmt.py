@@ -339,3 +339,35 @@ def test_training_checkpoint_with_args_and_plain_weights_for_rmt_t(fixture, tmp_
     with torch.no_grad():
         assert rel_err(model(fx.input), fx.logits) <= TOL
     assert zoo.load("rmt_s", pretrained=_save_pth(tmp_path, ckpt), **fx.config).load_report.entry == "model_ema"
+
+
+@pytest.mark.parametrize(
+    "device, size, chunkwise, calls",
+    [
+        ("meta", (5, 7), True, [("matmul", 7), ("matmul", 5)]),  # a GPU-like device, rows then columns: short
+        ("meta", (5, 7), False, [("matmul", 35)]),  # whole image of 35 keys: still short
+        ("meta", (9, 8), False, [("sdpa", 72)]),  # whole image of 72 keys: SDPA
+        ("meta", (3, 80), True, [("sdpa", 80), ("matmul", 3)]),  # rows of 80 keys: SDPA; columns of 3: matmul
+        ("cpu", (9, 8), False, [("matmul", 72)]),  # CPU eager: matmul-softmax at any length
+    ],
+)
+def test_auto_attention_kernel_by_device_and_row_length(monkeypatch, device, size, chunkwise, calls):
+    """The "auto" kernel choice: batched matmul-softmax for rows of at most SHORT_ROW keys on every device, SDPA for
+    longer rows off the CPU; the (kernel, keys) of each attention call are recorded."""
+    seen = []
+
+    def recording(kernel: str, real):
+        def attend(q, k, v, bias):
+            seen.append((kernel, k.shape[-2]))
+            return real(q, k, v, bias)
+
+        return attend
+
+    monkeypatch.setattr(rmt, "_sdpa", recording("sdpa", rmt._sdpa))
+    monkeypatch.setattr(rmt, "_matmul_softmax", recording("matmul", rmt._matmul_softmax))
+    relpos = rmt.DecayPosition(32, 4, 2, 4, chunkwise).to(device)
+    masa = rmt.ManhattanSelfAttention(32, 4, chunkwise).eval().to(device)
+    x = torch.randn(1, *size, 32, device=device)
+    with torch.no_grad():
+        masa(x, relpos(*size, x.dtype), relpos.decay)
+    assert rmt.SHORT_ROW == 64 and seen == calls

@@ -7,8 +7,9 @@ from the official q/k/v projections.
 
 Manhattan Self-Attention (MaSA) is softmax(q k^T + D) v with an additive spatial-decay bias D, so any attention
 kernel that takes an additive mask computes it. `attn_impl="auto"` takes batched matmul-softmax on CPU (faster there
-in eager mode; compiled whole-image stages take SDPA) and `scaled_dot_product_attention` with D as the mask on other
-devices; "matmul", "sdpa" and "flex" (FlexAttention, D computed inside the kernel) choose one. Position tables and
+in eager mode; compiled whole-image stages take SDPA) and, on other devices, for rows of at most SHORT_ROW keys;
+longer rows take `scaled_dot_product_attention` with D as the mask, which never holds the scores in memory.
+"matmul", "sdpa" and "flex" (FlexAttention, D computed inside the kernel) choose one. Position tables and
 masks are cached per stage, grid size, dtype and device, in one least-recently-used cache per model bounded by
 POSITION_CACHE_BYTES; the whole-image form switches to query blocks with masks built block by block when a full
 (HW)^2 mask would be large. `attn_impl="reference"` keeps a plain path written like the official code (masks
@@ -55,6 +56,11 @@ MAX_MASK_ELEMS = 1 << 24
 # What one model keeps of its position tables and masks: every stage's at any one input size up to dense-prediction
 # sizes (rmt_t: 47 MiB at 512x512, 44 MiB at 800x1344, 3.3 MiB at 224x224).
 POSITION_CACHE_BYTES = 64 << 20
+# Attention rows of at most this many keys take batched matmul-softmax under "auto" on GPUs too: every row at
+# classification sizes (7..56 tokens). On an H200 at batch 256 (bf16), SDPA's kernel took 40.5 ms of a 109 ms
+# forward on rmt_s's 54 such calls; the official code's matmul and softmax take about 11 ms
+# (results/h200/rmt_gpu_profile.md). Longer rows (dense prediction) keep SDPA, which holds no L x L scores.
+SHORT_ROW = 64
 
 
 def _rotate_pairs(x: torch.Tensor) -> torch.Tensor:
@@ -234,6 +240,15 @@ def _matmul_softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: tor
     return torch.matmul(torch.softmax(scores, -1), v)
 
 
+def _auto_matmul(device: torch.device, keys: int, width: int) -> bool:
+    """Whether "auto" takes matmul-softmax. On CPU it beats SDPA's kernels in eager mode, and under torch.compile
+    at the short rows and columns of the decomposed form (width 0); compiled whole-image stages are faster on SDPA
+    (benchmarks/rmt_cpu.py, "ours compiled"). Elsewhere: short rows only (SHORT_ROW)."""
+    if device.type == "cpu":
+        return width == 0 or not torch.compiler.is_compiling()
+    return keys <= SHORT_ROW
+
+
 def _decayed_softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """softmax(q k^T + bias) v spelled out, with k already scaled, as the official code computes it."""
     return torch.softmax(q @ k.transpose(-1, -2) + bias, -1) @ v
@@ -360,11 +375,7 @@ class ManhattanSelfAttention(nn.Module):
     def _attend(self, q, k, v, bias, decay, width: int) -> torch.Tensor:
         if self.attn_impl == "flex":
             return _flex(q, k, v, decay.to(q.dtype), width)
-        # On CPU, batched matmul-softmax beats SDPA's kernels in eager mode, and under torch.compile at the short
-        # rows and columns of the decomposed form (width 0); compiled whole-image stages are faster on SDPA
-        # (benchmarks/rmt_cpu.py, "ours compiled"). On GPUs SDPA's fused kernels take over.
-        cpu_matmul = q.device.type == "cpu" and (width == 0 or not torch.compiler.is_compiling())
-        if self.attn_impl == "matmul" or (self.attn_impl == "auto" and cpu_matmul):
+        if self.attn_impl == "matmul" or (self.attn_impl == "auto" and _auto_matmul(q.device, k.shape[-2], width)):
             return _matmul_softmax(q, k, v, bias)
         return _sdpa(q, k, v, bias)
 
@@ -616,7 +627,7 @@ class RMT(StagedModel):
             nn.init.zeros_(m.bias)
 
     def set_attn_impl(self, attn_impl: str) -> "RMT":
-        """Switch every MaSA between "auto" (matmul-softmax on CPU except compiled whole-image stages, SDPA elsewhere),
+        """Switch every MaSA between "auto" (matmul-softmax for short rows and on CPU, SDPA otherwise; `_auto_matmul`),
         "matmul" (always batched matmul-softmax), "sdpa", "flex" (FlexAttention, compiled; meant for CUDA) and
         "reference" (official-shaped, the test oracle)."""
         if attn_impl not in ATTN_IMPLS:
