@@ -57,8 +57,8 @@ MAX_MASK_ELEMS = 1 << 24
 # sizes (rmt_t: 47 MiB at 512x512, 44 MiB at 800x1344, 3.3 MiB at 224x224).
 POSITION_CACHE_BYTES = 64 << 20
 # Attention rows of at most this many keys take batched matmul-softmax under "auto" on GPUs too: every row at
-# classification sizes (7..56 tokens). On an H200 at batch 256 (bf16), SDPA's kernel took 40.5 ms of a 109 ms
-# forward on rmt_s's 54 such calls; the official code's matmul and softmax take about 11 ms
+# classification sizes (7..56 tokens). On an H200 at batch 256 (bf16), SDPA's kernel took 40.5 ms of 109 ms of
+# CUDA time on rmt_s's 54 such calls; the official code's bmm and softmax kernels for them take 11.3 ms
 # (results/h200/rmt_gpu_profile.md). Longer rows (dense prediction) keep SDPA, which holds no L x L scores.
 SHORT_ROW = 64
 
@@ -627,7 +627,7 @@ class RMT(StagedModel):
             nn.init.zeros_(m.bias)
 
     def set_attn_impl(self, attn_impl: str) -> "RMT":
-        """Switch every MaSA between "auto" (matmul-softmax for short rows and on CPU, SDPA otherwise; `_auto_matmul`),
+        """Switch every MaSA between "auto" (matmul-softmax or SDPA by device and row length: `_auto_matmul`),
         "matmul" (always batched matmul-softmax), "sdpa", "flex" (FlexAttention, compiled; meant for CUDA) and
         "reference" (official-shaped, the test oracle)."""
         if attn_impl not in ATTN_IMPLS:
