@@ -106,8 +106,7 @@ missing_parts() {  # the parts of the official comparison that the first call's 
     "$PY" - "$WORK/rmt_gpu_first.json" <<'EOF'
 import json, sys
 result = json.load(open(sys.argv[1]))
-done = {row["part"] for row in result["settings"]} | ({"memory"} if "dense" in result else set())
-print(" ".join(part for part in ("throughput", "memory", "latency") if part not in done))
+print(" ".join(part for part in result["parts_asked"] if part not in result["parts_done"]))
 EOF
 }
 

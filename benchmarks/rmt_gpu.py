@@ -1,6 +1,6 @@
 """RMT on a GPU against the official qhfan/RMT code, same weights, interleaved in one process.
 
-    python benchmarks/rmt_gpu.py --official .gl/RMT.py --out OUT              # a CUDA machine (about 6 min, H200)
+    python benchmarks/rmt_gpu.py --official .gl/RMT.py --out OUT   # a CUDA machine (H200: about 6 min, estimated)
     python benchmarks/rmt_gpu.py --official .gl/RMT.py --out OUT --parts latency   # one part only
     python benchmarks/rmt_gpu.py --official .gl/RMT.py --out OUT --rehearse   # CPU, tiny sizes: the plumbing only
 
@@ -16,11 +16,11 @@ significant bits and errors compound over rmt_s's 29 blocks); the official bf16'
 A path that raises (a compiler bug, say) is reported and left out; the others are timed.
 TF32 is off throughout (cuDNN's default TF32 convolutions alone exceed 1e-4), so fp32 is fp32. Rounds are bracketed
 by synchronisation; medians over rounds. Between the two settings (--parts picks among throughput, memory and
-latency, always in that order): rmt_t as a backbone (features_only) at 800x1344,
-batch 1, fp32, the peak of torch.cuda.max_memory_allocated over one forward of ours, of our reference path and of
-the official model (its whole classifier: it has no features_only), each after a warm-up forward, empty_cache and
-reset_peak_memory_stats; and a torch.profiler table of one forward of each path of the first setting, compiled ones
-included (top operators by self CUDA time).
+latency, always in that order): rmt_t as a backbone (features_only) at 800x1344, batch 1, fp32, the peak of
+torch.cuda.max_memory_allocated over one forward of ours, of our reference path and of the official model (its whole
+classifier: it has no features_only), each after a warm-up forward, empty_cache and reset_peak_memory_stats. And a
+torch.profiler table of one forward of each path of the throughput setting, compiled ones included (top operators by
+self CUDA time).
 The official RMT.py imports fvcore and einops, which its model does not use: where missing they are stubbed.
 Writes OUT/rmt_gpu.md, OUT/rmt_gpu.json and OUT/rmt_gpu_profile.md, rewritten after each part, so a run stopped
 early keeps what it measured.
@@ -142,19 +142,20 @@ def time_setting(cfg: Config, official, setting: Setting) -> tuple[list[Timed], 
     }
     for impl in setting.attn_impls:
         models[f"ours eager ({impl})"] = copy.deepcopy(ours).set_attn_impl(impl)
-    eager_fp32 = {"official": theirs}  # whose eager fp32 output each path is checked against
+    owner = dict.fromkeys(models, "official")  # whose code's eager fp32 output each path is checked against
+    eager_fp32 = {"official": theirs}
     for name in setting.peers:
         peer = zoo.load(name).eval().to(cfg.device)
         eager_fp32[name] = models[f"{name} eager"] = peer
         models[f"{name} compiled"] = torch.compile(peer, **compile_args)
+        owner[f"{name} eager"] = owner[f"{name} compiled"] = name
     paths = [Timed(label, _under(setting, cfg.device, m, x)) for label, m in models.items()]
     with torch.inference_mode():
-        refs = {owner: m(x).float() for owner, m in eager_fp32.items()}
+        refs = {name: m(x).float() for name, m in eager_fp32.items()}
     start = time.perf_counter()
     paths, outs, failed = first_calls(paths)
     first_call_s = time.perf_counter() - start
-    owner = lambda label: next((n for n in setting.peers if label.startswith(f"{n} ")), "official")  # noqa: E731
-    errors = {label: rel_err(out.float(), refs[owner(label)]) for label, out in outs.items()}
+    errors = {label: rel_err(out.float(), refs[owner[label]]) for label, out in outs.items()}
     tol = TOL[setting.autocast]
     bad = {label: e for label, e in errors.items() if e > tol}
     if bad:
@@ -164,7 +165,7 @@ def time_setting(cfg: Config, official, setting: Setting) -> tuple[list[Timed], 
     row = {"part": setting.part, "setting": setting.label, "batch": setting.batch, "rounds": cfg.rounds,
            "tolerance": tol, "compile_mode": setting.compile_mode or "default", "rel_err_vs_eager_fp32": errors,
            "failed": failed, "img_s": {p.label: p.img_s for p in paths}, "median": median,
-           "ratios": ratios(median, setting.peers), "first_calls_s": first_call_s}  # fmt: skip
+           "ratios": ratios(median, setting.peers, setting.attn_impls), "first_calls_s": first_call_s}  # fmt: skip
     return paths, row
 
 
@@ -306,10 +307,11 @@ def main(argv: list[str] | None = None) -> int:
     result = {"command": " ".join(["python", "benchmarks/rmt_gpu.py", *(sys.argv[1:] if argv is None else argv)]),
               "env": {**collect_env(cfg.device), **machine(torch.get_num_threads())}, "numerics": numerics(),
               "official": official_note(args.official, stubbed), "model": cfg.model, "size": cfg.size,
-              "settings": [], "profile_file": "rmt_gpu_profile.md"}  # fmt: skip
+              "parts_asked": [p for p in PARTS if p in args.parts], "parts_done": [], "settings": [],
+              "profile_file": "rmt_gpu_profile.md"}  # fmt: skip
     tables: dict[str, str] = {}
     # the backbone's memory second: eager and quick, so a run stopped in the latency setting's compiles still has it
-    for part in (p for p in PARTS if p in args.parts):
+    for part in result["parts_asked"]:
         start = time.perf_counter()
         if part == "memory":
             result["dense"] = dense_memory(cfg, official)
@@ -322,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
                 result["profile"], tables = profile(paths, cfg.device, cfg.profile_rows)
             del paths  # frees this setting's models before the next part's memory is measured
             summary = row["ratios"]
+        result["parts_done"].append(part)
         write(result, tables, args.out)
         print(f"{part}: {json.dumps(summary)} ({time.perf_counter() - start:.0f} s)", flush=True)
     return 0
