@@ -52,6 +52,10 @@ from .results import iter_results, latest_rows, result_files
 from .spec import MODES, RANDOM_INIT, RowSpec, Settings
 
 DEFAULTS = Settings()
+PUSH_MOVED = (
+    "upload results with `python -m hub push-results RESULTS... --repo ORG/NAME` (--dry-run, --private, --token as "
+    "before), so that the harness does not depend on the Hub tooling above it"
+)
 DEFAULT_RESULTS = "bench_results/results.jsonl"
 
 # `python bench.py` with no arguments: a small CPU comparison that finishes in a few minutes. One thread, because
@@ -150,8 +154,7 @@ def _add_table_options(p: argparse.ArgumentParser) -> None:
         "--columns",
         nargs="+",
         metavar="NAME",
-        choices=[*BY_NAME, "all"],
-        help=f"table columns ({', '.join(BY_NAME)}), or all; CSV keeps every field",
+        help=f"table columns, shown as asked ({', '.join(BY_NAME)}), or all that have values; CSV keeps every field",
     )
 
 
@@ -255,15 +258,12 @@ def _report_parser() -> argparse.ArgumentParser:
     _add_table_options(p)
     p.add_argument("--plot", metavar="PNG", help="save accuracy vs throughput (png, pdf or svg)")
     p.add_argument("--all", action="store_true", help="every row, not only the newest per measurement")
-    hub = p.add_argument_group("results on the Hugging Face Hub")
-    hub.add_argument(
-        "--push-to-hub", metavar="ORG/NAME", help="upload the rows, tables, plot and a dataset card as a dataset repo"
-    )
-    hub.add_argument(
-        "--dry-run", action="store_true", help="with --push-to-hub: list what would be uploaded where, upload nothing"
-    )
-    hub.add_argument("--private", action="store_true", help="with --push-to-hub: create the dataset repo private")
-    hub.add_argument("--token", help="with --push-to-hub: Hub token (default: HF_TOKEN or `hf auth login`'s)")
+    # Moved to `python -m hub push-results` (the harness does not import the Hub tooling); still parsed, so the old
+    # command gets the sentence that says where it went rather than "unrecognized arguments".
+    p.add_argument("--push-to-hub", metavar="ORG/NAME", help=f"moved: {PUSH_MOVED}")
+    for flag in ("--dry-run", "--private"):
+        p.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--token", help=argparse.SUPPRESS)
     return p
 
 
@@ -394,9 +394,18 @@ def _check_plot_format(path: str) -> None:
         )
 
 
+def check_columns(names: list[str] | None) -> None:
+    """`--columns` names, checked against the table's columns (trackers' included) before anything runs."""
+    try:
+        select_columns(names)
+    except ValueError as exc:
+        raise UsageError(f"--columns: {exc}") from None
+
+
 def parse_run_args(argv: Sequence[str]) -> argparse.Namespace:
     """Parse and validate; every problem becomes a UsageError with one sentence."""
     args = build_parser().parse_args(argv)
+    check_columns(args.columns)
     if args.preset is None and args.models is None and args.model_list is None:
         args.preset = "quick"
     for key, value in PRESETS.get(args.preset, {}).items():
@@ -530,6 +539,8 @@ def run_main(argv: Sequence[str]) -> int:
 
 def report_main(argv: Sequence[str]) -> int:
     args = _report_parser().parse_args(argv)
+    if args.push_to_hub or args.dry_run or args.private or args.token:
+        raise UsageError(f"--push-to-hub moved: {PUSH_MOVED}.")
     for path in args.results:
         if os.path.isdir(path):
             raise UsageError(f"Results file {path!r} is a folder; give the results .jsonl file in it.")
@@ -537,22 +548,12 @@ def report_main(argv: Sequence[str]) -> int:
             raise UsageError(
                 f"Results file {path!r} does not exist{' (nor any shard of it)' if not os.path.lexists(path) else ''}."
             )
-    if (args.dry_run or args.private or args.token) and not args.push_to_hub:
-        raise UsageError("--dry-run, --private and --token go with --push-to-hub ORG/NAME.")
-    if args.push_to_hub:
-        from hub.publish import PublishError, check_repo_id
-
-        try:
-            check_repo_id(args.push_to_hub)
-        except PublishError as exc:
-            raise UsageError(str(exc)) from None
     check_outputs({"--plot": args.plot}, {f"RESULTS {p}": p for p in args.results})
     if args.plot:
         _check_plot_format(args.plot)
-    select_columns(args.columns)
-    keep = (lambda r: r) if args.push_to_hub else slim  # an upload carries whole rows
+    check_columns(args.columns)
     try:
-        rows = (keep(r) for path in args.results for r in iter_results(path))
+        rows = (slim(r) for path in args.results for r in iter_results(path))
         rows = table_order(list(rows) if args.all else latest_rows(rows))
     except OSError as exc:
         raise UsageError(f"A results file cannot be read ({exc.strerror or exc}: {exc.filename}).") from None
@@ -560,25 +561,6 @@ def report_main(argv: Sequence[str]) -> int:
         names = " and ".join(repr(p) for p in args.results)
         raise UsageError(f"Results file {names} holds no benchmark rows.")
     show(rows, args.format, args.plot, args.columns)
-    if args.push_to_hub:
-        from hub.publish import PublishError
-        from hub.results import push_results
-
-        try:
-            emit(
-                push_results(
-                    rows,
-                    args.push_to_hub,
-                    sources=args.results,
-                    dry_run=args.dry_run,
-                    private=args.private,
-                    token=args.token,
-                )
-                + "\n"
-            )
-        except PublishError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_OUTPUT
     return EXIT_OK
 
 

@@ -10,7 +10,7 @@ import functools
 from dataclasses import dataclass
 from typing import Any, Callable
 
-__all__ = ["Column", "get_field"]
+__all__ = ["Column", "KINDS", "get_field", "printable"]
 
 
 @functools.cache
@@ -26,10 +26,27 @@ def get_field(row: dict[str, Any], dotted: str) -> Any:
     return value
 
 
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+
+
+def printable(text: str) -> str:
+    """`text` with control characters (terminal escape sequences, carriage returns, newlines) written as \\xNN, so
+    a results field can never drive the terminal it is printed on."""
+    return text.translate(_CONTROL)
+
+
+KINDS = ("number", "whole", "text", "flag", "mapping", "list")
+
+
 @dataclass(frozen=True)
 class Column:
-    """One field as every output shows it: the terminal/LaTeX header, the row field (the CSV column), the
-    format, and where it has one, timm's CSV name (prefixed infer_/train_ by the row's mode) and rounding."""
+    """One field of a row as every output shows it: the terminal/LaTeX header, the row field (the CSV column), the
+    format, and where it has one, timm's CSV name (prefixed infer_/train_ by the row's mode) and rounding.
+
+    `kind` is what the field holds (one of KINDS; by default "whole" for a "d" format, "number" for any other format,
+    else "text"), `unit` what its numbers count. `table=False`: shown in the CSV only; `csv=False`: kept in the JSON
+    lines only.
+    """
 
     header: str
     field: str
@@ -40,6 +57,16 @@ class Column:
     timm_digits: int | None = None
     always: bool = False  # shown in the terminal even when empty
     id: str = ""  # the name `--columns` takes; the field's last part when not given
+    kind: str = ""
+    unit: str = ""
+    table: bool = True
+    csv: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.kind:
+            object.__setattr__(self, "kind", "whole" if self.fmt.endswith("d") else "number" if self.fmt else "text")
+        if self.kind not in KINDS:
+            raise ValueError(f"Column {self.field!r}: kind {self.kind!r} is not one of {', '.join(KINDS)}.")
 
     @property
     def name(self) -> str:
@@ -55,6 +82,6 @@ class Column:
 
     def cell(self, row: dict[str, Any]) -> str:
         if self.label is not None:
-            return self.label(row)
+            return printable(self.label(row))
         value = self.value(row)
-        return "" if value is None or value == [] else format(value, self.fmt)
+        return "" if value is None or value == [] else printable(format(value, self.fmt))

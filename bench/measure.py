@@ -1,8 +1,10 @@
 """Measurements, as trackers around the timed loop: latency, peak memory and energy.
 
 A tracker says how its value is taken (`start`/`stop` around its scope), what it adds to the row (`fields`) and
-how tables show it (`columns`). The worker runs every tracker in `TRACKERS` on every row and the report reads their
-columns, so a new measurement is one class here plus its tests.
+what those fields are (`columns`: every field it writes, with its kind and unit, shown in tables or CSV-only). The
+worker runs every tracker in `TRACKERS` on every row, and the row schema (bench/schema.py) joins their columns in, so
+the store validates, and the tables, CSVs and cards show, a new measurement with no other edit: one class here plus
+its tests.
 """
 
 from __future__ import annotations
@@ -130,13 +132,16 @@ class Latency(Tracker):
     """Step latency percentiles (CUDA events on a GPU, perf_counter on CPU) and throughput from the loop's wall time."""
 
     columns = (
-        Column("mean ms", "latency_ms.mean", ".2f", id="mean", timm="step_time", timm_digits=3),
-        Column("p50 ms", "latency_ms.p50", ".2f", id="p50"),
-        Column("p90 ms", "latency_ms.p90", ".2f", id="p90"),
-        Column("p95 ms", "latency_ms.p95", ".2f", id="p95"),
-        Column("p99 ms", "latency_ms.p99", ".2f", id="p99"),
-        Column("std ms", "latency_ms.std", ".2f", id="std"),
-        Column("img/s", "throughput_ips", ".1f", id="img_s", timm="samples_per_sec", timm_digits=2),
+        Column("mean ms", "latency_ms.mean", ".2f", id="mean", unit="ms", timm="step_time", timm_digits=3),
+        Column("p50 ms", "latency_ms.p50", ".2f", id="p50", unit="ms"),
+        Column("p90 ms", "latency_ms.p90", ".2f", id="p90", unit="ms"),
+        Column("p95 ms", "latency_ms.p95", ".2f", id="p95", unit="ms"),
+        Column("p99 ms", "latency_ms.p99", ".2f", id="p99", unit="ms"),
+        Column("std ms", "latency_ms.std", ".2f", id="std", unit="ms"),
+        Column("img/s", "throughput_ips", ".1f", id="img_s", timm="samples_per_sec", timm_digits=2, unit="images/s"),
+        Column("", "latency_ms.min", ".2f", unit="ms", table=False),
+        Column("", "latency_ms", kind="mapping", table=False, csv=False),  # its statistics are the fields above
+        Column("", "times_ms", kind="list", unit="ms", table=False, csv=False),  # per step; the CSV has statistics
     )
 
     def fields(self, loop: Loop) -> dict[str, Any]:
@@ -167,7 +172,11 @@ class Memory(Tracker):
     """
 
     scope = "row"
-    columns = (Column("peak MB", "peak_mem_mb", ".0f", id="peak_mb"),)
+    columns = (
+        Column("peak MB", "peak_mem_mb", ".0f", id="peak_mb", unit="MiB"),
+        Column("", "peak_mem_reserved_mb", ".0f", unit="MiB", table=False),
+        Column("", "peak_mem_kind", kind="text", table=False),
+    )
 
     def start(self) -> None:
         self.scope_label = "row"
@@ -202,7 +211,12 @@ class Energy(Tracker):
     """Joules per image and average watts on NVIDIA GPUs, from NVML's total-energy counter (nvidia-ml-py) read
     before and after the timed steps; absent, with the reason, elsewhere."""
 
-    columns = (Column("J/img", "energy_j_per_img", ".3g", id="j_img"), Column("W", "power_w", ".0f", id="watts"))
+    columns = (
+        Column("J/img", "energy_j_per_img", ".3g", id="j_img", unit="J"),
+        Column("W", "power_w", ".0f", id="watts", unit="W"),
+        Column("", "energy_j", ".4g", unit="J", table=False),
+        Column("", "energy_note", kind="text", table=False),
+    )
 
     def __init__(self, device: str):
         super().__init__(device)

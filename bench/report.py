@@ -7,21 +7,26 @@ import io
 import json
 import math
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import tabulate as tabulate_module
 from tabulate import tabulate, tabulate_formats
 
 from .backends import options_label
-from .columns import Column, get_field
-from .measure import TRACKERS
+from .columns import Column, get_field, printable
+from .schema import NOTES, csv_fields, row_schema, table_columns
 from .spec import KEY_DEFAULTS, STATUSES, backend_options
 
 __all__ = [
     "FORMATS",
     "TERMINAL_FORMAT",
     "COLUMNS",
+    "BY_NAME",
+    "STATUS",
+    "columns",
+    "by_name",
     "DEFAULT_COLUMNS",
     "select_columns",
     "slim",
@@ -54,32 +59,42 @@ def _input_label(row: dict[str, Any]) -> str:
     return f"{h}x{w}" + (" feat" if row.get("features_only") else "")
 
 
-_IDENTITY = (
-    Column("model", "model", always=True),
-    Column("mode", "mode", label=lambda r: r.get("mode", "infer")),
-    Column("backend", "backend", label=_backend_label, always=True),
-    Column("precision", "precision", label=_precision_label, always=True),
-    Column("batch", "batch_size", "d", timm="batch_size", always=True, id="batch"),
-    Column("input", "input_size", label=_input_label, always=True, id="input"),
-    Column(
-        "device",
-        "env.device_name",
-        id="device",
-        label=lambda r: get_field(r, "env.device_name") or r.get("device") or "",
-    ),
-    Column("params (M)", "params", ".2f", scale=1e-6),
-    Column("GMACs", "gmacs", ".2f", timm="gmacs", timm_digits=2),
-)
-_RESULTS = (
-    Column("compile s", "compile_s", ".1f"),
-    Column("breaks", "graph_breaks", "d"),
-    Column("vs eager", "diff_vs_eager_rel", ".1e", id="diff"),
-    Column("top-1", "top1", ".2f"),
-    Column("top-5", "top5", ".2f"),
-)
-# Every column, in table order: what identifies a row, then each tracker's measurements, then the rest.
-COLUMNS: tuple[Column, ...] = (*_IDENTITY, *(c for t in TRACKERS for c in t.columns), *_RESULTS)
-BY_NAME = {c.name: c for c in COLUMNS}
+# How identity fields read in a table (the fields themselves are the row schema's, bench/schema.py).
+_LABELS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "mode": lambda r: r.get("mode", "infer"),
+    "backend": _backend_label,
+    "precision": _precision_label,
+    "input": _input_label,
+    "device": lambda r: get_field(r, "env.device_name") or r.get("device") or "",
+}
+
+
+def _status_label(row: dict[str, Any]) -> str:
+    return row.get("status", "error")
+
+
+# Every row has a status; a table shows it last unless `--columns` places it.
+STATUS = Column("status", "status", kind="text", label=_status_label, always=True)
+
+
+def _trackers() -> tuple[type, ...]:
+    from . import measure
+
+    return tuple(measure.TRACKERS)  # read at call time: the trackers the worker runs
+
+
+def columns() -> tuple[Column, ...]:
+    """Every table column, in table order: what identifies a row, each tracker's measurements, then the rest."""
+    return tuple(replace(c, label=_LABELS[c.name]) if c.name in _LABELS else c for c in table_columns(_trackers()))
+
+
+def by_name() -> dict[str, Column]:
+    """Table columns by the name `--columns` takes."""
+    return {c.name: c for c in (*columns(), STATUS)}
+
+
+COLUMNS = columns()  # the table columns of the trackers this module was imported with
+BY_NAME = by_name()
 # The terminal's default: what a reader compares, within 120 characters; `--columns` picks others, `all` every one.
 DEFAULT_COLUMNS = (
     "model",
@@ -96,46 +111,19 @@ DEFAULT_COLUMNS = (
     "diff",
     "top1",
 )
-# CSV keeps every measurement and what it needs to be read: the columns above plus these.
-_CSV_EXTRA = (
-    "backend_options",
-    "features_only",
-    "channels_last",
-    "tf32",
-    "device",
-    "status",
-    "reason",
-    "gmacs_torch",
-    "diff_vs_eager_max_abs",
-    "peak_mem_reserved_mb",
-    "energy_note",
-    "float32_matmul_precision",
-    "cudnn_benchmark",
-    "weights",
-    "threads",
-    "data",
-    "eval_samples",
-    "eval_skipped",
-    "schema_version",
-    "timestamp",
-)
 
 
-_NOTES = ("reason", "flops_error", "accuracy_error", "accuracy_note")
-# Every top-level field some output of this module reads (and what keys a row, old schemas included).
-_READ = frozenset(
-    {c.field.split(".")[0] for c in COLUMNS}
-    | set(_CSV_EXTRA)
-    | set(KEY_DEFAULTS)
-    | set(_NOTES)
-    | {"compile_mode", "status"}
-) - {"env"}
+def _read() -> frozenset[str]:
+    """Every top-level field some output of this module reads (and what keys a row, old schemas included)."""
+    fields = {c.field.split(".")[0] for c in row_schema(_trackers()) if c.csv}
+    return frozenset(fields | set(KEY_DEFAULTS) | set(NOTES) | {"compile_mode", "status"}) - {"env"}
 
 
 def slim(row: dict[str, Any]) -> dict[str, Any]:
     """The part of a row the tables, CSVs and plot read (env reduced to its device name): a report over a large
     file holds a few hundred bytes per row, not the raw step times and environment of each."""
-    kept = {k: row[k] for k in _READ if k in row}
+    read = _read()
+    kept = {k: row[k] for k in read if k in row}
     if "env" in row:
         kept["env"] = {"device_name": get_field(row, "env.device_name")}
     return kept
@@ -145,12 +133,14 @@ def _csv_value(value: Any) -> Any:
     if isinstance(value, list):
         return "x".join(map(str, value))
     if isinstance(value, dict):
-        return json.dumps(value, sort_keys=True) if value else ""
+        return printable(json.dumps(value, sort_keys=True)) if value else ""
+    if isinstance(value, str):
+        return printable(value)
     return "" if value is None else value
 
 
 def _csv(rows: list[dict[str, Any]]) -> str:
-    fields = [c.field for c in COLUMNS] + list(_CSV_EXTRA)
+    fields = csv_fields(_trackers())
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(fields)
@@ -180,7 +170,7 @@ def timm_csv(rows: Iterable[dict[str, Any]]) -> str:
             },
         )
         line[f"{mode}_img_size"] = row["input_size"][-1]
-        for column in COLUMNS:
+        for column in row_schema(_trackers()):
             value = column.value(row)
             if column.timm and value is not None:
                 line[f"{mode}_{column.timm}"] = (
@@ -223,16 +213,20 @@ def select_columns(names: Iterable[str] | None) -> tuple[Column, ...]:
     """Columns by their `--columns` names ("all": every one); ValueError names an unknown one."""
     names = list(names or DEFAULT_COLUMNS)
     if names == ["all"]:
-        return COLUMNS
-    unknown = [n for n in names if n not in BY_NAME]
+        return columns()
+    known = by_name()
+    unknown = [n for n in names if n not in known]
     if unknown:
-        raise ValueError(f"Unknown column {unknown[0]!r}; choose from {', '.join(BY_NAME)} or all.")
-    return tuple(BY_NAME[n] for n in names)
+        raise ValueError(f"Unknown column {unknown[0]!r}; choose from {', '.join(known)} or all.")
+    return tuple(known[n] for n in names)
 
 
-def _shown(rows: list[dict[str, Any]], columns: tuple[Column, ...]) -> list[Column]:
-    """Of `columns`, those that say something for these rows: the mode only when a row trained, the device only
-    when rows come from more than one machine, others when any row has a value."""
+def _shown(rows: list[dict[str, Any]], columns: tuple[Column, ...], asked: bool) -> list[Column]:
+    """Of `columns`, those to show: every one named with `--columns` (`asked`); otherwise those that say something
+    for these rows: the mode only when a row trained, the device only when rows come from more than one machine,
+    others when any row has a value. The status comes last unless it was placed."""
+    if asked:
+        return [*columns, *([] if STATUS in columns else [STATUS])]
     shown = []
     for column in columns:
         if column.name == "mode":
@@ -243,7 +237,7 @@ def _shown(rows: list[dict[str, Any]], columns: tuple[Column, ...]) -> list[Colu
             keep = column.always or any(column.cell(r) for r in rows)
         if keep:
             shown.append(column)
-    return shown
+    return [*shown, STATUS]
 
 
 def render_table(
@@ -256,16 +250,17 @@ def render_table(
         return _csv(rows)
     if fmt == "timm":
         return timm_csv(rows)
-    shown = _shown(rows, select_columns(columns))
+    asked = columns is not None and list(columns) != ["all"]
+    shown = _shown(rows, select_columns(columns), asked)
     notes: dict[str, int] = {}  # note -> its number
     body = []
     for row in rows:
-        status = row.get("status", "error")
-        note = " ".join(dict.fromkeys(row[k] for k in _NOTES if row.get(k)))
+        cells = [c.cell(row) for c in shown]
+        note = printable(" ".join(dict.fromkeys(row[k] for k in NOTES if row.get(k))))
         if note:
-            status += f" [{notes.setdefault(note, len(notes) + 1)}]"
-        body.append([c.cell(row) for c in shown] + [status])
-    headers = [c.header for c in shown] + ["status"]
+            cells[shown.index(STATUS)] += f" [{notes.setdefault(note, len(notes) + 1)}]"
+        body.append(cells)
+    headers = [c.header for c in shown]
     if fmt == TERMINAL_FORMAT:
         table = _simple(headers, body)
     else:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from .columns import get_field
+from .schema import REQUIRED, checked_fields
 from .spec import SCHEMA_VERSION, row_key
 
 __all__ = [
@@ -30,20 +31,16 @@ __all__ = [
     "SCHEMA_VERSION",
 ]
 
-# What a line must hold, with these types, to be read as a row; anything else is somebody else's line.
-_REQUIRED = {"model": str, "backend": str, "precision": str, "batch_size": int, "input_size": list, "status": str}
-_MAPPINGS = ("latency_ms", "env", "model_kwargs", "backend_options")
-# Fields readers join or print as text (the table's notes, labels and device column).
-_TEXT = ("reason", "flops_error", "accuracy_error", "accuracy_note", "energy_note", "mode", "device", "env.device_name")
-
-
 @functools.cache
-def _numeric_fields() -> tuple[tuple[str, bool], ...]:
-    """The fields the report formats as numbers (every column with a format code), and whether the format takes
-    only whole numbers ("d"): such a field is None or a number of that kind, nothing else."""
-    from .report import COLUMNS
+def _checks(trackers: tuple[type, ...]) -> tuple[tuple[str, str], ...]:
+    """(field, kind) of every schema field whose type a reader relies on."""
+    return tuple((c.field, c.kind) for c in checked_fields(trackers))
 
-    return tuple((c.field, c.fmt.endswith("d")) for c in COLUMNS if c.fmt)
+
+def _trackers() -> tuple[type, ...]:
+    from . import measure  # torch; readers that validate rows format measurements anyway
+
+    return tuple(measure.TRACKERS)
 
 
 def utc_now() -> str:
@@ -54,27 +51,31 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+_KIND_CHECKS = {
+    "number": _is_number,
+    "whole": lambda v: _is_number(v) and isinstance(v, int),
+    "text": lambda v: isinstance(v, str),
+    "mapping": lambda v: isinstance(v, dict),
+}
+
+
 def as_row(line: str) -> dict[str, Any] | None:
     """The row a line holds, or None when it is not a readable row (every field a reader formats is checked)."""
     try:
         row = json.loads(line)
     except ValueError:
         return None
-    if not isinstance(row, dict) or any(not isinstance(row.get(k), t) for k, t in _REQUIRED.items()):
+    if not isinstance(row, dict) or any(not isinstance(row.get(k), t) for k, t in REQUIRED.items()):
         return None
     size = row["input_size"]
     if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in size):
         return None
-    if isinstance(row["batch_size"], bool) or any(
-        row.get(k) is not None and not isinstance(row[k], dict) for k in _MAPPINGS
-    ):
+    if isinstance(row["batch_size"], bool):
         return None
-    for name, whole in _numeric_fields():
+    for name, kind in _checks(_trackers()):
         value = get_field(row, name)
-        if value is not None and not (_is_number(value) and (isinstance(value, int) or not whole)):
+        if value is not None and not _KIND_CHECKS[kind](value):
             return None
-    if any((v := get_field(row, f)) is not None and not isinstance(v, str) for f in _TEXT):
-        return None
     return row
 
 

@@ -1,4 +1,5 @@
-"""`python -m hub {convert,publish,download}`: get RMT's official weights onto the Hub and back.
+"""`python -m hub {convert,publish,download,push-results}`: get RMT's official weights onto the Hub and back, and
+benchmark results up as a dataset repo.
 
 Errors end in one sentence on stderr and exit status 1 (2 for bad arguments), never a traceback.
 """
@@ -9,9 +10,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from zoo import CheckpointError, CheckpointMismatchError, UnknownModelError
-from zoo._hub import REVISION_ENV, WeightsUnavailableError, fetch_weights
-from zoo.rmt import ORG_ENV
+from zoo import (
+    HUB_REVISION_ENV,
+    RMT_HUB_ORG_ENV,
+    CheckpointError,
+    CheckpointMismatchError,
+    UnknownModelError,
+    WeightsUnavailableError,
+    fetch_weights,
+)
 
 from .card import ResultsError
 from .convert import ConversionError, convert
@@ -37,7 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("out_dir", type=Path, help="folder to write (created if missing; must be empty unless --force)")
     c.add_argument("--model", required=True, help="zoo model name, e.g. rmt_s")
     c.add_argument("--results", type=Path, help="benchmark harness results JSONL, for measured numbers on the card")
-    c.add_argument("--org", help=f"Hub organisation the RMT repo will live in (default: ${ORG_ENV} or the zoo's)")
+    c.add_argument(
+        "--org", help=f"Hub organisation the RMT repo will live in (default: ${RMT_HUB_ORG_ENV} or the zoo's)"
+    )
     c.add_argument("--force", action="store_true", help="replace a non-empty OUT_DIR whole (no old file is kept)")
     c.add_argument(
         "--results-dataset", metavar="ORG/NAME", help="dataset repo of the full benchmark, linked from the card"
@@ -53,9 +62,37 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("download", help="fetch a model's weights into the Hub cache and print their path")
     d.add_argument("model")
-    d.add_argument("--revision", help=f"branch, tag or commit (default: ${REVISION_ENV} or main)")
-    d.add_argument("--org", help=f"Hub organisation of the RMT repos (default: ${ORG_ENV} or the zoo's)")
+    d.add_argument("--revision", help=f"branch, tag or commit (default: ${HUB_REVISION_ENV} or main)")
+    d.add_argument("--org", help=f"Hub organisation of the RMT repos (default: ${RMT_HUB_ORG_ENV} or the zoo's)")
+
+    r = sub.add_parser("push-results", help="upload benchmark results (rows, CSV, table, plot, card) as a dataset repo")
+    r.add_argument(
+        "results", nargs="+", metavar="RESULTS", help="results JSONL files (with their shards), read in order"
+    )
+    r.add_argument("--repo", required=True, metavar="ORG/NAME", help="the dataset repo (created if missing)")
+    r.add_argument("--all", action="store_true", help="every row, not only the newest per measurement")
+    r.add_argument("--dry-run", action="store_true", help="list what would be uploaded where, upload nothing")
+    r.add_argument("--private", action="store_true", help="create the dataset repo private")
+    r.add_argument("--token", help="Hub token (default: HF_TOKEN or the one saved by `hf auth login`)")
     return parser
+
+
+def _push_results(args: argparse.Namespace) -> None:
+    """The rows `bench.py report RESULTS...` shows (newest per measurement, table order), uploaded whole."""
+    from bench import latest_rows
+    from bench.report import table_order
+    from bench.results import iter_results, result_files
+
+    from .results import push_results
+
+    check_repo_id(args.repo)
+    for path in args.results:
+        if Path(path).is_dir() or not result_files(path):
+            raise PublishError(f"Results file {path!r} is a folder or does not exist (nor any shard of it).")
+    rows = [row for path in args.results for row in iter_results(path)]
+    rows = table_order(rows if args.all else latest_rows(rows))
+    kept = dict(sources=args.results, dry_run=args.dry_run, private=args.private, token=args.token)
+    print(push_results(rows, args.repo, **kept))
 
 
 def _convert(args: argparse.Namespace) -> None:
@@ -94,7 +131,7 @@ def _download(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    run = {"convert": _convert, "publish": _publish, "download": _download}[args.command]
+    run = {"convert": _convert, "publish": _publish, "download": _download, "push-results": _push_results}[args.command]
     try:
         run(args)
     except _EXPECTED as e:

@@ -47,7 +47,7 @@ def read_results(path: Path, model_name: str) -> list[dict]:
     for row in latest_rows(rows):
         if row.get("model") != model_name or row.get("status") != "ok":
             continue
-        bad = [why for c in _MEASURED if c.fmt and (why := _not_a_number(row, c.field))]
+        bad = [why for c in _MEASURED if c.kind in ("number", "whole") and (why := _not_a_number(row, c.field))]
         if bad:
             left_out.append(", ".join(bad))
         else:

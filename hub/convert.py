@@ -25,8 +25,7 @@ from safetensors.torch import save_file
 import zoo
 from bench.env import git_commit
 from bench.paths import OutputPathError, check_distinct, check_output_path
-from zoo import ModelInfo, read_checkpoint
-from zoo._hub import hub_repo_id
+from zoo import ModelInfo, hub_repo_id, read_checkpoint
 
 from . import __version__
 from .card import read_results, render_card

@@ -26,9 +26,7 @@ from safetensors import SafetensorError, safe_open
 
 import zoo
 from bench.columns import get_field
-from zoo._checkpoint import check_fits
-from zoo._hub import CLIENT_ERRORS
-from zoo.timm_models import _filter_fn
+from zoo import CLIENT_ERRORS, check_fits, timm_checkpoint_filter
 
 from .card import hub_url
 from .convert import CARD, CONFIG, WEIGHTS, file_sha256
@@ -166,7 +164,7 @@ def _check_weights_fit(weights: Path, name: str) -> None:
             state = {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
     except SafetensorError as e:
         raise PublishError(f"{weights} is not a readable safetensors file ({e}).") from None
-    mapping = _filter_fn(model)
+    mapping = timm_checkpoint_filter(model)
     hint = f"config.json names {name} as its architecture; convert again with the model the weights are for."
     check_fits(model, mapping(state, model) if mapping else state, str(weights), hint)
 
@@ -184,7 +182,7 @@ def plan_upload(folder: str | Path, repo_id: str | None = None, private: bool = 
             f"make one with `python -m hub convert --model NAME SRC.pth {folder}`."
         )
     config = _read_config(folder / CONFIG)
-    name, family = config["architecture"], config["family"]
+    name = config["architecture"]
     carded = config["pretrained_cfg"].get("hf_hub_id")
     if repo_id is None and carded is None:
         raise PublishError(f"{folder / CONFIG} names no repo (no pretrained_cfg.hf_hub_id); pass --repo ORG/NAME.")
@@ -202,7 +200,7 @@ def plan_upload(folder: str | Path, repo_id: str | None = None, private: bool = 
         warning = f"The card in {folder} names no repo to load from (config.json has no hf_hub_id); convert again."
     elif repo_id != carded:
         org, repo_name = repo_id.split("/", 1) if "/" in repo_id else ("", repo_id)
-        if family == "rmt" and repo_name == name:
+        if zoo.info(name).hub_org_env and repo_name == name:  # the family's repos live in an organisation of choice
             fix = f"convert again with --org {org} so the card matches"
         else:
             fix = f"zoo.load({name!r}, pretrained=True) will not look in {repo_id}"

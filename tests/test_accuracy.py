@@ -20,7 +20,6 @@ from torchvision.datasets import ImageFolder
 import zoo
 from bench import accuracy
 from bench.accuracy import DataError, check_data_dir, evaluate, list_images
-from test_bench import _brightness_logits, make_image_folder
 
 REPO = Path(__file__).resolve().parents[1]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -52,6 +51,7 @@ def biased_checkpoint(path: Path) -> Path:
     return path
 
 
+@pytest.mark.e2e
 def test_two_ranks_agree_with_one_and_count_every_image_once(tmp_path, capsys):
     data = tmp_path / "data"
     readable = make_uneven_folder(data)
@@ -104,21 +104,23 @@ def test_two_ranks_agree_with_one_and_count_every_image_once(tmp_path, capsys):
 
 @pytest.mark.parametrize("world", [2, 3, 4])
 @pytest.mark.parametrize("max_samples", [None, 5])
-def test_shards_split_the_picked_images_without_padding(tmp_path, monkeypatch, world, max_samples):
+def test_shards_split_the_picked_images_without_padding(
+    tmp_path, monkeypatch, world, max_samples, brightness_logits, make_image_folder
+):
     """Each rank's share, summed, is the one-process result: uneven shards, --max-samples and skips included."""
     data = make_image_folder(tmp_path / "data", per_class=4)
     (data / "a" / "0.png").write_bytes(b"not a png")  # first, so that no simulated rank has it alone
-    one = evaluate(_brightness_logits, "test_vit", (32, 32), str(data), 2, max_samples, lambda t: t)
+    one = evaluate(brightness_logits, "test_vit", (32, 32), str(data), 2, max_samples, lambda t: t)
     monkeypatch.setattr(accuracy, "_over_ranks", lambda counts, first: (counts, first))  # each rank's own counts
     shares = []
     for rank in range(world):
         monkeypatch.setattr(accuracy, "_rank_and_world", lambda rank=rank: (rank, world))
-        shares.append(evaluate(_brightness_logits, "test_vit", (32, 32), str(data), 2, max_samples, lambda t: t))
+        shares.append(evaluate(brightness_logits, "test_vit", (32, 32), str(data), 2, max_samples, lambda t: t))
     assert sum(s["eval_samples"] for s in shares) == one["eval_samples"] == (max_samples or 8) - 1
     assert sum(s["eval_skipped"] for s in shares) == one["eval_skipped"] == 1
 
 
-def test_a_link_loop_counts_each_image_once_under_its_own_class(tmp_path):
+def test_a_link_loop_counts_each_image_once_under_its_own_class(tmp_path, brightness_logits, make_image_folder):
     data = make_image_folder(tmp_path / "data")  # 3 dark images in a, 3 bright in b
     os.symlink("..", data / "a" / "up")  # the data folder itself
     os.symlink(".", data / "b" / "self")
@@ -136,12 +138,12 @@ def test_a_link_loop_counts_each_image_once_under_its_own_class(tmp_path):
         ("b/2.png", 1),
     ]
     assert len(listing.repeats) == 4
-    result = evaluate(_brightness_logits, "test_vit", (32, 32), str(data), 4, None, lambda t: t)
+    result = evaluate(brightness_logits, "test_vit", (32, 32), str(data), 4, None, lambda t: t)
     assert result["eval_samples"] == 6 and result["top1"] == 100.0
     assert result["accuracy_note"].startswith("4 symbolic link(s) in the data folder led to images or folders already")
 
 
-def test_linked_images_outside_the_folder_still_count(tmp_path):
+def test_linked_images_outside_the_folder_still_count(tmp_path, make_image_folder):
     elsewhere = make_image_folder(tmp_path / "elsewhere")
     data = tmp_path / "data"
     data.mkdir()
@@ -160,7 +162,7 @@ def test_linked_images_outside_the_folder_still_count(tmp_path):
     ]
 
 
-def test_listing_follows_image_folder_order_without_links(tmp_path):
+def test_listing_follows_image_folder_order_without_links(tmp_path, make_image_folder):
     """So that --max-samples picks the same images as before links were handled."""
     data = make_image_folder(tmp_path / "data", per_class=2)
     for sub in ("a/x", "a/x y", "a/x/z", "b/A"):
@@ -194,7 +196,9 @@ def test_data_check_ends_on_a_loop_without_images(tmp_path):
         (["--model", "no_such_model"], "Unknown model"),
     ],
 )
-def test_bad_arguments_are_one_sentence_before_anything_runs(tmp_path, capsys, monkeypatch, extra, message):
+def test_bad_arguments_are_one_sentence_before_anything_runs(
+    tmp_path, capsys, monkeypatch, extra, message, make_image_folder
+):
     data = make_image_folder(tmp_path / "data")
     (tmp_path / "file").write_text("x")
     monkeypatch.setattr(accuracy, "evaluate", None)  # reaching it would fail the test
@@ -203,3 +207,41 @@ def test_bad_arguments_are_one_sentence_before_anything_runs(tmp_path, capsys, m
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
     assert (data / "a" / "0.png").stat().st_size > 0
+
+
+def test_accuracy_on_image_folder_pads_the_last_batch(tmp_path, brightness_logits, make_image_folder):
+    data = make_image_folder(tmp_path / "data")
+    seen_batches = []
+
+    def forward(x):
+        seen_batches.append(x.shape[0])
+        return brightness_logits(x)
+
+    result = evaluate(forward, "test_vit", (32, 32), str(data), 4, None, lambda t: t)
+    assert result == {"top1": 100.0, "top5": 100.0, "eval_samples": 6, "eval_skipped": 0}
+    assert seen_batches == [4, 4]  # 6 images: the second batch is padded to the static shape
+    flipped = evaluate(lambda x: -brightness_logits(x), "test_vit", (32, 32), str(data), 4, 4, lambda t: t)
+    assert flipped["eval_samples"] == 4 and flipped["top1"] == 0.0 and flipped["top5"] == 100.0
+
+
+def test_a_corrupt_image_is_skipped_and_counted(tmp_path, brightness_logits, make_image_folder):
+    data = make_image_folder(tmp_path / "data")
+    (data / "a" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(200))  # a JPEG header, then nothing decodable
+    good = data / "b" / "cut.jpg"
+    Image.fromarray(np.full((40, 48, 3), 200, dtype=np.uint8)).save(good)
+    good.write_bytes(good.read_bytes()[:100])  # truncated mid-stream
+    result = evaluate(brightness_logits, "test_vit", (32, 32), str(data), 4, None, lambda t: t)
+    assert result["eval_samples"] == 6 and result["eval_skipped"] == 2 and result["top1"] == 100.0
+    assert result["accuracy_note"].startswith("2 unreadable image(s) skipped")
+
+
+def test_data_folder_checks(tmp_path, make_image_folder):
+    with pytest.raises(DataError, match="does not exist"):
+        check_data_dir(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no class sub-folders"):
+        check_data_dir(tmp_path / "empty")
+    (tmp_path / "noimg" / "cls").mkdir(parents=True)
+    with pytest.raises(DataError, match="no images"):
+        check_data_dir(tmp_path / "noimg")
+    check_data_dir(make_image_folder(tmp_path / "ok"))

@@ -17,58 +17,27 @@ from pathlib import Path
 import pytest
 
 from bench.results import load_results
-from test_bench import make_image_folder
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Registers models that fail on purpose at batch >= 2, inside the worker process that imports it.
-FAULTY_MODELS = """
-import os, signal, time
-import torch, torch.nn as nn
-from zoo._registry import Family, ModelInfo, register_family
+pytestmark = pytest.mark.e2e
 
 
-class Faulty(nn.Module):
-    def __init__(self, fault):
-        super().__init__()
-        self.fault = fault
-        self.conv = nn.Conv2d(3, 8, 3, stride=2)
-        self.head = nn.Linear(8, 10)
+@pytest.fixture
+def bench(subprocess_env):
+    """`python bench.py ARGS` in a child process; `env_path` holds modules it may --import."""
 
-    def forward(self, x):
-        if self.fault == "hang":  # says where it is, then hangs like a stuck kernel
-            with open(os.environ["BENCH_TEST_PIDFILE"], "w") as f:
-                f.write(str(os.getpid()))
-            time.sleep(600)
-        if x.shape[0] >= 2:
-            if self.fault == "oom":
-                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (injected by the test)")
-            os.kill(os.getpid(), signal.SIGKILL)  # what the kernel's OOM killer does
-        return self.head(self.conv(x).mean((2, 3)))
+    def run(*args: str, env_path: Path | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "bench.py", *args],
+            cwd=REPO,
+            env=subprocess_env(env_path),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
 
-
-register_family(
-    Family("test", "models that fail on purpose", code="", built_by="zoo"),
-    [ModelInfo(name=f"{fault}_net", family="test", input_size=(3, 32, 32)) for fault in ("oom", "crash", "hang")],
-    lambda name, pretrained=False, **kw: Faulty(name.removesuffix("_net")),
-)
-"""
-
-
-def table_lines(text: str, model: str) -> int:
-    """Rows of a terminal table (tabulate's simple format) that are `model`'s."""
-    return sum(1 for line in text.splitlines() if line.split(" ", 1)[0] == model)
-
-
-def _env(env_path: Path | None = None, **extra: str) -> dict[str, str]:
-    path = [str(env_path or ""), str(REPO), os.environ.get("PYTHONPATH", "")]  # kept: packages may live there
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, path)), **extra)
-
-
-def bench(*args: str, env_path: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "bench.py", *args], cwd=REPO, env=_env(env_path), capture_output=True, text=True, timeout=600
-    )
+    return run
 
 
 TINY = [
@@ -87,7 +56,7 @@ TINY = [
 ]
 
 
-def test_run_measures_everything_and_reports_missing_tensorrt(tmp_path):
+def test_run_measures_everything_and_reports_missing_tensorrt(tmp_path, bench, make_image_folder):
     data = make_image_folder(tmp_path / "data")
     out, png = tmp_path / "r.jsonl", tmp_path / "plot.png"
     args = [
@@ -152,8 +121,8 @@ def test_run_measures_everything_and_reports_missing_tensorrt(tmp_path):
     assert float(table[2]["throughput_ips"]) == rows[1]["throughput_ips"]
 
 
-def test_oom_and_crash_are_rows_and_resume_skips_what_was_measured(tmp_path):
-    (tmp_path / "faulty_models.py").write_text(FAULTY_MODELS)
+def test_oom_and_crash_are_rows_and_resume_skips_what_was_measured(tmp_path, bench, faulty_models, table_lines):
+    (tmp_path / "faulty_models.py").write_text(faulty_models)
     out = tmp_path / "r.jsonl"
     args = [
         "--import",
@@ -190,14 +159,14 @@ def test_oom_and_crash_are_rows_and_resume_skips_what_was_measured(tmp_path):
     assert table_lines(second.stdout, "oom_net") == 2 and table_lines(second.stdout, "crash_net") == 2
 
 
-def test_unknown_model_through_the_entry_point():
+def test_unknown_model_through_the_entry_point(bench):
     proc = bench("--models", "rmt_ss")
     assert proc.returncode == 2 and proc.stdout == ""
     [line] = proc.stderr.strip().splitlines()
     assert line.startswith("error: Unknown model 'rmt_ss'") and "Did you mean: rmt_s" in line
 
 
-def test_a_results_file_cut_before_its_last_newline_loses_nothing(tmp_path):
+def test_a_results_file_cut_before_its_last_newline_loses_nothing(tmp_path, bench, table_lines):
     out = tmp_path / "a.jsonl"
     assert bench(*TINY, "--out", str(out)).returncode == 0
     out.write_bytes(out.read_bytes()[:-1])  # truncate -s -1
@@ -230,8 +199,8 @@ def _wait_for(predicate, seconds: float = 60.0) -> bool:
     not sys.platform.startswith("linux"), reason="worker death with its parent uses Linux's PR_SET_PDEATHSIG"
 )
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL", "SIGINT"])
-def test_a_stopped_run_leaves_no_worker_behind(how, tmp_path):
-    (tmp_path / "faulty_models.py").write_text(FAULTY_MODELS)
+def test_a_stopped_run_leaves_no_worker_behind(how, tmp_path, faulty_models, subprocess_env):
+    (tmp_path / "faulty_models.py").write_text(faulty_models)
     pidfile, out = tmp_path / "worker.pid", tmp_path / "r.jsonl"
     before = set(os.listdir(tempfile.gettempdir()))
     proc = subprocess.Popen(
@@ -250,7 +219,7 @@ def test_a_stopped_run_leaves_no_worker_behind(how, tmp_path):
             "--quiet",
         ],
         cwd=REPO,
-        env=_env(tmp_path, BENCH_TEST_PIDFILE=str(pidfile)),
+        env=subprocess_env(tmp_path, BENCH_TEST_PIDFILE=str(pidfile)),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -275,7 +244,7 @@ def test_a_stopped_run_leaves_no_worker_behind(how, tmp_path):
     }  # nothing left in /tmp
 
 
-def test_train_mode_and_onnxruntime_through_the_entry_point(tmp_path):
+def test_train_mode_and_onnxruntime_through_the_entry_point(tmp_path, bench):
     pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
     out = tmp_path / "r.jsonl"
     proc = bench(*TINY, "--backend", "eager", "onnxruntime", "--bench", "both", "--out", str(out))
@@ -299,18 +268,23 @@ def test_train_mode_and_onnxruntime_through_the_entry_point(tmp_path):
     assert float(line["infer_samples_per_sec"]) > 0 and float(line["train_samples_per_sec"]) > 0
 
 
-def test_python_dash_m_bench_is_the_same_entry_point():
+def test_python_dash_m_bench_is_the_same_entry_point(subprocess_env):
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "--models", "rmt_ss"],
         cwd=REPO,
-        env=_env(),
+        env=subprocess_env(),
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert proc.returncode == 2 and proc.stderr.startswith("error: Unknown model 'rmt_ss'")
     help_text = subprocess.run(
-        [sys.executable, "-m", "bench", "--help"], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "bench", "--help"],
+        cwd=REPO,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert (
         help_text.returncode == 0

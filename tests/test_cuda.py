@@ -16,9 +16,6 @@ import zoo.internimage as ii
 import zoo.rmt as rmt
 from bench.measure import Energy, Latency, Memory, time_steps
 
-from conftest import rel_err
-from test_internimage import _dcn_inputs, small_model_with_offsets
-from test_rmt import SMALL
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -38,25 +35,29 @@ def no_tf32():
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
-def _rmt_pair(impl: str = "auto") -> tuple[rmt.RMT, rmt.RMT, torch.Tensor]:
-    """The small RMT on CUDA with `impl`, a copy on the reference path, and an input with both MaSA forms."""
-    torch.manual_seed(0)
-    model = rmt.RMT(**SMALL, attn_impl=impl).eval().cuda()
-    return model, copy.deepcopy(model).set_attn_impl("reference"), torch.randn(2, 3, 64, 96, device="cuda")
+@pytest.fixture
+def rmt_pair(rmt_small):
+    def pair(impl: str = "auto") -> tuple[rmt.RMT, rmt.RMT, torch.Tensor]:
+        """The small RMT on CUDA with `impl`, a copy on the reference path, and an input with both MaSA forms."""
+        torch.manual_seed(0)
+        model = rmt.RMT(**rmt_small, attn_impl=impl).eval().cuda()
+        return model, copy.deepcopy(model).set_attn_impl("reference"), torch.randn(2, 3, 64, 96, device="cuda")
+
+    return pair
 
 
 @pytest.mark.parametrize("impl", ["auto", "sdpa", "matmul"])
-def test_rmt_paths_match_reference_fp32(impl):
-    model, reference, x = _rmt_pair(impl)
+def test_rmt_paths_match_reference_fp32(impl, rel_err, rmt_pair):
+    model, reference, x = rmt_pair(impl)
     with torch.no_grad():
         assert rel_err(model(x), reference(x)) <= TOL
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_rmt_auto_takes_both_kernels_by_row_length(dtype):
+def test_rmt_auto_takes_both_kernels_by_row_length(dtype, rel_err, rmt_pair):
     """An input whose first stage has rows longer than SHORT_ROW: "auto" runs those on SDPA and every shorter row
     (columns, later stages) on matmul-softmax, in one forward."""
-    model, reference, _ = _rmt_pair("auto")
+    model, reference, _ = rmt_pair("auto")
     x = torch.randn(1, 3, 64, 4 * (rmt.SHORT_ROW + 8), device="cuda")  # stage 1: 16 x 72 tokens
     with torch.no_grad():
         ref = reference(x)
@@ -67,8 +68,8 @@ def test_rmt_auto_takes_both_kernels_by_row_length(dtype):
 
 @pytest.mark.parametrize("dtype", LOW, ids=str)
 @pytest.mark.parametrize("impl", ["sdpa", "matmul"])
-def test_rmt_paths_under_autocast(impl, dtype):
-    model, reference, x = _rmt_pair(impl)
+def test_rmt_paths_under_autocast(impl, dtype, rel_err, rmt_pair):
+    model, reference, x = rmt_pair(impl)
     with torch.no_grad():
         ref = reference(x)
         with torch.autocast("cuda", dtype=dtype):
@@ -78,7 +79,7 @@ def test_rmt_paths_under_autocast(impl, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("chunkwise", [True, False])
-def test_flex_attention_matches_reference(chunkwise, dtype):
+def test_flex_attention_matches_reference(chunkwise, dtype, rel_err):
     """One MaSA layer per form: each new shape compiles a FlexAttention kernel, so the grid is square and small.
     Head dim 16, the least CUDA's FlexAttention kernels take (every RMT variant has 16 or more)."""
     torch.manual_seed(0)
@@ -94,8 +95,8 @@ def test_flex_attention_matches_reference(chunkwise, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_compiled_fullgraph_matches_reference(dtype):
-    model, reference, x = _rmt_pair()
+def test_compiled_fullgraph_matches_reference(dtype, rel_err, rmt_pair):
+    model, reference, x = rmt_pair()
     compiled = torch.compile(model, fullgraph=True)
     with torch.no_grad():
         ref = reference(x)
@@ -104,9 +105,9 @@ def test_compiled_fullgraph_matches_reference(dtype):
     assert rel_err(out.float(), ref) <= LOW_TOL.get(dtype, TOL)
 
 
-def test_backward_matches_reference():
-    model, reference, x = _rmt_pair()
-    weight = torch.linspace(-1, 1, SMALL["num_classes"], device="cuda")
+def test_backward_matches_reference(rel_err, rmt_small, rmt_pair):
+    model, reference, x = rmt_pair()
+    weight = torch.linspace(-1, 1, rmt_small["num_classes"], device="cuda")
     grads = []
     for net in (model, reference):
         inp = x.clone().requires_grad_()
@@ -117,16 +118,16 @@ def test_backward_matches_reference():
     assert all(e <= TOL for e in errors.values()), {name: e for name, e in errors.items() if not e <= TOL}
 
 
-def test_channels_last_model_and_input():
-    model, reference, x = _rmt_pair()
+def test_channels_last_model_and_input(rel_err, rmt_pair):
+    model, reference, x = rmt_pair()
     with torch.no_grad():
         ref = reference(x)
         out = model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
     assert rel_err(out, ref) <= TOL
 
 
-def test_dcnv3_op_matches_reference_with_gradients():
-    inputs = [t.float().cuda().requires_grad_() for t in _dcn_inputs(n=3, h=6, w=9, groups=4, group_channels=5)]
+def test_dcnv3_op_matches_reference_with_gradients(dcn_inputs, rel_err):
+    inputs = [t.float().cuda().requires_grad_() for t in dcn_inputs(n=3, h=6, w=9, groups=4, group_channels=5)]
     results = []
     for op in (ii.dcnv3, ii.dcnv3_reference):
         out = op(*inputs, 4, 2.0)
@@ -138,8 +139,8 @@ def test_dcnv3_op_matches_reference_with_gradients():
         assert rel_err(fast, ref) <= TOL
 
 
-def test_internimage_fast_matches_reference():
-    model = small_model_with_offsets().eval().cuda()
+def test_internimage_fast_matches_reference(internimage_with_offsets, rel_err):
+    model = internimage_with_offsets().eval().cuda()
     x = torch.randn(3, 3, 45, 70, device="cuda")
     with torch.no_grad():
         fast = model(x)
@@ -150,11 +151,11 @@ def test_internimage_fast_matches_reference():
 # --- the harness's CUDA measurements: its trackers around its timed loop -----------------------------------------
 
 
-def test_harness_cuda_event_timing_and_peak_memory():
+def test_harness_cuda_event_timing_and_peak_memory(rmt_pair):
     """One tiny row: each step queues 10^7 GPU clock cycles of sleep before a forward, so event times that follow
     the GPU (not the host, which returns at once) are at least 1 ms even at a 10 GHz clock; the peak includes a
     64 MiB buffer allocated and freed inside the measured span."""
-    model, _, x = _rmt_pair()
+    model, _, x = rmt_pair()
 
     def step():
         torch.cuda._sleep(10**7)

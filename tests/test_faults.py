@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 
@@ -19,8 +20,8 @@ from bench.report import plot, render_table
 from bench.results import append_row, iter_results, latest_rows, load_results
 from bench.runner import run
 from bench.spec import RowSpec, Settings
-from test_bench import _row
-from test_bench_cli import FAULTY_MODELS, REPO, _env
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 # ----------------------------------------------------------------------------------------------- output paths
@@ -40,9 +41,9 @@ def test_unusable_out_is_one_sentence_before_anything_runs(kind, tmp_path, capsy
     assert len(err.splitlines()) == 1 and err.startswith("error: --out")
 
 
-def test_report_plot_over_its_input_is_refused(tmp_path, capsys):
+def test_report_plot_over_its_input_is_refused(tmp_path, capsys, make_row):
     path = tmp_path / "r.jsonl"
-    append_row(path, _row())
+    append_row(path, make_row())
     before = path.read_bytes()
     assert cli.main(["report", str(path), "--plot", str(path)]) == cli.EXIT_USAGE
     assert "are the same file" in capsys.readouterr().err and path.read_bytes() == before
@@ -51,9 +52,9 @@ def test_report_plot_over_its_input_is_refused(tmp_path, capsys):
 # ----------------------------------------------------------------------------------------------- the results file
 
 
-def test_a_failed_append_leaves_no_torn_row(tmp_path, monkeypatch):
+def test_a_failed_append_leaves_no_torn_row(tmp_path, monkeypatch, make_row):
     path = tmp_path / "r.jsonl"
-    append_row(path, _row(throughput_ips=1.0))
+    append_row(path, make_row(throughput_ips=1.0))
     before = path.read_bytes()
     real_write = os.write
 
@@ -63,10 +64,10 @@ def test_a_failed_append_leaves_no_torn_row(tmp_path, monkeypatch):
 
     monkeypatch.setattr(results.os, "write", disk_full)
     with pytest.raises(OSError):
-        append_row(path, _row(throughput_ips=2.0))
+        append_row(path, make_row(throughput_ips=2.0))
     monkeypatch.undo()
     assert path.read_bytes() == before  # cut back to the last whole row
-    append_row(path, _row(throughput_ips=3.0))
+    append_row(path, make_row(throughput_ips=3.0))
     assert [r["throughput_ips"] for r in load_results(path)] == [1.0, 3.0]
 
 
@@ -83,18 +84,18 @@ def test_a_failed_append_leaves_no_torn_row(tmp_path, monkeypatch):
         {"top1": [80]},
     ],
 )
-def test_rows_with_wrongly_typed_fields_are_skipped_not_formatted(damage, tmp_path, capsys):
+def test_rows_with_wrongly_typed_fields_are_skipped_not_formatted(damage, tmp_path, capsys, make_row):
     path = tmp_path / "r.jsonl"
-    append_row(path, _row(throughput_ips=1.0))
+    append_row(path, make_row(throughput_ips=1.0))
     with open(path, "a") as f:
-        f.write(json.dumps(_row(batch_size=2, **damage)) + "\n")
+        f.write(json.dumps(make_row(batch_size=2, **damage)) + "\n")
     assert [r["batch_size"] for r in load_results(path)] == [8]
     assert cli.main(["report", str(path)]) == cli.EXIT_OK  # no format-code crash
     assert "skipped 1 line(s)" in capsys.readouterr().err
 
 
-def test_resume_keys_on_what_changes_the_number_and_on_the_machine():
-    base = _row()
+def test_resume_keys_on_what_changes_the_number_and_on_the_machine(make_row):
+    base = make_row()
     for change in (
         {"data": "/val"},
         {"threads": 4},
@@ -110,17 +111,17 @@ def test_resume_keys_on_what_changes_the_number_and_on_the_machine():
     assert len(latest_rows([base, {**base, "env": {"device_name": "Other CPU"}}])) == 2  # two machines, two rows
 
 
-def test_two_machines_show_a_device_column():
-    rows = [_row(), _row(env={"device_name": "Other CPU"})]
+def test_two_machines_show_a_device_column(make_row):
+    rows = [make_row(), make_row(env={"device_name": "Other CPU"})]
     header = render_table(rows).splitlines()[0]
     assert " device " in header and "Other CPU" in render_table(rows)
     assert " device " not in render_table(rows[:1]).splitlines()[0]
 
 
-def test_a_plot_of_only_non_finite_numbers_is_not_saved(tmp_path):
+def test_a_plot_of_only_non_finite_numbers_is_not_saved(tmp_path, make_row):
     png = tmp_path / "p.png"
     assert not plot(
-        [_row(model="rmt_t", throughput_ips=float("nan")), _row(model="rmt_t", throughput_ips=math.inf)], png
+        [make_row(model="rmt_t", throughput_ips=float("nan")), make_row(model="rmt_t", throughput_ips=math.inf)], png
     )
     assert not png.exists()
 
@@ -128,15 +129,16 @@ def test_a_plot_of_only_non_finite_numbers_is_not_saved(tmp_path):
 # ----------------------------------------------------------------------------------------------- standard output
 
 
-def test_a_closed_pipe_ends_output_quietly_and_a_full_disk_is_one_sentence(tmp_path):
+@pytest.mark.e2e
+def test_a_closed_pipe_ends_output_quietly_and_a_full_disk_is_one_sentence(tmp_path, make_row, subprocess_env):
     path = tmp_path / "r.jsonl"
     for batch in range(1, 400):
-        append_row(path, _row(batch_size=batch))
+        append_row(path, make_row(batch_size=batch))
     piped = subprocess.run(
         f"{sys.executable} bench.py report {path} | head -1",
         shell=True,
         cwd=REPO,
-        env=_env(),
+        env=subprocess_env(),
         capture_output=True,
         text=True,
     )
@@ -145,7 +147,7 @@ def test_a_closed_pipe_ends_output_quietly_and_a_full_disk_is_one_sentence(tmp_p
         failed = subprocess.run(
             [sys.executable, "bench.py", "report", str(path)],
             cwd=REPO,
-            env=_env(),
+            env=subprocess_env(),
             stdout=full,
             stderr=subprocess.PIPE,
             text=True,
@@ -157,11 +159,12 @@ def test_a_closed_pipe_ends_output_quietly_and_a_full_disk_is_one_sentence(tmp_p
 # ----------------------------------------------------------------------------------------------- the runner
 
 
-def test_the_runner_reads_rows_from_its_channel_not_the_results_file(tmp_path, monkeypatch):
+@pytest.mark.e2e  # the runner starts a worker process
+def test_the_runner_reads_rows_from_its_channel_not_the_results_file(tmp_path, monkeypatch, make_row):
     out = tmp_path / "r.jsonl"
     with open(out, "w") as f:  # a large file the runner must not re-read while rows are timed
         for i in range(20_000):
-            f.write(json.dumps(_row(batch_size=i + 1)) + "\n")
+            f.write(json.dumps(make_row(batch_size=i + 1)) + "\n")
 
     def no_reading(*args, **kwargs):
         raise AssertionError("the runner read the results file")
@@ -179,8 +182,9 @@ def test_the_runner_reads_rows_from_its_channel_not_the_results_file(tmp_path, m
     assert sum(1 for _ in iter_results(out)) == 20_002
 
 
-def test_a_sub_second_timeout_is_said_as_given(tmp_path):
-    (tmp_path / "faulty_models.py").write_text(FAULTY_MODELS)
+@pytest.mark.e2e
+def test_a_sub_second_timeout_is_said_as_given(tmp_path, faulty_models, subprocess_env):
+    (tmp_path / "faulty_models.py").write_text(faulty_models)
     out = tmp_path / "r.jsonl"
     proc = subprocess.run(
         [
@@ -199,7 +203,7 @@ def test_a_sub_second_timeout_is_said_as_given(tmp_path):
             "--quiet",
         ],
         cwd=REPO,
-        env=_env(tmp_path, BENCH_TEST_PIDFILE=str(tmp_path / "pid")),
+        env=subprocess_env(tmp_path, BENCH_TEST_PIDFILE=str(tmp_path / "pid")),
         capture_output=True,
         text=True,
         timeout=120,
@@ -253,9 +257,9 @@ def test_energy_is_absent_with_the_reason_on_cpu():
     assert fields["energy_j_per_img"] is None and "NVML on NVIDIA GPUs" in fields["energy_note"]
 
 
-def test_default_table_fits_120_columns():
+def test_default_table_fits_120_columns(make_row):
     rows = [
-        _row(
+        make_row(
             model="internimage_t",
             backend="compile",
             precision="amp-bf16",
@@ -270,7 +274,7 @@ def test_default_table_fits_120_columns():
             status="mismatch",
             reason="x",
         ),
-        _row(backend="tensorrt", status="unavailable", reason="y"),
+        make_row(backend="tensorrt", status="unavailable", reason="y"),
     ]
     lines = render_table(rows).splitlines()
     assert max(len(ln) for ln in lines[:-2]) <= 120, lines[0]

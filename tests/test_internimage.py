@@ -16,7 +16,6 @@ import zoo.internimage as ii
 from zoo import CheckpointMismatchError
 from zoo._checkpoint import check_fits
 
-from conftest import rel_err
 
 TOL = 1e-4
 NAMES = ["internimage_t", "internimage_s", "internimage_b", "internimage_l"]
@@ -74,24 +73,16 @@ def _direct_dcnv3(values, offset, mask, groups, offset_scale):
     return out
 
 
-def _dcn_inputs(n=2, h=3, w=5, groups=2, group_channels=3, offsets=1.5, seed=0, dtype=torch.float64):
-    gen = torch.Generator().manual_seed(seed)
-    values = torch.randn(n, h, w, groups * group_channels, generator=gen, dtype=dtype)
-    offset = torch.randn(n, h, w, groups * 18, generator=gen, dtype=dtype) * offsets  # reaches past the border
-    mask = torch.randn(n, h, w, groups * 9, generator=gen, dtype=dtype)
-    return values, offset, mask
-
-
 @pytest.mark.parametrize("op", [ii.dcnv3, ii.dcnv3_reference], ids=["fast", "reference"])
 @pytest.mark.parametrize("offset_scale", [1.0, 2.0])
-def test_dcnv3_matches_its_definition(op, offset_scale):
-    values, offset, mask = _dcn_inputs()
+def test_dcnv3_matches_its_definition(op, offset_scale, dcn_inputs):
+    values, offset, mask = dcn_inputs()
     expected = _direct_dcnv3(values, offset, mask, 2, offset_scale)
     assert torch.allclose(op(values, offset, mask, 2, offset_scale), expected, atol=1e-10)
 
 
-def test_fast_and_reference_ops_agree_with_gradients():
-    values, offset, mask = (t.requires_grad_() for t in _dcn_inputs(n=3, h=6, w=9, groups=4, group_channels=5))
+def test_fast_and_reference_ops_agree_with_gradients(dcn_inputs):
+    values, offset, mask = (t.requires_grad_() for t in dcn_inputs(n=3, h=6, w=9, groups=4, group_channels=5))
     grads = []
     for op in (ii.dcnv3, ii.dcnv3_reference):
         out = op(values, offset, mask, 4, 2.0)
@@ -121,7 +112,7 @@ def test_one_grid_sample_per_layer(monkeypatch):
 
 @pytest.mark.parametrize("impl", ii.DCN_IMPLS)
 @pytest.mark.parametrize("name", FIXTURES)
-def test_fixture_logits_and_features(fixture, name, impl):
+def test_fixture_logits_and_features(fixture, name, impl, rel_err):
     fx = fixture(name)
     model = ii.InternImage(**fx.config, dcn_impl=impl).eval()
     model.load_state_dict(fx.state_dict, strict=True)
@@ -151,7 +142,7 @@ def test_full_size_layout_equals_official(official_shapes, name):
 
 
 @pytest.mark.parametrize("layout", ["pth", "hub_safetensors"])
-def test_load_both_official_layouts(fixture, tmp_path, layout):
+def test_load_both_official_layouts(fixture, tmp_path, layout, rel_err):
     fx = fixture("internimage_tiny_postnorm")  # has layer scales, so the gamma renaming is exercised
     if layout == "pth":
         path, entry = _save_pth(tmp_path, fx.state_dict), "model"
@@ -187,7 +178,7 @@ def test_wrong_checkpoints_name_their_keys(fixture, tmp_path):
         zoo.load("internimage_t", pretrained=_save_pth(tmp_path, state, "stem.pth"), **fx.config)
 
 
-def test_num_classes_zero_and_resized_head(fixture, tmp_path, caplog):
+def test_num_classes_zero_and_resized_head(fixture, tmp_path, caplog, rel_err):
     fx = fixture("internimage_tiny_prenorm")
     path = _save_pth(tmp_path, fx.state_dict)
     config = {k: v for k, v in fx.config.items() if k != "num_classes"}
@@ -216,20 +207,9 @@ def test_features_only_and_out_indices():
     assert model.features_only and model.model_name == "internimage_t"
 
 
-def small_model_with_offsets() -> ii.InternImage:
-    """A small InternImage whose DCNv3 layers sample a few pixels away (not the zero initialisation's grid)."""
-    torch.manual_seed(0)
-    model = ii.InternImage(channels=16, depths=(1, 1, 2, 1), groups=(2, 2, 4, 8), offset_scale=2.0, num_classes=7)
-    for m in model.modules():
-        if isinstance(m, ii.DCNv3):
-            torch.nn.init.normal_(m.offset.weight, std=0.5)
-            torch.nn.init.normal_(m.mask.weight, std=0.5)
-    return model
-
-
 @pytest.mark.parametrize("size", [(45, 70), (97, 33)])
-def test_fast_equals_reference_on_odd_sizes(size):
-    model = small_model_with_offsets()
+def test_fast_equals_reference_on_odd_sizes(size, internimage_with_offsets, rel_err):
+    model = internimage_with_offsets()
     x = torch.randn(3, 3, *size)
     with torch.no_grad():
         fast = model.eval()(x)
@@ -278,7 +258,7 @@ def _small_model(fixture):
     return fx, model
 
 
-def test_torch_export_with_dynamic_sizes(fixture):
+def test_torch_export_with_dynamic_sizes(fixture, rel_err):
     fx, model = _small_model(fixture)
     dims = {0: torch.export.Dim("n", max=64), 2: torch.export.Dim("h", min=33, max=2048),
             3: torch.export.Dim("w", min=33, max=2048)}  # fmt: skip
@@ -289,7 +269,7 @@ def test_torch_export_with_dynamic_sizes(fixture):
         assert rel_err(exported(x), model(x)) <= TOL
 
 
-def test_torch_compile_fullgraph(fixture):
+def test_torch_compile_fullgraph(fixture, rel_err):
     fx, model = _small_model(fixture)
     torch._dynamo.reset()
     # aot_eager traces the same single graph inductor would get (fullgraph=True fails on any graph break)
@@ -305,7 +285,7 @@ def test_torch_compile_fullgraph(fixture):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_fixture_on_cuda(fixture):
+def test_fixture_on_cuda(fixture, rel_err):
     fx, model = _small_model(fixture)
     with torch.no_grad():
         assert rel_err(model.cuda()(fx.input.cuda()).cpu(), fx.logits) <= TOL

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 from bench.results import load_results, result_files
-from test_bench_cli import FAULTY_MODELS, REPO, _env, table_lines
+
+REPO = Path(__file__).resolve().parents[1]
 
 pytest.importorskip("submitit", reason="the cluster extra is not installed")
 
-KILL_JOB = (
-    FAULTY_MODELS
-    + """
+# Appended to the faulty_models fixture: a model whose forward kills the job that runs it.
+KILL_JOB = """
 
 class KillsItsJob(Faulty):
     def forward(self, x):
@@ -31,22 +31,22 @@ register_family(
     lambda name, pretrained=False, **kw: KillsItsJob("none"),
 )
 """
-)
 
 
-def _bench(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+def _bench(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "bench.py", "--import", "faulty_models", *args],
         cwd=REPO,
-        env=_env(tmp_path),
+        env=env,
         capture_output=True,
         text=True,
         timeout=600,
     )
 
 
-def test_local_jobs_shards_a_killed_job_and_resume(tmp_path):
-    (tmp_path / "faulty_models.py").write_text(KILL_JOB)
+@pytest.mark.e2e
+def test_local_jobs_shards_a_killed_job_and_resume(tmp_path, faulty_models, subprocess_env, table_lines):
+    (tmp_path / "faulty_models.py").write_text(faulty_models + KILL_JOB)
     out = tmp_path / "r.jsonl"
     args = [
         "--models",
@@ -70,7 +70,7 @@ def test_local_jobs_shards_a_killed_job_and_resume(tmp_path):
         "2",
         "--quiet",
     ]
-    first = _bench(tmp_path, *args)
+    first = _bench(subprocess_env(tmp_path), *args)
     assert first.returncode == 4, first.stderr  # the killed job's rows are errors
     assert not out.exists() and len(result_files(out)) == 2  # each job appended to its own shard
     rows = {(r["model"], r["batch_size"]): r for r in load_results(out)}
@@ -87,7 +87,7 @@ def test_local_jobs_shards_a_killed_job_and_resume(tmp_path):
     assert slots == ["slot0", "slot1"]  # the two groups ran as two jobs at a time; a dead job's logs are kept
     assert table_lines(first.stdout, "killjob_net") == 2 and "1 job(s) died" in first.stderr
 
-    second = _bench(tmp_path, *args, "--resume")
+    second = _bench(subprocess_env(tmp_path), *args, "--resume")
     assert second.returncode == 4
     fresh = [r for r in load_results(out) if r["run_id"] != rows["test_convnext", 1]["run_id"]]
     assert sorted((r["model"], r["batch_size"]) for r in fresh) == [
@@ -95,7 +95,7 @@ def test_local_jobs_shards_a_killed_job_and_resume(tmp_path):
         ("killjob_net", 2),
     ]  # errors retried
     report = subprocess.run(
-        [sys.executable, "bench.py", "report", str(out)], cwd=REPO, env=_env(), capture_output=True, text=True
+        [sys.executable, "bench.py", "report", str(out)], cwd=REPO, env=subprocess_env(), capture_output=True, text=True
     )
     assert (
         report.returncode == 0

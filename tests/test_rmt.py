@@ -13,7 +13,6 @@ import zoo.rmt as rmt
 from zoo import CheckpointMismatchError
 from zoo._checkpoint import check_fits
 
-from conftest import rel_err
 
 TOL = 1e-4
 OFFICIAL_PARAMS = {
@@ -21,11 +20,6 @@ OFFICIAL_PARAMS = {
     "rmt_s_tl": 27_480_240, "rmt_b_tl": 54_667_896, "rmt_l_tl": 96_105_864,
 }  # fmt: skip
 # A small config that still has both MaSA forms, layer scale and odd head counts, for the costlier checks.
-SMALL = dict(
-    embed_dims=(16, 32, 48, 64), depths=(1, 1, 1, 1), num_heads=(2, 2, 4, 4), mlp_ratios=(3, 3, 3, 3),
-    chunkwise_recurrents=(True, True, False, False), layerscales=(False, True, False, True), projection=96,
-    num_classes=10,
-)  # fmt: skip
 
 
 def _save_pth(tmp_path, obj, name="ckpt.pth"):
@@ -36,7 +30,7 @@ def _save_pth(tmp_path, obj, name="ckpt.pth"):
 
 @pytest.mark.parametrize("impl", ["auto", "sdpa", "reference"])
 @pytest.mark.parametrize("name,zoo_name", [("rmt_tiny", "rmt_t"), ("rmt_tiny_token_label", "rmt_s_tl")])
-def test_fixture_logits(fixture, tmp_path, name, zoo_name, impl):
+def test_fixture_logits(fixture, tmp_path, name, zoo_name, impl, rel_err):
     fx = fixture(name)
     path = _save_pth(tmp_path, {"model": fx.state_dict, "epoch": 3})
     model = zoo.load(zoo_name, pretrained=path, attn_impl=impl, **fx.config)
@@ -44,7 +38,7 @@ def test_fixture_logits(fixture, tmp_path, name, zoo_name, impl):
         assert rel_err(model(fx.input), fx.logits) <= TOL
 
 
-def test_fixture_logits_with_gradients_recorded_and_backward(fixture, tmp_path):
+def test_fixture_logits_with_gradients_recorded_and_backward(fixture, tmp_path, rel_err):
     """Recording gradients switches the eager rotary from the complex `out=` form (no autograd) to the real one."""
     fx = fixture("rmt_tiny")
     model = zoo.load("rmt_t", pretrained=_save_pth(tmp_path, {"model": fx.state_dict}), **fx.config)
@@ -56,7 +50,7 @@ def test_fixture_logits_with_gradients_recorded_and_backward(fixture, tmp_path):
 
 
 @pytest.mark.parametrize("impl", ["auto", "sdpa", "reference"])
-def test_fixture_stage_features(fixture, tmp_path, impl):
+def test_fixture_stage_features(fixture, tmp_path, impl, rel_err):
     fx = fixture("rmt_tiny")
     path = _save_pth(tmp_path, {"model": fx.state_dict})
     model = zoo.load("rmt_t", pretrained=path, features_only=True, attn_impl=impl, **fx.config)
@@ -69,7 +63,7 @@ def test_fixture_stage_features(fixture, tmp_path, impl):
         assert rel_err(ours, ref) <= TOL
 
 
-def test_ema_weights_preferred_and_reported(fixture, tmp_path, caplog):
+def test_ema_weights_preferred_and_reported(fixture, tmp_path, caplog, rel_err):
     fx = fixture("rmt_tiny")
     noisy = {k: v + 0.1 if v.is_floating_point() else v for k, v in fx.state_dict.items()}
     path = _save_pth(tmp_path, {"model": noisy, "model_ema": fx.state_dict})
@@ -82,7 +76,7 @@ def test_ema_weights_preferred_and_reported(fixture, tmp_path, caplog):
 
 
 @pytest.mark.parametrize("wrap", ["state_dict", "bare_module_prefix", "safetensors_fused"])
-def test_checkpoint_nestings(fixture, tmp_path, wrap):
+def test_checkpoint_nestings(fixture, tmp_path, wrap, rel_err):
     fx = fixture("rmt_tiny")
     if wrap == "state_dict":
         path = _save_pth(tmp_path, {"state_dict": fx.state_dict})
@@ -157,7 +151,7 @@ def test_wrong_size_names_shapes(fixture, tmp_path):
     assert "layers.2.downsample.reduction.weight (checkpoint [64, 48, 3, 3], model [80, 48, 3, 3])" in str(err.value)
 
 
-def test_num_classes_resizes_or_drops_head(fixture, tmp_path, caplog):
+def test_num_classes_resizes_or_drops_head(fixture, tmp_path, caplog, rel_err):
     fx = fixture("rmt_tiny")
     path = _save_pth(tmp_path, {"model": fx.state_dict})
     config = {k: v for k, v in fx.config.items() if k != "num_classes"}
@@ -175,9 +169,9 @@ def test_num_classes_resizes_or_drops_head(fixture, tmp_path, caplog):
 
 
 @pytest.mark.parametrize("size", [(199, 301), (800, 1344)])
-def test_features_any_size_match_reference(size):
+def test_features_any_size_match_reference(size, rel_err, rmt_small):
     torch.manual_seed(0)
-    model = rmt.RMT(**SMALL, features_only=True).eval()
+    model = rmt.RMT(**rmt_small, features_only=True).eval()
     x = torch.randn(1, 3, *size)
     with torch.no_grad():
         fast = model(x)
@@ -188,10 +182,10 @@ def test_features_any_size_match_reference(size):
         assert rel_err(f, s) <= TOL
 
 
-def test_large_grid_paths_equal_full_masks(monkeypatch):
+def test_large_grid_paths_equal_full_masks(monkeypatch, rel_err, rmt_small):
     """Where full masks would be large: whole-image attention in row blocks, columns with a compact mask."""
     torch.manual_seed(0)
-    model = rmt.RMT(**SMALL).eval()
+    model = rmt.RMT(**rmt_small).eval()
     x = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
         full = model(x)
@@ -212,11 +206,11 @@ def _storage_bytes(tensors) -> int:
     return sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}.values())
 
 
-def test_position_cache_is_one_lru_per_model_bounded_by_bytes_and_exact(monkeypatch):
+def test_position_cache_is_one_lru_per_model_bounded_by_bytes_and_exact(monkeypatch, rmt_small):
     """Many input sizes: the model's tables never hold more than POSITION_CACHE_BYTES, the least recently used go
     first, tables above the bound on their own are not kept, and every output equals one from fresh tables."""
     torch.manual_seed(0)
-    model = rmt.RMT(**SMALL).eval()
+    model = rmt.RMT(**rmt_small).eval()
     cache = model.layers[0].Relpos._cache
     assert all(layer.Relpos._cache is cache for layer in model.layers)
     monkeypatch.setattr(rmt, "POSITION_CACHE_BYTES", 256 << 10)
@@ -243,7 +237,7 @@ def test_position_cache_is_one_lru_per_model_bounded_by_bytes_and_exact(monkeypa
         assert all(n <= 1024 for _, n in cache._entries.values()) and cache.nbytes <= 1024
 
 
-def test_position_cache_follows_loaded_buffers(fixture):
+def test_position_cache_follows_loaded_buffers(fixture, rel_err):
     fx = fixture("rmt_tiny")
     model = rmt.RMT(**fx.config).eval()
     with torch.no_grad():
@@ -257,10 +251,10 @@ def test_position_cache_follows_loaded_buffers(fixture):
 
 
 @pytest.mark.parametrize("impl", ["auto", "sdpa"])  # auto on CPU mixes matmul-softmax and SDPA; sdpa as on GPUs
-def test_compile_fullgraph_and_export(impl):
+def test_compile_fullgraph_and_export(impl, rel_err, rmt_small):
     """Also after an eager forward under inference_mode has filled the position cache."""
     torch.manual_seed(0)
-    model = rmt.RMT(**SMALL, attn_impl=impl).eval()
+    model = rmt.RMT(**rmt_small, attn_impl=impl).eval()
     x = torch.randn(2, 3, 64, 96)
     with torch.inference_mode():
         eager = model(x)
@@ -274,7 +268,7 @@ def test_compile_fullgraph_and_export(impl):
 
 
 @pytest.mark.parametrize("chunkwise", [True, False])
-def test_flex_attention_matches_sdpa(chunkwise):
+def test_flex_attention_matches_sdpa(chunkwise, rel_err):
     torch.manual_seed(0)
     relpos = rmt.DecayPosition(32, 4, 2, 4, chunkwise)
     masa = rmt.ManhattanSelfAttention(32, 4, chunkwise).eval()
@@ -303,15 +297,15 @@ def test_drop_path_rate_rises_linearly():
     assert blocks[-1].drop_path.drop_prob == pytest.approx(0.3)
 
 
-def test_bad_attn_impl_is_one_sentence():
+def test_bad_attn_impl_is_one_sentence(rmt_small):
     with pytest.raises(ValueError, match="attn_impl must be one of auto, matmul, sdpa, flex, reference"):
-        rmt.RMT(**SMALL, attn_impl="cuda")
+        rmt.RMT(**rmt_small, attn_impl="cuda")
 
 
 @pytest.mark.parametrize("impl", ["auto", "sdpa"])
-def test_bf16_autocast_stays_within_bf16_tolerance(impl):
+def test_bf16_autocast_stays_within_bf16_tolerance(impl, rel_err, rmt_small):
     torch.manual_seed(0)
-    model = rmt.RMT(**SMALL, attn_impl=impl).eval()
+    model = rmt.RMT(**rmt_small, attn_impl=impl).eval()
     x = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
         ref = model.set_attn_impl("reference")(x)
@@ -322,7 +316,7 @@ def test_bf16_autocast_stays_within_bf16_tolerance(impl):
     assert 0 < rel_err(low.float(), ref) <= 3e-2
 
 
-def test_training_checkpoint_with_args_and_plain_weights_for_rmt_t(fixture, tmp_path):
+def test_training_checkpoint_with_args_and_plain_weights_for_rmt_t(fixture, tmp_path, rel_err):
     """Official training checkpoints carry their argparse options; RMT-T reports its plain (non-EMA) weights."""
     import argparse
 

@@ -19,11 +19,13 @@ def _ruff(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([ruff, *args], cwd=REPO, capture_output=True, text=True)
 
 
+@pytest.mark.e2e
 def test_ruff_lint():
     proc = _ruff("check", ".")
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+@pytest.mark.e2e
 def test_ruff_format():
     proc = _ruff("format", "--check", ".")
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -156,6 +156,7 @@ def test_unknown_name_suggests_close_names():
         zoo.info("swim_t")
 
 
+@pytest.mark.e2e
 def test_cli_lists_and_rejects_unknown_names():
     ok = subprocess.run([sys.executable, "-m", "zoo", "list", "rmt_t*"], capture_output=True, text=True)
     assert ok.returncode == 0 and "14.33" in ok.stdout and "rmt-zoo/rmt_t" in ok.stdout
@@ -164,12 +165,14 @@ def test_cli_lists_and_rejects_unknown_names():
     assert bad.stderr.strip().count("\n") == 0 and "Did you mean: rmt_s" in bad.stderr
 
 
+@pytest.mark.e2e
 def test_cli_pattern_matching_nothing_is_an_error_in_one_sentence():
     proc = subprocess.run([sys.executable, "-m", "zoo", "list", "zzz*"], capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.startswith("error: no model of the zoo matches 'zzz*'") and proc.stderr.count("\n") == 1
 
 
+@pytest.mark.e2e
 def test_cli_ends_quietly_when_the_reader_goes_and_says_why_a_write_failed():
     cmd = [sys.executable, "-m", "zoo", "list", "rmt_t"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

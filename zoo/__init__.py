@@ -5,7 +5,8 @@
     zoo.families()                      # name -> Family (description, official code, who builds it)
     zoo.list_models(family="rmt")       # its models; zoo.comparison_models(): the ones benchmarks compare
 
-Importing `zoo` also registers RMT and InternImage with timm, so `timm.create_model("rmt_s")` works.
+Importing `zoo` also registers RMT and InternImage with timm, so `timm.create_model("rmt_s")` works. The names in
+`__all__` are the zoo's public interface; the layers above it (bench, hub) use only these.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ._checkpoint import CheckpointError, CheckpointMismatchError, LoadReport, read_checkpoint
+from ._checkpoint import CheckpointError, CheckpointMismatchError, LoadReport, check_fits, read_checkpoint
+from ._hub import CLIENT_ERRORS, REVISION_ENV as HUB_REVISION_ENV, WeightsUnavailableError, fetch_weights, hub_repo_id
 from ._registry import Family, ModelInfo, UnknownModelError, comparison_models, families, info, list_models
 from . import rmt, internimage, timm_models  # noqa: F401  (registration side effects; families are listed in this order)
+from .rmt import ORG_ENV as RMT_HUB_ORG_ENV
+from .timm_models import _filter_fn as timm_checkpoint_filter
 
 __all__ = [
     "load",
@@ -33,6 +37,15 @@ __all__ = [
     "CheckpointMismatchError",
     "LoadReport",
     "read_checkpoint",
+    "check_fits",
+    # the Hub: where a model's weights live and how a download fails
+    "fetch_weights",
+    "hub_repo_id",
+    "WeightsUnavailableError",
+    "CLIENT_ERRORS",
+    "HUB_REVISION_ENV",
+    "RMT_HUB_ORG_ENV",
+    "timm_checkpoint_filter",
 ]
 
 

@@ -1,0 +1,179 @@
+"""Tables, CSVs and the plot (bench/report.py)."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import pytest
+
+from bench import cli, measure
+from bench.columns import Column
+from bench.measure import Loop
+from bench.report import plot, render_table, status_summary, table_order
+from bench.results import append_row, load_results
+
+
+def test_table_formats_and_notes(make_row):
+    reason = "torch_tensorrt is not installed."
+    rows = [
+        make_row(),
+        make_row(backend="tensorrt", status="unavailable", reason=reason, latency_ms=None, throughput_ips=None),
+        make_row(
+            backend="tensorrt", batch_size=1, status="unavailable", reason=reason, latency_ms=None, throughput_ips=None
+        ),
+        make_row(
+            batch_size=256, status="oom", reason="Out of memory at batch 256.", latency_ms=None, throughput_ips=None
+        ),
+    ]
+    table = render_table(rows, "github", ["all"])
+    lines = table.splitlines()
+    assert lines[0].startswith("| model") and "p99 ms" in lines[0] and "img/s" in lines[0]
+    assert "| 28.29 " in lines[2] and "| 4.51 " in lines[2] and "| 800.0 " in lines[2]
+    assert table.count("unavailable [1]") == 2 and "oom [2]" in table  # identical reasons share one note
+    assert lines[-2:] == [f"[1] {reason}", "[2] Out of memory at batch 256."]
+    assert "\\begin{tabular}" in render_table(rows, "latex")
+    csv_lines = render_table(rows, "csv").splitlines()
+    assert csv_lines[0].startswith("model,mode,backend,precision,batch_size,input_size")
+    assert len(csv_lines) == 5 and ",224x224," in csv_lines[1] and ",15.0," in csv_lines[1]
+    assert status_summary(rows) == "4 rows: 1 ok, 1 oom, 2 unavailable"
+
+
+def test_terminal_table_shows_only_columns_with_values(make_row):
+    header = render_table([make_row()], "github", ["all"]).splitlines()[0]
+    assert "p50 ms" in header and "img/s" in header
+    for empty in ("top-1", "top-5", "compile s", "breaks", "vs eager", "p95 ms", "| mode ", "| device "):
+        assert empty not in header
+    rows = [
+        make_row(),
+        make_row(backend="compile", compile_s=2.5, graph_breaks=0, diff_vs_eager_rel=3e-7, mode="train", tf32=True),
+    ]
+    table = render_table(rows, "github", ["all"])
+    header = table.splitlines()[0]
+    for shown in ("compile s", "breaks", "vs eager", "| mode "):
+        assert shown in header
+    assert "| train " in table and "fp32 +tf32" in table and "3.0e-07" in table
+    assert "top1" in render_table([make_row()], "csv").splitlines()[0]  # CSV keeps every field
+
+
+def test_timm_csv_has_timm_columns_and_merges_infer_and_train(make_row):
+    rows = [
+        make_row(throughput_ips=812.3456, latency_ms={"mean": 9.87654}),
+        make_row(mode="train", throughput_ips=201.0, latency_ms={"mean": 39.8}),
+        make_row(model="rmt_t", params=14_334_216, gmacs=2.651, throughput_ips=900.0, latency_ms={"mean": 8.9}),
+        make_row(model="rmt_t", batch_size=1, status="oom"),
+    ]
+    lines = list(csv.DictReader(io.StringIO(render_table(rows, "timm"))))
+    assert list(lines[0])[:11] == [
+        "model",
+        "infer_samples_per_sec",
+        "infer_step_time",
+        "infer_batch_size",
+        "infer_img_size",
+        "infer_gmacs",
+        "train_samples_per_sec",
+        "train_step_time",
+        "train_batch_size",
+        "train_img_size",
+        "param_count",
+    ]
+    swin, rmt = lines
+    assert (
+        swin["model"] == "swin_t" and swin["infer_samples_per_sec"] == "812.35" and swin["infer_step_time"] == "9.877"
+    )
+    assert swin["infer_img_size"] == "224" and swin["infer_gmacs"] == "4.51" and swin["param_count"] == "28.29"
+    assert swin["train_samples_per_sec"] == "201.0" and swin["train_batch_size"] == "8"
+    assert rmt["param_count"] == "14.33" and rmt["train_step_time"] == ""  # the oom row is left out
+    only_infer = render_table([make_row()], "timm").splitlines()[0]
+    assert "train_" not in only_infer
+
+
+def test_table_order(make_row):
+    rows = [
+        make_row(model="b", batch_size=8),
+        make_row(model="a"),
+        make_row(model="b", batch_size=1),
+        make_row(model="b", backend="compile"),
+    ]
+    assert [(r["model"], r["backend"], r["batch_size"]) for r in table_order(rows)] == [
+        ("b", "eager", 1),
+        ("b", "eager", 8),
+        ("a", "eager", 8),
+        ("b", "compile", 8),
+    ]
+
+
+def test_plot_uses_paper_accuracy_when_none_was_measured(tmp_path, make_row):
+    png = tmp_path / "plot.png"
+    assert plot([make_row(), make_row(model="rmt_t", top1=81.0)], png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not plot([make_row(status="oom")], tmp_path / "none.png")
+    assert not (tmp_path / "none.png").exists()
+
+
+class _Temperature(measure.Tracker):
+    """A tracker that exists only in this test: one table column and one CSV-only field."""
+
+    columns = (
+        Column("temp C", "temp_c", ".1f", id="temp", unit="degrees C"),
+        Column("", "temp_sensor", kind="text", table=False),
+    )
+
+    def fields(self, loop: Loop) -> dict:
+        return {"temp_c": 41.25, "temp_sensor": "fake"}
+
+
+def test_a_new_tracker_is_one_class_and_its_fields_reach_every_output(monkeypatch, make_row, tmp_path, capsys):
+    monkeypatch.setattr(measure, "TRACKERS", (*measure.TRACKERS, _Temperature))
+    row = make_row(**_Temperature("cpu").fields(Loop([1.0], 1.0)))
+    [line] = csv.DictReader(io.StringIO(render_table([row], "csv")))
+    assert line["temp_c"] == "41.25" and line["temp_sensor"] == "fake"
+    table = render_table([row], "simple", ["all"])
+    assert "temp C" in table.splitlines()[0] and "41.2" in table.splitlines()[2]
+    path = tmp_path / "r.jsonl"
+    append_row(path, row)
+    append_row(path, {**row, "batch_size": 1, "temp_c": "hot"})  # the store validates the new field by its kind
+    assert [r["batch_size"] for r in load_results(path, quiet=True)] == [8]
+    assert cli.main(["report", str(path), "--columns", "model", "temp"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].split() == ["model", "temp", "C", "status"]
+
+
+def test_every_field_a_tracker_writes_is_declared_and_reaches_the_csv(make_row):
+    loop = Loop([2.0, 3.0], 0.005, batch_size=2)
+    header = next(csv.reader(io.StringIO(render_table([make_row()], "csv"))))
+    for cls in measure.TRACKERS:
+        tracker = cls("cpu")
+        tracker.start()
+        tracker.stop()
+        written = tracker.fields(loop)
+        declared = {c.field.split(".")[0]: c for c in cls.columns}
+        assert set(written) <= set(declared), cls.__name__
+        for name, value in written.items():
+            fields = [c.field for c in cls.columns if c.field.split(".")[0] == name and c.csv]
+            assert fields or not declared[name].csv, name
+            assert all(f in header for f in fields), (cls.__name__, fields)
+    assert {"energy_j", "peak_mem_kind", "peak_mem_reserved_mb", "energy_note"} <= set(header)
+
+
+@pytest.mark.parametrize("fmt", ["simple", "github", "csv", "timm"])
+def test_text_fields_are_printed_escaped(fmt, make_row):
+    hostile = "\x1b]0;owned\x07\x1b[2J\r"
+    rows = [
+        make_row(model="swin_t" + hostile, env={"device_name": "cpu" + hostile}),
+        make_row(status="error", reason="boom" + hostile, backend_options={"mode": hostile}),
+    ]
+    out = render_table(rows, fmt, ["all"] if fmt not in ("csv", "timm") else None)
+    assert "\x1b" not in out and "\x07" not in out and "\r" not in out
+    if fmt != "timm":  # timm's CSV has only measured rows, and the model name
+        assert "\\x1b]0;owned" in out
+
+
+def test_columns_show_what_is_asked_in_that_order(make_row):
+    rows = [make_row(), make_row(batch_size=1)]  # one machine, no training, no top-1, no energy
+    table = render_table(rows, "simple", ["device", "mode", "top1", "j_img", "status", "model"])
+    assert table.splitlines()[0].split() == ["device", "mode", "top-1", "J/img", "status", "model"]
+    assert table.splitlines()[2].split() == ["Test", "CPU", "infer", "ok", "swin_t"]
+    with pytest.raises(ValueError, match="Unknown column 'nope'"):
+        render_table(rows, "simple", ["model", "nope"])
+    default = render_table(rows, "simple").splitlines()[0].split()
+    assert "device" not in default and "mode" not in default and default[-1] == "status"
