@@ -31,6 +31,7 @@ __all__ = [
     "SCHEMA_VERSION",
 ]
 
+
 @functools.cache
 def _checks(trackers: tuple[type, ...]) -> tuple[tuple[str, str], ...]:
     """(field, kind) of every schema field whose type a reader relies on."""
