@@ -23,7 +23,7 @@ import torch.nn as nn
 from .measure import is_cuda, synchronize
 from .args import positive_int
 from .options import NoOptions, option
-from .precision import autocast, precision
+from .precision import autocast, names, precision
 from .spec import RowSpec
 
 __all__ = [
@@ -96,7 +96,8 @@ class Backend:
     def refusal(cls, spec: RowSpec) -> str | None:
         """Why this backend cannot run `spec` here, known before any model is built; None when it can."""
         if precision(spec.precision).autocast and not cls.runs_autocast:
-            return f"The {cls.name} backend builds for one precision (fp32, fp16 or bf16), so autocast does not apply."
+            cast = ", ".join(names(autocast=False))
+            return f"The {cls.name} backend builds for one precision ({cast}), so autocast does not apply."
         if spec.mode == "train" and not cls.trains:
             return f"The {cls.name} backend builds inference-only graphs, so it has no training step to time."
         return cls.unavailable_reason(spec.device)

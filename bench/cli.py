@@ -36,7 +36,7 @@ from .backends import BACKENDS, first_line
 from .launchers import LAUNCHERS, LauncherUnavailable
 from .options import add_flags, flag_of, given
 from .paths import OutputPathError, check_distinct, check_output_path
-from .precision import ALIASES, PRECISIONS
+from .precision import ALIASES, PRECISIONS, described, names
 from .report import (
     BY_NAME,
     FORMATS,
@@ -123,7 +123,7 @@ def _model_list(path: str) -> list[str]:
 def _precision(text: str) -> str:
     value = ALIASES.get(text, text)
     if value not in PRECISIONS:
-        raise argparse.ArgumentTypeError(f"expected one of {', '.join(PRECISIONS)} or autocast, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected one of {described()}, got {text!r}")
     return value
 
 
@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         type=_precision,
         metavar="P",
-        help=f"{', '.join(PRECISIONS)}; amp = amp-fp16 as in timm, autocast = amp-bf16 (default fp32)",
+        help=f"{described()} (amp as in timm; default fp32)",
     )
     p.add_argument(
         "--batch-size",
@@ -454,7 +454,7 @@ def parse_run_args(argv: Sequence[str]) -> argparse.Namespace:
             raise UsageError("--bench train times classification training; drop --features-only.")
         cast = [p for p in args.precision if not PRECISIONS[p].trainable]
         if cast:
-            trainable = ", ".join(n for n, p in PRECISIONS.items() if p.trainable)
+            trainable = ", ".join(names(trainable=True))
             raise UsageError(f"--bench train runs {trainable} (autocast keeps fp32 weights), not {cast[0]}.")
     _check_choices(args)
     args.checkpoints = _checkpoints(args.checkpoint, args.models)

@@ -1,7 +1,8 @@
 """Precisions, one table: everything the harness knows about a precision is a field of its row in `PRECISIONS`.
 
 A cast precision (fp16, bf16) casts the weights and inputs; an autocast one (amp-*) runs the fp32 model under
-torch.autocast. A new precision is one entry here plus its tests.
+torch.autocast. The CLI's choices and help, the backends' refusals, training's gradient scaler, the output check's
+tolerance and the GPU suite's choice all read this table, so a new precision is one entry here plus its tests.
 """
 
 from __future__ import annotations
@@ -13,7 +14,18 @@ from typing import ContextManager
 import torch
 import torch.nn as nn
 
-__all__ = ["Precision", "PRECISIONS", "ALIASES", "precision", "autocast", "prepare_model", "make_input"]
+__all__ = [
+    "Precision",
+    "PRECISIONS",
+    "ALIASES",
+    "precision",
+    "names",
+    "suite_precision",
+    "described",
+    "autocast",
+    "prepare_model",
+    "make_input",
+]
 
 
 @dataclass(frozen=True)
@@ -24,6 +36,9 @@ class Precision:
     backends disagree: what the compute dtype's rounding explains, with room for a different kernel order.
     `tf32_tolerance`: the same when fp32 matmuls may run in TF32 (10 mantissa bits), where that applies.
     `trainable`: a training step makes sense (cast half-precision weights would need a master copy).
+    `grad_scaler`: training scales the loss (float16 gradients underflow without it; bfloat16 has fp32's range).
+    `suite`: the role it plays in the GPU comparison (bench.suite): "autocast" for backends that run autocast,
+    "cast" for those that build for one dtype.
     """
 
     name: str
@@ -33,6 +48,8 @@ class Precision:
     tolerance: float
     trainable: bool
     tf32_tolerance: float | None = None
+    grad_scaler: bool = False
+    suite: str | None = None
 
     def tolerance_for(self, tf32: bool) -> float:
         return self.tf32_tolerance if tf32 and self.tf32_tolerance is not None else self.tolerance
@@ -44,14 +61,33 @@ PRECISIONS: dict[str, Precision] = {
         Precision(
             "fp32", torch.float32, torch.float32, autocast=False, tolerance=1e-4, trainable=True, tf32_tolerance=5e-3
         ),
-        Precision("fp16", torch.float16, torch.float16, autocast=False, tolerance=1e-2, trainable=False),
+        Precision("fp16", torch.float16, torch.float16, autocast=False, tolerance=1e-2, trainable=False, suite="cast"),
         Precision("bf16", torch.bfloat16, torch.bfloat16, autocast=False, tolerance=5e-2, trainable=False),
-        Precision("amp-fp16", torch.float32, torch.float16, autocast=True, tolerance=1e-2, trainable=True),
-        Precision("amp-bf16", torch.float32, torch.bfloat16, autocast=True, tolerance=5e-2, trainable=True),
+        Precision(
+            "amp-fp16", torch.float32, torch.float16, autocast=True, tolerance=1e-2, trainable=True, grad_scaler=True
+        ),
+        Precision(
+            "amp-bf16", torch.float32, torch.bfloat16, autocast=True, tolerance=5e-2, trainable=True, suite="autocast"
+        ),
     )
 }
 # `amp` follows timm's benchmark.py (float16 autocast); `autocast` is this harness's bf16 autocast.
 ALIASES = {"amp": "amp-fp16", "autocast": "amp-bf16", "float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+
+
+def names(**where: object) -> list[str]:
+    """The precisions whose fields equal `where` (all of them without it), in table order: names(autocast=False)."""
+    return [n for n, p in PRECISIONS.items() if all(getattr(p, k) == v for k, v in where.items())]
+
+
+def suite_precision(role: str) -> str:
+    """The precision that plays `role` ("autocast" or "cast") in the GPU comparison."""
+    return next(n for n, p in PRECISIONS.items() if p.suite == role)
+
+
+def described() -> str:
+    """Every precision and alias, as help texts and error sentences list them."""
+    return f"{', '.join(PRECISIONS)}; aliases {', '.join(f'{a} = {t}' for a, t in ALIASES.items())}"
 
 
 def precision(name: str) -> Precision:

@@ -27,6 +27,7 @@ from .args import EXIT_FAILED, EXIT_OUTPUT, EXIT_USAGE, OneLineParser, OutputErr
 from .cli import exit_code
 from .env import collect_env
 from .paths import OutputPathError, check_output_path
+from .precision import suite_precision
 from .report import plot, render_table, status_summary
 from .runner import Interrupted, run, stopped_exit_code
 from .spec import RowSpec, Settings
@@ -41,8 +42,8 @@ class SuiteConfig:
     device: str
     models: tuple[str, ...] | None = None  # None: the registry's comparison models
     backends: tuple[str, ...] = ("eager", "compile", "tensorrt")
-    precision: str = "amp-bf16"
-    cast_precision: str = "fp16"  # for backends without autocast (TensorRT): fp16, TensorRT's usual fast path
+    precision: str = suite_precision("autocast")  # amp-bf16
+    cast_precision: str = suite_precision("cast")  # for backends without autocast (TensorRT): fp16, its fast path
     latency_batch: int = 1
     throughput_batch: int = 256
     input_size: tuple[int, int] | None = None  # None: each model's own

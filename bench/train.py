@@ -1,8 +1,9 @@
 """Training-step measurement (timm's `--bench train`): forward, loss, backward and optimizer step, timed as one step.
 
 The model trains as it would: train mode (dropout and stochastic depth on, at the model's own drop-path rate),
-cross-entropy against fixed random labels, SGD at timm's benchmark learning rate, autocast with a gradient scaler for
-fp16. The optimizer never sees a real batch, so the weights drift; the work per step does not change.
+cross-entropy against fixed random labels, SGD at timm's benchmark learning rate, autocast with a gradient scaler where
+the precision asks for one (`Precision.grad_scaler`: fp16). The optimizer never sees a real batch, so the weights
+drift; the work per step does not change.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .backends import Backend
-from .precision import autocast
+from .precision import autocast, precision
 from .spec import RowSpec, Unavailable
 
 __all__ = ["training_step"]
@@ -36,7 +37,7 @@ def training_step(
     module = backend.for_training(model, spec)
     target = torch.randint(0, classes, (x.shape[0],), generator=torch.Generator().manual_seed(0)).to(x.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)  # timm benchmark.py's default optimizer and rate
-    scaler = torch.amp.GradScaler(torch.device(spec.device).type, enabled=spec.precision == "amp-fp16")
+    scaler = torch.amp.GradScaler(torch.device(spec.device).type, enabled=precision(spec.precision).grad_scaler)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
