@@ -68,8 +68,13 @@ def positive_float(text: str) -> float:
     return value
 
 
+def _plain(text: str) -> bool:
+    """Digits 0-9 only ("²" and other Unicode digits pass str.isdigit but are no size)."""
+    return text.isascii() and text.isdecimal()
+
+
 def _side(text: str, given: str) -> int:
-    if not text.isdigit():
+    if not _plain(text):
         raise UsageError(f"--input-size expects N, HxW or timm's C H W with whole numbers, got {given!r}.")
     value = int(text)
     if not MIN_SIDE <= value <= MAX_SIDE:
@@ -79,7 +84,7 @@ def _side(text: str, given: str) -> int:
 
 def input_sizes(values: list[str]) -> list[tuple[int, int]]:
     """`--input-size` values: N or HxW each, or timm's `C H W` (three plain numbers, the first a channel count)."""
-    if len(values) == 3 and all(v.isdigit() for v in values) and int(values[0]) <= 4:
+    if len(values) == 3 and all(_plain(v) for v in values) and int(values[0]) <= 4:
         if int(values[0]) != 3:
             raise UsageError(
                 f"--input-size {' '.join(values)} reads as timm's C H W, and these models take 3 channels, "

@@ -35,7 +35,7 @@ from .args import (
 from .backends import BACKENDS, first_line
 from .launchers import LAUNCHERS, LauncherUnavailable
 from .options import add_flags, flag_of, given
-from .paths import OutputPathError, check_distinct, check_output_path
+from .paths import OutputPathError, WriteError, check_distinct, check_output_path, ignore_file_size_signal
 from .precision import ALIASES, PRECISIONS
 from .report import (
     BY_NAME,
@@ -260,9 +260,19 @@ def _report_parser() -> argparse.ArgumentParser:
         "--push-to-hub", metavar="ORG/NAME", help="upload the rows, tables, plot and a dataset card as a dataset repo"
     )
     hub.add_argument(
-        "--dry-run", action="store_true", help="with --push-to-hub: list what would be uploaded where, upload nothing"
+        "--dry-run",
+        action="store_true",
+        help="with --push-to-hub: print each row as it would be uploaded and the files, upload nothing",
     )
-    hub.add_argument("--private", action="store_true", help="with --push-to-hub: create the dataset repo private")
+    hub.add_argument(
+        "--public", action="store_true", help="with --push-to-hub: create the dataset repo public (default: private)"
+    )
+    hub.add_argument("--private", action="store_true", help=argparse.SUPPRESS)  # the default; kept for old commands
+    hub.add_argument(
+        "--include-host",
+        action="store_true",
+        help="with --push-to-hub: publish host names and local paths too (default: redacted)",
+    )
     hub.add_argument("--token", help="with --push-to-hub: Hub token (default: HF_TOKEN or `hf auth login`'s)")
     return p
 
@@ -378,6 +388,30 @@ def _check_choices(args: argparse.Namespace) -> None:
         )
 
 
+def _check_memory(args: argparse.Namespace) -> None:
+    """Refuse, before anything runs, a row whose input alone (with the weights and a first feature map, see
+    `minimum_bytes`) is more than the device has free: such a row could only end out of memory, or swap for hours."""
+    import zoo
+
+    from .env import available_memory
+    from .precision import minimum_bytes
+
+    free = available_memory(args.device)
+    if free is None:
+        return
+    batch = max(args.batch_size)
+    for model in args.models:
+        params = (zoo.info(model).paper_params_m or 0) * 1e6
+        for size in args.input_size or [tuple(zoo.info(model).input_size[1:])]:
+            need = max(minimum_bytes(batch, size, p, params) for p in args.precision)
+            if need > free:
+                raise UsageError(
+                    f"{model} at {size[0]}x{size[1]} and batch {batch} needs at least about {need / 2**30:.1f} GiB "
+                    f"(an estimate: weights, the input batch and one stride-4 feature map of 64 channels), and "
+                    f"{args.device} has {free / 2**30:.1f} GiB free; use a smaller --input-size or --batch-size."
+                )
+
+
 def _check_plot_format(path: str) -> None:
     """matplotlib picks the file type from the extension; check it before anything is measured."""
     import matplotlib
@@ -448,6 +482,7 @@ def parse_run_args(argv: Sequence[str]) -> argparse.Namespace:
             trainable = ", ".join(n for n, p in PRECISIONS.items() if p.trainable)
             raise UsageError(f"--bench train runs {trainable} (autocast keeps fp32 weights), not {cast[0]}.")
     _check_choices(args)
+    _check_memory(args)
     args.checkpoints = _checkpoints(args.checkpoint, args.models)
     args.out = args.out or DEFAULT_RESULTS
     check_outputs(
@@ -459,13 +494,16 @@ def parse_run_args(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
-def check_outputs(outputs: dict[str, str | None], inputs: dict[str, str | None] | None = None) -> None:
+def check_outputs(
+    outputs: dict[str, str | None], inputs: dict[str, str | None] | None = None, appended: bool = True
+) -> None:
     """Every output given must be writable and none may be an input or another output, checked before anything is
-    measured; the first is a results file (appended to), the others are written whole."""
+    measured; with `appended`, the first is a results file (appended to), and the others are written whole (an
+    existing one that is no input is overwritten)."""
     try:
         for i, (option, path) in enumerate(outputs.items()):
             if path:
-                check_output_path(path, option, text_file=i == 0)
+                check_output_path(path, option, text_file=appended and i == 0)
         check_distinct(outputs, inputs)
     except OutputPathError as exc:
         raise UsageError(str(exc)) from None
@@ -523,6 +561,9 @@ def run_main(argv: Sequence[str]) -> int:
         return stopped_exit_code(exc, args.out)
     except LauncherUnavailable as exc:
         raise UsageError(str(exc)) from None
+    except WriteError as exc:  # a full disk or `ulimit -f`: show what was kept, then the one sentence
+        emit(render_table(exc.rows, args.format, args.columns) + "\n" if exc.rows else "")
+        raise
     show(outcome.rows, args.format, args.plot, args.columns)
     print(f"{status_summary(outcome.rows)}; results in {args.out}", file=sys.stderr)
     return exit_code(outcome.rows)
@@ -537,8 +578,10 @@ def report_main(argv: Sequence[str]) -> int:
             raise UsageError(
                 f"Results file {path!r} does not exist{' (nor any shard of it)' if not os.path.lexists(path) else ''}."
             )
-    if (args.dry_run or args.private or args.token) and not args.push_to_hub:
-        raise UsageError("--dry-run, --private and --token go with --push-to-hub ORG/NAME.")
+    if (args.dry_run or args.private or args.public or args.include_host or args.token) and not args.push_to_hub:
+        raise UsageError("--dry-run, --public, --include-host and --token go with --push-to-hub ORG/NAME.")
+    if args.private and args.public:
+        raise UsageError("Give either --public or --private (the default), not both.")
     if args.push_to_hub:
         from hub.publish import PublishError, check_repo_id
 
@@ -546,7 +589,7 @@ def report_main(argv: Sequence[str]) -> int:
             check_repo_id(args.push_to_hub)
         except PublishError as exc:
             raise UsageError(str(exc)) from None
-    check_outputs({"--plot": args.plot}, {f"RESULTS {p}": p for p in args.results})
+    check_outputs({"--plot": args.plot}, {f"RESULTS {p}": p for p in args.results}, appended=False)
     if args.plot:
         _check_plot_format(args.plot)
     select_columns(args.columns)
@@ -562,17 +605,20 @@ def report_main(argv: Sequence[str]) -> int:
     show(rows, args.format, args.plot, args.columns)
     if args.push_to_hub:
         from hub.publish import PublishError
-        from hub.results import push_results
+        from hub.results import preview, push_results
 
         try:
+            if args.dry_run:
+                emit(preview(rows, args.include_host) + "\n")
             emit(
                 push_results(
                     rows,
                     args.push_to_hub,
                     sources=args.results,
                     dry_run=args.dry_run,
-                    private=args.private,
+                    private=not args.public,
                     token=args.token,
+                    include_host=args.include_host,
                 )
                 + "\n"
             )
@@ -584,12 +630,13 @@ def report_main(argv: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    ignore_file_size_signal()
     try:
         return report_main(argv[1:]) if argv[:1] == ["report"] else run_main(argv)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except OutputError as exc:
+    except (OutputError, WriteError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_OUTPUT
     except KeyboardInterrupt:

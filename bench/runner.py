@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from .backends import BACKENDS
 from .env import REPO_ROOT, collect_env, device_name
-from .results import append_row, iter_results, latest_rows, result_files, utc_now
+from .results import WriteError, append_row, iter_results, latest_rows, result_files, utc_now
 from .spec import RowSpec, Settings, row_key
 
 __all__ = ["run", "Outcome", "group_rows", "RESUMABLE", "Interrupted", "crash_reason", "stopped_exit_code"]
@@ -331,6 +331,7 @@ def run(
     main_thread = threading.current_thread() is threading.main_thread()  # only there can a handler be set
     previous_handler = signal.signal(signal.SIGTERM, _raise_interrupted) if main_thread else None
     unfinished = 0
+    runner = None
     by_reason: dict[tuple[str, str], list[RowSpec]] = {}
     for spec, reason in refused.items():
         by_reason.setdefault((spec.backend, reason), []).append(spec)
@@ -352,13 +353,20 @@ def run(
                     continue
                 bar.set_description(f"{group[0].model} ({len(group)} rows)")
                 runner.group(group)
+    except WriteError as exc:  # a full disk or file-size limit: the rows written so far are the run's result
+        exc.rows = _kept(specs, runner.rows if runner else {}, done, machines)
+        raise
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous_handler)
-    fresh = runner.rows
+    return Outcome(_kept(specs, runner.rows, done, machines), unfinished)
+
+
+def _kept(specs: list[RowSpec], fresh: dict[tuple, dict], done: dict[tuple, dict], machines: dict) -> list[dict]:
+    """The grid's rows measured by this run or skipped by --resume, in the grid's order."""
     rows = []
     for spec in specs:
         row = fresh.get(row_key(spec.fields(), machine="")) or done.get(spec.key(machines[spec.device]))
         if row is not None:
             rows.append(row)
-    return Outcome(rows, unfinished)
+    return rows

@@ -6,9 +6,12 @@ Errors end in one sentence on stderr and exit status 1 (2 for bad arguments), ne
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from pathlib import Path
 
+from bench.paths import WriteError, ignore_file_size_signal
 from zoo import CheckpointError, CheckpointMismatchError, UnknownModelError
 from zoo._hub import REVISION_ENV, WeightsUnavailableError, fetch_weights
 from zoo.rmt import ORG_ENV
@@ -45,7 +48,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("publish", help="upload a converted folder's regular files (never links) to a Hub repo")
     p.add_argument("folder", type=Path)
-    p.add_argument("--repo", help="ORG/NAME (default: where zoo.load looks for this model)")
+    p.add_argument(
+        "--repo", help="ORG/NAME (default for RMT: where zoo.load looks for it; required for upstream families)"
+    )
     p.add_argument("--dry-run", action="store_true", help="list what would be uploaded where, and stop")
     p.add_argument("--private", action="store_true", help="create the repo private")
     p.add_argument("--token", help="Hub token (default: HF_TOKEN or the one saved by `hf auth login`)")
@@ -92,17 +97,34 @@ def _download(args: argparse.Namespace) -> None:
     print(fetch_weights(zoo.info(args.model), revision=args.revision, org=args.org))
 
 
+class _Terminated(Exception):
+    """SIGTERM, raised where the process is, so a conversion's `finally` removes its staging folder."""
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    raise _Terminated(signal.Signals(signum).name)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     run = {"convert": _convert, "publish": _publish, "download": _download}[args.command]
+    ignore_file_size_signal()
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         run(args)
-    except _EXPECTED as e:
+    except _Terminated:
+        print("error: stopped by SIGTERM; nothing was left half-written.", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    except (*_EXPECTED, WriteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except OSError as e:  # writing OUT_DIR, reading a folder: the system's own one-line reason
         print(f"error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}.", file=sys.stderr)
         return 1
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 
