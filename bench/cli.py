@@ -12,6 +12,8 @@ import ast
 import dataclasses
 import importlib
 import itertools
+import json
+import math
 import os
 import shlex
 import sys
@@ -70,17 +72,37 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def _json_value(value: Any) -> bool:
+    """Whether `value` travels to a worker and into a row unchanged as JSON (tuples become lists)."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, (list, tuple)):
+        return all(_json_value(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _json_value(v) for k, v in value.items())
+    return False
+
+
 def parse_model_kwargs(values: list[str]) -> dict[str, Any]:
-    """timm's `--model-kwargs k=v ...`: values read as Python literals where they are one (0.1, True), else strings."""
+    """timm's `--model-kwargs k=v ...`: values read as Python literals where they are one (0.1, True, [1, 2],
+    {'a': 1}), else strings; each in its JSON form (a tuple becomes a list), as rows and resume keys hold it."""
     kwargs = {}
     for value in values:
         key, sep, text = value.partition("=")
         if not sep or not key.isidentifier():
             raise UsageError(f"--model-kwargs expects key=value pairs, got {value!r}.")
         try:
-            kwargs[key] = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            kwargs[key] = text
+            parsed = ast.literal_eval(text)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            parsed = text
+        if not _json_value(parsed):
+            raise UsageError(
+                f"--model-kwargs {key}={text} is a {type(parsed).__name__}, which a results row cannot record; give "
+                f"a number, string, True/False/None, or a list or dict of them."
+            )
+        kwargs[key] = json.loads(json.dumps(parsed))
     return kwargs
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import resource
 import signal
 import stat
 import tempfile
@@ -201,11 +202,13 @@ def append_bytes(path: str | Path, data: bytes, separate: bool = True) -> None:
             data = b"\n" + data
         try:
             written = os.write(fd, data)
-            if written != len(data):
-                raise OSError(errno.ENOSPC, "short write")  # the next write would say why; both mean full
+            if written != len(data):  # what the next write would raise: the file-size limit or a full disk
+                limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+                full = limit != resource.RLIM_INFINITY and start + written >= limit
+                raise OSError(errno.EFBIG if full else errno.ENOSPC, "short write")
         except OSError as exc:
             _cut_own_tail(fd, start, data)
-            reason = "the disk is full" if exc.strerror == "short write" else _reason(exc)
+            reason = _reason(exc)
             raise WriteError(
                 f"Could not append a row to {path} ({reason}); the rows written before it are kept."
             ) from None

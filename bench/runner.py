@@ -33,11 +33,28 @@ from .env import REPO_ROOT, collect_env, device_name
 from .results import WriteError, append_row, iter_results, latest_rows, result_files, utc_now
 from .spec import RowSpec, Settings, row_key
 
-__all__ = ["run", "Outcome", "group_rows", "RESUMABLE", "Interrupted", "crash_reason", "stopped_exit_code"]
+__all__ = [
+    "run",
+    "measured_as_asked",
+    "Outcome",
+    "group_rows",
+    "RESUMABLE",
+    "Interrupted",
+    "crash_reason",
+    "stopped_exit_code",
+]
 
 # Rows with these statuses are measurements; --resume skips them. `error` and `unavailable` rows are retried,
 # since a fixed bug or a newly installed backend should change them.
 RESUMABLE = ("ok", "oom")
+
+
+def measured_as_asked(row: dict[str, Any], settings: Settings) -> bool:
+    """Whether --resume may keep `row`: it was timed with at least the iterations and warm-up asked now (a row that
+    records neither, from an old file, is kept)."""
+    return all(
+        not isinstance(row.get(name), int) or row[name] >= getattr(settings, name) for name in ("iters", "warmup")
+    )
 
 
 def group_rows(specs: Iterable[RowSpec]) -> list[list[RowSpec]]:
@@ -321,7 +338,7 @@ def run(
         done = {
             k: r
             for r in latest_rows(iter_results(source))
-            if r.get("status") in RESUMABLE and (k := row_key(r)) in wanted
+            if r.get("status") in RESUMABLE and (k := row_key(r)) in wanted and measured_as_asked(r, settings)
         }
     todo = [s for s in specs if s.key(machines[s.device]) not in done]
     refused = _refusals(todo)
