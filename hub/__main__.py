@@ -97,8 +97,9 @@ def _download(args: argparse.Namespace) -> None:
     print(fetch_weights(zoo.info(args.model), revision=args.revision, org=args.org))
 
 
-class _Terminated(Exception):
-    """SIGTERM, raised where the process is, so a conversion's `finally` removes its staging folder."""
+class _Terminated(BaseException):
+    """SIGTERM, raised where the process is, so a conversion's `finally` removes its staging folder (a BaseException,
+    so no `except Exception` on the way swallows it)."""
 
 
 def _terminate(signum: int, _frame: object) -> None:
