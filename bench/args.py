@@ -26,8 +26,9 @@ __all__ = [
     "input_sizes",
 ]
 
-# 0 every row ok; 1 standard output could not be written; 2 bad arguments; 3 a backend is unavailable here (all
-# other rows ok); 4 a row ran out of memory, failed or disagreed with eager. Stopped by a signal: 128 + its number.
+# 0 every row ok; 1 an output (standard output, results, a plot) could not be written; 2 bad arguments; 3 a backend
+# is unavailable here (all other rows ok); 4 a row ran out of memory, failed or disagreed with eager. Stopped by a
+# signal: 128 + its number.
 EXIT_OK, EXIT_OUTPUT, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_FAILED = 0, 1, 2, 3, 4
 MIN_SIDE, MAX_SIDE = 16, 16384  # below 16 pixels no model here has a feature map left; above, tensors overflow
 MAX_COUNT = 1_000_000

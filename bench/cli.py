@@ -182,8 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="bench.py",
         description="Benchmark zoo models: params, GMACs, latency, throughput, memory, compile time, accuracy.",
         epilog="`bench.py report RESULTS.jsonl` renders saved results. Without --models, --preset quick fills what is "
-        "not given. Exit codes: 0 all rows ok, 1 standard output could not be written, 2 bad arguments, 3 a backend "
-        "is unavailable here, 4 a row ran out of memory, failed or mismatched.",
+        "not given. Exit codes: 0 all rows ok, 1 an output could not be written (a full disk), 2 bad arguments, 3 a "
+        "backend is unavailable here, 4 a row ran out of memory, failed or mismatched.",
     )
     p.add_argument("--preset", choices=sorted(PRESETS), help="named settings; explicit options override them")
     p.add_argument(
