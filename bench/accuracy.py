@@ -9,9 +9,11 @@ the standard 1000-class order. Under torchrun the images are split over the rank
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import sys
+import warnings
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,20 +21,50 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
+from PIL import Image
 from timm.data import create_transform
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader, has_file_allowed_extension
 
 import zoo
 
-from .args import EXIT_USAGE, OneLineParser, UsageError, input_sizes, positive_int
-from .paths import OutputPathError, check_distinct, check_output_path
+from .args import (
+    EXIT_FAILED,
+    EXIT_OUTPUT,
+    EXIT_USAGE,
+    OneLineParser,
+    UsageError,
+    input_sizes,
+    positive_float,
+    positive_int,
+)
+from .paths import OutputPathError, WriteError, check_distinct, check_output_path, ignore_file_size_signal, write_atomic
 
-__all__ = ["DataError", "ImageList", "check_data_dir", "evaluate", "list_images", "main", "preprocessing"]
+__all__ = [
+    "DataError",
+    "RanksError",
+    "DEFAULT_TIMEOUT_S",
+    "ImageList",
+    "check_data_dir",
+    "evaluate",
+    "list_images",
+    "main",
+    "preprocessing",
+]
+
+
+# Under torchrun, how long a rank waits for the others before the run fails (torch's own default is 30 minutes, in
+# silence). Evaluation runs before the only collective, so this must cover the slowest rank's whole share of the
+# images beyond the fastest's: raise it with --timeout-s for large sets on uneven machines.
+DEFAULT_TIMEOUT_S = 300.0
 
 
 class DataError(ValueError):
     """The --data folder is not a usable ImageFolder dataset."""
+
+
+class RanksError(RuntimeError):
+    """Under torchrun, the other ranks did not answer within the timeout (one stopped, crashed or never started)."""
 
 
 @dataclass
@@ -156,9 +188,12 @@ class _Images(Dataset):
     def __getitem__(self, index: int) -> tuple[int, str, Any, int]:
         position, path, target = self.samples[index]
         try:
-            image = self.transform(default_loader(path))
-        except (OSError, ValueError, SyntaxError):  # what PIL raises for a file it cannot decode
-            image = None
+            with warnings.catch_warnings():
+                # PIL only warns below twice its pixel limit; such an image is as unreadable here as a bigger bomb
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                image = self.transform(default_loader(path))
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+            image = None  # what PIL raises for a file it cannot decode, or will not (a decompression bomb)
         return position, path, image, target
 
 
@@ -180,9 +215,12 @@ def _over_ranks(counts: torch.Tensor, first_skipped: Skipped | None) -> tuple[to
         return counts, first_skipped
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
     counts = counts.to(device)
-    dist.all_reduce(counts)
     firsts: list[Skipped | None] = [None] * dist.get_world_size()
-    dist.all_gather_object(firsts, first_skipped)
+    try:
+        dist.all_reduce(counts)
+        dist.all_gather_object(firsts, first_skipped)
+    except RuntimeError as exc:  # gloo and NCCL say a timeout or a lost peer as a RuntimeError
+        raise RanksError(str(exc)) from None
     return counts.cpu(), min((f for f in firsts if f is not None), default=None)
 
 
@@ -281,6 +319,14 @@ def _parser() -> argparse.ArgumentParser:
         help="DataLoader processes per rank that decode images (default 0)",
     )
     p.add_argument("--out", metavar="FILE", help="also write the result, as JSON, to FILE (rank 0)")
+    p.add_argument(
+        "--timeout-s",
+        type=positive_float,
+        default=DEFAULT_TIMEOUT_S,
+        metavar="S",
+        help=f"under torchrun: seconds a rank waits for the others (to start, or at the final sum) before the run "
+        f"fails, so a rank that stopped ends it instead of hanging it (default {DEFAULT_TIMEOUT_S:.0f})",
+    )
     return p
 
 
@@ -322,15 +368,6 @@ def parse_args(argv: Sequence[str], rank: int, local_world: int) -> argparse.Nam
     return args
 
 
-def _write_json(path: str, result: dict[str, Any]) -> None:
-    """Written beside the target and moved into place, so a crash never leaves half a file."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.partial")
-    partial.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    os.replace(partial, target)
-
-
 def _fail(message: str, local_rank: int) -> int:
     """Every rank meets the same problem, so one line per machine says it."""
     if local_rank == 0:
@@ -340,6 +377,7 @@ def _fail(message: str, local_rank: int) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """One rank of `torchrun ... -m bench.accuracy` (or the only process, without torchrun)."""
+    ignore_file_size_signal()
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     local_rank, local_world = int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     try:
@@ -352,11 +390,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bad checkpoint or an unreachable Hub: zoo says why in its first line
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         return _fail(f"Could not build {args.model}: {reason}", local_rank)
-    if world > 1:
-        if args.device == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if args.device == "cuda" else "gloo")
     try:
+        if world > 1:
+            if args.device == "cuda":
+                torch.cuda.set_device(device)
+            try:
+                dist.init_process_group(
+                    "nccl" if args.device == "cuda" else "gloo", timeout=datetime.timedelta(seconds=args.timeout_s)
+                )
+            except RuntimeError as exc:  # the rendezvous timed out (DistStoreError and the like)
+                raise RanksError(str(exc)) from None
         result = evaluate(
             model,
             args.model,
@@ -369,8 +412,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except DataError as exc:  # no image could be read: every rank knows, after the counts were summed
         return _fail(str(exc), local_rank)
+    except RanksError as exc:  # another rank stopped or never came: each rank says so, with its number
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        print(
+            f"error: rank {rank} of {world}: the other ranks did not answer within --timeout-s {args.timeout_s:g} s "
+            f"(a rank stopped or never started; {why}).",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     finally:
-        if world > 1:
+        if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
     if rank == 0:
         weights = args.checkpoint or ("hub" if args.pretrained else "random init")
@@ -384,7 +435,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         print(json.dumps(result))
         if args.out:
-            _write_json(args.out, result)
+            try:  # whole or not at all, never through a link planted beside it
+                write_atomic(args.out, json.dumps(result, indent=2) + "\n")
+            except WriteError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return EXIT_OUTPUT
     return 0
 
 

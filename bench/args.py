@@ -26,8 +26,9 @@ __all__ = [
     "input_sizes",
 ]
 
-# 0 every row ok; 1 standard output could not be written; 2 bad arguments; 3 a backend is unavailable here (all
-# other rows ok); 4 a row ran out of memory, failed or disagreed with eager. Stopped by a signal: 128 + its number.
+# 0 every row ok; 1 an output (standard output, results, a plot) could not be written; 2 bad arguments; 3 a backend
+# is unavailable here (all other rows ok); 4 a row ran out of memory, failed or disagreed with eager. Stopped by a
+# signal: 128 + its number.
 EXIT_OK, EXIT_OUTPUT, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_FAILED = 0, 1, 2, 3, 4
 MIN_SIDE, MAX_SIDE = 16, 16384  # below 16 pixels no model here has a feature map left; above, tensors overflow
 MAX_COUNT = 1_000_000
@@ -68,8 +69,13 @@ def positive_float(text: str) -> float:
     return value
 
 
+def _plain(text: str) -> bool:
+    """Digits 0-9 only ("²" and other Unicode digits pass str.isdigit but are no size)."""
+    return text.isascii() and text.isdecimal()
+
+
 def _side(text: str, given: str) -> int:
-    if not text.isdigit():
+    if not _plain(text):
         raise UsageError(f"--input-size expects N, HxW or timm's C H W with whole numbers, got {given!r}.")
     value = int(text)
     if not MIN_SIDE <= value <= MAX_SIDE:
@@ -79,7 +85,7 @@ def _side(text: str, given: str) -> int:
 
 def input_sizes(values: list[str]) -> list[tuple[int, int]]:
     """`--input-size` values: N or HxW each, or timm's `C H W` (three plain numbers, the first a channel count)."""
-    if len(values) == 3 and all(v.isdigit() for v in values) and int(values[0]) <= 4:
+    if len(values) == 3 and all(_plain(v) for v in values) and int(values[0]) <= 4:
         if int(values[0]) != 3:
             raise UsageError(
                 f"--input-size {' '.join(values)} reads as timm's C H W, and these models take 3 channels, "

@@ -12,6 +12,8 @@ import ast
 import dataclasses
 import importlib
 import itertools
+import json
+import math
 import os
 import shlex
 import sys
@@ -35,7 +37,7 @@ from .args import (
 from .backends import BACKENDS, first_line
 from .launchers import LAUNCHERS, LauncherUnavailable
 from .options import add_flags, flag_of, given
-from .paths import OutputPathError, check_distinct, check_output_path
+from .paths import OutputPathError, WriteError, check_distinct, check_output_path, ignore_file_size_signal
 from .precision import ALIASES, PRECISIONS, described, names
 from .report import (
     BY_NAME,
@@ -74,17 +76,37 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def _json_value(value: Any) -> bool:
+    """Whether `value` travels to a worker and into a row unchanged as JSON (tuples become lists)."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, (list, tuple)):
+        return all(_json_value(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _json_value(v) for k, v in value.items())
+    return False
+
+
 def parse_model_kwargs(values: list[str]) -> dict[str, Any]:
-    """timm's `--model-kwargs k=v ...`: values read as Python literals where they are one (0.1, True), else strings."""
+    """timm's `--model-kwargs k=v ...`: values read as Python literals where they are one (0.1, True, [1, 2],
+    {'a': 1}), else strings; each in its JSON form (a tuple becomes a list), as rows and resume keys hold it."""
     kwargs = {}
     for value in values:
         key, sep, text = value.partition("=")
         if not sep or not key.isidentifier():
             raise UsageError(f"--model-kwargs expects key=value pairs, got {value!r}.")
         try:
-            kwargs[key] = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            kwargs[key] = text
+            parsed = ast.literal_eval(text)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            parsed = text
+        if not _json_value(parsed):
+            raise UsageError(
+                f"--model-kwargs {key}={text} is a {type(parsed).__name__}, which a results row cannot record; give "
+                f"a number, string, True/False/None, or a list or dict of them."
+            )
+        kwargs[key] = json.loads(json.dumps(parsed))
     return kwargs
 
 
@@ -163,8 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="bench.py",
         description="Benchmark zoo models: params, GMACs, latency, throughput, memory, compile time, accuracy.",
         epilog="`bench.py report RESULTS.jsonl` renders saved results. Without --models, --preset quick fills what is "
-        "not given. Exit codes: 0 all rows ok, 1 standard output could not be written, 2 bad arguments, 3 a backend "
-        "is unavailable here, 4 a row ran out of memory, failed or mismatched.",
+        "not given. Exit codes: 0 all rows ok, 1 an output could not be written (a full disk), 2 bad arguments, 3 a "
+        "backend is unavailable here, 4 a row ran out of memory, failed or mismatched.",
     )
     p.add_argument("--preset", choices=sorted(PRESETS), help="named settings; explicit options override them")
     p.add_argument(
@@ -378,6 +400,30 @@ def _check_choices(args: argparse.Namespace) -> None:
         )
 
 
+def _check_memory(args: argparse.Namespace) -> None:
+    """Refuse, before anything runs, a row whose input alone (with the weights and a first feature map, see
+    `minimum_bytes`) is more than the device has free: such a row could only end out of memory, or swap for hours."""
+    import zoo
+
+    from .env import available_memory
+    from .precision import minimum_bytes
+
+    free = available_memory(args.device)
+    if free is None:
+        return
+    batch = max(args.batch_size)
+    for model in args.models:
+        params = (zoo.info(model).paper_params_m or 0) * 1e6
+        for size in args.input_size or [tuple(zoo.info(model).input_size[1:])]:
+            need = max(minimum_bytes(batch, size, p, params) for p in args.precision)
+            if need > free:
+                raise UsageError(
+                    f"{model} at {size[0]}x{size[1]} and batch {batch} needs at least about {need / 2**30:.1f} GiB "
+                    f"(an estimate: weights, the input batch and one stride-4 feature map of 64 channels), and "
+                    f"{args.device} has {free / 2**30:.1f} GiB free; use a smaller --input-size or --batch-size."
+                )
+
+
 def _check_plot_format(path: str) -> None:
     """matplotlib picks the file type from the extension; check it before anything is measured."""
     import matplotlib
@@ -457,6 +503,7 @@ def parse_run_args(argv: Sequence[str]) -> argparse.Namespace:
             trainable = ", ".join(names(trainable=True))
             raise UsageError(f"--bench train runs {trainable} (autocast keeps fp32 weights), not {cast[0]}.")
     _check_choices(args)
+    _check_memory(args)
     args.checkpoints = _checkpoints(args.checkpoint, args.models)
     args.out = args.out or DEFAULT_RESULTS
     check_outputs(
@@ -468,13 +515,16 @@ def parse_run_args(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
-def check_outputs(outputs: dict[str, str | None], inputs: dict[str, str | None] | None = None) -> None:
+def check_outputs(
+    outputs: dict[str, str | None], inputs: dict[str, str | None] | None = None, appended: bool = True
+) -> None:
     """Every output given must be writable and none may be an input or another output, checked before anything is
-    measured; the first is a results file (appended to), the others are written whole."""
+    measured; with `appended`, the first is a results file (appended to), and the others are written whole (an
+    existing one that is no input is overwritten)."""
     try:
         for i, (option, path) in enumerate(outputs.items()):
             if path:
-                check_output_path(path, option, text_file=i == 0)
+                check_output_path(path, option, text_file=appended and i == 0)
         check_distinct(outputs, inputs)
     except OutputPathError as exc:
         raise UsageError(str(exc)) from None
@@ -532,6 +582,9 @@ def run_main(argv: Sequence[str]) -> int:
         return stopped_exit_code(exc, args.out)
     except LauncherUnavailable as exc:
         raise UsageError(str(exc)) from None
+    except WriteError as exc:  # a full disk or `ulimit -f`: show what was kept, then the one sentence
+        emit(render_table(exc.rows, args.format, args.columns) + "\n" if exc.rows else "")
+        raise
     show(outcome.rows, args.format, args.plot, args.columns)
     print(f"{status_summary(outcome.rows)}; results in {args.out}", file=sys.stderr)
     return exit_code(outcome.rows)
@@ -548,7 +601,7 @@ def report_main(argv: Sequence[str]) -> int:
             raise UsageError(
                 f"Results file {path!r} does not exist{' (nor any shard of it)' if not os.path.lexists(path) else ''}."
             )
-    check_outputs({"--plot": args.plot}, {f"RESULTS {p}": p for p in args.results})
+    check_outputs({"--plot": args.plot}, {f"RESULTS {p}": p for p in args.results}, appended=False)
     if args.plot:
         _check_plot_format(args.plot)
     check_columns(args.columns)
@@ -566,12 +619,13 @@ def report_main(argv: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    ignore_file_size_signal()
     try:
         return report_main(argv[1:]) if argv[:1] == ["report"] else run_main(argv)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except OutputError as exc:
+    except (OutputError, WriteError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_OUTPUT
     except KeyboardInterrupt:

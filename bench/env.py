@@ -88,3 +88,14 @@ def collect_env(device: str) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "git_commit": git_commit(),
     }
+
+
+def available_memory(device: str) -> int | None:
+    """Bytes free for a new row on `device` (a GPU's free memory, or the system's MemAvailable); None if unknown."""
+    if _is_cuda(device):
+        return torch.cuda.mem_get_info(torch.device(device))[0]
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return None

@@ -1,24 +1,59 @@
-"""Output paths, checked before anything is measured or written, so a bad path costs nothing and loses nothing.
+"""Output paths, checked before anything is measured or written, so a bad path costs nothing and loses nothing, and
+written as if the output folder were hostile.
 
-Every CLI of the project (bench.py, bench.suite, hub convert) checks its outputs here: that each can be written
-without blocking (a FIFO), without failing late (a dangling link, a device such as /dev/null), and that no output
-is also an input or another output (a plot written over the results it was drawn from).
+Every CLI of the project (bench.py, bench.suite, bench.accuracy, hub convert) checks its outputs here: that each can
+be written without blocking (a FIFO), without failing late (a dangling link, a device such as /dev/null), and that no
+output is also an input or another output (a plot written over the results it was drawn from).
+
+Every write goes through `append_bytes` (results rows) or `write_atomic` (whole files), which never follow a link
+planted in the folder meanwhile and never touch bytes they did not write: a full disk or a file-size limit costs the
+one write that failed and nothing before it (`WriteError`, one sentence).
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
+import resource
+import signal
 import stat
+import tempfile
 from pathlib import Path
-from typing import Mapping
+from typing import BinaryIO, Callable, Mapping
 
-__all__ = ["OutputPathError", "check_output_path", "check_distinct"]
+__all__ = [
+    "OutputPathError",
+    "WriteError",
+    "check_output_path",
+    "check_distinct",
+    "append_bytes",
+    "write_atomic",
+    "ignore_file_size_signal",
+    "TEMP_MARK",
+]
 
 PathLike = str | os.PathLike
 
 
 class OutputPathError(ValueError):
     """An output path that cannot be written; the message is one sentence."""
+
+
+class WriteError(OSError):
+    """A write that failed (a full disk, a file-size limit, a link planted in the folder); the message is one
+    sentence, and nothing written before it was touched. `rows` holds what a run had kept when it happened."""
+
+    def __init__(self, message: str, rows: list | None = None):
+        super().__init__(message)
+        self.message, self.rows = message, rows
+
+    def __str__(self) -> str:
+        return self.message
+
+
+# Temporary files are named `.NAME.<TEMP_MARK><random>`: unique, created exclusively, and recognisable as ours.
+TEMP_MARK = "partial-"
 
 
 def _kind(mode: int) -> str:
@@ -57,6 +92,11 @@ def check_output_path(path: PathLike, what: str, text_file: bool = False, folder
     if path.is_symlink() and not path.exists():
         raise OutputPathError(
             f"{what} {str(path)!r} is a symbolic link to {os.readlink(path)!r}, which does not exist."
+        )
+    if path.is_symlink() and not folder:
+        raise OutputPathError(
+            f"{what} {str(path)!r} is a symbolic link to {os.readlink(path)!r}, and outputs are never written through "
+            f"links; give the file itself."
         )
     try:
         mode = path.stat().st_mode
@@ -119,3 +159,116 @@ def check_distinct(outputs: Mapping[str, PathLike | None], inputs: Mapping[str, 
                 raise OutputPathError(
                     f"{out_name} {str(out)!r} lies inside the input folder {name} {str(other)!r}; write it elsewhere."
                 )
+
+
+def ignore_file_size_signal() -> None:
+    """A write past `ulimit -f` raises SIGXFSZ, which kills the process by default; ignored, the write fails with
+    EFBIG instead and is reported in one sentence like a full disk. Children inherit the ignored signal."""
+    if hasattr(signal, "SIGXFSZ"):
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
+def _reason(exc: OSError) -> str:
+    if exc.errno == errno.EFBIG:
+        return "the file-size limit (ulimit -f) was reached"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "the disk is full" if exc.errno == errno.ENOSPC else "the disk quota is used up"
+    if exc.errno == errno.ELOOP:
+        return "it is a symbolic link, and outputs are never written through links"
+    return exc.strerror or str(exc)
+
+
+def append_bytes(path: str | Path, data: bytes, separate: bool = True) -> None:
+    """Append `data` (one or more whole lines) to `path` with one O_APPEND write, then force it to disk.
+
+    Never follows a link and never opens anything but a regular file (a FIFO would block). Appenders of this
+    project hold an exclusive lock on the file around the write, so `separate` (start on a new line when the file
+    ends in a torn line) sees the true tail. A write that fails part-way (disk full, file-size limit) leaves a torn
+    tail of its own: exactly those bytes are cut back off, and only while they are still the file's tail, so no
+    other writer's row is ever touched. Raises WriteError (one sentence).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
+    except OSError as exc:
+        raise WriteError(f"Could not open {path} to append a row ({_reason(exc)}).") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise WriteError(f"Could not append to {path}: it is not a regular file.")
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        start = os.fstat(fd).st_size
+        if separate and start and os.pread(fd, 1, start - 1) != b"\n":
+            data = b"\n" + data
+        try:
+            written = os.write(fd, data)
+            if written != len(data):  # what the next write would raise: the file-size limit or a full disk
+                limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+                full = limit != resource.RLIM_INFINITY and start + written >= limit
+                raise OSError(errno.EFBIG if full else errno.ENOSPC, "short write")
+        except OSError as exc:
+            _cut_own_tail(fd, start, data)
+            reason = _reason(exc)
+            raise WriteError(
+                f"Could not append a row to {path} ({reason}); the rows written before it are kept."
+            ) from None
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            raise WriteError(f"Could not force a row of {path} to disk ({_reason(exc)}).") from None
+    finally:
+        os.close(fd)
+
+
+def _cut_own_tail(fd: int, start: int, data: bytes) -> None:
+    """After a failed append that began at `start`: cut the file back to `start` only if everything after it is a
+    prefix of `data` (bytes this write put there), so a row another process appended is never removed."""
+    end = os.fstat(fd).st_size
+    if end <= start or os.pread(fd, end - start, start) != data[: end - start]:
+        return
+    try:
+        os.ftruncate(fd, start)
+    except OSError:
+        pass  # the torn line stays; readers skip it, and the next append starts on a new line
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it (os.umask would, for a moment, for every thread)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
+
+
+def write_atomic(path: str | Path, content: bytes | str | Callable[[BinaryIO], object]) -> None:
+    """Write a whole file: into a temporary file created exclusively beside `path` (unique name, never a link), then
+    renamed over `path`. A link planted at `path` is replaced, not followed; a failure leaves `path` as it was and
+    no temporary file. `content` is the bytes (or text, UTF-8) or a callback that writes into the open file.
+    Raises WriteError (one sentence)."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.{TEMP_MARK}", dir=path.parent)
+    except OSError as exc:
+        raise WriteError(f"Could not write {path} ({_reason(exc)}).") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(fd, 0o666 & ~_umask())  # what a plain open() would give, not mkstemp's 0600
+            if callable(content):
+                content(f)
+            else:
+                f.write(content.encode() if isinstance(content, str) else content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except OSError as exc:
+        os.unlink(temp)
+        raise WriteError(f"Could not write {path} ({_reason(exc)}); nothing was left half-written.") from None
+    except BaseException:
+        os.unlink(temp)
+        raise

@@ -25,6 +25,7 @@ __all__ = [
     "autocast",
     "prepare_model",
     "make_input",
+    "minimum_bytes",
 ]
 
 
@@ -115,3 +116,12 @@ def make_input(
     g = torch.Generator().manual_seed(0)
     x = torch.randn((batch_size, 3, *input_size), generator=g).to(device=device, dtype=precision(name).weight_dtype)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def minimum_bytes(batch_size: int, input_size: tuple[int, int], name: str, params: float = 0.0) -> int:
+    """An estimate, meant to fall below what any row really needs, of the memory one forward takes: the weights
+    (`params` of them), the input batch and one stride-4 feature map of 64 channels (the narrowest first stage of
+    the compared models), each at the precision's weight dtype. A row above what the device has cannot run."""
+    element = torch.finfo(precision(name).weight_dtype).bits // 8
+    pixels = batch_size * input_size[0] * input_size[1]
+    return int(element * (params + pixels * 3 + pixels // 16 * 64))

@@ -17,6 +17,7 @@ from tabulate import tabulate, tabulate_formats
 from .backends import options_label
 from .columns import Column, get_field, printable
 from .schema import NOTES, csv_fields, row_schema, table_columns
+from .paths import write_atomic
 from .spec import KEY_DEFAULTS, STATUSES, backend_options
 
 __all__ = [
@@ -372,7 +373,8 @@ def plot(rows: Iterable[dict[str, Any]], path: str | Path, title: str | None = N
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    try:  # written whole or not at all: no 0-byte image when the disk is full, no write through a planted link
+        write_atomic(path, lambda f: fig.savefig(f, format=Path(path).suffix.lstrip(".").lower()))
+    finally:
+        plt.close(fig)
     return True

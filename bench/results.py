@@ -18,6 +18,7 @@ from typing import Any, Iterable, Iterator
 
 from .columns import get_field
 from .schema import REQUIRED, checked_fields
+from .paths import WriteError, append_bytes
 from .spec import SCHEMA_VERSION, row_key
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "result_files",
     "shard_path",
     "SCHEMA_VERSION",
+    "WriteError",
 ]
 
 
@@ -86,17 +88,41 @@ def shard_path(path: str | Path, job: str) -> Path:
     return path.with_name(f"{path.stem}.shard-{job}{path.suffix}")
 
 
-def result_files(path: str | Path) -> list[Path]:
-    """`path` (when it exists) and its launcher shards, in name order."""
+def result_files(path: str | Path, quiet: bool = False) -> list[Path]:
+    """`path` (when it exists) and its launcher shards, in name order.
+
+    Shards are matched by their exact name (`STEM.shard-JOB.SUFFIX`, never as a glob pattern, so `res[1].jsonl` and
+    `res?.jsonl` mean only themselves), and only regular files are taken: anything else of that name (a FIFO,
+    which would block the reader forever, a folder) is skipped with a note on stderr.
+    """
     path = Path(path)
-    shards = sorted(path.parent.glob(f"{path.stem}.shard-*{path.suffix}")) if path.parent.is_dir() else []
-    return ([path] if path.exists() else []) + shards
+    prefix, suffix = f"{path.stem}.shard-", path.suffix
+    try:
+        with os.scandir(path.parent if str(path.parent) else ".") as entries:
+            named = sorted(
+                (e for e in entries if e.name.startswith(prefix) and e.name.endswith(suffix)), key=lambda e: e.name
+            )
+    except OSError:
+        named = []
+    shards: list[Path] = []
+    odd = [path] if path.exists() and not path.is_file() and not path.is_dir() else []
+    for entry in named:
+        if len(entry.name) <= len(prefix) + len(suffix):
+            continue
+        (shards if entry.is_file() else odd).append(path.parent / entry.name)
+    if odd and not quiet:
+        print(
+            f"note: skipped {len(odd)} entr{'y' if len(odd) == 1 else 'ies'} named as {path} or its shards that "
+            f"{'is' if len(odd) == 1 else 'are'} not a regular file ({', '.join(str(p) for p in odd[:3])}).",
+            file=sys.stderr,
+        )
+    return ([path] if path.is_file() or path.is_dir() else []) + shards
 
 
 def iter_results(path: str | Path, quiet: bool = False, shards: bool = True) -> Iterator[dict[str, Any]]:
     """Every row of a results file (and its shards), oldest first, read one line at a time; lines that are not
     rows are skipped with one note on stderr per file. Raises OSError when the file cannot be opened."""
-    files = result_files(path) if shards else [Path(path)]
+    files = result_files(path, quiet) if shards else [Path(path)]
     if not files:
         open(path, encoding="utf-8").close()  # the FileNotFoundError the caller expects
     for file in files:
@@ -123,38 +149,15 @@ def load_results(path: str | Path, quiet: bool = False) -> list[dict[str, Any]]:
     return list(iter_results(path, quiet))
 
 
-def _ends_cleanly(fd: int) -> bool:
-    """True when the file is empty or ends in a newline, so an appended row starts on its own line."""
-    size = os.fstat(fd).st_size
-    return size == 0 or os.pread(fd, 1, size - 1) == b"\n"
-
-
 def append_row(path: str | Path, row: dict[str, Any]) -> None:
     """Append one row whole, or nothing, and force it to disk before the next measurement starts.
 
-    A file left without a final newline (a crash mid-write, an editor) gets one first, so the torn line stays torn
-    and the new row stays whole. A write that fails part-way (disk full) is cut back off, so no torn row is left.
+    One O_APPEND write under the appenders' lock (`paths.append_bytes`): a file left without a final newline (a
+    crash mid-write, an editor) gets one first, so the torn line stays torn and the new row stays whole; a write that
+    fails part-way (disk full, `ulimit -f`) cuts off only its own bytes, never a row another process appended
+    meanwhile. Raises WriteError (one sentence) when the row could not be written.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
-    try:
-        size = os.fstat(fd).st_size
-        data = (
-            ("" if _ends_cleanly(fd) else "\n")
-            + json.dumps({"schema_version": SCHEMA_VERSION, **row}, default=str)
-            + "\n"
-        ).encode()
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        except OSError:
-            os.ftruncate(fd, size)
-            raise
-    finally:
-        os.close(fd)
+    append_bytes(path, (json.dumps({"schema_version": SCHEMA_VERSION, **row}, default=str) + "\n").encode())
 
 
 def latest_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -30,14 +30,31 @@ from tqdm import tqdm
 
 from .backends import BACKENDS
 from .env import REPO_ROOT, collect_env, device_name
-from .results import append_row, iter_results, latest_rows, result_files, utc_now
+from .results import WriteError, append_row, iter_results, latest_rows, result_files, utc_now
 from .spec import RowSpec, Settings, row_key
 
-__all__ = ["run", "Outcome", "group_rows", "RESUMABLE", "Interrupted", "crash_reason", "stopped_exit_code"]
+__all__ = [
+    "run",
+    "measured_as_asked",
+    "Outcome",
+    "group_rows",
+    "RESUMABLE",
+    "Interrupted",
+    "crash_reason",
+    "stopped_exit_code",
+]
 
 # Rows with these statuses are measurements; --resume skips them. `error` and `unavailable` rows are retried,
 # since a fixed bug or a newly installed backend should change them.
 RESUMABLE = ("ok", "oom")
+
+
+def measured_as_asked(row: dict[str, Any], settings: Settings) -> bool:
+    """Whether --resume may keep `row`: it was timed with at least the iterations and warm-up asked now (a row that
+    records neither, from an old file, is kept)."""
+    return all(
+        not isinstance(row.get(name), int) or row[name] >= getattr(settings, name) for name in ("iters", "warmup")
+    )
 
 
 def group_rows(specs: Iterable[RowSpec]) -> list[list[RowSpec]]:
@@ -321,7 +338,7 @@ def run(
         done = {
             k: r
             for r in latest_rows(iter_results(source))
-            if r.get("status") in RESUMABLE and (k := row_key(r)) in wanted
+            if r.get("status") in RESUMABLE and (k := row_key(r)) in wanted and measured_as_asked(r, settings)
         }
     todo = [s for s in specs if s.key(machines[s.device]) not in done]
     refused = _refusals(todo)
@@ -331,6 +348,7 @@ def run(
     main_thread = threading.current_thread() is threading.main_thread()  # only there can a handler be set
     previous_handler = signal.signal(signal.SIGTERM, _raise_interrupted) if main_thread else None
     unfinished = 0
+    runner = None
     by_reason: dict[tuple[str, str], list[RowSpec]] = {}
     for spec, reason in refused.items():
         by_reason.setdefault((spec.backend, reason), []).append(spec)
@@ -352,13 +370,20 @@ def run(
                     continue
                 bar.set_description(f"{group[0].model} ({len(group)} rows)")
                 runner.group(group)
+    except WriteError as exc:  # a full disk or file-size limit: the rows written so far are the run's result
+        exc.rows = _kept(specs, runner.rows if runner else {}, done, machines)
+        raise
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous_handler)
-    fresh = runner.rows
+    return Outcome(_kept(specs, runner.rows, done, machines), unfinished)
+
+
+def _kept(specs: list[RowSpec], fresh: dict[tuple, dict], done: dict[tuple, dict], machines: dict) -> list[dict]:
+    """The grid's rows measured by this run or skipped by --resume, in the grid's order."""
     rows = []
     for spec in specs:
         row = fresh.get(row_key(spec.fields(), machine="")) or done.get(spec.key(machines[spec.device]))
         if row is not None:
             rows.append(row)
-    return Outcome(rows, unfinished)
+    return rows

@@ -132,6 +132,10 @@ class RowSpec:
             }
         )
 
+    def __hash__(self) -> int:
+        """By the row's JSON form, so option values that are lists (`out_indices=[1, 2]`) hash too."""
+        return hash(json.dumps(self.fields(), sort_keys=True, default=str))
+
     def key(self, machine: str | None) -> tuple:
         return row_key(self.fields(), machine)
 

@@ -26,7 +26,7 @@ from .backends import BACKENDS
 from .args import EXIT_FAILED, EXIT_OUTPUT, EXIT_USAGE, OneLineParser, OutputError, UsageError, emit
 from .cli import exit_code
 from .env import collect_env
-from .paths import OutputPathError, check_output_path
+from .paths import OutputPathError, WriteError, check_output_path, ignore_file_size_signal, write_atomic
 from .precision import suite_precision
 from .report import plot, render_table, status_summary
 from .runner import Interrupted, run, stopped_exit_code
@@ -124,9 +124,10 @@ def suite_specs(cfg: SuiteConfig) -> list[RowSpec]:
 
 
 def write_outputs(rows: list[dict], out: Path, device: str) -> None:
-    """The four files of a suite folder; everything else renders from results.jsonl with `bench.py report`."""
-    (out / "table.md").write_text(render_table(rows, "github", ["all"]) + "\n")
-    (out / "env.json").write_text(json.dumps(collect_env(device), indent=2) + "\n")
+    """The four files of a suite folder; everything else renders from results.jsonl with `bench.py report`. Each is
+    written whole or not at all, never through a link planted in the folder (WriteError, one sentence)."""
+    write_atomic(out / "table.md", render_table(rows, "github", ["all"]) + "\n")
+    write_atomic(out / "env.json", json.dumps(collect_env(device), indent=2) + "\n")
     plot(rows, out / "plot.png")
 
 
@@ -140,8 +141,20 @@ def _budget(text: str) -> float:
     return value
 
 
+def _fail(exc: Exception, rows: list[dict]) -> int:
+    """An output that could not be written: the rows kept, as a table, then one sentence."""
+    try:
+        if rows:
+            emit(render_table(rows, "github") + "\n")
+    except OutputError:
+        pass  # the sentence below is what matters
+    print(f"error: {exc}", file=sys.stderr)
+    return EXIT_OUTPUT
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    ignore_file_size_signal()
     p = OneLineParser(prog="python -m bench.suite", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="results folder, e.g. results/h100")
     p.add_argument("--dry-run", action="store_true", help="CPU, one tiny model, tiny sizes: checks the plumbing only")
@@ -190,7 +203,12 @@ def main(argv: list[str] | None = None) -> int:
         )
     except (KeyboardInterrupt, Interrupted) as exc:
         return stopped_exit_code(exc, out / "results.jsonl")
-    write_outputs(outcome.rows, out, cfg.device)
+    except WriteError as exc:  # a full disk or `ulimit -f`: the table of what was kept, then the one sentence
+        return _fail(exc, exc.rows or [])
+    try:
+        write_outputs(outcome.rows, out, cfg.device)
+    except WriteError as exc:
+        return _fail(exc, outcome.rows)
     try:
         emit(render_table(outcome.rows, "github") + "\n")
     except OutputError as exc:

@@ -27,7 +27,7 @@ from .env import collect_env
 from .flops import FLOPS_NOTE, count_gmacs, count_params
 from .measure import TRACKERS, Loop, enable_tf32, is_cuda, numerics, synchronize, time_steps
 from .precision import make_input, precision, prepare_model
-from .results import append_row, utc_now
+from .results import WriteError, append_row, utc_now
 from .spec import RowSpec, Settings, Unavailable
 from .train import training_step
 
@@ -278,7 +278,11 @@ def main(job_path: str) -> None:
     }
     progress = os.fdopen(job["progress_fd"], "w", encoding="utf-8") if job.get("progress_fd") is not None else None
     t0 = time.perf_counter()
-    Worker(rows, settings, job["results"], base, job.get("known_flops", {}), progress).run()
+    try:
+        Worker(rows, settings, job["results"], base, job.get("known_flops", {}), progress).run()
+    except WriteError as exc:  # the runner names the rows left unwritten; no traceback for a full disk
+        print(f"WriteError: {exc}", file=sys.stderr)
+        sys.exit(1)
     print(f"worker done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
 
 

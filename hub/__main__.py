@@ -7,9 +7,12 @@ Errors end in one sentence on stderr and exit status 1 (2 for bad arguments), ne
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from pathlib import Path
 
+from bench.paths import WriteError, ignore_file_size_signal
 from zoo import (
     HUB_REVISION_ENV,
     RMT_HUB_ORG_ENV,
@@ -54,7 +57,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("publish", help="upload a converted folder's regular files (never links) to a Hub repo")
     p.add_argument("folder", type=Path)
-    p.add_argument("--repo", help="ORG/NAME (default: where zoo.load looks for this model)")
+    p.add_argument(
+        "--repo", help="ORG/NAME (default for RMT: where zoo.load looks for it; required for upstream families)"
+    )
     p.add_argument("--dry-run", action="store_true", help="list what would be uploaded where, and stop")
     p.add_argument("--private", action="store_true", help="create the repo private")
     p.add_argument("--token", help="Hub token (default: HF_TOKEN or the one saved by `hf auth login`)")
@@ -71,8 +76,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--repo", required=True, metavar="ORG/NAME", help="the dataset repo (created if missing)")
     r.add_argument("--all", action="store_true", help="every row, not only the newest per measurement")
-    r.add_argument("--dry-run", action="store_true", help="list what would be uploaded where, upload nothing")
-    r.add_argument("--private", action="store_true", help="create the dataset repo private")
+    r.add_argument(
+        "--dry-run", action="store_true", help="print each row as it would be uploaded and the files, upload nothing"
+    )
+    r.add_argument("--public", action="store_true", help="create the dataset repo public (default: private)")
+    r.add_argument("--private", action="store_true", help=argparse.SUPPRESS)  # the default; kept for old commands
+    r.add_argument(
+        "--include-host", action="store_true", help="publish host names and local paths too (default: redacted)"
+    )
     r.add_argument("--token", help="Hub token (default: HF_TOKEN or the one saved by `hf auth login`)")
     return parser
 
@@ -83,16 +94,20 @@ def _push_results(args: argparse.Namespace) -> None:
     from bench.report import table_order
     from bench.results import iter_results, result_files
 
-    from .results import push_results
+    from .results import preview, push_results
 
+    if args.private and args.public:
+        raise PublishError("Give either --public or --private (the default), not both.")
     check_repo_id(args.repo)
     for path in args.results:
         if Path(path).is_dir() or not result_files(path):
             raise PublishError(f"Results file {path!r} is a folder or does not exist (nor any shard of it).")
     rows = [row for path in args.results for row in iter_results(path)]
     rows = table_order(rows if args.all else latest_rows(rows))
-    kept = dict(sources=args.results, dry_run=args.dry_run, private=args.private, token=args.token)
-    print(push_results(rows, args.repo, **kept))
+    if args.dry_run:
+        print(preview(rows, args.include_host))
+    kept = dict(sources=args.results, dry_run=args.dry_run, private=not args.public, token=args.token)
+    print(push_results(rows, args.repo, include_host=args.include_host, **kept))
 
 
 def _convert(args: argparse.Namespace) -> None:
@@ -129,17 +144,35 @@ def _download(args: argparse.Namespace) -> None:
     print(fetch_weights(zoo.info(args.model), revision=args.revision, org=args.org))
 
 
+class _Terminated(BaseException):
+    """SIGTERM, raised where the process is, so a conversion's `finally` removes its staging folder (a BaseException,
+    so no `except Exception` on the way swallows it)."""
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    raise _Terminated(signal.Signals(signum).name)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     run = {"convert": _convert, "publish": _publish, "download": _download, "push-results": _push_results}[args.command]
+    ignore_file_size_signal()
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         run(args)
-    except _EXPECTED as e:
+    except _Terminated:
+        print("error: stopped by SIGTERM; nothing was left half-written.", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    except (*_EXPECTED, WriteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except OSError as e:  # writing OUT_DIR, reading a folder: the system's own one-line reason
         print(f"error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}.", file=sys.stderr)
         return 1
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import errno
 import json
-import secrets
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from safetensors.torch import save_file
 
 import zoo
 from bench.env import git_commit
-from bench.paths import OutputPathError, check_distinct, check_output_path
+from bench.paths import TEMP_MARK, OutputPathError, check_distinct, check_output_path, write_atomic
 from zoo import ModelInfo, hub_repo_id, read_checkpoint
 
 from . import __version__
@@ -134,20 +135,67 @@ def _check_destination(out_dir: Path, source: Path, results: Path | None, force:
         )
 
 
-def _new_folder(parent: Path, prefix: str) -> Path:
-    """A fresh, uniquely named folder with the mode a plain mkdir gives under the umask (mkdtemp's 0700 would
-    stay on the finished OUT_DIR and shut out everyone else)."""
-    folder = parent / f"{prefix}{secrets.token_hex(8)}"
-    folder.mkdir()
-    return folder
+def _staging_prefix(out_dir: Path) -> str:
+    """Name start of the hidden folders a conversion into `out_dir` stages in (followed by its pid)."""
+    return f".{out_dir.name}.{TEMP_MARK}"
 
 
-def _swap_into_place(staged: Path, out_dir: Path) -> None:
-    """Replace `out_dir` by the finished `staged` folder with renames, so no reader sees a half-written mix."""
-    if not out_dir.exists():
+def _clean_stale_staging(out_dir: Path) -> None:
+    """Remove the staging folders that killed conversions into `out_dir` left beside it: named with the prefix and
+    the pid of a process that no longer runs, and real folders (never a link someone put there)."""
+    prefix = _staging_prefix(out_dir)
+    try:
+        entries = list(os.scandir(out_dir.parent))
+    except OSError:
+        return
+    for entry in entries:
+        pid, _, rest = entry.name[len(prefix) :].partition("-")
+        if not entry.name.startswith(prefix) or not pid.isdecimal() or not rest:
+            continue
+        if not entry.is_dir(follow_symlinks=False) or _alive(int(pid)):
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _swap_into_place(staged: Path, out_dir: Path, force: bool) -> None:
+    """Move the finished `staged` folder to `out_dir` with one rename, so no reader sees a half-written mix.
+
+    Without `force`, `out_dir` may only be missing or empty: the rename fails on a folder that is not empty, so a
+    file put there during the conversion is kept and the conversion is refused. With `force`, the folder there is
+    replaced whole (moved aside, then removed).
+    """
+    staged.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would shut everyone else out of the finished folder
+    if not force:
+        try:
+            staged.rename(out_dir)
+        except OSError as e:
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+                raise
+            raise ConversionError(
+                f"{out_dir} was given files during the conversion (or became something other than a folder), so "
+                f"nothing there was replaced; move them away or pass --force to replace the folder whole."
+            ) from None
+        return
+    if not out_dir.exists() and not out_dir.is_symlink():
         staged.rename(out_dir)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+    old = Path(tempfile.mkdtemp(prefix=f"{_staging_prefix(out_dir)}{os.getpid()}-old-", dir=out_dir.parent))
     out_dir.rename(old / out_dir.name)
     try:
         staged.rename(out_dir)
@@ -169,9 +217,11 @@ def convert(
     """Convert `source` for zoo model `model_name` into `out_dir`; `results` is a harness JSONL for the card, and
     `results_dataset` the dataset repo (ORG/NAME) with the full benchmark, which the card links to.
 
-    Everything is written into a hidden folder beside `out_dir` and moved into place only once weights, config
-    and card are complete and checked, so an interrupted conversion leaves the previous folder untouched. A
-    non-empty `out_dir` is refused unless `force`, and then replaced whole (no stale file survives).
+    Everything is written into a hidden folder beside `out_dir` (`.NAME.partial-PID-...`, created exclusively) and
+    moved into place only once weights, config and card are complete and checked, so an interrupted conversion
+    leaves the previous folder untouched; folders that killed conversions left are removed by the next one. A
+    non-empty `out_dir` is refused unless `force`, and then replaced whole (no stale file survives); files that
+    appear in it during the conversion are kept and the conversion refused, unless `force`.
     """
     model_info = zoo.info(model_name)
     source, out_dir = Path(source), Path(out_dir)
@@ -183,19 +233,21 @@ def convert(
     x = torch.randn((1, *model_info.input_size), generator=torch.Generator().manual_seed(0))
     reference = _outputs(model_name, source, x)
 
-    out_dir.resolve().parent.mkdir(parents=True, exist_ok=True)
-    staged = _new_folder(out_dir.resolve().parent, f".{out_dir.name}.partial-")
+    parent = out_dir.resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    _clean_stale_staging(out_dir)
+    staged = Path(tempfile.mkdtemp(prefix=f"{_staging_prefix(out_dir)}{os.getpid()}-", dir=parent))
     try:
         weights = staged / WEIGHTS
         # clone: safetensors refuses tensors that share storage, which torch.load can hand back.
         tensors = {k: v.detach().clone().contiguous() for k, v in state.items()}
         del state
-        try:
+        try:  # by name, inside the staging folder only this process can write to (mkdtemp's 0700)
             save_file(tensors, str(weights), metadata={"format": "pt"})
         except SafetensorError as e:  # not an OSError, though it mostly reports one
             raise ConversionError(f"Writing {out_dir / WEIGHTS} failed ({e}).") from None
-        # safetensors creates its file 0600; give it what open() would under the umask, as the folder's mkdir did.
-        weights.chmod(staged.stat().st_mode & 0o666)
+        # safetensors creates its file 0600; give it what open() would under the umask.
+        weights.chmod(0o666 & ~_umask())
         del tensors
         diff = (reference - _outputs(model_name, weights, x)).abs().max().item()
         if not diff <= TOLERANCE:
@@ -205,10 +257,10 @@ def convert(
             )
         check = {"strict_load": True, "input_shape": list(x.shape), "max_abs_output_diff": diff, "tolerance": TOLERANCE}
         config = _config(model_info, source, source_sha256, entry, weights, check, org)
-        (staged / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        write_atomic(staged / CONFIG, json.dumps(config, indent=2) + "\n")
         results_name = results.name if results is not None else None
-        (staged / CARD).write_text(render_card(config, rows, results_name, results_dataset))
-        _swap_into_place(staged, out_dir)
+        write_atomic(staged / CARD, render_card(config, rows, results_name, results_dataset))
+        _swap_into_place(staged, out_dir, force)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
     return Conversion(out_dir=out_dir, config=config, measured_rows=len(rows))

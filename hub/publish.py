@@ -1,7 +1,9 @@
 """`python -m hub publish`: upload a converted folder to a Hub repo with huggingface_hub's HfApi.
 
 The repo defaults to the one the folder's card points users to (config.json's hf_hub_id, which is where
-`zoo.load(name, pretrained=True)` looks, given the card's RMT_HUB_ORG), so what is published is what users load.
+`zoo.load(name, pretrained=True)` looks, given the card's RMT_HUB_ORG), so what is published is what users load;
+only for RMT, whose organisation is a setting: a Swin, MaxViT or InternImage folder points to its authors' upstream
+repo, which needs an explicit `--repo`.
 
 Only regular files inside the folder are uploaded: a symbolic link could point anywhere (a system file, a home
 folder), so none is followed, and each file is committed by name from the plan, opened without following links and
@@ -186,6 +188,11 @@ def plan_upload(folder: str | Path, repo_id: str | None = None, private: bool = 
     carded = config["pretrained_cfg"].get("hf_hub_id")
     if repo_id is None and carded is None:
         raise PublishError(f"{folder / CONFIG} names no repo (no pretrained_cfg.hf_hub_id); pass --repo ORG/NAME.")
+    if repo_id is None and not _owned(name):
+        raise PublishError(
+            f"{folder / CONFIG} points to {carded}, the upstream repo of {name}, which this project does not own; "
+            f"pass --repo ORG/NAME to publish to a repo of yours."
+        )
     repo_id = repo_id or carded
     check_repo_id(repo_id)
     recorded = config["provenance"]["weights_sha256"]
@@ -206,6 +213,15 @@ def plan_upload(folder: str | Path, repo_id: str | None = None, private: bool = 
             fix = f"zoo.load({name!r}, pretrained=True) will not look in {repo_id}"
         warning = f"The card in {folder} points users to {carded}, not {repo_id}; {fix}."
     return UploadPlan(folder=folder, repo_id=repo_id, files=files, private=private, skipped=skipped, warning=warning)
+
+
+def _owned(name: str) -> bool:
+    """Whether the zoo's repo for `name` is one its users publish to: families whose organisation is a setting
+    (RMT: RMT_HUB_ORG) are; the others name their authors' upstream repos (timm's, OpenGVLab's), never a default."""
+    try:
+        return zoo.info(name).hub_org_env is not None
+    except zoo.UnknownModelError:
+        return True  # no zoo model: the weights check that follows names the problem
 
 
 def _open_planned(folder: Path, planned: PlannedFile) -> BinaryIO:

@@ -9,6 +9,9 @@ errors into one sentence.
 from __future__ import annotations
 
 import json
+import os
+import platform
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -16,13 +19,71 @@ from typing import Any
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from bench.columns import get_field
+from bench.env import REPO_ROOT
 from bench.report import plot, render_table, status_summary
 
 from .publish import PublishError, UploadPlan, check_repo_id, list_files, publish
 
-__all__ = ["push_results", "ROWS", "CSV", "TABLE", "PLOT", "CARD"]
+__all__ = ["push_results", "published_rows", "preview", "ROWS", "CSV", "TABLE", "PLOT", "CARD"]
 
 ROWS, CSV, TABLE, PLOT, CARD = "results.jsonl", "results.csv", "table.md", "plot.png", "README.md"
+
+
+# An absolute path in free text: a "/" that starts a word (not the "//" of a URL, not inside a relative path).
+_ABSOLUTE = re.compile(r"(?<![\w.~:/-])/[^\s'\"`,;()\[\]{}<>|]*")
+HIDDEN_PATH, HIDDEN_HOST = "<path>", "<host>"
+
+
+def _redact_text(text: str, hosts: list[str], root: str) -> str:
+    """`text` with absolute paths made relative to the repository (inside it) or hidden (outside it), and the
+    machine's host names hidden."""
+
+    def path(match: re.Match) -> str:
+        found = match.group(0)
+        inside = os.path.normpath(found)
+        if inside == root or inside.startswith(root + os.sep):
+            return os.path.relpath(inside, root)
+        return HIDDEN_PATH
+
+    text = _ABSOLUTE.sub(path, text)
+    for host in hosts:
+        text = re.sub(rf"(?<![\w.-]){re.escape(host)}(?![\w-])", HIDDEN_HOST, text)
+    return text
+
+
+def _redact(value: Any, hosts: list[str], root: str) -> Any:
+    if isinstance(value, str):
+        return _redact_text(value, hosts, root)
+    if isinstance(value, dict):
+        return {k: _redact(v, hosts, root) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact(v, hosts, root) for v in value]
+    return value
+
+
+def published_rows(rows: list[dict[str, Any]], include_host: bool = False) -> list[dict[str, Any]]:
+    """The rows as they are uploaded. Unless `include_host`: no host name (env.hostname dropped, and the names
+    hidden as <host> wherever else they appear) and no local path (absolute paths inside this repository become
+    relative, any other becomes <path>: checkpoints, --data folders, --out files in commands and reasons)."""
+    if include_host:
+        return rows
+    hosts = {platform.node()} | {h for r in rows if isinstance(h := get_field(r, "env.hostname"), str)}
+    hosts_by_length = sorted((h for h in hosts if len(h) >= 3), key=len, reverse=True)  # "a" would mangle text
+    out = []
+    for row in rows:
+        row = dict(row)
+        if isinstance(row.get("env"), dict):
+            row["env"] = {k: v for k, v in row["env"].items() if k != "hostname"}
+        out.append(_redact(row, hosts_by_length, os.path.normpath(str(REPO_ROOT))))
+    return out
+
+
+def preview(rows: list[dict[str, Any]], include_host: bool = False) -> str:
+    """What a dry run shows before the file list: each row exactly as results.jsonl on the Hub would hold it."""
+    shown = published_rows(rows, include_host)
+    what = "host names and local paths included" if include_host else "host names and local paths redacted"
+    lines = [f"The {len(shown)} rows as {ROWS} would publish them ({what}):"]
+    return "\n".join(lines + [json.dumps(row, default=str) for row in shown])
 
 
 def _distinct(rows: list[dict[str, Any]], *fields: str) -> list[str]:
@@ -110,19 +171,23 @@ def push_results(
     *,
     sources: list[str],
     dry_run: bool = False,
-    private: bool = False,
+    private: bool = True,
     token: str | None = None,
+    include_host: bool = False,
 ) -> str:
-    """Upload `rows` to the dataset repo `repo_id` (created if missing) and return what to print: the files and
-    sizes that would go where, then "Dry run: nothing was uploaded." or the commit URL.
+    """Upload `rows` to the dataset repo `repo_id` (created private if missing, unless `private` is False) and
+    return what to print: the files and sizes that would go where, then "Dry run: nothing was uploaded." or the
+    commit URL. `preview` shows the rows themselves as they would be uploaded.
 
     `rows` are as `bench.py report` shows them (`load_results` of each file in `sources`, then `latest_rows`);
-    `sources` are those files, named (by file name only) on the card. Raises PublishError, one sentence, for no
-    rows, a malformed repo id, or an upload the Hub refused (offline, 401, 403, ...).
+    `sources` are those files, named (by file name only) on the card. Every file staged (rows, CSV, table, plot,
+    card) is made from `published_rows`: host names and local paths redacted unless `include_host`. Raises
+    PublishError, one sentence, for no rows, a malformed repo id, or an upload the Hub refused (offline, 401, ...).
     """
     check_repo_id(repo_id)
     if not rows:
         raise PublishError(f"There are no benchmark rows to upload to {repo_id}.")
+    rows = published_rows(rows, include_host)
     names = ", ".join(Path(s).name for s in sources) or "benchmark results"
     with tempfile.TemporaryDirectory(prefix="rmt-zoo-results-") as staging:
         folder = Path(staging)

@@ -76,12 +76,42 @@ def _weights_in(path: Path) -> Path:
     return found
 
 
+# pretrained_cfg fields that name weights outside a Hub repo; a repo's own config.json may not set them.
+_REDIRECTS = ("file", "url", "state_dict")
+
+
+def _from_repo_only(cfg: dict, asked: dict) -> dict:
+    """The pretrained_cfg of a `hf-hub:` model with what its config.json may not decide removed: a repo's config
+    names weights only inside that repo, so a `file` (a local path), `url` or `state_dict` it sets is dropped and a
+    `hf_hub_filename` that leaves the repo's tree refused, unless the caller asked for it (pretrained_cfg_overlay)."""
+    if cfg.get("source") != "hf-hub":
+        return cfg
+    cfg = {k: v for k, v in cfg.items() if k not in _REDIRECTS or k in asked}
+    name = cfg.get("hf_hub_filename")
+    if "hf_hub_filename" not in asked and name is not None:
+        parts = str(name).replace("\\", "/").split("/")
+        if not isinstance(name, str) or not name or name.startswith("/") or ".." in parts or ":" in parts[0]:
+            raise CheckpointError(
+                f"The config.json of {cfg.get('hf_hub_id')} names the weights file {name!r}, which is not a file "
+                f"inside that repo; pass pretrained_cfg_overlay=dict(hf_hub_filename=...) to choose one."
+            )
+    return cfg
+
+
 def resolve_weights(
-    model_info: ModelInfo, pretrained: bool | str | Path, cfg: dict, cache_dir: str | Path | None = None
+    model_info: ModelInfo,
+    pretrained: bool | str | Path,
+    cfg: dict,
+    cache_dir: str | Path | None = None,
+    asked: dict | None = None,
 ) -> Path | StateDict:
-    """Where the weights are: a path given to `zoo.load`, else what the pretrained_cfg names, as timm reads it."""
+    """Where the weights are: a path given to `zoo.load`, else what the pretrained_cfg names, as timm reads it.
+
+    `asked` is the caller's own pretrained_cfg_overlay: only it may point a `hf-hub:` model's weights elsewhere
+    than its repo (see `_from_repo_only`)."""
     if not isinstance(pretrained, bool):
         return _weights_in(Path(pretrained))
+    cfg = _from_repo_only(cfg, asked or {})
     if cfg.get("state_dict"):
         return cfg["state_dict"]
     if cfg.get("file"):  # pretrained_cfg_overlay=dict(file=...), or the folder of `local-dir:`
@@ -119,6 +149,8 @@ def create(
     )
     model.model_name = variant
     if pretrained:
-        source = resolve_weights(model_info, pretrained, model.pretrained_cfg, kwargs.get("cache_dir"))
+        source = resolve_weights(
+            model_info, pretrained, model.pretrained_cfg, kwargs.get("cache_dir"), kwargs.get("pretrained_cfg_overlay")
+        )
         load_pretrained(model, model_info, source, filter_fn, hint)
     return model

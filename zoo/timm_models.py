@@ -99,7 +99,8 @@ def create(
     indices = _dense_indices(model) if out_indices is None else stage_indices(len(model.feature_info), out_indices)
     if pretrained:
         filter_fn = _filter_fn(model)
-        source = resolve_weights(model_info, pretrained, model.pretrained_cfg, cache_dir)
+        overlay = kwargs.get("pretrained_cfg_overlay")
+        source = resolve_weights(model_info, pretrained, model.pretrained_cfg, cache_dir, overlay)
         load_pretrained(model, model_info, source, (lambda sd, m: filter_fn(sd, m)) if filter_fn else None)
     if features_only:
         model = TimmFeatures(model, indices)
