@@ -21,7 +21,6 @@ from huggingface_hub import constants
 from safetensors.torch import save_file
 
 import zoo
-from bench import cli
 from bench.env import REPO_ROOT
 from hub.__main__ import main as hub_main
 from hub.convert import ConversionError, convert
