@@ -63,11 +63,16 @@ MAXVIT_STEM_STRIDE = 2  # MaxViT's stem halves the image, then each stage halves
 
 
 def _nearest(size: tuple[int, int], fits: Callable[[int, int], bool], limit: int = 4096) -> str:
-    """The closest sizes at or below and above `size` that fit, each side searched on its own axis."""
+    """The closest sizes at or below and above `size` that fit, each side searched on its own axis (up to `limit`
+    pixels above it)."""
     below = [next((s for s in range(side, 0, -1) if fits(axis, s)), None) for axis, side in enumerate(size)]
-    above = [next(s for s in range(side, side + limit) if fits(axis, s)) for axis, side in enumerate(size)]
-    sizes = ([] if None in below else [f"{below[0]}x{below[1]}"]) + [f"{above[0]}x{above[1]}"]
-    return " and ".join(dict.fromkeys(sizes))
+    above = [next((s for s in range(side, side + limit) if fits(axis, s)), None) for axis, side in enumerate(size)]
+    sizes = [f"{h}x{w}" for h, w in (below, above) if h is not None and w is not None]
+    if not sizes:
+        return f"no size within {limit} pixels of it runs"
+    return ("the nearest sizes that run are " if len(set(sizes)) > 1 else "the nearest size that runs is ") + (
+        " and ".join(dict.fromkeys(sizes))
+    )
 
 
 def _swin_size(name: str, size: tuple[int, int], kwargs: dict) -> dict:
@@ -77,7 +82,7 @@ def _swin_size(name: str, size: tuple[int, int], kwargs: dict) -> dict:
         return {"img_size": size}
     raise InputSizeError(
         f"{name} cannot run at {size[0]}x{size[1]}: its {SWIN_PATCH}x{SWIN_PATCH} patch embedding needs each side "
-        f"to be a multiple of {SWIN_PATCH} (timm would drop the remainder); the nearest sizes that run are "
+        f"to be a multiple of {SWIN_PATCH} (timm would drop the remainder); "
         f"{_nearest(size, lambda _, side: side % SWIN_PATCH == 0)}."
     )
 
@@ -109,7 +114,7 @@ def _maxvit_size(name: str, size: tuple[int, int], kwargs: dict) -> dict:
     maps = ", ".join(f"{h}x{w}" for h, w in zip(mh, mw))
     raise InputSizeError(
         f"{name} cannot run at {size[0]}x{size[1]}: timm partitions every stage into {split} ({how}), which must be "
-        f"at least 1 and divide each stage's map ({maps}); the nearest sizes that run are {_nearest(size, fits)}."
+        f"at least 1 and divide each stage's map ({maps}); {_nearest(size, fits)}."
     )
 
 
