@@ -1,6 +1,7 @@
 """Command line: `bench.py [options]` measures, `bench.py report RESULTS` renders saved rows.
 
-Exit codes: 0 every row ok; 2 bad arguments; 3 some backend unavailable here (all other rows ok);
+Exit codes: 0 every row ok; 2 bad arguments; 3 some backend unavailable here or some input size a model's
+architecture cannot take (all other rows ok);
 4 some row ran out of memory, failed or disagreed with eager; 130 / 143 stopped by Ctrl-C / SIGTERM (rows already
 measured are kept).
 """
@@ -186,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Benchmark zoo models: params, GMACs, latency, throughput, memory, compile time, accuracy.",
         epilog="`bench.py report RESULTS.jsonl` renders saved results. Without --models, --preset quick fills what is "
         "not given. Exit codes: 0 all rows ok, 1 an output could not be written (a full disk), 2 bad arguments, 3 a "
-        "backend is unavailable here, 4 a row ran out of memory, failed or mismatched.",
+        "backend is unavailable here or a model cannot take an input size, 4 a row ran out of memory, failed or "
+        "mismatched.",
     )
     p.add_argument("--preset", choices=sorted(PRESETS), help="named settings; explicit options override them")
     p.add_argument(

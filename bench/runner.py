@@ -298,16 +298,39 @@ def _seconds(s: float) -> str:
     return f"{s:.0f} s" if s >= 10 else f"{s:.3g} s"
 
 
-def _refusals(specs: list[RowSpec]) -> dict[RowSpec, str]:
-    """Rows a backend cannot run here, with the reason; asked once per backend, precision, mode and device."""
-    cache: dict[tuple, str | None] = {}
+def _size_refusal(spec: RowSpec) -> str | None:
+    """Why the row's model cannot take its input size (zoo's rule for the architecture), or None. A model this
+    process does not know (registered by an `--import` only the worker runs, in a launcher's job) is left to the
+    worker, which checks again."""
+    import zoo
+
+    try:
+        zoo.input_size_kwargs(spec.model, spec.input_size, **dict(spec.model_kwargs))
+    except zoo.InputSizeError as exc:
+        return str(exc)
+    except zoo.UnknownModelError:
+        return None
+    return None
+
+
+def _refusals(specs: list[RowSpec]) -> dict[RowSpec, tuple[str, str, str]]:
+    """Rows that cannot run here: (what refused them, the reason, how the rows sharing it are named) for a backend
+    missing (asked once per backend, precision, mode and device) or an input size the model cannot take (once per
+    model, size and model kwargs)."""
+    cache: dict[tuple, tuple[str, str, str] | None] = {}
     refused = {}
     for spec in specs:
-        key = (spec.backend, spec.precision, spec.mode, spec.device)
-        if key not in cache:
-            cache[key] = BACKENDS[spec.backend].refusal(spec)
-        if cache[key]:
-            refused[spec] = cache[key]
+        backend_key = (spec.backend, spec.precision, spec.mode, spec.device)
+        size_key = (spec.model, spec.input_size, spec.model_kwargs)
+        if backend_key not in cache:
+            reason = BACKENDS[spec.backend].refusal(spec)
+            cache[backend_key] = (spec.backend, reason, "of this backend") if reason else None
+        if size_key not in cache:
+            reason = _size_refusal(spec)
+            cache[size_key] = (spec.model, reason, "of this model and size") if reason else None
+        found = cache[backend_key] or cache[size_key]
+        if found:
+            refused[spec] = found
     return refused
 
 
@@ -349,19 +372,17 @@ def run(
     previous_handler = signal.signal(signal.SIGTERM, _raise_interrupted) if main_thread else None
     unfinished = 0
     runner = None
-    by_reason: dict[tuple[str, str], list[RowSpec]] = {}
-    for spec, reason in refused.items():
-        by_reason.setdefault((spec.backend, reason), []).append(spec)
+    by_reason: dict[tuple[str, str, str], list[RowSpec]] = {}
+    for spec, found in refused.items():
+        by_reason.setdefault(found, []).append(spec)
     try:
         with tqdm(
             total=len(todo) - len(refused) + len(by_reason), unit="row", disable=not show, file=sys.stderr
         ) as bar:
             runner = _Run(settings, results, command, verbose, deadline, bar, run_id)
-            for (_, reason), same in by_reason.items():  # one status row per backend and reason, not one per model
+            for (_, reason, what), same in by_reason.items():  # one status row per reason, not one per row
                 more = (
-                    f" ({len(same) - 1} more row(s) of this backend were not run for the same reason.)"
-                    if len(same) > 1
-                    else ""
+                    f" ({len(same) - 1} more row(s) {what} were not run for the same reason.)" if len(same) > 1 else ""
                 )
                 runner.status_row(same[0], "unavailable", reason + more)
             for group in group_rows(s for s in todo if s not in refused):

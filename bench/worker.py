@@ -116,9 +116,9 @@ class Worker:
             self.progress.write(json.dumps(row, default=str) + "\n")
             self.progress.flush()
 
-    def _count_flops(self, model: nn.Module) -> None:
+    def _count_flops(self, model: nn.Module, rows: list[RowSpec]) -> None:
         """GMACs at batch 1 per input size, on the fp32 model before any cast; a failure is noted, not fatal."""
-        for size in dict.fromkeys(r.input_size for r in self.rows):
+        for size in dict.fromkeys(r.input_size for r in rows):
             if size in self.flops or not self.settings.flops:
                 continue
             try:
@@ -146,13 +146,34 @@ class Worker:
             self.backends[key] = make_backend(spec.backend, dict(spec.backend_options))
         return self.backends[key]
 
+    def _builds(self) -> list[tuple[dict[str, Any], list[RowSpec]]]:
+        """The group's rows by the build their input size needs: one build for models that take any size, one per
+        size for those built for a size (timm's Swin and MaxViT)."""
+        head = self.head
+        builds: dict[str, tuple[dict[str, Any], list[RowSpec]]] = {}
+        for spec in self.rows:
+            try:
+                sized = zoo.input_size_kwargs(head.model, spec.input_size, **dict(head.model_kwargs))
+            except zoo.InputSizeError as exc:  # the runner refuses these first; a launcher's job may not know the model
+                self._write(spec, {"status": "unavailable", "reason": str(exc)})
+                continue
+            builds.setdefault(json.dumps(sized, default=str), (sized, []))[1].append(spec)
+        return list(builds.values())
+
     def run(self) -> None:
+        for sized, rows in self._builds():
+            self._run_build(sized, rows)
+            self.variant = None
+            self.backends.clear()  # a backend may hold the previous build's compiled graphs
+            _free(self.head.device)
+
+    def _run_build(self, sized: dict[str, Any], rows: list[RowSpec]) -> None:
         head = self.head
         try:
-            kwargs = {**dict(head.model_kwargs), **({"features_only": True} if head.features_only else {})}
+            kwargs = {**dict(head.model_kwargs), **({"features_only": True} if head.features_only else {}), **sized}
             model = zoo.load(head.model, pretrained=head.pretrained(), **kwargs).to(head.device)
-        except Exception as exc:  # every row of the group fails the same way; say so in each
-            for spec in self.rows:
+        except Exception as exc:  # every row of the build fails the same way; say so in each
+            for spec in rows:
                 self._write(
                     spec,
                     {
@@ -164,8 +185,8 @@ class Worker:
         common = {"params": count_params(model), **numerics()}
         if head.mode == "train":
             common["drop_path_rate"] = _drop_path_rate(model)
-        self._count_flops(model)
-        for spec in self.rows:
+        self._count_flops(model, rows)
+        for spec in rows:
             measure = self._train if spec.mode == "train" else self._infer
             fields = self._guarded(measure, self._model_for(model, spec), self._backend(spec), spec)
             self._write(spec, {**common, **self.flops.get(spec.input_size, {}), "flops_note": FLOPS_NOTE, **fields})

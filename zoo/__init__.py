@@ -18,7 +18,17 @@ import torch.nn as nn
 
 from ._checkpoint import CheckpointError, CheckpointMismatchError, LoadReport, check_fits, read_checkpoint
 from ._hub import CLIENT_ERRORS, REVISION_ENV as HUB_REVISION_ENV, WeightsUnavailableError, fetch_weights, hub_repo_id
-from ._registry import Family, ModelInfo, UnknownModelError, comparison_models, families, info, list_models
+from ._registry import (
+    Family,
+    InputSizeError,
+    ModelInfo,
+    UnknownModelError,
+    comparison_models,
+    families,
+    info,
+    input_size_kwargs,
+    list_models,
+)
 from . import rmt, internimage, timm_models  # noqa: F401  (registration side effects; families are listed in this order)
 from .rmt import ORG_ENV as RMT_HUB_ORG_ENV
 from .timm_models import _filter_fn as timm_checkpoint_filter
@@ -30,9 +40,11 @@ __all__ = [
     "list_models",
     "families",
     "comparison_models",
+    "input_size_kwargs",
     "Family",
     "ModelInfo",
     "UnknownModelError",
+    "InputSizeError",
     "CheckpointError",
     "CheckpointMismatchError",
     "LoadReport",
@@ -54,8 +66,9 @@ def load(name: str, pretrained: bool | str | Path = False, **kwargs) -> nn.Modul
     or a folder written by `python -m hub convert`).
 
     kwargs are the model's own and timm's (`num_classes`, `features_only`, `out_indices`, `drop_path_rate`,
-    `global_pool`, `pretrained_cfg_overlay`, ...), checked when the model is built. Names outside this zoo pass
-    through to `timm.create_model` unchanged.
+    `global_pool`, `pretrained_cfg_overlay`, `img_size` for Swin and MaxViT, ...), checked when the model is built;
+    `input_size_kwargs(name, (H, W))` says what a size needs, or why the architecture cannot take it. Names outside
+    this zoo pass through to `timm.create_model` unchanged.
     """
     from ._builder import check_pretrained
     from ._registry import builder

@@ -22,12 +22,14 @@ __all__ = [
     "Family",
     "ModelInfo",
     "UnknownModelError",
+    "InputSizeError",
     "register_family",
     "families",
     "list_models",
     "comparison_models",
     "info",
     "builder",
+    "input_size_kwargs",
     "suggest",
     "registered_info",
 ]
@@ -120,9 +122,18 @@ class UnknownModelError(ValueError):
     """Raised for a name neither this zoo nor timm knows; the message suggests close names."""
 
 
+class InputSizeError(ValueError):
+    """Raised for an input size a model's architecture cannot take; the message says why and the nearest sizes."""
+
+
+# A family's rule for input sizes: (name, (H, W), build kwargs) -> the kwargs that build the model for that size,
+# or InputSizeError. Families without one take any size with one build.
+SizeRule = Callable[[str, tuple[int, int], dict], dict]
+
 _FAMILIES: dict[str, Family] = {}
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 _INFOS: dict[str, ModelInfo] = {}
+_SIZE_RULES: dict[str, SizeRule] = {}
 
 
 def _entry_point(name: str, create: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -138,8 +149,11 @@ def _entry_point(name: str, create: Callable[..., nn.Module]) -> Callable[..., n
     return entry_point
 
 
-def register_family(family: Family, variants: Iterable[ModelInfo], create: Callable[..., nn.Module]) -> None:
-    """Register `family` and its variants, each built by `create(name, pretrained=False, **kwargs)`.
+def register_family(
+    family: Family, variants: Iterable[ModelInfo], create: Callable[..., nn.Module], sizes: SizeRule | None = None
+) -> None:
+    """Register `family` and its variants, each built by `create(name, pretrained=False, **kwargs)`; `sizes` is the
+    family's input-size rule when a model is built for one size (see `input_size_kwargs`).
 
     Every variant gets an entry point named after it in `create`'s module. For a family the zoo builds, that module
     also gets `default_cfgs` from the variants' pretrained_cfgs, and the entry points go through timm's
@@ -157,6 +171,8 @@ def register_family(family: Family, variants: Iterable[ModelInfo], create: Calla
         cfgs = generate_default_cfgs({v.name: v.pretrained_cfg() for v in variants})
         vars(module).setdefault("default_cfgs", {}).update(cfgs)  # what register_model reads
     _FAMILIES[family.name] = family
+    if sizes is not None:
+        _SIZE_RULES[family.name] = sizes
     for variant in variants:
         fn = _entry_point(variant.name, create)
         setattr(module, variant.name, fn)
@@ -184,6 +200,15 @@ def comparison_models() -> list[str]:
     """The models a benchmark compares: every registered model but those marked not `comparable` (RMT's
     token-labelling variants), family by family in registration order, each in its variant table's order."""
     return [n for n, i in _INFOS.items() if i.comparable]
+
+
+def input_size_kwargs(name: str, input_size: tuple[int, int], **kwargs) -> dict:
+    """The build kwargs that make `name` take (H, W) inputs: {} where one build takes any size (RMT, InternImage,
+    timm names outside the zoo, built as timm builds them), timm's `img_size` for Swin and MaxViT. A size the
+    architecture cannot take raises InputSizeError with one sentence, before anything is built."""
+    model_info = info(name)
+    rule = _SIZE_RULES.get(model_info.family) if name in _INFOS else None
+    return rule(name, (int(input_size[0]), int(input_size[1])), kwargs) if rule else {}
 
 
 def suggest(name: str, extra: list[str] | tuple[str, ...] = ()) -> list[str]:
