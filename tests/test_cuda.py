@@ -45,7 +45,7 @@ def _rmt_pair(impl: str = "auto") -> tuple[rmt.RMT, rmt.RMT, torch.Tensor]:
     return model, copy.deepcopy(model).set_attn_impl("reference"), torch.randn(2, 3, 64, 96, device="cuda")
 
 
-@pytest.mark.parametrize("impl", ["auto", "sdpa", "matmul"])
+@pytest.mark.parametrize("impl", ["auto", "sdpa", "matmul", "triton"])
 def test_rmt_paths_match_reference_fp32(impl):
     model, reference, x = _rmt_pair(impl)
     with torch.no_grad():
@@ -66,7 +66,7 @@ def test_rmt_auto_takes_both_kernels_by_row_length(dtype):
 
 
 @pytest.mark.parametrize("dtype", LOW, ids=str)
-@pytest.mark.parametrize("impl", ["sdpa", "matmul"])
+@pytest.mark.parametrize("impl", ["sdpa", "matmul", "triton"])
 def test_rmt_paths_under_autocast(impl, dtype):
     model, reference, x = _rmt_pair(impl)
     with torch.no_grad():

@@ -52,7 +52,7 @@ __all__ = [
 DEFAULT_HUB_ORG = "rmt-zoo"
 # No RMT weights are on the Hub yet: whoever converts them publishes under their own organisation, named here.
 ORG_ENV = "RMT_HUB_ORG"
-ATTN_IMPLS = ("auto", "matmul", "sdpa", "flex", "triton", "reference")
+ATTN_IMPLS = ("auto", "matmul", "sdpa", "flex", "reference", "triton")
 # Above this many mask elements (heads x L x L), the whole-image form works in query blocks (64 MB in fp32).
 MAX_MASK_ELEMS = 1 << 24
 # What one model keeps of its position tables and masks: every stage's at any one input size up to dense-prediction
