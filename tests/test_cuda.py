@@ -46,7 +46,7 @@ def rmt_pair(rmt_small):
     return pair
 
 
-@pytest.mark.parametrize("impl", ["auto", "sdpa", "matmul"])
+@pytest.mark.parametrize("impl", ["auto", "sdpa", "matmul", "triton"])
 def test_rmt_paths_match_reference_fp32(impl, rel_err, rmt_pair):
     model, reference, x = rmt_pair(impl)
     with torch.no_grad():
@@ -67,7 +67,7 @@ def test_rmt_auto_takes_both_kernels_by_row_length(dtype, rel_err, rmt_pair):
 
 
 @pytest.mark.parametrize("dtype", LOW, ids=str)
-@pytest.mark.parametrize("impl", ["sdpa", "matmul"])
+@pytest.mark.parametrize("impl", ["sdpa", "matmul", "triton"])
 def test_rmt_paths_under_autocast(impl, dtype, rel_err, rmt_pair):
     model, reference, x = rmt_pair(impl)
     with torch.no_grad():

@@ -13,7 +13,8 @@ longer rows take `scaled_dot_product_attention` with D as the mask, which never 
 masks are cached per stage, grid size, dtype and device, in one least-recently-used cache per model bounded by
 POSITION_CACHE_BYTES; the whole-image form switches to query blocks with masks built block by block when a full
 (HW)^2 mask would be large. `attn_impl="reference"` keeps a plain path written like the official code (masks
-rebuilt every call, explicit matmul and softmax) as the test oracle.
+rebuilt every call, explicit matmul and softmax) as the test oracle. `attn_impl="triton"` is an opt-in fused kernel
+(zoo/_retention_triton.py) that "auto" does not take.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from timm.models import FeatureInfo
 from timm.models._features_fx import register_notrace_module
 from torch.utils.checkpoint import checkpoint
 
+from . import _retention_triton
 from ._builder import create, stage_indices
 from ._checkpoint import StateDict
 from ._registry import Family, ModelInfo, register_family
@@ -50,7 +52,7 @@ __all__ = [
 DEFAULT_HUB_ORG = "rmt-zoo"
 # No RMT weights are on the Hub yet: whoever converts them publishes under their own organisation, named here.
 ORG_ENV = "RMT_HUB_ORG"
-ATTN_IMPLS = ("auto", "matmul", "sdpa", "flex", "reference")
+ATTN_IMPLS = ("auto", "matmul", "sdpa", "flex", "reference", "triton")
 # Above this many mask elements (heads x L x L), the whole-image form works in query blocks (64 MB in fp32).
 MAX_MASK_ELEMS = 1 << 24
 # What one model keeps of its position tables and masks: every stage's at any one input size up to dense-prediction
@@ -339,7 +341,9 @@ class ManhattanSelfAttention(nn.Module):
         # q and k rotated in one pass, written as (b, h, N, w, d) for row attention or (b, N, h, w, d) for whole-image
         q, k = _rotate(qk.permute(3, 0, 1, 4, 2, 5) if self.chunkwise else qk.permute(3, 0, 4, 1, 2, 5), *pos[:2])
         v = v.view(b, h, w, n, d)
-        if self.chunkwise:
+        if self.attn_impl == "triton" and not (torch.is_grad_enabled() and (q.requires_grad or v.requires_grad)):
+            out = _retention_triton.retention(q, k, v, decay, self.chunkwise)  # no backward: else matmul-softmax
+        elif self.chunkwise:
             out = self._row_then_column(q, k, v, pos[2:], decay)
         else:
             out = self._whole_image(q, k, v, pos[2:], decay)
@@ -375,7 +379,9 @@ class ManhattanSelfAttention(nn.Module):
     def _attend(self, q, k, v, bias, decay, width: int) -> torch.Tensor:
         if self.attn_impl == "flex":
             return _flex(q, k, v, decay.to(q.dtype), width)
-        if self.attn_impl == "matmul" or (self.attn_impl == "auto" and _auto_matmul(q.device, k.shape[-2], width)):
+        if self.attn_impl in ("matmul", "triton") or (
+            self.attn_impl == "auto" and _auto_matmul(q.device, k.shape[-2], width)
+        ):
             return _matmul_softmax(q, k, v, bias)
         return _sdpa(q, k, v, bias)
 
@@ -628,10 +634,13 @@ class RMT(StagedModel):
 
     def set_attn_impl(self, attn_impl: str) -> "RMT":
         """Switch every MaSA between "auto" (matmul-softmax or SDPA by device and row length: `_auto_matmul`),
-        "matmul" (always batched matmul-softmax), "sdpa", "flex" (FlexAttention, compiled; meant for CUDA) and
-        "reference" (official-shaped, the test oracle)."""
+        "matmul" (always batched matmul-softmax), "sdpa", "flex" (FlexAttention, compiled; meant for CUDA), "triton"
+        (zoo/_retention_triton.py; matmul-softmax where gradients are recorded) and "reference" (official-shaped,
+        the test oracle)."""
         if attn_impl not in ATTN_IMPLS:
             raise ValueError(f"attn_impl must be one of {', '.join(ATTN_IMPLS)}, not {attn_impl!r}.")
+        if attn_impl == "triton":
+            _retention_triton.require()
         for m in self.modules():
             if isinstance(m, ManhattanSelfAttention):
                 m.attn_impl = attn_impl

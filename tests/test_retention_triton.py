@@ -1,0 +1,301 @@
+"""attn_impl="triton" (zoo/_retention_triton.py): numerics through Triton's interpreter on CPU tensors against
+attn_impl="matmul" (fp32 and fp16; the interpreter's tl.dot is wrong on bf16 operands), the sm_90 build of every
+stage shape of every RMT size (registers and spills, from ptxas), and torch.compile / torch.export.
+
+Triton's interpreter needs TRITON_INTERPRET=1 before triton is first imported, and would then take over every
+Triton kernel of the process, so the numeric cases run in one child process (this file run as a script), which
+reports each case's error and fused calls as JSON; the tests here assert on them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from zoo import _retention_triton as rt
+from zoo import rmt
+
+from conftest import rel_err
+
+triton = pytest.importorskip("triton", reason="attn_impl='triton' needs triton (installed with torch on Linux)")
+
+TINY = dict(
+    embed_dims=(16, 32, 48, 64),
+    depths=(1, 1, 1, 1),
+    num_heads=(2, 2, 4, 4),
+    mlp_ratios=(3, 3, 3, 3),
+    chunkwise_recurrents=(True, True, False, False),
+    projection=96,
+    num_classes=10,
+)  # fmt: skip  (head dims 8, 16, 12, 16: padded to the kernel's 16-wide tiles)
+TOL = {"fp32": 1e-5, "fp16": 2e-3}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+MASA_CASES = [f"{h}x{w}-{form}-{dt}" for h, w in ((7, 9), (13, 17)) for form in ("rows_cols", "whole") for dt in DTYPES]
+
+
+# --- the child: every case that runs the kernel -----------------------------------------------------------------------
+
+
+class _Calls:
+    """Counts calls of the fused op (their `chunkwise`), so that a silent fallback to matmul cannot pass."""
+
+    def __init__(self):
+        self.seen: list[bool] = []
+        self._fused = rt.retention
+        rt.retention = self
+
+    def __call__(self, q, k, v, decay, chunkwise):
+        self.seen.append(chunkwise)
+        return self._fused(q, k, v, decay, chunkwise)
+
+    def take(self) -> list[bool]:
+        seen, self.seen = self.seen, []
+        return seen
+
+
+def _masa(dim: int, heads: int, chunkwise: bool, dtype: torch.dtype, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    relpos = rmt.DecayPosition(dim, heads, 2, 4, chunkwise)
+    masa = rmt.ManhattanSelfAttention(dim, heads, chunkwise).eval().to(dtype)
+    outs = {}
+    with torch.no_grad():
+        for impl in ("matmul", "triton"):
+            masa.attn_impl = impl
+            outs[impl] = masa(x.to(dtype), relpos(x.shape[1], x.shape[2], dtype), relpos.decay)
+    return outs
+
+
+def _dense_pass(grid: tuple[int, int], which: int) -> float:
+    """One pass of the row-then-column form alone (0: rows, 1: columns, of random input) against matmul-softmax."""
+    torch.manual_seed(0)
+    b, n, d = 1, 1, 16
+    h, w = grid
+    relpos = rmt.DecayPosition(n * d, n, 2, 4, True)
+    mask_w, mask_h = relpos.masks(h, w, torch.float32)
+    q, k = torch.randn(2, b, h, n, w, d)  # as _rotate writes them
+    v = torch.randn(b, h, w, n * d).view(b, h, w, n, d)  # a view of the projection, as MaSA passes it
+    out, launches = rt.launches(q, k, v, relpos.decay, chunkwise=True)
+    rows = launches[0][1][3]
+    grid_, args, meta = launches[which]
+    meta.pop("num_warps")
+    if which == 1:
+        rows.copy_(torch.randn(rows.shape))
+    rt._kernel()[grid_](*args, **meta)
+    if which == 0:
+        ref = rmt._matmul_softmax(q.flatten(0, 1), k.flatten(0, 1), v.transpose(2, 3).flatten(0, 1), mask_w)
+        return rel_err(rows.flatten(0, 1), ref)
+    cols = lambda t: t.permute(0, 3, 2, 1, 4).reshape(b * w, n, h, d)  # noqa: E731
+    ref = rmt._matmul_softmax(cols(q), cols(k), cols(rows), mask_h)  # (b*w, N, h, d)
+    return rel_err(out.permute(0, 2, 3, 1, 4).reshape(b * w, n, h, d), ref)
+
+
+def _child() -> dict[str, dict]:
+    calls, results = _Calls(), {}
+    for case in MASA_CASES:  # odd, non-power-of-two grids, two heads; batch 2 on the smaller one
+        grid, form, dt = case.split("-")
+        h, w = map(int, grid.split("x"))
+        outs = _masa(32, 2, form == "rows_cols", DTYPES[dt], torch.randn(2 if h * w < 100 else 1, h, w, 32))
+        results[case] = dict(err=rel_err(outs["triton"].float(), outs["matmul"].float()), calls=calls.take())
+    outs = _masa(32, 1, False, torch.float32, torch.randn(1, 25, 42, 32))
+    results["dense_whole"] = dict(err=rel_err(outs["triton"], outs["matmul"]), calls=calls.take())
+    results["dense_rows_336"] = dict(err=_dense_pass((2, 336), 0))
+    results["dense_columns_200"] = dict(err=_dense_pass((200, 2), 1))
+    torch.manual_seed(0)
+    model = rmt.RMT(**TINY).eval()
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        ref = model.set_attn_impl("matmul")(x)
+        results["rmt_forward"] = dict(err=rel_err(model.set_attn_impl("triton")(x), ref), calls=calls.take())
+        x = x[:1, :, :32, :48]
+        eager = model(x)
+        calls.take()
+        compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+        results["compiled"] = dict(err=rel_err(compiled(x), eager), calls=calls.take())
+        exported = torch.export.export(model, (x,))
+        calls.take()  # made while tracing
+        ops = sum(node.target is torch.ops.rmt_zoo.retention.default for node in exported.graph.nodes)
+        results["exported"] = dict(err=rel_err(exported.module()(x), eager), ops=ops)
+    return results
+
+
+@pytest.fixture(scope="module")
+def interpreted() -> dict[str, dict]:
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    run = subprocess.run(
+        [sys.executable, __file__], env=env, capture_output=True, text=True, timeout=900, cwd=Path(__file__).parent
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.splitlines()[-1])
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("case", MASA_CASES)
+def test_masa_matches_matmul(interpreted, case):
+    """Odd, non-power-of-two grids (7x9 at batch 2, 13x17), two heads, both MaSA forms, through the interpreter."""
+    assert interpreted[case]["calls"] == [case.split("-")[1] == "rows_cols"]
+    assert interpreted[case]["err"] <= TOL[case.split("-")[2]]
+
+
+@pytest.mark.e2e
+def test_dense_whole_image_stage(interpreted):
+    """The last stage of an 800x1344 input (25x42 tokens: 1050 keys, 17 key blocks), one image, one head."""
+    assert interpreted["dense_whole"]["calls"] == [False] and interpreted["dense_whole"]["err"] <= TOL["fp32"]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("case", ["dense_rows_336", "dense_columns_200"])
+def test_dense_row_and_column_pass(interpreted, case):
+    """Stage 1 of an 800x1344 input (200x336 tokens) has rows of 336 and columns of 200 keys; rows and columns are
+    independent, so two rows (row pass) and two columns (column pass) of it stand for the whole grid."""
+    assert interpreted[case]["err"] <= TOL["fp32"]
+
+
+@pytest.mark.e2e
+def test_rmt_forward_matches_matmul(interpreted):
+    """A whole RMT (both forms, head dims 8, 12, 16), fp32, batch 2."""
+    assert interpreted["rmt_forward"]["calls"] == [True, True, False, False]
+    assert interpreted["rmt_forward"]["err"] <= 1e-4
+
+
+@pytest.mark.e2e
+def test_compile_fullgraph_and_export(interpreted):
+    """The fake implementation traces; the compiled and exported graphs keep the op and run it."""
+    assert interpreted["compiled"]["calls"] == [True, True, False, False] and interpreted["compiled"]["err"] <= 1e-5
+    exported = interpreted["exported"]
+    assert exported["ops"] == 4 and exported["err"] <= 1e-5  # the fake implementation gives no values
+
+
+# --- in this process: no kernel runs ----------------------------------------------------------------------------------
+
+
+def test_gradients_take_matmul(monkeypatch):
+    """No backward kernel: with gradients recorded MaSA takes matmul-softmax; "auto" never takes the kernel."""
+    monkeypatch.setattr(rt, "retention", lambda *a: pytest.fail("the fused op was called"))
+    torch.manual_seed(0)
+    model = rmt.RMT(**TINY).eval()  # eval: gradients are recorded all the same
+    x = torch.randn(1, 3, 32, 32)
+    out = model.set_attn_impl("triton")(x)
+    out.sum().backward()
+    assert model.layers[0].blocks[0].retention.qkv.weight.grad is not None
+    assert torch.equal(out, model.set_attn_impl("matmul")(x))
+    with torch.no_grad():
+        model.set_attn_impl("auto")(x)
+
+
+def test_cpu_needs_the_interpreter():
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("this process was started with the interpreter on")
+    model = rmt.RMT(**TINY, attn_impl="triton").eval()
+    with torch.no_grad(), pytest.raises(RuntimeError, match="TRITON_INTERPRET=1 set before triton is first imported"):
+        model(torch.randn(1, 3, 32, 32))
+
+
+def test_missing_triton_fails_at_build(monkeypatch):
+    monkeypatch.setitem(sys.modules, "triton", None)  # import triton raises ImportError
+    rmt.RMT(**TINY)  # other impls build without it
+    with pytest.raises(RuntimeError, match="needs the triton package"):
+        rmt.RMT(**TINY, attn_impl="triton")
+
+
+# --- the sm_90 build -------------------------------------------------------------------------------------------------
+
+SIZES = {"224": (224, 224), "800x1344": (800, 1344)}
+
+
+@functools.cache
+def _jit():
+    """The kernel jitted for the GPU, whatever TRITON_INTERPRET says."""
+    rt._kernel()  # binds the module's `tl`
+    return triton.runtime.jit.JITFunction(rt._retention_kernel, do_not_specialize=rt.NOT_SPECIALIZED)
+
+
+def _stage_shapes(arch: dict, size: tuple[int, int]):
+    """(stage, h, w, heads, head dim, chunkwise) of every stage at an input size (strides 4, 8, 16, 32)."""
+    dims, heads, chunkwise = arch["embed_dims"], arch["num_heads"], arch["chunkwise_recurrents"]
+    for i, (dim, n, chunk) in enumerate(zip(dims, heads, chunkwise)):
+        stride = 4 * 2**i
+        yield i + 1, -(-size[0] // stride), -(-size[1] // stride), n, dim // n, chunk
+
+
+def _sources(h: int, w: int, n: int, d: int, chunkwise: bool, dtype: torch.dtype):
+    """The compile keys (signature, constexprs, attributes, warps) of the launches for one stage, specialized on
+    the arguments as Triton's launcher specializes them (values 1, multiples of 16, aligned pointers)."""
+    from triton._C.libtriton import native_specialize_impl
+    from triton.backends.nvidia.compiler import CUDABackend
+
+    kernel = _jit()
+    shape = (2, 2, h, n, w, d) if chunkwise else (2, 2, n, h, w, d)  # q and k as _rotate writes them (batch 2)
+    q, k = torch.empty(shape, dtype=dtype, device="meta")
+    v = torch.empty(2, h, w, n * d, dtype=dtype, device="meta").view(2, h, w, n, d)
+    for _, args, meta in rt.launches(q, k, v, torch.empty(n, device="meta"), chunkwise)[1]:
+        meta = dict(meta)
+        warps = meta.pop("num_warps")
+        values = [*args, *(meta[p.name] for p in kernel.params[len(args) :])]
+        signature, constexprs, attrs = {}, {}, {}
+        for i, (param, value) in enumerate(zip(kernel.params, values)):
+            if param.is_constexpr:
+                signature[param.name], constexprs[param.name] = "constexpr", value
+                continue
+            ty, attr = native_specialize_impl(CUDABackend, value, False, param.name not in rt.NOT_SPECIALIZED, True)
+            signature[param.name] = ty
+            if ty == "constexpr":
+                constexprs[param.name] = attr
+            elif attr:
+                attrs[(i,)] = attr
+        yield tuple(signature.items()), tuple(constexprs.items()), tuple(attrs.items()), warps
+
+
+def _ptxas(key, monkeypatch) -> tuple[int, int]:
+    """Registers and spill bytes (stores + loads) of one sm_90 build, from ptxas's own report."""
+    from triton.backends.compiler import GPUTarget
+    from triton.backends.nvidia.compiler import CUDABackend
+
+    signature, constexprs, attrs, warps = key
+    source = triton.compiler.ASTSource(
+        _jit(),
+        dict(signature),
+        constexprs=dict(constexprs),
+        attrs={path: CUDABackend.parse_attr(a) for path, a in attrs},
+    )
+    monkeypatch.setenv("TRITON_DUMP_PTXAS_LOG", "1")  # the log goes to stdout
+    monkeypatch.setenv("TRITON_ALWAYS_COMPILE", "1")  # no cache hit: ptxas runs every time
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
+    text = log.getvalue()
+    regs = re.search(r"Used (\d+) registers", text)
+    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", text)
+    assert regs and spills, f"no ptxas report in:\n{text}"
+    return int(regs[1]), int(spills[1]) + int(spills[2])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=["fp16", "bf16", "fp32"])
+def test_sm90_build_has_no_spills(dtype, monkeypatch, tmp_path):
+    """Every stage of rmt_t/s/b/l at 224x224 and 800x1344; launches that compile alike are built once."""
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
+    builds: dict[tuple, list[str]] = {}
+    for variant, arch in rmt._ARCHS.items():
+        for size_name, size in SIZES.items():
+            for stage, h, w, n, d, chunkwise in _stage_shapes(arch, size):
+                for key in _sources(h, w, n, d, chunkwise, dtype):
+                    builds.setdefault(key, []).append(f"{variant}@{size_name}/stage{stage}")
+    report = []
+    for key, uses in builds.items():
+        regs, spills = _ptxas(key, monkeypatch)
+        meta = dict(key[1])
+        report.append((meta["HEAD_DIM"], meta["BLOCK_M"], meta["MANHATTAN"], key[3], regs, spills, uses))
+    assert all(spills == 0 and regs <= 255 for *_, regs, spills, _ in report), "\n".join(map(str, report))
+
+
+if __name__ == "__main__":
+    print(json.dumps(_child()))
