@@ -31,6 +31,10 @@ __all__ = ["require", "retention"]
 
 # Sizes the kernel is not specialized on (value 1, multiples of 16), so new grid sizes reuse the compiled kernel.
 NOT_SPECIALIZED = ("seq_len", "width", "n_b", "n_c")
+# Warps per block size, (16-bit inputs, fp32): with these every stage of rmt_t/s/b/l builds for sm_90 with fewer than
+# 255 registers and no spills under Triton 3.6 and 3.8 (tests/test_retention_triton.py; fp32's dots run on FMAs and
+# hold more in registers, so it takes more warps).
+WARPS = {16: (1, 1), 32: (1, 4), 64: (4, 8)}
 # Bound by _kernel() when Triton is first used: the kernel's source names it, and Triton resolves it at compile time.
 tl = None
 
@@ -140,7 +144,7 @@ def launch_config(seq_len: int, head_dim: int, dtype: torch.dtype) -> dict:
         BLOCK_N=block,
         BLOCK_D=max(16, _pow2(head_dim)),
         PRECISION="ieee" if dtype == torch.float32 else "tf32",  # fp32 as exact as the matmul path (no TF32)
-        num_warps=max(1, block * block * dtype.itemsize // 2048),  # fp32 takes twice the warps: no spills
+        num_warps=WARPS[block][dtype == torch.float32],
     )
 
 
