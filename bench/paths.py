@@ -30,6 +30,7 @@ __all__ = [
     "append_bytes",
     "write_atomic",
     "ignore_file_size_signal",
+    "current_umask",
     "TEMP_MARK",
 ]
 
@@ -234,7 +235,7 @@ def _cut_own_tail(fd: int, start: int, data: bytes) -> None:
         pass  # the torn line stays; readers skip it, and the next append starts on a new line
 
 
-def _umask() -> int:
+def current_umask() -> int:
     """The process's umask, read without changing it (os.umask would, for a moment, for every thread)."""
     try:
         with open("/proc/self/status", encoding="ascii") as f:
@@ -258,7 +259,7 @@ def write_atomic(path: str | Path, content: bytes | str | Callable[[BinaryIO], o
         raise WriteError(f"Could not write {path} ({_reason(exc)}).") from None
     try:
         with os.fdopen(fd, "wb") as f:
-            os.fchmod(fd, 0o666 & ~_umask())  # what a plain open() would give, not mkstemp's 0600
+            os.fchmod(fd, 0o666 & ~current_umask())  # what a plain open() would give, not mkstemp's 0600
             if callable(content):
                 content(f)
             else:
