@@ -189,8 +189,8 @@ def append_bytes(path: str | Path, data: bytes, separate: bool = True) -> None:
     other writer's row is ever touched. Raises WriteError (one sentence).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
     except OSError as exc:
         raise WriteError(f"Could not open {path} to append a row ({_reason(exc)}).") from None
@@ -268,8 +268,15 @@ def write_atomic(path: str | Path, content: bytes | str | Callable[[BinaryIO], o
             os.fsync(f.fileno())
         os.replace(temp, path)
     except OSError as exc:
-        os.unlink(temp)
+        _remove(temp)
         raise WriteError(f"Could not write {path} ({_reason(exc)}); nothing was left half-written.") from None
     except BaseException:
-        os.unlink(temp)
+        _remove(temp)
         raise
+
+
+def _remove(temp: str) -> None:
+    try:
+        os.unlink(temp)
+    except FileNotFoundError:  # someone else removed it from the folder already
+        pass
