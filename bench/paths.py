@@ -30,6 +30,7 @@ __all__ = [
     "append_bytes",
     "write_atomic",
     "ignore_file_size_signal",
+    "current_umask",
     "TEMP_MARK",
 ]
 
@@ -188,8 +189,8 @@ def append_bytes(path: str | Path, data: bytes, separate: bool = True) -> None:
     other writer's row is ever touched. Raises WriteError (one sentence).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
     except OSError as exc:
         raise WriteError(f"Could not open {path} to append a row ({_reason(exc)}).") from None
@@ -234,7 +235,7 @@ def _cut_own_tail(fd: int, start: int, data: bytes) -> None:
         pass  # the torn line stays; readers skip it, and the next append starts on a new line
 
 
-def _umask() -> int:
+def current_umask() -> int:
     """The process's umask, read without changing it (os.umask would, for a moment, for every thread)."""
     try:
         with open("/proc/self/status", encoding="ascii") as f:
@@ -258,7 +259,7 @@ def write_atomic(path: str | Path, content: bytes | str | Callable[[BinaryIO], o
         raise WriteError(f"Could not write {path} ({_reason(exc)}).") from None
     try:
         with os.fdopen(fd, "wb") as f:
-            os.fchmod(fd, 0o666 & ~_umask())  # what a plain open() would give, not mkstemp's 0600
+            os.fchmod(fd, 0o666 & ~current_umask())  # what a plain open() would give, not mkstemp's 0600
             if callable(content):
                 content(f)
             else:
@@ -267,8 +268,15 @@ def write_atomic(path: str | Path, content: bytes | str | Callable[[BinaryIO], o
             os.fsync(f.fileno())
         os.replace(temp, path)
     except OSError as exc:
-        os.unlink(temp)
+        _remove(temp)
         raise WriteError(f"Could not write {path} ({_reason(exc)}); nothing was left half-written.") from None
     except BaseException:
-        os.unlink(temp)
+        _remove(temp)
         raise
+
+
+def _remove(temp: str) -> None:
+    try:
+        os.unlink(temp)
+    except FileNotFoundError:  # someone else removed it from the folder already
+        pass

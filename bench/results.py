@@ -8,6 +8,7 @@ file (`results.shard-<job>.jsonl`), which every reader takes together with it.
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
@@ -124,6 +125,8 @@ def iter_results(path: str | Path, quiet: bool = False, shards: bool = True) -> 
     rows are skipped with one note on stderr per file. Raises OSError when the file cannot be opened."""
     files = result_files(path, quiet) if shards else [Path(path)]
     if not files:
+        if os.path.lexists(path):  # a FIFO or device: never opened (a FIFO would block)
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
         open(path, encoding="utf-8").close()  # the FileNotFoundError the caller expects
     for file in files:
         skipped: list[int] = []

@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 
 import zoo
 from bench.env import git_commit
-from bench.paths import TEMP_MARK, OutputPathError, check_distinct, check_output_path, write_atomic
+from bench.paths import TEMP_MARK, OutputPathError, check_distinct, check_output_path, current_umask, write_atomic
 from zoo import ModelInfo, hub_repo_id, read_checkpoint
 
 from . import __version__
@@ -167,12 +167,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def _swap_into_place(staged: Path, out_dir: Path, force: bool) -> None:
     """Move the finished `staged` folder to `out_dir` with one rename, so no reader sees a half-written mix.
 
@@ -180,7 +174,7 @@ def _swap_into_place(staged: Path, out_dir: Path, force: bool) -> None:
     file put there during the conversion is kept and the conversion is refused. With `force`, the folder there is
     replaced whole (moved aside, then removed).
     """
-    staged.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would shut everyone else out of the finished folder
+    staged.chmod(0o777 & ~current_umask())  # mkdtemp's 0700 would shut everyone else out of the finished folder
     if not force:
         try:
             staged.rename(out_dir)
@@ -247,7 +241,7 @@ def convert(
         except SafetensorError as e:  # not an OSError, though it mostly reports one
             raise ConversionError(f"Writing {out_dir / WEIGHTS} failed ({e}).") from None
         # safetensors creates its file 0600; give it what open() would under the umask.
-        weights.chmod(0o666 & ~_umask())
+        weights.chmod(0o666 & ~current_umask())
         del tensors
         diff = (reference - _outputs(model_name, weights, x)).abs().max().item()
         if not diff <= TOLERANCE:

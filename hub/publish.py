@@ -188,7 +188,7 @@ def plan_upload(folder: str | Path, repo_id: str | None = None, private: bool = 
     carded = config["pretrained_cfg"].get("hf_hub_id")
     if repo_id is None and carded is None:
         raise PublishError(f"{folder / CONFIG} names no repo (no pretrained_cfg.hf_hub_id); pass --repo ORG/NAME.")
-    if repo_id is None and not _owned(name):
+    if repo_id is None and _upstream(name) == carded:
         raise PublishError(
             f"{folder / CONFIG} points to {carded}, the upstream repo of {name}, which this project does not own; "
             f"pass --repo ORG/NAME to publish to a repo of yours."
@@ -215,13 +215,14 @@ def plan_upload(folder: str | Path, repo_id: str | None = None, private: bool = 
     return UploadPlan(folder=folder, repo_id=repo_id, files=files, private=private, skipped=skipped, warning=warning)
 
 
-def _owned(name: str) -> bool:
-    """Whether the zoo's repo for `name` is one its users publish to: families whose organisation is a setting
-    (RMT: RMT_HUB_ORG) are; the others name their authors' upstream repos (timm's, OpenGVLab's), never a default."""
+def _upstream(name: str) -> str | None:
+    """The repo of `name`'s authors where the zoo's repo for it is theirs, not one its users publish to: families
+    whose organisation is a setting (RMT: RMT_HUB_ORG) have none; the others name timm's or OpenGVLab's repos."""
     try:
-        return zoo.info(name).hub_org_env is not None
+        found = zoo.info(name)
     except zoo.UnknownModelError:
-        return True  # no zoo model: the weights check that follows names the problem
+        return None  # no zoo model: the weights check that follows names the problem
+    return None if found.hub_org_env else found.hf_hub_id
 
 
 def _open_planned(folder: Path, planned: PlannedFile) -> BinaryIO:

@@ -319,3 +319,29 @@ def test_a_fifo_or_folder_named_like_a_shard_is_skipped_with_a_note(tmp_path, ca
     err = capsys.readouterr().err
     assert "skipped 2 entries" in err and "results.shard-x-0.jsonl" in err and "not a regular file" in err
     assert result_files(path, quiet=True) == [path, tmp_path / "results.shard-b-0.jsonl"]
+    fifo = tmp_path / "other.jsonl"
+    os.mkfifo(fifo)
+    signal.alarm(20)
+    try:
+        with pytest.raises(OSError, match="not a regular file"):
+            load_results(fifo, quiet=True)
+    finally:
+        signal.alarm(0)
+
+
+def test_suite_on_a_full_disk_prints_the_kept_rows_and_one_sentence(tmp_path, monkeypatch, capsys):
+    kept = [_row(id="kept", throughput_ips=3.0)]
+
+    def full(*args, **kwargs):
+        raise WriteError(
+            "Could not append a row to r.jsonl (the disk is full); the rows written before it are kept.", kept
+        )
+
+    monkeypatch.setattr(suite, "run", full)
+    assert suite.main(["--dry-run", "--out", str(tmp_path / "s"), "--quiet"]) == cli.EXIT_OUTPUT
+    captured = capsys.readouterr()
+    assert "rmt_t" in captured.out  # the table of what was kept
+    assert (
+        captured.err.strip()
+        == "error: Could not append a row to r.jsonl (the disk is full); the rows written before it are kept."
+    )
