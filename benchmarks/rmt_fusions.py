@@ -254,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         "counts": [{"model": args.model, "batch": args.count_batch, "counts": counts(args.model, args.count_batch)}],
         "rows": [],
     }
+    write(result, args.out)
     for batch in [] if args.no_timing else args.batch:
         paths, errors, failed = build_paths(args.model, batch, official)
         interleaved(paths, batch, args.rounds, args.min_round_s)
@@ -264,12 +265,19 @@ def main(argv: list[str] | None = None) -> int:
                }  # fmt: skip
         result["rows"].append(row)
         print(json.dumps({k: row[k] for k in ("batch", "median", "ratios")}), flush=True)
-    result["uptime_after"] = machine(args.threads)["uptime"]
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "rmt_fusions.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "rmt_fusions.md").write_text(markdown(result) + "\n")
-    print(markdown(result))
+        write(result, args.out)
+    print(write(result, args.out))
     return 0
+
+
+def write(result: dict, out: Path) -> str:
+    """Write what is measured so far (after the counts and after each batch: a run stopped early keeps it)."""
+    result["uptime_after"] = machine(result["env"]["threads"])["uptime"]
+    out.mkdir(parents=True, exist_ok=True)
+    md = markdown(result)
+    (out / "rmt_fusions.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "rmt_fusions.md").write_text(md + "\n")
+    return md
 
 
 if __name__ == "__main__":
