@@ -143,7 +143,9 @@ def counts(name: str, batch: int) -> dict[str, dict[str, dict[str, int]]]:
     return out
 
 
-def build_paths(name: str, batch: int, official) -> tuple[list[Timed], dict[str, float], dict[str, str]]:
+def build_paths(
+    name: str, batch: int, official, compiled_too: bool = True
+) -> tuple[list[Timed], dict[str, float], dict[str, str]]:
     torch.manual_seed(0)
     x = torch.randn(batch, 3, SIZE, SIZE)
     paths = []
@@ -151,10 +153,12 @@ def build_paths(name: str, batch: int, official) -> tuple[list[Timed], dict[str,
         ours = zoo.load(name)
     else:
         theirs, ours = official_and_ours(official, name)
-        compiled_theirs = torch.compile(theirs)
-        paths += [Timed("official eager", lambda: theirs(x)), Timed("official compiled", lambda: compiled_theirs(x))]
+        paths.append(Timed("official eager", lambda: theirs(x)))
+        if compiled_too:
+            compiled_theirs = torch.compile(theirs)
+            paths.append(Timed("official compiled", lambda: compiled_theirs(x)))
     before = copy.deepcopy(ours)
-    compiled = torch.compile(ours, fullgraph=True)
+    compiled = torch.compile(copy.deepcopy(ours), fullgraph=True)
     shifted = torch.compile(copy.deepcopy(ours), fullgraph=True)
 
     def ours_before():
@@ -165,12 +169,9 @@ def build_paths(name: str, batch: int, official) -> tuple[list[Timed], dict[str,
         with mock.patch.object(rmt, "SHIFTED_CONV_DEVICES", ("cpu", "cuda")):
             return shifted(x)
 
-    paths += [
-        Timed("ours eager", lambda: ours(x)),
-        Timed("ours eager before", ours_before),
-        Timed("ours compiled", lambda: compiled(x)),
-        Timed("ours compiled, shifted taps", ours_shifted),
-    ]
+    paths += [Timed("ours eager", lambda: ours(x)), Timed("ours eager before", ours_before)]
+    if compiled_too:
+        paths += [Timed("ours compiled", lambda: compiled(x)), Timed("ours compiled, shifted taps", ours_shifted)]
     paths, outs, failed = first_calls(paths)
     ref = next(iter(outs.values()))
     errors = {label: rel_err(out, ref) for label, out in outs.items()}
@@ -241,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--min-round-s", type=float, default=1.0)
     ap.add_argument("--no-timing", action="store_true", help="only the op counts")
+    ap.add_argument("--eager-only", action="store_true", help="time the eager paths only (no compiles)")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "cpu" / "fusions")
     args = ap.parse_args(argv)
     if any(b < 1 for b in args.batch) or args.threads < 1 or args.rounds < 1:
@@ -256,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     write(result, args.out)
     for batch in [] if args.no_timing else args.batch:
-        paths, errors, failed = build_paths(args.model, batch, official)
+        paths, errors, failed = build_paths(args.model, batch, official, compiled_too=not args.eager_only)
         interleaved(paths, batch, args.rounds, args.min_round_s)
         median = {p.label: p.median for p in paths}
         row = {"model": args.model, "batch": batch, "rounds": args.rounds, "img_s": {p.label: p.img_s for p in paths},
