@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import collections
+import copy
 import logging
 
 import pytest
 import timm
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import zoo
 import zoo.rmt as rmt
@@ -365,3 +369,154 @@ def test_auto_attention_kernel_by_device_and_row_length(monkeypatch, device, siz
     with torch.no_grad():
         masa(x, relpos(*size, x.dtype), relpos.decay)
     assert rmt.SHORT_ROW == 64 and seen == calls
+
+
+class _OpCounter(TorchDispatchMode):
+    """Counts the aten ops a forward dispatches (by name) and the dtypes softmax sees."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: collections.Counter[str] = collections.Counter()
+        self.softmax_dtypes: set[torch.dtype] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        self.ops[name] += 1
+        if name == "_softmax":
+            self.softmax_dtypes.add(args[0].dtype)
+        return func(*args, **(kwargs or {}))
+
+
+def test_attention_core_has_no_fp32_softmax_round_trip_under_cuda_autocast(monkeypatch):
+    """CUDA's autocast runs softmax in fp32: on bf16 scores that is a cast to fp32 and one back before the second
+    matmul. With q, k, v already bf16, the core runs outside autocast; traced on fake CUDA tensors (no driver), the
+    device's real autocast policy applies."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    mode = FakeTensorMode()
+    fake = lambda t: mode.fake_tensor_converter.from_meta_and_device(mode, t.to("meta"), torch.device("cuda"))  # noqa: E731
+    q, k, v = (fake(torch.empty(8, 4, 56, 16, dtype=torch.bfloat16)) for _ in range(3))
+    bias = fake(torch.empty(1, 4, 56, 56, dtype=torch.bfloat16))
+    with mode, torch.no_grad(), torch.autocast("cuda", torch.bfloat16), _OpCounter() as seen:
+        out = rmt._matmul_softmax(q, k, v, bias)
+    assert out.dtype == torch.bfloat16 and out.device.type == "cuda"
+    assert seen.ops["_to_copy"] == 0 and seen.softmax_dtypes == {torch.bfloat16}
+    with mode, torch.no_grad(), torch.autocast("cuda", torch.bfloat16), _OpCounter() as seen:
+        torch.softmax(torch.matmul(q, k.transpose(-1, -2)).add_(bias), -1)
+    assert seen.ops["_to_copy"] >= 1 and seen.softmax_dtypes == {torch.float32}  # what the policy would do
+
+
+def test_attention_core_in_bf16_stays_within_tolerance_and_fp32_is_unchanged():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(6, 4, 49, 16) for _ in range(3))
+    bias = -torch.rand(1, 4, 49, 49)
+    exact = torch.softmax(q @ k.transpose(-1, -2) + bias, -1) @ v
+    assert torch.equal(rmt._matmul_softmax(q, k, v, bias), torch.matmul(torch.softmax(q @ k.mT + bias, -1), v))
+    with torch.autocast("cpu", torch.bfloat16), _OpCounter() as seen:
+        low = rmt._matmul_softmax(*(t.bfloat16() for t in (q, k, v)), bias.bfloat16())
+    assert low.dtype == torch.bfloat16 and seen.softmax_dtypes == {torch.bfloat16}
+    assert rel_err(low.float(), exact) <= 3e-2
+
+
+def _eager_ops(model: torch.nn.Module, x: torch.Tensor) -> collections.Counter:
+    with torch.no_grad(), _OpCounter() as seen:
+        model(x)
+    return seen.ops
+
+
+def _forget_folded(model: torch.nn.Module) -> torch.nn.Module:
+    for conv in model.modules():
+        if isinstance(conv, rmt.DWConv2d):
+            conv._kept = None
+    return model
+
+
+def test_folded_conv_weights_kept_and_refreshed_when_weights_change():
+    """The residual depthwise convs' folded kernels are built once per weight version in eager no-grad forwards
+    (no per-call new_ones/pad/add), and every way weights change (optimizer steps with and without foreach,
+    in-place edits, load_state_dict, dtype casts) gives the output of a model built fresh from those weights."""
+    torch.manual_seed(0)
+    model = rmt.RMT(**SMALL).eval()
+    x = torch.randn(2, 3, 64, 96)
+    _eager_ops(model, x)  # builds the position tables too
+    _forget_folded(model)
+    first, again = _eager_ops(model, x), _eager_ops(model, x)
+    assert first["constant_pad_nd"] == 8 and "constant_pad_nd" not in again and "new_ones" not in again
+    assert sum(again.values()) == sum(first.values()) - 3 * 8  # 2 residual convs in each of 4 blocks
+
+    def check(m: torch.nn.Module) -> None:
+        fresh = _forget_folded(copy.deepcopy(m))
+        with torch.no_grad():
+            assert torch.equal(m(x.to(next(m.parameters()).dtype)), fresh(x.to(next(m.parameters()).dtype)))
+
+    with torch.no_grad():
+        before = model(x)
+    for foreach in (False, True):
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, foreach=foreach)
+        model.train()
+        model(x).square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+        model.eval()
+        check(model)
+    with torch.no_grad():
+        assert not torch.equal(model(x), before)
+        model.layers[0].blocks[0].pos.conv.weight.mul_(2)
+    check(model)
+    model.load_state_dict(rmt.RMT(**SMALL).state_dict())
+    check(model)
+    check(model.double())
+
+
+def test_folded_conv_weights_recomputed_where_gradients_are_recorded():
+    """Training and any grad-enabled forward build the folded kernel from the parameter, so its gradient flows."""
+    torch.manual_seed(0)
+    model = rmt.RMT(**SMALL).eval()
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        model(x)  # keeps folded kernels
+    model(x).sum().backward()
+    for conv in (model.layers[0].blocks[0].pos.conv, model.layers[1].blocks[0].ffn.dwconv.conv):
+        assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("kernel_size", [3, 5])
+def test_depthwise_taps_equal_the_conv(kernel_size):
+    torch.manual_seed(0)
+    conv = rmt.DWConv2d(24, kernel_size, residual=kernel_size == 3)
+    x = torch.randn(2, 24, 9, 13).permute(0, 2, 3, 1)  # NCHW memory seen as (B, H, W, C), as a stage's first block
+    with torch.no_grad():
+        weight, bias = conv._weights(x)
+        assert rel_err(rmt._depthwise_taps(x, weight, bias), conv(x)) <= 1e-6
+
+
+def test_compiled_depthwise_taps_fullgraph(monkeypatch):
+    """The shifted multiply-add form is what compiled graphs take on CUDA; here it is forced on CPU."""
+    torch.manual_seed(0)
+    model = rmt.RMT(**SMALL).eval()
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        eager = model(x)
+    monkeypatch.setattr(rmt, "SHIFTED_CONV_DEVICES", ("cpu",))
+    torch._dynamo.reset()
+    seen = []
+    real = rmt._depthwise_taps
+    monkeypatch.setattr(rmt, "_depthwise_taps", lambda *a: seen.append(a[1].shape[-1]) or real(*a))
+    with torch.no_grad():
+        assert rel_err(torch.compile(model, fullgraph=True)(x), eager) <= 1e-5
+    assert sorted(set(seen)) == [3, 5] and len(seen) == 3 * 4  # pos, lepe, ffn dwconv in each of 4 blocks
+
+
+def test_compile_reduce_overhead_fullgraph():
+    """The batch-1 CUDA-graphs path (mode="reduce-overhead") compiles without graph breaks; on CPU inductor runs
+    it without graphs."""
+    torch.manual_seed(0)
+    model = rmt.RMT(**SMALL).eval()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        eager = model(x)
+        torch._dynamo.reset()
+        compiled = torch.compile(model, mode="reduce-overhead", fullgraph=True)
+        for _ in range(3):  # warm-up calls, then the recorded one on CUDA
+            out = compiled(x)
+    assert rel_err(out, eager) <= 1e-5

@@ -229,6 +229,14 @@ class DecayPosition(nn.Module):
         return tables
 
 
+def _autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The dtype autocast runs matmuls and convs in on `device`, or None where it is off (or has no autocast)."""
+    kind = device.type
+    if torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind):
+        return torch.get_autocast_dtype(kind)
+    return None
+
+
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     # k comes scaled (folded into the rotary table). Masks are kept 4-D: a 3-D one sends SDPA on CPU to its
     # slower math path.
@@ -237,7 +245,15 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor)
 
 def _matmul_softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """Eager CPU attention: at RMT's short rows (7..56 tokens) batched matmuls with an in-place bias add and a
-    softmax beat SDPA's CPU kernels (measured in benchmarks/rmt_cpu.py); k comes scaled."""
+    softmax beat SDPA's CPU kernels (measured in benchmarks/rmt_cpu.py); k comes scaled.
+
+    Under autocast with q already in half precision it runs outside autocast, in q's dtype: CUDA's autocast would
+    run softmax in fp32, writing the scores out in fp32 and casting the probabilities back (two score-sized copies
+    per call), while softmax on bf16/fp16 accumulates in fp32 anyway (eager kernels and inductor alike).
+    """
+    if q.dtype in (torch.bfloat16, torch.float16) and _autocast_dtype(q.device) is not None:
+        with torch.autocast(q.device.type, enabled=False):
+            return _matmul_softmax(q, k.to(q.dtype), v.to(q.dtype), bias)
     scores = torch.matmul(q, k.transpose(-1, -2)).add_(bias)
     return torch.matmul(torch.softmax(scores, -1), v)
 
@@ -287,11 +303,33 @@ def _flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor
     return _compiled_flex(q, k, v, score_mod=score_mod, scale=1.0)
 
 
+def _depthwise_taps(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """Depthwise conv of channels-last x (B, H, W, C) as k*k shifted multiply-adds over the zero-padded map, in the
+    dtype the conv would run in (autocast's where it is on): a form inductor fuses with the ops around it, where
+    the conv is a separate kernel reading and writing the whole map."""
+    dtype = _autocast_dtype(x.device) or x.dtype
+    x, weight = x.to(dtype), weight.to(dtype)
+    k, p = weight.shape[-1], weight.shape[-1] // 2
+    h, w = x.shape[1], x.shape[2]
+    padded = F.pad(x, (0, 0, p, p, p, p))
+    out = None
+    for i, j in itertools.product(range(k), range(k)):
+        tap = padded[:, i : i + h, j : j + w] * weight[:, 0, i, j]
+        out = tap if out is None else out + tap
+    return out if bias is None else out + bias.to(dtype)
+
+
+# Devices where compiled graphs take `_depthwise_taps` instead of the conv (eager keeps cuDNN / mkldnn everywhere).
+SHIFTED_CONV_DEVICES = ("cuda",)
+
+
 class DWConv2d(nn.Module):
     """Depthwise conv on channels-last (B, H, W, C) tensors, returned contiguous; both permutes are views.
 
     With `residual`, returns x + conv(x) as one conv whose kernel has 1 added at its centre tap, which saves a
     full-size add. `reference` mode does what the official code does instead: contiguous copies and a separate add.
+    Eager forwards that record no gradients reuse the folded kernel (and, under autocast, the kernel and bias
+    already cast), rebuilt when the weights change; compiled graphs on SHIFTED_CONV_DEVICES use `_depthwise_taps`.
     """
 
     def __init__(self, dim: int, kernel_size: int, residual: bool = False):
@@ -299,19 +337,57 @@ class DWConv2d(nn.Module):
         self.conv = nn.Conv2d(dim, dim, kernel_size, 1, kernel_size // 2, groups=dim)
         self.residual = residual
         self.reference = False
+        self._kept: tuple[tuple, torch.Tensor, torch.Tensor] | None = None  # (validity key, weight, bias)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._kept = None  # also when parameters are assigned rather than copied into
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def _apply(self, fn, recurse=True):
+        self._kept = None  # a freed parameter's address could come back with the same version count
+        return super()._apply(fn, recurse)
+
+    def _fold(self) -> torch.Tensor:
+        weight = self.conv.weight
+        if not self.residual:
+            return weight
+        centre = self.conv.kernel_size[0] // 2
+        return weight + F.pad(weight.new_ones(weight.shape[0], 1, 1, 1), (centre,) * 4)
+
+    def _weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The kernel (skip connection folded in) and bias the conv uses. Built on every call where autograd or a
+        compiler must see the parameters; otherwise kept, with the parameters' version counters and storage as the
+        key, so in-place updates (optimizer steps, load_state_dict) and moves or casts rebuild it."""
+        weight, bias = self.conv.weight, self.conv.bias
+        if (
+            torch.is_grad_enabled()
+            or torch.compiler.is_compiling()
+            or torch.jit.is_tracing()
+            or isinstance(weight, torch.fx.Proxy)
+        ):
+            return self._fold(), bias
+        dtype = _autocast_dtype(x.device) or weight.dtype
+        if not self.residual and dtype == weight.dtype:
+            return weight, bias
+        key = (weight._version, bias._version, weight.data_ptr(), bias.data_ptr(), weight.device, dtype)
+        if self._kept is None or self._kept[0] != key:
+            # built outside inference mode, like the position tables, so later forwards recording gradients can
+            # read it; it is a constant, not a parameter view, so autocast does not cast it again
+            with torch.inference_mode(False), torch.no_grad():
+                self._kept = (key, self._fold().to(dtype), bias.to(dtype))
+        return self._kept[1], self._kept[2]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.reference:
             y = self.conv(x.permute(0, 3, 1, 2).contiguous()).permute(0, 2, 3, 1).contiguous()
             return x + y if self.residual else y
-        weight = self.conv.weight
-        if self.residual:
-            centre = self.conv.kernel_size[0] // 2
-            weight = weight + F.pad(weight.new_ones(weight.shape[0], 1, 1, 1), (centre,) * 4)
+        weight, bias = self._weights(x)
+        if torch.compiler.is_compiling() and x.device.type in SHIFTED_CONV_DEVICES:
+            return _depthwise_taps(x, weight, bias)
         # A stage's first block gets NCHW-ordered memory from the downsampling conv; one copy here puts the whole
         # residual stream in contiguous (B, H, W, C), which LayerNorm and the linear layers read without copies.
         x = x.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
-        y = F.conv2d(x, weight, self.conv.bias, padding=self.conv.padding, groups=self.conv.groups)
+        y = F.conv2d(x, weight, bias, padding=self.conv.padding, groups=self.conv.groups)
         return y.permute(0, 2, 3, 1)
 
 
