@@ -129,9 +129,10 @@ def count(model: torch.nn.Module, args: argparse.Namespace) -> dict:
 def calibration(results: dict, cal: dict) -> list[dict]:
     """Bytes the proxy counts over the time the H200 measured, for each path both have."""
     rows = []
-    for label, name, mode in (("official compiled rmt_s", "official rmt_s", "compiled"),
-                              ("official eager rmt_s", "official rmt_s", "eager"),
-                              ("swin_t compiled", "swin_t", "compiled"), ("swin_t eager", "swin_t", "eager")):  # fmt: skip
+    paths = [("official compiled rmt_s", "official rmt_s", "compiled"),
+             ("official eager rmt_s", "official rmt_s", "eager"),
+             ("swin_t compiled", "swin_t", "compiled"), ("swin_t eager", "swin_t", "eager")]  # fmt: skip
+    for label, name, mode in paths:
         if label in cal and mode in results.get(name, {}):
             gb = results[name][mode]["GB"]
             rows.append({"path": f"{name} {mode}", "GB": gb, "measured ms": cal[label], "TB/s": gb / cal[label]})
@@ -201,7 +202,8 @@ def markdown(report: dict) -> str:
     for name, r in report["results"].items():
         e, c = r.get("eager", {}), r.get("compiled", {})
         rows.append({"model": name, "eager kernels": e.get("kernels"), "eager GB": e.get("GB"),
-                     "eager library kernels": e.get("library kernels"), "predicted eager img/s": e.get("predicted img/s"),
+                     "eager library kernels": e.get("library kernels"),
+                     "predicted eager img/s": e.get("predicted img/s"),
                      "compiled launches": c.get("kernels"), "compiled GB": c.get("GB"),
                      "compiled library launches": c.get("library kernels"),
                      "predicted compiled img/s": c.get("predicted img/s")})  # fmt: skip
@@ -217,7 +219,8 @@ def markdown(report: dict) -> str:
         lines += ["## Issue 28's targets for rmt_s (proxy)", ""]
         lines += table(report["targets"], ["target", "now", "goal", "met"])
     lines += ["## Per block", "", "Predicted ms at the calibrated bandwidths. A compiled launch belongs to the block "
-              "of its latest origin op; a block's first launches may hold the previous block's last ops.", ""]  # fmt: skip
+              "of its latest origin op; a block's first launches may hold the previous block's last ops.",
+              ""]  # fmt: skip
     for name, r in report["results"].items():
         blocks = {}
         for mode in ("eager", "compiled"):
