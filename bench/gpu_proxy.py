@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import copy
 import re
 import types
 import warnings
@@ -204,9 +205,9 @@ def pretend_h200() -> Iterator[None]:
 
 
 def to_fake_cuda(model: nn.Module, mode: FakeTensorMode) -> nn.Module:
-    """The model with every parameter and buffer replaced by a fake CUDA tensor of the same shape, dtype and strides;
-    parameters stop requiring grad (autocast's weight-cast cache would otherwise ask the driver for a stream)."""
-    model.requires_grad_(False)
+    """A copy of the model with every parameter and buffer a fake CUDA tensor of the same shape, dtype and strides;
+    its parameters do not require grad (autocast's weight-cast cache would otherwise ask the driver for a stream)."""
+    model = copy.deepcopy(model).requires_grad_(False)
 
     def convert(t: torch.Tensor) -> torch.Tensor:
         with mode:
