@@ -102,6 +102,7 @@ def block_of(path: str) -> str:
 # --- fake CUDA -------------------------------------------------------------------------------------------------------
 
 _getitem, _contiguous, _tensor = torch.Tensor.__getitem__, torch.Tensor.contiguous, torch.tensor
+_sdpa = torch.nn.functional.scaled_dot_product_attention
 
 
 def _fake_cuda(t: object) -> bool:
@@ -159,6 +160,20 @@ def _fake_tensor(data, *args, device=None, **kwargs):
     return torch.empty(host.shape, dtype=host.dtype, device=device)
 
 
+def _fake_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    """SDPA in half precision on fake CUDA: cuDNN's fused kernel, which the H200 ran (torch 2.11, sm_90, with or
+    without a mask); without a driver torch's own backend choice falls back to the math path."""
+    dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else query.dtype
+    if not (_fake_cuda(query) and dtype in (torch.bfloat16, torch.float16) and not enable_gqa):
+        return _sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa)
+    query, key, value = (t.to(dtype) for t in (query, key, value))  # autocast's casts, as it makes them for SDPA
+    if attn_mask is not None:
+        attn_mask = attn_mask.to(dtype).expand(*query.shape[:-1], key.shape[-2])
+    return aten._scaled_dot_product_cudnn_attention(
+        query, key, value, attn_mask, False, dropout_p, is_causal, False, scale=scale
+    )[0]
+
+
 @contextlib.contextmanager
 def fake_cuda() -> Iterator[FakeTensorMode]:
     """A fake mode for CUDA tensors and the patches that let models and autocast run on them with no driver."""
@@ -167,6 +182,7 @@ def fake_cuda() -> Iterator[FakeTensorMode]:
             ("torch.cuda.is_available", lambda: True),
             ("torch.cuda.is_bf16_supported", lambda *_a, **_k: True),
             ("torch.tensor", _fake_tensor),
+            ("torch.nn.functional.scaled_dot_product_attention", _fake_sdpa),
         ):
             stack.enter_context(mock.patch(target, value))
         stack.enter_context(mock.patch.object(torch.Tensor, "__getitem__", _fake_getitem))
@@ -358,6 +374,7 @@ def compiled_kernels(model: nn.Module, batch: int, size: int = 224, autocast: to
     """Inductor's launches for one compiled forward of `model` on a pretend H200 (see the module docstring)."""
     from torch._inductor import config as inductor_config
     from torch._inductor import scheduler as inductor_scheduler
+    from torch._inductor.ir import MultiOutput
     from torch.fx.experimental.proxy_tensor import get_proxy_mode, make_fx
 
     launches: list[Launch] = []
@@ -371,8 +388,8 @@ def compiled_kernels(model: nn.Module, batch: int, size: int = 224, autocast: to
 
         order = {n: i for i, n in enumerate(V.graph.graph.nodes)}
         for node in scheduler.nodes:
-            if isinstance(node, inductor_scheduler.NopKernelSchedulerNode):
-                continue
+            if isinstance(node, inductor_scheduler.NopKernelSchedulerNode) or isinstance(node.node, MultiOutput):
+                continue  # no kernel: an allocation or a view, or one output of a multi-output kernel
             launches.append(
                 Launch(type(node).__name__, node.get_read_write_buffers_sizes(), _launch_block(node, path, order))
             )
