@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from bench import gpu_proxy as gp
 
@@ -61,6 +62,22 @@ def test_library_kernels_are_counted_apart():
     trace = gp.eager_trace(model, batch=2, size=4, autocast=None)
     assert (trace.total.kernels, trace.total.opaque_kernels) == (2, 1)
     assert trace.per_op["convolution"].bytes == trace.total.opaque_bytes
+
+
+class Attention(nn.Module):
+    """SDPA with an additive mask over the 16 pixels of each image, one head of width 3."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = x.flatten(2).transpose(1, 2).unsqueeze(1)  # (b, 1, 16, 3)
+        return F.scaled_dot_product_attention(q, q, q, attn_mask=q[..., :1].expand(-1, -1, 16, 16))
+
+
+def test_half_precision_sdpa_takes_the_fused_kernel_and_fp32_the_math_path():
+    fused = gp.eager_trace(Attention(), batch=2, size=4, autocast=torch.bfloat16)
+    assert fused.calls["_scaled_dot_product_cudnn_attention"] == 1
+    assert fused.total.opaque_kernels == 1 and "bmm" not in fused.calls
+    math = gp.eager_trace(Attention(), batch=2, size=4, autocast=None)
+    assert math.calls["bmm"] == 2 and math.total.opaque_kernels == 0
 
 
 @pytest.mark.parametrize(
