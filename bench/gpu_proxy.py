@@ -17,10 +17,11 @@ applied, `torch.compiler.is_compiling()` answering True as under dynamo, module 
 inductor compiles it for a pretend H200 (sm_90 properties, capability (9, 0)); shape padding, comprehensive padding
 and joint-graph constant folding are off, since they run kernels. Inductor is stopped before code generation; its
 scheduler's nodes after fusion are the launches, and each node's read/write buffer sizes
-(`get_read_write_buffers_sizes`, the sizes inductor itself uses for its bandwidth metrics) are its bytes. A launch
-is attributed to the block most of its origin nodes come from. make_fx rather than torch.export: export wraps
-autocast in a higher-order op whose inlining loses the module path of every node; both give swin_t the same 294
-launches and 42.68 GB.
+(`get_read_write_buffers_sizes`, the sizes inductor itself uses for its bandwidth metrics) are its bytes. No Triton
+code is generated, so Triton's driver is never asked for a target (`triton.compile` with `GPUTarget("cuda", 90, 32)`
+compiles a kernel for sm_90 where that is wanted). A launch belongs to the block of its latest origin op in graph
+order. make_fx rather than torch.export: export wraps autocast in a higher-order op whose inlining loses the module
+path of every node; both give swin_t the same 294 launches and 42.68 GB.
 
 Time (`predict_ms`): bytes over an effective bandwidth, calibrated on the one H200 measurement (results/h200, torch
 2.11, bf16, batch 256): compiled swin_t 42.7 GB in 20.98 ms (2.03 TB/s), compiled official RMT-S 105.7 GB in
@@ -369,8 +370,9 @@ def _launch_block(node, path: Callable[[torch.fx.Node], str | None], order: dict
     return block_of(path(max(origins, key=lambda o: order.get(o, -1)))) if origins else "(model)"
 
 
-def compiled_kernels(model: nn.Module, batch: int, size: int = 224, autocast: torch.dtype | None = torch.bfloat16,
-                     mode_kwargs: dict | None = None) -> list[Launch]:  # fmt: skip
+def compiled_kernels(
+    model: nn.Module, batch: int, size: int = 224, autocast: torch.dtype | None = torch.bfloat16
+) -> list[Launch]:
     """Inductor's launches for one compiled forward of `model` on a pretend H200 (see the module docstring)."""
     from torch._inductor import config as inductor_config
     from torch._inductor import scheduler as inductor_scheduler
@@ -423,10 +425,9 @@ def compiled_kernels(model: nn.Module, batch: int, size: int = 224, autocast: to
             with mock.patch.object(inductor_scheduler.Scheduler, "codegen", capture):
                 try:
                     torch._inductor.compile(graph, inputs)
-                except Exception as exc:  # inductor wraps _Stop in its own error
+                except Exception:  # inductor wraps _Stop in its own error
                     if not launches:
                         raise
-                    del exc
     return launches
 
 
