@@ -1,0 +1,276 @@
+"""Predicted H200 work per forward, measured on a CPU: eager kernels and bytes, compiled launches and bytes.
+
+    python benchmarks/gpu_proxy.py --official /path/to/qhfan/RMT/classfication_release/RMT.py
+    python -m benchmarks.gpu_proxy --models rmt_s swin_t --modes compiled --out /tmp/proxy
+
+Each model (random weights) runs on fake CUDA tensors at batch x 3 x size x size under bf16 autocast (`--dtype fp32`:
+none), with no GPU: `bench.gpu_proxy` explains how and what counts as a kernel and a byte. Eager: one traced forward
+(after a warm-up); compiled: inductor's launches for a pretend H200. Fake tensors hold no data, so the batch costs
+nothing and the bytes are those of the batch asked for (no extrapolation). Times and img/s are predictions: bytes /
+2.1 TB/s compiled, / 1.6 TB/s eager, calibrated on results/h200 (checked again in the report, where the batch, size
+and dtype match that run). The official RMT.py is given by path and built by its own builder (`--official-variants`,
+rmt_s by default). Writes OUT/gpu_proxy.json and OUT/gpu_proxy.md (default OUT: results/proxy), rewritten after each
+model, so a stopped run keeps what it counted. The numbers depend only on the code and torch's version: a rerun gives
+the same files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import zoo  # noqa: E402
+from bench import gpu_proxy as gp  # noqa: E402
+from bench.env import git_commit  # noqa: E402
+from benchmarks._common import OFFICIAL_RMT_BUILDERS, build_official, import_official_rmt, official_source  # noqa: E402
+
+MODELS = ("rmt_s", "swin_t", "rmt_t", "rmt_b", "rmt_l", "maxvit_t", "internimage_t")  # the headline pair first
+DTYPES = {"bf16": torch.bfloat16, "fp32": None}
+MODES = ("eager", "compiled")
+# Issue 28's targets for rmt_s at batch 256, bf16, 224^2 (GB = 1e9 bytes).
+TARGETS = {"compiled GB": 58.0, "stage-1 block compiled GB": 5.7, "eager kernels": 1500, "eager GB": 110.0}
+# Profile rows of results/h200 (torch.profiler names) and the dispatched aten ops each counts.
+PROFILE_OPS = {
+    "aten::addmm": ("addmm",),
+    "aten::bmm": ("bmm",),
+    "aten::_softmax": ("_softmax",),
+    "aten::cat": ("cat", "stack"),  # stack runs cat
+    "aten::native_layer_norm": ("native_layer_norm",),
+    "aten::mul": ("mul",),
+    "aten::add": ("add",),
+    "aten::gelu": ("gelu",),
+    "aten::flip": ("flip",),
+}
+CONV_ROWS = ("aten::cudnn_convolution", "aten::_conv_depthwise2d")  # both are aten convolution calls
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=list(MODELS), help="zoo model names")
+    ap.add_argument("--official", type=Path, help="the official qhfan/RMT classfication_release/RMT.py")
+    ap.add_argument("--official-variants", nargs="+", default=["rmt_s"], choices=sorted(OFFICIAL_RMT_BUILDERS))
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="bf16: autocast; fp32: none")
+    ap.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    ap.add_argument("--h200", type=Path, default=ROOT / "results" / "h200", help="the measured run to calibrate on")
+    ap.add_argument("--out", type=Path, default=ROOT / "results" / "proxy")
+    args = ap.parse_args(argv)
+    unknown = [m for m in args.models if m not in zoo.list_models()]
+    if unknown:
+        ap.error(f"unknown model(s) {', '.join(unknown)}; `python -m zoo list` names them.")
+    if args.batch < 1 or args.size < 32:
+        ap.error("--batch must be at least 1 and --size at least 32.")
+    if args.official is not None and (args.official.suffix != ".py" or not args.official.is_file()):
+        ap.error(f"--official {args.official} is not the official RMT.py file.")
+    return args
+
+
+def measured(h200: Path) -> dict:
+    """The H200's bf16 batch-256 224^2 forward times (ms) of the paths the proxy predicts, from its result files."""
+    out = {"source": "results/h200 (torch 2.11, bf16 autocast, batch 256, 224^2; ours at commit e93e383)"}
+    gpu = json.loads((h200 / "rmt_gpu.json").read_text())
+    setting = next(s for s in gpu["settings"] if s["batch"] == 256)
+    for label, img_s in setting["median"].items():
+        if label.startswith("official"):
+            out[f"{label} rmt_s"] = 256 / img_s * 1e3
+    for line in (h200 / "results.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if row.get("status") == "ok" and row["model"] == "swin_t" and row["batch_size"] == 256:
+            how = {"eager": "eager", "compile": "compiled"}[row["backend"]]
+            out[f"swin_t {how}"] = 256 / row["throughput_ips"] * 1e3
+    out["profile"] = {label: {r["op"]: r["calls"] for r in rows} for label, rows in gpu["profile"].items()}
+    return out
+
+
+def stats_row(stats: gp.OpStats, tbps: float, batch: int) -> dict:
+    return {
+        "kernels": stats.kernels,
+        "GB": stats.bytes / 1e9,
+        "library kernels": stats.opaque_kernels,
+        "library GB": stats.opaque_bytes / 1e9,
+        "predicted ms": gp.predict_ms(stats.bytes, tbps),
+        "predicted img/s": gp.predict_img_s(stats.bytes, tbps, batch) if stats.bytes else None,
+    }
+
+
+def count(model: torch.nn.Module, args: argparse.Namespace) -> dict:
+    """Eager and compiled kernels and bytes of one model, in all and per block."""
+    dtype = DTYPES[args.dtype]
+    result = {}
+    if "eager" in args.modes:
+        trace = gp.eager_trace(model, args.batch, args.size, dtype)
+        result["eager"] = {
+            **stats_row(trace.total, gp.EAGER_TBPS, args.batch),
+            "calls": dict(sorted(trace.calls.items())),
+            "per_op": {op: stats_row(s, gp.EAGER_TBPS, args.batch) for op, s in trace.per_op.items()},
+            "per_block": {b: stats_row(s, gp.EAGER_TBPS, args.batch) for b, s in trace.per_block.items()},
+        }
+    if "compiled" in args.modes:
+        launches = gp.compiled_kernels(model, args.batch, args.size, dtype)
+        total = gp.OpStats()
+        for launch in launches:
+            total.add(launch.bytes, launch.kind == "ExternKernelSchedulerNode")
+        result["compiled"] = {
+            **stats_row(total, gp.COMPILED_TBPS, args.batch),
+            "per_block": {b: stats_row(s, gp.COMPILED_TBPS, args.batch) for b, s in gp.per_block(launches).items()},
+        }
+    return result
+
+
+def calibration(results: dict, cal: dict) -> list[dict]:
+    """Bytes the proxy counts over the time the H200 measured, for each path both have."""
+    rows = []
+    paths = [("official compiled rmt_s", "official rmt_s", "compiled"),
+             ("official eager rmt_s", "official rmt_s", "eager"),
+             ("swin_t compiled", "swin_t", "compiled"), ("swin_t eager", "swin_t", "eager")]  # fmt: skip
+    for label, name, mode in paths:
+        if label in cal and mode in results.get(name, {}):
+            gb = results[name][mode]["GB"]
+            rows.append({"path": f"{name} {mode}", "GB": gb, "measured ms": cal[label], "TB/s": gb / cal[label]})
+    return rows
+
+
+def call_check(results: dict, cal: dict) -> list[dict]:
+    """The official code's eager calls per op against the H200 profile's (its top rows only)."""
+    if "eager" not in results.get("official rmt_s", {}):
+        return []
+    profile, calls = cal["profile"]["official eager"], results["official rmt_s"]["eager"]["calls"]
+    rows = [{"op": row, "H200": profile[row], "proxy": sum(calls.get(op, 0) for op in ops)}
+            for row, ops in PROFILE_OPS.items() if row in profile]  # fmt: skip
+    if any(r in profile for r in CONV_ROWS):
+        rows.append({"op": " + ".join(CONV_ROWS), "H200": sum(profile.get(r, 0) for r in CONV_ROWS),
+                     "proxy": calls.get("convolution", 0)})  # fmt: skip
+    return rows
+
+
+def targets(results: dict) -> list[dict]:
+    """Issue 28's targets for rmt_s, read against this run (only at batch 256, bf16, 224^2)."""
+    ours = results.get("rmt_s", {})
+    rows = []
+    if "compiled" in ours:
+        stage1 = [v["GB"] for b, v in ours["compiled"]["per_block"].items() if b.startswith("layers.0.blocks.")]
+        swin = results.get("swin_t", {}).get("compiled", {}).get("GB", 42.7)
+        rows += [("compiled GB", ours["compiled"]["GB"], TARGETS["compiled GB"]),
+                 ("stage-1 block compiled GB (largest)", max(stage1), TARGETS["stage-1 block compiled GB"]),
+                 ("moonshot: compiled GB <= swin_t compiled GB", ours["compiled"]["GB"], swin)]  # fmt: skip
+    if "eager" in ours:
+        rows += [("eager kernels", ours["eager"]["kernels"], TARGETS["eager kernels"]),
+                 ("eager GB", ours["eager"]["GB"], TARGETS["eager GB"])]  # fmt: skip
+    return [{"target": t, "now": now, "goal": goal, "met": now <= goal} for t, now, goal in rows]
+
+
+def fmt(v) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "**no**"
+    if isinstance(v, float):
+        return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.2f}"
+    return "" if v is None else str(v)
+
+
+def table(rows: list[dict], keys: list[str]) -> list[str]:
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    return lines + ["| " + " | ".join(fmt(r.get(k)) for k in keys) + " |" for r in rows] + [""]
+
+
+def markdown(report: dict) -> str:
+    a = report["args"]
+    lines = [
+        f"# GPU proxy: kernels and bytes per forward on fake CUDA (batch {a['batch']}, {a['size']}², {a['dtype']})",
+        "",
+        f"Command: `{report['command']}`  ",
+        f"torch {report['torch']}, our code at commit {report['git_commit']}, official code: {report['official']}.  ",
+        "Counted on a CPU with no GPU (`bench/gpu_proxy.py` says how). **Every ms and img/s below is predicted**, "
+        f"from bytes at {gp.COMPILED_TBPS} TB/s compiled and {gp.EAGER_TBPS} TB/s eager (calibrated on results/h200); "
+        "library kernels (cuDNN/cuBLAS convolutions, matmuls, attention) are counted apart: their speed need not "
+        "follow their bytes.",
+        "",
+        "## Per model",
+        "",
+    ]
+    keys = ["model", "eager kernels", "eager GB", "eager library kernels", "predicted eager img/s", "compiled launches",
+            "compiled GB", "compiled library launches", "predicted compiled img/s"]  # fmt: skip
+    rows = []
+    for name, r in report["results"].items():
+        e, c = r.get("eager", {}), r.get("compiled", {})
+        rows.append({"model": name, "eager kernels": e.get("kernels"), "eager GB": e.get("GB"),
+                     "eager library kernels": e.get("library kernels"),
+                     "predicted eager img/s": e.get("predicted img/s"),
+                     "compiled launches": c.get("kernels"), "compiled GB": c.get("GB"),
+                     "compiled library launches": c.get("library kernels"),
+                     "predicted compiled img/s": c.get("predicted img/s")})  # fmt: skip
+    lines += table(rows, keys)
+    if report["calibration"]:
+        lines += ["## Calibration against the H200 (measured time, proxy bytes)", ""]
+        lines += table(report["calibration"], ["path", "GB", "measured ms", "TB/s"])
+    if report["call_check"]:
+        lines += ["## Eager calls of the official code: proxy against the H200 profile (its top rows)", ""]
+        lines += table([{**r, "equal": r["H200"] == r["proxy"]} for r in report["call_check"]],
+                       ["op", "H200", "proxy", "equal"])  # fmt: skip
+    if report["targets"]:
+        lines += ["## Issue 28's targets for rmt_s (proxy)", ""]
+        lines += table(report["targets"], ["target", "now", "goal", "met"])
+    lines += ["## Per block", "", "Predicted ms at the calibrated bandwidths. A compiled launch belongs to the block "
+              "of its latest origin op; a block's first launches may hold the previous block's last ops.",
+              ""]  # fmt: skip
+    for name, r in report["results"].items():
+        blocks = {}
+        for mode in ("eager", "compiled"):
+            for b, s in r.get(mode, {}).get("per_block", {}).items():
+                blocks.setdefault(b, {"block": b}).update(
+                    {f"{mode} kernels": s["kernels"], f"{mode} GB": s["GB"], f"predicted {mode} ms": s["predicted ms"]}
+                )
+        lines += [f"### {name}", ""]
+        lines += table(list(blocks.values()), ["block", "eager kernels", "eager GB", "predicted eager ms",
+                                               "compiled kernels", "compiled GB", "predicted compiled ms"])  # fmt: skip
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
+    official = import_official_rmt(args.official)[0] if args.official else None
+    standard = args.batch == 256 and args.size == 224 and args.dtype == "bf16"
+    cal = measured(args.h200) if standard else {}
+    shown = [a if a != str(args.official) else "PATH/TO/RMT.py" for a in (sys.argv[1:] if argv is None else argv)]
+    report = {
+        "command": f"python benchmarks/gpu_proxy.py {' '.join(shown)}".strip(),
+        "args": {
+            "models": args.models,
+            "batch": args.batch,
+            "size": args.size,
+            "dtype": args.dtype,
+            "modes": args.modes,
+        },
+        "torch": torch.__version__,
+        "git_commit": git_commit(),
+        "official": official_source(args.official) if args.official else "none given (--official)",
+        "bandwidth_TBps": {"compiled": gp.COMPILED_TBPS, "eager": gp.EAGER_TBPS},
+        "results": {},
+    }
+    builders = [(name, lambda name=name: zoo.load(name)) for name in args.models]
+    if official is not None:
+        builders[1:1] = [(f"official {v}", lambda v=v: build_official(official, v)) for v in args.official_variants]
+    args.out.mkdir(parents=True, exist_ok=True)
+    for label, build in builders:
+        start = time.perf_counter()
+        torch.manual_seed(0)
+        report["results"][label] = count(build(), args)
+        report["calibration"] = calibration(report["results"], cal)
+        report["call_check"] = call_check(report["results"], cal)
+        report["targets"] = targets(report["results"]) if standard else []
+        (args.out / "gpu_proxy.json").write_text(json.dumps(report, indent=1) + "\n")
+        (args.out / "gpu_proxy.md").write_text(markdown(report) + "\n")
+        summary = {m: (r["kernels"], round(r["GB"], 2)) for m, r in report["results"][label].items()}
+        print(f"{label}: {summary} (kernels, GB) in {time.perf_counter() - start:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""The GPU proxy's mechanism on toy models: eager kernels and bytes exact, autocast's CUDA policy applied on fake CUDA,
+indexing served in Python as the C++ binding does it, inductor's launches fused and attributed to blocks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from bench import gpu_proxy as gp
+
+
+class Residual(nn.Module):
+    """x + relu(fc(x) * 2 + 1) on the last dimension: one matmul and four pointwise ops."""
+
+    def __init__(self, dim: int = 4):
+        super().__init__()
+        self.fc = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.relu(self.fc(x) * 2 + 1)
+
+
+class Toy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.Sequential(Residual(), Residual())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(x)
+
+
+# Batch 2 of 3x4x4 images in fp32: the residual stream is 96 floats, 384 bytes.
+STREAM = 2 * 3 * 4 * 4 * 4
+
+
+def test_eager_kernels_and_bytes_are_exact_in_fp32():
+    trace = gp.eager_trace(Toy(), batch=2, size=4, autocast=None)
+    # per block: addmm (bias 16 B, input, weight^T 64 B, output), mul, add (scalar), relu: read + write; add: 2 + 1
+    addmm = 16 + STREAM + 64 + STREAM
+    block = addmm + 3 * 2 * STREAM + 3 * STREAM
+    assert trace.total.kernels == 10
+    assert trace.total.bytes == 2 * block
+    assert {b: (s.kernels, s.bytes) for b, s in trace.per_block.items()} == {
+        "blocks.0": (5, block),
+        "blocks.1": (5, block),
+    }
+    assert trace.per_op["addmm"].kernels == 2 and trace.per_op["addmm"].bytes == 2 * addmm
+    assert trace.total.opaque_kernels == 0
+
+
+def test_bf16_autocast_applies_its_cuda_policy_on_fake_cuda():
+    trace = gp.eager_trace(Residual(), batch=2, size=4, autocast=torch.bfloat16)
+    assert trace.calls["_to_copy"] == 3  # input, weight and bias cast to bf16 for the matmul
+    # the matmul's output is bf16: half the bytes of the fp32 one
+    assert trace.per_op["addmm"].bytes == (16 + STREAM + 64 + STREAM) // 2
+
+
+def test_library_kernels_are_counted_apart():
+    model = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.ReLU())
+    trace = gp.eager_trace(model, batch=2, size=4, autocast=None)
+    assert (trace.total.kernels, trace.total.opaque_kernels) == (2, 1)
+    assert trace.per_op["convolution"].bytes == trace.total.opaque_bytes
+
+
+class Attention(nn.Module):
+    """SDPA with an additive mask over the 16 pixels of each image, one head of width 3."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = x.flatten(2).transpose(1, 2).unsqueeze(1)  # (b, 1, 16, 3)
+        return F.scaled_dot_product_attention(q, q, q, attn_mask=q[..., :1].expand(-1, -1, 16, 16))
+
+
+def test_half_precision_sdpa_takes_the_fused_kernel_and_fp32_the_math_path():
+    fused = gp.eager_trace(Attention(), batch=2, size=4, autocast=torch.bfloat16)
+    assert fused.calls["_scaled_dot_product_cudnn_attention"] == 1
+    assert fused.total.opaque_kernels == 1 and "bmm" not in fused.calls
+    math = gp.eager_trace(Attention(), batch=2, size=4, autocast=None)
+    assert math.calls["bmm"] == 2 and math.total.opaque_kernels == 0
+
+
+@pytest.mark.parametrize(
+    "index",
+    [
+        (None,),
+        (slice(None), None),
+        (Ellipsis, slice(1, None, 2)),
+        (0, Ellipsis, 1),
+        (slice(None), [2, 0]),
+        (Ellipsis, None, slice(None, 2)),
+        (1,),
+    ],  # fmt: skip
+)
+def test_fake_indexing_matches_the_binding(index):
+    index = tuple(torch.tensor(i) if isinstance(i, list) else i for i in index)  # index tensors: on the CPU
+    real = torch.arange(3 * 4 * 5.0).reshape(3, 4, 5)
+    with gp.fake_cuda() as mode:
+        with mode:
+            fake = torch.empty(3, 4, 5, device="cuda")
+            out = fake[tuple(mode.from_tensor(i) if isinstance(i, torch.Tensor) else i for i in index)]
+    assert out.device.type == "cuda"
+    assert out.shape == real[index].shape
+
+
+def test_prediction_is_bytes_over_bandwidth():
+    assert gp.predict_ms(2_100_000_000, 2.1) == pytest.approx(1.0)
+    assert gp.predict_img_s(2_100_000_000, 2.1, batch=256) == pytest.approx(256_000)
+
+
+def test_block_of_groups_module_paths():
+    assert gp.block_of("layers.0.blocks.2.retention.qkv") == "layers.0.blocks.2"
+    assert gp.block_of("layers.1.Relpos") == "layers.1"
+    assert gp.block_of("patch_embed.proj.0") == "patch_embed"
+    assert gp.block_of("") == "(model)"
+
+
+@pytest.mark.slow  # inductor's first compile in a process: 15-35 s on 2 shared cores
+def test_compiled_launches_fuse_and_belong_to_their_blocks():
+    eager = gp.eager_trace(Toy(), batch=2, size=4, autocast=None)
+    launches = gp.compiled_kernels(Toy(), batch=2, size=4, autocast=None)
+    blocks = gp.per_block(launches)
+    assert 0 < len(launches) < eager.total.kernels
+    assert set(blocks) == {"blocks.0", "blocks.1"}
+    # each block: its matmul (a library kernel) and one fused kernel for the four pointwise ops
+    assert all(s.kernels == 2 and s.opaque_kernels == 1 for s in blocks.values())
+    assert all(launch.bytes > 0 for launch in launches)
+    assert sum(s.bytes for s in blocks.values()) < eager.total.bytes
