@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 import zoo  # noqa: E402
 from bench import gpu_proxy as gp  # noqa: E402
 from bench.env import git_commit  # noqa: E402
+from zoo.rmt import ATTN_IMPLS  # noqa: E402
 from benchmarks._common import OFFICIAL_RMT_BUILDERS, build_official, import_official_rmt, official_source  # noqa: E402
 
 MODELS = ("rmt_s", "swin_t", "rmt_t", "rmt_b", "rmt_l", "maxvit_t", "internimage_t")  # the headline pair first
@@ -61,6 +62,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="bf16: autocast; fp32: none")
     ap.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    ap.add_argument(
+        "--attn-impls",
+        nargs="+",
+        default=[],
+        choices=[i for i in ATTN_IMPLS if i != "auto"],
+        help="also count each RMT model with these attention paths (rows 'rmt_s attn_impl=triton', ...)",
+    )
     ap.add_argument("--h200", type=Path, default=ROOT / "results" / "h200", help="the measured run to calibrate on")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "proxy")
     args = ap.parse_args(argv)
@@ -248,6 +256,7 @@ def main(argv: list[str] | None = None) -> None:
             "size": args.size,
             "dtype": args.dtype,
             "modes": args.modes,
+            "attn_impls": args.attn_impls,
         },
         "torch": torch.__version__,
         "git_commit": git_commit(),
@@ -256,6 +265,12 @@ def main(argv: list[str] | None = None) -> None:
         "results": {},
     }
     builders = [(name, lambda name=name: zoo.load(name)) for name in args.models]
+    builders += [
+        (f"{name} attn_impl={impl}", lambda name=name, impl=impl: zoo.load(name, attn_impl=impl))
+        for name in args.models
+        if zoo.info(name).family == "rmt"
+        for impl in args.attn_impls
+    ]
     if official is not None:
         builders[1:1] = [(f"official {v}", lambda v=v: build_official(official, v)) for v in args.official_variants]
     args.out.mkdir(parents=True, exist_ok=True)
