@@ -106,13 +106,21 @@ def official_and_ours(official: types.ModuleType, name: str, arch: dict | None =
     return theirs, ours
 
 
-def ratios(median: dict[str, float], peers: tuple[str, ...] = (), attn_impls: tuple[str, ...] = ()) -> dict[str, float]:
+def ratios(
+    median: dict[str, float],
+    peers: tuple[str, ...] = (),
+    attn_impls: tuple[str, ...] = (),
+    compiled_attn_impls: tuple[str, ...] = (),
+) -> dict[str, float]:
     """Throughput ratios of ours to the official code (and to the reference path, to each peer model eager and
-    compiled, and to ours eager with each other attn_impl), for the paths present."""
+    compiled, and to ours with each other attn_impl, eager and compiled), for the paths present."""
     pairs = [("ours eager", "official eager"), ("ours compiled", "official compiled"), ("ours eager", "reference path"),
              ("official eager", "reference path")]  # fmt: skip
     pairs += [(f"ours {how}", f"{peer} {how}") for peer in peers for how in ("eager", "compiled")]
     pairs += [("ours eager", f"ours eager ({impl})") for impl in attn_impls]
+    pairs += [
+        (f"ours compiled ({impl})", b) for impl in compiled_attn_impls for b in ("official compiled", "ours compiled")
+    ]
     return {f"{a} / {b}": median[a] / median[b] for a, b in pairs if a in median and b in median}
 
 

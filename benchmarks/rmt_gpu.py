@@ -8,8 +8,9 @@ rmt_s at 224x224 in two settings: bf16 autocast at batch 256 (throughput) and fp
 interleaved round by round: official eager, official torch.compile, ours eager (attn_impl="auto"), ours
 torch.compile(fullgraph=True); compiled graphs are static (dynamic=False), and at batch 1 use CUDA graphs
 (mode="reduce-overhead", both implementations), the usual way to serve batch 1 when launches dominate. The throughput
-setting also times ours eager with attn_impl="sdpa" (what "auto" took on GPUs before SHORT_ROW) and swin_t, eager and
-compiled, timm's own code at equal GMACs. The official model's random initial weights are loaded into ours
+setting also times ours eager with attn_impl="sdpa" (what "auto" took on GPUs before SHORT_ROW) and with
+attn_impl="triton" (the opt-in fused retention kernel, compiled too), and swin_t, eager and compiled, timm's own code
+at equal GMACs. The official model's random initial weights are loaded into ours
 (`checkpoint_filter_fn`, strict). Before timing, every path's output is checked against the eager fp32 output of its
 own code on the same input: 1e-4 in fp32, 5e-2 under bf16 autocast (the harness's bf16 bound: bf16 keeps 8
 significant bits and errors compound over rmt_s's 29 blocks); the official bf16's own error is reported beside ours.
@@ -78,6 +79,7 @@ class Setting:
     autocast: torch.dtype | None  # None: fp32
     compile_mode: str | None = None  # torch.compile's mode for every compiled path; None: its default
     attn_impls: tuple[str, ...] = ()  # ours eager with these attn_impls as well as "auto"
+    compiled_attn_impls: tuple[str, ...] = ()  # ours compiled with these attn_impls as well as "auto"
     peers: tuple[str, ...] = ()  # other models (timm's own code) timed eager and compiled beside RMT
 
 
@@ -99,7 +101,8 @@ class Config:
 
 GPU = Config(
     device="cuda", model="rmt_s", size=224,
-    settings=(Setting("throughput", "bf16 autocast", 256, torch.bfloat16, attn_impls=("sdpa",), peers=("swin_t",)),
+    settings=(Setting("throughput", "bf16 autocast", 256, torch.bfloat16, attn_impls=("sdpa", "triton"),
+                      compiled_attn_impls=("triton",), peers=("swin_t",)),
               Setting("latency", "fp32", 1, None, compile_mode="reduce-overhead")),
     dense_model="rmt_t", dense_size=(800, 1344), rounds=5, min_round_s=0.5, profile_rows=25, compile_backend="inductor",
 )  # fmt: skip
@@ -142,6 +145,10 @@ def time_setting(cfg: Config, official, setting: Setting) -> tuple[list[Timed], 
     }
     for impl in setting.attn_impls:
         models[f"ours eager ({impl})"] = copy.deepcopy(ours).set_attn_impl(impl)
+    for impl in setting.compiled_attn_impls:
+        models[f"ours compiled ({impl})"] = torch.compile(
+            copy.deepcopy(ours).set_attn_impl(impl), fullgraph=True, **compile_args
+        )
     owner = dict.fromkeys(models, "official")  # whose code's eager fp32 output each path is checked against
     eager_fp32 = {"official": theirs}
     for name in setting.peers:
@@ -165,7 +172,8 @@ def time_setting(cfg: Config, official, setting: Setting) -> tuple[list[Timed], 
     row = {"part": setting.part, "setting": setting.label, "batch": setting.batch, "rounds": cfg.rounds,
            "tolerance": tol, "compile_mode": setting.compile_mode or "default", "rel_err_vs_eager_fp32": errors,
            "failed": failed, "img_s": {p.label: p.img_s for p in paths}, "median": median,
-           "ratios": ratios(median, setting.peers, setting.attn_impls), "first_calls_s": first_call_s}  # fmt: skip
+           "ratios": ratios(median, setting.peers, setting.attn_impls, setting.compiled_attn_impls),
+           "first_calls_s": first_call_s}  # fmt: skip
     return paths, row
 
 
