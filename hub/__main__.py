@@ -1,7 +1,8 @@
 """`python -m hub {convert,publish,download,push-results}`: get RMT's official weights onto the Hub and back, and
 benchmark results up as a dataset repo.
 
-Errors end in one sentence on stderr and exit status 1 (2 for bad arguments), never a traceback.
+Errors end in one sentence on stderr and exit status 1 (2 for bad arguments, 141 when the reader of standard output
+went away), never a traceback: the policy every command line of the project shares (zoo/_cli.py).
 """
 
 from __future__ import annotations
@@ -11,13 +12,18 @@ import sys
 from pathlib import Path
 
 from zoo import (
+    EXIT_OK,
     HUB_REVISION_ENV,
     RMT_HUB_ORG_ENV,
     CheckpointError,
     CheckpointMismatchError,
     UnknownModelError,
+    OneLineParser,
+    UsageError,
     WeightsUnavailableError,
+    emit,
     fetch_weights,
+    run_cli,
 )
 
 from .card import ResultsError
@@ -36,7 +42,7 @@ _EXPECTED = (
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m hub", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python -m hub", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("convert", help="a released checkpoint to model.safetensors + config.json + README.md")
@@ -88,11 +94,11 @@ def _push_results(args: argparse.Namespace) -> None:
     check_repo_id(args.repo)
     for path in args.results:
         if Path(path).is_dir() or not result_files(path):
-            raise PublishError(f"Results file {path!r} is a folder or does not exist (nor any shard of it).")
+            raise UsageError(f"Results file {path!r} is a folder or does not exist (nor any shard of it).")
     rows = [row for path in args.results for row in iter_results(path)]
     rows = table_order(rows if args.all else latest_rows(rows))
     kept = dict(sources=args.results, dry_run=args.dry_run, private=args.private, token=args.token)
-    print(push_results(rows, args.repo, **kept))
+    _say(push_results(rows, args.repo, **kept))
 
 
 def _convert(args: argparse.Namespace) -> None:
@@ -103,44 +109,55 @@ def _convert(args: argparse.Namespace) -> None:
         results_dataset=args.results_dataset,
     )  # fmt: skip
     prov = done.config["provenance"]
-    print(
+    _say(
         f"Took the {prov['weights']} (entry '{prov['entry']}') of {args.source.name}: they load into {args.model} "
         f"with no missing or unexpected keys and give the source's outputs (max abs difference "
         f"{prov['check']['max_abs_output_diff']:.3g})."
     )
     measured = f"{done.measured_rows} measured rows" if done.measured_rows else "no measured numbers"
-    print(f"Wrote {done.out_dir}/model.safetensors, config.json and README.md ({measured} on the card).")
+    _say(f"Wrote {done.out_dir}/model.safetensors, config.json and README.md ({measured} on the card).")
 
 
 def _publish(args: argparse.Namespace) -> None:
     plan = plan_upload(args.folder, args.repo, private=args.private)
     if plan.warning:
         print(f"warning: {plan.warning}", file=sys.stderr)
-    print(plan.describe())
+    _say(plan.describe())
     if args.dry_run:
-        print("Dry run: nothing was uploaded.")
+        _say("Dry run: nothing was uploaded.")
         return
-    print(f"Uploaded: {publish(plan, token=args.token, commit_message=args.message)}")
+    _say(f"Uploaded: {publish(plan, token=args.token, commit_message=args.message)}")
 
 
 def _download(args: argparse.Namespace) -> None:
     import zoo
 
-    print(fetch_weights(zoo.info(args.model), revision=args.revision, org=args.org))
+    _say(str(fetch_weights(zoo.info(args.model), revision=args.revision, org=args.org)))
+
+
+def _say(text: str) -> None:
+    """A line on standard output, through the shared writer (a reader gone, a full disk)."""
+    emit(text + "\n")
+
+
+class _SystemError(Exception):
+    """An OSError (writing OUT_DIR, reading a folder) as the system's own one-line reason."""
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    run = {"convert": _convert, "publish": _publish, "download": _download, "push-results": _push_results}[args.command]
-    try:
-        run(args)
-    except _EXPECTED as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:  # writing OUT_DIR, reading a folder: the system's own one-line reason
-        print(f"error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}.", file=sys.stderr)
-        return 1
-    return 0
+    """Exit codes as for every command line of the project (zoo/_cli.py): 1 for an error said in one sentence, 2 for
+    bad arguments, 141 when the reader of standard output went away."""
+
+    def body() -> int:
+        args = _parser().parse_args(argv)
+        run = {"convert": _convert, "publish": _publish, "download": _download, "push-results": _push_results}
+        try:
+            run[args.command](args)
+        except OSError as e:
+            raise _SystemError(f"{e.strerror or e}{f': {e.filename}' if e.filename else ''}.") from None
+        return EXIT_OK
+
+    return run_cli(body, failures=(*_EXPECTED, _SystemError))
 
 
 if __name__ == "__main__":
