@@ -1,7 +1,9 @@
 """Launchers: where the groups of a grid run. `none` runs them here, one after another (the default); `local` and
 `slurm` send them as submitit jobs (the `cluster` extra), on this machine or a Slurm cluster.
 
-A job runs the same runner as `none` does on its groups (there is no scheduler of our own): it appends to its own
+Every launcher takes the runner and one `RunRequest` (`launch(worker, request)`, as optimum-benchmark's launchers
+do), so a run option is a field of the request and reaches every launcher unchanged. A job runs the same runner as
+`none` does, on the request narrowed to its group (there is no scheduler of our own): it appends to its own
 results shard beside `--out` (`results.shard-<job>.jsonl`), which `report` and `--resume` read as one file with it.
 Locally at most one job runs per visible GPU at a time, each seeing only its GPU (`--jobs N` on a CPU machine); on
 Slurm each group is one job of an array. A job that dies becomes error rows for what it had not measured, and
