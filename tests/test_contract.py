@@ -205,6 +205,7 @@ def test_pruning_keeps_the_projection_while_forward_features_ends_with_it(name):
 AUTOGRAD_MODES = {"inference_mode": torch.inference_mode, "no_grad": torch.no_grad, "grad": contextlib.nullcontext}
 
 
+@pytest.mark.e2e  # the slow tier: full-size forward and backward passes, minutes together
 @pytest.mark.parametrize("first", AUTOGRAD_MODES)
 @pytest.mark.parametrize("name", ["rmt_t", "rmt_s", "internimage_t"])  # RMT: whole-image and decomposed stage 3
 def test_a_forward_in_any_autograd_mode_leaves_nothing_that_changes_later_ones(name, first):

@@ -250,6 +250,7 @@ def test_position_cache_follows_loaded_buffers(fixture, rel_err):
     assert rel_err(cached, fx.logits) > TOL  # the new decay really took effect
 
 
+@pytest.mark.e2e  # the slow tier: inductor compiles in its worker processes, then an export
 @pytest.mark.parametrize("impl", ["auto", "sdpa"])  # auto on CPU mixes matmul-softmax and SDPA; sdpa as on GPUs
 def test_compile_fullgraph_and_export(impl, rel_err, rmt_small):
     """Also after an eager forward under inference_mode has filled the position cache."""
