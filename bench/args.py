@@ -1,5 +1,6 @@
 """What every command line of the harness shares: one-sentence usage errors, exit codes, value parsers and a
-standard output that survives `| head -1`.
+standard output that survives `| head -1` (the policy and writer are the zoo's, shared with `python -m zoo` and
+`python -m hub`; see zoo/_cli.py).
 
 bench.py, bench.suite and bench.accuracy parse with these, so a bad value reads the same everywhere.
 """
@@ -7,9 +8,20 @@ bench.py, bench.suite and bench.accuracy parse with these, so a bad value reads 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
-from typing import NoReturn
+from typing import Any
+
+from zoo import (
+    EXIT_BROKEN_PIPE,
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    OneLineParser,
+    OutputError,
+    ReaderGone,
+    UsageError,
+    emit,
+    exit_interrupted,
+)
 
 __all__ = [
     "EXIT_OK",
@@ -17,32 +29,34 @@ __all__ = [
     "EXIT_USAGE",
     "EXIT_UNAVAILABLE",
     "EXIT_FAILED",
+    "EXIT_BROKEN_PIPE",
+    "exit_interrupted",
+    "exit_code",
     "UsageError",
     "OneLineParser",
     "OutputError",
+    "ReaderGone",
     "emit",
     "positive_int",
     "positive_float",
     "input_sizes",
 ]
 
-# 0 every row ok; 1 an output (standard output, results, a plot) could not be written; 2 bad arguments; 3 a backend
-# is unavailable here (all other rows ok); 4 a row ran out of memory, failed or disagreed with eager. Stopped by a
-# signal: 128 + its number.
-EXIT_OK, EXIT_OUTPUT, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_FAILED = 0, 1, 2, 3, 4
+# The shared policy (zoo/_cli.py: 0 done, 1 failure such as an output (standard output, results, a plot) that could
+# not be written, 2 bad arguments, 128 + signal when stopped, 141 reader gone), plus the harness's own: 3 a backend is
+# unavailable here or a model cannot take an input size (all other rows ok); 4 a row ran out of memory, failed or
+# disagreed with eager.
+EXIT_OUTPUT, EXIT_UNAVAILABLE, EXIT_FAILED = EXIT_FAILURE, 3, 4
 MIN_SIDE, MAX_SIDE = 16, 16384  # below 16 pixels no model here has a feature map left; above, tensors overflow
 MAX_COUNT = 1_000_000
 
 
-class UsageError(Exception):
-    """Bad arguments; the message is the one sentence the user sees."""
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a bad argument as one sentence (UsageError) instead of usage text."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message[0].upper() + message[1:] + ("" if message.endswith(".") else "."))
+def exit_code(rows: list[dict[str, Any]]) -> int:
+    """A run's exit status from its rows' statuses: 4 when any failed, else 3 when any could not run here, else 0."""
+    statuses = {r.get("status") for r in rows}
+    if statuses & {"oom", "error", "mismatch"}:
+        return EXIT_FAILED
+    return EXIT_UNAVAILABLE if "unavailable" in statuses else EXIT_OK
 
 
 def positive_int(text: str) -> int:
@@ -101,20 +115,3 @@ def input_sizes(values: list[str]) -> list[tuple[int, int]]:
         h, w = [_side(p, value) for p in parts] * (2 if len(parts) == 1 else 1)
         sizes.append((h, w))
     return sizes
-
-
-class OutputError(Exception):
-    """Standard output could not be written (a full disk, a closed terminal); the message is one sentence."""
-
-
-def emit(text: str) -> None:
-    """Write to standard output. A reader that stops early (`| head -1`) ends the output quietly; any other write
-    error is an OutputError."""
-    try:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        # Python would report the broken pipe again when it flushes stdout at exit; point stdout at nothing.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    except OSError as exc:
-        raise OutputError(f"Standard output could not be written ({exc.strerror or exc}).") from None

@@ -20,11 +20,11 @@ from typing import Any, Callable, ClassVar
 import torch
 import torch.nn as nn
 
-from .measure import is_cuda, synchronize
+from .device import is_cuda, synchronize
 from .args import positive_int
 from .options import NoOptions, option
 from .precision import autocast, names, precision
-from .spec import RowSpec
+from .spec import RowSpec, first_line
 
 __all__ = [
     "BACKENDS",
@@ -38,13 +38,7 @@ __all__ = [
     "options_label",
     "trt_arguments",
     "trt_partition",
-    "first_line",
 ]
-
-
-def first_line(exc: BaseException, limit: int = 300) -> str:
-    """An exception's message cut to its first line, for a row's one-sentence reason."""
-    return (str(exc).strip().splitlines() or [""])[0][:limit]
 
 
 @dataclass

@@ -1,9 +1,9 @@
 """Command line: `bench.py [options]` measures, `bench.py report RESULTS` renders saved rows.
 
-Exit codes: 0 every row ok; 2 bad arguments; 3 some backend unavailable here or some input size a model's
-architecture cannot take (all other rows ok);
-4 some row ran out of memory, failed or disagreed with eager; 130 / 143 stopped by Ctrl-C / SIGTERM (rows already
-measured are kept).
+Exit codes: 0 every row ok; 1 an output (standard output, results, a plot) could not be written (a full disk); 2 bad
+arguments; 3 some backend unavailable here or some input size a model's architecture cannot take (all other rows
+ok); 4 some row ran out of memory, failed or disagreed with eager; 130 / 143 stopped by Ctrl-C / SIGTERM (rows
+already measured are kept); 141 the reader of standard output went away (`| head -1`).
 """
 
 from __future__ import annotations
@@ -21,21 +21,24 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from zoo import run_cli
+
 from .args import (
+    EXIT_BROKEN_PIPE,
     EXIT_FAILED,
     EXIT_OK,
     EXIT_OUTPUT,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
     OneLineParser,
-    OutputError,
     UsageError,
     emit,
+    exit_code,
     input_sizes,
     positive_float,
     positive_int,
 )
-from .backends import BACKENDS, first_line
+from .backends import BACKENDS
 from .launchers import LAUNCHERS, LauncherUnavailable
 from .options import add_flags, flag_of, given
 from .paths import OutputPathError, WriteError, check_distinct, check_output_path, ignore_file_size_signal
@@ -52,7 +55,22 @@ from .report import (
     table_order,
 )
 from .results import iter_results, latest_rows, result_files
-from .spec import MODES, RANDOM_INIT, RowSpec, Settings
+from .spec import MODES, RANDOM_INIT, RowSpec, RunRequest, Settings, first_line
+
+__all__ = [
+    "main",
+    "build_parser",
+    "parse_run_args",
+    "grid",
+    "exit_code",
+    # bench.py's exit codes (bench/args.py), importable from here as before
+    "EXIT_OK",
+    "EXIT_OUTPUT",
+    "EXIT_USAGE",
+    "EXIT_UNAVAILABLE",
+    "EXIT_FAILED",
+    "EXIT_BROKEN_PIPE",
+]
 
 DEFAULTS = Settings()
 PUSH_MOVED = (
@@ -188,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="`bench.py report RESULTS.jsonl` renders saved results. Without --models, --preset quick fills what is "
         "not given. Exit codes: 0 all rows ok, 1 an output could not be written (a full disk), 2 bad arguments, 3 a "
         "backend is unavailable here or a model cannot take an input size, 4 a row ran out of memory, failed or "
-        "mismatched.",
+        "mismatched, 130/143 stopped by Ctrl-C/SIGTERM, 141 the reader of standard output went away.",
     )
     p.add_argument("--preset", choices=sorted(PRESETS), help="named settings; explicit options override them")
     p.add_argument(
@@ -542,13 +560,6 @@ def settings_from(args: argparse.Namespace) -> Settings:
     )
 
 
-def exit_code(rows: list[dict[str, Any]]) -> int:
-    statuses = {r.get("status") for r in rows}
-    if statuses & {"oom", "error", "mismatch"}:
-        return EXIT_FAILED
-    return EXIT_UNAVAILABLE if "unavailable" in statuses else EXIT_OK
-
-
 def show(rows: list[dict[str, Any]], fmt: str, plot_path: str | None, columns: list[str] | None = None) -> None:
     emit(render_table(rows, fmt, columns) + ("" if fmt in ("csv", "timm") else "\n"))
     if plot_path:
@@ -571,15 +582,21 @@ def launcher_from(args: argparse.Namespace) -> Any:
 
 
 def run_main(argv: Sequence[str]) -> int:
-    from .runner import Interrupted, stopped_exit_code
+    from .runner import Interrupted, run, stopped_exit_code
 
     args = parse_run_args(argv)
     launcher = launcher_from(args)
-    command = shlex.join(["python", "bench.py", *argv])
+    request = RunRequest(
+        specs=tuple(grid(args)),
+        settings=settings_from(args),
+        results=args.out,
+        command=shlex.join(["python", "bench.py", *argv]),
+        resume=args.resume,
+        progress=not args.quiet,
+        verbose=args.verbose,
+    )
     try:
-        outcome = launcher.launch(
-            grid(args), settings_from(args), Path(args.out), command, args.resume, not args.quiet, args.verbose
-        )
+        outcome = launcher.launch(run, request)
     except (KeyboardInterrupt, Interrupted) as exc:
         return stopped_exit_code(exc, args.out)
     except LauncherUnavailable as exc:
@@ -620,16 +637,7 @@ def report_main(argv: Sequence[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """bench.py's exit codes: the shared policy (zoo/_cli.py) and the rows' own (bench/args.py)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     ignore_file_size_signal()
-    try:
-        return report_main(argv[1:]) if argv[:1] == ["report"] else run_main(argv)
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except (OutputError, WriteError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_OUTPUT
-    except KeyboardInterrupt:
-        print("\nstopped by SIGINT.", file=sys.stderr)
-        return 130
+    return run_cli(lambda: report_main(argv[1:]) if argv[:1] == ["report"] else run_main(argv), failures=(WriteError,))

@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from .device import cuda_present
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -56,20 +58,16 @@ def git_commit() -> str | None:
     return head + ("-dirty" if dirty.stdout.strip() else "")
 
 
-def _is_cuda(device: str) -> bool:
-    return device.startswith("cuda") and torch.cuda.is_available()
-
-
 def device_name(device: str) -> str:
     """The machine a row is measured on, as rows record it: the GPU's name, or the CPU's."""
-    return torch.cuda.get_device_name(device) if _is_cuda(device) else cpu_name()
+    return torch.cuda.get_device_name(device) if cuda_present(device) else cpu_name()
 
 
 def collect_env(device: str) -> dict[str, Any]:
     """Versions and hardware for `device`; GPU fields are None on a CPU run."""
     from .backends import BACKENDS  # each backend names the distributions its rows depend on
 
-    cuda = _is_cuda(device)
+    cuda = cuda_present(device)
     return {
         "device_name": device_name(device),
         "hostname": platform.node(),
@@ -92,7 +90,7 @@ def collect_env(device: str) -> dict[str, Any]:
 
 def available_memory(device: str) -> int | None:
     """Bytes free for a new row on `device` (a GPU's free memory, or the system's MemAvailable); None if unknown."""
-    if _is_cuda(device):
+    if cuda_present(device):
         return torch.cuda.mem_get_info(torch.device(device))[0]
     try:
         with open("/proc/meminfo", encoding="ascii") as f:

@@ -1,7 +1,9 @@
 """Launchers: where the groups of a grid run. `none` runs them here, one after another (the default); `local` and
 `slurm` send them as submitit jobs (the `cluster` extra), on this machine or a Slurm cluster.
 
-A job runs the same runner as `none` does on its groups (there is no scheduler of our own): it appends to its own
+Every launcher takes the runner and one `RunRequest` (`launch(worker, request)`, as optimum-benchmark's launchers
+do), so a run option is a field of the request and reaches every launcher unchanged. A job runs the same runner as
+`none` does, on the request narrowed to its group (there is no scheduler of our own): it appends to its own
 results shard beside `--out` (`results.shard-<job>.jsonl`), which `report` and `--resume` read as one file with it.
 Locally at most one job runs per visible GPU at a time, each seeing only its GPU (`--jobs N` on a CPU machine); on
 Slurm each group is one job of an array. A job that dies becomes error rows for what it had not measured, and
@@ -10,51 +12,35 @@ nothing measured is lost. A launcher is one class here, listed in LAUNCHERS, wit
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
+import io
+import os
 import shlex
 import shutil
+import signal
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 from .args import positive_int
 from .env import REPO_ROOT
 from .options import NoOptions, option
 from .results import append_row, iter_results, shard_path
-from .runner import Outcome, group_rows, run, status_row
-from .spec import RowSpec, Settings, row_key
+from .runner import Interrupted, Outcome, crash_reason, group_rows, stopped_by_sigterm, unmeasured_row
+from .spec import RowSpec, RunRequest, Settings, row_key
 
-__all__ = ["LAUNCHERS", "Launcher", "LauncherUnavailable", "run_job"]
+__all__ = ["LAUNCHERS", "Launcher", "LauncherUnavailable", "InProcess", "Local", "Slurm", "Worker"]
 
 
 class LauncherUnavailable(Exception):
-    """The launcher cannot work here (submitit missing, no GPU for a GPU run); the message is one sentence."""
+    """The launcher cannot work here (submitit missing, no GPU for a GPU run, a submission the cluster refused); the
+    message is one sentence."""
 
 
-def run_job(
-    specs: list[dict[str, Any]],
-    settings: dict[str, Any],
-    shard: str,
-    command: str,
-    resume_from: str,
-    resume: bool,
-    run_id: str,
-) -> list[dict[str, Any]]:
-    """What one submitit job runs: the ordinary runner on its rows, into its shard; returns its rows."""
-    outcome = run(
-        [RowSpec.from_fields(s) for s in specs],
-        Settings(**{**settings, "imports": tuple(settings["imports"])}),
-        shard,
-        command,
-        resume=resume,
-        progress=False,
-        resume_from=resume_from,
-        run_id=run_id,
-    )
-    return outcome.rows
+Worker = Callable[[RunRequest], Outcome]
 
 
 def _submitit() -> Any:
@@ -68,7 +54,8 @@ def _submitit() -> Any:
 
 
 class Launcher:
-    """Runs a grid's groups and returns the rows, as `runner.run` does."""
+    """Runs `worker` (the runner, `runner.run`) on a request, as optimum-benchmark's `launch(worker, worker_args)`:
+    here, or on parts of the request as jobs; returns the request's rows in its order."""
 
     name: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
@@ -81,30 +68,33 @@ class Launcher:
         """Why this launcher cannot work from this machine, asked before anything runs."""
         return None
 
-    def launch(
-        self,
-        specs: list[RowSpec],
-        settings: Settings,
-        results: Path,
-        command: str,
-        resume: bool,
-        progress: bool,
-        verbose: bool,
-    ) -> Outcome:
+    def launch(self, worker: Worker, request: RunRequest) -> Outcome:
         raise NotImplementedError
 
 
-class Here(Launcher):
-    """Every group in this process's runner, one after another, on the device named by --device."""
+class InProcess(Launcher):
+    """`--launcher none`: the whole request in this process's runner, one group after another, on the device
+    named by --device."""
 
     name = "none"
 
-    def launch(self, specs, settings, results, command, resume, progress, verbose) -> Outcome:
-        return run(specs, settings, results, command, resume=resume, progress=progress, verbose=verbose)
+    def launch(self, worker: Worker, request: RunRequest) -> Outcome:
+        return worker(request)
+
+
+@dataclass
+class _Job:
+    """One submitted group: its submitit job, its rows and the shard they go to."""
+
+    job: Any
+    group: list[RowSpec]
+    shard: Path
+    number: int
 
 
 class _Jobs(Launcher):
-    """What local and slurm share: one submitit job per group, shards, and error rows for jobs that died."""
+    """What local and slurm share: one submitit job per group (the same request, narrowed to the group and its
+    shard), error rows for jobs that died, and jobs ended with the launch."""
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -117,57 +107,82 @@ class _Jobs(Launcher):
     def executor(self, folder: Path, settings: Settings, groups: list[list[RowSpec]]) -> Any:
         raise NotImplementedError
 
-    def submit(self, executor: Any, calls: list[tuple]) -> list[tuple[Any, list[RowSpec], Path]]:
+    def submit(self, executor: Any, calls: list[tuple[list[RowSpec], Path, Worker, RunRequest]]) -> list[_Job]:
+        """Submit each call (group, shard, worker, request) as a job; return the jobs, done or still running."""
         raise NotImplementedError
 
-    def launch(self, specs, settings, results, command, resume, progress, verbose) -> Outcome:
+    def launch(self, worker: Worker, request: RunRequest) -> Outcome:
         submitit = _submitit()
-        run_id = uuid.uuid4().hex[:12]
+        results = Path(request.results)
+        run_id = request.run_id or uuid.uuid4().hex[:12]
         folder = results.with_name(f"{results.stem}.submitit") / run_id
-        groups = group_rows(specs)
-        executor = self.executor(folder, settings, groups)
+        groups = group_rows(request.specs)
         calls = []
         for i, group in enumerate(groups):
             shard = shard_path(results, f"{run_id}-{i}")
-            calls.append(
-                (
-                    group,
-                    shard,
-                    (
-                        run_job,
-                        [s.fields() for s in group],
-                        dataclasses.asdict(settings),
-                        str(shard),
-                        command,
-                        str(results),
-                        resume,
-                        run_id,
-                    ),
-                )
+            part = replace(
+                request,
+                specs=tuple(group),
+                results=str(shard),
+                resume_from=str(request.resume_from or results),
+                progress=False,
+                run_id=run_id,
             )
+            calls.append((group, shard, worker, part))
         rows: list[dict[str, Any]] = []
         failed = 0
+        self.jobs: list[_Job] = []
         try:
-            for job, group, shard in self.submit(executor, calls):
+            with stopped_by_sigterm():
                 try:
-                    rows += job.result()
-                except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as exc:
-                    failed += 1
-                    rows += _fill_dead_job(group, shard, run_id, command, _job_failure(exc))
-        except (KeyboardInterrupt, Exception):
-            self.stop(executor)
+                    executor = self.executor(folder, request.settings, groups)
+                    jobs = self.submit(executor, calls)
+                except (
+                    submitit.core.utils.FailedJobError,
+                    submitit.core.utils.FailedSubmissionError,
+                    RuntimeError,
+                ) as exc:
+                    _remove_run_folder(folder)
+                    raise LauncherUnavailable(
+                        f"{self.name.capitalize()} refused the jobs: {_submission_error(exc)}."
+                    ) from None
+                except LauncherUnavailable:
+                    _remove_run_folder(folder)
+                    raise
+                for job in jobs:
+                    try:
+                        rows += job.job.result().rows
+                    except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError):
+                        failed += 1
+                        rows += _fill_dead_job(job, run_id, request.command, _job_failure(job.job, folder))
+                    if request.verbose:
+                        _echo_log(job, len(groups))
+        except (KeyboardInterrupt, Interrupted):
+            self.stop()
             raise
         if failed:
             print(f"note: {failed} job(s) died; their logs are kept in {folder}.", file=sys.stderr)
         else:
-            shutil.rmtree(folder, ignore_errors=True)  # nothing to look into: no log folder grows run after run
-            if not any(folder.parent.iterdir()):
-                folder.parent.rmdir()
+            _remove_run_folder(folder)  # nothing to look into: no log folder grows run after run
         keyed = {row_key(r, machine=""): r for r in rows}
-        return Outcome([keyed[k] for s in specs if (k := row_key(s.fields(), machine="")) in keyed])
+        return Outcome([keyed[k] for s in request.specs if (k := row_key(s.fields(), machine="")) in keyed])
 
-    def stop(self, executor: Any) -> None:
-        """Cancel what this launch submitted, when it is stopped."""
+    def stop(self) -> None:
+        """End what this launch submitted, when it is stopped (Ctrl-C, SIGTERM)."""
+
+
+def _remove_run_folder(folder: Path) -> None:
+    """A run's submitit folder, and `<results>.submitit` above it once no other run's folder is left there."""
+    shutil.rmtree(folder, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        folder.parent.rmdir()
+
+
+def _submission_error(exc: Exception) -> str:
+    """The scheduler's own reason, from sbatch's error output or submitit's sentence, as one clause."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    last = lines[-1] if lines else type(exc).__name__
+    return last.removeprefix("sbatch: error: ").rstrip(".")[:300]
 
 
 def _setup() -> list[str]:
@@ -175,25 +190,71 @@ def _setup() -> list[str]:
     return [f"export PYTHONPATH={shlex.quote(str(REPO_ROOT))}${{PYTHONPATH:+:$PYTHONPATH}}"]
 
 
-def _job_failure(exc: Exception) -> str:
-    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
-    return lines[-1][:300] if lines else type(exc).__name__
+def _job_failure(job: Any, folder: Path) -> str:
+    """Why a job ended without its rows: the error its runner raised if its log shows one, else how it ended, and
+    where its log is."""
+    try:
+        log = job.stderr() or ""
+    except OSError:
+        log = ""
+    why = crash_reason(log)
+    state = getattr(job, "state", "UNKNOWN")
+    how = f"{why} (job state {state})" if why else f"it ended without a result (job state {state}; killed?)"
+    return f"{how}; its log is in {folder}"
 
 
-def _fill_dead_job(group: list[RowSpec], shard: Path, run_id: str, command: str, why: str) -> list[dict[str, Any]]:
+def _echo_log(job: _Job, total: int) -> None:
+    """--verbose under a job launcher: the job's own output (its runner's progress and its workers'), once it ends."""
+    try:
+        text = "".join(part for part in (job.job.stdout(), job.job.stderr()) if part)
+    except OSError:
+        text = ""
+    print(f"job {job.number + 1}/{total} ({job.group[0].model}, {len(job.group)} row(s)) ended:", file=sys.stderr)
+    print(text.rstrip(), file=sys.stderr, flush=True)
+
+
+def _fill_dead_job(job: _Job, run_id: str, command: str, why: str) -> list[dict[str, Any]]:
     """The rows a dead job wrote before it died, and an error row for each row it did not."""
+    shard = job.shard
     written = (
         {row_key(r, machine=""): r for r in iter_results(shard, quiet=True, shards=False) if r.get("run_id") == run_id}
         if shard.exists()
         else {}
     )
     rows = list(written.values())
-    for spec in group:
+    for spec in job.group:
         if row_key(spec.fields(), machine="") not in written:
-            row = status_row(spec, "error", f"The job running this row died before it finished: {why}", run_id, command)
+            row = unmeasured_row(
+                spec, "error", f"The job running this row died before it finished: {why}", run_id, command
+            )
             append_row(shard, row)
             rows.append(row)
     return rows
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid`, from /proc (children first found, grandchildren after)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL `pid` and every process below it: submitit's shell wrapper, its job controller, the job's runner and
+    its workers, so that nothing of the job writes a row after the launcher has returned."""
+    for target in [pid, *_descendants(pid)]:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(target, signal.SIGKILL)
 
 
 @dataclass(frozen=True)
@@ -237,25 +298,28 @@ class Local(_Jobs):
         return executors
 
     def submit(self, executors, calls):
-        """Start a group whenever a slot is free; yield each job when it is done, in submission order."""
-        running: list[Any] = [None] * len(executors)
-        self.jobs = []
-        pending = list(calls)
-        while pending or any(running):
+        """Start a group whenever a slot is free, and return once every group has started (the last ones may still
+        be running: their results are waited for in submission order)."""
+        running: list[_Job | None] = [None] * len(executors)
+        pending = list(enumerate(calls))
+        while pending:
             for slot, job in enumerate(running):
-                if job is not None and job[0].done():
+                if job is not None and job.job.done():
                     running[slot] = None
                 if running[slot] is None and pending:
-                    group, shard, call = pending.pop(0)
-                    running[slot] = (executors[slot].submit(*call), group, shard)
+                    number, (group, shard, worker, request) = pending.pop(0)
+                    running[slot] = _Job(executors[slot].submit(worker, request), group, shard, number)
                     self.jobs.append(running[slot])
             time.sleep(0.2)
         return self.jobs
 
-    def stop(self, executors):
-        for job, _, _ in getattr(self, "jobs", []):
-            if not job.done():
-                job.cancel(check=False)
+    def stop(self):
+        """Kill every job of this launch that has not ended, with all its processes, and wait for them."""
+        for job in self.jobs:
+            process = getattr(job.job, "_process", None)  # submitit's LocalJob: the shell wrapper it started
+            if process is not None and process.poll() is None:
+                _kill_tree(process.pid)
+                process.wait()
 
 
 def _gpu_count() -> int:
@@ -322,16 +386,16 @@ class Slurm(_Jobs):
         return ex
 
     def submit(self, executor, calls):
-        with executor.batch():
-            jobs = [(executor.submit(*call), group, shard) for group, shard, call in calls]
-        print(
-            f"submitted {len(jobs)} Slurm job(s) (array {jobs[0][0].job_id.split('_')[0] if jobs else '-'}); waiting",
-            file=sys.stderr,
-        )
-        return jobs
+        # sbatch's own error output is kept out of the terminal: a refusal becomes one sentence (see launch)
+        with contextlib.redirect_stderr(io.StringIO()), executor.batch():
+            submitted = [executor.submit(worker, request) for _, _, worker, request in calls]
+        self.jobs = [_Job(job, group, shard, i) for i, (job, (group, shard, _, _)) in enumerate(zip(submitted, calls))]
+        array = self.jobs[0].job.job_id.split("_")[0] if self.jobs else "-"
+        print(f"submitted {len(self.jobs)} Slurm job(s) (array {array}); waiting", file=sys.stderr)
+        return self.jobs
 
-    def stop(self, executor):
+    def stop(self):
         print("the Slurm jobs keep running; `bench.py report` reads their shards when they finish.", file=sys.stderr)
 
 
-LAUNCHERS: dict[str, type[Launcher]] = {cls.name: cls for cls in (Here, Local, Slurm)}
+LAUNCHERS: dict[str, type[Launcher]] = {cls.name: cls for cls in (InProcess, Local, Slurm)}

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .columns import Column
+from .device import is_cuda, proc_status_kb, synchronize  # also imported from here by benchmarks/
 
 __all__ = [
     "Loop",
@@ -28,24 +29,11 @@ __all__ = [
     "TRACKERS",
     "time_steps",
     "latency_stats",
-    "is_cuda",
-    "synchronize",
     "enable_tf32",
     "numerics",
-    "proc_status_kb",
 ]
 
-_STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
-
-
-def is_cuda(device: str) -> bool:
-    return torch.device(device).type == "cuda"
-
-
-def synchronize(device: str) -> None:
-    if is_cuda(device):
-        torch.cuda.synchronize(device)
 
 
 @dataclass
@@ -150,17 +138,6 @@ class Latency(Tracker):
             "times_ms": loop.times_ms,
             "throughput_ips": loop.batch_size * len(loop.times_ms) / loop.wall_s,
         }
-
-
-def proc_status_kb(field: str) -> int | None:
-    """A field of /proc/self/status in kB (VmHWM, VmRSS), or None where the kernel has none."""
-    try:
-        for line in _STATUS.read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
 
 
 class Memory(Tracker):

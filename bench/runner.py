@@ -9,6 +9,7 @@ Rows a backend cannot run here are known before any model is built: each backend
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import json
@@ -24,14 +25,14 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Any, Iterable
+from typing import IO, Any, Iterable, Iterator
 
 from tqdm import tqdm
 
 from .backends import BACKENDS
 from .env import REPO_ROOT, collect_env, device_name
 from .results import WriteError, append_row, iter_results, latest_rows, result_files, utc_now
-from .spec import RowSpec, Settings, row_key
+from .spec import RowSpec, RunRequest, Settings, row_key
 
 __all__ = [
     "run",
@@ -42,6 +43,8 @@ __all__ = [
     "Interrupted",
     "crash_reason",
     "stopped_exit_code",
+    "stopped_by_sigterm",
+    "unmeasured_row",
 ]
 
 # Rows with these statuses are measurements; --resume skips them. `error` and `unavailable` rows are retried,
@@ -84,6 +87,20 @@ class Interrupted(Exception):
 
 def _raise_interrupted(signum: int, _frame: Any) -> None:
     raise Interrupted(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def stopped_by_sigterm() -> Iterator[None]:
+    """SIGTERM raises Interrupted inside the block, as Ctrl-C raises KeyboardInterrupt, so whatever the run started
+    is ended on the way out (only the main thread can set a handler; elsewhere this does nothing)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def stopped_exit_code(exc: BaseException, results: str | Path) -> int:
@@ -156,7 +173,7 @@ class _Channel:
         return rows, not chunk
 
 
-def status_row(spec: RowSpec, status: str, reason: str, run_id: str, command: str) -> dict[str, Any]:
+def unmeasured_row(spec: RowSpec, status: str, reason: str, run_id: str, command: str) -> dict[str, Any]:
     """A row that says why `spec` has no measurement (a backend missing here, a worker or job that died)."""
     env = collect_env(spec.device)
     return {
@@ -211,8 +228,9 @@ class _Run:
             if r["model"] == spec.model and r.get("features_only") == spec.features_only and r.get("gmacs") is not None
         }
 
-    def status_row(self, spec: RowSpec, status: str, reason: str) -> None:
-        row = status_row(spec, status, reason, self.run_id, self.command)
+    def write_unmeasured(self, spec: RowSpec, status: str, reason: str) -> None:
+        """Write and keep the row saying why `spec` has no measurement."""
+        row = unmeasured_row(spec, status, reason, self.run_id, self.command)
         append_row(self.results, row)
         self._keep(row)
 
@@ -256,7 +274,7 @@ class _Run:
         reason = f"The worker process stopped ({cause}) before this row finished" + (f": {why}" if why else ".")
         for spec in specs:
             if row_key(spec.fields(), machine="") not in self.rows:
-                self.status_row(spec, "error", reason)
+                self.write_unmeasured(spec, "error", reason)
 
     def _wait(self, proc: subprocess.Popen, job: dict[str, Any], channel: _Channel) -> str | None:
         """Wait for the worker, keeping rows as they arrive; a worker past its timeout or the run's deadline is
@@ -334,29 +352,19 @@ def _refusals(specs: list[RowSpec]) -> dict[RowSpec, tuple[str, str, str]]:
     return refused
 
 
-def run(
-    specs: list[RowSpec],
-    settings: Settings,
-    results: str | Path,
-    command: str,
-    resume: bool = False,
-    progress: bool = True,
-    verbose: bool = False,
-    budget_s: float | None = None,
-    resume_from: str | Path | None = None,
-    run_id: str | None = None,
-) -> Outcome:
-    """Measure `specs` into `results`; --resume skips rows measured in `resume_from` (default `results`) or its
-    shards on this machine.
+def run(request: RunRequest) -> Outcome:
+    """Measure the request's rows into its results file; --resume skips rows measured in `resume_from` (default the
+    results file) or its shards on this machine.
 
-    With `budget_s`, no group starts after the budget is spent and a running one is stopped at its end; the rows
-    left out have no row at all, so `--resume` picks them up later. `run_id` ties the rows of a launcher's jobs.
+    With a budget, no group starts after it is spent and a running one is stopped at its end; the rows left out have
+    no row at all, so `--resume` picks them up later.
     """
-    results = Path(results)
+    specs, settings = list(request.specs), request.settings
+    results = Path(request.results)
     machines = {d: device_name(d) for d in {s.device for s in specs}}
     done: dict[tuple, dict[str, Any]] = {}
-    source = Path(resume_from or results)
-    if resume and (source.exists() or result_files(source)):
+    source = Path(request.resume_from or results)
+    if request.resume and (source.exists() or result_files(source)):
         wanted = {s.key(machines[s.device]) for s in specs}
         done = {
             k: r
@@ -365,38 +373,36 @@ def run(
         }
     todo = [s for s in specs if s.key(machines[s.device]) not in done]
     refused = _refusals(todo)
-    deadline = None if budget_s is None else time.monotonic() + budget_s
+    deadline = None if request.budget_s is None else time.monotonic() + request.budget_s
     # a bar redrawn into a log file is dozens of lines; off unless stderr is a terminal
-    show = progress and sys.stderr.isatty()
-    main_thread = threading.current_thread() is threading.main_thread()  # only there can a handler be set
-    previous_handler = signal.signal(signal.SIGTERM, _raise_interrupted) if main_thread else None
+    show = request.progress and sys.stderr.isatty()
     unfinished = 0
     runner = None
     by_reason: dict[tuple[str, str, str], list[RowSpec]] = {}
     for spec, found in refused.items():
         by_reason.setdefault(found, []).append(spec)
     try:
-        with tqdm(
-            total=len(todo) - len(refused) + len(by_reason), unit="row", disable=not show, file=sys.stderr
-        ) as bar:
-            runner = _Run(settings, results, command, verbose, deadline, bar, run_id)
+        with (
+            stopped_by_sigterm(),
+            tqdm(total=len(todo) - len(refused) + len(by_reason), unit="row", disable=not show, file=sys.stderr) as bar,
+        ):
+            runner = _Run(settings, results, request.command, request.verbose, deadline, bar, request.run_id)
             for (_, reason, what), same in by_reason.items():  # one status row per reason, not one per row
                 more = (
                     f" ({len(same) - 1} more row(s) {what} were not run for the same reason.)" if len(same) > 1 else ""
                 )
-                runner.status_row(same[0], "unavailable", reason + more)
+                runner.write_unmeasured(same[0], "unavailable", reason + more)
             for group in group_rows(s for s in todo if s not in refused):
                 if deadline is not None and time.monotonic() >= deadline:
                     unfinished += len(group)
                     continue
                 bar.set_description(f"{group[0].model} ({len(group)} rows)")
+                if request.verbose and not show:
+                    print(f"running {group[0].model}: {len(group)} row(s)", file=sys.stderr, flush=True)
                 runner.group(group)
     except WriteError as exc:  # a full disk or file-size limit: the rows written so far are the run's result
         exc.rows = _kept(specs, runner.rows if runner else {}, done, machines)
         raise
-    finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous_handler)
     return Outcome(_kept(specs, runner.rows, done, machines), unfinished)
 
 

@@ -80,6 +80,11 @@ def row_key(row: dict[str, Any], machine: str | None = None) -> tuple:
     return (*(_key_value(k, v) for k, v in values.items()), machine)
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message cut to its first line, for a row's one-sentence reason."""
+    return (str(exc).strip().splitlines() or [""])[0][:limit]
+
+
 class Unavailable(Exception):
     """A row that cannot be measured here for a known reason (a model without the capability it needs, a backend
     that refuses it); str(exc) is the row's one-sentence reason, `info` extra row fields. Its status: unavailable."""
@@ -158,3 +163,24 @@ class Settings:
     flops: bool = True
     imports: tuple[str, ...] = ()
     timeout_s: float = 1800.0
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """One run, whole: what to measure, how, where its rows go and what to show while it runs. A launcher hands it
+    to the runner (`runner.run(request)`) here or, pickled, inside a submitit job; a run option is one field here.
+
+    `resume_from`: where --resume looks for rows already measured (default `results`), e.g. the file a job's shard
+    belongs to. `budget_s`: no group starts after it is spent. `run_id` ties the rows of one launch's jobs.
+    """
+
+    specs: tuple[RowSpec, ...]
+    settings: Settings
+    results: str
+    command: str
+    resume: bool = False
+    resume_from: str | None = None
+    progress: bool = True
+    verbose: bool = False
+    budget_s: float | None = None
+    run_id: str | None = None

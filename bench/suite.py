@@ -23,14 +23,24 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .backends import BACKENDS
-from .args import EXIT_FAILED, EXIT_OUTPUT, EXIT_USAGE, OneLineParser, OutputError, UsageError, emit
-from .cli import exit_code
+from .args import (
+    EXIT_BROKEN_PIPE,
+    EXIT_FAILED,
+    EXIT_OUTPUT,
+    EXIT_USAGE,
+    OneLineParser,
+    OutputError,
+    ReaderGone,
+    UsageError,
+    emit,
+    exit_code,
+)
 from .env import collect_env
 from .paths import OutputPathError, WriteError, check_output_path, ignore_file_size_signal, write_atomic
 from .precision import suite_precision
 from .report import plot, render_table, status_summary
 from .runner import Interrupted, run, stopped_exit_code
-from .spec import RowSpec, Settings
+from .spec import RowSpec, RunRequest, Settings
 
 # The head-to-head tier: models whose paper GFLOPs lie in this band (RMT-S 4.5, Swin-T 4.5, InternImage-T 4.9,
 # MaxViT-T 5.6), compared first.
@@ -193,13 +203,15 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join(["python", "-m", "bench.suite", *argv])
     try:
         outcome = run(
-            specs,
-            settings,
-            out / "results.jsonl",
-            command,
-            resume=args.resume,
-            progress=not args.quiet,
-            budget_s=cfg.budget_s,
+            RunRequest(
+                tuple(specs),
+                settings,
+                str(out / "results.jsonl"),
+                command,
+                resume=args.resume,
+                progress=not args.quiet,
+                budget_s=cfg.budget_s,
+            )
         )
     except (KeyboardInterrupt, Interrupted) as exc:
         return stopped_exit_code(exc, out / "results.jsonl")
@@ -211,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(exc, outcome.rows)
     try:
         emit(render_table(outcome.rows, "github") + "\n")
+    except ReaderGone:
+        return EXIT_BROKEN_PIPE
     except OutputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_OUTPUT

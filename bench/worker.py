@@ -22,13 +22,14 @@ import torch.nn as nn
 import zoo
 
 from .accuracy import evaluate
-from .backends import Backend, first_line, make_backend
+from .backends import Backend, make_backend
 from .env import collect_env
 from .flops import FLOPS_NOTE, count_gmacs, count_params
-from .measure import TRACKERS, Loop, enable_tf32, is_cuda, numerics, synchronize, time_steps
+from .device import is_cuda, synchronize
+from .measure import TRACKERS, Loop, enable_tf32, numerics, time_steps
 from .precision import make_input, precision, prepare_model
 from .results import WriteError, append_row, utc_now
-from .spec import RowSpec, Settings, Unavailable
+from .spec import RowSpec, Settings, Unavailable, first_line
 from .train import training_step
 
 Measured = tuple[dict[str, Any], Loop]

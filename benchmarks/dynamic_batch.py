@@ -1,7 +1,7 @@
 """Would compiling with a dynamic batch let one compile serve batch 1 and batch 256? Counts the graphs dynamo
 compiles for batches 256, 1 and 64, static and dynamic.
 
-    python benchmarks/dynamic_batch.py
+    python -m benchmarks.dynamic_batch
 
 dynamo specialises a dimension of size 1, so batch 1 gets a graph of its own even with a dynamic batch: for the
 suite's batch 1 and 256 a dynamic batch saves no compile.

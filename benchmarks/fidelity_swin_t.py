@@ -5,7 +5,7 @@ pass its path. Both tools run in fresh processes, back to back in each round (wh
 same model, batch, input size, threads, warm-up and iteration counts, on CPU in fp32. The verdict is the median of
 the per-round ratios: on a shared machine the load drifts between rounds, and pairing within a round cancels it.
 
-    python benchmarks/fidelity_swin_t.py --timm-benchmark /tmp/timm_benchmark.py --out results/cpu/fidelity_swin_t.json
+    python -m benchmarks.fidelity_swin_t --timm-benchmark /tmp/timm_benchmark.py --out results/cpu/fidelity_swin_t.json
 
 That timm file (an older revision) has no --device flag, so a three-line driver imports it and sets device="cpu" on
 its parsed arguments, exactly as its own `benchmark(args)` passes them on to its runner.
@@ -23,11 +23,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from bench.env import collect_env
+from bench.results import load_results
 
-from bench.env import collect_env  # noqa: E402
-from bench.results import load_results  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 TIMM_NAME = "swin_tiny_patch4_window7_224"  # what the zoo's swin_t builds
 
@@ -135,7 +134,7 @@ def main() -> int:
         "tolerance": args.tolerance,
         "within_tolerance": abs(ratio - 1) <= args.tolerance,
         "timm_benchmark_source": "huggingface/pytorch-image-models benchmark.py (fetched separately, not committed)",
-        "command": shlex.join(["python", "benchmarks/fidelity_swin_t.py", *sys.argv[1:]]),
+        "command": shlex.join(["python", "-m", "benchmarks.fidelity_swin_t", *sys.argv[1:]]),
         "env": collect_env("cpu"),
     }
     text = json.dumps(result, indent=2)

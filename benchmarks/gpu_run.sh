@@ -95,7 +95,7 @@ tests() {  # at most 150 s, and never into the suite's reserve
 official() {  # official PARTS...: benchmarks/rmt_gpu.py for the call's time but 30 s; a first call keeps its json in $WORK
     [[ -f .gl/RMT.py ]] || { echo "no .gl/RMT.py (gpu_wheels.sh --official PATH): no official comparison"; return 1; }
     local rc
-    timeout "$(left_s 30)" "$PY" benchmarks/rmt_gpu.py --official .gl/RMT.py --out "$OUT" --parts "$@" ${rehearse:+--rehearse}
+    timeout "$(left_s 30)" "$PY" -m benchmarks.rmt_gpu --official .gl/RMT.py --out "$OUT" --parts "$@" ${rehearse:+--rehearse}
     rc=$?
     [[ -z $resume && -f $OUT/rmt_gpu.json ]] && mkdir -p "$WORK" && cp "$OUT/rmt_gpu.json" "$WORK/rmt_gpu_first.json"
     return $rc

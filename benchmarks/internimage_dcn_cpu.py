@@ -1,7 +1,7 @@
 """CPU throughput of internimage_t: the official model with its pure-PyTorch DCNv3 against ours.
 
-    python benchmarks/internimage_dcn_cpu.py --official /path/to/OpenGVLab/InternImage/classification
-    python benchmarks/internimage_dcn_cpu.py            # no official comparison: our two operators only
+    python -m benchmarks.internimage_dcn_cpu --official /path/to/OpenGVLab/InternImage/classification
+    python -m benchmarks.internimage_dcn_cpu            # no official comparison: our two operators only
 
 With --official, the official `InternImage(core_op="DCNv3_pytorch")` is built from that folder, its weights are
 loaded into ours (strictly, through the zoo's checkpoint_filter_fn) and the logits must agree to 1e-4 before
@@ -29,12 +29,11 @@ from typing import Callable
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import zoo
+from benchmarks._common import Timed, cpu_description, import_official, interleaved, official_note, rel_err
+from zoo.internimage import DCN_IMPLS, InternImage, checkpoint_filter_fn, dcnv3, dcnv3_reference
 
-import zoo  # noqa: E402
-from benchmarks._common import Timed, cpu_description, import_official, interleaved, official_note, rel_err  # noqa: E402
-from zoo.internimage import DCN_IMPLS, InternImage, checkpoint_filter_fn, dcnv3, dcnv3_reference  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 OFFICIAL = "official"
 TOL = 1e-4
@@ -270,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         warmup=args.warmup,
         iters=args.iters,
         rounds=args.rounds,
-        command="python " + " ".join([os.path.relpath(__file__, ROOT), *(argv if argv is not None else sys.argv[1:])]),
+        command=" ".join(["python -m benchmarks.internimage_dcn_cpu", *(argv if argv is not None else sys.argv[1:])]),
         official=note,
         cpu=cpu_description(),
         load_avg_before=tuple(os.getloadavg()),

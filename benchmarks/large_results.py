@@ -1,7 +1,7 @@
 """Does a large results file change what is measured, or what reading it costs? (issue: 100k rows made rmt_t at
 64x64 measure 227 ms instead of 35 ms, and `report` take 16 s and 1.5 GB.)
 
-    python benchmarks/large_results.py --rows 100000 --rounds 3 --out results/cpu/large_results
+    python -m benchmarks.large_results --rows 100000 --rounds 3 --out results/cpu/large_results
 
 Writes a results file of N realistic rows (each with 50 step times), then, interleaved round by round, times
 `bench.py` on rmt_t at 64x64, batch 1, appending to an empty file and to the large one (the worker's own p50 per
@@ -20,11 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks._common import machine
+from bench.results import as_row
 
-from benchmarks._common import machine  # noqa: E402
-from bench.results import as_row  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 RUN = [
     "--models",
@@ -134,7 +133,7 @@ def main() -> None:
         write_rows(small, 1)
         report = {name: report_cost(path) for name, path in (("one row", small), (f"{args.rows} rows", large))}
     result = {
-        "command": "python benchmarks/large_results.py " + " ".join(sys.argv[1:]),
+        "command": "python -m benchmarks.large_results " + " ".join(sys.argv[1:]),
         "rows": args.rows,
         "file_mib": size_mb,
         "bench_args": RUN,

@@ -1,7 +1,7 @@
 """RMT on CPU against the official qhfan/RMT code, same weights, interleaved in one process.
 
-    python benchmarks/rmt_cpu.py --official /path/to/qhfan/RMT/classfication_release/RMT.py
-    python benchmarks/rmt_cpu.py            # no official comparison: ours eager, compiled and the reference path
+    python -m benchmarks.rmt_cpu --official /path/to/qhfan/RMT/classfication_release/RMT.py
+    python -m benchmarks.rmt_cpu            # no official comparison: ours eager, compiled and the reference path
 
 The official model is built by its own builder (RMT_T3, RMT_S, RMT_M2), its random initial weights are loaded into
 ours through the zoo's official-key loader (`checkpoint_filter_fn`, strict), and every path's logits must agree
@@ -26,12 +26,9 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import zoo  # noqa: E402
-from bench.measure import proc_status_kb  # noqa: E402
-from benchmarks._common import (  # noqa: E402
+import zoo
+from bench.measure import proc_status_kb
+from benchmarks._common import (
     OFFICIAL_RMT_BUILDERS,
     Timed,
     failed_lines,
@@ -44,6 +41,8 @@ from benchmarks._common import (  # noqa: E402
     ratios,
     rel_err,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TOL = 1e-4
 SIZE = 224
@@ -113,9 +112,9 @@ def peak_memory_child(impl: str, height: int, width: int, threads: int) -> None:
 def peak_memory(height: int, width: int, threads: int) -> list[dict]:
     rows = []
     for impl in ("auto", "reference"):
-        cmd = [sys.executable, __file__, "--child", impl, "--threads", str(threads)]
+        cmd = [sys.executable, "-m", "benchmarks.rmt_cpu", "--child", impl, "--threads", str(threads)]
         cmd += ["--memory-size", str(height), str(width)]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
     return rows
 
@@ -193,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         official, stubbed = import_official_rmt(args.official)
     note = official_note(args.official, stubbed)
     print(f"official code: {note}", flush=True)
-    result = {"command": " ".join(["python", "benchmarks/rmt_cpu.py", *(sys.argv[1:] if argv is None else argv)]),
+    result = {"command": " ".join(["python", "-m", "benchmarks.rmt_cpu", *(sys.argv[1:] if argv is None else argv)]),
               "env": machine(args.threads), "official": note, "stubbed": stubbed, "rows": []}  # fmt: skip
     for name in [] if args.memory_only else args.models:
         for batch in args.batch:

@@ -1,8 +1,8 @@
 """RMT on a GPU against the official qhfan/RMT code, same weights, interleaved in one process.
 
-    python benchmarks/rmt_gpu.py --official .gl/RMT.py --out OUT   # a CUDA machine (H200: about 6 min, estimated)
-    python benchmarks/rmt_gpu.py --official .gl/RMT.py --out OUT --parts latency   # one part only
-    python benchmarks/rmt_gpu.py --official .gl/RMT.py --out OUT --rehearse   # CPU, tiny sizes: the plumbing only
+    python -m benchmarks.rmt_gpu --official .gl/RMT.py --out OUT   # a CUDA machine (H200: about 6 min, estimated)
+    python -m benchmarks.rmt_gpu --official .gl/RMT.py --out OUT --parts latency   # one part only
+    python -m benchmarks.rmt_gpu --official .gl/RMT.py --out OUT --rehearse   # CPU, tiny sizes: the plumbing only
 
 rmt_s at 224x224 in two settings: bf16 autocast at batch 256 (throughput) and fp32 at batch 1 (latency). Paths,
 interleaved round by round: official eager, official torch.compile, ours eager (attn_impl="auto"), ours
@@ -42,14 +42,11 @@ from typing import Callable
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import zoo  # noqa: E402
-from bench.env import collect_env  # noqa: E402
-from bench.measure import numerics, synchronize  # noqa: E402
-from bench.precision import precision  # noqa: E402
-from benchmarks._common import (  # noqa: E402
+import zoo
+from bench.env import collect_env
+from bench.measure import numerics, synchronize
+from bench.precision import precision
+from benchmarks._common import (
     Timed,
     build_official,
     failed_lines,
@@ -312,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(cfg.threads)
     official, stubbed = import_official_rmt(args.official)
     args.out.mkdir(parents=True, exist_ok=True)
-    result = {"command": " ".join(["python", "benchmarks/rmt_gpu.py", *(sys.argv[1:] if argv is None else argv)]),
+    result = {"command": " ".join(["python", "-m", "benchmarks.rmt_gpu", *(sys.argv[1:] if argv is None else argv)]),
               "env": {**collect_env(cfg.device), **machine(torch.get_num_threads())}, "numerics": numerics(),
               "official": official_note(args.official, stubbed), "model": cfg.model, "size": cfg.size,
               "parts_asked": [p for p in PARTS if p in args.parts], "parts_done": [], "settings": [],

@@ -1,7 +1,8 @@
 """`python -m hub {convert,publish,download,push-results}`: get RMT's official weights onto the Hub and back, and
 benchmark results up as a dataset repo.
 
-Errors end in one sentence on stderr and exit status 1 (2 for bad arguments), never a traceback.
+Errors end in one sentence on stderr and exit status 1 (2 for bad arguments, 141 when the reader of standard output
+went away), never a traceback: the policy every command line of the project shares (zoo/_cli.py).
 """
 
 from __future__ import annotations
@@ -14,13 +15,19 @@ from pathlib import Path
 
 from bench.paths import WriteError, ignore_file_size_signal
 from zoo import (
+    EXIT_OK,
     HUB_REVISION_ENV,
     RMT_HUB_ORG_ENV,
     CheckpointError,
     CheckpointMismatchError,
     UnknownModelError,
+    OneLineParser,
+    UsageError,
     WeightsUnavailableError,
+    emit,
+    exit_interrupted,
     fetch_weights,
+    run_cli,
 )
 
 from .card import ResultsError
@@ -39,7 +46,7 @@ _EXPECTED = (
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m hub", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python -m hub", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("convert", help="a released checkpoint to model.safetensors + config.json + README.md")
@@ -101,13 +108,13 @@ def _push_results(args: argparse.Namespace) -> None:
     check_repo_id(args.repo)
     for path in args.results:
         if Path(path).is_dir() or not result_files(path):
-            raise PublishError(f"Results file {path!r} is a folder or does not exist (nor any shard of it).")
+            raise UsageError(f"Results file {path!r} is a folder or does not exist (nor any shard of it).")
     rows = [row for path in args.results for row in iter_results(path)]
     rows = table_order(rows if args.all else latest_rows(rows))
     if args.dry_run:
-        print(preview(rows, args.include_host))
+        _say(preview(rows, args.include_host))
     kept = dict(sources=args.results, dry_run=args.dry_run, private=not args.public, token=args.token)
-    print(push_results(rows, args.repo, include_host=args.include_host, **kept))
+    _say(push_results(rows, args.repo, include_host=args.include_host, **kept))
 
 
 def _convert(args: argparse.Namespace) -> None:
@@ -118,30 +125,39 @@ def _convert(args: argparse.Namespace) -> None:
         results_dataset=args.results_dataset,
     )  # fmt: skip
     prov = done.config["provenance"]
-    print(
+    _say(
         f"Took the {prov['weights']} (entry '{prov['entry']}') of {args.source.name}: they load into {args.model} "
         f"with no missing or unexpected keys and give the source's outputs (max abs difference "
         f"{prov['check']['max_abs_output_diff']:.3g})."
     )
     measured = f"{done.measured_rows} measured rows" if done.measured_rows else "no measured numbers"
-    print(f"Wrote {done.out_dir}/model.safetensors, config.json and README.md ({measured} on the card).")
+    _say(f"Wrote {done.out_dir}/model.safetensors, config.json and README.md ({measured} on the card).")
 
 
 def _publish(args: argparse.Namespace) -> None:
     plan = plan_upload(args.folder, args.repo, private=args.private)
     if plan.warning:
         print(f"warning: {plan.warning}", file=sys.stderr)
-    print(plan.describe())
+    _say(plan.describe())
     if args.dry_run:
-        print("Dry run: nothing was uploaded.")
+        _say("Dry run: nothing was uploaded.")
         return
-    print(f"Uploaded: {publish(plan, token=args.token, commit_message=args.message)}")
+    _say(f"Uploaded: {publish(plan, token=args.token, commit_message=args.message)}")
 
 
 def _download(args: argparse.Namespace) -> None:
     import zoo
 
-    print(fetch_weights(zoo.info(args.model), revision=args.revision, org=args.org))
+    _say(str(fetch_weights(zoo.info(args.model), revision=args.revision, org=args.org)))
+
+
+def _say(text: str) -> None:
+    """A line on standard output, through the shared writer (a reader gone, a full disk)."""
+    emit(text + "\n")
+
+
+class _SystemError(Exception):
+    """An OSError (writing OUT_DIR, reading a folder) as the system's own one-line reason."""
 
 
 class _Terminated(BaseException):
@@ -154,26 +170,31 @@ def _terminate(signum: int, _frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    run = {"convert": _convert, "publish": _publish, "download": _download, "push-results": _push_results}[args.command]
-    ignore_file_size_signal()
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
-    try:
-        run(args)
-    except _Terminated:
-        print("error: stopped by SIGTERM; nothing was left half-written.", file=sys.stderr)
-        return 128 + signal.SIGTERM
-    except (*_EXPECTED, WriteError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:  # writing OUT_DIR, reading a folder: the system's own one-line reason
-        print(f"error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}.", file=sys.stderr)
-        return 1
-    finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous)
-    return 0
+    """Exit codes as for every command line of the project (zoo/_cli.py): 1 for an error said in one sentence, 2 for
+    bad arguments, 141 when the reader of standard output went away, 143 when stopped by SIGTERM (a conversion
+    leaves no partial folder)."""
+
+    def body() -> int:
+        args = _parser().parse_args(argv)
+        run = {"convert": _convert, "publish": _publish, "download": _download, "push-results": _push_results}
+        ignore_file_size_signal()
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
+        try:
+            run[args.command](args)
+        except _Terminated:
+            print("error: stopped by SIGTERM; nothing was left half-written.", file=sys.stderr)
+            return exit_interrupted(signal.SIGTERM)
+        except WriteError:
+            raise
+        except OSError as e:
+            raise _SystemError(f"{e.strerror or e}{f': {e.filename}' if e.filename else ''}.") from None
+        finally:
+            if main_thread:
+                signal.signal(signal.SIGTERM, previous)
+        return EXIT_OK
+
+    return run_cli(body, failures=(*_EXPECTED, WriteError, _SystemError))
 
 
 if __name__ == "__main__":

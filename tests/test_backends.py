@@ -34,6 +34,7 @@ def test_eager_autocast_runs_in_bf16(make_spec):
     assert out.dtype == torch.bfloat16
 
 
+@pytest.mark.e2e  # the slow tier: inductor compiles twice in its worker processes
 def test_compile_reports_graph_breaks_and_compile_time(make_spec):
     model = _Branchy().eval()
     for x in (torch.ones(2, 8), -torch.ones(2, 8)):  # both sides of the branch: one break either way
@@ -165,6 +166,7 @@ def test_tensorrt_min_block_size_option_reaches_the_compiler(make_spec):
     assert fake.calls[1]["disable_tf32"] is False  # --tf32: TensorRT's TF32 stays on, as for the other backends
 
 
+@pytest.mark.e2e  # the slow tier: a torch.onnx export of a whole model
 def test_onnxruntime_runs_the_exported_graph_on_cpu(make_spec):
     model, x = zoo.load("test_convnext"), torch.randn(2, 3, 64, 64)
     spec = make_spec("onnxruntime")

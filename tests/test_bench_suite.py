@@ -54,6 +54,7 @@ def test_budget_must_be_positive(budget, tmp_path, capsys):
     assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.e2e  # the slow tier: the suite starts its workers
 def test_dry_run_writes_the_four_outputs(tmp_path, capsys):
     out = tmp_path / "suite"
     code = main(["--dry-run", "--backends", "eager", "tensorrt", "--out", str(out), "--quiet"])

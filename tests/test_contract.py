@@ -38,6 +38,7 @@ def test_our_models_are_registered_with_timm_and_their_cfgs():
         assert name in timm.list_models(name_matches_cfg=True) and name in timm.list_pretrained(name)
 
 
+@pytest.mark.e2e  # the slow tier: every model at full size, 10-25 s each
 @pytest.mark.parametrize("name", ALL)
 def test_interface_shapes_and_cfg_at_full_size(name):
     """timm's test_model_default_cfgs, on the meta device."""
@@ -70,6 +71,7 @@ def test_interface_shapes_and_cfg_at_full_size(name):
         assert gray(x[:, :1]).shape == (1, 1000)
 
 
+@pytest.mark.e2e  # the slow tier: every model at full size, 10-25 s each
 @pytest.mark.parametrize("name", OURS)
 def test_default_cfgs_non_std_as_timm_checks_it(name):
     """timm's test_model_default_cfgs_non_std, check for check: the channel axis comes from `feature_dim`,
@@ -103,6 +105,7 @@ def test_token_labelling_head_reads_the_stage_and_a_headless_model_ends_projecte
         assert headless.aux_head.in_features == 1024 and headless(_input(headless)).shape == (1, 5)
 
 
+@pytest.mark.e2e  # the slow tier: every model at full size, 10-25 s each
 @pytest.mark.parametrize("name", ALL)
 def test_intermediates_and_features_only_at_full_size(name):
     """timm's test_model_forward_intermediates and test_model_forward_features, on the meta device."""
@@ -205,6 +208,7 @@ def test_pruning_keeps_the_projection_while_forward_features_ends_with_it(name):
 AUTOGRAD_MODES = {"inference_mode": torch.inference_mode, "no_grad": torch.no_grad, "grad": contextlib.nullcontext}
 
 
+@pytest.mark.e2e  # the slow tier: full-size forward and backward passes, minutes together
 @pytest.mark.parametrize("first", AUTOGRAD_MODES)
 @pytest.mark.parametrize("name", ["rmt_t", "rmt_s", "internimage_t"])  # RMT: whole-image and decomposed stage 3
 def test_a_forward_in_any_autograd_mode_leaves_nothing_that_changes_later_ones(name, first):

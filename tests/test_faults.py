@@ -19,7 +19,7 @@ from bench.measure import Energy, Loop
 from bench.report import plot, render_table
 from bench.results import append_row, iter_results, latest_rows, load_results
 from bench.runner import run
-from bench.spec import RowSpec, Settings
+from bench.spec import RowSpec, RunRequest, Settings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -172,11 +172,13 @@ def test_the_runner_reads_rows_from_its_channel_not_the_results_file(tmp_path, m
     monkeypatch.setattr("bench.runner.iter_results", no_reading)
     spec = RowSpec("test_convnext", "eager", "fp32", 1, (32, 32), "cpu")
     outcome = run(
-        [spec, RowSpec("test_convnext", "eager", "fp32", 2, (32, 32), "cpu")],
-        Settings(warmup=0, iters=2, flops=False),
-        out,
-        "test",
-        progress=False,
+        RunRequest(
+            (spec, RowSpec("test_convnext", "eager", "fp32", 2, (32, 32), "cpu")),
+            Settings(warmup=0, iters=2, flops=False),
+            str(out),
+            "test",
+            progress=False,
+        )
     )
     assert [(r["batch_size"], r["status"]) for r in outcome.rows] == [(1, "ok"), (2, "ok")]
     assert sum(1 for _ in iter_results(out)) == 20_002

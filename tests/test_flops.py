@@ -13,6 +13,7 @@ import zoo
 from bench.flops import count_gmacs, count_params
 
 
+@pytest.mark.e2e  # the slow tier: fvcore traces a full-size model
 def test_swin_t_gmacs_match_timm():
     counts = count_gmacs(zoo.load("swin_t"), torch.randn(1, 3, 224, 224))
     assert round(counts["gmacs"], 2) == 4.51
@@ -20,6 +21,7 @@ def test_swin_t_gmacs_match_timm():
     assert 0.98 * counts["gmacs"] < counts["gmacs_torch"] < counts["gmacs"]
 
 
+@pytest.mark.e2e  # the slow tier: fvcore traces a full-size model
 def test_rmt_s_gmacs_match_official_code():
     model = zoo.load("rmt_s")
     assert count_params(model) == 26_967_240

@@ -115,7 +115,7 @@ def test_block_of_groups_module_paths():
     assert gp.block_of("") == "(model)"
 
 
-@pytest.mark.slow  # inductor's first compile in a process: 15-35 s on 2 shared cores
+@pytest.mark.e2e  # the slow tier: inductor's first compile in a process, 15-35 s on 2 shared cores
 def test_compiled_launches_fuse_and_belong_to_their_blocks():
     eager = gp.eager_trace(Toy(), batch=2, size=4, autocast=None)
     launches = gp.compiled_kernels(Toy(), batch=2, size=4, autocast=None)

@@ -44,6 +44,7 @@ def test_rmt_round_trip_by_name_with_org_and_revision(
     assert "/snapshots/" in str(fetch_weights(zoo.info("rmt_t")))
 
 
+@pytest.mark.e2e  # the slow tier: full-size models converted and loaded, 30-60 s each
 def test_internimage_round_trip_official_and_hub_layout(
     offline_cache, tmp_path, monkeypatch, deit_checkpoint, official_state, put_in_cache, small_logits
 ):
@@ -67,6 +68,7 @@ def test_internimage_round_trip_official_and_hub_layout(
     assert torch.equal(small_logits(zoo.load("internimage_t", pretrained=True)), reference)
 
 
+@pytest.mark.e2e  # the slow tier: full-size models converted and loaded, 30-60 s each
 @pytest.mark.parametrize("name", ["swin_t", "maxvit_t"])
 def test_timm_families_round_trip(name, offline_cache, tmp_path, put_in_cache, timm_state):
     state = timm_state(name)
@@ -79,6 +81,7 @@ def test_timm_families_round_trip(name, offline_cache, tmp_path, put_in_cache, t
     assert all(torch.equal(model.state_dict()[k], state[k]) for k in state)
 
 
+@pytest.mark.e2e  # the slow tier: full-size models converted and loaded, 30-60 s each
 def test_timm_loads_a_converted_folder_by_hf_hub_local_dir_file_and_checkpoint_path(
     rmt_release, rmt_converted, offline_cache, tmp_path, put_in_cache, small_logits
 ):

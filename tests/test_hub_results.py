@@ -105,7 +105,7 @@ def test_push_results_command_reads_what_report_shows_and_report_says_where_it_m
     assert out.rstrip().endswith("Dry run: nothing was uploaded.")
     assert main(["push-results", str(path), "--repo", "not a repo"]) == 1
     assert "is not a valid Hub repo id" in capsys.readouterr().err
-    assert main(["push-results", str(tmp_path / "none.jsonl"), "--repo", "my-org/x", "--dry-run"]) == 1
+    assert main(["push-results", str(tmp_path / "none.jsonl"), "--repo", "my-org/x", "--dry-run"]) == 2
     assert capsys.readouterr().err.startswith("error: Results file")
     for extra in (["--push-to-hub", "my-org/rmt-results", "--dry-run"], ["--dry-run"]):
         assert cli.main(["report", str(path), *extra]) == cli.EXIT_USAGE

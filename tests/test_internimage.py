@@ -269,6 +269,7 @@ def test_torch_export_with_dynamic_sizes(fixture, rel_err):
         assert rel_err(exported(x), model(x)) <= TOL
 
 
+@pytest.mark.e2e  # the slow tier: inductor compiles in its worker processes
 def test_torch_compile_fullgraph(fixture, rel_err):
     fx, model = _small_model(fixture)
     torch._dynamo.reset()

@@ -288,6 +288,7 @@ def _ptxas(key, monkeypatch) -> tuple[int, int]:
     return int(regs[1]), int(spills[1]) + int(spills[2])
 
 
+@pytest.mark.e2e  # the slow tier: ptxas runs for every stage shape
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=["fp16", "bf16", "fp32"])
 def test_sm90_build_has_no_spills(dtype, monkeypatch, tmp_path):
     """Every stage of rmt_t/s/b/l at 224x224 and 800x1344; launches that compile alike are built once."""

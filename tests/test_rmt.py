@@ -254,6 +254,7 @@ def test_position_cache_follows_loaded_buffers(fixture, rel_err):
     assert rel_err(cached, fx.logits) > TOL  # the new decay really took effect
 
 
+@pytest.mark.e2e  # the slow tier: inductor compiles in its worker processes, then an export
 @pytest.mark.parametrize("impl", ["auto", "sdpa"])  # auto on CPU mixes matmul-softmax and SDPA; sdpa as on GPUs
 def test_compile_fullgraph_and_export(impl, rel_err, rmt_small):
     """Also after an eager forward under inference_mode has filled the position cache."""
@@ -406,7 +407,7 @@ def test_attention_core_has_no_fp32_softmax_round_trip_under_cuda_autocast(monke
     assert seen.ops["_to_copy"] >= 1 and seen.softmax_dtypes == {torch.float32}  # what the policy would do
 
 
-def test_attention_core_in_bf16_stays_within_tolerance_and_fp32_is_unchanged():
+def test_attention_core_in_bf16_stays_within_tolerance_and_fp32_is_unchanged(rel_err):
     torch.manual_seed(0)
     q, k, v = (torch.randn(6, 4, 49, 16) for _ in range(3))
     bias = -torch.rand(1, 4, 49, 49)
@@ -431,12 +432,12 @@ def _forget_folded(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def test_folded_conv_weights_kept_and_refreshed_when_weights_change():
+def test_folded_conv_weights_kept_and_refreshed_when_weights_change(rmt_small):
     """The residual depthwise convs' folded kernels are built once per weight version in eager no-grad forwards
     (no per-call new_ones/pad/add), and every way weights change (optimizer steps with and without foreach,
     in-place edits, load_state_dict, dtype casts) gives the output of a model built fresh from those weights."""
     torch.manual_seed(0)
-    model = rmt.RMT(**SMALL).eval()
+    model = rmt.RMT(**rmt_small).eval()
     x = torch.randn(2, 3, 64, 96)
     _eager_ops(model, x)  # builds the position tables too
     _forget_folded(model)
@@ -463,15 +464,15 @@ def test_folded_conv_weights_kept_and_refreshed_when_weights_change():
         assert not torch.equal(model(x), before)
         model.layers[0].blocks[0].pos.conv.weight.mul_(2)
     check(model)
-    model.load_state_dict(rmt.RMT(**SMALL).state_dict())
+    model.load_state_dict(rmt.RMT(**rmt_small).state_dict())
     check(model)
     check(model.double())
 
 
-def test_folded_conv_weights_recomputed_where_gradients_are_recorded():
+def test_folded_conv_weights_recomputed_where_gradients_are_recorded(rmt_small):
     """Training and any grad-enabled forward build the folded kernel from the parameter, so its gradient flows."""
     torch.manual_seed(0)
-    model = rmt.RMT(**SMALL).eval()
+    model = rmt.RMT(**rmt_small).eval()
     x = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
         model(x)  # keeps folded kernels
@@ -481,7 +482,7 @@ def test_folded_conv_weights_recomputed_where_gradients_are_recorded():
 
 
 @pytest.mark.parametrize("kernel_size", [3, 5])
-def test_depthwise_taps_equal_the_conv(kernel_size):
+def test_depthwise_taps_equal_the_conv(kernel_size, rel_err):
     torch.manual_seed(0)
     conv = rmt.DWConv2d(24, kernel_size, residual=kernel_size == 3)
     x = torch.randn(2, 24, 9, 13).permute(0, 2, 3, 1)  # NCHW memory seen as (B, H, W, C), as a stage's first block
@@ -490,10 +491,11 @@ def test_depthwise_taps_equal_the_conv(kernel_size):
         assert rel_err(rmt._depthwise_taps(x, weight, bias), conv(x)) <= 1e-6
 
 
-def test_compiled_depthwise_taps_fullgraph(monkeypatch):
+@pytest.mark.e2e  # the slow tier: inductor compiles in its worker processes
+def test_compiled_depthwise_taps_fullgraph(monkeypatch, rel_err, rmt_small):
     """The shifted multiply-add form is what compiled graphs take on CUDA; here it is forced on CPU."""
     torch.manual_seed(0)
-    model = rmt.RMT(**SMALL).eval()
+    model = rmt.RMT(**rmt_small).eval()
     x = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
         eager = model(x)
@@ -507,11 +509,12 @@ def test_compiled_depthwise_taps_fullgraph(monkeypatch):
     assert sorted(set(seen)) == [3, 5] and len(seen) == 3 * 4  # pos, lepe, ffn dwconv in each of 4 blocks
 
 
-def test_compile_reduce_overhead_fullgraph():
+@pytest.mark.e2e  # the slow tier: inductor compiles in its worker processes
+def test_compile_reduce_overhead_fullgraph(rel_err, rmt_small):
     """The batch-1 CUDA-graphs path (mode="reduce-overhead") compiles without graph breaks; on CPU inductor runs
     it without graphs."""
     torch.manual_seed(0)
-    model = rmt.RMT(**SMALL).eval()
+    model = rmt.RMT(**rmt_small).eval()
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         eager = model(x)

@@ -183,7 +183,7 @@ def test_cli_ends_quietly_when_the_reader_goes_and_says_why_a_write_failed():
         with open("/dev/full", "w") as full:
             proc = subprocess.run(cmd, stdout=full, stderr=subprocess.PIPE, text=True)
         assert proc.returncode == 1 and "Traceback" not in proc.stderr
-        assert proc.stderr.splitlines()[-1] == "error: cannot write to standard output (No space left on device)."
+        assert proc.stderr.splitlines()[-1] == "error: Standard output could not be written (No space left on device)."
 
 
 def test_timm_checkpoint_path_loads_strictly(tmp_path):

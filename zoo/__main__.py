@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from dataclasses import asdict
 
 from tabulate import tabulate
 
 import zoo
-
-# The exit status of a process killed by SIGPIPE, as a shell reports it: what `yes | head -1` leaves behind.
-EXIT_BROKEN_PIPE = 128 + 13
+from zoo import EXIT_OK, OneLineParser, UsageError, emit, run_cli
 
 
 def _table(names: list[str]) -> str:
@@ -34,39 +31,29 @@ def _table(names: list[str]) -> str:
     return tabulate(rows, headers=headers, tablefmt="github")
 
 
-def _write(text: str) -> int:
-    """Print `text`; a reader that went away ends quietly, as Unix tools do, and any other write error in one line."""
-    try:
-        sys.stdout.write(text + "\n")
-        sys.stdout.flush()
-    except OSError as e:
-        # What is left cannot be written either: stdout goes to /dev/null, so the interpreter's last flush is silent.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        if isinstance(e, BrokenPipeError):
-            return EXIT_BROKEN_PIPE
-        print(f"error: cannot write to standard output ({e.strerror or e}).", file=sys.stderr)
-        return 1
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m zoo", description=__doc__)
-    sub = ap.add_subparsers(dest="cmd")
-    sub.add_parser("list", help="table of the zoo's models").add_argument("pattern", nargs="?", default="*")
-    sub.add_parser("info", help="one model's metadata").add_argument("name")
-    args = ap.parse_args(argv)
+def _run(args: argparse.Namespace) -> int:
     try:
         if args.cmd == "info":
-            return _write("\n".join(f"{key}: {value}" for key, value in asdict(zoo.info(args.name)).items()))
+            emit("\n".join(f"{key}: {value}" for key, value in asdict(zoo.info(args.name)).items()) + "\n")
+            return EXIT_OK
         pattern = getattr(args, "pattern", "*")
         names = zoo.list_models(pattern)
         if not names:
-            print(f"error: no model of the zoo matches {pattern!r}; `python -m zoo list` shows all.", file=sys.stderr)
-            return 2
-        return _write(_table(names))
-    except zoo.UnknownModelError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+            raise UsageError(f"no model of the zoo matches {pattern!r}; `python -m zoo list` shows all.")
+        emit(_table(names) + "\n")
+        return EXIT_OK
+    except zoo.UnknownModelError as e:  # a name the zoo does not know is a bad argument
+        raise UsageError(str(e)) from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit codes as for every command line of the project (zoo/_cli.py): 2 bad arguments, 1 output that could not
+    be written, 141 a reader that went away."""
+    ap = OneLineParser(prog="python -m zoo", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd")
+    sub.add_parser("list", help="table of the zoo's models").add_argument("pattern", nargs="?", default="*")
+    sub.add_parser("info", help="one model's metadata").add_argument("name")
+    return run_cli(lambda: _run(ap.parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -281,6 +281,26 @@ class InternImage(StagedModel):
         out_indices: int | tuple[int, ...] | None = (0, 1, 2, 3),
         dcn_impl: str = "fast",
     ):
+        """
+        Args:
+            channels: Channels of the first level; each later level doubles them.
+            depths: Blocks per level.
+            groups: DCNv3 groups per level (each samples its own offsets).
+            layer_scale: Initial value of learned per-channel residual scales; None for none (InternImage-T).
+            offset_scale: Scale of the predicted sampling offsets.
+            post_norm: Normalise after each residual branch instead of before (the larger variants).
+            mlp_ratio: Feed-forward width over the level's width.
+            num_classes: Classifier outputs; 0 for no classifier.
+            in_chans: Input image channels.
+            global_pool: timm's pooling type for the head ("avg", or "" for none).
+            cls_scale: Width of the head's 1x1 conv (`conv_head`) over the last level's width.
+            drop_rate: Dropout before the classifier.
+            drop_path_rate: Stochastic depth rate of the last block (rising linearly from 0 over the blocks).
+            features_only: Build a backbone that returns NCHW level outputs instead of logits.
+            out_indices: The levels a features-only model returns, as timm takes them (an int n: the last n;
+                negatives count from the end).
+            dcn_impl: DCNv3 implementation: "fast" (`dcnv3`) or "reference" (`dcnv3_reference`); see DCN_IMPLS.
+        """
         super().__init__()
         if len(depths) != len(groups):
             raise ValueError(f"depths ({len(depths)} levels) and groups ({len(groups)} levels) must match.")

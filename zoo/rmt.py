@@ -645,6 +645,33 @@ class RMT(StagedModel):
         out_indices: int | tuple[int, ...] | None = (0, 1, 2, 3),
         attn_impl: str = "auto",
     ):
+        """
+        Args:
+            embed_dims: Channels of each stage's tokens.
+            depths: Blocks per stage.
+            num_heads: Attention heads per stage.
+            init_values: Per stage, the decay of the first head: gamma = 1 - 2^-(init_value + ...).
+            heads_ranges: Per stage, how far the heads' decays spread: head h of H adds heads_range * h / H.
+            mlp_ratios: Per stage, the feed-forward width over the token width.
+            chunkwise_recurrents: Per stage, attention decomposed along rows then columns (True) or over the
+                whole image (False), as the official code chooses per variant.
+            layerscales: Per stage, whether blocks scale their residual branches by learned factors.
+            layer_init_values: Initial value of those factors.
+            projection: Width of the head's projection (1x1 conv, BatchNorm, SiLU) before pooling.
+            num_classes: Classifier outputs; 0 for no classifier.
+            in_chans: Input image channels.
+            global_pool: timm's pooling type for the head ("avg", or "" for none).
+            drop_rate: Dropout before the classifier.
+            drop_path_rate: Stochastic depth rate of the last block (rising linearly from 0 over the blocks).
+            token_label: Add the token-labelling head `aux_head` (RMT-*-TL variants).
+            aux_head_on: Where `aux_head` reads tokens: "stage" (the last stage, as the official code) or "proj"
+                (after the projection).
+            features_only: Build a backbone that returns NCHW stage outputs instead of logits.
+            out_indices: The stages a features-only model returns, as timm takes them (an int n: the last n;
+                negatives count from the end).
+            attn_impl: How attention runs: "auto" (by row length and device), "matmul", "sdpa", "flex" or
+                "reference" (the official computation, for checks); see ATTN_IMPLS.
+        """
         super().__init__()
         if aux_head_on not in ("stage", "proj"):
             raise ValueError(f"aux_head_on must be 'stage' or 'proj', not {aux_head_on!r}.")
