@@ -24,7 +24,7 @@ from bench import accuracy, cli, env, runner
 from bench.args import UsageError, input_sizes
 from bench.results import append_row
 from bench.runner import group_rows, measured_as_asked, run
-from bench.spec import RowSpec, Settings
+from bench.spec import RowSpec, RunRequest, Settings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -106,7 +106,7 @@ def test_resume_re_measures_a_row_timed_with_fewer_iterations_or_warm_up(tmp_pat
         results.unlink(missing_ok=True)
         append_row(results, {**spec.fields(), "status": "ok", "env": {"device_name": machine}, **timed})
         measured.clear()
-        outcome = run([spec], asked, results, "test", resume=True, progress=False)
+        outcome = run(RunRequest((spec,), asked, str(results), "test", resume=True, progress=False))
         assert (measured == []) is kept, timed
         assert measured_as_asked({"iters": timed.get("iters"), "warmup": timed.get("warmup")}, asked) is kept
         assert len(outcome.rows) == (1 if kept else 0)
