@@ -1,6 +1,6 @@
 """Predicted H200 work per forward, measured on a CPU: eager kernels and bytes, compiled launches and bytes.
 
-    python benchmarks/gpu_proxy.py --official /path/to/qhfan/RMT/classfication_release/RMT.py
+    python -m benchmarks.gpu_proxy --official /path/to/qhfan/RMT/classfication_release/RMT.py
     python -m benchmarks.gpu_proxy --models rmt_s swin_t --modes compiled --out /tmp/proxy
 
 Each model (random weights) runs on fake CUDA tensors at batch x 3 x size x size under bf16 autocast (`--dtype fp32`:
@@ -24,14 +24,13 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import zoo
+from bench import gpu_proxy as gp
+from bench.env import git_commit
+from zoo.rmt import ATTN_IMPLS
+from benchmarks._common import OFFICIAL_RMT_BUILDERS, build_official, import_official_rmt, official_source
 
-import zoo  # noqa: E402
-from bench import gpu_proxy as gp  # noqa: E402
-from bench.env import git_commit  # noqa: E402
-from zoo.rmt import ATTN_IMPLS  # noqa: E402
-from benchmarks._common import OFFICIAL_RMT_BUILDERS, build_official, import_official_rmt, official_source  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 MODELS = ("rmt_s", "swin_t", "rmt_t", "rmt_b", "rmt_l", "maxvit_t", "internimage_t")  # the headline pair first
 DTYPES = {"bf16": torch.bfloat16, "fp32": None}
@@ -249,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
     cal = measured(args.h200) if standard else {}
     shown = [a if a != str(args.official) else "PATH/TO/RMT.py" for a in (sys.argv[1:] if argv is None else argv)]
     report = {
-        "command": f"python benchmarks/gpu_proxy.py {' '.join(shown)}".strip(),
+        "command": f"python -m benchmarks.gpu_proxy {' '.join(shown)}".strip(),
         "args": {
             "models": args.models,
             "batch": args.batch,

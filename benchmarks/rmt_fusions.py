@@ -1,7 +1,7 @@
 """RMT's fusions of issue 28 on CPU: aten ops per eager forward and interleaved timings, against the code before
 them (restored in this process by patching) and against the official qhfan/RMT code.
 
-    python benchmarks/rmt_fusions.py --official PATH/RMT.py --out results/cpu/fusions
+    python -m benchmarks.rmt_fusions --official PATH/RMT.py --out results/cpu/fusions
 
 Counts: the aten ops one eager forward dispatches under no_grad (a TorchDispatchMode; a first forward fills the
 caches, the second is counted), as kernels (ops that are not views), dtype casts (`_to_copy` changing dtype) and
@@ -30,12 +30,10 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import zoo  # noqa: E402
-import zoo.rmt as rmt  # noqa: E402
-from benchmarks._common import (  # noqa: E402
+import zoo
+import zoo.rmt as rmt
+from benchmarks._common import (
     Timed,
     failed_lines,
     first_calls,
@@ -46,6 +44,8 @@ from benchmarks._common import (  # noqa: E402
     official_note,
     rel_err,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TOL = 1e-4
 SIZE = 224
@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     official, stubbed = (None, []) if args.official is None else import_official_rmt(args.official)
     result = {
-        "command": " ".join(["python", "benchmarks/rmt_fusions.py", *(sys.argv[1:] if argv is None else argv)]),
+        "command": " ".join(["python", "-m", "benchmarks.rmt_fusions", *(sys.argv[1:] if argv is None else argv)]),
         "env": machine(args.threads),
         "official": official_note(args.official, stubbed),
         "counts": [{"model": args.model, "batch": args.count_batch, "counts": counts(args.model, args.count_batch)}],
