@@ -218,6 +218,11 @@ def pretend_h200() -> Iterator[None]:
                             ("device_count", lambda: 1)):  # fmt: skip
             stack.enter_context(mock.patch.object(interface, name, staticmethod(value)))
         stack.enter_context(mock.patch.dict(device_interface.caching_worker_device_properties, {"cuda": [H200]}))
+        # torch caches whether Triton can run: an earlier CPU compile in this process answered "no CUDA device".
+        # Asked afresh here (an H200), and afresh again after, so nothing outside sees the pretend answer.
+        has_triton = torch.utils._triton.has_triton
+        has_triton.cache_clear()
+        stack.callback(has_triton.cache_clear)
         yield
 
 
