@@ -491,6 +491,27 @@ def test_depthwise_taps_equal_the_conv(kernel_size, rel_err):
         assert rel_err(rmt._depthwise_taps(x, weight, bias), conv(x)) <= 1e-6
 
 
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
+def test_autocast_dtype_traces_fullgraph(autocast):
+    """The helpers that ask autocast's dtype trace without graph breaks (torch 2.11's dynamo cannot trace
+    torch.amp.is_autocast_available: fullgraph failed there, on the GPU machine's version, and not on later ones)."""
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 2, 2, 7, 16).bfloat16()
+    bias = torch.zeros(1, 2, 7, 7).bfloat16()
+    x, weight = torch.randn(1, 5, 6, 8), torch.randn(8, 1, 3, 3)
+
+    def core(q, k, v, bias, x, weight):
+        return rmt._matmul_softmax(q, k, v, bias), rmt._depthwise_taps(x, weight, None)
+
+    torch._dynamo.reset()
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+        eager = core(q, k, v, bias, x, weight)
+        compiled = torch.compile(core, fullgraph=True, backend="eager")(q, k, v, bias, x, weight)
+    for a, b in zip(compiled, eager):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    assert compiled[1].dtype == (torch.bfloat16 if autocast else torch.float32)
+
+
 @pytest.mark.e2e  # the slow tier: inductor compiles in its worker processes
 def test_compiled_depthwise_taps_fullgraph(monkeypatch, rel_err, rmt_small):
     """The shifted multiply-add form is what compiled graphs take on CUDA; here it is forced on CPU."""

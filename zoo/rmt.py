@@ -229,10 +229,19 @@ class DecayPosition(nn.Module):
         return tables
 
 
+# Device types with an autocast, asked once here: torch.compile on torch 2.11 (the GPU machine's) cannot trace
+# torch.amp.is_autocast_available (a C builtin), so fullgraph graphs calling it fail; is_autocast_enabled and
+# get_autocast_dtype it traces.
+_AUTOCAST_KINDS = frozenset(
+    kind for kind in ("cpu", "cuda", "xpu", "mps", "hpu", "mtia", "xla") if torch.amp.is_autocast_available(kind)
+)
+
+
 def _autocast_dtype(device: torch.device) -> torch.dtype | None:
     """The dtype autocast runs matmuls and convs in on `device`, or None where it is off (or has no autocast)."""
     kind = device.type
-    if torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind):
+    available = kind in _AUTOCAST_KINDS if torch.compiler.is_compiling() else torch.amp.is_autocast_available(kind)
+    if available and torch.is_autocast_enabled(kind):
         return torch.get_autocast_dtype(kind)
     return None
 
