@@ -17,7 +17,6 @@ from types import SimpleNamespace
 import pytest
 import timm
 import torch
-from huggingface_hub import constants
 from safetensors.torch import save_file
 
 import zoo
@@ -27,8 +26,6 @@ from hub.convert import ConversionError, convert
 from hub.publish import PublishError, plan_upload
 from hub.results import preview, published_rows, push_results
 from zoo import CheckpointError
-from zoo import HUB_REVISION_ENV as REVISION_ENV
-from zoo import RMT_HUB_ORG_ENV as ORG_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,20 +43,6 @@ def put_in_cache(cache: Path, repo_id: str, files: dict[str, bytes], revision: s
         (snapshot / name).symlink_to(os.path.relpath(blob, snapshot))
     (repo / "refs").mkdir(exist_ok=True)
     (repo / "refs" / revision).write_text(commit)
-
-
-@pytest.fixture
-def offline_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty Hub cache, huggingface_hub in offline mode (in this process and in subprocesses)."""
-    cache = tmp_path / "hub-cache"
-    cache.mkdir()
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    for var in (ORG_ENV, REVISION_ENV):
-        monkeypatch.delenv(var, raising=False)
-    return cache
 
 
 @pytest.fixture(scope="module")
