@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .columns import Column
-from .device import is_cuda, proc_status_kb, synchronize  # also imported from here by benchmarks/
+from .device import is_cuda, proc_status_kb, synchronize
 
 __all__ = [
     "Loop",

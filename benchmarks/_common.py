@@ -22,7 +22,7 @@ import torch.nn as nn
 
 import zoo
 from bench.env import cpu_name, git_commit
-from bench.measure import synchronize
+from bench.device import synchronize
 from zoo.rmt import checkpoint_filter_fn
 
 OFFICIAL_RMT_BUILDERS = {"rmt_t": "RMT_T3", "rmt_s": "RMT_S", "rmt_b": "RMT_M2", "rmt_l": "RMT_L6"}

@@ -47,7 +47,7 @@ RUN = [
 # peak across exec) last, on stderr.
 REPORT = (
     "import sys; sys.argv = ['bench.py', 'report', sys.argv[1]]; from bench.cli import main; "
-    "from bench.measure import proc_status_kb; code = main(); print(proc_status_kb('VmHWM'), file=sys.stderr); "
+    "from bench.device import proc_status_kb; code = main(); print(proc_status_kb('VmHWM'), file=sys.stderr); "
     "sys.exit(code)"
 )
 

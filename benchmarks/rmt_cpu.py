@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 import zoo
-from bench.measure import proc_status_kb
+from bench.device import proc_status_kb
 from benchmarks._common import (
     OFFICIAL_RMT_BUILDERS,
     Timed,

@@ -44,7 +44,8 @@ import torch
 
 import zoo
 from bench.env import collect_env
-from bench.measure import numerics, synchronize
+from bench.device import synchronize
+from bench.measure import numerics
 from bench.precision import precision
 from benchmarks._common import (
     Timed,
