@@ -308,7 +308,11 @@ class Local(_Jobs):
                     running[slot] = None
                 if running[slot] is None and pending:
                     number, (group, shard, worker, request) = pending.pop(0)
-                    running[slot] = _Job(executors[slot].submit(worker, request), group, shard, number)
+                    job = executors[slot].submit(worker, request)
+                    # submitit waits up to 15 s for a missing result file to appear on a network file system; a
+                    # local job writes it on this disk before it ends, so a dead job's absent file is final.
+                    job._results_timeout_s = 0
+                    running[slot] = _Job(job, group, shard, number)
                     self.jobs.append(running[slot])
             time.sleep(0.2)
         return self.jobs

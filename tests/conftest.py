@@ -26,6 +26,35 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Each xdist worker gets its share of the cores: torch's default of one thread per core in every worker
+    oversubscribes the machine and roughly doubles the suite's time on 2 cores. Processes the tests start inherit
+    the share through OMP_NUM_THREADS unless the caller set it."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        torch.set_num_threads(threads)
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A check marked `variants` runs on each family's smallest variant (and the variants the marker names) in the
+    fast tier, and on the others in the slow tier (`e2e`): the code is the same, only widths and depths change."""
+    import zoo
+
+    smallest = {}
+    for name in zoo.comparison_models():  # smallest first within each family
+        smallest.setdefault(zoo.info(name).family, name)
+    for item in items:
+        marker = item.get_closest_marker("variants")
+        if marker is None:
+            continue
+        name = item.callspec.params["name"]
+        if name not in {*smallest.values(), *marker.args}:
+            item.add_marker(pytest.mark.e2e)
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO

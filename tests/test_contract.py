@@ -1,9 +1,10 @@
 """timm's model contract, over every model of the zoo: what timm's own tests/test_models.py checks.
 
-Shapes and the interface are checked at each model's full size and default input on the meta device (no
-memory, no compute). Numbers (FX against eager, gradients reaching every parameter, grad checkpointing,
-intermediates against forward_features) are checked on the zoo's own families with one block per stage, which
-keeps every other part of each variant (widths, heads, layer scale, token labelling, post-norm) as it is.
+Every check builds each variant at its full widths (heads, layer scale, token labelling, post-norm as they are)
+with one block per stage: depth changes no shape, and the full-depth layouts and parameter counts are checked
+against the official ones in test_rmt.py and test_internimage.py. Shapes and the interface are checked at the
+default input on the meta device (no memory, no compute); numbers (FX against eager, gradients reaching every
+parameter, grad checkpointing, intermediates against forward_features) on the zoo's own families.
 """
 
 from __future__ import annotations
@@ -38,12 +39,12 @@ def test_our_models_are_registered_with_timm_and_their_cfgs():
         assert name in timm.list_models(name_matches_cfg=True) and name in timm.list_pretrained(name)
 
 
-@pytest.mark.e2e  # the slow tier: every model at full size, 10-25 s each
+@pytest.mark.variants("rmt_s_tl")
 @pytest.mark.parametrize("name", ALL)
-def test_interface_shapes_and_cfg_at_full_size(name):
+def test_interface_shapes_and_cfg_at_full_width(name):
     """timm's test_model_default_cfgs, on the meta device."""
     with torch.device("meta"):
-        model = zoo.load(name)
+        model = zoo.load(name, **ONE_BLOCK)
         cfg = model.default_cfg
         assert cfg is model.pretrained_cfg and model.num_classes == 1000
         assert model.num_features > 0 and model.head_hidden_size > 0
@@ -65,20 +66,20 @@ def test_interface_shapes_and_cfg_at_full_size(name):
         model.reset_classifier(0, "")
         unpooled = model(x)
         assert unpooled.ndim == 4 and [unpooled.shape[i] for i in spatial] == list(cfg["pool_size"])
-        bare = zoo.load(name, num_classes=0, global_pool="")
+        bare = zoo.load(name, num_classes=0, global_pool="", **ONE_BLOCK)
         assert bare(x).ndim == 4
-        gray = zoo.load(name, in_chans=1, drop_rate=0.1, drop_path_rate=0.2)  # timm's common arguments
+        gray = zoo.load(name, in_chans=1, drop_rate=0.1, drop_path_rate=0.2, **ONE_BLOCK)  # timm's common arguments
         assert gray(x[:, :1]).shape == (1, 1000)
 
 
-@pytest.mark.e2e  # the slow tier: every model at full size, 10-25 s each
+@pytest.mark.variants("rmt_s_tl")
 @pytest.mark.parametrize("name", OURS)
 def test_default_cfgs_non_std_as_timm_checks_it(name):
     """timm's test_model_default_cfgs_non_std, check for check: the channel axis comes from `feature_dim`,
     a model reset with reset_classifier(0) gives head_hidden_size-wide outputs and one built with num_classes=0
     num_features-wide ones (the projection ends forward_features wherever a head does not read the stage)."""
     with torch.device("meta"):
-        model = zoo.load(name)
+        model = zoo.load(name, **ONE_BLOCK)
         assert model.num_classes >= 0 and model.num_features > 0 and model.head_hidden_size > 0
         x = _input(model)
         feat_dim = model.feature_dim
@@ -89,7 +90,7 @@ def test_default_cfgs_non_std_as_timm_checks_it(name):
         model.reset_classifier(0)
         pooled = model(x)
         assert model.num_classes == 0 and pooled.shape[feat_dim] == model.head_hidden_size and pooled.shape == pre.shape
-        headless = zoo.load(name, num_classes=0)
+        headless = zoo.load(name, num_classes=0, **ONE_BLOCK)
         assert headless(x).shape[feat_dim] == headless.num_features
 
 
@@ -105,12 +106,12 @@ def test_token_labelling_head_reads_the_stage_and_a_headless_model_ends_projecte
         assert headless.aux_head.in_features == 1024 and headless(_input(headless)).shape == (1, 5)
 
 
-@pytest.mark.e2e  # the slow tier: every model at full size, 10-25 s each
+@pytest.mark.variants("rmt_s_tl")
 @pytest.mark.parametrize("name", ALL)
-def test_intermediates_and_features_only_at_full_size(name):
+def test_intermediates_and_features_only_at_full_width(name):
     """timm's test_model_forward_intermediates and test_model_forward_features, on the meta device."""
     with torch.device("meta"):
-        model = zoo.load(name)
+        model = zoo.load(name, **ONE_BLOCK)
         info = FeatureInfo(model.feature_info, len(model.feature_info))
         x = _input(model)
         final, inters = model.forward_intermediates(x, output_fmt="NCHW")
@@ -119,13 +120,14 @@ def test_intermediates_and_features_only_at_full_size(name):
         assert len(inters) == len(info.channels()) >= 3
         for c, r, t in zip(info.channels(), info.reduction(), inters):
             assert t.shape[1] == c and t.shape[-1] <= math.ceil(x.shape[-1] / r) + 1
-        backbone = zoo.load(name, features_only=True)
+        backbone = zoo.load(name, features_only=True, **ONE_BLOCK)
         feats = backbone(x)
         assert len(feats) == len(backbone.feature_info.channels()) == len(dense)
         assert [f.shape[1] for f in feats] == backbone.feature_info.channels()
         assert backbone.feature_info.reduction() == [4, 8, 16, 32]
 
 
+@pytest.mark.variants
 @pytest.mark.parametrize("name", ALL)
 def test_group_matcher_places_every_parameter(name):
     """Layer-wise decay needs every parameter in a group, the stem first and the stages in order."""
@@ -138,6 +140,7 @@ def test_group_matcher_places_every_parameter(name):
 
 
 @pytest.mark.filterwarnings("ignore:NOTE. The nodes obtained by tracing")
+@pytest.mark.variants("rmt_s_tl")  # and the token-labelling head
 @pytest.mark.parametrize("name", OURS)
 def test_fx_trace_and_backward_and_grad_checkpointing(name):
     """timm's test_model_forward_fx, test_model_backward(_fx) and grad-checkpointing checks, one block per stage."""
@@ -168,6 +171,7 @@ def test_fx_trace_and_backward_and_grad_checkpointing(name):
         assert not missing, missing
 
 
+@pytest.mark.variants("rmt_s_tl")
 @pytest.mark.parametrize("name", OURS)
 def test_prune_intermediate_layers_and_getter_features(name):
     """timm's features_only with feature_cls='getter' and prune_intermediate_layers, one block per stage."""
@@ -189,16 +193,16 @@ def test_pruning_keeps_the_projection_while_forward_features_ends_with_it(name):
     """As timm's EfficientNet treats its conv head: pruning the head alone keeps a projection that ends
     forward_features; dropping a stage or prune_norm drops it; a projection that opens the head goes with it."""
     with torch.device("meta"):
-        x = _input(zoo.load(name))
-        kept = zoo.load(name)
+        x = _input(zoo.load(name, **ONE_BLOCK))
+        kept = zoo.load(name, **ONE_BLOCK)  # the widths decide; depth only adds time
         width = kept.head_hidden_size if kept.projection_at == "features" else kept.feature_info[-1]["num_chs"]
         kept.prune_intermediate_layers(indices=4)
         final, _ = kept.forward_intermediates(x)
         assert final.shape == kept.forward_features(x).shape and final.shape[-1] == width
         assert kept(x).shape == (1, width) and kept.num_classes == 0
-        cut = zoo.load(name)
+        cut = zoo.load(name, **ONE_BLOCK)
         cut.prune_intermediate_layers(indices=(0, 1, 2))
-        normless = zoo.load(name)
+        normless = zoo.load(name, **ONE_BLOCK)
         normless.prune_intermediate_layers(indices=4, prune_norm=True)
         for model in (cut, normless):
             assert model.projection_at == "none" and all(getattr(model, m) is None for m in model.projection_modules)
@@ -208,7 +212,7 @@ def test_pruning_keeps_the_projection_while_forward_features_ends_with_it(name):
 AUTOGRAD_MODES = {"inference_mode": torch.inference_mode, "no_grad": torch.no_grad, "grad": contextlib.nullcontext}
 
 
-@pytest.mark.e2e  # the slow tier: full-size forward and backward passes, minutes together
+@pytest.mark.e2e  # the slow tier: forward and backward passes in float32 and float64, 1-2 s each
 @pytest.mark.parametrize("first", AUTOGRAD_MODES)
 @pytest.mark.parametrize("name", ["rmt_t", "rmt_s", "internimage_t"])  # RMT: whole-image and decomposed stage 3
 def test_a_forward_in_any_autograd_mode_leaves_nothing_that_changes_later_ones(name, first):

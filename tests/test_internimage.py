@@ -126,6 +126,7 @@ def test_fixture_logits_and_features(fixture, name, impl, rel_err):
         assert rel_err(ours, ref) <= TOL
 
 
+@pytest.mark.variants
 @pytest.mark.parametrize("name", NAMES)
 def test_full_size_layout_equals_official(official_shapes, name):
     with torch.device("meta"):
@@ -258,6 +259,7 @@ def _small_model(fixture):
     return fx, model
 
 
+@pytest.mark.e2e  # torch.export traces the whole model, about 10 s
 def test_torch_export_with_dynamic_sizes(fixture, rel_err):
     fx, model = _small_model(fixture)
     dims = {0: torch.export.Dim("n", max=64), 2: torch.export.Dim("h", min=33, max=2048),

@@ -98,6 +98,7 @@ def test_register_family_refuses_a_second_registration_and_strays():
     assert "stray" not in zoo.families() and "stray_t" not in zoo.list_models()
 
 
+@pytest.mark.variants
 @pytest.mark.parametrize("name", ["swin_t", "swin_s", "swin_b", "maxvit_t", "maxvit_s", "maxvit_b"])
 def test_timm_families_use_in1k_tags_and_their_sizes(name):
     i = zoo.info(name)
