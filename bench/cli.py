@@ -605,8 +605,17 @@ def run_main(argv: Sequence[str]) -> int:
         emit(render_table(exc.rows, args.format, args.columns) + "\n" if exc.rows else "")
         raise
     show(outcome.rows, args.format, args.plot, args.columns)
-    print(f"{status_summary(outcome.rows)}; results in {args.out}", file=sys.stderr)
+    print(f"{status_summary(outcome.rows)}; results in {_where(args.out)}", file=sys.stderr)
     return exit_code(outcome.rows)
+
+
+def _where(out: str) -> str:
+    """Where the rows are: a launcher's jobs append to shards beside --out (which may then not exist itself)."""
+    shards = [p for p in result_files(out, quiet=True) if p != Path(out)]
+    if not shards:
+        return out
+    first = shards[0].name
+    return f"{out} and {len(shards)} shard file(s) beside it ({first}, ...), read as one by `bench.py report {out}`"
 
 
 def report_main(argv: Sequence[str]) -> int:

@@ -123,6 +123,14 @@ def check_output_path(path: PathLike, what: str, text_file: bool = False, folder
         raise OutputPathError(f"{what} {str(path)!r} lies under {str(parent)!r}, which is a file, not a folder.")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputPathError(f"{what} {str(path)!r} cannot be created: the folder {str(parent)!r} is not writable.")
+    try:  # access() says yes to root everywhere, also in /proc and /sys, which take no new files: try one
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.{TEMP_MARK}", dir=parent)
+    except OSError as exc:
+        raise OutputPathError(
+            f"{what} {str(path)!r} cannot be created: the folder {str(parent)!r} takes no new files ({exc.strerror})."
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def _same(a: Path, b: Path) -> bool:

@@ -1,8 +1,8 @@
 """Shared fixtures. Test modules take helpers as fixtures and never import each other or this file.
 
 The official fixtures are carried in tests/fixtures (see its README), so a clone needs nothing beside it. Tests that
-start processes, compile or export are marked `e2e` (the slow tier), and so are the larger variants of a check marked
-`variants`: `pytest -m "not e2e"` is the fast tier.
+run the harness's processes, or compile or export a model, are marked `e2e` (the slow tier), and so are the larger
+variants of a check marked `variants`: `pytest -m "not e2e"` is the fast tier.
 """
 
 from __future__ import annotations

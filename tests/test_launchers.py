@@ -172,6 +172,7 @@ def test_verbose_under_the_local_launcher_prints_progress(tmp_path, subprocess_e
     assert proc.returncode == 0, proc.stderr
     assert "job 1/1 (test_convnext, 1 row(s)) ended:" in proc.stderr  # the launcher's progress
     assert "running test_convnext: 1 row(s)" in proc.stderr and "worker done in" in proc.stderr  # the job's own
+    assert not out.exists() and f"results in {out} and 1 shard file(s) beside it (r.shard-" in proc.stderr
 
 
 def _alive(pid: int) -> bool:

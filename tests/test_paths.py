@@ -41,6 +41,16 @@ def test_folder_and_file_kinds(tmp_path):
     check_output_path(tmp_path / "new" / "deeper" / "r.jsonl", "--out", text_file=True)  # created on first write
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+@pytest.mark.parametrize("path", ["/proc/r.jsonl", "/proc/missing/deeper/r.jsonl"])
+def test_a_folder_that_takes_no_new_files_is_refused_even_for_root(path, tmp_path):
+    """access() grants root everything, /proc included, so a run as root would measure, then fail to write."""
+    with pytest.raises(OutputPathError, match=r"cannot be created: the folder '/proc' (is not writable|takes no new)"):
+        check_output_path(path, "--out", text_file=True)
+    check_output_path(tmp_path / "r.jsonl", "--out", text_file=True)
+    assert list(tmp_path.iterdir()) == []  # the probe that proved the folder writable is gone
+
+
 def test_same_file_by_name_link_or_hard_link(tmp_path):
     results = tmp_path / "r.jsonl"
     results.write_text("")
