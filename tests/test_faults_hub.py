@@ -4,7 +4,6 @@ conversion whose OUT_DIR changes meanwhile, is killed, or meets a full disk. Off
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -13,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Callable
 
 import pytest
 import timm
@@ -28,21 +28,6 @@ from hub.results import preview, published_rows, push_results
 from zoo import CheckpointError
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def put_in_cache(cache: Path, repo_id: str, files: dict[str, bytes], revision: str = "main") -> None:
-    """Lay `files` out as huggingface_hub's cache holds a repo at `revision` (blobs, snapshots, refs)."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    commit = hashlib.sha1(f"{repo_id}@{revision}".encode()).hexdigest()
-    snapshot = repo / "snapshots" / commit
-    snapshot.mkdir(parents=True, exist_ok=True)
-    (repo / "blobs").mkdir(exist_ok=True)
-    for name, content in files.items():
-        blob = repo / "blobs" / hashlib.sha256(content).hexdigest()
-        blob.write_bytes(content)
-        (snapshot / name).symlink_to(os.path.relpath(blob, snapshot))
-    (repo / "refs").mkdir(exist_ok=True)
-    (repo / "refs" / revision).write_text(commit)
 
 
 @pytest.fixture(scope="module")
@@ -62,20 +47,27 @@ def _same(model: torch.nn.Module, state: dict) -> bool:
     return all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
 
 
-def _repo_with_config(cache: Path, repo_id: str, weights: bytes, **pretrained_cfg) -> None:
-    config = {
-        "architecture": "rmt_t",
-        "num_classes": 1000,
-        "pretrained_cfg": {**zoo.info("rmt_t").pretrained_cfg(), **pretrained_cfg},
-    }
-    put_in_cache(cache, repo_id, {"model.safetensors": weights, "config.json": json.dumps(config).encode()})
+@pytest.fixture
+def repo_with_config(put_in_cache) -> Callable[..., None]:
+    def put(cache: Path, repo_id: str, weights: bytes, **pretrained_cfg) -> None:
+        """An rmt_t repo in the offline cache whose config.json's pretrained_cfg carries `pretrained_cfg`."""
+        config = {
+            "architecture": "rmt_t",
+            "num_classes": 1000,
+            "pretrained_cfg": {**zoo.info("rmt_t").pretrained_cfg(), **pretrained_cfg},
+        }
+        put_in_cache(cache, repo_id, {"model.safetensors": weights, "config.json": json.dumps(config).encode()})
+
+    return put
 
 
 # ---------------------------------------------------------------- the loader reads only the repo it was pointed at
 
 
 @pytest.mark.parametrize("field", ["absolute file", "relative file", "url", "hub id of another repo"])
-def test_a_repo_config_cannot_redirect_the_weights(field, two_weights, offline_cache, tmp_path, monkeypatch):
+def test_a_repo_config_cannot_redirect_the_weights(
+    field, two_weights, offline_cache, put_in_cache, repo_with_config, monkeypatch
+):
     repo_bytes, elsewhere, repo_state, _ = two_weights
     monkeypatch.chdir(elsewhere.parent)
     redirect = {
@@ -85,23 +77,25 @@ def test_a_repo_config_cannot_redirect_the_weights(field, two_weights, offline_c
         "hub id of another repo": {"hf_hub_id": "other/weights"},
     }[field]
     put_in_cache(offline_cache, "other/weights", {"model.safetensors": elsewhere.read_bytes()})
-    _repo_with_config(offline_cache, "evil/rmt", repo_bytes, **redirect)
+    repo_with_config(offline_cache, "evil/rmt", repo_bytes, **redirect)
     model = timm.create_model("hf-hub:evil/rmt", pretrained=True)
     assert "models--evil--rmt" in model.load_report.source
     assert _same(model, repo_state)
 
 
-def test_a_repo_config_naming_a_file_outside_the_repo_is_refused_in_one_sentence(two_weights, offline_cache):
-    _repo_with_config(offline_cache, "evil/rmt", two_weights[0], hf_hub_filename="../../models--other/x.safetensors")
+def test_a_repo_config_naming_a_file_outside_the_repo_is_refused_in_one_sentence(
+    two_weights, offline_cache, repo_with_config
+):
+    repo_with_config(offline_cache, "evil/rmt", two_weights[0], hf_hub_filename="../../models--other/x.safetensors")
     with pytest.raises(CheckpointError) as refused:
         timm.create_model("hf-hub:evil/rmt", pretrained=True)
     message = str(refused.value)
     assert "not a file inside that repo" in message and "\n" not in message and message.endswith(".")
 
 
-def test_the_caller_may_still_ask_for_another_file(two_weights, offline_cache):
+def test_the_caller_may_still_ask_for_another_file(two_weights, offline_cache, repo_with_config):
     repo_bytes, elsewhere, _, other_state = two_weights
-    _repo_with_config(offline_cache, "fine/rmt", repo_bytes)
+    repo_with_config(offline_cache, "fine/rmt", repo_bytes)
     model = timm.create_model("hf-hub:fine/rmt", pretrained=True, pretrained_cfg_overlay=dict(file=str(elsewhere)))
     assert _same(model, other_state)
     local = zoo.load("rmt_t", pretrained=True, pretrained_cfg_overlay=dict(file=str(elsewhere)))
