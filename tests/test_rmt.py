@@ -14,6 +14,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import zoo
 import zoo.rmt as rmt
+
+# The speed machinery and the attention paths are tested here as units, beside the model they serve: each test
+# names the private module it reaches into, and no other test module does.
+from zoo import _retention, _rmt_fast
 from zoo import CheckpointMismatchError
 from zoo._checkpoint import check_fits
 
@@ -195,12 +199,12 @@ def test_large_grid_paths_equal_full_masks(monkeypatch, rel_err, rmt_small):
     x = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
         full = model(x)
-        monkeypatch.setattr(rmt, "MAX_MASK_ELEMS", 100)
+        monkeypatch.setattr(_retention, "MAX_MASK_ELEMS", 100)
         for layer in model.layers:
             layer.Relpos._cache.clear()
         whole, column = (
-            model.layers[2].Relpos.masks(4, 6, torch.float32),
-            model.layers[0].Relpos.masks(16, 24, torch.float32),
+            model.layers[2].Relpos(4, 6, torch.float32)[2:],
+            model.layers[0].Relpos(16, 24, torch.float32)[2:],
         )
         assert [m.shape for m in whole] == [(4, 4, 4), (4, 6, 6)]  # 1-D tables, no (HW)^2 mask
         assert column[1].shape == (1, 2, 16, 16)  # compact, not repeated per column
@@ -219,7 +223,7 @@ def test_position_cache_is_one_lru_per_model_bounded_by_bytes_and_exact(monkeypa
     model = rmt.RMT(**rmt_small).eval()
     cache = model.layers[0].Relpos._cache
     assert all(layer.Relpos._cache is cache for layer in model.layers)
-    monkeypatch.setattr(rmt, "POSITION_CACHE_BYTES", 256 << 10)
+    monkeypatch.setattr(_rmt_fast, "POSITION_CACHE_BYTES", 256 << 10)
     sizes = [(32 + 4 * i, 48 + 2 * i) for i in range(16)]
     inputs = {s: torch.randn(1, 3, *s) for s in sizes}
     first = {}
@@ -229,7 +233,7 @@ def test_position_cache_is_one_lru_per_model_bounded_by_bytes_and_exact(monkeypa
             grids = [f.shape[-2:] for f in model.forward_intermediates(inputs[size], intermediates_only=True)]
             entries = list(cache._entries.values())
             assert cache.nbytes == sum(n for _, n in entries) == sum(_storage_bytes(t) for t, _ in entries)
-            assert 0 < cache.nbytes <= rmt.POSITION_CACHE_BYTES
+            assert 0 < cache.nbytes <= _rmt_fast.POSITION_CACHE_BYTES
             stages = [layer.Relpos._stage_id for layer in model.layers]
             assert list(cache._entries)[-4:] == [
                 (s, *g, torch.float32, torch.device("cpu")) for s, g in zip(stages, grids)
@@ -237,7 +241,7 @@ def test_position_cache_is_one_lru_per_model_bounded_by_bytes_and_exact(monkeypa
         assert len(cache) < 4 * len(sizes)  # the bound evicted
         for size in reversed(sizes):  # recent sizes hit, evicted ones are rebuilt
             assert torch.equal(model(inputs[size]), first[size])
-        monkeypatch.setattr(rmt, "POSITION_CACHE_BYTES", 1024)
+        monkeypatch.setattr(_rmt_fast, "POSITION_CACHE_BYTES", 1024)
         cache.clear()
         assert torch.equal(model(inputs[sizes[-1]]), first[sizes[-1]])
         assert all(n <= 1024 for _, n in cache._entries.values()) and cache.nbytes <= 1024
@@ -287,12 +291,9 @@ def test_flex_attention_matches_sdpa(chunkwise, rel_err):
     masa = rmt.ManhattanSelfAttention(32, 4, chunkwise).eval()
     x = torch.randn(2, 5, 7, 32)
     with torch.no_grad():
-        masa.attn_impl = "sdpa"
-        sdpa = masa(x, relpos(5, 7, x.dtype), relpos.decay)
-        masa.attn_impl = "matmul"
-        assert rel_err(masa(x, relpos(5, 7, x.dtype), relpos.decay), sdpa) <= 1e-5
-        masa.attn_impl = "flex"
-        flex = masa(x, relpos(5, 7, x.dtype), relpos.decay)
+        sdpa = masa(x, relpos(5, 7, x.dtype), relpos.decay, "sdpa")
+        assert rel_err(masa(x, relpos(5, 7, x.dtype), relpos.decay, "matmul"), sdpa) <= 1e-5
+        flex = masa(x, relpos(5, 7, x.dtype), relpos.decay, "flex")
     assert rel_err(flex, sdpa) <= TOL
 
 
@@ -370,14 +371,14 @@ def test_auto_attention_kernel_by_device_and_row_length(monkeypatch, device, siz
 
         return attend
 
-    monkeypatch.setattr(rmt, "_sdpa", recording("sdpa", rmt._sdpa))
-    monkeypatch.setattr(rmt, "_matmul_softmax", recording("matmul", rmt._matmul_softmax))
+    monkeypatch.setattr(_retention, "sdpa", recording("sdpa", _retention.sdpa))
+    monkeypatch.setattr(_retention, "matmul_softmax", recording("matmul", _retention.matmul_softmax))
     relpos = rmt.DecayPosition(32, 4, 2, 4, chunkwise).to(device)
     masa = rmt.ManhattanSelfAttention(32, 4, chunkwise).eval().to(device)
     x = torch.randn(1, *size, 32, device=device)
     with torch.no_grad():
         masa(x, relpos(*size, x.dtype), relpos.decay)
-    assert rmt.SHORT_ROW == 64 and seen == calls
+    assert _retention.SHORT_ROW == 64 and seen == calls
 
 
 class _OpCounter(TorchDispatchMode):
@@ -407,7 +408,7 @@ def test_attention_core_has_no_fp32_softmax_round_trip_under_cuda_autocast(monke
     q, k, v = (fake(torch.empty(8, 4, 56, 16, dtype=torch.bfloat16)) for _ in range(3))
     bias = fake(torch.empty(1, 4, 56, 56, dtype=torch.bfloat16))
     with mode, torch.no_grad(), torch.autocast("cuda", torch.bfloat16), _OpCounter() as seen:
-        out = rmt._matmul_softmax(q, k, v, bias)
+        out = _retention.matmul_softmax(q, k, v, bias)
     assert out.dtype == torch.bfloat16 and out.device.type == "cuda"
     assert seen.ops["_to_copy"] == 0 and seen.softmax_dtypes == {torch.bfloat16}
     with mode, torch.no_grad(), torch.autocast("cuda", torch.bfloat16), _OpCounter() as seen:
@@ -420,9 +421,9 @@ def test_attention_core_in_bf16_stays_within_tolerance_and_fp32_is_unchanged(rel
     q, k, v = (torch.randn(6, 4, 49, 16) for _ in range(3))
     bias = -torch.rand(1, 4, 49, 49)
     exact = torch.softmax(q @ k.transpose(-1, -2) + bias, -1) @ v
-    assert torch.equal(rmt._matmul_softmax(q, k, v, bias), torch.matmul(torch.softmax(q @ k.mT + bias, -1), v))
+    assert torch.equal(_retention.matmul_softmax(q, k, v, bias), torch.matmul(torch.softmax(q @ k.mT + bias, -1), v))
     with torch.autocast("cpu", torch.bfloat16), _OpCounter() as seen:
-        low = rmt._matmul_softmax(*(t.bfloat16() for t in (q, k, v)), bias.bfloat16())
+        low = _retention.matmul_softmax(*(t.bfloat16() for t in (q, k, v)), bias.bfloat16())
     assert low.dtype == torch.bfloat16 and seen.softmax_dtypes == {torch.bfloat16}
     assert rel_err(low.float(), exact) <= 3e-2
 
@@ -435,7 +436,7 @@ def _eager_ops(model: torch.nn.Module, x: torch.Tensor) -> collections.Counter:
 
 def _forget_folded(model: torch.nn.Module) -> torch.nn.Module:
     for conv in model.modules():
-        if isinstance(conv, rmt.DWConv2d):
+        if isinstance(conv, _rmt_fast.DWConv2d):
             conv._kept = None
     return model
 
@@ -492,11 +493,11 @@ def test_folded_conv_weights_recomputed_where_gradients_are_recorded(rmt_small):
 @pytest.mark.parametrize("kernel_size", [3, 5])
 def test_depthwise_taps_equal_the_conv(kernel_size, rel_err):
     torch.manual_seed(0)
-    conv = rmt.DWConv2d(24, kernel_size, residual=kernel_size == 3)
+    conv = _rmt_fast.DWConv2d(24, kernel_size, residual=kernel_size == 3)
     x = torch.randn(2, 24, 9, 13).permute(0, 2, 3, 1)  # NCHW memory seen as (B, H, W, C), as a stage's first block
     with torch.no_grad():
         weight, bias = conv._weights(x)
-        assert rel_err(rmt._depthwise_taps(x, weight, bias), conv(x)) <= 1e-6
+        assert rel_err(_rmt_fast.depthwise_taps(x, weight, bias), conv(x)) <= 1e-6
 
 
 @pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
@@ -509,7 +510,7 @@ def test_autocast_dtype_traces_fullgraph(autocast):
     x, weight = torch.randn(1, 5, 6, 8), torch.randn(8, 1, 3, 3)
 
     def core(q, k, v, bias, x, weight):
-        return rmt._matmul_softmax(q, k, v, bias), rmt._depthwise_taps(x, weight, None)
+        return _retention.matmul_softmax(q, k, v, bias), _rmt_fast.depthwise_taps(x, weight, None)
 
     torch._dynamo.reset()
     with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=autocast):
@@ -530,11 +531,11 @@ def test_compiled_depthwise_taps_fullgraph(monkeypatch, rel_err, rmt_small):
     x = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
         eager = model(x)
-    monkeypatch.setattr(rmt, "SHIFTED_CONV_DEVICES", ("cpu",))
+    monkeypatch.setattr(_rmt_fast, "SHIFTED_CONV_DEVICES", ("cpu",))
     torch._dynamo.reset()
     seen = []
-    real = rmt._depthwise_taps
-    monkeypatch.setattr(rmt, "_depthwise_taps", lambda *a: seen.append(a[1].shape[-1]) or real(*a))
+    real = _rmt_fast.depthwise_taps
+    monkeypatch.setattr(_rmt_fast, "depthwise_taps", lambda *a: seen.append(a[1].shape[-1]) or real(*a))
     with torch.no_grad():
         assert rel_err(torch.compile(model, backend="aot_eager", fullgraph=True)(x), eager) <= 1e-5
     assert sorted(set(seen)) == [3, 5] and len(seen) == 3 * 4  # pos, lepe, ffn dwconv in each of 4 blocks
