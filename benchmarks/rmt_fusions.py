@@ -11,7 +11,7 @@ policy, where softmax runs in fp32; position tables are built on CPU and faked).
 fusions replaced: the folded kernels rebuilt on every call, and the attention core run under autocast.
 Timings, interleaved round by round (fp32, inference_mode, 224x224, medians): official eager and compiled where
 they run, ours eager, ours eager before, ours compiled (the conv, as CPU graphs take it) and ours compiled with
-the shifted multiply-add depthwise convs (`_depthwise_taps`, which compiled graphs take on CUDA).
+the shifted multiply-add depthwise convs (`_rmt_fast.depthwise_taps`, which compiled graphs take on CUDA).
 Writes OUT/rmt_fusions.{json,md}.
 """
 
@@ -32,7 +32,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 
 import zoo
-import zoo.rmt as rmt
+from zoo import _retention, _rmt_fast
 from benchmarks._common import (
     Timed,
     failed_lines,
@@ -79,8 +79,8 @@ def _old_matmul_softmax(q, k, v, bias):
 def before_fusions():
     """The code before the fusions: folded kernels rebuilt on every call, the attention core under autocast."""
     with (
-        mock.patch.object(rmt.DWConv2d, "_weights", lambda self, x: (self._fold(), self.conv.bias)),
-        mock.patch.object(rmt, "_matmul_softmax", _old_matmul_softmax),
+        mock.patch.object(_rmt_fast.DWConv2d, "_weights", lambda self, x: (self._fold(), self.conv.bias)),
+        mock.patch.object(_retention, "matmul_softmax", _old_matmul_softmax),
     ):
         yield
 
@@ -166,7 +166,7 @@ def build_paths(
             return before(x)
 
     def ours_shifted():
-        with mock.patch.object(rmt, "SHIFTED_CONV_DEVICES", ("cpu", "cuda")):
+        with mock.patch.object(_rmt_fast, "SHIFTED_CONV_DEVICES", ("cpu", "cuda")):
             return shifted(x)
 
     paths += [Timed("ours eager", lambda: ours(x)), Timed("ours eager before", ours_before)]

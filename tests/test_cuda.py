@@ -14,6 +14,7 @@ import torch
 
 import zoo.internimage as ii
 import zoo.rmt as rmt
+from zoo import _retention, _rmt_reference  # the CUDA side of test_rmt.py's unit checks of these paths
 from bench.measure import Energy, Latency, Memory, time_steps
 
 
@@ -58,7 +59,7 @@ def test_rmt_auto_takes_both_kernels_by_row_length(dtype, rel_err, rmt_pair):
     """An input whose first stage has rows longer than SHORT_ROW: "auto" runs those on SDPA and every shorter row
     (columns, later stages) on matmul-softmax, in one forward."""
     model, reference, _ = rmt_pair("auto")
-    x = torch.randn(1, 3, 64, 4 * (rmt.SHORT_ROW + 8), device="cuda")  # stage 1: 16 x 72 tokens
+    x = torch.randn(1, 3, 64, 4 * (_retention.SHORT_ROW + 8), device="cuda")  # stage 1: 16 x 72 tokens
     with torch.no_grad():
         ref = reference(x)
         with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
@@ -84,13 +85,12 @@ def test_flex_attention_matches_reference(chunkwise, dtype, rel_err):
     Head dim 16, the least CUDA's FlexAttention kernels take (every RMT variant has 16 or more)."""
     torch.manual_seed(0)
     relpos = rmt.DecayPosition(64, 4, 2, 4, chunkwise).cuda()
-    masa = rmt.ManhattanSelfAttention(64, 4, chunkwise, attn_impl="reference").eval().cuda()
+    masa = rmt.ManhattanSelfAttention(64, 4, chunkwise).eval().cuda()
     x = torch.randn(2, 6, 6, 64, device="cuda")
     with torch.no_grad():
-        ref = masa(x, relpos(6, 6, x.dtype, cached=False), relpos.decay)
-        masa.attn_impl = "flex"
+        ref = _rmt_reference.retention(masa, x, _rmt_reference.tables(relpos, 6, 6, x.dtype))
         with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
-            out = masa(x, relpos(6, 6, x.dtype), relpos.decay)
+            out = masa(x, relpos(6, 6, x.dtype), relpos.decay, "flex")
     assert out.dtype == dtype and rel_err(out.float(), ref) <= LOW_TOL.get(dtype, TOL)
 
 

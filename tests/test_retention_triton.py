@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from zoo import _retention_triton as rt
-from zoo import rmt
+from zoo import _retention, _rmt_fast, rmt
 
 
 def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
@@ -74,8 +74,7 @@ def _masa(dim: int, heads: int, chunkwise: bool, dtype: torch.dtype, x: torch.Te
     outs = {}
     with torch.no_grad():
         for impl in ("matmul", "triton"):
-            masa.attn_impl = impl
-            outs[impl] = masa(x.to(dtype), relpos(x.shape[1], x.shape[2], dtype), relpos.decay)
+            outs[impl] = masa(x.to(dtype), relpos(x.shape[1], x.shape[2], dtype), relpos.decay, impl)
     return outs
 
 
@@ -85,7 +84,7 @@ def _dense_pass(grid: tuple[int, int], which: int) -> float:
     b, n, d = 1, 1, 16
     h, w = grid
     relpos = rmt.DecayPosition(n * d, n, 2, 4, True)
-    mask_w, mask_h = relpos.masks(h, w, torch.float32)
+    mask_w, mask_h = _rmt_fast.decay_masks(*relpos.distances(h, w, torch.float32), True)
     q, k = torch.randn(2, b, h, n, w, d)  # as _rotate writes them
     v = torch.randn(b, h, w, n * d).view(b, h, w, n, d)  # a view of the projection, as MaSA passes it
     out, launches = rt.launches(q, k, v, relpos.decay, chunkwise=True)
@@ -96,10 +95,10 @@ def _dense_pass(grid: tuple[int, int], which: int) -> float:
         rows.copy_(torch.randn(rows.shape))
     rt._kernel()[grid_](*args, **meta)
     if which == 0:
-        ref = rmt._matmul_softmax(q.flatten(0, 1), k.flatten(0, 1), v.transpose(2, 3).flatten(0, 1), mask_w)
+        ref = _retention.matmul_softmax(q.flatten(0, 1), k.flatten(0, 1), v.transpose(2, 3).flatten(0, 1), mask_w)
         return rel_err(rows.flatten(0, 1), ref)
     cols = lambda t: t.permute(0, 3, 2, 1, 4).reshape(b * w, n, h, d)  # noqa: E731
-    ref = rmt._matmul_softmax(cols(q), cols(k), cols(rows), mask_h)  # (b*w, N, h, d)
+    ref = _retention.matmul_softmax(cols(q), cols(k), cols(rows), mask_h)  # (b*w, N, h, d)
     return rel_err(out.permute(0, 2, 3, 1, 4).reshape(b * w, n, h, d), ref)
 
 
