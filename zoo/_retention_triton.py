@@ -9,10 +9,9 @@ Predicted, not measured: one row pass of rmt_s's stage 1 at 224x224, batch 256, 
 matmul-softmax writes them and reads them back at least twice (scores, then probabilities), >= 4 x 180 M x 2 B =
 1.4 GB in bf16, where the fused pass moves q, k, v and its output, 4 x 103 MB, and no mask.
 
-Opt-in until a GPU measurement shows it faster than "auto" (then "auto" takes it on CUDA). The GPU check: time ours
-eager with attn_impl="triton" beside "auto" and "sdpa" in benchmarks/rmt_gpu.py's throughput setting (rmt_s, batch
-256, bf16 autocast), whose output check covers every path it times. Adding "triton" to that setting's `attn_impls`
-is a two-line change there (the line would pass 120 characters), so it is left to the GPU session.
+Opt-in until a GPU measurement shows it faster than "auto" (then "auto" takes it on CUDA): benchmarks/rmt_gpu.py's
+throughput setting (rmt_s, batch 256, bf16 autocast) times it, eager and compiled, beside "auto" and "sdpa", and its
+output check covers every path it times.
 
 Devices: CUDA tensors run the compiled kernel. CPU tensors run only through Triton's interpreter, which takes
 TRITON_INTERPRET=1 set before triton is first imported (Triton's own library functions are jitted or interpreted

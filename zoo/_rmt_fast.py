@@ -184,7 +184,7 @@ class DWConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, bias = self._weights(x)
-        if x.device.type in SHIFTED_CONV_DEVICES and torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() and x.device.type in SHIFTED_CONV_DEVICES:  # x is a Proxy under FX
             return depthwise_taps(x, weight, bias)
         # A stage's first block gets NCHW-ordered memory from the downsampling conv; one copy here puts the whole
         # residual stream in contiguous (B, H, W, C), which LayerNorm and the linear layers read without copies.
