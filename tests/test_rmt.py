@@ -17,7 +17,7 @@ import zoo.rmt as rmt
 
 # The speed machinery and the attention paths are tested here as units, beside the model they serve: each test
 # names the private module it reaches into, and no other test module does.
-from zoo import _retention, _rmt_fast
+from zoo import _retention, _rmt_fast, _rmt_reference
 from zoo import CheckpointMismatchError
 from zoo._checkpoint import check_fits
 
@@ -314,6 +314,26 @@ def test_drop_path_rate_rises_linearly():
 def test_bad_attn_impl_is_one_sentence(rmt_small):
     with pytest.raises(ValueError, match="attn_impl must be one of auto, matmul, sdpa, flex, reference"):
         rmt.RMT(**rmt_small, attn_impl="cuda")
+
+
+def test_set_attn_impl_is_the_one_switch(monkeypatch, rmt_small):
+    """The constructor's and set_attn_impl's choice reaches every block: each attention call runs the path named,
+    and "reference" runs the official-shaped blocks instead (no call of the fast attention at all)."""
+    seen = []
+    attend, block = rmt.attend, _rmt_reference.block
+    monkeypatch.setattr(rmt, "attend", lambda impl, *a: seen.append(impl) or attend(impl, *a))
+    monkeypatch.setattr(_rmt_reference, "block", lambda *a: seen.append("official block") or block(*a))
+    model = rmt.RMT(**rmt_small, attn_impl="sdpa").eval()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        model(x)
+        assert seen == ["sdpa"] * 4
+        seen.clear()
+        model.set_attn_impl("reference")(x)
+        assert seen == ["official block"] * 4
+        seen.clear()
+        model.set_attn_impl("matmul")(x)
+    assert seen == ["matmul"] * 4
 
 
 @pytest.mark.parametrize("impl", ["auto", "sdpa"])
