@@ -13,7 +13,18 @@ import torch.nn.functional as F
 
 from . import _retention_triton
 
-__all__ = ["ATTN_IMPLS", "attend", "autocast_dtype", "check_impl", "in_graph", "manhattan_bias"]
+__all__ = [
+    "ATTN_IMPLS",
+    "MAX_MASK_ELEMS",
+    "SHORT_ROW",
+    "attend",
+    "autocast_dtype",
+    "check_impl",
+    "in_graph",
+    "manhattan_bias",
+    "matmul_softmax",
+    "sdpa",
+]
 
 ATTN_IMPLS = ("auto", "matmul", "sdpa", "flex", "reference", "triton")
 # Above this many mask elements (heads x L x L), the whole-image form works in query blocks (64 MB in fp32).

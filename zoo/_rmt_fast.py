@@ -18,7 +18,16 @@ import torch.nn.functional as F
 from . import _retention
 from ._retention import autocast_dtype, in_graph, manhattan_bias
 
-__all__ = ["POSITION_CACHE_BYTES", "PositionCache", "DWConv2d", "decay_masks", "rotary_tables", "rotate"]
+__all__ = [
+    "POSITION_CACHE_BYTES",
+    "SHIFTED_CONV_DEVICES",
+    "PositionCache",
+    "DWConv2d",
+    "decay_masks",
+    "depthwise_taps",
+    "rotary_tables",
+    "rotate",
+]
 
 # What one model keeps of its position tables and masks: every stage's at any one input size up to dense-prediction
 # sizes (rmt_t: 47 MiB at 512x512, 44 MiB at 800x1344, 3.3 MiB at 224x224).
