@@ -21,27 +21,13 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from zoo import run_cli
+from common.cli import EXIT_OK, OneLineParser, UsageError, emit, run_cli
+from common.paths import OutputPathError, WriteError, check_distinct, check_output_path, ignore_file_size_signal
 
-from .args import (
-    EXIT_BROKEN_PIPE,
-    EXIT_FAILED,
-    EXIT_OK,
-    EXIT_OUTPUT,
-    EXIT_UNAVAILABLE,
-    EXIT_USAGE,
-    OneLineParser,
-    UsageError,
-    emit,
-    exit_code,
-    input_sizes,
-    positive_float,
-    positive_int,
-)
+from .args import exit_code, input_sizes, positive_float, positive_int
 from .backends import BACKENDS
 from .launchers import LAUNCHERS, LauncherUnavailable
 from .options import add_flags, flag_of, given
-from .paths import OutputPathError, WriteError, check_distinct, check_output_path, ignore_file_size_signal
 from .precision import ALIASES, PRECISIONS, described, names
 from .report import (
     BY_NAME,
@@ -62,14 +48,6 @@ __all__ = [
     "build_parser",
     "parse_run_args",
     "grid",
-    "exit_code",
-    # bench.py's exit codes (bench/args.py), importable from here as before
-    "EXIT_OK",
-    "EXIT_OUTPUT",
-    "EXIT_USAGE",
-    "EXIT_UNAVAILABLE",
-    "EXIT_FAILED",
-    "EXIT_BROKEN_PIPE",
 ]
 
 DEFAULTS = Settings()
@@ -646,7 +624,7 @@ def report_main(argv: Sequence[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """bench.py's exit codes: the shared policy (zoo/_cli.py) and the rows' own (bench/args.py)."""
+    """bench.py's exit codes: the shared policy (common/cli.py) and the rows' own (bench/args.py)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     ignore_file_size_signal()
     return run_cli(lambda: report_main(argv[1:]) if argv[:1] == ["report"] else run_main(argv), failures=(WriteError,))

@@ -21,7 +21,8 @@ import torch
 import torch.nn as nn
 
 import zoo
-from bench.env import cpu_name, git_commit
+from bench.env import cpu_name
+from common.provenance import git_commit
 from bench.device import synchronize
 from zoo.rmt import checkpoint_filter_fn
 

@@ -19,7 +19,7 @@ from typing import Any
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from bench.columns import get_field
-from bench.env import REPO_ROOT
+from common.provenance import REPO_ROOT
 from bench.report import plot, render_table, status_summary
 
 from .publish import PublishError, UploadPlan, check_repo_id, list_files, publish

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("zoo", "bench", "hub", "benchmarks")
+PACKAGES = ("common", "zoo", "bench", "hub", "benchmarks")
 
 
 def _table() -> list[tuple[str, str]]:
@@ -28,7 +28,7 @@ def test_the_table_names_places_that_exist_and_registries_defined_once():
     assert len(rows) >= 8 and rows[0][0].startswith("a precision")
     sources = {p: p.read_text() for pkg in PACKAGES for p in (REPO / pkg).rglob("*.py")}
     for change, place in rows:
-        files = [REPO / f for f in re.findall(r"`((?:zoo|bench|hub|benchmarks)/[\w/]+\.py)`", place)]
+        files = [REPO / f for f in re.findall(r"`((?:common|zoo|bench|hub|benchmarks)/[\w/]+\.py)`", place)]
         names = [n for n in re.findall(r"`([A-Za-z_]+)`", place)]
         assert files or "<family>" in place, change
         for file in files:

@@ -21,7 +21,8 @@ from PIL import Image
 import zoo
 
 from bench import accuracy, cli, env, runner
-from bench.args import UsageError, input_sizes
+from bench.args import input_sizes
+from common.cli import UsageError
 from bench.results import append_row
 from bench.runner import group_rows, measured_as_asked, run
 from bench.spec import RowSpec, RunRequest, Settings

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import save_file
 
 import zoo
-from bench.env import REPO_ROOT
+from common.provenance import REPO_ROOT
 from hub.__main__ import main as hub_main
 from hub.convert import ConversionError, convert
 from hub.publish import PublishError, plan_upload
