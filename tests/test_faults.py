@@ -244,7 +244,7 @@ class _FakeNVML(types.ModuleType):
 def test_energy_per_image_from_nvml(monkeypatch):
     fake = _FakeNVML()
     monkeypatch.setitem(sys.modules, "pynvml", fake)
-    monkeypatch.setattr("bench.measure._nvml_handle", lambda nvml, index: "handle")
+    monkeypatch.setattr("bench.measure._nvml_handle", lambda nvml, index: "handle")  # no GPU to find here
     monkeypatch.setattr("bench.measure.is_cuda", lambda device: True)
     clock = iter([10.0, 12.0])
     monkeypatch.setattr("bench.measure.time.perf_counter", lambda: next(clock))

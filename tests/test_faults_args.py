@@ -99,6 +99,7 @@ def test_resume_re_measures_a_row_timed_with_fewer_iterations_or_warm_up(tmp_pat
     results = tmp_path / "r.jsonl"
     machine = env.device_name("cpu")
     measured: list[list[RowSpec]] = []
+    # records the groups the runner would start workers for, instead of starting them
     monkeypatch.setattr(runner._Run, "group", lambda self, specs: measured.append(specs))
     asked = Settings(warmup=5, iters=20)
     cases = [(False, {"iters": 2, "warmup": 0}), (False, {"iters": 20, "warmup": 2}),
@@ -226,5 +227,5 @@ def test_a_rank_that_stops_ends_the_run_within_the_timeout(other, tmp_path):
 def test_the_default_timeout_is_bounded_and_documented():
     assert accuracy.DEFAULT_TIMEOUT_S == 300
     assert datetime.timedelta(seconds=accuracy.DEFAULT_TIMEOUT_S) < datetime.timedelta(minutes=30)
-    assert "--timeout-s" in accuracy._parser().format_help()
+    assert "--timeout-s" in accuracy._parser().format_help()  # the help text, without running the entry point
     assert "--timeout-s" in (REPO / "README.md").read_text()

@@ -146,7 +146,7 @@ def test_slurm_options_reach_the_sbatch_file(tmp_path, monkeypatch, capsys):
     )
     group = [RowSpec("rmt_s", "eager", "amp-bf16", 1, (224, 224), "cuda")]
     executor = Slurm(options).executor(tmp_path / "submitit", Settings(), [group])
-    text = executor._make_submission_file_text("python -c pass", "uid")
+    text = executor._make_submission_file_text("python -c pass", "uid")  # submitit's script, without a cluster
     for line in (
         "--partition=gpu",
         "--account=vision",

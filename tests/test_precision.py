@@ -28,9 +28,10 @@ def fake_precision(monkeypatch) -> str:
     return name
 
 
-def test_a_new_precision_lands_everywhere_from_its_table_entry(fake_precision, make_spec, tmp_path, capsys):
-    parser = cli.build_parser()
-    assert fake_precision in parser._option_string_actions["--precision"].help
+def test_a_new_precision_lands_everywhere_from_its_table_entry(
+    fake_precision, bench_flags, make_spec, tmp_path, capsys
+):
+    assert fake_precision in bench_flags["--precision"].help
     args = cli.parse_run_args(["--models", "swin_t", "--precision", fake_precision, "--bench", "train", "--out",
                                str(tmp_path / "r.jsonl")])  # fmt: skip
     assert args.precision == [fake_precision]  # accepted, and trainable
