@@ -51,10 +51,6 @@ __all__ = [
 ]
 
 DEFAULTS = Settings()
-PUSH_MOVED = (
-    "upload results with `python -m hub push-results RESULTS... --repo ORG/NAME` (--dry-run, --private, --token as "
-    "before), so that the harness does not depend on the Hub tooling above it"
-)
 DEFAULT_RESULTS = "bench_results/results.jsonl"
 
 # `python bench.py` with no arguments: a small CPU comparison that finishes in a few minutes. One thread, because
@@ -278,12 +274,6 @@ def _report_parser() -> argparse.ArgumentParser:
     _add_table_options(p)
     p.add_argument("--plot", metavar="PNG", help="save accuracy vs throughput (png, pdf or svg)")
     p.add_argument("--all", action="store_true", help="every row, not only the newest per measurement")
-    # Moved to `python -m hub push-results` (the harness does not import the Hub tooling); still parsed, so the old
-    # command gets the sentence that says where it went rather than "unrecognized arguments".
-    p.add_argument("--push-to-hub", metavar="ORG/NAME", help=f"moved: {PUSH_MOVED}")
-    for flag in ("--dry-run", "--private"):
-        p.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--token", help=argparse.SUPPRESS)
     return p
 
 
@@ -598,8 +588,6 @@ def _where(out: str) -> str:
 
 def report_main(argv: Sequence[str]) -> int:
     args = _report_parser().parse_args(argv)
-    if args.push_to_hub or args.dry_run or args.private or args.token:
-        raise UsageError(f"--push-to-hub moved: {PUSH_MOVED}.")
     for path in args.results:
         if os.path.isdir(path):
             raise UsageError(f"Results file {path!r} is a folder; give the results .jsonl file in it.")

@@ -1,6 +1,6 @@
 """RMT on a GPU against the official qhfan/RMT code, same weights, interleaved in one process.
 
-    python -m benchmarks.rmt_gpu --official .gl/RMT.py --out OUT   # a CUDA machine (H200: about 6 min, estimated)
+    python -m benchmarks.rmt_gpu --official .gl/RMT.py --out OUT   # a CUDA machine
     python -m benchmarks.rmt_gpu --official .gl/RMT.py --out OUT --parts latency   # one part only
     python -m benchmarks.rmt_gpu --official .gl/RMT.py --out OUT --rehearse   # CPU, tiny sizes: the plumbing only
 
@@ -8,9 +8,9 @@ rmt_s at 224x224 in two settings: bf16 autocast at batch 256 (throughput) and fp
 interleaved round by round: official eager, official torch.compile, ours eager (attn_impl="auto"), ours
 torch.compile(fullgraph=True); compiled graphs are static (dynamic=False), and at batch 1 use CUDA graphs
 (mode="reduce-overhead", both implementations), the usual way to serve batch 1 when launches dominate. The throughput
-setting also times ours eager with attn_impl="sdpa" (what "auto" took on GPUs before SHORT_ROW) and with
-attn_impl="triton" (the opt-in fused retention kernel, compiled too), and swin_t, eager and compiled, timm's own code
-at equal GMACs. The official model's random initial weights are loaded into ours
+setting also times ours eager with attn_impl="sdpa" (PyTorch's fused attention, against which "auto"'s choice is
+checked) and with attn_impl="triton" (the opt-in fused retention kernel, compiled too), and swin_t, eager and
+compiled, timm's own code at equal GMACs. The official model's random initial weights are loaded into ours
 (`checkpoint_filter_fn`, strict). Before timing, every path's output is checked against the eager fp32 output of its
 own code on the same input: 1e-4 in fp32, 5e-2 under bf16 autocast (the harness's bf16 bound: bf16 keeps 8
 significant bits and errors compound over rmt_s's 29 blocks); the official bf16's own error is reported beside ours.

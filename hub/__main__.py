@@ -82,7 +82,6 @@ def _parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="print each row as it would be uploaded and the files, upload nothing"
     )
     r.add_argument("--public", action="store_true", help="create the dataset repo public (default: private)")
-    r.add_argument("--private", action="store_true", help=argparse.SUPPRESS)  # the default; kept for old commands
     r.add_argument(
         "--include-host", action="store_true", help="publish host names and local paths too (default: redacted)"
     )
@@ -98,8 +97,6 @@ def _push_results(args: argparse.Namespace) -> None:
 
     from .results import preview, push_results
 
-    if args.private and args.public:
-        raise PublishError("Give either --public or --private (the default), not both.")
     check_repo_id(args.repo)
     for path in args.results:
         if Path(path).is_dir() or not result_files(path):
