@@ -9,7 +9,7 @@ import pytest
 import timm
 import torch
 from safetensors.torch import save_file
-from timm.models._features import FeatureInfo
+from timm.models import FeatureInfo
 
 import zoo
 import zoo.internimage as ii
