@@ -27,18 +27,17 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader, has_file_allowed_extension
 
 import zoo
-
-from .args import (
-    EXIT_FAILED,
-    EXIT_OUTPUT,
-    EXIT_USAGE,
-    OneLineParser,
-    UsageError,
-    input_sizes,
-    positive_float,
-    positive_int,
+from common.cli import EXIT_USAGE, OneLineParser, UsageError
+from common.paths import (
+    OutputPathError,
+    WriteError,
+    check_distinct,
+    check_output_path,
+    ignore_file_size_signal,
+    write_atomic,
 )
-from .paths import OutputPathError, WriteError, check_distinct, check_output_path, ignore_file_size_signal, write_atomic
+
+from .args import EXIT_FAILED, EXIT_OUTPUT, input_sizes, positive_float, positive_int
 
 __all__ = [
     "DataError",

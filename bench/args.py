@@ -1,8 +1,5 @@
-"""What every command line of the harness shares: one-sentence usage errors, exit codes, value parsers and a
-standard output that survives `| head -1` (the policy and writer are the zoo's, shared with `python -m zoo` and
-`python -m hub`; see zoo/_cli.py).
-
-bench.py, bench.suite and bench.accuracy parse with these, so a bad value reads the same everywhere.
+"""What the harness's command lines add to the project's shared policy (common/cli.py): the rows' exit codes and
+the value parsers. bench.py, bench.suite and bench.accuracy parse with these, so a bad value reads the same everywhere.
 """
 
 from __future__ import annotations
@@ -10,39 +7,19 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from zoo import (
-    EXIT_BROKEN_PIPE,
-    EXIT_FAILURE,
-    EXIT_OK,
-    EXIT_USAGE,
-    OneLineParser,
-    OutputError,
-    ReaderGone,
-    UsageError,
-    emit,
-    exit_interrupted,
-)
+from common.cli import EXIT_FAILURE, EXIT_OK, UsageError
 
 __all__ = [
-    "EXIT_OK",
     "EXIT_OUTPUT",
-    "EXIT_USAGE",
     "EXIT_UNAVAILABLE",
     "EXIT_FAILED",
-    "EXIT_BROKEN_PIPE",
-    "exit_interrupted",
     "exit_code",
-    "UsageError",
-    "OneLineParser",
-    "OutputError",
-    "ReaderGone",
-    "emit",
     "positive_int",
     "positive_float",
     "input_sizes",
 ]
 
-# The shared policy (zoo/_cli.py: 0 done, 1 failure such as an output (standard output, results, a plot) that could
+# The shared policy (common/cli.py: 0 done, 1 failure such as an output (standard output, results, a plot) that could
 # not be written, 2 bad arguments, 128 + signal when stopped, 141 reader gone), plus the harness's own: 3 a backend is
 # unavailable here or a model cannot take an input size (all other rows ok); 4 a row ran out of memory, failed or
 # disagreed with eager.

@@ -10,7 +10,6 @@ one-sentence reason that goes into the row. A new backend is one class here plus
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import inspect
 import time
@@ -95,10 +94,6 @@ class Backend:
         if spec.mode == "train" and not cls.trains:
             return f"The {cls.name} backend builds inference-only graphs, so it has no training step to time."
         return cls.unavailable_reason(spec.device)
-
-    @classmethod
-    def defaults(cls) -> dict[str, Any]:
-        return {f.name: f.default for f in dataclasses.fields(cls.Options)}
 
     def _once_per_size(self, spec: RowSpec, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         """Diagnostics that do not depend on the batch size, computed at the first row of each input size."""

@@ -21,27 +21,13 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from zoo import run_cli
+from common.cli import EXIT_OK, OneLineParser, UsageError, emit, run_cli
+from common.paths import OutputPathError, WriteError, check_distinct, check_output_path, ignore_file_size_signal
 
-from .args import (
-    EXIT_BROKEN_PIPE,
-    EXIT_FAILED,
-    EXIT_OK,
-    EXIT_OUTPUT,
-    EXIT_UNAVAILABLE,
-    EXIT_USAGE,
-    OneLineParser,
-    UsageError,
-    emit,
-    exit_code,
-    input_sizes,
-    positive_float,
-    positive_int,
-)
+from .args import exit_code, input_sizes, positive_float, positive_int
 from .backends import BACKENDS
 from .launchers import LAUNCHERS, LauncherUnavailable
 from .options import add_flags, flag_of, given
-from .paths import OutputPathError, WriteError, check_distinct, check_output_path, ignore_file_size_signal
 from .precision import ALIASES, PRECISIONS, described, names
 from .report import (
     BY_NAME,
@@ -62,21 +48,9 @@ __all__ = [
     "build_parser",
     "parse_run_args",
     "grid",
-    "exit_code",
-    # bench.py's exit codes (bench/args.py), importable from here as before
-    "EXIT_OK",
-    "EXIT_OUTPUT",
-    "EXIT_USAGE",
-    "EXIT_UNAVAILABLE",
-    "EXIT_FAILED",
-    "EXIT_BROKEN_PIPE",
 ]
 
 DEFAULTS = Settings()
-PUSH_MOVED = (
-    "upload results with `python -m hub push-results RESULTS... --repo ORG/NAME` (--dry-run, --private, --token as "
-    "before), so that the harness does not depend on the Hub tooling above it"
-)
 DEFAULT_RESULTS = "bench_results/results.jsonl"
 
 # `python bench.py` with no arguments: a small CPU comparison that finishes in a few minutes. One thread, because
@@ -300,12 +274,6 @@ def _report_parser() -> argparse.ArgumentParser:
     _add_table_options(p)
     p.add_argument("--plot", metavar="PNG", help="save accuracy vs throughput (png, pdf or svg)")
     p.add_argument("--all", action="store_true", help="every row, not only the newest per measurement")
-    # Moved to `python -m hub push-results` (the harness does not import the Hub tooling); still parsed, so the old
-    # command gets the sentence that says where it went rather than "unrecognized arguments".
-    p.add_argument("--push-to-hub", metavar="ORG/NAME", help=f"moved: {PUSH_MOVED}")
-    for flag in ("--dry-run", "--private"):
-        p.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--token", help=argparse.SUPPRESS)
     return p
 
 
@@ -620,8 +588,6 @@ def _where(out: str) -> str:
 
 def report_main(argv: Sequence[str]) -> int:
     args = _report_parser().parse_args(argv)
-    if args.push_to_hub or args.dry_run or args.private or args.token:
-        raise UsageError(f"--push-to-hub moved: {PUSH_MOVED}.")
     for path in args.results:
         if os.path.isdir(path):
             raise UsageError(f"Results file {path!r} is a folder; give the results .jsonl file in it.")
@@ -646,7 +612,7 @@ def report_main(argv: Sequence[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """bench.py's exit codes: the shared policy (zoo/_cli.py) and the rows' own (bench/args.py)."""
+    """bench.py's exit codes: the shared policy (common/cli.py) and the rows' own (bench/args.py)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     ignore_file_size_signal()
     return run_cli(lambda: report_main(argv[1:]) if argv[:1] == ["report"] else run_main(argv), failures=(WriteError,))

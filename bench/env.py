@@ -5,16 +5,14 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .device import cuda_present
+from common.provenance import command_line, git_commit
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from .device import cuda_present
 
 
 def _version(dist: str) -> str | None:
@@ -22,17 +20,6 @@ def _version(dist: str) -> str | None:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
         return None
-
-
-def _run(cmd: list[str]) -> str | None:
-    """First line of a helper command's output, or None when it is missing or fails."""
-    if shutil.which(cmd[0]) is None:
-        return None
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10, cwd=REPO_ROOT)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
 
 
 def cpu_name() -> str:
@@ -44,18 +31,6 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def git_commit() -> str | None:
-    """HEAD of this repository, suffixed '-dirty' when the tree has uncommitted changes; without a git checkout,
-    $RMT_ZOO_COMMIT (benchmarks/gpu_run.sh sets it from the carried wheel's build commit)."""
-    head = _run(["git", "rev-parse", "HEAD"])
-    if head is None:  # a copy without .git (the lent GPU machine): the commit its wheel was built from, if given
-        return os.environ.get("RMT_ZOO_COMMIT")
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, cwd=REPO_ROOT
-    )
-    return head + ("-dirty" if dirty.stdout.strip() else "")
 
 
 def device_name(device: str) -> str:
@@ -71,7 +46,9 @@ def collect_env(device: str) -> dict[str, Any]:
     return {
         "device_name": device_name(device),
         "hostname": platform.node(),
-        "gpu_driver": _run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]) if cuda else None,
+        "gpu_driver": command_line(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])
+        if cuda
+        else None,
         "cuda": torch.version.cuda if cuda else None,
         "cudnn": torch.backends.cudnn.version() if cuda else None,
         "torch": torch.__version__,

@@ -25,8 +25,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
+from common.provenance import REPO_ROOT
+
 from .args import positive_int
-from .env import REPO_ROOT
 from .options import NoOptions, option
 from .results import append_row, iter_results, shard_path
 from .runner import Interrupted, Outcome, crash_reason, group_rows, stopped_by_sigterm, unmeasured_row

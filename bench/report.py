@@ -17,7 +17,7 @@ from tabulate import tabulate, tabulate_formats
 from .backends import options_label
 from .columns import Column, get_field, printable
 from .schema import NOTES, csv_fields, row_schema, table_columns
-from .paths import write_atomic
+from common.paths import write_atomic
 from .spec import KEY_DEFAULTS, STATUSES, backend_options
 
 __all__ = [

@@ -19,7 +19,7 @@ from typing import Any, Iterable, Iterator
 
 from .columns import get_field
 from .schema import REQUIRED, checked_fields
-from .paths import WriteError, append_bytes
+from common.paths import append_bytes
 from .spec import SCHEMA_VERSION, row_key
 
 __all__ = [
@@ -31,7 +31,6 @@ __all__ = [
     "result_files",
     "shard_path",
     "SCHEMA_VERSION",
-    "WriteError",
 ]
 
 

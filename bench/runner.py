@@ -29,9 +29,12 @@ from typing import IO, Any, Iterable, Iterator
 
 from tqdm import tqdm
 
+from common.paths import WriteError
+from common.provenance import REPO_ROOT
+
 from .backends import BACKENDS
-from .env import REPO_ROOT, collect_env, device_name
-from .results import WriteError, append_row, iter_results, latest_rows, result_files, utc_now
+from .env import collect_env, device_name
+from .results import append_row, iter_results, latest_rows, result_files, utc_now
 from .spec import RowSpec, RunRequest, Settings, row_key
 
 __all__ = [

@@ -76,12 +76,20 @@ OUTCOME: tuple[Column, ...] = (
     Column("", "eval_samples", "d", table=False),
     Column("", "eval_skipped", "d", table=False),
     Column("", "flops_error", kind="text", table=False),
+    Column("", "flops_note", kind="text", table=False),  # what the GMACs count
+    # a train row's step (bench/train.py) and the model's stochastic depth
+    Column("", "drop_path_rate", ".2f", table=False),
+    Column("", "optimizer", kind="text", table=False),
+    Column("", "loss", kind="text", table=False),
+    Column("", "grad_scaler", kind="flag", table=False),
     Column("", "accuracy_error", kind="text", table=False),
     Column("", "accuracy_note", kind="text", table=False),
 )
 # How and when a row was measured.
 RECORD: tuple[Column, ...] = (
     Column("", "float32_matmul_precision", kind="text", table=False),
+    Column("", "cuda_matmul_allow_tf32", kind="flag", table=False),
+    Column("", "cudnn_allow_tf32", kind="flag", table=False),
     Column("", "cudnn_benchmark", kind="flag", table=False),
     Column("", "warmup", "d", table=False),
     Column("", "iters", "d", table=False),

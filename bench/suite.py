@@ -22,21 +22,12 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from common.cli import EXIT_BROKEN_PIPE, EXIT_USAGE, OneLineParser, OutputError, ReaderGone, UsageError, emit
+from common.paths import OutputPathError, WriteError, check_output_path, ignore_file_size_signal, write_atomic
+
+from .args import EXIT_FAILED, EXIT_OUTPUT, exit_code
 from .backends import BACKENDS
-from .args import (
-    EXIT_BROKEN_PIPE,
-    EXIT_FAILED,
-    EXIT_OUTPUT,
-    EXIT_USAGE,
-    OneLineParser,
-    OutputError,
-    ReaderGone,
-    UsageError,
-    emit,
-    exit_code,
-)
 from .env import collect_env
-from .paths import OutputPathError, WriteError, check_output_path, ignore_file_size_signal, write_atomic
 from .precision import suite_precision
 from .report import plot, render_table, status_summary
 from .runner import Interrupted, run, stopped_exit_code

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 import zoo
+from common.paths import WriteError
 
 from .accuracy import evaluate
 from .backends import Backend, make_backend
@@ -28,7 +29,7 @@ from .flops import FLOPS_NOTE, count_gmacs, count_params
 from .device import is_cuda, synchronize
 from .measure import TRACKERS, Loop, enable_tf32, numerics, time_steps
 from .precision import make_input, precision, prepare_model
-from .results import WriteError, append_row, utc_now
+from .results import append_row, utc_now
 from .spec import RowSpec, Settings, Unavailable, first_line
 from .train import training_step
 

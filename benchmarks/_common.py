@@ -21,7 +21,8 @@ import torch
 import torch.nn as nn
 
 import zoo
-from bench.env import cpu_name, git_commit
+from bench.env import cpu_name
+from common.provenance import git_commit
 from bench.device import synchronize
 from zoo.rmt import checkpoint_filter_fn
 
@@ -188,6 +189,29 @@ def first_calls(paths: list[Timed]) -> tuple[list[Timed], dict[str, torch.Tensor
                 continue
             ran.append(p)
     return ran, outs, failed
+
+
+def agreeing_calls(paths: list[Timed], tol: float, what: str) -> tuple[list[Timed], dict[str, float], dict[str, str]]:
+    """`first_calls`, then each output's relative error against the first path's: the paths that ran, their errors
+    and the failures. Nothing is timed when paths disagree: the run stops, naming `what` and the paths beyond `tol`."""
+    paths, outs, failed = first_calls(paths)
+    ref = next(iter(outs.values()))
+    errors = {label: rel_err(out, ref) for label, out in outs.items()}
+    bad = {label: e for label, e in errors.items() if e > tol}
+    if bad:
+        raise SystemExit(f"{what}: outputs disagree with {paths[0].label} beyond {tol}: {bad}.")
+    return paths, errors, failed
+
+
+def report_head(title: str, result: dict, facts: list[str]) -> list[str]:
+    """A report's opening lines: its title, the command that wrote it, the facts of its setting, the official code."""
+    return [f"# {title}", "", f"Command: `{result['command']}`", "", *(f"- {fact}" for fact in facts),
+            f"- official code: {result['official']}", ""]  # fmt: skip
+
+
+def ratio_lines(ratios: dict[str, float]) -> list[str]:
+    """The line of a table's throughput ratios (ours to each other path), between blank lines."""
+    return ["", "Ratios of medians: " + ", ".join(f"{k} **{v:.2f}x**" for k, v in ratios.items()), ""]
 
 
 def failed_lines(failed: dict[str, str]) -> list[str]:

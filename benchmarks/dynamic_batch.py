@@ -3,8 +3,8 @@ compiles for batches 256, 1 and 64, static and dynamic.
 
     python -m benchmarks.dynamic_batch
 
-dynamo specialises a dimension of size 1, so batch 1 gets a graph of its own even with a dynamic batch: for the
-suite's batch 1 and 256 a dynamic batch saves no compile.
+The suite compiles a static graph per batch; this shows whether one dynamic graph could replace them (what it found
+is in results/README.md).
 """
 
 from __future__ import annotations

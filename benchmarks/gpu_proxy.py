@@ -26,7 +26,7 @@ import torch
 
 import zoo
 from bench import gpu_proxy as gp
-from bench.env import git_commit
+from common.provenance import git_commit
 from zoo.rmt import ATTN_IMPLS
 from benchmarks._common import OFFICIAL_RMT_BUILDERS, build_official, import_official_rmt, official_source
 

@@ -8,8 +8,8 @@
 #                                                   # suite resumed (started afresh if the first call never reached it)
 #   bash benchmarks/gpu_run.sh OUT_DIR --rehearse   # here, on CPU: every step at tiny sizes
 #
-# The official comparison takes most of the first call (on an H200, 2026-11-27: 187 s for its throughput setting
-# alone); the CUDA tests (about 100 s) go in the second call so that it is measured first.
+# The official comparison takes most of the first call (results/h200/README.md has what each part took); the CUDA
+# tests go in the second call so that the comparison is measured first.
 # --minutes M sets the call's own budget (default 7.5, with --resume 3.5: half a minute inside the call's limit).
 # Wheels go into a scratch SITE outside the repo (first on PYTHONPATH). The suite works in the git-ignored
 # bench_results/gpu (bench_results/gpu-rehearse for --rehearse), which stays between calls on a warm machine; on a

@@ -1,5 +1,5 @@
-"""Does a large results file change what is measured, or what reading it costs? (issue: 100k rows made rmt_t at
-64x64 measure 227 ms instead of 35 ms, and `report` take 16 s and 1.5 GB.)
+"""Does a large results file change what is measured, or what reading it costs? Every run appends to one file that
+grows without bound, so neither may grow with it (results/README.md has the history).
 
     python -m benchmarks.large_results --rows 100000 --rounds 3 --out results/cpu/large_results
 

@@ -28,19 +28,7 @@ import torch
 
 import zoo
 from bench.device import proc_status_kb
-from benchmarks._common import (
-    OFFICIAL_RMT_BUILDERS,
-    Timed,
-    failed_lines,
-    first_calls,
-    import_official_rmt,
-    interleaved,
-    machine,
-    official_and_ours,
-    official_note,
-    ratios,
-    rel_err,
-)
+from benchmarks import _common as shared
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,7 +36,9 @@ TOL = 1e-4
 SIZE = 224
 
 
-def build_paths(name: str, batch: int, official, seed: int = 0) -> tuple[list[Timed], dict[str, float], dict[str, str]]:
+def build_paths(
+    name: str, batch: int, official, seed: int = 0
+) -> tuple[list[shared.Timed], dict[str, float], dict[str, str]]:
     """The labelled forward passes for one model and batch that ran, each one's error against the first, and the
     error of each that did not run."""
     torch.manual_seed(seed)
@@ -57,26 +47,23 @@ def build_paths(name: str, batch: int, official, seed: int = 0) -> tuple[list[Ti
     if official is None:
         ours = zoo.load(name)
     else:
-        theirs, ours = official_and_ours(official, name)
+        theirs, ours = shared.official_and_ours(official, name)
         compiled_theirs = torch.compile(theirs)
-        paths += [Timed("official eager", lambda: theirs(x)), Timed("official compiled", lambda: compiled_theirs(x))]
+        paths += [
+            shared.Timed("official eager", lambda: theirs(x)),
+            shared.Timed("official compiled", lambda: compiled_theirs(x)),
+        ]
     reference = copy.deepcopy(ours).set_attn_impl("reference")
     compiled_ours = torch.compile(ours, fullgraph=True)
     paths += [
-        Timed("ours eager", lambda: ours(x)),
-        Timed("ours compiled", lambda: compiled_ours(x)),
-        Timed("reference path", lambda: reference(x)),
+        shared.Timed("ours eager", lambda: ours(x)),
+        shared.Timed("ours compiled", lambda: compiled_ours(x)),
+        shared.Timed("reference path", lambda: reference(x)),
     ]
-    paths, outs, failed = first_calls(paths)
-    ref = next(iter(outs.values()))
-    errors = {label: rel_err(out, ref) for label, out in outs.items()}
-    bad = {label: e for label, e in errors.items() if e > TOL}
-    if bad:
-        raise SystemExit(f"{name} batch {batch}: outputs disagree with {paths[0].label} beyond {TOL}: {bad}.")
-    return paths, errors, failed
+    return shared.agreeing_calls(paths, TOL, f"{name} batch {batch}")
 
 
-def profile(paths: list[Timed], top: int) -> dict[str, list[dict]]:
+def profile(paths: list[shared.Timed], top: int) -> dict[str, list[dict]]:
     """Self CPU time of the `top` costliest operators in one forward of each path (torch.profiler)."""
     tables = {}
     with torch.inference_mode():
@@ -121,19 +108,13 @@ def peak_memory(height: int, width: int, threads: int) -> list[dict]:
 
 def markdown(result: dict) -> str:
     env = result["env"]
-    lines = [
-        "# RMT on CPU: ours against the official code",
-        "",
-        f"Command: `{result['command']}`",
-        "",
-        f"- {env['cpu']}, {env['threads']} threads, torch {env['torch']}, Python {env['python']}, fp32, "
-        f"inference_mode, {SIZE}x{SIZE}, random weights (the official model's, loaded into ours), "
-        f"commit {env['git_commit']}",
-        f"- load before: `{env['uptime']}`; after: `{result['uptime_after']}` (2 cores shared with other work: "
-        "rounds are interleaved so load hits every path alike; medians over rounds)",
-        f"- official code: {result['official']}",
-        "",
+    facts = [
+        f"{env['cpu']}, {env['threads']} threads, torch {env['torch']}, Python {env['python']}, fp32, inference_mode, "
+        f"{SIZE}x{SIZE}, random weights (the official model's, loaded into ours), commit {env['git_commit']}",
+        f"load before: `{env['uptime']}`; after: `{result['uptime_after']}` (2 cores shared with other work: rounds "
+        "are interleaved so load hits every path alike; medians over rounds)",
     ]
+    lines = shared.report_head("RMT on CPU: ours against the official code", result, facts)
     for row in result["rows"]:
         labels = list(row["img_s"])
         lines += [
@@ -145,9 +126,9 @@ def markdown(result: dict) -> str:
         for label, rates in row["img_s"].items():
             stats = (row["median"][label], min(rates), max(rates), row["median_cpu"][label])
             lines.append(f"| {label} | " + " | ".join(f"{v:.2f}" for v in stats) + f" | {row['rel_err'][label]:.1e} |")
-        lines += ["", "Ratios of medians: " + ", ".join(f"{k} **{v:.2f}x**" for k, v in row["ratios"].items()), ""]
+        lines += shared.ratio_lines(row["ratios"])
         lines += ["Same, per CPU-second: " + ", ".join(f"{k} {v:.2f}x" for k, v in row["ratios_cpu"].items()), ""]
-        lines += failed_lines(row["failed"])
+        lines += shared.failed_lines(row["failed"])
         for label, ops in row.get("profile", {}).items():
             total = sum(o["self_ms"] for o in ops)
             lines += [f"Profile, one forward of {label} (top operators by self CPU time; {total:.0f} ms in these):", ""]
@@ -170,7 +151,9 @@ def markdown(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--official", type=Path, help="the official RMT.py (qhfan/RMT classfication_release/RMT.py)")
-    ap.add_argument("--models", nargs="+", default=["rmt_t", "rmt_s", "rmt_b"], choices=list(OFFICIAL_RMT_BUILDERS))
+    ap.add_argument(
+        "--models", nargs="+", default=["rmt_t", "rmt_s", "rmt_b"], choices=list(shared.OFFICIAL_RMT_BUILDERS)
+    )
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
@@ -189,28 +172,28 @@ def main(argv: list[str] | None = None) -> int:
 
     official, stubbed = None, []
     if args.official is not None:
-        official, stubbed = import_official_rmt(args.official)
-    note = official_note(args.official, stubbed)
+        official, stubbed = shared.import_official_rmt(args.official)
+    note = shared.official_note(args.official, stubbed)
     print(f"official code: {note}", flush=True)
     result = {"command": " ".join(["python", "-m", "benchmarks.rmt_cpu", *(sys.argv[1:] if argv is None else argv)]),
-              "env": machine(args.threads), "official": note, "stubbed": stubbed, "rows": []}  # fmt: skip
+              "env": shared.machine(args.threads), "official": note, "stubbed": stubbed, "rows": []}  # fmt: skip
     for name in [] if args.memory_only else args.models:
         for batch in args.batch:
             paths, errors, failed = build_paths(name, batch, official)
-            interleaved(paths, batch, args.rounds, args.min_round_s)
+            shared.interleaved(paths, batch, args.rounds, args.min_round_s)
             median = {p.label: p.median for p in paths}
             median_cpu = {p.label: p.median_cpu for p in paths}
             row = {"model": name, "batch": batch, "rounds": args.rounds, "img_s": {p.label: p.img_s for p in paths},
                    "img_cpu_s": {p.label: p.img_cpu_s for p in paths}, "median": median, "median_cpu": median_cpu,
-                   "rel_err": errors, "failed": failed, "ratios": ratios(median),
-                   "ratios_cpu": ratios(median_cpu)}  # fmt: skip
+                   "rel_err": errors, "failed": failed, "ratios": shared.ratios(median),
+                   "ratios_cpu": shared.ratios(median_cpu)}  # fmt: skip
             if args.profile:
                 row["profile"] = profile(paths, args.profile)
             result["rows"].append(row)
             print(json.dumps({k: row[k] for k in ("model", "batch", "median", "ratios", "ratios_cpu")}), flush=True)
     if args.memory or args.memory_only:
         result["peak_memory_rmt_t"] = peak_memory(*args.memory_size, args.threads)
-    result["uptime_after"] = machine(args.threads)["uptime"]
+    result["uptime_after"] = shared.machine(args.threads)["uptime"]
     md = markdown(result)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "rmt_cpu.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -1,6 +1,6 @@
 """RMT on a GPU against the official qhfan/RMT code, same weights, interleaved in one process.
 
-    python -m benchmarks.rmt_gpu --official .gl/RMT.py --out OUT   # a CUDA machine (H200: about 6 min, estimated)
+    python -m benchmarks.rmt_gpu --official .gl/RMT.py --out OUT   # a CUDA machine
     python -m benchmarks.rmt_gpu --official .gl/RMT.py --out OUT --parts latency   # one part only
     python -m benchmarks.rmt_gpu --official .gl/RMT.py --out OUT --rehearse   # CPU, tiny sizes: the plumbing only
 
@@ -8,9 +8,9 @@ rmt_s at 224x224 in two settings: bf16 autocast at batch 256 (throughput) and fp
 interleaved round by round: official eager, official torch.compile, ours eager (attn_impl="auto"), ours
 torch.compile(fullgraph=True); compiled graphs are static (dynamic=False), and at batch 1 use CUDA graphs
 (mode="reduce-overhead", both implementations), the usual way to serve batch 1 when launches dominate. The throughput
-setting also times ours eager with attn_impl="sdpa" (what "auto" took on GPUs before SHORT_ROW) and with
-attn_impl="triton" (the opt-in fused retention kernel, compiled too), and swin_t, eager and compiled, timm's own code
-at equal GMACs. The official model's random initial weights are loaded into ours
+setting also times ours eager with attn_impl="sdpa" (PyTorch's fused attention, against which "auto"'s choice is
+checked) and with attn_impl="triton" (the opt-in fused retention kernel, compiled too), and swin_t, eager and
+compiled, timm's own code at equal GMACs. The official model's random initial weights are loaded into ours
 (`checkpoint_filter_fn`, strict). Before timing, every path's output is checked against the eager fp32 output of its
 own code on the same input: 1e-4 in fp32, 5e-2 under bf16 autocast (the harness's bf16 bound: bf16 keeps 8
 significant bits and errors compound over rmt_s's 29 blocks); the official bf16's own error is reported beside ours.
@@ -47,19 +47,7 @@ from bench.env import collect_env
 from bench.device import synchronize
 from bench.measure import numerics
 from bench.precision import precision
-from benchmarks._common import (
-    Timed,
-    build_official,
-    failed_lines,
-    first_calls,
-    import_official_rmt,
-    interleaved,
-    machine,
-    official_and_ours,
-    official_note,
-    ratios,
-    rel_err,
-)
+from benchmarks import _common as shared
 
 # The harness's own bounds against eager: fp32, and bf16 autocast.
 TOL = {None: precision("fp32").tolerance, torch.bfloat16: precision("amp-bf16").tolerance}
@@ -129,11 +117,11 @@ def _under(setting: Setting, device: str, fn: Callable, x: torch.Tensor) -> Call
     return call
 
 
-def time_setting(cfg: Config, official, setting: Setting) -> tuple[list[Timed], dict]:
+def time_setting(cfg: Config, official, setting: Setting) -> tuple[list[shared.Timed], dict]:
     """The setting's paths, each checked against the eager fp32 output of its own code, then timed interleaved."""
     torch.manual_seed(0)
     x = torch.randn(setting.batch, 3, cfg.size, cfg.size, device=cfg.device)
-    theirs, ours = (m.to(cfg.device) for m in official_and_ours(official, cfg.model, cfg.arch))
+    theirs, ours = (m.to(cfg.device) for m in shared.official_and_ours(official, cfg.model, cfg.arch))
     compile_args = dict(backend=cfg.compile_backend, mode=setting.compile_mode, dynamic=False)
     models = {
         "official eager": theirs,
@@ -154,23 +142,23 @@ def time_setting(cfg: Config, official, setting: Setting) -> tuple[list[Timed], 
         eager_fp32[name] = models[f"{name} eager"] = peer
         models[f"{name} compiled"] = torch.compile(peer, **compile_args)
         owner[f"{name} eager"] = owner[f"{name} compiled"] = name
-    paths = [Timed(label, _under(setting, cfg.device, m, x)) for label, m in models.items()]
+    paths = [shared.Timed(label, _under(setting, cfg.device, m, x)) for label, m in models.items()]
     with torch.inference_mode():
         refs = {name: m(x).float() for name, m in eager_fp32.items()}
     start = time.perf_counter()
-    paths, outs, failed = first_calls(paths)
+    paths, outs, failed = shared.first_calls(paths)
     first_call_s = time.perf_counter() - start
-    errors = {label: rel_err(out.float(), refs[owner[label]]) for label, out in outs.items()}
+    errors = {label: shared.rel_err(out.float(), refs[owner[label]]) for label, out in outs.items()}
     tol = TOL[setting.autocast]
     bad = {label: e for label, e in errors.items() if e > tol}
     if bad:
         raise SystemExit(f"{setting.label}: outputs disagree with their code's eager fp32 output beyond {tol}: {bad}.")
-    interleaved(paths, setting.batch, cfg.rounds, cfg.min_round_s, cfg.device)
+    shared.interleaved(paths, setting.batch, cfg.rounds, cfg.min_round_s, cfg.device)
     median = {p.label: p.median for p in paths}
     row = {"part": setting.part, "setting": setting.label, "batch": setting.batch, "rounds": cfg.rounds,
            "tolerance": tol, "compile_mode": setting.compile_mode or "default", "rel_err_vs_eager_fp32": errors,
            "failed": failed, "img_s": {p.label: p.img_s for p in paths}, "median": median,
-           "ratios": ratios(median, setting.peers, setting.attn_impls, setting.compiled_attn_impls),
+           "ratios": shared.ratios(median, setting.peers, setting.attn_impls, setting.compiled_attn_impls),
            "first_calls_s": first_call_s}  # fmt: skip
     return paths, row
 
@@ -209,15 +197,15 @@ def dense_memory(cfg: Config, official) -> dict:
     rows["ours"], fast = _forward_peak(ours, x, cfg.device)
     rows["reference path"], slow = _forward_peak(reference, x, cfg.device)
     del ours, reference
-    official_model = build_official(official, cfg.dense_model, cfg.arch)
+    official_model = shared.build_official(official, cfg.dense_model, cfg.arch)
     rows["official (whole classifier)"], _ = _forward_peak(official_model, x, cfg.device)
-    errors = [rel_err(f, s) for f, s in zip(fast, slow)]
+    errors = [shared.rel_err(f, s) for f, s in zip(fast, slow)]
     if max(errors) > TOL[None]:
         raise SystemExit(f"backbone features disagree with the reference path beyond {TOL[None]}: {errors}.")
     return {"model": cfg.dense_model, "size": list(cfg.dense_size), "paths": rows, "rel_err_ours_vs_reference": errors}
 
 
-def profile(paths: list[Timed], device: str, top: int) -> tuple[dict[str, list[dict]], dict[str, str]]:
+def profile(paths: list[shared.Timed], device: str, top: int) -> tuple[dict[str, list[dict]], dict[str, str]]:
     """One forward of each path under torch.profiler: the top operators by self device (CPU: self CPU) time,
     as rows and as torch's own table."""
     cuda = torch.device(device).type == "cuda"
@@ -237,18 +225,13 @@ def profile(paths: list[Timed], device: str, top: int) -> tuple[dict[str, list[d
 
 def markdown(result: dict) -> str:
     env = result["env"]
-    lines = [
-        "# RMT on a GPU: ours against the official code",
-        "",
-        f"Command: `{result['command']}`",
-        "",
-        f"- {env['device_name']}, driver {env['gpu_driver']}, CUDA {env['cuda']}, torch {env['torch']}, timm "
+    facts = [
+        f"{env['device_name']}, driver {env['gpu_driver']}, CUDA {env['cuda']}, torch {env['torch']}, timm "
         f"{env['timm']}, Python {env['python']}, commit {env['git_commit']}",
-        f"- {result['model']} at {result['size']}x{result['size']}, inference_mode, random weights (the official "
+        f"{result['model']} at {result['size']}x{result['size']}, inference_mode, random weights (the official "
         f"model's, loaded into ours), TF32 off ({json.dumps(result['numerics'])}); medians over interleaved rounds",
-        f"- official code: {result['official']}",
-        "",
     ]
+    lines = shared.report_head("RMT on a GPU: ours against the official code", result, facts)
     for row in result["settings"]:
         lines += [
             f"## {row['setting']}, batch {row['batch']} ({row['rounds']} rounds; torch.compile mode "
@@ -263,9 +246,9 @@ def markdown(result: dict) -> str:
             stats = (row["median"][label], min(rates), max(rates))
             lines.append(f"| {label} | " + " | ".join(f"{v:.1f}" for v in stats) +
                          f" | {1e3 * row['batch'] / stats[0]:.2f} | {errors[label]:.1e} |")  # fmt: skip
-        lines += ["", "Ratios of medians: " + ", ".join(f"{k} **{v:.2f}x**" for k, v in row["ratios"].items()), ""]
+        lines += shared.ratio_lines(row["ratios"])
         lines += [f"First call of each path (compiles included): {row['first_calls_s']:.0f} s in all", ""]
-        lines += failed_lines(row["failed"])
+        lines += shared.failed_lines(row["failed"])
     if "dense" in result:
         dense = result["dense"]
         lines += [
@@ -308,11 +291,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    official, stubbed = import_official_rmt(args.official)
+    official, stubbed = shared.import_official_rmt(args.official)
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"command": " ".join(["python", "-m", "benchmarks.rmt_gpu", *(sys.argv[1:] if argv is None else argv)]),
-              "env": {**collect_env(cfg.device), **machine(torch.get_num_threads())}, "numerics": numerics(),
-              "official": official_note(args.official, stubbed), "model": cfg.model, "size": cfg.size,
+              "env": {**collect_env(cfg.device), **shared.machine(torch.get_num_threads())}, "numerics": numerics(),
+              "official": shared.official_note(args.official, stubbed), "model": cfg.model, "size": cfg.size,
               "parts_asked": [p for p in PARTS if p in args.parts], "parts_done": [], "settings": [],
               "profile_file": "rmt_gpu_profile.md"}  # fmt: skip
     tables: dict[str, str] = {}

@@ -2,7 +2,7 @@
 benchmark results up as a dataset repo.
 
 Errors end in one sentence on stderr and exit status 1 (2 for bad arguments, 141 when the reader of standard output
-went away), never a traceback: the policy every command line of the project shares (zoo/_cli.py).
+went away), never a traceback: the policy every command line of the project shares (common/cli.py).
 """
 
 from __future__ import annotations
@@ -13,21 +13,16 @@ import sys
 import threading
 from pathlib import Path
 
-from bench.paths import WriteError, ignore_file_size_signal
+from common.cli import EXIT_OK, OneLineParser, UsageError, emit, exit_interrupted, run_cli
+from common.paths import WriteError, ignore_file_size_signal
 from zoo import (
-    EXIT_OK,
     HUB_REVISION_ENV,
     RMT_HUB_ORG_ENV,
     CheckpointError,
     CheckpointMismatchError,
     UnknownModelError,
-    OneLineParser,
-    UsageError,
     WeightsUnavailableError,
-    emit,
-    exit_interrupted,
     fetch_weights,
-    run_cli,
 )
 
 from .card import ResultsError
@@ -87,7 +82,6 @@ def _parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="print each row as it would be uploaded and the files, upload nothing"
     )
     r.add_argument("--public", action="store_true", help="create the dataset repo public (default: private)")
-    r.add_argument("--private", action="store_true", help=argparse.SUPPRESS)  # the default; kept for old commands
     r.add_argument(
         "--include-host", action="store_true", help="publish host names and local paths too (default: redacted)"
     )
@@ -103,8 +97,6 @@ def _push_results(args: argparse.Namespace) -> None:
 
     from .results import preview, push_results
 
-    if args.private and args.public:
-        raise PublishError("Give either --public or --private (the default), not both.")
     check_repo_id(args.repo)
     for path in args.results:
         if Path(path).is_dir() or not result_files(path):
@@ -170,7 +162,7 @@ def _terminate(signum: int, _frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit codes as for every command line of the project (zoo/_cli.py): 1 for an error said in one sentence, 2 for
+    """Exit codes as for every command line of the project (common/cli.py): 1 for an error said in one sentence, 2 for
     bad arguments, 141 when the reader of standard output went away, 143 when stopped by SIGTERM (a conversion
     leaves no partial folder)."""
 

@@ -24,11 +24,11 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 import zoo
-from bench.env import git_commit
-from bench.paths import TEMP_MARK, OutputPathError, check_distinct, check_output_path, current_umask, write_atomic
+from common import __version__
+from common.paths import TEMP_MARK, OutputPathError, check_distinct, check_output_path, current_umask, write_atomic
+from common.provenance import git_commit
 from zoo import ModelInfo, hub_repo_id, read_checkpoint
 
-from . import __version__
 from .card import read_results, render_card
 
 __all__ = ["ConversionError", "Conversion", "convert", "WEIGHTS", "CONFIG", "CARD", "ENTRY_MEANING"]

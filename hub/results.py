@@ -1,6 +1,6 @@
 """Benchmark results on the Hub, as a dataset repo: the rows, a CSV, the table, the plot and a dataset card.
 
-`bench.py report RESULTS... --push-to-hub ORG/NAME` calls `push_results`, so numbers measured on one machine can be
+`python -m hub push-results RESULTS... --repo ORG/NAME` calls `push_results`, so numbers measured on one machine can be
 read on any other (`hf_hub_download(ORG/NAME, "results.jsonl", repo_type="dataset")`). The files are staged in a
 temporary folder and committed from there by `hub.publish` (regular files only, by name), which also turns Hub
 errors into one sentence.
@@ -19,7 +19,7 @@ from typing import Any
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from bench.columns import get_field
-from bench.env import REPO_ROOT
+from common.provenance import REPO_ROOT
 from bench.report import plot, render_table, status_summary
 
 from .publish import PublishError, UploadPlan, check_repo_id, list_files, publish

@@ -393,6 +393,14 @@ def one_sentence() -> Callable[[str], bool]:
     return check
 
 
+@pytest.fixture
+def bench_flags() -> dict[str, Any]:
+    """bench.py's flags, each to its argparse action (argparse has no public way to list a parser's actions)."""
+    from bench import cli
+
+    return dict(cli.build_parser()._option_string_actions)
+
+
 class _Marker:
     """Unpickling this would create a file: proof that code ran."""
 

@@ -11,7 +11,6 @@ import torch
 import torch.nn as nn
 
 import zoo
-from bench import cli
 from bench.backends import BACKENDS, Compile, Eager, OnnxRuntime, TensorRT, TensorRTOptions, make_backend
 from bench.worker import output_difference
 
@@ -180,10 +179,9 @@ def test_onnxruntime_runs_the_exported_graph_on_cpu(make_spec):
         OnnxRuntime().prepare(_Branchy().eval(), torch.randn(2, 8), spec)
 
 
-def test_backend_map_names_every_backend_once():
+def test_backend_map_names_every_backend_once(bench_flags):
     assert list(BACKENDS) == ["eager", "compile", "tensorrt", "onnxruntime"]
     assert make_backend("tensorrt", {"min_block_size": 3}).options == TensorRTOptions(min_block_size=3)
-    parser = cli.build_parser()
-    assert set(parser._option_string_actions["--backend"].choices) == set(BACKENDS)
+    assert set(bench_flags["--backend"].choices) == set(BACKENDS)
     for flag in ("--compile-mode", "--trt-min-block-size", "--onnx-opset"):  # each declared by its backend's Options
-        assert flag in parser._option_string_actions
+        assert flag in bench_flags

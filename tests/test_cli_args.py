@@ -8,7 +8,9 @@ import os
 import pytest
 
 from bench import cli
-from bench.paths import check_output_path
+from bench.args import EXIT_FAILED, EXIT_UNAVAILABLE, exit_code
+from common.cli import EXIT_OK, EXIT_USAGE
+from common.paths import check_output_path
 
 
 def test_output_paths_are_checked_before_anything_runs(tmp_path, capsys):
@@ -28,10 +30,10 @@ def test_output_paths_are_checked_before_anything_runs(tmp_path, capsys):
     else:
         cases.append((["--out", str(locked / "r.jsonl")], "is not writable"))
     for argv, message in cases:
-        assert cli.main(["--models", "test_convnext", *argv]) == cli.EXIT_USAGE
+        assert cli.main(["--models", "test_convnext", *argv]) == EXIT_USAGE
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err, (argv, err)
-    assert cli.main(["report", str(tmp_path / "binary.jsonl"), "--plot", str(tmp_path)]) == cli.EXIT_USAGE
+    assert cli.main(["report", str(tmp_path / "binary.jsonl"), "--plot", str(tmp_path)]) == EXIT_USAGE
     assert "is a folder" in capsys.readouterr().err
     check_output_path(tmp_path / "new" / "deeper" / "r.jsonl", "--out", text_file=True)  # created on first write
 
@@ -76,7 +78,7 @@ def test_output_paths_are_checked_before_anything_runs(tmp_path, capsys):
     ],
 )
 def test_bad_arguments_give_one_sentence_and_exit_2(argv, message, capsys):
-    assert cli.main(argv) == cli.EXIT_USAGE
+    assert cli.main(argv) == EXIT_USAGE
     captured = capsys.readouterr()
     assert captured.out == ""
     err = captured.err.strip()
@@ -87,7 +89,7 @@ def test_bad_arguments_give_one_sentence_and_exit_2(argv, message, capsys):
 def test_import_of_a_module_that_raises_is_one_sentence(body, tmp_path, monkeypatch, capsys):
     (tmp_path / "bad_registry.py").write_text(body + "\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    assert cli.main(["--models", "swin_t", "--import", "bad_registry"]) == cli.EXIT_USAGE
+    assert cli.main(["--models", "swin_t", "--import", "bad_registry"]) == EXIT_USAGE
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: --import bad_registry failed: ")
 
@@ -154,7 +156,7 @@ def test_grid_and_presets():
 
 
 def test_exit_codes(make_row):
-    assert cli.exit_code([make_row()]) == cli.EXIT_OK
-    assert cli.exit_code([make_row(), make_row(status="unavailable")]) == cli.EXIT_UNAVAILABLE
-    assert cli.exit_code([make_row(status="unavailable"), make_row(status="oom")]) == cli.EXIT_FAILED
-    assert cli.exit_code([make_row(status="error")]) == cli.EXIT_FAILED
+    assert exit_code([make_row()]) == EXIT_OK
+    assert exit_code([make_row(), make_row(status="unavailable")]) == EXIT_UNAVAILABLE
+    assert exit_code([make_row(status="unavailable"), make_row(status="oom")]) == EXIT_FAILED
+    assert exit_code([make_row(status="error")]) == EXIT_FAILED

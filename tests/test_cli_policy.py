@@ -1,4 +1,4 @@
-"""One exit-code policy and one standard-output writer for the three command lines (zoo/_cli.py): a closed stdout
+"""One exit-code policy and one standard-output writer for the three command lines (common/cli.py): a closed stdout
 is one sentence and 1, a reader gone is 141, bad arguments one sentence and 2, whichever CLI it is."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-import zoo
 from bench import cli as bench_cli
+from common import cli as policy
 from bench.results import append_row
 from hub.__main__ import main as hub_main
 from zoo.__main__ import main as zoo_main
@@ -34,7 +34,7 @@ def _commands(report_file) -> dict:
 @pytest.mark.parametrize("name", ["zoo", "bench", "hub"])
 def test_a_closed_stdout_is_one_sentence_and_exit_1(name, report_file, monkeypatch, capsys):
     monkeypatch.setattr(sys, "stdout", None)  # what Python has when started with `>&-`
-    assert _commands(report_file)[name]() == zoo.EXIT_FAILURE
+    assert _commands(report_file)[name]() == policy.EXIT_FAILURE
     err = capsys.readouterr().err
     assert err == "error: Standard output is closed, so nothing can be printed.\n"
 
@@ -46,7 +46,7 @@ def test_a_reader_gone_ends_quietly_with_141(name, report_file, monkeypatch, cap
     stdout = io.TextIOWrapper(os.fdopen(write, "wb"), write_through=True)
     monkeypatch.setattr(sys, "stdout", stdout)
     try:
-        assert _commands(report_file)[name]() == zoo.EXIT_BROKEN_PIPE == 141
+        assert _commands(report_file)[name]() == policy.EXIT_BROKEN_PIPE == 141
     finally:
         stdout.close()
     assert "Traceback" not in capsys.readouterr().err
@@ -57,10 +57,10 @@ def test_a_reader_gone_ends_quietly_with_141(name, report_file, monkeypatch, cap
     [lambda: zoo_main(["lst"]), lambda: bench_cli.main(["--models", "swin_tt"]), lambda: hub_main(["pubish"])],
 )
 def test_bad_arguments_are_one_sentence_and_exit_2_everywhere(command, capsys):
-    assert command() == zoo.EXIT_USAGE
+    assert command() == policy.EXIT_USAGE
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1
 
 
 def test_stopped_is_128_plus_the_signal():
-    assert zoo.exit_interrupted(2) == 130 and zoo.exit_interrupted(15) == 143
+    assert policy.exit_interrupted(2) == 130 and policy.exit_interrupted(15) == 143

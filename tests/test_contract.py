@@ -17,8 +17,7 @@ import pytest
 import timm
 import torch
 from timm.layers import get_channel_dim, get_spatial_dim
-from timm.models import FeatureInfo, group_parameters
-from timm.models._features_fx import get_notrace_functions, get_notrace_modules
+from timm.models import FeatureInfo, get_notrace_functions, get_notrace_modules, group_parameters
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
 import zoo

@@ -20,6 +20,8 @@ from bench.report import plot, render_table
 from bench.results import append_row, iter_results, latest_rows, load_results
 from bench.runner import run
 from bench.spec import RowSpec, RunRequest, Settings
+from bench.args import EXIT_FAILED, EXIT_OUTPUT
+from common.cli import EXIT_OK, EXIT_USAGE
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,7 +38,7 @@ def test_unusable_out_is_one_sentence_before_anything_runs(kind, tmp_path, capsy
         out.symlink_to(tmp_path / "gone" / "r.jsonl")
     else:
         out = "/dev/null"
-    assert cli.main(["--models", "test_convnext", "--out", str(out)]) == cli.EXIT_USAGE
+    assert cli.main(["--models", "test_convnext", "--out", str(out)]) == EXIT_USAGE
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: --out")
 
@@ -45,7 +47,7 @@ def test_report_plot_over_its_input_is_refused(tmp_path, capsys, make_row):
     path = tmp_path / "r.jsonl"
     append_row(path, make_row())
     before = path.read_bytes()
-    assert cli.main(["report", str(path), "--plot", str(path)]) == cli.EXIT_USAGE
+    assert cli.main(["report", str(path), "--plot", str(path)]) == EXIT_USAGE
     assert "are the same file" in capsys.readouterr().err and path.read_bytes() == before
 
 
@@ -90,7 +92,7 @@ def test_rows_with_wrongly_typed_fields_are_skipped_not_formatted(damage, tmp_pa
     with open(path, "a") as f:
         f.write(json.dumps(make_row(batch_size=2, **damage)) + "\n")
     assert [r["batch_size"] for r in load_results(path)] == [8]
-    assert cli.main(["report", str(path)]) == cli.EXIT_OK  # no format-code crash
+    assert cli.main(["report", str(path)]) == EXIT_OK  # no format-code crash
     assert "skipped 1 line(s)" in capsys.readouterr().err
 
 
@@ -152,7 +154,7 @@ def test_a_closed_pipe_ends_output_quietly_and_a_full_disk_is_one_sentence(tmp_p
             stderr=subprocess.PIPE,
             text=True,
         )
-    assert failed.returncode == cli.EXIT_OUTPUT
+    assert failed.returncode == EXIT_OUTPUT
     assert failed.stderr.strip() == "error: Standard output could not be written (No space left on device)."
 
 
@@ -210,7 +212,7 @@ def test_a_sub_second_timeout_is_said_as_given(tmp_path, faulty_models, subproce
         text=True,
         timeout=120,
     )
-    assert proc.returncode == cli.EXIT_FAILED
+    assert proc.returncode == EXIT_FAILED
     [row] = load_results(out)
     assert "timed out after 0.5 s" in row["reason"]
 
@@ -242,7 +244,7 @@ class _FakeNVML(types.ModuleType):
 def test_energy_per_image_from_nvml(monkeypatch):
     fake = _FakeNVML()
     monkeypatch.setitem(sys.modules, "pynvml", fake)
-    monkeypatch.setattr("bench.measure._nvml_handle", lambda nvml, index: "handle")
+    monkeypatch.setattr("bench.measure._nvml_handle", lambda nvml, index: "handle")  # no GPU to find here
     monkeypatch.setattr("bench.measure.is_cuda", lambda device: True)
     clock = iter([10.0, 12.0])
     monkeypatch.setattr("bench.measure.time.perf_counter", lambda: next(clock))

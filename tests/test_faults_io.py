@@ -15,8 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from bench import cli, paths, suite
-from bench.paths import WriteError, append_bytes, check_output_path, OutputPathError, write_atomic
+from bench import cli, suite
+from bench.args import EXIT_OUTPUT
+from common import paths
+from common.cli import EXIT_USAGE
+from common.paths import WriteError, append_bytes, check_output_path, OutputPathError, write_atomic
 from bench.results import append_row, iter_results, load_results, result_files
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,7 +62,7 @@ def small_disk(tmp_path: Path):
 WRITER = textwrap.dedent(
     """
     import os, resource, sys
-    from bench.paths import WriteError, ignore_file_size_signal
+    from common.paths import WriteError, ignore_file_size_signal
     from bench.results import append_row
     path, who, limit = sys.argv[1], sys.argv[2], int(sys.argv[3])
     if limit:
@@ -244,7 +247,7 @@ def test_report_plot_overwrites_an_image_that_is_no_input(tmp_path, capsys):
     for _ in range(2):  # the README's command works twice
         assert cli.main(["report", str(results), "--plot", str(png)]) == 0
         assert png.read_bytes().startswith(b"\x89PNG")
-    assert cli.main(["report", str(results), "--plot", str(results)]) == cli.EXIT_USAGE  # an input: refused
+    assert cli.main(["report", str(results), "--plot", str(results)]) == EXIT_USAGE  # an input: refused
     assert "same file" in capsys.readouterr().err
 
 
@@ -256,7 +259,7 @@ def test_report_plot_on_a_full_disk_is_one_sentence_and_leaves_no_empty_image(sm
         with open(small_disk / "filler2", "wb") as f:
             f.write(b"\0" * 256 * 1024)
     capsys.readouterr()
-    assert cli.main(["report", str(results), "--plot", str(small_disk / "p.png")]) == cli.EXIT_OUTPUT
+    assert cli.main(["report", str(results), "--plot", str(small_disk / "p.png")]) == EXIT_OUTPUT
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: Could not write") and "the disk is full" in err and len(err.splitlines()) == 1
     assert sorted(p.name for p in small_disk.iterdir()) == ["filler", "filler2"]
@@ -283,7 +286,7 @@ def test_bench_under_a_file_size_limit_keeps_rows_prints_them_and_says_one_sente
     done = subprocess.run(
         [*base, "--batch-size", "2", "1"], cwd=REPO, env=env, capture_output=True, text=True, preexec_fn=limit
     )
-    assert done.returncode == cli.EXIT_OUTPUT, done.stderr
+    assert done.returncode == EXIT_OUTPUT, done.stderr
     err = done.stderr.strip().splitlines()
     assert err[-1].startswith("error: Could not append a row to") and "file-size limit" in err[-1]
     assert "Traceback" not in done.stderr
@@ -338,7 +341,7 @@ def test_suite_on_a_full_disk_prints_the_kept_rows_and_one_sentence(tmp_path, mo
         )
 
     monkeypatch.setattr(suite, "run", full)
-    assert suite.main(["--dry-run", "--out", str(tmp_path / "s"), "--quiet"]) == cli.EXIT_OUTPUT
+    assert suite.main(["--dry-run", "--out", str(tmp_path / "s"), "--quiet"]) == EXIT_OUTPUT
     captured = capsys.readouterr()
     assert "rmt_t" in captured.out  # the table of what was kept
     assert (

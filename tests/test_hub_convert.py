@@ -46,16 +46,16 @@ def test_convert_takes_reported_weights_keeps_official_keys_and_records_provenan
 
 
 def test_convert_runs_from_a_source_tree_without_installed_metadata(bare_converted):
-    """The version has one home (hub.__version__, which pyproject.toml reads), so no metadata lookup can fail."""
+    """The version has one home (common.__version__, which pyproject.toml reads), so no metadata lookup can fail."""
     import tomllib
 
-    import hub
+    import common
 
     config = json.loads((bare_converted[0] / "config.json").read_text())
-    assert config["provenance"]["converter"] == f"rmt-zoo {hub.__version__} (python -m hub convert)"
+    assert config["provenance"]["converter"] == f"rmt-zoo {common.__version__} (python -m hub convert)"
     pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
     assert "version" not in pyproject["project"] and "version" in pyproject["project"]["dynamic"]
-    assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "hub.__version__"}
+    assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "common.__version__"}
 
 
 def test_converted_folder_has_a_plain_mkdir_mode_and_reads_well(bare_converted):

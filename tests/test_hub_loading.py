@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 import zoo
 from hub.__main__ import main
 from hub.convert import convert
-from zoo._hub import REVISION_ENV, WeightsUnavailableError, fetch_weights
+from zoo import HUB_REVISION_ENV as REVISION_ENV, WeightsUnavailableError, fetch_weights
 from zoo.rmt import ORG_ENV
 
 

@@ -89,8 +89,7 @@ def test_push_results_errors_are_one_sentence(fake_hub, offline_cache, monkeypat
     assert fake_hub["commits"] == []
 
 
-def test_push_results_command_reads_what_report_shows_and_report_says_where_it_moved(tmp_path, capsys):
-    from bench import cli
+def test_push_results_command_reads_what_report_shows(tmp_path, capsys):
     from bench.results import append_row
     from hub.__main__ import main
 
@@ -107,8 +106,3 @@ def test_push_results_command_reads_what_report_shows_and_report_says_where_it_m
     assert "is not a valid Hub repo id" in capsys.readouterr().err
     assert main(["push-results", str(tmp_path / "none.jsonl"), "--repo", "my-org/x", "--dry-run"]) == 2
     assert capsys.readouterr().err.startswith("error: Results file")
-    for extra in (["--push-to-hub", "my-org/rmt-results", "--dry-run"], ["--dry-run"]):
-        assert cli.main(["report", str(path), *extra]) == cli.EXIT_USAGE
-        captured = capsys.readouterr()
-        assert captured.out == "" and captured.err.count("\n") == 1
-        assert captured.err.startswith("error: --push-to-hub moved: ") and "python -m hub push-results" in captured.err

@@ -9,12 +9,12 @@ import pytest
 import timm
 import torch
 from safetensors.torch import save_file
-from timm.models._features import FeatureInfo
+from timm.models import FeatureInfo
 
 import zoo
 import zoo.internimage as ii
 from zoo import CheckpointMismatchError
-from zoo._checkpoint import check_fits
+from zoo import check_fits
 
 
 TOL = 1e-4
@@ -130,7 +130,7 @@ def test_fixture_logits_and_features(fixture, name, impl, rel_err):
 @pytest.mark.parametrize("name", NAMES)
 def test_full_size_layout_equals_official(official_shapes, name):
     with torch.device("meta"):
-        model = zoo.internimage._create(name)
+        model = zoo.internimage._create(name)  # the module under test's bare builder: no weights, no registry
     ours = {k: list(v.shape) for k, v in model.state_dict().items()}
     assert ours == official_shapes[name]  # same keys, same shapes, no renaming
     assert sum(p.numel() for p in model.parameters()) == OFFICIAL_PARAMS[name]

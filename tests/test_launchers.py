@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from bench.results import load_results, result_files
+from common.cli import EXIT_USAGE
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -113,9 +114,9 @@ def test_local_jobs_shards_a_killed_job_and_resume(tmp_path, faulty_models, subp
 def test_launcher_arguments(tmp_path, capsys):
     from bench import cli
 
-    assert cli.main(["--models", "test_convnext", "--jobs", "2"]) == cli.EXIT_USAGE
+    assert cli.main(["--models", "test_convnext", "--jobs", "2"]) == EXIT_USAGE
     assert "--jobs applies to --launcher local, not none" in capsys.readouterr().err
-    assert cli.main(["--models", "test_convnext", "--launcher", "local", "--slurm-partition", "gpu"]) == cli.EXIT_USAGE
+    assert cli.main(["--models", "test_convnext", "--launcher", "local", "--slurm-partition", "gpu"]) == EXIT_USAGE
     assert "--slurm-partition applies to --launcher slurm" in capsys.readouterr().err
 
 
@@ -127,8 +128,7 @@ def test_slurm_options_reach_the_sbatch_file(tmp_path, monkeypatch, capsys):
     from bench.spec import RowSpec, Settings
 
     assert (
-        cli.main(["--models", "test_convnext", "--launcher", "slurm", "--out", str(tmp_path / "r.jsonl")])
-        == cli.EXIT_USAGE
+        cli.main(["--models", "test_convnext", "--launcher", "slurm", "--out", str(tmp_path / "r.jsonl")]) == EXIT_USAGE
     )
     assert "sbatch, which is not on PATH" in capsys.readouterr().err  # no cluster here: said before anything runs
     monkeypatch.setattr(submitit.SlurmExecutor, "affinity", staticmethod(lambda: 1))  # as if srun were here
@@ -146,7 +146,7 @@ def test_slurm_options_reach_the_sbatch_file(tmp_path, monkeypatch, capsys):
     )
     group = [RowSpec("rmt_s", "eager", "amp-bf16", 1, (224, 224), "cuda")]
     executor = Slurm(options).executor(tmp_path / "submitit", Settings(), [group])
-    text = executor._make_submission_file_text("python -c pass", "uid")
+    text = executor._make_submission_file_text("python -c pass", "uid")  # submitit's script, without a cluster
     for line in (
         "--partition=gpu",
         "--account=vision",
@@ -208,7 +208,7 @@ def test_a_stopped_local_launch_ends_its_jobs_and_nothing_writes_after_it(how, t
     before = sorted((p.name, p.stat().st_size) for p in result_files(out))
     time.sleep(3)  # test_convnext would have been measured in this time had the job lived on
     assert sorted((p.name, p.stat().st_size) for p in result_files(out)) == before
-    assert not any(r["model"] == "test_convnext" for r in load_results(out, quiet=True)) if before else True
+    assert not any(b'"test_convnext"' in p.read_bytes() for p in result_files(out))  # no row of the next model
 
 
 def _fake_sbatch(folder: Path, message: str) -> Path:
@@ -233,7 +233,7 @@ def test_a_refused_slurm_submission_is_one_sentence_and_leaves_nothing(srun, tmp
     out = tmp_path / "res" / "r.jsonl"
     out.parent.mkdir()
     argv = ["--models", "test_convnext", "--launcher", "slurm", "--slurm-partition", "nope", "--out", str(out)]
-    assert cli.main(argv) == cli.EXIT_USAGE
+    assert cli.main(argv) == EXIT_USAGE
     captured = capsys.readouterr()
     [line] = [ln for ln in captured.err.splitlines() if ln.strip()]
     expected = "invalid partition specified: nope." if srun else 'Could not detect "srun"'

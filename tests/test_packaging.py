@@ -1,11 +1,11 @@
-"""The wheel: zoo, hub and bench and the console scripts, not benchmarks/."""
+"""The wheel: common, zoo, hub and bench and the console scripts, not benchmarks/."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 
-def test_the_wheel_ships_zoo_hub_and_bench_and_the_console_scripts():
+def test_the_wheel_ships_common_zoo_hub_and_bench_and_the_console_scripts():
     import importlib
     import tomllib
 
@@ -15,6 +15,7 @@ def test_the_wheel_ships_zoo_hub_and_bench_and_the_console_scripts():
     config = tomllib.loads((repo / "pyproject.toml").read_text())
     packages = setuptools.find_packages(str(repo), include=config["tool"]["setuptools"]["packages"]["find"]["include"])
     assert {p.split(".")[0] for p in packages} == {
+        "common",
         "zoo",
         "hub",
         "bench",

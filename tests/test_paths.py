@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from bench.paths import OutputPathError, check_distinct, check_output_path
+from common.paths import OutputPathError, check_distinct, check_output_path
 
 
 def test_fifo_is_refused_without_blocking(tmp_path):

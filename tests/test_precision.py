@@ -12,6 +12,7 @@ from bench.backends import Eager, TensorRT
 from bench.precision import PRECISIONS, Precision, precision
 from bench.train import training_step
 from bench.worker import output_difference
+from common.cli import EXIT_USAGE
 
 
 @pytest.fixture
@@ -27,13 +28,14 @@ def fake_precision(monkeypatch) -> str:
     return name
 
 
-def test_a_new_precision_lands_everywhere_from_its_table_entry(fake_precision, make_spec, tmp_path, capsys):
-    parser = cli.build_parser()
-    assert fake_precision in parser._option_string_actions["--precision"].help
+def test_a_new_precision_lands_everywhere_from_its_table_entry(
+    fake_precision, bench_flags, make_spec, tmp_path, capsys
+):
+    assert fake_precision in bench_flags["--precision"].help
     args = cli.parse_run_args(["--models", "swin_t", "--precision", fake_precision, "--bench", "train", "--out",
                                str(tmp_path / "r.jsonl")])  # fmt: skip
     assert args.precision == [fake_precision]  # accepted, and trainable
-    assert cli.main(["--models", "swin_t", "--precision", "fp8"]) == cli.EXIT_USAGE
+    assert cli.main(["--models", "swin_t", "--precision", "fp8"]) == EXIT_USAGE
     assert fake_precision in capsys.readouterr().err  # the error lists it
     spec = make_spec("tensorrt", fake_precision)
     assert "autocast does not apply" in TensorRT.refusal(spec)  # an autocast precision, refused by a cast backend

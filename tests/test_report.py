@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 
 import pytest
 
@@ -12,6 +13,7 @@ from bench.columns import Column
 from bench.measure import Loop
 from bench.report import plot, render_table, status_summary, table_order
 from bench.results import append_row, load_results
+from bench.schema import row_schema
 
 
 def test_table_formats_and_notes(make_row):
@@ -177,3 +179,27 @@ def test_columns_show_what_is_asked_in_that_order(make_row):
         render_table(rows, "simple", ["model", "nope"])
     default = render_table(rows, "simple").splitlines()[0].split()
     assert "device" not in default and "mode" not in default and default[-1] == "status"
+
+
+def test_every_field_a_worker_writes_reaches_the_csv(tmp_path):
+    """Real rows (infer and train, FLOPs counted) from the worker's entry in this process: every field they carry is
+    a CSV column, unless the schema keeps it to the JSON lines; the columns are read from the schema, not listed."""
+    from dataclasses import asdict
+
+    from bench import worker
+    from bench.spec import RowSpec, Settings
+
+    out, job = tmp_path / "r.jsonl", tmp_path / "job.json"
+    specs = [RowSpec("test_convnext", "eager", "fp32", 1, (32, 32), "cpu", mode=m) for m in ("infer", "train")]
+    settings = asdict(Settings(warmup=0, iters=1))
+    job.write_text(json.dumps({"rows": [s.fields() for s in specs], "settings": settings, "results": str(out),
+                               "run_id": "test", "command": "pytest"}))  # fmt: skip
+    worker.main(str(job))
+    rows = load_results(out)
+    assert [r["status"] for r in rows] == ["ok", "ok"], [r["reason"] for r in rows]
+    schema = row_schema(measure.TRACKERS)
+    header = next(csv.reader(io.StringIO(render_table(rows, "csv"))))
+    assert header == [c.field for c in schema if c.csv]
+    in_csv = {f.split(".")[0] for f in header} | {c.field for c in schema if not c.csv}
+    for row in rows:
+        assert set(row) <= in_csv, set(row) - in_csv

@@ -7,6 +7,7 @@ import json
 
 
 from bench import cli
+from common.cli import EXIT_USAGE
 from bench.results import SCHEMA_VERSION, append_row, latest_rows, load_results
 
 
@@ -60,7 +61,7 @@ def test_foreign_partial_and_binary_lines_are_skipped_with_one_note(tmp_path, ca
     binary = tmp_path / "b.jsonl"
     binary.write_bytes(bytes(range(256)) * 4)
     assert load_results(binary) == []
-    assert cli.main(["report", str(binary)]) == cli.EXIT_USAGE
+    assert cli.main(["report", str(binary)]) == EXIT_USAGE
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: Results file")
 
 

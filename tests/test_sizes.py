@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 
 import zoo
 from bench.results import load_results
-from bench.runner import _refusals
+from bench.runner import _refusals  # the runner's per-row refusal, tested without starting a worker
 from bench.spec import RowSpec, Settings
 from bench.worker import Worker
 

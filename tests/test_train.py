@@ -12,7 +12,7 @@ import zoo
 from bench.backends import Eager
 from bench.spec import Unavailable
 from bench.train import training_step
-from bench.worker import _drop_path_rate
+from bench.worker import _drop_path_rate  # what the worker records, read without running one
 
 
 @pytest.mark.parametrize("precision", ["fp32", "amp-bf16"])

@@ -79,7 +79,7 @@ def test_pretrained_cfg_reads_back_as_the_same_facts(name):
     """ModelInfo -> pretrained_cfg -> ModelInfo through the one field mapping keeps every fact the cfg carries."""
     from dataclasses import asdict
 
-    from zoo._registry import _CFG_FIELDS, ModelInfo
+    from zoo._registry import _CFG_FIELDS, ModelInfo  # the registry's own field mapping is what this tests
 
     i = zoo.info(name)
     back = asdict(ModelInfo.from_pretrained_cfg(name, timm.models.PretrainedCfg(**i.pretrained_cfg())))
@@ -87,7 +87,7 @@ def test_pretrained_cfg_reads_back_as_the_same_facts(name):
 
 
 def test_register_family_refuses_a_second_registration_and_strays():
-    from zoo._registry import Family, ModelInfo, register_family
+    from zoo._registry import Family, ModelInfo, register_family  # registering is what this tests
 
     fam = Family("rmt", "again", code="", built_by="zoo")
     with pytest.raises(ValueError, match="rmt, rmt_t would be registered twice"):

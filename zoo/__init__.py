@@ -16,19 +16,6 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ._cli import (
-    EXIT_BROKEN_PIPE,
-    EXIT_FAILURE,
-    EXIT_OK,
-    EXIT_USAGE,
-    OneLineParser,
-    OutputError,
-    ReaderGone,
-    UsageError,
-    emit,
-    exit_interrupted,
-    run_cli,
-)
 from ._checkpoint import CheckpointError, CheckpointMismatchError, LoadReport, check_fits, read_checkpoint
 from ._hub import CLIENT_ERRORS, REVISION_ENV as HUB_REVISION_ENV, WeightsUnavailableError, fetch_weights, hub_repo_id
 from ._registry import (
@@ -71,18 +58,6 @@ __all__ = [
     "HUB_REVISION_ENV",
     "RMT_HUB_ORG_ENV",
     "timm_checkpoint_filter",
-    # the command lines' shared exit codes and standard output (zoo/_cli.py)
-    "EXIT_OK",
-    "EXIT_FAILURE",
-    "EXIT_USAGE",
-    "EXIT_BROKEN_PIPE",
-    "exit_interrupted",
-    "UsageError",
-    "OneLineParser",
-    "OutputError",
-    "ReaderGone",
-    "emit",
-    "run_cli",
 ]
 
 

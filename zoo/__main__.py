@@ -9,7 +9,7 @@ from dataclasses import asdict
 from tabulate import tabulate
 
 import zoo
-from zoo import EXIT_OK, OneLineParser, UsageError, emit, run_cli
+from common.cli import EXIT_OK, OneLineParser, UsageError, emit, run_cli
 
 
 def _table(names: list[str]) -> str:
@@ -47,7 +47,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit codes as for every command line of the project (zoo/_cli.py): 2 bad arguments, 1 output that could not
+    """Exit codes as for every command line of the project (common/cli.py): 2 bad arguments, 1 output that could not
     be written, 141 a reader that went away."""
     ap = OneLineParser(prog="python -m zoo", description=__doc__)
     sub = ap.add_subparsers(dest="cmd")

@@ -49,20 +49,10 @@ class Family:
 
 
 # ModelInfo fields that timm's pretrained_cfg carries, with their pretrained_cfg names: the one mapping, both ways.
-_CFG_FIELDS = dict(
-    hf_hub_id="hf_hub_id",
-    hf_hub_filename="hf_hub_filename",
-    num_classes="num_classes",
-    input_size="input_size",
-    crop_pct="crop_pct",
-    interpolation="interpolation",
-    mean="mean",
-    std="std",
-    first_conv="first_conv",
-    classifier="classifier",
-    license="license",
-    paper="paper_ids",
+_SAME_NAME = (
+    "hf_hub_id hf_hub_filename num_classes input_size crop_pct interpolation mean std first_conv classifier license"
 )
+_CFG_FIELDS = {**{name: name for name in _SAME_NAME.split()}, "paper": "paper_ids"}
 
 
 @dataclass(frozen=True)
