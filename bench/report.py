@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import re
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +23,8 @@ from .spec import KEY_DEFAULTS, STATUSES, backend_options
 
 __all__ = [
     "FORMATS",
+    "LATEX_FORMATS",
+    "latex_escape",
     "TERMINAL_FORMAT",
     "COLUMNS",
     "BY_NAME",
@@ -39,6 +42,9 @@ __all__ = [
 ]
 
 FORMATS = ("csv", "timm", *tabulate_formats)
+# Written here rather than by tabulate: escaped, booktabs rules, numbers right-aligned, notes as table footnotes.
+LATEX_FORMATS = ("latex", "latex_booktabs")
+MARKDOWN_FORMATS = ("github", "pipe")
 # What a terminal shows by default: aligned columns without rules, so the default columns fit 120 characters.
 TERMINAL_FORMAT = "simple"
 
@@ -262,6 +268,8 @@ def render_table(
             cells[shown.index(STATUS)] += f" [{notes.setdefault(note, len(notes) + 1)}]"
         body.append(cells)
     headers = [c.header for c in shown]
+    if fmt in LATEX_FORMATS:
+        return _latex(shown, headers, body, notes)
     if fmt == TERMINAL_FORMAT:
         table = _simple(headers, body)
     else:
@@ -270,7 +278,51 @@ def render_table(
             table = tabulate(body, headers=headers, tablefmt=fmt, disable_numparse=True)
         finally:
             tabulate_module.MIN_PADDING = padding
-    return table + "".join(f"\n[{i}] {note}" for note, i in notes.items())
+    # After a blank line: a Markdown (GFM) table runs on until one, so a note right under it would read as a row;
+    # in Markdown each note is its own paragraph, so that they do not run together into one line.
+    lines = [f"[{i}] {note}" for note, i in notes.items()]
+    return table + ("\n\n" if notes else "") + ("\n\n" if fmt in MARKDOWN_FORMATS else "\n").join(lines)
+
+
+# Characters LaTeX reads as commands, each written as the text it stands for.
+_LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
+
+
+def latex_escape(text: str) -> str:
+    """`text` as LaTeX prints it literally."""
+    return "".join(_LATEX_SPECIAL.get(c, c) for c in text)
+
+
+def _latex(shown: list[Column], headers: list[str], body: list[list[str]], notes: dict[str, int]) -> str:
+    """A booktabs tabular (needs `\\usepackage{booktabs}`): text escaped, numbers right-aligned, each note a
+    footnote mark in the status cell and a line under the bottom rule."""
+    marked = re.compile(r" \[(\d+)\]$")
+
+    def cell(text: str) -> str:
+        match = marked.search(text)
+        if not match:
+            return latex_escape(text)
+        return latex_escape(text[: match.start()]) + rf"\textsuperscript{{{match.group(1)}}}"
+
+    align = "".join("r" if c.kind in ("number", "whole") else "l" for c in shown)
+    lines = [rf"\begin{{tabular}}{{{align}}}", r"\toprule", " & ".join(map(latex_escape, headers)) + r" \\"]
+    lines += [r"\midrule", *(" & ".join(map(cell, row)) + r" \\" for row in body), r"\bottomrule"]
+    lines += [
+        rf"\multicolumn{{{len(shown)}}}{{l}}{{\footnotesize\textsuperscript{{{i}}} {latex_escape(note)}}} \\"
+        for note, i in notes.items()
+    ]
+    return "\n".join([*lines, r"\end{tabular}"])
 
 
 def _simple(headers: list[str], body: list[list[str]]) -> str:

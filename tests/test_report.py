@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import io
+import re
+import shutil
+import subprocess
 
 import pytest
 
@@ -31,8 +34,7 @@ def test_table_formats_and_notes(make_row):
     assert lines[0].startswith("| model") and "p99 ms" in lines[0] and "img/s" in lines[0]
     assert "| 28.29 " in lines[2] and "| 4.51 " in lines[2] and "| 800.0 " in lines[2]
     assert table.count("unavailable [1]") == 2 and "oom [2]" in table  # identical reasons share one note
-    assert lines[-2:] == [f"[1] {reason}", "[2] Out of memory at batch 256."]
-    assert "\\begin{tabular}" in render_table(rows, "latex")
+    assert lines[-3:] == [f"[1] {reason}", "", "[2] Out of memory at batch 256."]
     csv_lines = render_table(rows, "csv").splitlines()
     assert csv_lines[0].startswith("model,mode,backend,precision,batch_size,input_size")
     assert len(csv_lines) == 5 and ",224x224," in csv_lines[1] and ",15.0," in csv_lines[1]
@@ -177,3 +179,67 @@ def test_columns_show_what_is_asked_in_that_order(make_row):
         render_table(rows, "simple", ["model", "nope"])
     default = render_table(rows, "simple").splitlines()[0].split()
     assert "device" not in default and "mode" not in default and default[-1] == "status"
+
+
+def _rows_with_notes(make_row) -> list[dict]:
+    """An ok row, and rows whose notes hold what Markdown and LaTeX read as markup."""
+    reason = "torch_tensorrt is not installed; pip install 'rmt-zoo[tensorrt]' (50% of rows | $x & #_^~{}\\)."
+    return [
+        make_row(),
+        make_row(backend="tensorrt", status="unavailable", reason=reason, latency_ms=None, throughput_ips=None),
+        make_row(batch_size=256, status="oom", reason="Out of memory at batch 256.", latency_ms=None),
+    ]
+
+
+@pytest.mark.parametrize("fmt", ["github", "pipe"])
+def test_markdown_table_with_notes_parses_as_exactly_its_rows(fmt, make_row):
+    from markdown_it import MarkdownIt
+
+    rows = _rows_with_notes(make_row)
+    tokens = MarkdownIt("commonmark").enable("table").parse(render_table(rows, fmt))
+    body = [t for t in tokens if t.type == "tr_open"][1:]  # the first is the header's
+    assert len(body) == len(rows)
+    paragraphs = [tokens[i + 1].content for i, t in enumerate(tokens) if t.type == "paragraph_open"]
+    assert [p.split("]")[0] for p in paragraphs] == ["[1", "[2"]  # each note its own paragraph, none a row
+
+
+def _latex_table(make_row) -> str:
+    return render_table(_rows_with_notes(make_row), "latex", ["model", "backend", "batch", "p50", "status"])
+
+
+def test_latex_is_booktabs_with_numbers_right_aligned_and_notes_as_footnotes(make_row):
+    table = _latex_table(make_row)
+    lines = table.splitlines()
+    assert lines[0] == r"\begin{tabular}{llrrl}" and lines[-1] == r"\end{tabular}"
+    assert [ln for ln in lines if ln in (r"\toprule", r"\midrule", r"\bottomrule")] == [
+        r"\toprule",
+        r"\midrule",
+        r"\bottomrule",
+    ]
+    body = lines[lines.index(r"\midrule") + 1 : lines.index(r"\bottomrule")]
+    assert len(body) == 3 and all(ln.count(" & ") == 4 and ln.endswith(r" \\") for ln in body)
+    assert body[1].endswith(r"unavailable\textsuperscript{1} \\") and body[2].endswith(r"oom\textsuperscript{2} \\")
+    notes = lines[lines.index(r"\bottomrule") + 1 : -1]
+    assert len(notes) == 2 and all(n.startswith(r"\multicolumn{5}{l}") for n in notes)
+    text = re.sub(
+        r"\\(textbackslash|textasciitilde|textasciicircum|textsuperscript|footnotesize|multicolumn)", "", table
+    )
+    assert not re.search(r"(?<!\\)[$&%#_^~]", text.replace(" & ", " ")), "an unescaped special character"
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="no pdflatex here; the structural check above runs")
+def test_latex_compiles_with_pdflatex(make_row, tmp_path):
+    document = "\n".join(
+        [r"\documentclass{article}", r"\usepackage{booktabs}", r"\begin{document}", _latex_table(make_row)]
+    )
+    (tmp_path / "t.tex").write_text(document + "\n\\end{document}\n")
+    done = subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout[-2000:]
+    assert (tmp_path / "t.pdf").stat().st_size > 0
