@@ -55,7 +55,7 @@ from .report import (
     table_order,
 )
 from .results import iter_results, latest_rows, result_files
-from .spec import MODES, RANDOM_INIT, RowSpec, RunRequest, Settings, first_line
+from .spec import HUB_WEIGHTS, MODES, RANDOM_INIT, RowSpec, RunRequest, Settings, default_threads, first_line
 
 __all__ = [
     "main",
@@ -79,8 +79,9 @@ PUSH_MOVED = (
 )
 DEFAULT_RESULTS = "bench_results/results.jsonl"
 
-# `python bench.py` with no arguments: a small CPU comparison that finishes in a few minutes. One thread, because
-# on a shared machine OpenMP threads that compete for cores can slow a step twentyfold; --threads overrides it.
+# `python bench.py` with no arguments: a small CPU comparison that finishes in a few minutes. Its threads are the
+# default's (torch's: OMP_NUM_THREADS, else one per core), so a preset row and the same row asked for explicitly are
+# one measurement; on a shared machine give --threads 1 (competing OpenMP threads can slow a step twentyfold).
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
         "models": ["rmt_t", "swin_t"],
@@ -88,7 +89,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "precision": ["fp32"],
         "batch_size": [1, 8],
         "device": "cpu",
-        "threads": 1,
         "warmup": 3,
         "iters": 20,
     },
@@ -253,7 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_backend_options(p)
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    p.add_argument("--threads", type=positive_int, help="CPU threads (torch.set_num_threads)")
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        help="CPU threads (torch.set_num_threads), recorded in each row; default, presets included: torch's own "
+        "(OMP_NUM_THREADS where set, else one per core)",
+    )
     p.add_argument("--warmup", type=int, help=f"untimed iterations per row (default {DEFAULTS.warmup})")
     p.add_argument("--iters", type=positive_int, help=f"timed iterations per row (default {DEFAULTS.iters})")
     p.add_argument("--no-flops", action="store_true", help="skip the GMAC count")
@@ -344,10 +349,19 @@ def _resolve_device(requested: str | None) -> str:
 
 
 def _weights(args: argparse.Namespace, model: str) -> str:
-    """The row's weights field: a checkpoint path, "hub", or random initialisation."""
+    """The row's weights field: a checkpoint path, the Hub repo and revision ("hub:ORG/NAME@main"), or random
+    initialisation."""
     if model in args.checkpoints:
         return args.checkpoints[model]
-    return "hub" if args.pretrained else RANDOM_INIT
+    if not args.pretrained:
+        return RANDOM_INIT
+    import zoo
+
+    try:
+        repo = zoo.hub_repo_id(zoo.info(model))
+    except zoo.WeightsUnavailableError as exc:
+        raise UsageError(str(exc)) from None
+    return f"{HUB_WEIGHTS}{repo}@{os.environ.get(zoo.HUB_REVISION_ENV) or 'main'}"
 
 
 def grid(args: argparse.Namespace) -> list[RowSpec]:
@@ -523,6 +537,7 @@ def parse_run_args(argv: Sequence[str]) -> argparse.Namespace:
             trainable = ", ".join(names(trainable=True))
             raise UsageError(f"--bench train runs {trainable} (autocast keeps fp32 weights), not {cast[0]}.")
     _check_choices(args)
+    args.threads = args.threads or default_threads()
     _check_memory(args)
     args.checkpoints = _checkpoints(args.checkpoint, args.models)
     args.out = args.out or DEFAULT_RESULTS

@@ -17,7 +17,7 @@ from tabulate import tabulate, tabulate_formats
 
 from .backends import options_label
 from .columns import Column, get_field, printable
-from .schema import NOTES, csv_fields, row_schema, table_columns
+from .schema import NOTES, csv_fields, row_schema, settings_columns, table_columns
 from .paths import write_atomic
 from .spec import KEY_DEFAULTS, STATUSES, backend_options
 
@@ -45,6 +45,8 @@ FORMATS = ("csv", "timm", *tabulate_formats)
 # Written here rather than by tabulate: escaped, booktabs rules, numbers right-aligned, notes as table footnotes.
 LATEX_FORMATS = ("latex", "latex_booktabs")
 MARKDOWN_FORMATS = ("github", "pipe")
+# Under every table with the img/s column: not batch / p50, which a reader might take it for.
+THROUGHPUT_LEGEND = "img/s: images per second over the wall-clock time of all timed steps (not batch / p50 ms)."
 # What a terminal shows by default: aligned columns without rules, so the default columns fit 120 characters.
 TERMINAL_FORMAT = "simple"
 
@@ -231,11 +233,14 @@ def select_columns(names: Iterable[str] | None) -> tuple[Column, ...]:
 def _shown(rows: list[dict[str, Any]], columns: tuple[Column, ...], asked: bool) -> list[Column]:
     """Of `columns`, those to show: every one named with `--columns` (`asked`); otherwise those that say something
     for these rows: the mode only when a row trained, the device only when rows come from more than one machine,
-    others when any row has a value. The status comes last unless it was placed."""
+    others when any row has a value, and besides them every setting (threads, weights, data, ...) in which rows
+    differ, so that no two rows that measured differently look alike. The status comes last unless it was placed."""
     if asked:
         return [*columns, *([] if STATUS in columns else [STATUS])]
+    names = {c.name for c in columns}
+    differing = [c for c in settings_columns() if c.name not in names and len({c.cell(r) for r in rows}) > 1]
     shown = []
-    for column in columns:
+    for column in (*columns, *differing):
         if column.name == "mode":
             keep = any(r.get("mode", "infer") != "infer" for r in rows)
         elif column.name == "device":
@@ -281,7 +286,9 @@ def render_table(
     # After a blank line: a Markdown (GFM) table runs on until one, so a note right under it would read as a row;
     # in Markdown each note is its own paragraph, so that they do not run together into one line.
     lines = [f"[{i}] {note}" for note, i in notes.items()]
-    return table + ("\n\n" if notes else "") + ("\n\n" if fmt in MARKDOWN_FORMATS else "\n").join(lines)
+    if any(c.name == "img_s" for c in shown):  # two throughputs could be meant; say which this is
+        lines.insert(0, THROUGHPUT_LEGEND)
+    return table + ("\n\n" if lines else "") + ("\n\n" if fmt in MARKDOWN_FORMATS else "\n").join(lines)
 
 
 # Characters LaTeX reads as commands, each written as the text it stands for.
@@ -318,6 +325,8 @@ def _latex(shown: list[Column], headers: list[str], body: list[list[str]], notes
     align = "".join("r" if c.kind in ("number", "whole") else "l" for c in shown)
     lines = [rf"\begin{{tabular}}{{{align}}}", r"\toprule", " & ".join(map(latex_escape, headers)) + r" \\"]
     lines += [r"\midrule", *(" & ".join(map(cell, row)) + r" \\" for row in body), r"\bottomrule"]
+    legend = [THROUGHPUT_LEGEND] if any(c.name == "img_s" for c in shown) else []
+    lines += [rf"\multicolumn{{{len(shown)}}}{{l}}{{\footnotesize {latex_escape(text)}}} \\" for text in legend]
     lines += [
         rf"\multicolumn{{{len(shown)}}}{{l}}{{\footnotesize\textsuperscript{{{i}}} {latex_escape(note)}}} \\"
         for note, i in notes.items()

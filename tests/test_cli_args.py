@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
 
 from bench import cli
 from bench.paths import check_output_path
@@ -140,7 +141,7 @@ def test_timm_style_arguments(tmp_path):
 
 def test_grid_and_presets():
     args = cli.parse_run_args([])
-    assert args.preset == "quick" and args.device == "cpu" and args.models == ["rmt_t", "swin_t"] and args.threads == 1
+    assert args.preset == "quick" and args.device == "cpu" and args.models == ["rmt_t", "swin_t"]
     assert cli.parse_run_args(["--out", "x.jsonl", "--batch-size", "2"]).models == ["rmt_t", "swin_t"]
     specs = cli.grid(args)
     assert len(specs) == 2 * 2 * 2
@@ -158,3 +159,21 @@ def test_exit_codes(make_row):
     assert cli.exit_code([make_row(), make_row(status="unavailable")]) == cli.EXIT_UNAVAILABLE
     assert cli.exit_code([make_row(status="unavailable"), make_row(status="oom")]) == cli.EXIT_FAILED
     assert cli.exit_code([make_row(status="error")]) == cli.EXIT_FAILED
+
+
+def test_a_preset_row_and_the_same_row_asked_for_explicitly_are_one_measurement(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)  # torch's default, whatever this machine's
+    preset = cli.grid(cli.parse_run_args([]))
+    explicit = cli.parse_run_args(["--models", "rmt_t", "swin_t", "--device", "cpu", "--backend", "eager", "compile"])
+    explicit.batch_size = [1, 8]
+    assert [s.key(None) for s in preset] == [s.key(None) for s in cli.grid(explicit)]
+    assert {s.threads for s in preset} == {3}  # the real count, never None
+    assert "default, presets included: torch's own" in " ".join(cli.build_parser().format_help().split())
+
+
+def test_pretrained_rows_record_the_hub_repo_and_revision(monkeypatch):
+    monkeypatch.setenv("ZOO_HUB_REVISION", "v1")
+    (spec,) = cli.grid(cli.parse_run_args(["--models", "swin_t", "--pretrained", "--batch-size", "1"]))
+    assert spec.weights == "hub:timm/swin_tiny_patch4_window7_224.ms_in1k@v1" and spec.pretrained() is True
+    (spec,) = cli.grid(cli.parse_run_args(["--models", "swin_t", "--batch-size", "1"]))
+    assert spec.weights == "random init" and spec.pretrained() is False

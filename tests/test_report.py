@@ -34,7 +34,7 @@ def test_table_formats_and_notes(make_row):
     assert lines[0].startswith("| model") and "p99 ms" in lines[0] and "img/s" in lines[0]
     assert "| 28.29 " in lines[2] and "| 4.51 " in lines[2] and "| 800.0 " in lines[2]
     assert table.count("unavailable [1]") == 2 and "oom [2]" in table  # identical reasons share one note
-    assert lines[-3:] == [f"[1] {reason}", "", "[2] Out of memory at batch 256."]
+    assert lines[-3:] == [f"[1] {reason}", "", "[2] Out of memory at batch 256."] and lines[-6] == ""
     csv_lines = render_table(rows, "csv").splitlines()
     assert csv_lines[0].startswith("model,mode,backend,precision,batch_size,input_size")
     assert len(csv_lines) == 5 and ",224x224," in csv_lines[1] and ",15.0," in csv_lines[1]
@@ -200,7 +200,9 @@ def test_markdown_table_with_notes_parses_as_exactly_its_rows(fmt, make_row):
     body = [t for t in tokens if t.type == "tr_open"][1:]  # the first is the header's
     assert len(body) == len(rows)
     paragraphs = [tokens[i + 1].content for i, t in enumerate(tokens) if t.type == "paragraph_open"]
-    assert [p.split("]")[0] for p in paragraphs] == ["[1", "[2"]  # each note its own paragraph, none a row
+    assert [p.split("]")[0] for p in paragraphs[1:]] == ["[1", "[2"] and paragraphs[0].startswith(
+        "img/s: "
+    )  # each note its own paragraph, none a row
 
 
 def _latex_table(make_row) -> str:
@@ -243,3 +245,31 @@ def test_latex_compiles_with_pdflatex(make_row, tmp_path):
     )
     assert done.returncode == 0, done.stdout[-2000:]
     assert (tmp_path / "t.pdf").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "field, other",
+    [
+        ("threads", 1),
+        ("weights", "hub:timm/swin_tiny_patch4_window7_224.ms_in1k@main"),
+        ("data", "/data/imagenet/val"),
+        ("max_samples", 500),
+        ("model_kwargs", {"attn_impl": "flex"}),
+        ("warmup", 3),
+        ("iters", 20),
+    ],
+)
+def test_rows_that_differ_in_a_setting_are_told_apart_by_the_default_table(field, other, make_row):
+    base = {"threads": 2, "warmup": 10, "iters": 50}
+    rows = [make_row(**base), make_row(**{**base, field: other})]
+    for fmt in ("simple", "github"):
+        lines = render_table(rows, fmt).splitlines()
+        assert lines[2] != lines[3], (field, fmt)  # under the header and its rule
+    same = render_table([rows[0], dict(rows[0])]).splitlines()
+    assert same[2] == same[3] and "threads" not in same[0]  # a setting shared by every row stays out
+
+
+def test_the_table_says_which_throughput_it_shows(make_row):
+    for fmt in ("simple", "github", "latex"):
+        assert "wall-clock time of all timed steps (not batch / p50 ms)" in render_table([make_row()], fmt)
+    assert "wall-clock" not in render_table([make_row()], columns=["model", "p50"])
