@@ -38,10 +38,17 @@ from .args import (
     positive_float,
     positive_int,
 )
-from .backends import BACKENDS
+from .backends import BACKENDS, COMPILE_MODES
 from .launchers import LAUNCHERS, LauncherUnavailable
-from .options import add_flags, flag_of, given
-from .paths import OutputPathError, WriteError, check_distinct, check_output_path, ignore_file_size_signal
+from .options import add_flags, flag_of, given, set_given
+from .paths import (
+    OutputPathError,
+    WriteError,
+    check_distinct,
+    check_output_path,
+    ignore_file_size_signal,
+    write_atomic,
+)
 from .precision import ALIASES, PRECISIONS, described, names
 from .report import (
     BY_NAME,
@@ -53,6 +60,7 @@ from .report import (
     slim,
     status_summary,
     table_order,
+    timm_csv,
 )
 from .results import iter_results, latest_rows, result_files
 from .spec import HUB_WEIGHTS, MODES, RANDOM_INIT, RowSpec, RunRequest, Settings, default_threads, first_line
@@ -78,6 +86,8 @@ PUSH_MOVED = (
     "before), so that the harness does not depend on the Hub tooling above it"
 )
 DEFAULT_RESULTS = "bench_results/results.jsonl"
+# timm's --amp-dtype values, each naming the precision `--amp` then means (precision.ALIASES)
+TIMM_AMP_DTYPES = {"float16": "amp_float16", "bfloat16": "amp_bfloat16"}
 
 # `python bench.py` with no arguments: a small CPU comparison that finishes in a few minutes. Its threads are the
 # default's (torch's: OMP_NUM_THREADS, else one per core), so a preset row and the same row asked for explicitly are
@@ -210,7 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--preset", choices=sorted(PRESETS), help="named settings; explicit options override them")
     p.add_argument(
-        "--models", "-m", nargs="+", metavar="NAME", help="zoo or timm model names; wildcards such as 'swin_*'"
+        "--models",
+        "--model",
+        "-m",
+        nargs="+",
+        metavar="NAME",
+        help="zoo or timm model names; wildcards such as 'swin_*' (--model: timm's name for it)",
     )
     p.add_argument("--model-list", metavar="FILE", help="a file of model names, one per line (timm's --model-list)")
     p.add_argument(
@@ -219,17 +234,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--bench", choices=(*MODES, "both"), default="infer", help="time inference (default), a training step, or both"
     )
-    p.add_argument("--backend", "-b", nargs="+", choices=tuple(BACKENDS), help="default: eager")
+    p.add_argument(
+        "--backend", nargs="+", choices=tuple(BACKENDS), help="default: eager (no short flag: -b is the batch)"
+    )
     p.add_argument(
         "--precision",
         "-p",
         nargs="+",
         type=_precision,
         metavar="P",
-        help=f"{described()} (amp as in timm; default fp32)",
+        help=f"{described()} (timm's names with timm's meaning; default fp32)",
+    )
+    p.add_argument("--amp", action="store_true", help="timm's: autocast, in --amp-dtype; same as --precision amp")
+    p.add_argument(
+        "--amp-dtype",
+        choices=tuple(TIMM_AMP_DTYPES),
+        help="timm's: the autocast dtype with --amp (default float16)",
     )
     p.add_argument(
+        "--torchcompile",
+        nargs="?",
+        const="inductor",
+        metavar="BACKEND|MODE",
+        help="timm's: --backend compile (inductor, the only torch.compile backend measured here), or a mode "
+        "(same as --compile-mode MODE)",
+    )
+    p.add_argument("--torchcompile-mode", metavar="MODE", help="timm's: same as --compile-mode MODE")
+    p.add_argument(
         "--batch-size",
+        "-b",
         nargs="+",
         type=positive_int,
         metavar="N",
@@ -259,8 +292,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="CPU threads (torch.set_num_threads), recorded in each row; default, presets included: torch's own "
         "(OMP_NUM_THREADS where set, else one per core)",
     )
-    p.add_argument("--warmup", type=int, help=f"untimed iterations per row (default {DEFAULTS.warmup})")
-    p.add_argument("--iters", type=positive_int, help=f"timed iterations per row (default {DEFAULTS.iters})")
+    p.add_argument(
+        "--warmup", "--num-warm-iter", type=int, help=f"untimed iterations per row (default {DEFAULTS.warmup})"
+    )
+    p.add_argument(
+        "--iters", "--num-bench-iter", type=positive_int, help=f"timed iterations per row (default {DEFAULTS.iters})"
+    )
     p.add_argument("--no-flops", action="store_true", help="skip the GMAC count")
     p.add_argument("--data", metavar="DIR", help="ImageFolder-layout dataset for top-1/top-5")
     p.add_argument(
@@ -272,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--import", dest="imports", nargs="+", metavar="MODULE", default=[], help="modules that register extra models"
     )
     p.add_argument("--out", metavar="FILE", help=f"results JSONL, appended to (default {DEFAULT_RESULTS})")
+    p.add_argument(
+        "--results-file", metavar="CSV", help="timm's: also write this run's rows as timm's benchmark CSV (whole)"
+    )
     p.add_argument(
         "--resume", action="store_true", help="skip rows already measured (status ok or oom) in --out and its shards"
     )
@@ -482,10 +522,34 @@ def check_columns(names: list[str] | None) -> None:
         raise UsageError(f"--columns: {exc}") from None
 
 
+def _timm_flags(args: argparse.Namespace) -> None:
+    """timm's benchmark.py flags, with timm's meaning, as this harness's own (before a preset fills the rest)."""
+    if args.amp_dtype and not args.amp:
+        raise UsageError(f"--amp-dtype sets the dtype of --amp; add --amp, or give --precision amp_{args.amp_dtype}.")
+    if args.amp:
+        if args.precision:
+            raise UsageError("Give either --amp (timm's) or --precision, not both.")
+        args.precision = [_precision(TIMM_AMP_DTYPES[args.amp_dtype or "float16"])]
+    modes = [m for m in (args.torchcompile, args.torchcompile_mode) if m not in (None, "inductor")]
+    if args.torchcompile_mode == "inductor" or any(m not in COMPILE_MODES for m in modes):
+        bad = args.torchcompile_mode if args.torchcompile_mode == "inductor" else modes[0]
+        raise UsageError(
+            f"--torchcompile takes inductor (torch.compile's backend, the one measured here) or a mode, and "
+            f"--torchcompile-mode a mode ({', '.join(COMPILE_MODES)}); got {bad!r}."
+        )
+    if args.torchcompile or args.torchcompile_mode:
+        args.backend = list(dict.fromkeys([*(args.backend or []), "compile"]))
+    if modes:
+        if given(args, "compile", BACKENDS["compile"].Options).get("mode") or len(set(modes)) > 1:
+            raise UsageError("Give the compile mode once: --compile-mode, --torchcompile MODE or --torchcompile-mode.")
+        set_given(args, "compile", "mode", modes[:1])
+
+
 def parse_run_args(argv: Sequence[str]) -> argparse.Namespace:
     """Parse and validate; every problem becomes a UsageError with one sentence."""
     args = build_parser().parse_args(argv)
     check_columns(args.columns)
+    _timm_flags(args)
     if args.preset is None and args.models is None and args.model_list is None:
         args.preset = "quick"
     for key, value in PRESETS.get(args.preset, {}).items():
@@ -542,7 +606,7 @@ def parse_run_args(argv: Sequence[str]) -> argparse.Namespace:
     args.checkpoints = _checkpoints(args.checkpoint, args.models)
     args.out = args.out or DEFAULT_RESULTS
     check_outputs(
-        {"--out": args.out, "--plot": args.plot},
+        {"--out": args.out, "--plot": args.plot, "--results-file": args.results_file},
         {"--data": args.data, **{f"--checkpoint {k}": v for k, v in args.checkpoints.items()}},
     )
     if args.plot:
@@ -620,6 +684,8 @@ def run_main(argv: Sequence[str]) -> int:
         emit(render_table(exc.rows, args.format, args.columns) + "\n" if exc.rows else "")
         raise
     show(outcome.rows, args.format, args.plot, args.columns)
+    if args.results_file:
+        write_atomic(args.results_file, timm_csv(outcome.rows))
     print(f"{status_summary(outcome.rows)}; results in {_where(args.out)}", file=sys.stderr)
     return exit_code(outcome.rows)
 

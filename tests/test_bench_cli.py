@@ -291,3 +291,17 @@ def test_python_dash_m_bench_is_the_same_entry_point(subprocess_env):
         and "--bench {infer,train,both}" in help_text.stdout
         and "onnxruntime" in help_text.stdout
     )
+
+
+def test_a_timm_benchmark_command_measures(tmp_path, bench):
+    """timm's flags through the entry point (--torchcompile's compile is measured by the tests of that backend; its
+    flag maps onto it in tests/test_cli_args.py)."""
+    out, timm_csv = tmp_path / "r.jsonl", tmp_path / "timm.csv"
+    argv = ["--model", "test_convnext", "-b", "1", "--amp", "--amp-dtype", "bfloat16", "--img-size", "64"]
+    argv += ["--num-warm-iter", "0", "--num-bench-iter", "2", "--results-file", str(timm_csv), "--no-flops"]
+    proc = bench(*argv, "--device", "cpu", "--quiet", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    [row] = load_results(out)
+    assert (row["precision"], row["batch_size"], row["warmup"], row["iters"]) == ("amp-bf16", 1, 0, 2)
+    [line] = csv.DictReader(io.StringIO(timm_csv.read_text()))
+    assert line["model"] == "test_convnext" and float(line["infer_samples_per_sec"]) > 0
