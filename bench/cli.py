@@ -676,8 +676,11 @@ def run_main(argv: Sequence[str]) -> int:
     )
     try:
         outcome = launcher.launch(run, request)
-    except (KeyboardInterrupt, Interrupted) as exc:
-        return stopped_exit_code(exc, args.out)
+    except (KeyboardInterrupt, Interrupted) as exc:  # the table of what was kept, then where it is
+        kept = getattr(exc, "rows", [])
+        if kept:
+            emit(render_table(kept, args.format, args.columns) + "\n")
+        return stopped_exit_code(exc, _where(args.out) if result_files(args.out, quiet=True) else None)
     except LauncherUnavailable as exc:
         raise UsageError(str(exc)) from None
     except WriteError as exc:  # a full disk or `ulimit -f`: show what was kept, then the one sentence

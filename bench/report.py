@@ -35,6 +35,7 @@ __all__ = [
     "select_columns",
     "slim",
     "render_table",
+    "row_line",
     "table_order",
     "status_summary",
     "plot",
@@ -332,6 +333,16 @@ def _latex(shown: list[Column], headers: list[str], body: list[list[str]], notes
         for note, i in notes.items()
     ]
     return "\n".join([*lines, r"\end{tabular}"])
+
+
+def row_line(row: dict[str, Any]) -> str:
+    """One row as a line of its own (a run's progress as rows land): what it is, p50 and img/s, status and note."""
+    what = [by_name()[n].cell(row) for n in ("model", "backend", "precision")]
+    what[1:1] = [row["mode"]] if row.get("mode", "infer") != "infer" else []
+    numbers = [f"{c.cell(row)} {c.header}" for c in map(by_name().get, ("p50", "img_s")) if c.cell(row)]
+    note = printable(" ".join(dict.fromkeys(row[k] for k in NOTES if row.get(k))))
+    status = row.get("status", "error") + (f": {note}" if note and row.get("status") != "ok" else "")
+    return f"{' '.join(what)} batch {row['batch_size']} {_input_label(row)}: {', '.join([*numbers, status])}"
 
 
 def _simple(headers: list[str], body: list[list[str]]) -> str:
