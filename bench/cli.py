@@ -304,7 +304,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-samples", type=positive_int, metavar="N", help="evaluate at most N images (spread over the set)"
     )
     p.add_argument("--pretrained", action="store_true", help="load each model's Hub weights")
-    p.add_argument("--checkpoint", nargs="+", metavar="[NAME=]PATH", default=[], help="local weights, per model")
+    p.add_argument(
+        "--checkpoint",
+        nargs="+",
+        metavar="[NAME=]PATH",
+        default=[],
+        help="local weights, per model: what zoo.load(pretrained=PATH) takes (a checkpoint file, e.g. the official "
+        ".pth, or a folder written by `python -m hub convert`)",
+    )
     p.add_argument(
         "--import", dest="imports", nargs="+", metavar="MODULE", default=[], help="modules that register extra models"
     )
@@ -355,6 +362,9 @@ def _report_parser() -> argparse.ArgumentParser:
 
 
 def _checkpoints(values: list[str], models: list[str]) -> dict[str, str]:
+    import zoo
+    from zoo._builder import weights_in
+
     mapping = {}
     for value in values:
         name, sep, path = value.partition("=")
@@ -366,8 +376,12 @@ def _checkpoints(values: list[str], models: list[str]) -> dict[str, str]:
             name, path = models[0], value
         if name not in models:
             raise UsageError(f"--checkpoint names {name!r}, which is not among --models.")
-        if not Path(path).is_file():
-            raise UsageError(f"Checkpoint file {path!r} does not exist.")
+        if not Path(path).exists():
+            raise UsageError(f"Checkpoint {path!r} does not exist.")
+        try:  # what zoo.load(pretrained=PATH) takes: a checkpoint file, or a folder `python -m hub convert` wrote
+            weights_in(Path(path))
+        except zoo.CheckpointError as exc:
+            raise UsageError(str(exc)) from None
         mapping[name] = str(Path(path).resolve())
     return mapping
 

@@ -257,3 +257,13 @@ def test_timm_flags_that_cannot_mean_what_they_say_are_refused(argv, message, ca
     assert cli.main(["--model", "swin_t", *argv]) == cli.EXIT_USAGE
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err
+
+
+def test_checkpoint_takes_what_zoo_load_takes(tmp_path, rmt_converted):
+    [spec] = cli.grid(cli.parse_run_args(["--model", "rmt_t", "-b", "1", "--checkpoint", str(rmt_converted)]))
+    assert spec.weights == str(rmt_converted.resolve()) and spec.pretrained() == str(rmt_converted.resolve())
+    [spec] = cli.grid(cli.parse_run_args(["--model", "rmt_t", "-b", "1", "--checkpoint", f"rmt_t={rmt_converted}"]))
+    assert spec.weights == str(rmt_converted.resolve())
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(cli.UsageError, match="is a folder with neither model.safetensors nor pytorch_model.bin"):
+        cli.parse_run_args(["--model", "rmt_t", "--checkpoint", str(tmp_path / "empty")])
