@@ -53,6 +53,7 @@ from .precision import ALIASES, PRECISIONS, described, names
 from .report import (
     BY_NAME,
     FORMATS,
+    PLOTS,
     TERMINAL_FORMAT,
     plot,
     render_table,
@@ -209,6 +210,17 @@ def _add_table_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_plot_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plot", metavar="PNG", help="save a figure (png, pdf or svg), captioned with how it was measured")
+    p.add_argument(
+        "--plot-kind",
+        choices=PLOTS,
+        default=PLOTS[0],
+        help="accuracy: top-1 against throughput (default); batch: throughput against batch size; dense: latency "
+        "and memory against input size (--features-only rows)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(
         prog="bench.py",
@@ -338,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"seconds per worker process before it is killed (default {DEFAULTS.timeout_s:.0f})",
     )
     _add_table_options(p)
-    p.add_argument("--plot", metavar="PNG", help="save accuracy vs throughput (png, pdf or svg)")
+    _add_plot_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--verbose", action="store_true", help="show worker output")
     return p
@@ -350,7 +362,7 @@ def _report_parser() -> argparse.ArgumentParser:
         "results", nargs="+", metavar="RESULTS", help="results JSONL files (with their shards), read in order"
     )
     _add_table_options(p)
-    p.add_argument("--plot", metavar="PNG", help="save accuracy vs throughput (png, pdf or svg)")
+    _add_plot_options(p)
     p.add_argument("--all", action="store_true", help="every row, not only the newest per measurement")
     # Moved to `python -m hub push-results` (the harness does not import the Hub tooling); still parsed, so the old
     # command gets the sentence that says where it went rather than "unrecognized arguments".
@@ -653,14 +665,20 @@ def settings_from(args: argparse.Namespace) -> Settings:
     )
 
 
-def show(rows: list[dict[str, Any]], fmt: str, plot_path: str | None, columns: list[str] | None = None) -> None:
+# What each figure needs, said when no row has it.
+PLOT_NEEDS = {
+    "accuracy": "a finite throughput and a (measured or paper) top-1",
+    "batch": "a throughput at two or more batch sizes of one model, backend, precision and input",
+    "dense": "a --features-only measurement",
+}
+
+
+def show(rows: list[dict[str, Any]], fmt: str, plot_path: str | None, columns: list[str] | None, kind: str) -> None:
     emit(render_table(rows, fmt, columns) + ("" if fmt in ("csv", "timm") else "\n"))
     if plot_path:
-        saved = plot(rows, plot_path)
+        saved = plot(rows, plot_path, kind=kind)
         print(
-            f"plot: {plot_path}"
-            if saved
-            else "plot: no row has a finite throughput and a (measured or paper) top-1, so none was drawn",
+            f"plot: {plot_path}" if saved else f"plot: no row has {PLOT_NEEDS[kind]}, so none was drawn",
             file=sys.stderr,
         )
 
@@ -700,7 +718,7 @@ def run_main(argv: Sequence[str]) -> int:
     except WriteError as exc:  # a full disk or `ulimit -f`: show what was kept, then the one sentence
         emit(render_table(exc.rows, args.format, args.columns) + "\n" if exc.rows else "")
         raise
-    show(outcome.rows, args.format, args.plot, args.columns)
+    show(outcome.rows, args.format, args.plot, args.columns, args.plot_kind)
     if args.results_file:
         write_atomic(args.results_file, timm_csv(outcome.rows))
     print(f"{status_summary(outcome.rows)}; results in {_where(args.out)}", file=sys.stderr)
@@ -739,7 +757,7 @@ def report_main(argv: Sequence[str]) -> int:
     if not rows:
         names = " and ".join(repr(p) for p in args.results)
         raise UsageError(f"Results file {names} holds no benchmark rows.")
-    show(rows, args.format, args.plot, args.columns)
+    show(rows, args.format, args.plot, args.columns, args.plot_kind)
     return EXIT_OK
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import html
 import io
 import re
 import shutil
@@ -273,3 +274,64 @@ def test_the_table_says_which_throughput_it_shows(make_row):
     for fmt in ("simple", "github", "latex"):
         assert "wall-clock time of all timed steps (not batch / p50 ms)" in render_table([make_row()], fmt)
     assert "wall-clock" not in render_table([make_row()], columns=["model", "p50"])
+
+
+@pytest.fixture
+def svg_text(monkeypatch):
+    """Figures saved as SVG keep their text as text, so a test reads what the figure says."""
+    import matplotlib
+
+    monkeypatch.setitem(matplotlib.rcParams, "svg.fonttype", "none")
+
+    def read(path) -> str:
+        return html.unescape(re.sub(r"<[^>]+>", " ", path.read_text()))
+
+    return read
+
+
+def _measured(make_row, **kw) -> dict:
+    base = {"threads": 4, "weights": "random init", "timestamp": "2026-12-04T23:00:00Z"}
+    return make_row(**{**base, "env": {"device_name": "Test CPU", "torch": "2.99.0"}, **kw})
+
+
+def test_the_plot_is_a_captioned_figure(tmp_path, make_row, svg_text):
+    rows = [
+        _measured(make_row, throughput_ips=0.3),  # a slow row: ticks stay plain numbers below 1
+        _measured(make_row, backend="compile", throughput_ips=2.0),
+        _measured(make_row, model="rmt_t", gmacs=2.65, throughput_ips=1.5),
+    ]
+    svg = tmp_path / "plot.svg"
+    assert plot(rows, svg)
+    text = svg_text(svg)
+    for part in ("device Test CPU", "torch 2.99.0", "precision fp32", "batch 8", "threads 4", "weights random init"):
+        assert part in text, part
+    assert "date 2026-12-04" in text and "top-1 (%, paper)" in text
+    assert "per-step spread: p90 step to fastest" in text and "one model's backends, joined" in text
+    assert "marker area: GMACs" in text
+    assert " 0.5 " in text and " 2 " in text, "ticks are plain numbers (not 5×10⁻¹), every step within a decade"
+    with_top1 = [_measured(make_row, top1=80.0, throughput_ips=2.0)]
+    assert plot(with_top1, svg) and "top-1 (%, measured)" in svg_text(svg)
+
+
+def test_a_batch_sweep_and_the_dense_table_are_figures_too(tmp_path, make_row, svg_text):
+    sweep = [_measured(make_row, batch_size=b, throughput_ips=100.0 * b**0.5) for b in (1, 8, 64)]
+    svg = tmp_path / "batch.svg"
+    assert plot(sweep, svg, kind="batch")
+    assert "batch size" in svg_text(svg) and "swin_t eager fp32 224x224" in svg_text(svg)
+    assert "threads 4" in svg_text(svg)
+    assert not plot(sweep[:1], tmp_path / "one.svg", kind="batch")  # one batch is no sweep
+    dense = [
+        _measured(make_row, features_only=True, input_size=list(s), latency_ms={"p50": ms}, peak_mem_mb=mb)
+        for s, ms, mb in (((512, 512), 300.0, 1100.0), ((800, 1344), 1300.0, 1900.0))
+    ]
+    svg = tmp_path / "dense.svg"
+    assert plot(dense, svg, kind="dense")
+    text = svg_text(svg)
+    assert "800x1344" in text and "p50 latency (ms)" in text and "peak memory (MiB)" in text
+    assert not plot(sweep, tmp_path / "none.svg", kind="dense")  # no backbone rows
+
+
+def test_plot_kind_is_a_flag_of_both_commands(tmp_path):
+    args = cli._report_parser().parse_args(["r.jsonl", "--plot", "p.png", "--plot-kind", "batch"])
+    assert args.plot_kind == "batch"
+    assert cli.build_parser().parse_args(["--plot-kind", "dense"]).plot_kind == "dense"
