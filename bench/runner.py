@@ -424,7 +424,7 @@ def run(request: RunRequest) -> Outcome:
                 bar,
                 request.run_id,
                 steps,
-                request.progress,
+                request.progress or request.verbose,
             )
             for (_, reason, what), same in by_reason.items():  # one status row per reason, not one per row
                 more = (
@@ -436,7 +436,7 @@ def run(request: RunRequest) -> Outcome:
                     unfinished += len(group)
                     continue
                 bar.set_description(f"{group[0].model} ({len(group)} rows)")
-                if request.progress and not show:
+                if (request.progress or request.verbose) and not show:  # a log's line (a launcher's job: verbose)
                     print(f"running {group[0].model}: {len(group)} row(s)", file=sys.stderr, flush=True)
                 runner.group(group)
     except (WriteError, KeyboardInterrupt, Interrupted) as exc:  # a full disk or a stop: what was kept is the result
