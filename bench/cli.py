@@ -22,16 +22,24 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from common.cli import EXIT_OK, OneLineParser, UsageError, emit, run_cli
-from common.paths import OutputPathError, WriteError, check_distinct, check_output_path, ignore_file_size_signal
+from common.paths import (
+    OutputPathError,
+    WriteError,
+    check_distinct,
+    check_output_path,
+    ignore_file_size_signal,
+    write_atomic,
+)
 
 from .args import exit_code, input_sizes, positive_float, positive_int
-from .backends import BACKENDS
+from .backends import BACKENDS, COMPILE_MODES
 from .launchers import LAUNCHERS, LauncherUnavailable
-from .options import add_flags, flag_of, given
+from .options import add_flags, flag_of, given, set_given
 from .precision import ALIASES, PRECISIONS, described, names
 from .report import (
     BY_NAME,
     FORMATS,
+    PLOTS,
     TERMINAL_FORMAT,
     plot,
     render_table,
@@ -39,9 +47,10 @@ from .report import (
     slim,
     status_summary,
     table_order,
+    timm_csv,
 )
 from .results import iter_results, latest_rows, result_files
-from .spec import MODES, RANDOM_INIT, RowSpec, RunRequest, Settings, first_line
+from .spec import HUB_WEIGHTS, MODES, RANDOM_INIT, RowSpec, RunRequest, Settings, default_threads, first_line
 
 __all__ = [
     "main",
@@ -52,9 +61,12 @@ __all__ = [
 
 DEFAULTS = Settings()
 DEFAULT_RESULTS = "bench_results/results.jsonl"
+# timm's --amp-dtype values, each naming the precision `--amp` then means (precision.ALIASES)
+TIMM_AMP_DTYPES = {"float16": "amp_float16", "bfloat16": "amp_bfloat16"}
 
-# `python bench.py` with no arguments: a small CPU comparison that finishes in a few minutes. One thread, because
-# on a shared machine OpenMP threads that compete for cores can slow a step twentyfold; --threads overrides it.
+# `python bench.py` with no arguments: a small CPU comparison that finishes in a few minutes. Its threads are the
+# default's (torch's: OMP_NUM_THREADS, else one per core), so a preset row and the same row asked for explicitly are
+# one measurement; on a shared machine give --threads 1 (competing OpenMP threads can slow a step twentyfold).
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
         "models": ["rmt_t", "swin_t"],
@@ -62,7 +74,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "precision": ["fp32"],
         "batch_size": [1, 8],
         "device": "cpu",
-        "threads": 1,
         "warmup": 3,
         "iters": 20,
     },
@@ -173,6 +184,17 @@ def _add_table_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_plot_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plot", metavar="PNG", help="save a figure (png, pdf or svg), captioned with how it was measured")
+    p.add_argument(
+        "--plot-kind",
+        choices=PLOTS,
+        default=PLOTS[0],
+        help="accuracy: top-1 against throughput (default); batch: throughput against batch size; dense: latency "
+        "and memory against input size (--features-only rows)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(
         prog="bench.py",
@@ -184,7 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--preset", choices=sorted(PRESETS), help="named settings; explicit options override them")
     p.add_argument(
-        "--models", "-m", nargs="+", metavar="NAME", help="zoo or timm model names; wildcards such as 'swin_*'"
+        "--models",
+        "--model",
+        "-m",
+        nargs="+",
+        metavar="NAME",
+        help="zoo or timm model names; wildcards such as 'swin_*' (--model: timm's name for it)",
     )
     p.add_argument("--model-list", metavar="FILE", help="a file of model names, one per line (timm's --model-list)")
     p.add_argument(
@@ -193,17 +220,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--bench", choices=(*MODES, "both"), default="infer", help="time inference (default), a training step, or both"
     )
-    p.add_argument("--backend", "-b", nargs="+", choices=tuple(BACKENDS), help="default: eager")
+    p.add_argument(
+        "--backend", nargs="+", choices=tuple(BACKENDS), help="default: eager (no short flag: -b is the batch)"
+    )
     p.add_argument(
         "--precision",
         "-p",
         nargs="+",
         type=_precision,
         metavar="P",
-        help=f"{described()} (amp as in timm; default fp32)",
+        help=f"{described()} (timm's names with timm's meaning; default fp32)",
+    )
+    p.add_argument("--amp", action="store_true", help="timm's: autocast, in --amp-dtype; same as --precision amp")
+    p.add_argument(
+        "--amp-dtype",
+        choices=tuple(TIMM_AMP_DTYPES),
+        help="timm's: the autocast dtype with --amp (default float16)",
     )
     p.add_argument(
+        "--torchcompile",
+        nargs="?",
+        const="inductor",
+        metavar="BACKEND|MODE",
+        help="timm's: --backend compile (inductor, the only torch.compile backend measured here), or a mode "
+        "(same as --compile-mode MODE)",
+    )
+    p.add_argument("--torchcompile-mode", metavar="MODE", help="timm's: same as --compile-mode MODE")
+    p.add_argument(
         "--batch-size",
+        "-b",
         nargs="+",
         type=positive_int,
         metavar="N",
@@ -227,20 +272,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_backend_options(p)
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    p.add_argument("--threads", type=positive_int, help="CPU threads (torch.set_num_threads)")
-    p.add_argument("--warmup", type=int, help=f"untimed iterations per row (default {DEFAULTS.warmup})")
-    p.add_argument("--iters", type=positive_int, help=f"timed iterations per row (default {DEFAULTS.iters})")
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        help="CPU threads (torch.set_num_threads), recorded in each row; default, presets included: torch's own "
+        "(OMP_NUM_THREADS where set, else one per core)",
+    )
+    p.add_argument(
+        "--warmup", "--num-warm-iter", type=int, help=f"untimed iterations per row (default {DEFAULTS.warmup})"
+    )
+    p.add_argument(
+        "--iters", "--num-bench-iter", type=positive_int, help=f"timed iterations per row (default {DEFAULTS.iters})"
+    )
     p.add_argument("--no-flops", action="store_true", help="skip the GMAC count")
     p.add_argument("--data", metavar="DIR", help="ImageFolder-layout dataset for top-1/top-5")
     p.add_argument(
         "--max-samples", type=positive_int, metavar="N", help="evaluate at most N images (spread over the set)"
     )
     p.add_argument("--pretrained", action="store_true", help="load each model's Hub weights")
-    p.add_argument("--checkpoint", nargs="+", metavar="[NAME=]PATH", default=[], help="local weights, per model")
+    p.add_argument(
+        "--checkpoint",
+        nargs="+",
+        metavar="[NAME=]PATH",
+        default=[],
+        help="local weights, per model: what zoo.load(pretrained=PATH) takes (a checkpoint file, e.g. the official "
+        ".pth, or a folder written by `python -m hub convert`)",
+    )
     p.add_argument(
         "--import", dest="imports", nargs="+", metavar="MODULE", default=[], help="modules that register extra models"
     )
     p.add_argument("--out", metavar="FILE", help=f"results JSONL, appended to (default {DEFAULT_RESULTS})")
+    p.add_argument(
+        "--results-file", metavar="CSV", help="timm's: also write this run's rows as timm's benchmark CSV (whole)"
+    )
     p.add_argument(
         "--resume", action="store_true", help="skip rows already measured (status ok or oom) in --out and its shards"
     )
@@ -260,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"seconds per worker process before it is killed (default {DEFAULTS.timeout_s:.0f})",
     )
     _add_table_options(p)
-    p.add_argument("--plot", metavar="PNG", help="save accuracy vs throughput (png, pdf or svg)")
+    _add_plot_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--verbose", action="store_true", help="show worker output")
     return p
@@ -272,12 +336,14 @@ def _report_parser() -> argparse.ArgumentParser:
         "results", nargs="+", metavar="RESULTS", help="results JSONL files (with their shards), read in order"
     )
     _add_table_options(p)
-    p.add_argument("--plot", metavar="PNG", help="save accuracy vs throughput (png, pdf or svg)")
+    _add_plot_options(p)
     p.add_argument("--all", action="store_true", help="every row, not only the newest per measurement")
     return p
 
 
 def _checkpoints(values: list[str], models: list[str]) -> dict[str, str]:
+    import zoo
+
     mapping = {}
     for value in values:
         name, sep, path = value.partition("=")
@@ -289,8 +355,12 @@ def _checkpoints(values: list[str], models: list[str]) -> dict[str, str]:
             name, path = models[0], value
         if name not in models:
             raise UsageError(f"--checkpoint names {name!r}, which is not among --models.")
-        if not Path(path).is_file():
-            raise UsageError(f"Checkpoint file {path!r} does not exist.")
+        if not Path(path).exists():
+            raise UsageError(f"Checkpoint {path!r} does not exist.")
+        try:  # what zoo.load(pretrained=PATH) takes: a checkpoint file, or a folder `python -m hub convert` wrote
+            zoo.weights_in(Path(path))
+        except zoo.CheckpointError as exc:
+            raise UsageError(str(exc)) from None
         mapping[name] = str(Path(path).resolve())
     return mapping
 
@@ -312,10 +382,19 @@ def _resolve_device(requested: str | None) -> str:
 
 
 def _weights(args: argparse.Namespace, model: str) -> str:
-    """The row's weights field: a checkpoint path, "hub", or random initialisation."""
+    """The row's weights field: a checkpoint path, the Hub repo and revision ("hub:ORG/NAME@main"), or random
+    initialisation."""
     if model in args.checkpoints:
         return args.checkpoints[model]
-    return "hub" if args.pretrained else RANDOM_INIT
+    if not args.pretrained:
+        return RANDOM_INIT
+    import zoo
+
+    try:
+        repo = zoo.hub_repo_id(zoo.info(model))
+    except zoo.WeightsUnavailableError as exc:
+        raise UsageError(str(exc)) from None
+    return f"{HUB_WEIGHTS}{repo}@{os.environ.get(zoo.HUB_REVISION_ENV) or 'main'}"
 
 
 def grid(args: argparse.Namespace) -> list[RowSpec]:
@@ -436,10 +515,34 @@ def check_columns(names: list[str] | None) -> None:
         raise UsageError(f"--columns: {exc}") from None
 
 
+def _timm_flags(args: argparse.Namespace) -> None:
+    """timm's benchmark.py flags, with timm's meaning, as this harness's own (before a preset fills the rest)."""
+    if args.amp_dtype and not args.amp:
+        raise UsageError(f"--amp-dtype sets the dtype of --amp; add --amp, or give --precision amp_{args.amp_dtype}.")
+    if args.amp:
+        if args.precision:
+            raise UsageError("Give either --amp (timm's) or --precision, not both.")
+        args.precision = [_precision(TIMM_AMP_DTYPES[args.amp_dtype or "float16"])]
+    modes = [m for m in (args.torchcompile, args.torchcompile_mode) if m not in (None, "inductor")]
+    if args.torchcompile_mode == "inductor" or any(m not in COMPILE_MODES for m in modes):
+        bad = args.torchcompile_mode if args.torchcompile_mode == "inductor" else modes[0]
+        raise UsageError(
+            f"--torchcompile takes inductor (torch.compile's backend, the one measured here) or a mode, and "
+            f"--torchcompile-mode a mode ({', '.join(COMPILE_MODES)}); got {bad!r}."
+        )
+    if args.torchcompile or args.torchcompile_mode:
+        args.backend = list(dict.fromkeys([*(args.backend or []), "compile"]))
+    if modes:
+        if given(args, "compile", BACKENDS["compile"].Options).get("mode") or len(set(modes)) > 1:
+            raise UsageError("Give the compile mode once: --compile-mode, --torchcompile MODE or --torchcompile-mode.")
+        set_given(args, "compile", "mode", modes[:1])
+
+
 def parse_run_args(argv: Sequence[str]) -> argparse.Namespace:
     """Parse and validate; every problem becomes a UsageError with one sentence."""
     args = build_parser().parse_args(argv)
     check_columns(args.columns)
+    _timm_flags(args)
     if args.preset is None and args.models is None and args.model_list is None:
         args.preset = "quick"
     for key, value in PRESETS.get(args.preset, {}).items():
@@ -491,11 +594,12 @@ def parse_run_args(argv: Sequence[str]) -> argparse.Namespace:
             trainable = ", ".join(names(trainable=True))
             raise UsageError(f"--bench train runs {trainable} (autocast keeps fp32 weights), not {cast[0]}.")
     _check_choices(args)
+    args.threads = args.threads or default_threads()
     _check_memory(args)
     args.checkpoints = _checkpoints(args.checkpoint, args.models)
     args.out = args.out or DEFAULT_RESULTS
     check_outputs(
-        {"--out": args.out, "--plot": args.plot},
+        {"--out": args.out, "--plot": args.plot, "--results-file": args.results_file},
         {"--data": args.data, **{f"--checkpoint {k}": v for k, v in args.checkpoints.items()}},
     )
     if args.plot:
@@ -528,14 +632,20 @@ def settings_from(args: argparse.Namespace) -> Settings:
     )
 
 
-def show(rows: list[dict[str, Any]], fmt: str, plot_path: str | None, columns: list[str] | None = None) -> None:
+# What each figure needs, said when no row has it.
+PLOT_NEEDS = {
+    "accuracy": "a finite throughput and a (measured or paper) top-1",
+    "batch": "a throughput at two or more batch sizes of one model, backend, precision and input",
+    "dense": "a --features-only measurement",
+}
+
+
+def show(rows: list[dict[str, Any]], fmt: str, plot_path: str | None, columns: list[str] | None, kind: str) -> None:
     emit(render_table(rows, fmt, columns) + ("" if fmt in ("csv", "timm") else "\n"))
     if plot_path:
-        saved = plot(rows, plot_path)
+        saved = plot(rows, plot_path, kind=kind)
         print(
-            f"plot: {plot_path}"
-            if saved
-            else "plot: no row has a finite throughput and a (measured or paper) top-1, so none was drawn",
+            f"plot: {plot_path}" if saved else f"plot: no row has {PLOT_NEEDS[kind]}, so none was drawn",
             file=sys.stderr,
         )
 
@@ -565,14 +675,19 @@ def run_main(argv: Sequence[str]) -> int:
     )
     try:
         outcome = launcher.launch(run, request)
-    except (KeyboardInterrupt, Interrupted) as exc:
-        return stopped_exit_code(exc, args.out)
+    except (KeyboardInterrupt, Interrupted) as exc:  # the table of what was kept, then where it is
+        kept = getattr(exc, "rows", [])
+        if kept:
+            emit(render_table(kept, args.format, args.columns) + "\n")
+        return stopped_exit_code(exc, _where(args.out) if result_files(args.out, quiet=True) else None)
     except LauncherUnavailable as exc:
         raise UsageError(str(exc)) from None
     except WriteError as exc:  # a full disk or `ulimit -f`: show what was kept, then the one sentence
         emit(render_table(exc.rows, args.format, args.columns) + "\n" if exc.rows else "")
         raise
-    show(outcome.rows, args.format, args.plot, args.columns)
+    show(outcome.rows, args.format, args.plot, args.columns, args.plot_kind)
+    if args.results_file:
+        write_atomic(args.results_file, timm_csv(outcome.rows))
     print(f"{status_summary(outcome.rows)}; results in {_where(args.out)}", file=sys.stderr)
     return exit_code(outcome.rows)
 
@@ -607,7 +722,7 @@ def report_main(argv: Sequence[str]) -> int:
     if not rows:
         names = " and ".join(repr(p) for p in args.results)
         raise UsageError(f"Results file {names} holds no benchmark rows.")
-    show(rows, args.format, args.plot, args.columns)
+    show(rows, args.format, args.plot, args.columns, args.plot_kind)
     return EXIT_OK
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "Energy",
     "TRACKERS",
     "time_steps",
+    "StepCallback",
     "latency_stats",
     "enable_tf32",
     "numerics",
@@ -65,26 +66,41 @@ class Tracker:
         raise NotImplementedError
 
 
+# What `time_steps` tells its `on_step` callback: the phase, the steps done and the steps in it.
+StepCallback = Callable[[str, int, int], None]
+
+
 def time_steps(
-    step: Callable[[], Any], warmup: int, iters: int, device: str, trackers: Sequence[Tracker] = (), batch_size: int = 1
+    step: Callable[[], Any],
+    warmup: int,
+    iters: int,
+    device: str,
+    trackers: Sequence[Tracker] = (),
+    batch_size: int = 1,
+    on_step: StepCallback | None = None,
 ) -> Loop:
     """Per-step times of `iters` steps after `warmup` untimed ones, with loop-scoped `trackers` around them.
 
     On a GPU each step is bracketed by CUDA events and nothing synchronises inside the loop, so the queue stays
-    full as in real inference; the wall time runs from the first start event to the last end event.
+    full as in real inference; the wall time runs from the first start event to the last end event. `on_step`
+    (progress for a watcher) is told ("warm-up", done, warmup) and ("timed", done, iters) after each step; on a GPU
+    a timed step is then queued, not finished.
     """
-    for _ in range(warmup):
+    report = on_step or (lambda phase, done, total: None)
+    for i in range(warmup):
         step()
+        report("warm-up", i + 1, warmup)
     synchronize(device)
     for tracker in trackers:
         tracker.start()
     if is_cuda(device):
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
         ends = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
-        for start, end in zip(starts, ends):
+        for i, (start, end) in enumerate(zip(starts, ends)):
             start.record()
             step()
             end.record()
+            report("timed", i + 1, iters)
         torch.cuda.synchronize(device)
         loop = Loop(
             [s.elapsed_time(e) for s, e in zip(starts, ends)], starts[0].elapsed_time(ends[-1]) / 1e3, batch_size
@@ -92,10 +108,11 @@ def time_steps(
     else:
         times = []
         t_run = time.perf_counter()
-        for _ in range(iters):
+        for i in range(iters):
             t0 = time.perf_counter()
             step()
             times.append((time.perf_counter() - t0) * 1e3)
+            report("timed", i + 1, iters)
         loop = Loop(times, time.perf_counter() - t_run, batch_size)
     for tracker in trackers:
         tracker.stop()

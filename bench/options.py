@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["NoOptions", "option", "add_flags", "given", "flag_of"]
+__all__ = ["NoOptions", "option", "add_flags", "given", "set_given", "flag_of"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,11 @@ def given(args: argparse.Namespace, owner: str, options: type) -> dict[str, Any]
     """The flag values given on the command line for `owner`'s options, by field name (absent when not given)."""
     found = {f.name: getattr(args, _dest(owner, f.name), None) for f in dataclasses.fields(options)}
     return {k: v for k, v in found.items() if v is not None}
+
+
+def set_given(args: argparse.Namespace, owner: str, name: str, value: Any) -> None:
+    """Set `owner`'s option `name` as its flag would (another flag that means the same, such as timm's)."""
+    setattr(args, _dest(owner, name), value)
 
 
 def flag_of(options: type, name: str) -> str:

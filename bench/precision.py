@@ -73,7 +73,16 @@ PRECISIONS: dict[str, Precision] = {
     )
 }
 # `amp` follows timm's benchmark.py (float16 autocast); `autocast` is this harness's bf16 autocast.
-ALIASES = {"amp": "amp-fp16", "autocast": "amp-bf16", "float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+# timm's names (benchmark.py's --precision, and "amp_" + its --amp-dtype), with timm's meaning
+ALIASES = {
+    "amp": "amp-fp16",
+    "amp_float16": "amp-fp16",
+    "amp_bfloat16": "amp-bf16",
+    "autocast": "amp-bf16",
+    "float32": "fp32",
+    "float16": "fp16",
+    "bfloat16": "bf16",
+}
 
 
 def names(**where: object) -> list[str]:

@@ -6,6 +6,8 @@ import csv
 import io
 import json
 import math
+import re
+import textwrap
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -16,12 +18,14 @@ from tabulate import tabulate, tabulate_formats
 
 from .backends import options_label
 from .columns import Column, get_field, printable
-from .schema import NOTES, csv_fields, row_schema, table_columns
+from .schema import NOTES, csv_fields, row_schema, settings_columns, table_columns
 from common.paths import write_atomic
 from .spec import KEY_DEFAULTS, STATUSES, backend_options
 
 __all__ = [
     "FORMATS",
+    "LATEX_FORMATS",
+    "latex_escape",
     "TERMINAL_FORMAT",
     "COLUMNS",
     "BY_NAME",
@@ -32,13 +36,21 @@ __all__ = [
     "select_columns",
     "slim",
     "render_table",
+    "row_line",
     "table_order",
     "status_summary",
     "plot",
+    "PLOTS",
+    "caption",
     "timm_csv",
 ]
 
 FORMATS = ("csv", "timm", *tabulate_formats)
+# Written here rather than by tabulate: escaped, booktabs rules, numbers right-aligned, notes as table footnotes.
+LATEX_FORMATS = ("latex", "latex_booktabs")
+MARKDOWN_FORMATS = ("github", "pipe")
+# Under every table with the img/s column: not batch / p50, which a reader might take it for.
+THROUGHPUT_LEGEND = "img/s: images per second over the wall-clock time of all timed steps (not batch / p50 ms)."
 # What a terminal shows by default: aligned columns without rules, so the default columns fit 120 characters.
 TERMINAL_FORMAT = "simple"
 
@@ -121,12 +133,12 @@ def _read() -> frozenset[str]:
 
 
 def slim(row: dict[str, Any]) -> dict[str, Any]:
-    """The part of a row the tables, CSVs and plot read (env reduced to its device name): a report over a large
-    file holds a few hundred bytes per row, not the raw step times and environment of each."""
+    """The part of a row the tables, CSVs and plot read (env reduced to its device name and torch version): a report
+    over a large file holds a few hundred bytes per row, not the raw step times and environment of each."""
     read = _read()
     kept = {k: row[k] for k in read if k in row}
     if "env" in row:
-        kept["env"] = {"device_name": get_field(row, "env.device_name")}
+        kept["env"] = {"device_name": get_field(row, "env.device_name"), "torch": get_field(row, "env.torch")}
     return kept
 
 
@@ -225,11 +237,14 @@ def select_columns(names: Iterable[str] | None) -> tuple[Column, ...]:
 def _shown(rows: list[dict[str, Any]], columns: tuple[Column, ...], asked: bool) -> list[Column]:
     """Of `columns`, those to show: every one named with `--columns` (`asked`); otherwise those that say something
     for these rows: the mode only when a row trained, the device only when rows come from more than one machine,
-    others when any row has a value. The status comes last unless it was placed."""
+    others when any row has a value, and besides them every setting (threads, weights, data, ...) in which rows
+    differ, so that no two rows that measured differently look alike. The status comes last unless it was placed."""
     if asked:
         return [*columns, *([] if STATUS in columns else [STATUS])]
+    names = {c.name for c in columns}
+    differing = [c for c in settings_columns() if c.name not in names and len({c.cell(r) for r in rows}) > 1]
     shown = []
-    for column in columns:
+    for column in (*columns, *differing):
         if column.name == "mode":
             keep = any(r.get("mode", "infer") != "infer" for r in rows)
         elif column.name == "device":
@@ -262,6 +277,8 @@ def render_table(
             cells[shown.index(STATUS)] += f" [{notes.setdefault(note, len(notes) + 1)}]"
         body.append(cells)
     headers = [c.header for c in shown]
+    if fmt in LATEX_FORMATS:
+        return _latex(shown, headers, body, notes)
     if fmt == TERMINAL_FORMAT:
         table = _simple(headers, body)
     else:
@@ -270,7 +287,65 @@ def render_table(
             table = tabulate(body, headers=headers, tablefmt=fmt, disable_numparse=True)
         finally:
             tabulate_module.MIN_PADDING = padding
-    return table + "".join(f"\n[{i}] {note}" for note, i in notes.items())
+    # After a blank line: a Markdown (GFM) table runs on until one, so a note right under it would read as a row;
+    # in Markdown each note is its own paragraph, so that they do not run together into one line.
+    lines = [f"[{i}] {note}" for note, i in notes.items()]
+    if any(c.name == "img_s" for c in shown):  # two throughputs could be meant; say which this is
+        lines.insert(0, THROUGHPUT_LEGEND)
+    return table + ("\n\n" if lines else "") + ("\n\n" if fmt in MARKDOWN_FORMATS else "\n").join(lines)
+
+
+# Characters LaTeX reads as commands, each written as the text it stands for.
+_LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
+
+
+def latex_escape(text: str) -> str:
+    """`text` as LaTeX prints it literally."""
+    return "".join(_LATEX_SPECIAL.get(c, c) for c in text)
+
+
+def _latex(shown: list[Column], headers: list[str], body: list[list[str]], notes: dict[str, int]) -> str:
+    """A booktabs tabular (needs `\\usepackage{booktabs}`): text escaped, numbers right-aligned, each note a
+    footnote mark in the status cell and a line under the bottom rule."""
+    marked = re.compile(r" \[(\d+)\]$")
+
+    def cell(text: str) -> str:
+        match = marked.search(text)
+        if not match:
+            return latex_escape(text)
+        return latex_escape(text[: match.start()]) + rf"\textsuperscript{{{match.group(1)}}}"
+
+    align = "".join("r" if c.kind in ("number", "whole") else "l" for c in shown)
+    lines = [rf"\begin{{tabular}}{{{align}}}", r"\toprule", " & ".join(map(latex_escape, headers)) + r" \\"]
+    lines += [r"\midrule", *(" & ".join(map(cell, row)) + r" \\" for row in body), r"\bottomrule"]
+    legend = [THROUGHPUT_LEGEND] if any(c.name == "img_s" for c in shown) else []
+    lines += [rf"\multicolumn{{{len(shown)}}}{{l}}{{\footnotesize {latex_escape(text)}}} \\" for text in legend]
+    lines += [
+        rf"\multicolumn{{{len(shown)}}}{{l}}{{\footnotesize\textsuperscript{{{i}}} {latex_escape(note)}}} \\"
+        for note, i in notes.items()
+    ]
+    return "\n".join([*lines, r"\end{tabular}"])
+
+
+def row_line(row: dict[str, Any]) -> str:
+    """One row as a line of its own (a run's progress as rows land): what it is, p50 and img/s, status and note."""
+    what = [by_name()[n].cell(row) for n in ("model", "backend", "precision")]
+    what[1:1] = [row["mode"]] if row.get("mode", "infer") != "infer" else []
+    numbers = [f"{c.cell(row)} {c.header}" for c in map(by_name().get, ("p50", "img_s")) if c.cell(row)]
+    note = printable(" ".join(dict.fromkeys(row[k] for k in NOTES if row.get(k))))
+    status = row.get("status", "error") + (f": {note}" if note and row.get("status") != "ok" else "")
+    return f"{' '.join(what)} batch {row['batch_size']} {_input_label(row)}: {', '.join([*numbers, status])}"
 
 
 def _simple(headers: list[str], body: list[list[str]]) -> str:
@@ -290,11 +365,15 @@ def status_summary(rows: list[dict[str, Any]]) -> str:
 
 
 def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+PLOTS = ("accuracy", "batch", "dense")  # what `--plot-kind` draws
 
 
 def _plot_points(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One point per model/backend/precision: throughput at its largest measured batch, measured top-1 if any."""
+    """One point per model/backend/precision: throughput at its largest measured batch with its per-step spread
+    (the p90 step to the fastest), measured top-1 if any, else the paper's."""
     import zoo
 
     best: dict[tuple, dict[str, Any]] = {}
@@ -319,62 +398,204 @@ def _plot_points(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         points.append(
             {
                 "model": key[0],
-                "series": f"{key[1]} {key[2]}",
+                "backend": key[1],
+                "precision": key[2],
                 "x": row["throughput_ips"],
+                "spread": _spread(row),
                 "y": measured if measured is not None else paper,
                 "measured": measured is not None,
+                "size": row.get("gmacs") if _finite(row.get("gmacs")) else None,
             }
         )
     return points
 
 
-def plot(rows: Iterable[dict[str, Any]], path: str | Path, title: str | None = None) -> bool:
-    """Save accuracy against throughput as a PNG; False (and no file) when no row has both numbers."""
+def _spread(row: dict[str, Any]) -> tuple[float, float] | None:
+    """Images per second of the p90 step and of the fastest step: how far one step's throughput ranges."""
+    slow, fast = get_field(row, "latency_ms.p90"), get_field(row, "latency_ms.min")
+    if not (_finite(slow) and _finite(fast)) or fast <= 0:
+        return None
+    return row["batch_size"] * 1e3 / slow, row["batch_size"] * 1e3 / fast
+
+
+def _values(rows: list[dict[str, Any]], read: Callable[[dict[str, Any]], Any]) -> str:
+    found = sorted({str(v) for v in map(read, rows) if v not in (None, "")})
+    return ", ".join(found) if len(found) <= 3 else f"{', '.join(found[:3])}, ... ({len(found)})"
+
+
+def caption(rows: list[dict[str, Any]]) -> str:
+    """How the plotted rows were measured, in one or two lines under the figure: device, torch, precision, batch,
+    threads, weights and date."""
+    parts = [
+        ("device", _values(rows, lambda r: get_field(r, "env.device_name"))),
+        ("torch", _values(rows, lambda r: get_field(r, "env.torch"))),
+        ("precision", _values(rows, _precision_label)),
+        ("batch", _values(rows, lambda r: r.get("batch_size"))),
+        ("threads", _values(rows, lambda r: r.get("threads"))),
+        ("weights", _values(rows, lambda r: r.get("weights", KEY_DEFAULTS["weights"]))),
+        ("date", _values(rows, lambda r: (r.get("timestamp") or "")[:10])),
+    ]
+    text = "; ".join(f"{name} {value}" for name, value in parts if value)
+    return "\n".join(textwrap.wrap(text, 130))
+
+
+def _figure(rows: list[dict[str, Any]], panels: int = 1):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import matplotlib.ticker
 
-    rows = list(rows)
-    points = _plot_points(rows)
-    if not points:
-        return False
-    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=150)
-    series = sorted({p["series"] for p in points})
-    colors = dict(zip(series, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4))
-    for name in series:
-        for measured, marker_face, label in (
-            (True, None, "measured top-1"),
-            (False, "none", "paper top-1 (zoo.info, not measured here)"),
-        ):
-            pts = [p for p in points if p["series"] == name and p["measured"] == measured]
-            if pts:
-                ax.scatter(
-                    [p["x"] for p in pts],
-                    [p["y"] for p in pts],
-                    s=48,
-                    color=colors[name],
-                    facecolors=marker_face or colors[name],
-                    label=f"{name}: {label}",
-                )
-    for i, p in enumerate(points):  # alternate above/below so labels of neighbouring points do not collide
-        ax.annotate(
-            p["model"], (p["x"], p["y"]), textcoords="offset points", xytext=(5, 5 if i % 2 else -11), fontsize=8
-        )
-    ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.LogFormatter(labelOnlyBase=False))  # plain numbers, thinned
-    ax.margins(x=0.15, y=0.15)
-    ax.set_xlabel("throughput (images/s, largest measured batch)")
-    ax.set_ylabel("top-1 (%)")
-    device = next((r["env"].get("device_name") for r in rows if r.get("env")), None)
-    ax.set_title(title or f"Accuracy vs throughput{f' on {device}' if device else ''}")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
+    fig, axes = plt.subplots(1, panels, figsize=(8 * panels if panels > 1 else 9, 6), dpi=150, squeeze=False)
+    fig.text(0.01, 0.01, caption(rows), fontsize=7, va="bottom", ha="left", color="0.3")
+    return plt, fig, list(axes[0])
+
+
+def _plain_log_axis(axis: Any, low: float, high: float) -> None:
+    """A log axis from `low` to `high` whose ticks read as plain numbers (2, 5, 10, 20, 50, ...; every integer step
+    within a decade when the range is narrower than one), never 3e-01."""
+    import matplotlib.ticker as ticker
+
+    subs = (1.0, 2.0, 5.0) if high > 10 * low else tuple(float(i) for i in range(1, 10))
+    axis.set_major_locator(ticker.LogLocator(base=10, subs=subs))
+    axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(ticker.NullFormatter())
+
+
+def _save(plt: Any, fig: Any, path: str | Path) -> None:
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     try:  # written whole or not at all: no 0-byte image when the disk is full, no write through a planted link
         write_atomic(path, lambda f: fig.savefig(f, format=Path(path).suffix.lstrip(".").lower()))
     finally:
         plt.close(fig)
+
+
+def _accuracy_plot(rows: list[dict[str, Any]], path: str | Path, title: str | None) -> bool:
+    points = _plot_points(rows)
+    if not points:
+        return False
+    plt, fig, (ax,) = _figure(rows)
+    series = sorted({(p["backend"], p["precision"]) for p in points})
+    colors = dict(zip(series, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4))
+    sizes = [p["size"] for p in points if p["size"]]
+    scale = 400 / max(sizes) if sizes else 0
+    for model in sorted({(p["model"], p["precision"]) for p in points}):  # one model's backends, joined
+        same = sorted((p for p in points if (p["model"], p["precision"]) == model), key=lambda p: p["x"])
+        if len(same) > 1:
+            ax.plot([p["x"] for p in same], [p["y"] for p in same], color="0.6", lw=1, zorder=1)
+    for p in points:
+        color = colors[p["backend"], p["precision"]]
+        if p["spread"]:
+            low, high = p["spread"]
+            ax.plot([low, high], [p["y"], p["y"]], color=color, lw=2, alpha=0.5, zorder=2)
+        ax.scatter(
+            p["x"],
+            p["y"],
+            s=max(30, p["size"] * scale) if p["size"] else 48,
+            color=color,
+            facecolors=color if p["measured"] else "none",
+            zorder=3,
+        )
+    for i, p in enumerate(points):  # alternate above/below so labels of neighbouring points do not collide
+        ax.annotate(
+            p["model"], (p["x"], p["y"]), textcoords="offset points", xytext=(6, 6 if i % 2 else -12), fontsize=8
+        )
+    for name in series:
+        ax.scatter([], [], s=48, color=colors[name], label=f"{name[0]} {name[1]}")
+    ax.plot([], [], color="0.6", lw=1, label="one model's backends, joined")
+    ax.plot([], [], color="0.3", lw=2, alpha=0.5, label="per-step spread: p90 step to fastest")
+    if sizes:
+        ax.scatter([], [], s=48, color="0.7", label="marker area: GMACs")
+    ax.set_xscale("log")
+    ax.margins(x=0.15, y=0.15)
+    _plain_log_axis(ax.xaxis, *ax.get_xlim())
+    ax.set_xlabel("throughput (images/s over the timed steps' wall clock, largest measured batch)")
+    measured = {p["measured"] for p in points}
+    ax.set_ylabel(
+        "top-1 (%, paper)"
+        if measured == {False}
+        else "top-1 (%, measured)"
+        if measured == {True}
+        else "top-1 (%): filled measured, hollow paper"
+    )
+    device = _values(rows, lambda r: get_field(r, "env.device_name"))
+    ax.set_title(title or f"Accuracy vs throughput{f' on {device}' if device else ''}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    _save(plt, fig, path)
     return True
+
+
+def _line_label(row: dict[str, Any]) -> str:
+    return f"{row['model']} {_backend_label(row)} {_precision_label(row)}"
+
+
+def _batch_plot(rows: list[dict[str, Any]], path: str | Path, title: str | None) -> bool:
+    """Throughput against batch size, one line per model/backend/precision/input, with the per-step spread."""
+    lines: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row.get("status") == "ok" and _finite(row.get("throughput_ips")):
+            lines.setdefault(f"{_line_label(row)} {_input_label(row)}", []).append(row)
+    lines = {
+        k: sorted(v, key=lambda r: r["batch_size"]) for k, v in lines.items() if len({r["batch_size"] for r in v}) > 1
+    }
+    if not lines:
+        return False
+    plt, fig, (ax,) = _figure(rows)
+    for label, line in sorted(lines.items()):
+        batches = [r["batch_size"] for r in line]
+        drawn = ax.plot(batches, [r["throughput_ips"] for r in line], marker="o", label=label)
+        spreads = [_spread(r) for r in line]
+        if all(spreads):
+            ax.fill_between(
+                batches, [s[0] for s in spreads], [s[1] for s in spreads], color=drawn[0].get_color(), alpha=0.15
+            )
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
+    _plain_log_axis(ax.yaxis, *ax.get_ylim())
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("throughput (images/s, wall clock); band: p90 step to fastest")
+    ax.set_title(title or "Throughput vs batch size")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    _save(plt, fig, path)
+    return True
+
+
+def _dense_plot(rows: list[dict[str, Any]], path: str | Path, title: str | None) -> bool:
+    """The dense table as a figure: p50 latency and peak memory against input size (pixels), per backbone."""
+    lines: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row.get("status") == "ok" and row.get("features_only") and _finite(get_field(row, "latency_ms.p50")):
+            lines.setdefault(f"{_line_label(row)} b{row['batch_size']}", []).append(row)
+    if not lines:
+        return False
+    plt, fig, axes = _figure(rows, panels=2)
+    for label, line in sorted(lines.items()):
+        line.sort(key=lambda r: r["input_size"][0] * r["input_size"][1])
+        pixels = [r["input_size"][0] * r["input_size"][1] / 1e6 for r in line]
+        axes[0].plot(pixels, [get_field(r, "latency_ms.p50") for r in line], marker="o", label=label)
+        memory = [(p, r.get("peak_mem_mb")) for p, r in zip(pixels, line) if _finite(r.get("peak_mem_mb"))]
+        axes[1].plot([m[0] for m in memory], [m[1] for m in memory], marker="o", label=label)
+    sizes = sorted({tuple(r["input_size"]) for line in lines.values() for r in line}, key=lambda s: s[0] * s[1])
+    for ax, ylabel in zip(axes, ("p50 latency (ms)", "peak memory (MiB)")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks([h * w / 1e6 for h, w in sizes], [f"{h}x{w}" for h, w in sizes], rotation=30, fontsize=8)
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())
+        _plain_log_axis(ax.yaxis, *ax.get_ylim())
+        ax.set_xlabel("input size (H x W)")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=7, loc="best")
+    fig.suptitle(title or "Dense backbones: latency and memory against input size")
+    _save(plt, fig, path)
+    return True
+
+
+def plot(rows: Iterable[dict[str, Any]], path: str | Path, title: str | None = None, kind: str = "accuracy") -> bool:
+    """Save a figure of the rows (png, pdf or svg) with a caption of how they were measured: accuracy against
+    throughput, throughput against batch size ("batch"), or latency and memory against input size ("dense"); False
+    (and no file) when no row has what the figure needs."""
+    draw = {"accuracy": _accuracy_plot, "batch": _batch_plot, "dense": _dense_plot}[kind]
+    return draw(list(rows), path, title)

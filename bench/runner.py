@@ -34,6 +34,7 @@ from common.provenance import REPO_ROOT
 
 from .backends import BACKENDS
 from .env import collect_env, device_name
+from .report import row_line
 from .results import append_row, iter_results, latest_rows, result_files, utc_now
 from .spec import RowSpec, RunRequest, Settings, row_key
 
@@ -106,14 +107,16 @@ def stopped_by_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def stopped_exit_code(exc: BaseException, results: str | Path) -> int:
-    """Say in one line that a run was stopped and what was kept; the shell's exit code for the signal."""
+def stopped_exit_code(exc: BaseException, results: str | Path | None) -> int:
+    """Say in one line that a run was stopped and what was kept (where: `results`, None when no file was written);
+    the shell's exit code for the signal."""
     name = str(exc) if isinstance(exc, Interrupted) else "SIGINT"
-    print(
-        f"\nstopped by {name}: the worker was ended and the rows measured so far are kept in {results} "
-        f"(--resume continues).",
-        file=sys.stderr,
+    kept = (
+        f"the rows measured so far are kept in {results} (--resume continues)"
+        if results
+        else "no row was measured, so no results file was written"
     )
+    print(f"\nstopped by {name}: the worker was ended and {kept}.", file=sys.stderr)
     return 128 + signal.Signals[name].value
 
 
@@ -154,7 +157,8 @@ def _read(log: IO[str]) -> str:
 
 
 class _Channel:
-    """The read end of a worker's progress pipe: whole JSON lines, each a row the worker has written."""
+    """The read end of a worker's progress pipe: whole JSON lines, each a row the worker has written or a step
+    message (`"event": "step"`)."""
 
     def __init__(self, fd: int):
         self.fd, self.buffer = fd, b""
@@ -209,6 +213,8 @@ class _Run:
         deadline: float | None,
         bar: tqdm,
         run_id: str | None = None,
+        steps: tqdm | None = None,
+        show_rows: bool = False,
     ):
         self.settings = settings
         self.deadline = deadline
@@ -216,12 +222,31 @@ class _Run:
         self.command = command
         self.verbose = verbose
         self.bar = bar
+        self.steps = steps if steps is not None else tqdm(disable=True)  # the current row's steps
+        self.show_rows = show_rows
+        self.step_phase: tuple[str, int] | None = None  # what the step bar shows
         self.run_id = run_id or uuid.uuid4().hex[:12]
         self.rows: dict[tuple, dict[str, Any]] = {}  # this run's rows by key (machine-free)
 
     def _keep(self, row: dict[str, Any]) -> None:
         self.rows[row_key(row, machine="")] = row
         self.bar.update(1)
+        if self.show_rows and not self.bar.disable:  # above the bars on a terminal
+            tqdm.write(row_line(row), file=sys.stderr)
+        elif self.show_rows:  # a plain line in a log
+            print(row_line(row), file=sys.stderr, flush=True)
+
+    def _step(self, event: dict[str, Any]) -> None:
+        """A worker's message of where its row is: the step bar shows the row, the phase, its steps and their ETA."""
+        if self.steps.disable:
+            return
+        row = event["row"]
+        what = f"{row['model']} {row['backend']} {row['precision']} b{row['batch_size']}: {event['phase']}"
+        if self.step_phase != (what, event["total"]):
+            self.step_phase = (what, event["total"])
+            self.steps.reset(total=event["total"] or None)
+            self.steps.set_description(what, refresh=False)
+        self.steps.update(event["done"] - self.steps.n)
 
     def _known_flops(self, spec: RowSpec) -> dict[str, dict]:
         """GMACs already counted in this run for the same model and head, so later workers skip the trace."""
@@ -293,10 +318,13 @@ class _Run:
                 pass
             closed = False
             while not closed:
-                rows, closed = channel.read(min(1.0, deadline - time.monotonic()))
-                for row in rows:
-                    self._keep(row)
-                if proc.poll() is not None and not rows:
+                messages, closed = channel.read(min(1.0, deadline - time.monotonic()))
+                for message in messages:
+                    if "event" in message:
+                        self._step(message)
+                    else:
+                        self._keep(message)
+                if proc.poll() is not None and not messages:
                     break  # exited; a grandchild may still hold the pipe open
                 if time.monotonic() > deadline:
                     os.killpg(proc.pid, signal.SIGKILL)
@@ -377,7 +405,7 @@ def run(request: RunRequest) -> Outcome:
     todo = [s for s in specs if s.key(machines[s.device]) not in done]
     refused = _refusals(todo)
     deadline = None if request.budget_s is None else time.monotonic() + request.budget_s
-    # a bar redrawn into a log file is dozens of lines; off unless stderr is a terminal
+    # a bar redrawn into a log file is dozens of lines: bars only on a terminal, a plain line per row elsewhere
     show = request.progress and sys.stderr.isatty()
     unfinished = 0
     runner = None
@@ -388,8 +416,19 @@ def run(request: RunRequest) -> Outcome:
         with (
             stopped_by_sigterm(),
             tqdm(total=len(todo) - len(refused) + len(by_reason), unit="row", disable=not show, file=sys.stderr) as bar,
+            tqdm(unit="step", disable=not show, file=sys.stderr, position=1, leave=False) as steps,
         ):
-            runner = _Run(settings, results, request.command, request.verbose, deadline, bar, request.run_id)
+            runner = _Run(
+                settings,
+                results,
+                request.command,
+                request.verbose,
+                deadline,
+                bar,
+                request.run_id,
+                steps,
+                request.progress or request.verbose,
+            )
             for (_, reason, what), same in by_reason.items():  # one status row per reason, not one per row
                 more = (
                     f" ({len(same) - 1} more row(s) {what} were not run for the same reason.)" if len(same) > 1 else ""
@@ -400,10 +439,10 @@ def run(request: RunRequest) -> Outcome:
                     unfinished += len(group)
                     continue
                 bar.set_description(f"{group[0].model} ({len(group)} rows)")
-                if request.verbose and not show:
+                if (request.progress or request.verbose) and not show:  # a log's line (a launcher's job: verbose)
                     print(f"running {group[0].model}: {len(group)} row(s)", file=sys.stderr, flush=True)
                 runner.group(group)
-    except WriteError as exc:  # a full disk or file-size limit: the rows written so far are the run's result
+    except (WriteError, KeyboardInterrupt, Interrupted) as exc:  # a full disk or a stop: what was kept is the result
         exc.rows = _kept(specs, runner.rows if runner else {}, done, machines)
         raise
     return Outcome(_kept(specs, runner.rows, done, machines), unfinished)

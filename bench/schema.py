@@ -24,6 +24,8 @@ __all__ = [
     "NOTES",
     "row_schema",
     "table_columns",
+    "SETTINGS",
+    "settings_columns",
     "csv_fields",
     "checked_fields",
 ]
@@ -54,12 +56,12 @@ IDENTITY: tuple[Column, ...] = (
     Column("", "channels_last", kind="flag", table=False),
     Column("", "tf32", kind="flag", table=False),
     Column("", "device", kind="text", table=False),
-    Column("", "model_kwargs", kind="mapping", table=False),
+    Column("kwargs", "model_kwargs", kind="mapping"),
     Column("", "grad_checkpointing", kind="flag", table=False),
-    Column("", "weights", kind="text", table=False),
-    Column("", "threads", "d", table=False),
-    Column("", "data", kind="text", table=False),
-    Column("", "max_samples", "d", table=False),
+    Column("weights", "weights", kind="text"),
+    Column("threads", "threads", "d"),
+    Column("data", "data", kind="text"),
+    Column("max samples", "max_samples", "d"),
 )
 # What the worker finds besides the trackers' measurements: the backend's build, the check against eager, accuracy.
 OUTCOME: tuple[Column, ...] = (
@@ -91,8 +93,8 @@ RECORD: tuple[Column, ...] = (
     Column("", "cuda_matmul_allow_tf32", kind="flag", table=False),
     Column("", "cudnn_allow_tf32", kind="flag", table=False),
     Column("", "cudnn_benchmark", kind="flag", table=False),
-    Column("", "warmup", "d", table=False),
-    Column("", "iters", "d", table=False),
+    Column("warm-up", "warmup", "d"),
+    Column("iters", "iters", "d"),
     Column("", "run_id", kind="text", table=False),
     Column("", "command", kind="text", table=False),
     Column("", "schema_version", "d", table=False),
@@ -101,6 +103,16 @@ RECORD: tuple[Column, ...] = (
 )
 # Text fields a table shows as the numbered note under it, in this order.
 NOTES = ("reason", "flops_error", "accuracy_error", "accuracy_note")
+
+
+# How a row was measured beyond what its model, backend, precision, batch and input cells say: a table adds each of
+# these on its own where the rows it shows differ in it.
+SETTINGS = ("env.device_name", "model_kwargs", "weights", "threads", "data", "max_samples", "warmup", "iters")
+
+
+def settings_columns() -> tuple[Column, ...]:
+    """The table columns of `SETTINGS`."""
+    return tuple(c for c in (*IDENTITY, *RECORD) if c.table and c.field in SETTINGS)
 
 
 @functools.cache

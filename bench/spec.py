@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .columns import get_field
@@ -17,6 +17,16 @@ MODES = ("infer", "train")
 # mismatch: measured, but the output differs from eager beyond the precision's tolerance.
 STATUSES = ("ok", "mismatch", "oom", "unavailable", "error")
 RANDOM_INIT = "random init"
+HUB_WEIGHTS = "hub:"  # a row's weights from the Hub: "hub:ORG/NAME@REVISION"
+
+
+def default_threads() -> int:
+    """Every row's CPU threads unless --threads says otherwise: torch's own default here (OMP_NUM_THREADS where set,
+    else one per core), recorded as a number so that a row always says how many it ran with."""
+    import torch
+
+    return torch.get_num_threads()
+
 
 # The fields that make two rows "the same measurement" (used by --resume and by report de-duplication), with the
 # value a row written before the field existed stands for. The machine (env.device_name) is part of the key too.
@@ -112,8 +122,8 @@ class RowSpec:
     tf32: bool = False  # TF32 matmuls/convolutions and cudnn.benchmark, as timm's benchmark.py sets them
     model_kwargs: tuple[tuple[str, Any], ...] = ()  # passed to the model's builder
     grad_checkpointing: bool = False  # train mode only
-    weights: str = RANDOM_INIT  # "hub" or a checkpoint path otherwise
-    threads: int | None = None  # CPU threads (torch.set_num_threads); None: torch's default
+    weights: str = RANDOM_INIT  # "hub:ORG/NAME@REVISION" or a checkpoint path otherwise
+    threads: int = field(default_factory=default_threads)  # CPU threads (torch.set_num_threads), recorded as set
     data: str | None = None  # ImageFolder for accuracy
     max_samples: int | None = None
 
@@ -151,7 +161,9 @@ class RowSpec:
 
     def pretrained(self) -> bool | str:
         """What `zoo.load(pretrained=...)` gets: Hub weights, a checkpoint path, or none."""
-        return True if self.weights == "hub" else (False if self.weights == RANDOM_INIT else self.weights)
+        if self.weights == "hub" or self.weights.startswith(HUB_WEIGHTS):  # "hub": a request from before the repo
+            return True
+        return False if self.weights == RANDOM_INIT else self.weights
 
 
 @dataclass(frozen=True)

@@ -205,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
     except (KeyboardInterrupt, Interrupted) as exc:
-        return stopped_exit_code(exc, out / "results.jsonl")
+        results = out / "results.jsonl"
+        return stopped_exit_code(exc, results if results.exists() else None)
     except WriteError as exc:  # a full disk or `ulimit -f`: the table of what was kept, then the one sentence
         return _fail(exc, exc.rows or [])
     try:

@@ -105,6 +105,7 @@ class Worker:
         self.results = results
         self.base = base
         self.progress = progress
+        self.sent = 0.0  # when the last step message went to the runner
         self.flops = {tuple(json.loads(k)): v for k, v in known_flops.items()}
         self.accuracy: dict[tuple, dict[str, Any]] = {}
         self.backends: dict[tuple, Backend] = {}
@@ -114,9 +115,21 @@ class Worker:
     def _write(self, spec: RowSpec, fields: dict[str, Any]) -> None:
         row = {**spec.fields(), "status": "ok", "reason": "", **self.base, **fields, "timestamp": utc_now()}
         append_row(self.results, row)
+        self._send(row)
+
+    def _send(self, message: dict[str, Any]) -> None:
         if self.progress is not None:
-            self.progress.write(json.dumps(row, default=str) + "\n")
+            self.progress.write(json.dumps(message, default=str) + "\n")
             self.progress.flush()
+
+    def _step(self, spec: RowSpec, phase: str, done: int = 0, total: int = 0) -> None:
+        """Where the row is (building, compiling, warm-up or timed steps), for the runner's progress bar: a phase's
+        first and last step and at most five messages a second between them, so fast steps are not slowed."""
+        now = time.monotonic()
+        if 1 < done < total and now - self.sent < 0.2:
+            return
+        self.sent = now
+        self._send({"event": "step", "row": spec.fields(), "phase": phase, "done": done, "total": total})
 
     def _count_flops(self, model: nn.Module, rows: list[RowSpec]) -> None:
         """GMACs at batch 1 per input size, on the fp32 model before any cast; a failure is noted, not fatal."""
@@ -171,6 +184,7 @@ class Worker:
 
     def _run_build(self, sized: dict[str, Any], rows: list[RowSpec]) -> None:
         head = self.head
+        self._step(rows[0], "build")
         try:
             kwargs = {**dict(head.model_kwargs), **({"features_only": True} if head.features_only else {}), **sized}
             model = zoo.load(head.model, pretrained=head.pretrained(), **kwargs).to(head.device)
@@ -223,7 +237,13 @@ class Worker:
     def _timed(self, step: Callable[[], Any], spec: RowSpec, trackers: list, warmup: int) -> Loop:
         """The timed loop with the loop-scoped trackers around it, then the row-scoped ones stopped."""
         loop = time_steps(
-            step, warmup, self.settings.iters, spec.device, [t for t in trackers if t.scope == "loop"], spec.batch_size
+            step,
+            warmup,
+            self.settings.iters,
+            spec.device,
+            [t for t in trackers if t.scope == "loop"],
+            spec.batch_size,
+            on_step=lambda phase, done, total: self._step(spec, phase, done, total),
         )
         for tracker in trackers:
             if tracker.scope == "row":
@@ -232,6 +252,7 @@ class Worker:
 
     def _infer(self, model: nn.Module, backend: Backend, spec: RowSpec, x: torch.Tensor, trackers: list) -> Measured:
         with torch.no_grad():
+            self._step(spec, "compile" if backend.name != "eager" else "prepare")
             prepared = backend.prepare(model, x, spec)
             loop = self._timed(lambda: prepared.forward(x), spec, trackers, self.settings.warmup)
             fields = {"compile_s": prepared.compile_s, **prepared.info}
@@ -245,6 +266,7 @@ class Worker:
 
     def _train(self, model: nn.Module, backend: Backend, spec: RowSpec, x: torch.Tensor, trackers: list) -> Measured:
         step, fields = training_step(model, backend, spec, x)
+        self._step(spec, "compile" if backend.name != "eager" else "prepare")
         t0 = time.perf_counter()
         step()  # the first step compiles where the backend compiles
         synchronize(spec.device)

@@ -239,6 +239,7 @@ def test_a_stopped_run_leaves_no_worker_behind(how, tmp_path, faulty_models, sub
         assert proc.returncode == 128 + getattr(signal, how)
         [line] = err.strip().splitlines()
         assert line.startswith(f"stopped by {how}: the worker was ended") and "Traceback" not in err
+        assert "no row was measured, so no results file was written" in line and str(out) not in line
     assert not {
         n for n in set(os.listdir(tempfile.gettempdir())) - before if n.startswith("bench-")
     }  # nothing left in /tmp
@@ -291,3 +292,42 @@ def test_python_dash_m_bench_is_the_same_entry_point(subprocess_env):
         and "--bench {infer,train,both}" in help_text.stdout
         and "onnxruntime" in help_text.stdout
     )
+
+
+def test_a_timm_benchmark_command_measures(tmp_path, bench):
+    """timm's flags through the entry point (--torchcompile's compile is measured by the tests of that backend; its
+    flag maps onto it in tests/test_cli_args.py)."""
+    out, timm_csv = tmp_path / "r.jsonl", tmp_path / "timm.csv"
+    argv = ["--model", "test_convnext", "-b", "1", "--amp", "--amp-dtype", "bfloat16", "--img-size", "64"]
+    argv += ["--num-warm-iter", "0", "--num-bench-iter", "2", "--results-file", str(timm_csv), "--no-flops"]
+    proc = bench(*argv, "--device", "cpu", "--quiet", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    [row] = load_results(out)
+    assert (row["precision"], row["batch_size"], row["warmup"], row["iters"]) == ("amp-bf16", 1, 0, 2)
+    [line] = csv.DictReader(io.StringIO(timm_csv.read_text()))
+    assert line["model"] == "test_convnext" and float(line["infer_samples_per_sec"]) > 0
+
+
+def test_ctrl_c_prints_the_table_of_what_was_kept_and_where(tmp_path, faulty_models, subprocess_env):
+    (tmp_path / "faulty_models.py").write_text(faulty_models)
+    pidfile, out = tmp_path / "worker.pid", tmp_path / "r.jsonl"
+    argv = ["--import", "faulty_models", "--models", "test_convnext", "hang_net", "--batch-size", "1", "--quiet"]
+    proc = subprocess.Popen(
+        [sys.executable, "bench.py", *argv, "--input-size", "64", "--iters", "2", "--no-flops", "--out", str(out)],
+        cwd=REPO,
+        env=subprocess_env(tmp_path, BENCH_TEST_PIDFILE=str(pidfile)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert _wait_for(lambda: pidfile.exists() and pidfile.read_text()), "hang_net's worker never started"
+        proc.send_signal(signal.SIGINT)
+        stdout, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    [row] = [ln for ln in stdout.splitlines() if ln.startswith("test_convnext")]  # the table of the row kept
+    assert row.split()[-1] == "ok"
+    assert err.strip().splitlines()[-1].endswith(f"the rows measured so far are kept in {out} (--resume continues).")

@@ -3,13 +3,16 @@ presets and exit codes."""
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 import pytest
+import torch
 
 from bench import cli
 from bench.args import EXIT_FAILED, EXIT_UNAVAILABLE, exit_code
-from common.cli import EXIT_OK, EXIT_USAGE
+from common.cli import EXIT_OK, EXIT_USAGE, UsageError
 from common.paths import check_output_path
 
 
@@ -142,7 +145,7 @@ def test_timm_style_arguments(tmp_path):
 
 def test_grid_and_presets():
     args = cli.parse_run_args([])
-    assert args.preset == "quick" and args.device == "cpu" and args.models == ["rmt_t", "swin_t"] and args.threads == 1
+    assert args.preset == "quick" and args.device == "cpu" and args.models == ["rmt_t", "swin_t"]
     assert cli.parse_run_args(["--out", "x.jsonl", "--batch-size", "2"]).models == ["rmt_t", "swin_t"]
     specs = cli.grid(args)
     assert len(specs) == 2 * 2 * 2
@@ -160,3 +163,109 @@ def test_exit_codes(make_row):
     assert exit_code([make_row(), make_row(status="unavailable")]) == EXIT_UNAVAILABLE
     assert exit_code([make_row(status="unavailable"), make_row(status="oom")]) == EXIT_FAILED
     assert exit_code([make_row(status="error")]) == EXIT_FAILED
+
+
+def test_a_preset_row_and_the_same_row_asked_for_explicitly_are_one_measurement(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)  # torch's default, whatever this machine's
+    preset = cli.grid(cli.parse_run_args([]))
+    explicit = cli.parse_run_args(["--models", "rmt_t", "swin_t", "--device", "cpu", "--backend", "eager", "compile"])
+    explicit.batch_size = [1, 8]
+    assert [s.key(None) for s in preset] == [s.key(None) for s in cli.grid(explicit)]
+    assert {s.threads for s in preset} == {3}  # the real count, never None
+    assert "default, presets included: torch's own" in " ".join(cli.build_parser().format_help().split())
+
+
+def test_pretrained_rows_record_the_hub_repo_and_revision(monkeypatch):
+    monkeypatch.setenv("ZOO_HUB_REVISION", "v1")
+    (spec,) = cli.grid(cli.parse_run_args(["--models", "swin_t", "--pretrained", "--batch-size", "1"]))
+    assert spec.weights == "hub:timm/swin_tiny_patch4_window7_224.ms_in1k@v1" and spec.pretrained() is True
+    (spec,) = cli.grid(cli.parse_run_args(["--models", "swin_t", "--batch-size", "1"]))
+    assert spec.weights == "random init" and spec.pretrained() is False
+
+
+# The flags of timm's benchmark.py that bench.py takes with timm's meaning (tests/fixtures/timm_benchmark_args.json:
+# timm's own argument list, read from the commit it records).
+TIMM_FLAGS = (
+    "--model",
+    "-m",
+    "-b",
+    "--batch-size",
+    "--amp",
+    "--amp-dtype",
+    "--precision",
+    "--torchcompile",
+    "--torchcompile-mode",
+    "--num-warm-iter",
+    "--num-bench-iter",
+    "--results-file",
+    "--model-list",
+    "--model-kwargs",
+    "--img-size",
+    "--input-size",
+    "--channels-last",
+    "--grad-checkpointing",
+    "--device",
+    "--bench",
+)
+
+
+def _timm_arguments() -> dict[str, dict]:
+    listing = json.loads((Path(__file__).parent / "fixtures" / "timm_benchmark_args.json").read_text())
+    return {flag: arg for arg in listing["arguments"] for flag in arg["flags"]}
+
+
+def test_timm_flags_are_bench_flags_of_the_same_shape():
+    timm_args = _timm_arguments()
+    ours = {s: a for a in cli.build_parser()._actions for s in a.option_strings}
+    for flag in TIMM_FLAGS:
+        assert flag in timm_args, flag  # the list above is timm's
+        assert flag in ours, flag
+        timm_arg, action = timm_args[flag], ours[flag]
+        assert set(timm_arg["flags"]) <= set(action.option_strings), flag  # the short and long names go together
+        if timm_arg.get("action") == "'store_true'":
+            assert action.nargs == 0, flag
+        elif timm_arg.get("nargs") == "'?'":
+            assert action.nargs == "?" and repr(action.const) == timm_arg["const"], flag
+
+
+def test_timm_flags_mean_what_they_mean_in_timm(tmp_path):
+    argv = ["--model", "swin_t", "-b", "2", "--amp", "--amp-dtype", "bfloat16", "--torchcompile"]
+    argv += ["--num-warm-iter", "1", "--num-bench-iter", "3", "--results-file", str(tmp_path / "t.csv")]
+    args = cli.parse_run_args(argv)
+    assert args.models == ["swin_t"] and args.batch_size == [2] and args.precision == ["amp-bf16"]
+    assert args.backend == ["compile"] and (args.warmup, args.iters) == (1, 3)
+    assert args.results_file == str(tmp_path / "t.csv")
+    assert cli.parse_run_args(["--model", "swin_t", "--amp"]).precision == ["amp-fp16"]  # timm's default dtype
+    for name, ours in (("amp_bfloat16", "amp-bf16"), ("amp_float16", "amp-fp16"), ("float32", "fp32")):
+        assert cli.parse_run_args(["--model", "swin_t", "--precision", name]).precision == [ours]
+    [spec] = cli.grid(cli.parse_run_args(["--model", "swin_t", "-b", "1", "--torchcompile", "max-autotune"]))
+    assert (spec.backend, spec.backend_options) == ("compile", (("mode", "max-autotune"),))
+    [spec] = cli.grid(
+        cli.parse_run_args(["--model", "swin_t", "-b", "1", "--torchcompile", "--torchcompile-mode", "reduce-overhead"])
+    )
+    assert (spec.backend, spec.backend_options) == ("compile", (("mode", "reduce-overhead"),))
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--amp-dtype", "bfloat16"], "add --amp, or give --precision amp_bfloat16"),
+        (["--amp", "--precision", "fp32"], "either --amp (timm's) or --precision"),
+        (["--torchcompile", "aot_eager"], "--torchcompile takes inductor"),
+        (["--torchcompile", "max-autotune", "--compile-mode", "default"], "Give the compile mode once"),
+    ],
+)
+def test_timm_flags_that_cannot_mean_what_they_say_are_refused(argv, message, capsys):
+    assert cli.main(["--model", "swin_t", *argv]) == EXIT_USAGE
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
+
+
+def test_checkpoint_takes_what_zoo_load_takes(tmp_path, rmt_converted):
+    [spec] = cli.grid(cli.parse_run_args(["--model", "rmt_t", "-b", "1", "--checkpoint", str(rmt_converted)]))
+    assert spec.weights == str(rmt_converted.resolve()) and spec.pretrained() == str(rmt_converted.resolve())
+    [spec] = cli.grid(cli.parse_run_args(["--model", "rmt_t", "-b", "1", "--checkpoint", f"rmt_t={rmt_converted}"]))
+    assert spec.weights == str(rmt_converted.resolve())
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match="is a folder with neither model.safetensors nor pytorch_model.bin"):
+        cli.parse_run_args(["--model", "rmt_t", "--checkpoint", str(tmp_path / "empty")])

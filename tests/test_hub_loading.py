@@ -183,3 +183,104 @@ def test_python_m_hub_download_offline(rmt_converted, offline_cache, capsys, hub
     assert main(["download", "rmt_b", "--org", hub_org]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{hub_org}/rmt_b" in err and "Traceback" not in err
+
+
+class _FakeApi:
+    """huggingface_hub's HfApi with `model_info` answered here: no test touches the network."""
+
+    calls: list = []
+    answer: object = None
+
+    def model_info(self, repo_id, **kwargs):
+        _FakeApi.calls.append((repo_id, kwargs))
+        if isinstance(_FakeApi.answer, BaseException):
+            raise _FakeApi.answer
+        return _FakeApi.answer
+
+
+@pytest.fixture
+def online(offline_cache, monkeypatch):
+    """huggingface_hub online, with its metadata call and its downloads answered by fakes."""
+    from huggingface_hub import constants
+
+    import zoo._hub
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(zoo._hub, "HfApi", _FakeApi)
+    monkeypatch.setattr(_FakeApi, "calls", [])
+    downloads = []
+
+    def download(repo, name, **kwargs):
+        downloads.append(name)
+        return str(offline_cache / name)
+
+    monkeypatch.setattr(zoo._hub, "hf_hub_download", download)
+    return downloads
+
+
+def _http_error(cls, status):
+    from httpx2 import Request, Response
+
+    return cls("answered by the test", response=Response(status, request=Request("GET", "https://hub.invalid/x")))
+
+
+def test_an_unpublished_repo_is_one_sentence_after_one_metadata_call(online, monkeypatch, one_sentence):
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    from zoo._hub import METADATA_TIMEOUT_S
+
+    monkeypatch.setattr(_FakeApi, "answer", _http_error(RepositoryNotFoundError, 404))
+    with pytest.raises(WeightsUnavailableError) as err:
+        zoo.load("rmt_t", pretrained=True)
+    msg = str(err.value)
+    assert one_sentence(msg) and "the Hub has no repo rmt-zoo/rmt_t" in msg, msg
+    assert 'pretrained="/path/to/RELEASE.pth"' in msg and 'pretrained="OUT_DIR"' in msg  # the two ways that work
+    assert _FakeApi.calls == [("rmt-zoo/rmt_t", {"revision": None, "token": None, "timeout": METADATA_TIMEOUT_S})]
+    assert online == []  # no download tried
+
+
+def test_an_unreachable_hub_is_one_sentence_without_retries(online, monkeypatch, one_sentence):
+    monkeypatch.setattr(_FakeApi, "answer", ConnectionError("no route to host"))
+    with pytest.raises(WeightsUnavailableError, match=r"did not answer for rmt-zoo/rmt_t within 2 s") as err:
+        zoo.load("rmt_t", pretrained=True)
+    assert one_sentence(str(err.value)) and online == [] and len(_FakeApi.calls) == 1
+
+
+def test_a_published_repo_downloads_only_the_file_it_holds(online, monkeypatch, rmt_converted):
+    from huggingface_hub.hf_api import ModelInfo as HubModelInfo
+
+    monkeypatch.setattr(
+        _FakeApi, "answer", HubModelInfo(id="OpenGVLab/x", siblings=[{"rfilename": "pytorch_model.bin"}])
+    )
+    assert fetch_weights(zoo.info("internimage_t")).name == "pytorch_model.bin"
+    assert online == ["pytorch_model.bin"]  # not model.safetensors first, which the repo does not have
+    monkeypatch.setattr(_FakeApi, "answer", HubModelInfo(id="OpenGVLab/x", siblings=[{"rfilename": "README.md"}]))
+    with pytest.raises(WeightsUnavailableError, match="the Hub has no model.safetensors or pytorch_model.bin in"):
+        fetch_weights(zoo.info("internimage_t"))
+
+
+def test_offline_makes_no_network_call(offline_cache, monkeypatch):
+    import zoo._hub
+
+    monkeypatch.setattr(zoo._hub, "HfApi", None)  # any call would fail with a TypeError
+    with pytest.raises(WeightsUnavailableError, match="HF_HUB_OFFLINE is set"):
+        zoo.load("rmt_t", pretrained=True)
+
+
+def test_zoo_list_shows_where_weights_can_be_had_today(capsys, monkeypatch):
+    from zoo.__main__ import main as zoo_main
+
+    monkeypatch.delenv(ORG_ENV, raising=False)
+    assert zoo_main(["list", "rmt_t"]) == 0
+    out = capsys.readouterr().out
+    assert "official release: pretrained=PATH" in out and "rmt-zoo/rmt_t" not in out  # nothing is published there
+    monkeypatch.setenv(ORG_ENV, "someone")
+    assert zoo_main(["list", "rmt_t"]) == 0 and "someone/rmt_t" in capsys.readouterr().out
+    assert zoo_main(["list", "swin_t"]) == 0 and "timm/swin_tiny_patch4_window7_224.ms_in1k" in capsys.readouterr().out
+
+
+def test_an_unreachable_hub_leaves_the_cached_weights_usable(online, monkeypatch, offline_cache, put_in_cache):
+    put_in_cache(offline_cache, "OpenGVLab/internimage_t_1k_224", {"model.safetensors": b"weights"})
+    monkeypatch.setattr(_FakeApi, "answer", ConnectionError("no route to host"))
+    assert fetch_weights(zoo.info("internimage_t")).read_bytes() == b"weights" and online == []

@@ -51,3 +51,10 @@ def test_cpu_peak_memory_is_per_row():
     second = memory.fields()
     assert first >= 300 and second["peak_mem_mb"] < first - 200
     assert second["peak_mem_kind"] == "RSS peak (row)"
+
+
+def test_time_steps_tells_a_watcher_each_step():
+    told = []
+    loop = time_steps(lambda: None, 2, 3, "cpu", on_step=lambda *step: told.append(step))
+    assert len(loop.times_ms) == 3
+    assert told == [("warm-up", 1, 2), ("warm-up", 2, 2), ("timed", 1, 3), ("timed", 2, 3), ("timed", 3, 3)]

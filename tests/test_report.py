@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import csv
+import html
 import io
 import json
+import re
+import shutil
+import subprocess
 
 import pytest
 
@@ -33,8 +37,7 @@ def test_table_formats_and_notes(make_row):
     assert lines[0].startswith("| model") and "p99 ms" in lines[0] and "img/s" in lines[0]
     assert "| 28.29 " in lines[2] and "| 4.51 " in lines[2] and "| 800.0 " in lines[2]
     assert table.count("unavailable [1]") == 2 and "oom [2]" in table  # identical reasons share one note
-    assert lines[-2:] == [f"[1] {reason}", "[2] Out of memory at batch 256."]
-    assert "\\begin{tabular}" in render_table(rows, "latex")
+    assert lines[-3:] == [f"[1] {reason}", "", "[2] Out of memory at batch 256."] and lines[-6] == ""
     csv_lines = render_table(rows, "csv").splitlines()
     assert csv_lines[0].startswith("model,mode,backend,precision,batch_size,input_size")
     assert len(csv_lines) == 5 and ",224x224," in csv_lines[1] and ",15.0," in csv_lines[1]
@@ -203,3 +206,158 @@ def test_every_field_a_worker_writes_reaches_the_csv(tmp_path):
     in_csv = {f.split(".")[0] for f in header} | {c.field for c in schema if not c.csv}
     for row in rows:
         assert set(row) <= in_csv, set(row) - in_csv
+
+
+def _rows_with_notes(make_row) -> list[dict]:
+    """An ok row, and rows whose notes hold what Markdown and LaTeX read as markup."""
+    reason = "torch_tensorrt is not installed; pip install 'rmt-zoo[tensorrt]' (50% of rows | $x & #_^~{}\\)."
+    return [
+        make_row(),
+        make_row(backend="tensorrt", status="unavailable", reason=reason, latency_ms=None, throughput_ips=None),
+        make_row(batch_size=256, status="oom", reason="Out of memory at batch 256.", latency_ms=None),
+    ]
+
+
+@pytest.mark.parametrize("fmt", ["github", "pipe"])
+def test_markdown_table_with_notes_parses_as_exactly_its_rows(fmt, make_row):
+    from markdown_it import MarkdownIt
+
+    rows = _rows_with_notes(make_row)
+    tokens = MarkdownIt("commonmark").enable("table").parse(render_table(rows, fmt))
+    body = [t for t in tokens if t.type == "tr_open"][1:]  # the first is the header's
+    assert len(body) == len(rows)
+    paragraphs = [tokens[i + 1].content for i, t in enumerate(tokens) if t.type == "paragraph_open"]
+    assert [p.split("]")[0] for p in paragraphs[1:]] == ["[1", "[2"] and paragraphs[0].startswith(
+        "img/s: "
+    )  # each note its own paragraph, none a row
+
+
+def _latex_table(make_row) -> str:
+    return render_table(_rows_with_notes(make_row), "latex", ["model", "backend", "batch", "p50", "status"])
+
+
+def test_latex_is_booktabs_with_numbers_right_aligned_and_notes_as_footnotes(make_row):
+    table = _latex_table(make_row)
+    lines = table.splitlines()
+    assert lines[0] == r"\begin{tabular}{llrrl}" and lines[-1] == r"\end{tabular}"
+    assert [ln for ln in lines if ln in (r"\toprule", r"\midrule", r"\bottomrule")] == [
+        r"\toprule",
+        r"\midrule",
+        r"\bottomrule",
+    ]
+    body = lines[lines.index(r"\midrule") + 1 : lines.index(r"\bottomrule")]
+    assert len(body) == 3 and all(ln.count(" & ") == 4 and ln.endswith(r" \\") for ln in body)
+    assert body[1].endswith(r"unavailable\textsuperscript{1} \\") and body[2].endswith(r"oom\textsuperscript{2} \\")
+    notes = lines[lines.index(r"\bottomrule") + 1 : -1]
+    assert len(notes) == 2 and all(n.startswith(r"\multicolumn{5}{l}") for n in notes)
+    text = re.sub(
+        r"\\(textbackslash|textasciitilde|textasciicircum|textsuperscript|footnotesize|multicolumn)", "", table
+    )
+    assert not re.search(r"(?<!\\)[$&%#_^~]", text.replace(" & ", " ")), "an unescaped special character"
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="no pdflatex here; the structural check above runs")
+def test_latex_compiles_with_pdflatex(make_row, tmp_path):
+    document = "\n".join(
+        [r"\documentclass{article}", r"\usepackage{booktabs}", r"\begin{document}", _latex_table(make_row)]
+    )
+    (tmp_path / "t.tex").write_text(document + "\n\\end{document}\n")
+    done = subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout[-2000:]
+    assert (tmp_path / "t.pdf").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "field, other",
+    [
+        ("threads", 1),
+        ("weights", "hub:timm/swin_tiny_patch4_window7_224.ms_in1k@main"),
+        ("data", "/data/imagenet/val"),
+        ("max_samples", 500),
+        ("model_kwargs", {"attn_impl": "flex"}),
+        ("warmup", 3),
+        ("iters", 20),
+    ],
+)
+def test_rows_that_differ_in_a_setting_are_told_apart_by_the_default_table(field, other, make_row):
+    base = {"threads": 2, "warmup": 10, "iters": 50}
+    rows = [make_row(**base), make_row(**{**base, field: other})]
+    for fmt in ("simple", "github"):
+        lines = render_table(rows, fmt).splitlines()
+        assert lines[2] != lines[3], (field, fmt)  # under the header and its rule
+    same = render_table([rows[0], dict(rows[0])]).splitlines()
+    assert same[2] == same[3] and "threads" not in same[0]  # a setting shared by every row stays out
+
+
+def test_the_table_says_which_throughput_it_shows(make_row):
+    for fmt in ("simple", "github", "latex"):
+        assert "wall-clock time of all timed steps (not batch / p50 ms)" in render_table([make_row()], fmt)
+    assert "wall-clock" not in render_table([make_row()], columns=["model", "p50"])
+
+
+@pytest.fixture
+def svg_text(monkeypatch):
+    """Figures saved as SVG keep their text as text, so a test reads what the figure says."""
+    import matplotlib
+
+    monkeypatch.setitem(matplotlib.rcParams, "svg.fonttype", "none")
+
+    def read(path) -> str:
+        return html.unescape(re.sub(r"<[^>]+>", " ", path.read_text()))
+
+    return read
+
+
+def _measured(make_row, **kw) -> dict:
+    base = {"threads": 4, "weights": "random init", "timestamp": "2026-12-04T23:00:00Z"}
+    return make_row(**{**base, "env": {"device_name": "Test CPU", "torch": "2.99.0"}, **kw})
+
+
+def test_the_plot_is_a_captioned_figure(tmp_path, make_row, svg_text):
+    rows = [
+        _measured(make_row, throughput_ips=0.3),  # a slow row: ticks stay plain numbers below 1
+        _measured(make_row, backend="compile", throughput_ips=2.0),
+        _measured(make_row, model="rmt_t", gmacs=2.65, throughput_ips=1.5),
+    ]
+    svg = tmp_path / "plot.svg"
+    assert plot(rows, svg)
+    text = svg_text(svg)
+    for part in ("device Test CPU", "torch 2.99.0", "precision fp32", "batch 8", "threads 4", "weights random init"):
+        assert part in text, part
+    assert "date 2026-12-04" in text and "top-1 (%, paper)" in text
+    assert "per-step spread: p90 step to fastest" in text and "one model's backends, joined" in text
+    assert "marker area: GMACs" in text
+    assert " 0.5 " in text and " 2 " in text, "ticks are plain numbers (not 5×10⁻¹), every step within a decade"
+    with_top1 = [_measured(make_row, top1=80.0, throughput_ips=2.0)]
+    assert plot(with_top1, svg) and "top-1 (%, measured)" in svg_text(svg)
+
+
+def test_a_batch_sweep_and_the_dense_table_are_figures_too(tmp_path, make_row, svg_text):
+    sweep = [_measured(make_row, batch_size=b, throughput_ips=100.0 * b**0.5) for b in (1, 8, 64)]
+    svg = tmp_path / "batch.svg"
+    assert plot(sweep, svg, kind="batch")
+    assert "batch size" in svg_text(svg) and "swin_t eager fp32 224x224" in svg_text(svg)
+    assert "threads 4" in svg_text(svg)
+    assert not plot(sweep[:1], tmp_path / "one.svg", kind="batch")  # one batch is no sweep
+    dense = [
+        _measured(make_row, features_only=True, input_size=list(s), latency_ms={"p50": ms}, peak_mem_mb=mb)
+        for s, ms, mb in (((512, 512), 300.0, 1100.0), ((800, 1344), 1300.0, 1900.0))
+    ]
+    svg = tmp_path / "dense.svg"
+    assert plot(dense, svg, kind="dense")
+    text = svg_text(svg)
+    assert "800x1344" in text and "p50 latency (ms)" in text and "peak memory (MiB)" in text
+    assert not plot(sweep, tmp_path / "none.svg", kind="dense")  # no backbone rows
+
+
+def test_plot_kind_is_a_flag_of_both_commands(tmp_path):
+    args = cli._report_parser().parse_args(["r.jsonl", "--plot", "p.png", "--plot-kind", "batch"])
+    assert args.plot_kind == "batch"
+    assert cli.build_parser().parse_args(["--plot-kind", "dense"]).plot_kind == "dense"

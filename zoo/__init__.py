@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from ._builder import weights_in
 from ._checkpoint import CheckpointError, CheckpointMismatchError, LoadReport, check_fits, read_checkpoint
 from ._hub import CLIENT_ERRORS, REVISION_ENV as HUB_REVISION_ENV, WeightsUnavailableError, fetch_weights, hub_repo_id
 from ._registry import (
@@ -50,6 +51,7 @@ __all__ = [
     "LoadReport",
     "read_checkpoint",
     "check_fits",
+    "weights_in",
     # the Hub: where a model's weights live and how a download fails
     "fetch_weights",
     "hub_repo_id",

@@ -10,6 +10,7 @@ from tabulate import tabulate
 
 import zoo
 from common.cli import EXIT_OK, OneLineParser, UsageError, emit, run_cli
+from zoo._hub import published_where
 
 
 def _table(names: list[str]) -> str:
@@ -24,10 +25,10 @@ def _table(names: list[str]) -> str:
                 i.paper_gflops,
                 i.paper_top1,
                 "x".join(map(str, i.input_size[1:])),
-                i.hf_hub_id,
+                published_where(i),
             ]
         )
-    headers = ["model", "family", "params (M, counted)", "GFLOPs (paper)", "top-1 (paper)", "input", "weights (Hub)"]
+    headers = ["model", "family", "params (M, counted)", "GFLOPs (paper)", "top-1 (paper)", "input", "weights today"]
     return tabulate(rows, headers=headers, tablefmt="github")
 
 

@@ -19,7 +19,7 @@ from ._checkpoint import CheckpointError, FilterFn, StateDict, load_pretrained
 from ._hub import FALLBACK_FILENAME, fetch_weights
 from ._registry import ModelInfo, registered_info
 
-__all__ = ["create", "stage_indices", "check_pretrained"]
+__all__ = ["create", "stage_indices", "check_pretrained", "weights_in"]
 
 _WEIGHT_FILES = ("model.safetensors", FALLBACK_FILENAME)
 
@@ -64,7 +64,7 @@ def _check_num_classes(num_classes: object) -> None:
         raise ValueError(f"num_classes must be a whole number >= 0 (0 for no classifier), not {num_classes!r}.")
 
 
-def _weights_in(path: Path) -> Path:
+def weights_in(path: Path) -> Path:
     """A checkpoint file, or the weights file of a converted folder (what `python -m hub convert` writes)."""
     if not path.is_dir():
         return path
@@ -110,12 +110,12 @@ def resolve_weights(
     `asked` is the caller's own pretrained_cfg_overlay: only it may point a `hf-hub:` model's weights elsewhere
     than its repo (see `_from_repo_only`)."""
     if not isinstance(pretrained, bool):
-        return _weights_in(Path(pretrained))
+        return weights_in(Path(pretrained))
     cfg = _from_repo_only(cfg, asked or {})
     if cfg.get("state_dict"):
         return cfg["state_dict"]
     if cfg.get("file"):  # pretrained_cfg_overlay=dict(file=...), or the folder of `local-dir:`
-        return _weights_in(Path(cfg["file"]))
+        return weights_in(Path(cfg["file"]))
     repo = cfg.get("hf_hub_id")
     # The registry's own repo keeps the organisation override; any other (hf-hub:ORG/NAME, an overlay) is exact.
     exact = repo if repo and (cfg.get("source") == "hf-hub" or repo != model_info.hf_hub_id) else None

@@ -16,7 +16,7 @@ import logging
 import os
 from pathlib import Path
 
-from huggingface_hub import constants, hf_hub_download
+from huggingface_hub import HfApi, constants, hf_hub_download, try_to_load_from_cache
 from huggingface_hub.errors import (
     EntryNotFoundError,
     HfHubHTTPError,
@@ -28,9 +28,20 @@ from huggingface_hub.errors import (
 
 from ._registry import ModelInfo
 
-__all__ = ["WeightsUnavailableError", "fetch_weights", "hub_repo_id", "REVISION_ENV", "FALLBACK_FILENAME"]
+__all__ = [
+    "WeightsUnavailableError",
+    "fetch_weights",
+    "hub_repo_id",
+    "published_where",
+    "REVISION_ENV",
+    "FALLBACK_FILENAME",
+    "METADATA_TIMEOUT_S",
+]
 
 REVISION_ENV = "ZOO_HUB_REVISION"
+# Seconds the one metadata call may take before a download: an unpublished repo or a dead network is then one
+# sentence at once, not huggingface_hub's retries.
+METADATA_TIMEOUT_S = 2.0
 # Pickled weights are only a fallback, for repos without safetensors (timm's name for them).
 FALLBACK_FILENAME = "pytorch_model.bin"
 # Errors of the HTTP client under huggingface_hub (httpx2, httpx or requests, by version) share HfHubHTTPError's bases.
@@ -56,13 +67,21 @@ def hub_repo_id(model_info: ModelInfo, org: str | None = None) -> str:
     return f"{org}/{model_info.hf_hub_id.split('/', 1)[-1]}"
 
 
+def published_where(model_info: ModelInfo) -> str:
+    """Where `model_info`'s weights can be had today, as `python -m zoo list` shows it: the Hub repo where one is
+    published, else how to get them."""
+    if model_info.hub_org_env and not os.environ.get(model_info.hub_org_env):
+        return f"official release: pretrained=PATH (.pth or a converted folder), or set {model_info.hub_org_env}"
+    return hub_repo_id(model_info) if model_info.hf_hub_id else "none: pretrained=PATH"
+
+
 def _remedy(model_info: ModelInfo) -> str:
     name = model_info.name
     if model_info.hub_org_env:
         return (
-            f"convert the official release (see the README) with `python -m hub convert --model {name} "
-            f"--org ORG SRC.pth OUT_DIR`, publish it with `python -m hub publish OUT_DIR` and set "
-            f'{model_info.hub_org_env}=ORG, or pass pretrained="/path/to/checkpoint" (the .pth itself or OUT_DIR)'
+            f'two ways work: pass pretrained="/path/to/RELEASE.pth" (the official checkpoint itself), or convert it '
+            f'with `python -m hub convert --model {name} RELEASE.pth OUT_DIR` and pass pretrained="OUT_DIR" (publish '
+            f"OUT_DIR with `python -m hub publish OUT_DIR` and set {model_info.hub_org_env}=ORG to load it by name)"
         )
     convert = f"`python -m hub convert --model {name} SRC.pth OUT_DIR`"
     return (
@@ -125,6 +144,13 @@ def fetch_weights(
     revision = revision or os.environ.get(REVISION_ENV) or None
     filename = filename or model_info.hf_hub_filename or "model.safetensors"
     files = [filename] + ([FALLBACK_FILENAME] if filename.endswith(".safetensors") else [])
+    cache = str(cache_dir or constants.HF_HUB_CACHE)
+    if not constants.HF_HUB_OFFLINE:  # offline, hf_hub_download reads the cache and nothing else
+        published = _published_files(model_info, repo, files, revision, token, cache_dir)
+        if not published:  # the Hub is out of reach, and the cache has the weights
+            cached = (try_to_load_from_cache(repo, f, cache_dir, revision) for f in files)
+            return Path(next(c for c in cached if isinstance(c, str)))
+        files = published
     first_error: BaseException | None = None
     for name in files:
         try:
@@ -143,5 +169,39 @@ def fetch_weights(
         _logger.info("%s: weights %s from %s", model_info.name, name, repo)
         return Path(path)
     _logger.debug("fetching %s failed", repo, exc_info=first_error)
-    cache = str(cache_dir or constants.HF_HUB_CACHE)
     raise WeightsUnavailableError(_explain(model_info, repo, files, revision, cache, first_error)) from None
+
+
+def _published_files(
+    model_info: ModelInfo,
+    repo: str,
+    files: list[str],
+    revision: str | None,
+    token: str | bool | None,
+    cache_dir: str | Path | None,
+) -> list[str]:
+    """Of `files`, those the Hub repo holds, from one metadata call with a short timeout; a repo, revision or file
+    that is not published is one sentence at once. An unreachable Hub gives no files (the caller falls back on the
+    cache, or raises)."""
+    try:
+        info = HfApi().model_info(repo, revision=revision, token=token, timeout=METADATA_TIMEOUT_S)
+    except (RepositoryNotFoundError, RevisionNotFoundError, HFValidationError) as error:
+        cache = str(cache_dir or constants.HF_HUB_CACHE)
+        raise WeightsUnavailableError(_explain(model_info, repo, files, revision, cache, error)) from None
+    except CLIENT_ERRORS as error:
+        cache = str(cache_dir or constants.HF_HUB_CACHE)
+        if any(isinstance(try_to_load_from_cache(repo, f, cache_dir, revision), str) for f in files):
+            return []
+        raise WeightsUnavailableError(
+            f"No pretrained weights for {model_info.name}: the Hub did not answer for {repo} within "
+            f"{METADATA_TIMEOUT_S:.0f} s ({type(error).__name__}) and {_where(repo, files, revision)} is not in the "
+            f"local cache ({cache}); {_remedy(model_info)}."
+        ) from None
+    held = {s.rfilename for s in info.siblings or ()}
+    present = [f for f in files if f in held]
+    if not present:
+        raise WeightsUnavailableError(
+            f"No pretrained weights for {model_info.name}: the Hub has no {_where(repo, files, revision)}; "
+            f"{_remedy(model_info)}."
+        )
+    return present
