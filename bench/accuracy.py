@@ -3,7 +3,10 @@
 Class indices follow ImageFolder's sorted folder names, which for ImageNet's synset folders (n01440764, ...) is
 the standard 1000-class order. Under torchrun the images are split over the ranks and the counts summed:
 
-    torchrun --nproc-per-node 8 -m bench.accuracy --model rmt_s --pretrained --data /path/to/imagenet/val
+    PYTHONSAFEPATH=1 torchrun --nproc-per-node=8 -m bench.accuracy --model rmt_s --pretrained --data imagenet/val
+
+(PYTHONSAFEPATH=1, Python 3.11+, keeps the working folder off the ranks' sys.path: torchrun starts them as
+`python -m`, which would import a `bench/` or `timm/` folder where you stand.)
 """
 
 from __future__ import annotations
@@ -290,7 +293,8 @@ def _parser() -> argparse.ArgumentParser:
     p = OneLineParser(
         prog="python -m bench.accuracy",
         description="Top-1/top-5 of one model on an ImageFolder dataset, split over the ranks under torchrun.",
-        epilog="torchrun --nproc-per-node 8 -m bench.accuracy --model rmt_s --pretrained --data /path/to/imagenet/val",
+        epilog="PYTHONSAFEPATH=1 torchrun --nproc-per-node 8 -m bench.accuracy --model rmt_s --pretrained --data "
+        "/path/to/imagenet/val (PYTHONSAFEPATH=1 keeps the working folder off the ranks' sys.path)",
     )
     p.add_argument("--model", required=True, metavar="NAME", help="zoo or timm model name")
     p.add_argument("--data", required=True, metavar="DIR", help="ImageFolder-layout dataset (DIR/<class>/<image>)")

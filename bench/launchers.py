@@ -26,10 +26,9 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 from .args import positive_int
-from .env import REPO_ROOT
 from .options import NoOptions, option
 from .results import append_row, iter_results, shard_path
-from .runner import Interrupted, Outcome, crash_reason, group_rows, stopped_by_sigterm, unmeasured_row
+from .runner import Interrupted, Outcome, crash_reason, group_rows, import_path, stopped_by_sigterm, unmeasured_row
 from .spec import RowSpec, RunRequest, Settings, row_key
 
 __all__ = ["LAUNCHERS", "Launcher", "LauncherUnavailable", "InProcess", "Local", "Slurm", "Worker"]
@@ -186,8 +185,9 @@ def _submission_error(exc: Exception) -> str:
 
 
 def _setup() -> list[str]:
-    """Shell lines each job runs first: this checkout importable, as the runner makes it for its workers."""
-    return [f"export PYTHONPATH={shlex.quote(str(REPO_ROOT))}${{PYTHONPATH:+:$PYTHONPATH}}"]
+    """Shell lines each job runs first: this checkout importable and the working folder off sys.path, as the runner
+    makes it for its workers (`runner.child_env`); a `bench/` where the job starts is never imported."""
+    return [f"export PYTHONPATH={shlex.quote(import_path())}", "export PYTHONSAFEPATH=1"]
 
 
 def _job_failure(job: Any, folder: Path) -> str:

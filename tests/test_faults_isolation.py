@@ -1,0 +1,83 @@
+"""Faults of isolation, by class: code from the working folder in a child process, option text in a generated job
+script, job files written where a planted link points."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import launchers, runner
+from bench.spec import RowSpec, RunRequest, Settings
+
+# ------------------------------------------------------------------------------------- code runs only from the install
+
+
+def _shadow(folder: Path, package: str, marker: Path) -> None:
+    """A package `package` in `folder` that leaves `marker` behind if anything imports it."""
+    (folder / package).mkdir()
+    body = f"open({str(marker)!r}, 'w').close()\n"
+    (folder / package / "__init__.py").write_text(body)
+    (folder / package / "tool.py").write_text(body)
+
+
+@pytest.mark.parametrize("safe_path", [True, False], ids=["-P", "3.10 bootstrap"])
+def test_a_child_never_imports_from_its_working_folder(safe_path, tmp_path, monkeypatch):
+    """A `json/` where the user stands shadows the standard library for any `python -m`; the workers' command and
+    environment leave it out, and still import what the parent can (a folder on the parent's sys.path)."""
+    marker = tmp_path / "ran"
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    _shadow(cwd, "json", marker)
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "parents_module.py").write_text("import json, sys\njson.dump(sys.argv[1:], sys.stdout)\n")
+    monkeypatch.syspath_prepend(str(theirs))
+    monkeypatch.setattr(runner, "_SAFE_PATH", safe_path and sys.version_info >= (3, 11))
+    proc = subprocess.run(
+        runner.python_module("parents_module", "a", "-b"),
+        cwd=cwd,
+        env=runner.child_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == ["a", "-b"] and not marker.exists()
+
+
+def test_every_python_below_a_worker_or_job_leaves_the_working_folder_out(tmp_path):
+    """What a worker or a launcher's job starts in turn (a compile worker, submitit's `python -m` processes) runs in
+    the environment the runner and the job's setup lines give it."""
+    if sys.version_info < (3, 11):
+        pytest.skip("PYTHONSAFEPATH is Python 3.11's; 3.10 runs the bootstrap tested above")
+    marker = tmp_path / "ran"
+    _shadow(tmp_path, "json", marker)
+    setup = " && ".join(launchers._setup())
+    for command, env in [
+        (f"{setup} && {sys.executable} -m json.tool", None),
+        (f"{sys.executable} -m json.tool", runner.child_env()),
+    ]:
+        proc = subprocess.run(command, shell=True, cwd=tmp_path, env=env, input="{}", capture_output=True, text=True)
+        assert proc.returncode == 0 and proc.stdout.strip() == "{}", proc.stderr
+        assert not marker.exists(), command
+
+
+@pytest.mark.e2e  # the runner starts a worker process
+def test_a_bench_or_timm_folder_where_the_user_stands_never_runs_in_a_worker(tmp_path, monkeypatch):
+    marker = tmp_path / "ran"
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    for package in ("bench", "timm"):
+        _shadow(cwd, package, marker)
+    monkeypatch.chdir(cwd)
+    spec = RowSpec("test_convnext", "eager", "fp32", 1, (32, 32), "cpu")
+    request = RunRequest(
+        (spec,), Settings(warmup=0, iters=1, flops=False), str(tmp_path / "r.jsonl"), "t", progress=False
+    )
+    [row] = runner.run(request).rows
+    assert row["status"] == "ok", row.get("reason")
+    assert not marker.exists()
