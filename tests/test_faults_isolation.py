@@ -3,14 +3,16 @@ script, job files written where a planted link points."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from bench import launchers, runner
+from bench import cli, launchers, runner
 from bench.spec import RowSpec, RunRequest, Settings
 
 # ------------------------------------------------------------------------------------- code runs only from the install
@@ -81,3 +83,61 @@ def test_a_bench_or_timm_folder_where_the_user_stands_never_runs_in_a_worker(tmp
     [row] = runner.run(request).rows
     assert row["status"] == "ok", row.get("reason")
     assert not marker.exists()
+
+
+# ---------------------------------------------------------------------------------- options never become script lines
+
+CONTROL = ["gpu\ntouch X\n#", "gpu\rX", "gpu\x1b[2J", "gpu\u2028X", "gpu\u202eX", "gpu\x00"]
+
+
+def _text_flags() -> list[str]:
+    """Every launcher flag that takes free text (not a number)."""
+    return [
+        f.metadata["flag"]
+        for cls in launchers.LAUNCHERS.values()
+        for f in dataclasses.fields(cls.Options)
+        if f.type in ("str | None", "str")
+    ]
+
+
+def _recording_sbatch(folder: Path) -> Path:
+    """An sbatch that only records it was called, on PATH first."""
+    folder.mkdir()
+    (folder / "sbatch").write_text(f"#!/bin/sh\ntouch {folder / 'called'}\nexit 1\n")
+    (folder / "sbatch").chmod(0o755)
+    return folder
+
+
+@pytest.mark.parametrize("value", CONTROL)
+def test_a_control_character_in_any_launcher_text_option_is_refused_as_it_is_parsed(value, tmp_path, capsys):
+    flags = _text_flags()
+    assert {"--slurm-partition", "--slurm-account", "--slurm-qos", "--slurm-constraint"} <= set(flags)
+    for flag in flags:
+        argv = ["--models", "test_convnext", "--launcher", "slurm", flag, value, "--out", str(tmp_path / "r.jsonl")]
+        assert cli.main(argv) == cli.EXIT_USAGE
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and flag in err and "control character" in err, err
+
+
+@pytest.mark.parametrize("value", CONTROL[:3])
+def test_a_control_character_in_the_out_path_never_reaches_sbatch(value, tmp_path, monkeypatch, capsys):
+    import submitit
+
+    bin_dir = _recording_sbatch(tmp_path / "bin")
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setattr(submitit.SlurmExecutor, "affinity", staticmethod(lambda: 1))  # as if srun were here
+    out = tmp_path / "res" / f"r{value}.jsonl"
+    out.parent.mkdir()
+    assert cli.main(["--models", "test_convnext", "--launcher", "slurm", "--out", str(out)]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--out" in err and "control character" in err, err
+    assert not (bin_dir / "called").exists() and list(out.parent.iterdir()) == []
+
+
+def test_options_given_through_the_api_are_checked_before_any_submission(tmp_path):
+    spec = RowSpec("test_convnext", "eager", "fp32", 1, (32, 32), "cpu")
+    request = RunRequest((spec,), Settings(), str(tmp_path / "r.jsonl"), "t", progress=False)
+    slurm = launchers.Slurm(launchers.SlurmOptions(qos="high\nrm -rf ~\n#"))
+    with pytest.raises(launchers.LauncherUnavailable, match="--slurm-qos .* control character"):
+        slurm.launch(runner.run, request)
+    assert list(tmp_path.iterdir()) == []
