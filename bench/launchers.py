@@ -29,6 +29,7 @@ from typing import Any, Callable, ClassVar
 
 from .args import positive_int
 from .options import NoOptions, flag_of, option
+from .paths import WriteError, make_own_folder
 from .results import append_row, iter_results, shard_path
 from .runner import Interrupted, Outcome, crash_reason, group_rows, import_path, stopped_by_sigterm, unmeasured_row
 from .spec import RowSpec, RunRequest, Settings, row_key
@@ -150,6 +151,10 @@ class _Jobs(Launcher):
         folder = results.with_name(f"{results.stem}.submitit") / run_id
         options = {flag_of(type(self.options), k): v for k, v in vars(self.options).items()}
         _check_script_values({"--out": results, **options})
+        try:
+            make_own_folder(folder)
+        except WriteError as exc:
+            raise LauncherUnavailable(str(exc)) from None
         groups = group_rows(request.specs)
         calls = []
         for i, group in enumerate(groups):

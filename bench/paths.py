@@ -29,6 +29,7 @@ __all__ = [
     "check_distinct",
     "append_bytes",
     "write_atomic",
+    "make_own_folder",
     "ignore_file_size_signal",
     "current_umask",
     "TEMP_MARK",
@@ -241,6 +242,32 @@ def _cut_own_tail(fd: int, start: int, data: bytes) -> None:
         os.ftruncate(fd, start)
     except OSError:
         pass  # the torn line stays; readers skip it, and the next append starts on a new line
+
+
+def make_own_folder(path: str | Path) -> Path:
+    """Create `path` as a new folder (mode 0700) for this run's files, inside its parent (created if missing):
+    never through a link planted at either, never in a parent another user owns, never one that exists already
+    (another run's, or one planted to catch our files). Raises WriteError (one sentence); nothing is removed."""
+    path = Path(path)
+    parent = path.parent
+    try:
+        parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ENOTDIR and parent.is_symlink():
+            exc = OSError(errno.ELOOP, "link")
+        raise WriteError(f"Could not use {parent} as the folder of this run's files ({_reason(exc)}).") from None
+    try:
+        if os.fstat(fd).st_uid != os.geteuid():
+            raise WriteError(f"Could not use {parent} as the folder of this run's files: another user owns it.")
+        os.mkdir(path.name, 0o700, dir_fd=fd)
+    except FileExistsError:
+        raise WriteError(f"Could not create {path}: something of that name is there already.") from None
+    except OSError as exc:
+        raise WriteError(f"Could not create {path} ({_reason(exc)}).") from None
+    finally:
+        os.close(fd)
+    return path
 
 
 def current_umask() -> int:

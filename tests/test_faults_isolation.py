@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from bench import cli, launchers, runner
+from bench.paths import WriteError, make_own_folder
 from bench.spec import RowSpec, RunRequest, Settings
 
 # ------------------------------------------------------------------------------------- code runs only from the install
@@ -141,3 +143,49 @@ def test_options_given_through_the_api_are_checked_before_any_submission(tmp_pat
     with pytest.raises(launchers.LauncherUnavailable, match="--slurm-qos .* control character"):
         slurm.launch(runner.run, request)
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------------ job files stay where asked
+
+
+@pytest.mark.parametrize("plant", ["link at the job folder", "link at the run folder", "file", "run folder exists",
+                                   "another user's folder"])  # fmt: skip
+@pytest.mark.parametrize("launcher", ["local", "slurm"])
+def test_job_files_never_go_where_a_planted_path_points(plant, launcher, tmp_path, monkeypatch):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "res" / "r.jsonl"
+    out.parent.mkdir()
+    jobs = out.parent / "r.submitit"
+    if plant == "link at the job folder":
+        jobs.symlink_to(elsewhere, target_is_directory=True)
+    elif plant == "file":
+        jobs.write_text("mine")
+    else:
+        jobs.mkdir()
+        if plant == "link at the run folder":
+            (jobs / "run1").symlink_to(elsewhere, target_is_directory=True)
+        elif plant == "run folder exists":
+            (jobs / "run1").mkdir()
+        else:
+            monkeypatch.setattr(os, "geteuid", lambda: os.stat(jobs).st_uid + 1)
+    before = sorted(p.name for p in jobs.iterdir()) if jobs.is_dir() and not jobs.is_symlink() else None
+    spec = RowSpec("test_convnext", "eager", "fp32", 1, (32, 32), "cpu")
+    request = RunRequest((spec,), Settings(), str(out), "t", progress=False, run_id="run1")
+    with pytest.raises(launchers.LauncherUnavailable) as refused:
+        launchers.LAUNCHERS[launcher]().launch(runner.run, request)
+    assert len(str(refused.value).splitlines()) == 1 and str(jobs) in str(refused.value)
+    assert list(elsewhere.iterdir()) == []
+    if plant == "file":
+        assert jobs.read_text() == "mine"
+    elif before is not None:
+        assert sorted(p.name for p in jobs.iterdir()) == before  # nothing added, nothing of theirs removed
+
+
+def test_a_new_job_folder_is_the_users_alone(tmp_path):
+    folder = tmp_path / "r.submitit" / "run1"
+    make_own_folder(folder)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700 and folder.parent.stat().st_uid == os.geteuid()
+    make_own_folder(folder.parent / "run2")  # another run beside it
+    with pytest.raises(WriteError, match="there already"):
+        make_own_folder(folder)
