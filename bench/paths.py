@@ -72,14 +72,17 @@ def _kind(mode: int) -> str:
 
 
 def _check_text(path: Path, what: str) -> None:
-    """An existing results file must be text: appending rows to a binary file would corrupt it further."""
+    """An existing results file must be text: appending rows to a binary file would corrupt it further. Judged by
+    its first line, which a results file's writer always finished: damage later on (a torn row, the NUL bytes a
+    crash leaves) is what readers skip, not a reason to refuse the file."""
     with open(path, "rb") as f:
         head = f.read(1 << 16)
-    binary = b"\0" in head
+    first = head.split(b"\n", 1)[0].strip(b"\0")
+    binary = b"\0" in first
     try:
-        head.decode("utf-8")
+        first.decode("utf-8")
     except UnicodeDecodeError as exc:
-        binary |= exc.start < len(head) - 4  # not merely a character cut at the 64 KiB boundary
+        binary |= exc.start < len(first) - 4 or b"\n" in head  # not merely a character cut at the 64 KiB boundary
     if binary:
         raise OutputPathError(f"{what} {str(path)!r} is a binary file, not a JSON-lines results file.")
 

@@ -1,9 +1,12 @@
 """The JSON-lines results file: one row per measurement, appended whole the moment it exists so a crash loses nothing.
 
 Readers stream the file and skip what they cannot read (a line cut short by a crash, a foreign or damaged line, a
-row whose fields have the wrong types, binary junk) with one summary note on stderr, and never fail on it: a results
-file is shared by runs, launchers, editors and other tools. Jobs of a launcher append to their own shards beside the
-file (`results.shard-<job>.jsonl`), which every reader takes together with it.
+row whose fields have the wrong types, one nested past the parser's depth, one longer than `MAX_LINE`, binary junk or
+the NUL bytes a crash leaves) with one summary note on stderr, and never fail on it: a results file is shared by runs,
+launchers, editors and other tools. Every reader (report, --resume, the suite, the Hub's push-results and convert
+--results, `bench.load_results`) reads through `iter_results`, so one line costs at most `MAX_LINE` bytes of memory.
+Jobs of a launcher append to their own shards beside the file (`results.shard-<job>.jsonl`), which every reader
+takes together with it.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import errno
 import functools
 import json
 import os
+import stat
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,7 +36,12 @@ __all__ = [
     "shard_path",
     "SCHEMA_VERSION",
     "WriteError",
+    "read_lines",
+    "MAX_LINE",
 ]
+
+# A row is a few kilobytes (its env included); a line past this is no row and is skipped unread.
+MAX_LINE = 1 << 20
 
 
 @functools.cache
@@ -67,7 +76,7 @@ def as_row(line: str) -> dict[str, Any] | None:
     """The row a line holds, or None when it is not a readable row (every field a reader formats is checked)."""
     try:
         row = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
         return None
     if not isinstance(row, dict) or any(not isinstance(row.get(k), t) for k, t in REQUIRED.items()):
         return None
@@ -80,7 +89,34 @@ def as_row(line: str) -> dict[str, Any] | None:
         value = get_field(row, name)
         if value is not None and not _KIND_CHECKS[kind](value):
             return None
+    try:  # every field --resume and latest_rows key on must hash (a list where a flag belongs does not)
+        hash(row_key(row))
+    except (TypeError, ValueError, AttributeError):
+        return None
     return row
+
+
+def read_lines(file: str | Path, limit: int = MAX_LINE) -> Iterator[tuple[int, str | None]]:
+    """(line number, text) of each line of a text file, as UTF-8 with undecodable bytes replaced and a leading BOM
+    dropped; a line longer than `limit` bytes comes as (n, None) without ever being held whole, so no line can take
+    more memory than `limit`. Opens only regular files (never blocks on a FIFO); raises OSError."""
+    fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with open(fd, "rb") as f:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            code = errno.EISDIR if stat.S_ISDIR(mode) else errno.EINVAL
+            raise OSError(code, os.strerror(code) if stat.S_ISDIR(mode) else "not a regular file", str(file))
+        os.set_blocking(fd, True)
+        n = 0
+        while chunk := f.readline(limit + 1):
+            n += 1
+            if len(chunk) > limit and not chunk.endswith(b"\n"):
+                while (rest := f.readline(1 << 16)) and not rest.endswith(b"\n"):
+                    pass
+                yield n, None
+                continue
+            text = chunk.decode("utf-8", errors="replace")
+            yield n, text.removeprefix("\ufeff") if n == 1 else text
 
 
 def shard_path(path: str | Path, job: str) -> Path:
@@ -130,15 +166,14 @@ def iter_results(path: str | Path, quiet: bool = False, shards: bool = True) -> 
         open(path, encoding="utf-8").close()  # the FileNotFoundError the caller expects
     for file in files:
         skipped: list[int] = []
-        with open(file, encoding="utf-8", errors="replace") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                row = as_row(line)
-                if row is None:
-                    skipped.append(n)
-                else:
-                    yield row
+        for n, line in read_lines(file):
+            if line is not None and not line.strip():
+                continue
+            row = None if line is None else as_row(line)
+            if row is None:
+                skipped.append(n)
+            else:
+                yield row
         if skipped and not quiet:
             first = ", ".join(map(str, skipped[:5])) + (", ..." if len(skipped) > 5 else "")
             print(

@@ -371,7 +371,7 @@ def _refusals(specs: list[RowSpec]) -> dict[RowSpec, tuple[str, str, str]]:
     refused = {}
     for spec in specs:
         backend_key = (spec.backend, spec.precision, spec.mode, spec.device)
-        size_key = (spec.model, spec.input_size, spec.model_kwargs)
+        size_key = (spec.input_size, *spec.worker_key())  # the kwargs as JSON: a list value (depths=[...]) keys too
         if backend_key not in cache:
             reason = BACKENDS[spec.backend].refusal(spec)
             cache[backend_key] = (spec.backend, reason, "of this backend") if reason else None

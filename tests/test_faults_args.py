@@ -56,6 +56,18 @@ def test_model_kwargs_of_every_literal_kind_make_hashable_rows(given, value):
     assert again.key("cpu") == spec.key("cpu") and len(group_rows([spec, again])) == 1
 
 
+@pytest.mark.parametrize("given", ["depths=[1,1,2,1]", "out_indices=(1, 2)", "cfg={'a': [1, {'b': 2}]}"])
+def test_model_kwargs_holding_lists_pass_the_up_front_size_check(given, monkeypatch):
+    """The runner's checks before any model is built (backend refusals, the model's input sizes) key on the kwargs;
+    a list among them (timm's `depths=[...]`) is a key like any other value."""
+    measured: list[list[RowSpec]] = []
+    monkeypatch.setattr(runner._Run, "group", lambda self, specs: measured.append(specs))
+    kwargs = tuple(cli.parse_model_kwargs([given]).items())
+    specs = tuple(RowSpec("rmt_t", "eager", "fp32", b, (64, 64), "cpu", model_kwargs=kwargs) for b in (1, 2))
+    run(RunRequest(specs, Settings(), "/dev/null", "t", progress=False))
+    assert measured == [list(specs)]
+
+
 @pytest.mark.parametrize("given", ["s={1, 2}", "b=b'x'", "c=1j", "f=float('nan')", "n=[1e999]"])
 def test_model_kwargs_a_row_cannot_record_are_one_sentence(given):
     text = given.partition("=")[2]
