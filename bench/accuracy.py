@@ -66,6 +66,11 @@ class DataError(ValueError):
     """The --data folder is not a usable ImageFolder dataset."""
 
 
+class Meaningless(ValueError):
+    """The inputs make the accuracy meaningless (no classifier, class folders that are not the head's classes,
+    logits that are not numbers): no top-1 is reported, and the sentence says why."""
+
+
 class RanksError(RuntimeError):
     """Under torchrun, the other ranks did not answer within the timeout (one stopped, crashed or never started)."""
 
@@ -77,6 +82,7 @@ class ImageList:
     classes: list[str]
     samples: list[tuple[str, int]] = field(default_factory=list)  # (path, class index)
     repeats: list[tuple[str, str]] = field(default_factory=list)  # (path through a link, the real path already listed)
+    unreadable: list[str] = field(default_factory=list)  # folders under a class folder that could not be listed
 
     def repeat_note(self) -> str:
         path, real = self.repeats[0]
@@ -90,7 +96,9 @@ def _classes(root: str) -> list[str]:
     return sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
 
 
-def _walk(root: str, classes: list[str], repeats: list[tuple[str, str]]) -> Iterator[tuple[int, str, str]]:
+def _walk(
+    root: str, classes: list[str], repeats: list[tuple[str, str]], unreadable: list[str]
+) -> Iterator[tuple[int, str, str]]:
     """(class index, folder, file name) of each image, each real file once, and never a folder twice.
 
     ImageFolder follows links, so a link to an ancestor re-walks the tree until the system's link limit (one image
@@ -126,7 +134,8 @@ def _walk(root: str, classes: list[str], repeats: list[tuple[str, str]]) -> Iter
         visited.add(real_folder)
         try:
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        except OSError:  # an unreadable folder is skipped, as os.walk (and so ImageFolder) skips it
+        except OSError:  # skipped, as os.walk (and so ImageFolder) skips it, but counted: the caller says so
+            unreadable.append(folder)
             continue
         for entry in entries:
             if entry.is_symlink():
@@ -142,7 +151,7 @@ def list_images(data_dir: str | Path) -> ImageList:
     """Every image under the class folders of `data_dir`, each real file once, in ImageFolder's order."""
     root = str(data_dir)
     images = ImageList(_classes(root))
-    found = sorted(_walk(root, images.classes, images.repeats))
+    found = sorted(_walk(root, images.classes, images.repeats, images.unreadable))
     images.samples = [(os.path.join(folder, name), index) for index, folder, name in found]
     return images
 
@@ -158,7 +167,15 @@ def check_data_dir(path: str | Path) -> None:
         raise DataError(f"The --data folder {str(root)!r} cannot be read ({exc.strerror or exc}).") from None
     if not classes:
         raise DataError(f"The --data folder {str(root)!r} has no class sub-folders (expected DIR/<class>/<image>).")
-    if next(_walk(str(root), classes, []), None) is None:
+    for name in classes:  # a class whose folder cannot be listed would be scored without its images
+        try:
+            os.scandir(root / name).close()
+        except OSError as exc:
+            raise DataError(
+                f"The class folder {str(root / name)!r} of --data cannot be read ({exc.strerror or exc}), so its "
+                f"images would be missing from the accuracy."
+            ) from None
+    if next(_walk(str(root), classes, [], []), None) is None:
         raise DataError(f"The --data folder {str(root)!r} has class folders but no images in them.")
 
 
@@ -237,6 +254,7 @@ def evaluate(
     max_samples: int | None,
     prepare_input: Callable[[torch.Tensor], torch.Tensor],
     workers: int = 0,
+    head_classes: int | None = None,
 ) -> dict[str, Any]:
     """Accuracy of `forward` at `batch_size`; a short batch is padded because compiled shapes are static. Images
     that cannot be read are skipped and counted, and the rest still count; a real file reached again through a
@@ -244,8 +262,13 @@ def evaluate(
 
     Under an initialised torch.distributed process group (torchrun) rank r reads images r, r + world_size, ...
     and the counts are summed, so every image counts exactly once whatever the world size.
+
+    Raises Meaningless when no accuracy could be right: `head_classes` (the model's `num_classes`) is 0, there are
+    more class folders than classes the head scores, or every image's logits hold NaN or infinity (an image whose
+    logits do counts as a miss, and the note says how many). Fewer folders than classes are scored, with a note.
     """
     listing = list_images(data_dir)
+    head_note = _check_head(head_classes, len(listing.classes), data_dir)
     picks = range(len(listing.samples))
     if max_samples is not None and max_samples < len(listing.samples):
         # an even spread over classes, not the first few folders
@@ -259,7 +282,7 @@ def evaluate(
         num_workers=workers,
         collate_fn=_collate,
     )
-    counts = torch.zeros(4, dtype=torch.int64)  # top-1 hits, top-5 hits, images seen, images skipped
+    counts = torch.zeros(5, dtype=torch.int64)  # top-1 hits, top-5 hits, images seen, skipped, not-finite logits
     first_skipped: Skipped | None = None
     for batch, skipped in loader:
         counts[3] += len(skipped)
@@ -270,16 +293,29 @@ def evaluate(
         n = images.shape[0]
         if n < batch_size:
             images = torch.cat([images, images[-1:].expand(batch_size - n, *images.shape[1:])])
-        logits = forward(prepare_input(images))[:n].float().cpu()
+        logits = forward(prepare_input(images))
+        if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+            raise Meaningless(f"{model} returns {_shape(logits)}, not one row of class scores per image.")
+        head_note = _check_head(logits.shape[-1], len(listing.classes), data_dir)
+        logits = logits[:n].float().cpu()
+        finite = logits.isfinite().all(dim=-1)
         top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
-        hits = top == targets[:, None]
-        counts += torch.tensor([int(hits[:, 0].sum()), int(hits.any(dim=-1).sum()), n, 0])
+        hits = (top == targets[:, None]) & finite[:, None]  # a NaN sorts first; an image without numbers is a miss
+        counts += torch.tensor([int(hits[:, 0].sum()), int(hits.any(dim=-1).sum()), n, 0, int((~finite).sum())])
     counts, first_skipped = _over_ranks(counts, first_skipped)
-    correct1, correct5, seen, skipped_count = counts.tolist()
+    correct1, correct5, seen, skipped_count, not_finite = counts.tolist()
     if not seen:
         raise DataError(f"None of the {skipped_count} images could be read.")
+    if not_finite == seen:
+        raise Meaningless(f"{model} gave NaN or infinite logits for all {seen} images (damaged weights, or overflow).")
     notes = [f"{skipped_count} unreadable image(s) skipped, e.g. {first_skipped[1]}."] if first_skipped else []
+    notes += [f"{not_finite} image(s) gave NaN or infinite logits and count as misses."] if not_finite else []
     notes += [listing.repeat_note()] if listing.repeats else []
+    notes += [head_note] if head_note else []
+    if listing.unreadable:
+        notes.append(
+            f"{len(listing.unreadable)} folder(s) could not be read and were skipped, e.g. {listing.unreadable[0]}."
+        )
     result: dict[str, Any] = {
         "top1": 100.0 * correct1 / seen,
         "top5": 100.0 * correct5 / seen,
@@ -287,6 +323,29 @@ def evaluate(
         "eval_skipped": skipped_count,
     }
     return {**result, "accuracy_note": " ".join(notes)} if notes else result
+
+
+def _shape(output: Any) -> str:
+    return f"a tensor of shape {tuple(output.shape)}" if isinstance(output, torch.Tensor) else type(output).__name__
+
+
+def _check_head(classes: int | None, folders: int, data_dir: str) -> str:
+    """Refuse a head that cannot score these class folders (none at all, fewer classes than folders); for fewer
+    folders than classes, the note that says so: folder i is scored as the head's class i, which is right only for
+    a dataset holding the head's first classes."""
+    if classes == 0:
+        raise Meaningless("The model has no classifier (num_classes=0), so it has no accuracy to measure.")
+    if classes is not None and classes < folders:
+        raise Meaningless(
+            f"The --data folder {data_dir!r} has {folders} class folders, more than the {classes} classes the "
+            f"model's head scores."
+        )
+    if classes is not None and classes > folders:
+        return (
+            f"The {folders} class folder(s) were scored as the first {folders} of the head's {classes} classes, "
+            f"which is right only if they are those classes, in that order."
+        )
+    return ""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -394,6 +453,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bad checkpoint or an unreachable Hub: zoo says why in its first line
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         return _fail(f"Could not build {args.model}: {reason}", local_rank)
+    classes = getattr(model, "num_classes", None)
+    try:
+        _check_head(classes, len(_classes(str(args.data))), str(args.data))
+    except Meaningless as exc:
+        return _fail(str(exc), local_rank)
     try:
         if world > 1:
             if args.device == "cuda":
@@ -413,9 +477,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.max_samples,
             lambda images: images.to(device),
             workers=args.workers,
+            head_classes=classes,
         )
     except DataError as exc:  # no image could be read: every rank knows, after the counts were summed
         return _fail(str(exc), local_rank)
+    except Meaningless as exc:  # the model's outputs: no accuracy to report
+        if local_rank == 0:
+            print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except RanksError as exc:  # another rank stopped or never came: each rank says so, with its number
         why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         print(

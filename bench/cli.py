@@ -513,6 +513,8 @@ def parse_run_args(argv: Sequence[str]) -> argparse.Namespace:
             check_data_dir(args.data)
         except DataError as exc:
             raise UsageError(str(exc)) from None
+        if args.features_only:
+            raise UsageError("--data scores the classifier's top-1/top-5, and --features-only has none; give one.")
     if args.checkpoint and args.pretrained:
         raise UsageError("Use either --pretrained or --checkpoint, not both.")
     if args.bench != "infer":

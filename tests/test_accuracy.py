@@ -218,6 +218,7 @@ def test_accuracy_on_image_folder_pads_the_last_batch(tmp_path, brightness_logit
         return brightness_logits(x)
 
     result = evaluate(forward, "test_vit", (32, 32), str(data), 4, None, lambda t: t)
+    assert result.pop("accuracy_note").startswith("The 2 class folder(s) were scored as the first 2 of the head's 3")
     assert result == {"top1": 100.0, "top5": 100.0, "eval_samples": 6, "eval_skipped": 0}
     assert seen_batches == [4, 4]  # 6 images: the second batch is padded to the static shape
     flipped = evaluate(lambda x: -brightness_logits(x), "test_vit", (32, 32), str(data), 4, 4, lambda t: t)
