@@ -226,6 +226,11 @@ def convert(
     source_sha256 = file_sha256(source)
     x = torch.randn((1, *model_info.input_size), generator=torch.Generator().manual_seed(0))
     reference = _outputs(model_name, source, x)
+    if not bool(reference.isfinite().all()):  # nothing to hold the conversion to: the source's fault, said as such
+        raise zoo.CheckpointError(
+            f"Checkpoint {source} gives NaN or infinite outputs for {model_name} on a test input; its weights are "
+            f"damaged or not {model_name}'s, and nothing was written to {out_dir}."
+        )
 
     parent = out_dir.resolve().parent
     parent.mkdir(parents=True, exist_ok=True)

@@ -55,6 +55,10 @@ def check_pretrained(pretrained: object) -> None:
             f"pretrained must be True (the Hub), False or a checkpoint path, not {pretrained!r} "
             f"({type(pretrained).__name__})."
         )
+    if isinstance(pretrained, (str, Path)) and not str(pretrained).strip():
+        raise ValueError(
+            "pretrained='' names no checkpoint; pass a path, True for the Hub or False for random weights."
+        )
 
 
 def _check_num_classes(num_classes: object) -> None:
