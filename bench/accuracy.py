@@ -160,7 +160,11 @@ def check_data_dir(path: str | Path) -> None:
     """Raise DataError, with one sentence, unless `path` holds class folders with images in them."""
     root = Path(path)
     if not root.is_dir():
-        raise DataError(f"The --data folder {str(root)!r} does not exist.")
+        raise DataError(
+            f"The --data path {str(root)!r} is not a folder; give the folder that holds the class folders."
+            if root.exists()
+            else f"The --data folder {str(root)!r} does not exist."
+        )
     try:
         classes = _classes(str(root))
     except OSError as exc:
@@ -414,8 +418,11 @@ def parse_args(argv: Sequence[str], rank: int, local_world: int) -> argparse.Nam
     except DataError as exc:
         raise UsageError(str(exc)) from None
     args.data = Path(args.data).resolve()
-    if args.checkpoint and not Path(args.checkpoint).exists():
-        raise UsageError(f"Checkpoint {args.checkpoint!r} does not exist.")
+    if args.checkpoint:
+        try:  # a file, or a folder `python -m hub convert` wrote: what zoo.load takes
+            zoo.checkpoint_file(args.checkpoint)
+        except zoo.CheckpointError as exc:
+            raise UsageError(f"--checkpoint: {exc}") from None
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.device == "cuda" and torch.cuda.device_count() < local_world:
         raise UsageError(

@@ -108,9 +108,15 @@ def _json_value(value: Any) -> bool:
     return False
 
 
+# Model kwargs the harness sets from its own flags (and records in every row).
+_OWN_FLAGS = {"pretrained": "--pretrained or --checkpoint", "features_only": "--features-only"}
+
+
 def parse_model_kwargs(values: list[str]) -> dict[str, Any]:
     """timm's `--model-kwargs k=v ...`: values read as Python literals where they are one (0.1, True, [1, 2],
     {'a': 1}), else strings; each in its JSON form (a tuple becomes a list), as rows and resume keys hold it."""
+    import zoo
+
     kwargs = {}
     for value in values:
         key, sep, text = value.partition("=")
@@ -125,7 +131,13 @@ def parse_model_kwargs(values: list[str]) -> dict[str, Any]:
                 f"--model-kwargs {key}={text} is a {type(parsed).__name__}, which a results row cannot record; give "
                 f"a number, string, True/False/None, or a list or dict of them."
             )
+        if key in _OWN_FLAGS:  # the row records the flag, so the kwarg would be measured but recorded otherwise
+            raise UsageError(f"--model-kwargs {key}=... is set by {_OWN_FLAGS[key]}; use that instead.")
         kwargs[key] = json.loads(json.dumps(parsed))
+    try:
+        zoo.check_model_kwargs(kwargs)
+    except ValueError as exc:
+        raise UsageError(f"--model-kwargs: {exc}") from None
     return kwargs
 
 
@@ -310,6 +322,8 @@ def _report_parser() -> argparse.ArgumentParser:
 
 
 def _checkpoints(values: list[str], models: list[str]) -> dict[str, str]:
+    import zoo
+
     mapping = {}
     for value in values:
         name, sep, path = value.partition("=")
@@ -321,8 +335,10 @@ def _checkpoints(values: list[str], models: list[str]) -> dict[str, str]:
             name, path = models[0], value
         if name not in models:
             raise UsageError(f"--checkpoint names {name!r}, which is not among --models.")
-        if not Path(path).is_file():
-            raise UsageError(f"Checkpoint file {path!r} does not exist.")
+        try:  # a file, or a folder `python -m hub convert` wrote: what zoo.load takes
+            zoo.checkpoint_file(path)
+        except zoo.CheckpointError as exc:
+            raise UsageError(f"--checkpoint: {exc}") from None
         mapping[name] = str(Path(path).resolve())
     return mapping
 

@@ -78,7 +78,7 @@ def _check_text(path: Path, what: str) -> None:
     with open(path, "rb") as f:
         head = f.read(1 << 16)
     first = head.split(b"\n", 1)[0].strip(b"\0")
-    binary = b"\0" in first
+    binary = any(byte < 0x20 and byte not in b"\t\r" for byte in first)  # JSON text holds no raw control bytes
     try:
         first.decode("utf-8")
     except UnicodeDecodeError as exc:

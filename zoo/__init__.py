@@ -29,6 +29,7 @@ from ._cli import (
     exit_interrupted,
     run_cli,
 )
+from ._builder import check_model_kwargs, checkpoint_file
 from ._checkpoint import CheckpointError, CheckpointMismatchError, LoadReport, check_fits, read_checkpoint
 from ._hub import CLIENT_ERRORS, REVISION_ENV as HUB_REVISION_ENV, WeightsUnavailableError, fetch_weights, hub_repo_id
 from ._registry import (
@@ -63,6 +64,8 @@ __all__ = [
     "LoadReport",
     "read_checkpoint",
     "check_fits",
+    "checkpoint_file",
+    "check_model_kwargs",
     # the Hub: where a model's weights live and how a download fails
     "fetch_weights",
     "hub_repo_id",
@@ -99,6 +102,7 @@ def load(name: str, pretrained: bool | str | Path = False, **kwargs) -> nn.Modul
     from ._registry import builder
 
     check_pretrained(pretrained)
+    check_model_kwargs(kwargs)
     build = builder(name)
     if build is None:
         model = timm_models.create(name, pretrained, **kwargs)

@@ -173,7 +173,7 @@ def _foreign_imports(path: Path) -> list[str]:
     return [g for g in imports if not g.startswith(_CHECKPOINT_GLOBALS)]
 
 
-def _not_a_file(path: Path) -> CheckpointError:
+def not_a_file(path: Path) -> CheckpointError:
     try:
         path.stat()
     except OSError as e:
@@ -202,7 +202,7 @@ def read_checkpoint(path: str | Path, prefer_ema: bool = True) -> tuple[StateDic
     """
     path = Path(path)
     if not path.is_file():
-        raise _not_a_file(path)
+        raise not_a_file(path)
     if path.suffix == ".safetensors" or _is_safetensors(path):
         from safetensors.torch import load_file
 
