@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import errno
 import json
 import os
+import stat
 import sys
 import warnings
 from collections import deque
@@ -83,6 +85,8 @@ class ImageList:
     samples: list[tuple[str, int]] = field(default_factory=list)  # (path, class index)
     repeats: list[tuple[str, str]] = field(default_factory=list)  # (path through a link, the real path already listed)
     unreadable: list[str] = field(default_factory=list)  # folders under a class folder that could not be listed
+    outside: list[str] = field(default_factory=list)  # links to folders out of the data folder, not followed
+    odd: list[str] = field(default_factory=list)  # entries named like images that are no regular file (a FIFO)
 
     def repeat_note(self) -> str:
         path, real = self.repeats[0]
@@ -96,62 +100,81 @@ def _classes(root: str) -> list[str]:
     return sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
 
 
-def _walk(
-    root: str, classes: list[str], repeats: list[tuple[str, str]], unreadable: list[str]
-) -> Iterator[tuple[int, str, str]]:
+def _walk(root: str, images: ImageList) -> Iterator[tuple[int, str, str]]:
     """(class index, folder, file name) of each image, each real file once, and never a folder twice.
 
     ImageFolder follows links, so a link to an ancestor re-walks the tree until the system's link limit (one image
     counted 41 times). Here the real folders are walked first, so a file counts under the class folder it lies in;
-    links come after and add only what was not seen, under the class of the first link that reaches it.
+    links come after and add only what was not seen, under the class of the first link that reaches it. Only regular
+    files are listed (a FIFO named like an image would block its reader forever), and a link to a folder inside a
+    class folder is followed only where it stays inside the data folder or a class folder (a link to / would walk
+    the whole filesystem); a link to an image file counts wherever the file lies (a subset made of links). What is
+    left out is recorded on `images`, and the walk covers each real folder once.
     """
     visited = {os.path.realpath(root)}  # a link back to --data would list every class again under one label
     files: set[str] = set()
+    tops = [(index, os.path.join(root, name)) for index, name in enumerate(images.classes)]
+    class_folders = {top for _, top in tops}  # a class folder may be a link to another disk: it is the data
+    inside = (os.path.realpath(root), *(os.path.realpath(top) for top in class_folders))
 
     def first_time(path: str, real: str) -> bool:
         if real in files:
-            repeats.append((path, real))
+            images.repeats.append((path, real))
             return False
         files.add(real)
         return True
 
-    tops = [(index, os.path.join(root, name)) for index, name in enumerate(classes)]
     links = deque((index, top) for index, top in tops if os.path.islink(top))  # class folders that are links first
     stack = [(index, top) for index, top in tops if not os.path.islink(top)]
     while stack or links:
         if not stack:  # the real tree is done: follow the next link
             index, path = links.popleft()
+            real = os.path.realpath(path)
             if os.path.isdir(path):
-                stack.append((index, path))
-            elif has_file_allowed_extension(path, IMG_EXTENSIONS) and first_time(path, os.path.realpath(path)):
+                if path in class_folders or any(_under(real, place) for place in inside):
+                    stack.append((index, path))
+                else:
+                    images.outside.append(path)
+            elif not has_file_allowed_extension(path, IMG_EXTENSIONS):
+                continue
+            elif not os.path.isfile(path):
+                images.odd.append(path)
+            elif first_time(path, real):
                 yield index, os.path.dirname(path), os.path.basename(path)
             continue
         index, folder = stack.pop()
         real_folder = os.path.realpath(folder)
         if real_folder in visited:
-            repeats.append((folder, real_folder))
+            images.repeats.append((folder, real_folder))
             continue
         visited.add(real_folder)
         try:
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError:  # skipped, as os.walk (and so ImageFolder) skips it, but counted: the caller says so
-            unreadable.append(folder)
+            images.unreadable.append(folder)
             continue
         for entry in entries:
             if entry.is_symlink():
                 links.append((index, entry.path))
-            elif entry.is_dir():
+            elif entry.is_dir(follow_symlinks=False):
                 stack.append((index, entry.path))
-            elif has_file_allowed_extension(entry.name, IMG_EXTENSIONS):
-                if first_time(entry.path, os.path.join(real_folder, entry.name)):
-                    yield index, folder, entry.name
+            elif not has_file_allowed_extension(entry.name, IMG_EXTENSIONS):
+                continue
+            elif not entry.is_file(follow_symlinks=False):
+                images.odd.append(entry.path)
+            elif first_time(entry.path, os.path.join(real_folder, entry.name)):
+                yield index, folder, entry.name
+
+
+def _under(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def list_images(data_dir: str | Path) -> ImageList:
     """Every image under the class folders of `data_dir`, each real file once, in ImageFolder's order."""
     root = str(data_dir)
     images = ImageList(_classes(root))
-    found = sorted(_walk(root, images.classes, images.repeats, images.unreadable))
+    found = sorted(_walk(root, images))
     images.samples = [(os.path.join(folder, name), index) for index, folder, name in found]
     return images
 
@@ -179,7 +202,7 @@ def check_data_dir(path: str | Path) -> None:
                 f"The class folder {str(root / name)!r} of --data cannot be read ({exc.strerror or exc}), so its "
                 f"images would be missing from the accuracy."
             ) from None
-    if next(_walk(str(root), classes, [], []), None) is None:
+    if next(_walk(str(root), ImageList(classes)), None) is None:
         raise DataError(f"The --data folder {str(root)!r} has class folders but no images in them.")
 
 
@@ -215,6 +238,8 @@ class _Images(Dataset):
             with warnings.catch_warnings():
                 # PIL only warns below twice its pixel limit; such an image is as unreadable here as a bigger bomb
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
+                if not stat.S_ISREG(os.stat(path).st_mode):  # replaced by a FIFO since it was listed: never opened
+                    raise OSError(errno.EINVAL, "not a regular file", path)
                 image = self.transform(default_loader(path))
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning):
             image = None  # what PIL raises for a file it cannot decode, or will not (a decompression bomb)
@@ -316,6 +341,16 @@ def evaluate(
     notes += [f"{not_finite} image(s) gave NaN or infinite logits and count as misses."] if not_finite else []
     notes += [listing.repeat_note()] if listing.repeats else []
     notes += [head_note] if head_note else []
+    if listing.outside:
+        notes.append(
+            f"{len(listing.outside)} symbolic link(s) to folders out of the data folder were skipped, e.g. "
+            f"{listing.outside[0]}."
+        )
+    if listing.odd:
+        notes.append(
+            f"{len(listing.odd)} entries named like images are no regular files and were skipped, e.g. "
+            f"{listing.odd[0]}."
+        )
     if listing.unreadable:
         notes.append(
             f"{len(listing.unreadable)} folder(s) could not be read and were skipped, e.g. {listing.unreadable[0]}."

@@ -54,7 +54,7 @@ from .report import (
     status_summary,
     table_order,
 )
-from .results import iter_results, latest_rows, result_files
+from .results import iter_results, latest_rows, read_lines, result_files
 from .spec import MODES, RANDOM_INIT, RowSpec, RunRequest, Settings, first_line
 
 __all__ = [
@@ -160,13 +160,11 @@ def expand_models(names: list[str]) -> list[str]:
 
 def _model_list(path: str) -> list[str]:
     """timm's --model-list: a text file of names (or wildcards), one per line; blank lines and # comments skipped."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(
-            f"--model-list {path!r} cannot be read ({getattr(exc, 'strerror', None) or type(exc).__name__})."
-        ) from None
-    names = [ln.split("#", 1)[0].strip() for ln in text.splitlines()]
+    try:  # the results' line reader: regular files only (a FIFO would block), each line bounded
+        lines = [text for _, text in read_lines(path) if text is not None]
+    except OSError as exc:
+        raise UsageError(f"--model-list {path!r} cannot be read ({exc.strerror or type(exc).__name__}).") from None
+    names = [ln.split("#", 1)[0].strip() for ln in lines]
     names = [n for n in names if n]
     if not names:
         raise UsageError(f"--model-list {path!r} names no model.")

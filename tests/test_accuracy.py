@@ -149,17 +149,13 @@ def test_linked_images_outside_the_folder_still_count(tmp_path, make_image_folde
     data.mkdir()
     os.symlink(elsewhere / "a", data / "a")  # class folders that are links, as when a dataset is spread over disks
     (data / "b").mkdir()
-    os.symlink(elsewhere / "b" / "0.png", data / "b" / "0.png")
-    os.symlink(elsewhere / "b", data / "b" / "more")
-    samples = [(Path(p).relative_to(data).as_posix(), c) for p, c in list_images(data).samples]
-    assert samples == [
-        ("a/0.png", 0),
-        ("a/1.png", 0),
-        ("a/2.png", 0),
-        ("b/0.png", 1),
-        ("b/more/1.png", 1),
-        ("b/more/2.png", 1),
-    ]
+    os.symlink(elsewhere / "b" / "0.png", data / "b" / "0.png")  # a subset made of links to image files
+    os.symlink(elsewhere / "b" / "1.png", data / "b" / "1.png")
+    os.symlink(elsewhere / "b", data / "b" / "more")  # a folder out of the data folder: never walked
+    listing = list_images(data)
+    samples = [(Path(p).relative_to(data).as_posix(), c) for p, c in listing.samples]
+    assert samples == [("a/0.png", 0), ("a/1.png", 0), ("a/2.png", 0), ("b/0.png", 1), ("b/1.png", 1)]
+    assert listing.outside == [str(data / "b" / "more")]
 
 
 def test_listing_follows_image_folder_order_without_links(tmp_path, make_image_folder):
