@@ -24,12 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from PIL import Image
 from timm.data import create_transform
 from torch.utils.data import DataLoader, Dataset
-from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader, has_file_allowed_extension
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
 import zoo
 
@@ -219,6 +220,28 @@ def preprocessing(model: str, input_size: tuple[int, int]) -> Callable:
     )
 
 
+# Grey images of 16 (PNG, TIFF) or 32 bits: PIL's convert("RGB") clips their 0..65535 at 255 instead of scaling.
+_WIDE_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any image as 8-bit RGB with its values as meant: 16-bit grey scaled to 8 bits (65535 is 255), palette
+    images through their colours (a transparent index included), CMYK through PIL's conversion, and an alpha
+    channel dropped, as timm's and torchvision's loaders drop it."""
+    if image.mode in _WIDE_GREY:
+        scaled = np.clip(np.rint(np.asarray(image, dtype=np.float64) / 257.0), 0, 255).astype(np.uint8)
+        image = Image.fromarray(scaled, "L")
+    elif image.mode in ("P", "PA"):
+        image = image.convert("RGBA")
+    return image.convert("RGB")
+
+
+def load_rgb(path: str) -> Image.Image:
+    """The image at `path`, read whole and converted by `to_rgb`: the one conversion every accuracy input takes."""
+    with Image.open(path) as image:
+        return to_rgb(image)
+
+
 Skipped = tuple[int, str]  # (position in the evaluated list, path) of an image that could not be read
 
 
@@ -240,7 +263,7 @@ class _Images(Dataset):
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 if not stat.S_ISREG(os.stat(path).st_mode):  # replaced by a FIFO since it was listed: never opened
                     raise OSError(errno.EINVAL, "not a regular file", path)
-                image = self.transform(default_loader(path))
+                image = self.transform(load_rgb(path))
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning):
             image = None  # what PIL raises for a file it cannot decode, or will not (a decompression bomb)
         return position, path, image, target
