@@ -39,6 +39,7 @@ from .args import (
     positive_int,
 )
 from .backends import BACKENDS
+from .columns import printable
 from .launchers import LAUNCHERS, LauncherUnavailable
 from .options import add_flags, flag_of, given
 from .paths import OutputPathError, WriteError, check_distinct, check_output_path, ignore_file_size_signal
@@ -628,9 +629,10 @@ def run_main(argv: Sequence[str]) -> int:
 def _where(out: str) -> str:
     """Where the rows are: a launcher's jobs append to shards beside --out (which may then not exist itself)."""
     shards = [p for p in result_files(out, quiet=True) if p != Path(out)]
+    out = printable(out)  # a file name is data: an escape sequence in it never reaches the terminal
     if not shards:
         return out
-    first = shards[0].name
+    first = printable(shards[0].name)
     return f"{out} and {len(shards)} shard file(s) beside it ({first}, ...), read as one by `bench.py report {out}`"
 
 

@@ -15,7 +15,7 @@ import tabulate as tabulate_module
 from tabulate import tabulate, tabulate_formats
 
 from .backends import options_label
-from .columns import Column, get_field, printable
+from .columns import Column, csv_text, get_field, markdown_cell, printable
 from .schema import NOTES, csv_fields, row_schema, table_columns
 from .paths import write_atomic
 from .spec import KEY_DEFAULTS, STATUSES, backend_options
@@ -39,6 +39,7 @@ __all__ = [
 ]
 
 FORMATS = ("csv", "timm", *tabulate_formats)
+MARKDOWN_FORMATS = ("github", "pipe")  # a `|` in a cell would split the row
 # What a terminal shows by default: aligned columns without rules, so the default columns fit 120 characters.
 TERMINAL_FORMAT = "simple"
 
@@ -134,9 +135,9 @@ def _csv_value(value: Any) -> Any:
     if isinstance(value, list):
         return "x".join(map(str, value))
     if isinstance(value, dict):
-        return printable(json.dumps(value, sort_keys=True)) if value else ""
+        return csv_text(json.dumps(value, sort_keys=True)) if value else ""
     if isinstance(value, str):
-        return printable(value)
+        return csv_text(value)
     return "" if value is None else value
 
 
@@ -260,7 +261,7 @@ def render_table(
         note = printable(" ".join(dict.fromkeys(row[k] for k in NOTES if row.get(k))))
         if note:
             cells[shown.index(STATUS)] += f" [{notes.setdefault(note, len(notes) + 1)}]"
-        body.append(cells)
+        body.append([markdown_cell(c) for c in cells] if fmt in MARKDOWN_FORMATS else cells)
     headers = [c.header for c in shown]
     if fmt == TERMINAL_FORMAT:
         table = _simple(headers, body)
@@ -334,6 +335,7 @@ def plot(rows: Iterable[dict[str, Any]], path: str | Path, title: str | None = N
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.text
     import matplotlib.ticker
 
     rows = list(rows)
@@ -372,6 +374,8 @@ def plot(rows: Iterable[dict[str, Any]], path: str | Path, title: str | None = N
     ax.set_title(title or f"Accuracy vs throughput{f' on {device}' if device else ''}")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="best")
+    for text in fig.findobj(matplotlib.text.Text):  # text from rows is data: `$...$` in a name is no mathtext
+        text.set_parse_math(False)
     fig.tight_layout()
     try:  # written whole or not at all: no 0-byte image when the disk is full, no write through a planted link
         write_atomic(path, lambda f: fig.savefig(f, format=Path(path).suffix.lstrip(".").lower()))

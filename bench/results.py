@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from .columns import get_field
+from .columns import get_field, printable
 from .schema import REQUIRED, checked_fields
 from .paths import WriteError, append_bytes
 from .spec import SCHEMA_VERSION, row_key
@@ -149,8 +149,9 @@ def result_files(path: str | Path, quiet: bool = False) -> list[Path]:
         (shards if entry.is_file() else odd).append(path.parent / entry.name)
     if odd and not quiet:
         print(
-            f"note: skipped {len(odd)} entr{'y' if len(odd) == 1 else 'ies'} named as {path} or its shards that "
-            f"{'is' if len(odd) == 1 else 'are'} not a regular file ({', '.join(str(p) for p in odd[:3])}).",
+            f"note: skipped {len(odd)} entr{'y' if len(odd) == 1 else 'ies'} named as {printable(str(path))} or its "
+            f"shards that "
+            f"{'is' if len(odd) == 1 else 'are'} not a regular file ({', '.join(printable(str(p)) for p in odd[:3])}).",
             file=sys.stderr,
         )
     return ([path] if path.is_file() or path.is_dir() else []) + shards
@@ -177,7 +178,8 @@ def iter_results(path: str | Path, quiet: bool = False, shards: bool = True) -> 
         if skipped and not quiet:
             first = ", ".join(map(str, skipped[:5])) + (", ..." if len(skipped) > 5 else "")
             print(
-                f"note: skipped {len(skipped)} line(s) of {file} that are not benchmark rows (line {first}).",
+                f"note: skipped {len(skipped)} line(s) of {printable(str(file))} that are not benchmark rows "
+                f"(line {first}).",
                 file=sys.stderr,
             )
 
