@@ -44,7 +44,9 @@ from .args import (
     positive_float,
     positive_int,
 )
+from .env import available_memory
 from .paths import OutputPathError, WriteError, check_distinct, check_output_path, ignore_file_size_signal, write_atomic
+from .precision import memory_refusal
 
 __all__ = [
     "DataError",
@@ -72,6 +74,34 @@ class DataError(ValueError):
 class Meaningless(ValueError):
     """The inputs make the accuracy meaningless (no classifier, class folders that are not the head's classes,
     logits that are not numbers): no top-1 is reported, and the sentence says why."""
+
+
+class SharedMemoryError(RuntimeError):
+    """The DataLoader's worker processes could not pass images through shared memory (/dev/shm full or too small)."""
+
+
+# What torch says when /dev/shm cannot take a worker's batch: a failed write, or the worker killed by SIGBUS.
+_SHM_SIGNS = ("No space left on device", "Bus error", "shared memory", "unable to write to file </torch_")
+SHM = "/dev/shm"
+
+
+def shared_memory_refusal(workers: int, batch_size: int, input_size: tuple[int, int]) -> str | None:
+    """Why `workers` DataLoader processes cannot hand batches over through /dev/shm (each keeps two fp32 batches in
+    flight there), checked before anything is read; None if they can or there are none."""
+    if workers <= 0:
+        return None
+    need = workers * 2 * batch_size * 3 * input_size[0] * input_size[1] * 4
+    try:
+        stats = os.statvfs(SHM)
+    except OSError:
+        return None
+    free = stats.f_bavail * stats.f_frsize
+    if need <= free:
+        return None
+    return (
+        f"--workers {workers} passes about {need / 2**20:.0f} MiB of decoded images through {SHM}, which has "
+        f"{free / 2**20:.0f} MiB free; use --workers 0, a smaller --batch-size, or a larger {SHM} (docker --shm-size)."
+    )
 
 
 class RanksError(RuntimeError):
@@ -336,24 +366,32 @@ def evaluate(
     )
     counts = torch.zeros(5, dtype=torch.int64)  # top-1 hits, top-5 hits, images seen, skipped, not-finite logits
     first_skipped: Skipped | None = None
-    for batch, skipped in loader:
-        counts[3] += len(skipped)
-        first_skipped = first_skipped or (skipped[0] if skipped else None)
-        if batch is None:
-            continue
-        images, targets = batch
-        n = images.shape[0]
-        if n < batch_size:
-            images = torch.cat([images, images[-1:].expand(batch_size - n, *images.shape[1:])])
-        logits = forward(prepare_input(images))
-        if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
-            raise Meaningless(f"{model} returns {_shape(logits)}, not one row of class scores per image.")
-        head_note = _check_head(logits.shape[-1], len(listing.classes), data_dir)
-        logits = logits[:n].float().cpu()
-        finite = logits.isfinite().all(dim=-1)
-        top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
-        hits = (top == targets[:, None]) & finite[:, None]  # a NaN sorts first; an image without numbers is a miss
-        counts += torch.tensor([int(hits[:, 0].sum()), int(hits.any(dim=-1).sum()), n, 0, int((~finite).sum())])
+    try:  # with --workers, a full /dev/shm surfaces here, as the workers hand their batches over
+        for batch, skipped in loader:
+            counts[3] += len(skipped)
+            first_skipped = first_skipped or (skipped[0] if skipped else None)
+            if batch is None:
+                continue
+            images, targets = batch
+            n = images.shape[0]
+            if n < batch_size:
+                images = torch.cat([images, images[-1:].expand(batch_size - n, *images.shape[1:])])
+            logits = forward(prepare_input(images))
+            if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+                raise Meaningless(f"{model} returns {_shape(logits)}, not one row of class scores per image.")
+            head_note = _check_head(logits.shape[-1], len(listing.classes), data_dir)
+            logits = logits[:n].float().cpu()
+            finite = logits.isfinite().all(dim=-1)
+            top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
+            hits = (top == targets[:, None]) & finite[:, None]  # a NaN sorts first; an image without numbers is a miss
+            counts += torch.tensor([int(hits[:, 0].sum()), int(hits.any(dim=-1).sum()), n, 0, int((~finite).sum())])
+    except RuntimeError as exc:
+        if workers and any(sign in str(exc) for sign in _SHM_SIGNS):
+            raise SharedMemoryError(
+                f"The --workers {workers} DataLoader processes ran out of shared memory ({SHM} is full or too "
+                f"small); use --workers 0 or a larger {SHM} (docker --shm-size)."
+            ) from None
+        raise
     counts, first_skipped = _over_ranks(counts, first_skipped)
     correct1, correct5, seen, skipped_count, not_finite = counts.tolist()
     if not seen:
@@ -487,6 +525,15 @@ def parse_args(argv: Sequence[str], rank: int, local_world: int) -> argparse.Nam
             f"--device cuda needs a GPU for each of the {local_world} rank(s) on this machine, and torch "
             f"sees {torch.cuda.device_count()}."
         )
+    reason = shared_memory_refusal(args.workers, args.batch_size, args.input_size)
+    if reason:
+        raise UsageError(reason)
+    free = available_memory(args.device)  # the batch the images are read in must fit, as bench.py checks it
+    reason = free is not None and memory_refusal(
+        args.model, args.input_size, args.batch_size, "fp32", args.device, free
+    )
+    if reason:
+        raise UsageError(reason)
     if args.out and rank == 0:
         try:
             check_output_path(args.out, "--out")
@@ -547,6 +594,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DataError as exc:  # no image could be read: every rank knows, after the counts were summed
         return _fail(str(exc), local_rank)
     except Meaningless as exc:  # the model's outputs: no accuracy to report
+        if local_rank == 0:
+            print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except SharedMemoryError as exc:  # /dev/shm filled while the workers ran
         if local_rank == 0:
             print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED

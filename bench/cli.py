@@ -441,22 +441,18 @@ def _check_memory(args: argparse.Namespace) -> None:
     import zoo
 
     from .env import available_memory
-    from .precision import minimum_bytes
+    from .precision import memory_refusal
 
     free = available_memory(args.device)
     if free is None:
         return
     batch = max(args.batch_size)
     for model in args.models:
-        params = (zoo.info(model).paper_params_m or 0) * 1e6
         for size in args.input_size or [tuple(zoo.info(model).input_size[1:])]:
-            need = max(minimum_bytes(batch, size, p, params) for p in args.precision)
-            if need > free:
-                raise UsageError(
-                    f"{model} at {size[0]}x{size[1]} and batch {batch} needs at least about {need / 2**30:.1f} GiB "
-                    f"(an estimate: weights, the input batch and one stride-4 feature map of 64 channels), and "
-                    f"{args.device} has {free / 2**30:.1f} GiB free; use a smaller --input-size or --batch-size."
-                )
+            for name in args.precision:
+                reason = memory_refusal(model, size, batch, name, args.device, free)
+                if reason:
+                    raise UsageError(reason)
 
 
 def _check_plot_format(path: str) -> None:

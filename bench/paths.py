@@ -94,6 +94,12 @@ def check_output_path(path: PathLike, what: str, text_file: bool = False, folder
     `text_file`: an existing file must be text (a results file appended to); `folder`: `path` is a folder to fill.
     """
     path = Path(path)
+    try:  # what the OS refuses for the name itself (too long, a loop in the folders above) is one sentence too
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    except OSError as exc:
+        raise OutputPathError(f"{what} {str(path)!r} cannot be used ({_reason(exc)}).") from None
     if path.is_symlink() and not path.exists():
         raise OutputPathError(
             f"{what} {str(path)!r} is a symbolic link to {os.readlink(path)!r}, which does not exist."
@@ -188,6 +194,8 @@ def _reason(exc: OSError) -> str:
         return "the disk is full" if exc.errno == errno.ENOSPC else "the disk quota is used up"
     if exc.errno == errno.ELOOP:
         return "it is a symbolic link, and outputs are never written through links"
+    if exc.errno == errno.ENAMETOOLONG:
+        return "the name is longer than the file system allows"
     return exc.strerror or str(exc)
 
 
