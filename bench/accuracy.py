@@ -3,15 +3,20 @@
 Class indices follow ImageFolder's sorted folder names, which for ImageNet's synset folders (n01440764, ...) is
 the standard 1000-class order. Under torchrun the images are split over the ranks and the counts summed:
 
-    torchrun --nproc-per-node 8 -m bench.accuracy --model rmt_s --pretrained --data /path/to/imagenet/val
+    PYTHONSAFEPATH=1 torchrun --nproc-per-node=8 -m bench.accuracy --model rmt_s --pretrained --data imagenet/val
+
+(PYTHONSAFEPATH=1, Python 3.11+, keeps the working folder off the ranks' sys.path: torchrun starts them as
+`python -m`, which would import a `bench/` or `timm/` folder where you stand.)
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import errno
 import json
 import os
+import stat
 import sys
 import warnings
 from collections import deque
@@ -19,12 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from PIL import Image
 from timm.data import create_transform
 from torch.utils.data import DataLoader, Dataset
-from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader, has_file_allowed_extension
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
 import zoo
 from common.cli import EXIT_USAGE, OneLineParser, UsageError
@@ -38,6 +44,8 @@ from common.paths import (
 )
 
 from .args import EXIT_FAILED, EXIT_OUTPUT, input_sizes, positive_float, positive_int
+from .env import available_memory
+from .precision import memory_refusal
 
 __all__ = [
     "DataError",
@@ -62,6 +70,39 @@ class DataError(ValueError):
     """The --data folder is not a usable ImageFolder dataset."""
 
 
+class Meaningless(ValueError):
+    """The inputs make the accuracy meaningless (no classifier, class folders that are not the head's classes,
+    logits that are not numbers): no top-1 is reported, and the sentence says why."""
+
+
+class SharedMemoryError(RuntimeError):
+    """The DataLoader's worker processes could not pass images through shared memory (/dev/shm full or too small)."""
+
+
+# What torch says when /dev/shm cannot take a worker's batch: a failed write, or the worker killed by SIGBUS.
+_SHM_SIGNS = ("No space left on device", "Bus error", "shared memory", "unable to write to file </torch_")
+SHM = "/dev/shm"
+
+
+def shared_memory_refusal(workers: int, batch_size: int, input_size: tuple[int, int]) -> str | None:
+    """Why `workers` DataLoader processes cannot hand batches over through /dev/shm (each keeps two fp32 batches in
+    flight there), checked before anything is read; None if they can or there are none."""
+    if workers <= 0:
+        return None
+    need = workers * 2 * batch_size * 3 * input_size[0] * input_size[1] * 4
+    try:
+        stats = os.statvfs(SHM)
+    except OSError:
+        return None
+    free = stats.f_bavail * stats.f_frsize
+    if need <= free:
+        return None
+    return (
+        f"--workers {workers} passes about {need / 2**20:.0f} MiB of decoded images through {SHM}, which has "
+        f"{free / 2**20:.0f} MiB free; use --workers 0, a smaller --batch-size, or a larger {SHM} (docker --shm-size)."
+    )
+
+
 class RanksError(RuntimeError):
     """Under torchrun, the other ranks did not answer within the timeout (one stopped, crashed or never started)."""
 
@@ -73,6 +114,9 @@ class ImageList:
     classes: list[str]
     samples: list[tuple[str, int]] = field(default_factory=list)  # (path, class index)
     repeats: list[tuple[str, str]] = field(default_factory=list)  # (path through a link, the real path already listed)
+    unreadable: list[str] = field(default_factory=list)  # folders under a class folder that could not be listed
+    outside: list[str] = field(default_factory=list)  # links to folders out of the data folder, not followed
+    odd: list[str] = field(default_factory=list)  # entries named like images that are no regular file (a FIFO)
 
     def repeat_note(self) -> str:
         path, real = self.repeats[0]
@@ -86,59 +130,81 @@ def _classes(root: str) -> list[str]:
     return sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
 
 
-def _walk(root: str, classes: list[str], repeats: list[tuple[str, str]]) -> Iterator[tuple[int, str, str]]:
+def _walk(root: str, images: ImageList) -> Iterator[tuple[int, str, str]]:
     """(class index, folder, file name) of each image, each real file once, and never a folder twice.
 
     ImageFolder follows links, so a link to an ancestor re-walks the tree until the system's link limit (one image
     counted 41 times). Here the real folders are walked first, so a file counts under the class folder it lies in;
-    links come after and add only what was not seen, under the class of the first link that reaches it.
+    links come after and add only what was not seen, under the class of the first link that reaches it. Only regular
+    files are listed (a FIFO named like an image would block its reader forever), and a link to a folder inside a
+    class folder is followed only where it stays inside the data folder or a class folder (a link to / would walk
+    the whole filesystem); a link to an image file counts wherever the file lies (a subset made of links). What is
+    left out is recorded on `images`, and the walk covers each real folder once.
     """
     visited = {os.path.realpath(root)}  # a link back to --data would list every class again under one label
     files: set[str] = set()
+    tops = [(index, os.path.join(root, name)) for index, name in enumerate(images.classes)]
+    class_folders = {top for _, top in tops}  # a class folder may be a link to another disk: it is the data
+    inside = (os.path.realpath(root), *(os.path.realpath(top) for top in class_folders))
 
     def first_time(path: str, real: str) -> bool:
         if real in files:
-            repeats.append((path, real))
+            images.repeats.append((path, real))
             return False
         files.add(real)
         return True
 
-    tops = [(index, os.path.join(root, name)) for index, name in enumerate(classes)]
     links = deque((index, top) for index, top in tops if os.path.islink(top))  # class folders that are links first
     stack = [(index, top) for index, top in tops if not os.path.islink(top)]
     while stack or links:
         if not stack:  # the real tree is done: follow the next link
             index, path = links.popleft()
+            real = os.path.realpath(path)
             if os.path.isdir(path):
-                stack.append((index, path))
-            elif has_file_allowed_extension(path, IMG_EXTENSIONS) and first_time(path, os.path.realpath(path)):
+                if path in class_folders or any(_under(real, place) for place in inside):
+                    stack.append((index, path))
+                else:
+                    images.outside.append(path)
+            elif not has_file_allowed_extension(path, IMG_EXTENSIONS):
+                continue
+            elif not os.path.isfile(path):
+                images.odd.append(path)
+            elif first_time(path, real):
                 yield index, os.path.dirname(path), os.path.basename(path)
             continue
         index, folder = stack.pop()
         real_folder = os.path.realpath(folder)
         if real_folder in visited:
-            repeats.append((folder, real_folder))
+            images.repeats.append((folder, real_folder))
             continue
         visited.add(real_folder)
         try:
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        except OSError:  # an unreadable folder is skipped, as os.walk (and so ImageFolder) skips it
+        except OSError:  # skipped, as os.walk (and so ImageFolder) skips it, but counted: the caller says so
+            images.unreadable.append(folder)
             continue
         for entry in entries:
             if entry.is_symlink():
                 links.append((index, entry.path))
-            elif entry.is_dir():
+            elif entry.is_dir(follow_symlinks=False):
                 stack.append((index, entry.path))
-            elif has_file_allowed_extension(entry.name, IMG_EXTENSIONS):
-                if first_time(entry.path, os.path.join(real_folder, entry.name)):
-                    yield index, folder, entry.name
+            elif not has_file_allowed_extension(entry.name, IMG_EXTENSIONS):
+                continue
+            elif not entry.is_file(follow_symlinks=False):
+                images.odd.append(entry.path)
+            elif first_time(entry.path, os.path.join(real_folder, entry.name)):
+                yield index, folder, entry.name
+
+
+def _under(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def list_images(data_dir: str | Path) -> ImageList:
     """Every image under the class folders of `data_dir`, each real file once, in ImageFolder's order."""
     root = str(data_dir)
     images = ImageList(_classes(root))
-    found = sorted(_walk(root, images.classes, images.repeats))
+    found = sorted(_walk(root, images))
     images.samples = [(os.path.join(folder, name), index) for index, folder, name in found]
     return images
 
@@ -147,14 +213,26 @@ def check_data_dir(path: str | Path) -> None:
     """Raise DataError, with one sentence, unless `path` holds class folders with images in them."""
     root = Path(path)
     if not root.is_dir():
-        raise DataError(f"The --data folder {str(root)!r} does not exist.")
+        raise DataError(
+            f"The --data path {str(root)!r} is not a folder; give the folder that holds the class folders."
+            if root.exists()
+            else f"The --data folder {str(root)!r} does not exist."
+        )
     try:
         classes = _classes(str(root))
     except OSError as exc:
         raise DataError(f"The --data folder {str(root)!r} cannot be read ({exc.strerror or exc}).") from None
     if not classes:
         raise DataError(f"The --data folder {str(root)!r} has no class sub-folders (expected DIR/<class>/<image>).")
-    if next(_walk(str(root), classes, []), None) is None:
+    for name in classes:  # a class whose folder cannot be listed would be scored without its images
+        try:
+            os.scandir(root / name).close()
+        except OSError as exc:
+            raise DataError(
+                f"The class folder {str(root / name)!r} of --data cannot be read ({exc.strerror or exc}), so its "
+                f"images would be missing from the accuracy."
+            ) from None
+    if next(_walk(str(root), ImageList(classes)), None) is None:
         raise DataError(f"The --data folder {str(root)!r} has class folders but no images in them.")
 
 
@@ -169,6 +247,28 @@ def preprocessing(model: str, input_size: tuple[int, int]) -> Callable:
         std=info.std,
         crop_pct=info.crop_pct,
     )
+
+
+# Grey images of 16 (PNG, TIFF) or 32 bits: PIL's convert("RGB") clips their 0..65535 at 255 instead of scaling.
+_WIDE_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any image as 8-bit RGB with its values as meant: 16-bit grey scaled to 8 bits (65535 is 255), palette
+    images through their colours (a transparent index included), CMYK through PIL's conversion, and an alpha
+    channel dropped, as timm's and torchvision's loaders drop it."""
+    if image.mode in _WIDE_GREY:
+        scaled = np.clip(np.rint(np.asarray(image, dtype=np.float64) / 257.0), 0, 255).astype(np.uint8)
+        image = Image.fromarray(scaled, "L")
+    elif image.mode in ("P", "PA"):
+        image = image.convert("RGBA")
+    return image.convert("RGB")
+
+
+def load_rgb(path: str) -> Image.Image:
+    """The image at `path`, read whole and converted by `to_rgb`: the one conversion every accuracy input takes."""
+    with Image.open(path) as image:
+        return to_rgb(image)
 
 
 Skipped = tuple[int, str]  # (position in the evaluated list, path) of an image that could not be read
@@ -190,7 +290,9 @@ class _Images(Dataset):
             with warnings.catch_warnings():
                 # PIL only warns below twice its pixel limit; such an image is as unreadable here as a bigger bomb
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                image = self.transform(default_loader(path))
+                if not stat.S_ISREG(os.stat(path).st_mode):  # replaced by a FIFO since it was listed: never opened
+                    raise OSError(errno.EINVAL, "not a regular file", path)
+                image = self.transform(load_rgb(path))
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning):
             image = None  # what PIL raises for a file it cannot decode, or will not (a decompression bomb)
         return position, path, image, target
@@ -233,6 +335,7 @@ def evaluate(
     max_samples: int | None,
     prepare_input: Callable[[torch.Tensor], torch.Tensor],
     workers: int = 0,
+    head_classes: int | None = None,
 ) -> dict[str, Any]:
     """Accuracy of `forward` at `batch_size`; a short batch is padded because compiled shapes are static. Images
     that cannot be read are skipped and counted, and the rest still count; a real file reached again through a
@@ -240,8 +343,13 @@ def evaluate(
 
     Under an initialised torch.distributed process group (torchrun) rank r reads images r, r + world_size, ...
     and the counts are summed, so every image counts exactly once whatever the world size.
+
+    Raises Meaningless when no accuracy could be right: `head_classes` (the model's `num_classes`) is 0, there are
+    more class folders than classes the head scores, or every image's logits hold NaN or infinity (an image whose
+    logits do counts as a miss, and the note says how many). Fewer folders than classes are scored, with a note.
     """
     listing = list_images(data_dir)
+    head_note = _check_head(head_classes, len(listing.classes), data_dir)
     picks = range(len(listing.samples))
     if max_samples is not None and max_samples < len(listing.samples):
         # an even spread over classes, not the first few folders
@@ -255,27 +363,58 @@ def evaluate(
         num_workers=workers,
         collate_fn=_collate,
     )
-    counts = torch.zeros(4, dtype=torch.int64)  # top-1 hits, top-5 hits, images seen, images skipped
+    counts = torch.zeros(5, dtype=torch.int64)  # top-1 hits, top-5 hits, images seen, skipped, not-finite logits
     first_skipped: Skipped | None = None
-    for batch, skipped in loader:
-        counts[3] += len(skipped)
-        first_skipped = first_skipped or (skipped[0] if skipped else None)
-        if batch is None:
-            continue
-        images, targets = batch
-        n = images.shape[0]
-        if n < batch_size:
-            images = torch.cat([images, images[-1:].expand(batch_size - n, *images.shape[1:])])
-        logits = forward(prepare_input(images))[:n].float().cpu()
-        top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
-        hits = top == targets[:, None]
-        counts += torch.tensor([int(hits[:, 0].sum()), int(hits.any(dim=-1).sum()), n, 0])
+    try:  # with --workers, a full /dev/shm surfaces here, as the workers hand their batches over
+        for batch, skipped in loader:
+            counts[3] += len(skipped)
+            first_skipped = first_skipped or (skipped[0] if skipped else None)
+            if batch is None:
+                continue
+            images, targets = batch
+            n = images.shape[0]
+            if n < batch_size:
+                images = torch.cat([images, images[-1:].expand(batch_size - n, *images.shape[1:])])
+            logits = forward(prepare_input(images))
+            if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+                raise Meaningless(f"{model} returns {_shape(logits)}, not one row of class scores per image.")
+            head_note = _check_head(logits.shape[-1], len(listing.classes), data_dir)
+            logits = logits[:n].float().cpu()
+            finite = logits.isfinite().all(dim=-1)
+            top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
+            hits = (top == targets[:, None]) & finite[:, None]  # a NaN sorts first; an image without numbers is a miss
+            counts += torch.tensor([int(hits[:, 0].sum()), int(hits.any(dim=-1).sum()), n, 0, int((~finite).sum())])
+    except RuntimeError as exc:
+        if workers and any(sign in str(exc) for sign in _SHM_SIGNS):
+            raise SharedMemoryError(
+                f"The --workers {workers} DataLoader processes ran out of shared memory ({SHM} is full or too "
+                f"small); use --workers 0 or a larger {SHM} (docker --shm-size)."
+            ) from None
+        raise
     counts, first_skipped = _over_ranks(counts, first_skipped)
-    correct1, correct5, seen, skipped_count = counts.tolist()
+    correct1, correct5, seen, skipped_count, not_finite = counts.tolist()
     if not seen:
         raise DataError(f"None of the {skipped_count} images could be read.")
+    if not_finite == seen:
+        raise Meaningless(f"{model} gave NaN or infinite logits for all {seen} images (damaged weights, or overflow).")
     notes = [f"{skipped_count} unreadable image(s) skipped, e.g. {first_skipped[1]}."] if first_skipped else []
+    notes += [f"{not_finite} image(s) gave NaN or infinite logits and count as misses."] if not_finite else []
     notes += [listing.repeat_note()] if listing.repeats else []
+    notes += [head_note] if head_note else []
+    if listing.outside:
+        notes.append(
+            f"{len(listing.outside)} symbolic link(s) to folders out of the data folder were skipped, e.g. "
+            f"{listing.outside[0]}."
+        )
+    if listing.odd:
+        notes.append(
+            f"{len(listing.odd)} entries named like images are no regular files and were skipped, e.g. "
+            f"{listing.odd[0]}."
+        )
+    if listing.unreadable:
+        notes.append(
+            f"{len(listing.unreadable)} folder(s) could not be read and were skipped, e.g. {listing.unreadable[0]}."
+        )
     result: dict[str, Any] = {
         "top1": 100.0 * correct1 / seen,
         "top5": 100.0 * correct5 / seen,
@@ -285,11 +424,35 @@ def evaluate(
     return {**result, "accuracy_note": " ".join(notes)} if notes else result
 
 
+def _shape(output: Any) -> str:
+    return f"a tensor of shape {tuple(output.shape)}" if isinstance(output, torch.Tensor) else type(output).__name__
+
+
+def _check_head(classes: int | None, folders: int, data_dir: str) -> str:
+    """Refuse a head that cannot score these class folders (none at all, fewer classes than folders); for fewer
+    folders than classes, the note that says so: folder i is scored as the head's class i, which is right only for
+    a dataset holding the head's first classes."""
+    if classes == 0:
+        raise Meaningless("The model has no classifier (num_classes=0), so it has no accuracy to measure.")
+    if classes is not None and classes < folders:
+        raise Meaningless(
+            f"The --data folder {data_dir!r} has {folders} class folders, more than the {classes} classes the "
+            f"model's head scores."
+        )
+    if classes is not None and classes > folders:
+        return (
+            f"The {folders} class folder(s) were scored as the first {folders} of the head's {classes} classes, "
+            f"which is right only if they are those classes, in that order."
+        )
+    return ""
+
+
 def _parser() -> argparse.ArgumentParser:
     p = OneLineParser(
         prog="python -m bench.accuracy",
         description="Top-1/top-5 of one model on an ImageFolder dataset, split over the ranks under torchrun.",
-        epilog="torchrun --nproc-per-node 8 -m bench.accuracy --model rmt_s --pretrained --data /path/to/imagenet/val",
+        epilog="PYTHONSAFEPATH=1 torchrun --nproc-per-node 8 -m bench.accuracy --model rmt_s --pretrained --data "
+        "/path/to/imagenet/val (PYTHONSAFEPATH=1 keeps the working folder off the ranks' sys.path)",
     )
     p.add_argument("--model", required=True, metavar="NAME", help="zoo or timm model name")
     p.add_argument("--data", required=True, metavar="DIR", help="ImageFolder-layout dataset (DIR/<class>/<image>)")
@@ -350,14 +513,26 @@ def parse_args(argv: Sequence[str], rank: int, local_world: int) -> argparse.Nam
     except DataError as exc:
         raise UsageError(str(exc)) from None
     args.data = Path(args.data).resolve()
-    if args.checkpoint and not Path(args.checkpoint).exists():
-        raise UsageError(f"Checkpoint {args.checkpoint!r} does not exist.")
+    if args.checkpoint:
+        try:  # a file, or a folder `python -m hub convert` wrote: what zoo.load takes
+            zoo.checkpoint_file(args.checkpoint)
+        except zoo.CheckpointError as exc:
+            raise UsageError(f"--checkpoint: {exc}") from None
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.device == "cuda" and torch.cuda.device_count() < local_world:
         raise UsageError(
             f"--device cuda needs a GPU for each of the {local_world} rank(s) on this machine, and torch "
             f"sees {torch.cuda.device_count()}."
         )
+    reason = shared_memory_refusal(args.workers, args.batch_size, args.input_size)
+    if reason:
+        raise UsageError(reason)
+    free = available_memory(args.device)  # the batch the images are read in must fit, as bench.py checks it
+    reason = free is not None and memory_refusal(
+        args.model, args.input_size, args.batch_size, "fp32", args.device, free
+    )
+    if reason:
+        raise UsageError(reason)
     if args.out and rank == 0:
         try:
             check_output_path(args.out, "--out")
@@ -389,6 +564,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bad checkpoint or an unreachable Hub: zoo says why in its first line
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         return _fail(f"Could not build {args.model}: {reason}", local_rank)
+    classes = getattr(model, "num_classes", None)
+    try:
+        _check_head(classes, len(_classes(str(args.data))), str(args.data))
+    except Meaningless as exc:
+        return _fail(str(exc), local_rank)
     try:
         if world > 1:
             if args.device == "cuda":
@@ -408,9 +588,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.max_samples,
             lambda images: images.to(device),
             workers=args.workers,
+            head_classes=classes,
         )
     except DataError as exc:  # no image could be read: every rank knows, after the counts were summed
         return _fail(str(exc), local_rank)
+    except Meaningless as exc:  # the model's outputs: no accuracy to report
+        if local_rank == 0:
+            print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except SharedMemoryError as exc:  # /dev/shm filled while the workers ran
+        if local_rank == 0:
+            print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except RanksError as exc:  # another rank stopped or never came: each rank says so, with its number
         why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         print(

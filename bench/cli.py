@@ -30,9 +30,9 @@ from common.paths import (
     ignore_file_size_signal,
     write_atomic,
 )
-
 from .args import exit_code, input_sizes, positive_float, positive_int
 from .backends import BACKENDS, COMPILE_MODES
+from .columns import printable
 from .launchers import LAUNCHERS, LauncherUnavailable
 from .options import add_flags, flag_of, given, set_given
 from .precision import ALIASES, PRECISIONS, described, names
@@ -49,7 +49,7 @@ from .report import (
     table_order,
     timm_csv,
 )
-from .results import iter_results, latest_rows, result_files
+from .results import iter_results, latest_rows, read_lines, result_files
 from .spec import HUB_WEIGHTS, MODES, RANDOM_INIT, RowSpec, RunRequest, Settings, default_threads, first_line
 
 __all__ = [
@@ -93,9 +93,15 @@ def _json_value(value: Any) -> bool:
     return False
 
 
+# Model kwargs the harness sets from its own flags (and records in every row).
+_OWN_FLAGS = {"pretrained": "--pretrained or --checkpoint", "features_only": "--features-only"}
+
+
 def parse_model_kwargs(values: list[str]) -> dict[str, Any]:
     """timm's `--model-kwargs k=v ...`: values read as Python literals where they are one (0.1, True, [1, 2],
     {'a': 1}), else strings; each in its JSON form (a tuple becomes a list), as rows and resume keys hold it."""
+    import zoo
+
     kwargs = {}
     for value in values:
         key, sep, text = value.partition("=")
@@ -110,7 +116,13 @@ def parse_model_kwargs(values: list[str]) -> dict[str, Any]:
                 f"--model-kwargs {key}={text} is a {type(parsed).__name__}, which a results row cannot record; give "
                 f"a number, string, True/False/None, or a list or dict of them."
             )
+        if key in _OWN_FLAGS:  # the row records the flag, so the kwarg would be measured but recorded otherwise
+            raise UsageError(f"--model-kwargs {key}=... is set by {_OWN_FLAGS[key]}; use that instead.")
         kwargs[key] = json.loads(json.dumps(parsed))
+    try:
+        zoo.check_model_kwargs(kwargs)
+    except ValueError as exc:
+        raise UsageError(f"--model-kwargs: {exc}") from None
     return kwargs
 
 
@@ -133,13 +145,11 @@ def expand_models(names: list[str]) -> list[str]:
 
 def _model_list(path: str) -> list[str]:
     """timm's --model-list: a text file of names (or wildcards), one per line; blank lines and # comments skipped."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(
-            f"--model-list {path!r} cannot be read ({getattr(exc, 'strerror', None) or type(exc).__name__})."
-        ) from None
-    names = [ln.split("#", 1)[0].strip() for ln in text.splitlines()]
+    try:  # the results' line reader: regular files only (a FIFO would block), each line bounded
+        lines = [text for _, text in read_lines(path) if text is not None]
+    except OSError as exc:
+        raise UsageError(f"--model-list {path!r} cannot be read ({exc.strerror or type(exc).__name__}).") from None
+    names = [ln.split("#", 1)[0].strip() for ln in lines]
     names = [n for n in names if n]
     if not names:
         raise UsageError(f"--model-list {path!r} names no model.")
@@ -355,12 +365,10 @@ def _checkpoints(values: list[str], models: list[str]) -> dict[str, str]:
             name, path = models[0], value
         if name not in models:
             raise UsageError(f"--checkpoint names {name!r}, which is not among --models.")
-        if not Path(path).exists():
-            raise UsageError(f"Checkpoint {path!r} does not exist.")
-        try:  # what zoo.load(pretrained=PATH) takes: a checkpoint file, or a folder `python -m hub convert` wrote
-            zoo.weights_in(Path(path))
+        try:  # a file, or a folder `python -m hub convert` wrote: what zoo.load takes
+            zoo.checkpoint_file(path)
         except zoo.CheckpointError as exc:
-            raise UsageError(str(exc)) from None
+            raise UsageError(f"--checkpoint: {exc}") from None
         mapping[name] = str(Path(path).resolve())
     return mapping
 
@@ -473,22 +481,18 @@ def _check_memory(args: argparse.Namespace) -> None:
     import zoo
 
     from .env import available_memory
-    from .precision import minimum_bytes
+    from .precision import memory_refusal
 
     free = available_memory(args.device)
     if free is None:
         return
     batch = max(args.batch_size)
     for model in args.models:
-        params = (zoo.info(model).paper_params_m or 0) * 1e6
         for size in args.input_size or [tuple(zoo.info(model).input_size[1:])]:
-            need = max(minimum_bytes(batch, size, p, params) for p in args.precision)
-            if need > free:
-                raise UsageError(
-                    f"{model} at {size[0]}x{size[1]} and batch {batch} needs at least about {need / 2**30:.1f} GiB "
-                    f"(an estimate: weights, the input batch and one stride-4 feature map of 64 channels), and "
-                    f"{args.device} has {free / 2**30:.1f} GiB free; use a smaller --input-size or --batch-size."
-                )
+            for name in args.precision:
+                reason = memory_refusal(model, size, batch, name, args.device, free)
+                if reason:
+                    raise UsageError(reason)
 
 
 def _check_plot_format(path: str) -> None:
@@ -584,6 +588,8 @@ def parse_run_args(argv: Sequence[str]) -> argparse.Namespace:
             check_data_dir(args.data)
         except DataError as exc:
             raise UsageError(str(exc)) from None
+        if args.features_only:
+            raise UsageError("--data scores the classifier's top-1/top-5, and --features-only has none; give one.")
     if args.checkpoint and args.pretrained:
         raise UsageError("Use either --pretrained or --checkpoint, not both.")
     if args.bench != "infer":
@@ -695,9 +701,10 @@ def run_main(argv: Sequence[str]) -> int:
 def _where(out: str) -> str:
     """Where the rows are: a launcher's jobs append to shards beside --out (which may then not exist itself)."""
     shards = [p for p in result_files(out, quiet=True) if p != Path(out)]
+    out = printable(out)  # a file name is data: an escape sequence in it never reaches the terminal
     if not shards:
         return out
-    first = shards[0].name
+    first = printable(shards[0].name)
     return f"{out} and {len(shards)} shard file(s) beside it ({first}, ...), read as one by `bench.py report {out}`"
 
 

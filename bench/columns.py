@@ -10,7 +10,7 @@ import functools
 from dataclasses import dataclass
 from typing import Any, Callable
 
-__all__ = ["Column", "KINDS", "get_field", "printable"]
+__all__ = ["Column", "KINDS", "get_field", "printable", "markdown_cell", "markdown_code", "csv_text"]
 
 
 @functools.cache
@@ -33,6 +33,33 @@ def printable(text: str) -> str:
     """`text` with control characters (terminal escape sequences, carriage returns, newlines) written as \\xNN, so
     a results field can never drive the terminal it is printed on."""
     return text.translate(_CONTROL)
+
+
+def markdown_cell(text: str) -> str:
+    """`text` as one Markdown table cell: printable, its `|` escaped so it cannot split the row."""
+    return printable(text).replace("|", "\\|")
+
+
+def markdown_code(text: str) -> str:
+    """`text` as a Markdown code span that holds it whole: printable (a newline cannot start a heading), fenced by
+    more backticks than the longest run inside it, as CommonMark reads code spans."""
+    text = printable(text)
+    run = longest = 0
+    for char in text:
+        run = run + 1 if char == "`" else 0
+        longest = max(longest, run)
+    ticks = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{ticks}{pad}{text}{pad}{ticks}"
+
+
+# A CSV cell starting with one of these is run as a formula by spreadsheets (CSV injection).
+_FORMULA = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_text(text: str) -> str:
+    """`text` as a CSV cell a spreadsheet shows as text: printable, and a leading formula character quoted by `'`."""
+    return ("'" if text.startswith(_FORMULA) else "") + printable(text)
 
 
 KINDS = ("number", "whole", "text", "flag", "mapping", "list")

@@ -12,6 +12,7 @@ nothing measured is lost. A launcher is one class here, listed in LAUNCHERS, wit
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import os
@@ -20,17 +21,18 @@ import shutil
 import signal
 import sys
 import time
+import unicodedata
 import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
-from common.provenance import REPO_ROOT
+from common.paths import WriteError, make_own_folder
 
 from .args import positive_int
-from .options import NoOptions, option
+from .options import NoOptions, flag_of, option
 from .results import append_row, iter_results, shard_path
-from .runner import Interrupted, Outcome, crash_reason, group_rows, stopped_by_sigterm, unmeasured_row
+from .runner import Interrupted, Outcome, crash_reason, group_rows, import_path, stopped_by_sigterm, unmeasured_row
 from .spec import RowSpec, RunRequest, Settings, row_key
 
 __all__ = ["LAUNCHERS", "Launcher", "LauncherUnavailable", "InProcess", "Local", "Slurm", "Worker"]
@@ -42,6 +44,37 @@ class LauncherUnavailable(Exception):
 
 
 Worker = Callable[[RunRequest], Outcome]
+
+
+def control_character(text: str) -> str | None:
+    """The first character of `text` that could end or hide a line of a generated job script (a newline, carriage
+    return, any other control or format character, a line or paragraph separator), as Python writes it."""
+    for char in text:
+        if unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp"):
+            return repr(char)
+    return None
+
+
+def script_text(text: str) -> str:
+    """An option value that is written into a job script (`#SBATCH --partition=...`): no control characters, which
+    would end the line and run the rest on the compute node. Quoting is submitit's (shlex)."""
+    char = control_character(text)
+    if char:
+        raise argparse.ArgumentTypeError(f"{text!r} holds the control character {char}; a job script cannot carry it")
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a name, got an empty value")
+    return text
+
+
+def _check_script_values(values: dict[str, Any]) -> None:
+    """Refuse, before anything is submitted, any value bound for a job script that holds a control character (an
+    --out path with a newline names the job's log files in `#SBATCH --output=...`)."""
+    for what, value in values.items():
+        char = value is not None and control_character(str(value))
+        if char:
+            raise LauncherUnavailable(
+                f"{what} {str(value)!r} holds the control character {char}, which a job script cannot carry."
+            )
 
 
 def _submitit() -> Any:
@@ -117,6 +150,12 @@ class _Jobs(Launcher):
         results = Path(request.results)
         run_id = request.run_id or uuid.uuid4().hex[:12]
         folder = results.with_name(f"{results.stem}.submitit") / run_id
+        options = {flag_of(type(self.options), k): v for k, v in vars(self.options).items()}
+        _check_script_values({"--out": results, **options})
+        try:
+            make_own_folder(folder)
+        except WriteError as exc:
+            raise LauncherUnavailable(str(exc)) from None
         groups = group_rows(request.specs)
         calls = []
         for i, group in enumerate(groups):
@@ -187,8 +226,9 @@ def _submission_error(exc: Exception) -> str:
 
 
 def _setup() -> list[str]:
-    """Shell lines each job runs first: this checkout importable, as the runner makes it for its workers."""
-    return [f"export PYTHONPATH={shlex.quote(str(REPO_ROOT))}${{PYTHONPATH:+:$PYTHONPATH}}"]
+    """Shell lines each job runs first: this checkout importable and the working folder off sys.path, as the runner
+    makes it for its workers (`runner.child_env`); a `bench/` where the job starts is never imported."""
+    return [f"export PYTHONPATH={shlex.quote(import_path())}", "export PYTHONSAFEPATH=1"]
 
 
 def _job_failure(job: Any, folder: Path) -> str:
@@ -335,9 +375,11 @@ def _gpu_count() -> int:
 
 @dataclass(frozen=True)
 class SlurmOptions:
-    partition: str | None = field(default=None, metadata=option("--slurm-partition", "Slurm partition"))
-    account: str | None = field(default=None, metadata=option("--slurm-account", "Slurm account"))
-    qos: str | None = field(default=None, metadata=option("--slurm-qos", "Slurm quality of service"))
+    partition: str | None = field(
+        default=None, metadata=option("--slurm-partition", "Slurm partition", type=script_text)
+    )
+    account: str | None = field(default=None, metadata=option("--slurm-account", "Slurm account", type=script_text))
+    qos: str | None = field(default=None, metadata=option("--slurm-qos", "Slurm quality of service", type=script_text))
     time_min: int = field(default=60, metadata=option("--slurm-time", "minutes per job", type=positive_int))
     gpus: int = field(default=1, metadata=option("--slurm-gpus", "GPUs per job (the rows use one)", type=positive_int))
     cpus: int = field(default=8, metadata=option("--slurm-cpus", "CPUs per job", type=positive_int))
@@ -345,7 +387,8 @@ class SlurmOptions:
         default=None, metadata=option("--slurm-mem-gb", "memory per job in GB", type=positive_int)
     )
     constraint: str | None = field(
-        default=None, metadata=option("--slurm-constraint", "Slurm node constraint, e.g. a GPU kind")
+        default=None,
+        metadata=option("--slurm-constraint", "Slurm node constraint, e.g. a GPU kind", type=script_text),
     )
     parallel: int = field(
         default=64, metadata=option("--slurm-parallel", "array jobs running at a time", type=positive_int)

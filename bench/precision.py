@@ -134,3 +134,18 @@ def minimum_bytes(batch_size: int, input_size: tuple[int, int], name: str, param
     element = torch.finfo(precision(name).weight_dtype).bits // 8
     pixels = batch_size * input_size[0] * input_size[1]
     return int(element * (params + pixels * 3 + pixels // 16 * 64))
+
+
+def memory_refusal(model: str, size: tuple[int, int], batch: int, name: str, device: str, free: int) -> str | None:
+    """Why `model` at `size`, `batch` and precision `name` cannot run with `free` bytes on `device` (see
+    `minimum_bytes`), the sentence bench.py and bench.accuracy refuse it with before anything runs; None if it may."""
+    import zoo
+
+    need = minimum_bytes(batch, size, name, (zoo.info(model).paper_params_m or 0) * 1e6)
+    if need <= free:
+        return None
+    return (
+        f"{model} at {size[0]}x{size[1]} and batch {batch} needs at least about {need / 2**30:.1f} GiB "
+        f"(an estimate: weights, the input batch and one stride-4 feature map of 64 channels), and "
+        f"{device} has {free / 2**30:.1f} GiB free; use a smaller --input-size or --batch-size."
+    )

@@ -17,7 +17,7 @@ import tabulate as tabulate_module
 from tabulate import tabulate, tabulate_formats
 
 from .backends import options_label
-from .columns import Column, get_field, printable
+from .columns import Column, csv_text, get_field, markdown_cell, printable
 from .schema import NOTES, csv_fields, row_schema, settings_columns, table_columns
 from common.paths import write_atomic
 from .spec import KEY_DEFAULTS, STATUSES, backend_options
@@ -48,7 +48,7 @@ __all__ = [
 FORMATS = ("csv", "timm", *tabulate_formats)
 # Written here rather than by tabulate: escaped, booktabs rules, numbers right-aligned, notes as table footnotes.
 LATEX_FORMATS = ("latex", "latex_booktabs")
-MARKDOWN_FORMATS = ("github", "pipe")
+MARKDOWN_FORMATS = ("github", "pipe")  # a `|` in a cell would split the row
 # Under every table with the img/s column: not batch / p50, which a reader might take it for.
 THROUGHPUT_LEGEND = "img/s: images per second over the wall-clock time of all timed steps (not batch / p50 ms)."
 # What a terminal shows by default: aligned columns without rules, so the default columns fit 120 characters.
@@ -146,9 +146,9 @@ def _csv_value(value: Any) -> Any:
     if isinstance(value, list):
         return "x".join(map(str, value))
     if isinstance(value, dict):
-        return printable(json.dumps(value, sort_keys=True)) if value else ""
+        return csv_text(json.dumps(value, sort_keys=True)) if value else ""
     if isinstance(value, str):
-        return printable(value)
+        return csv_text(value)
     return "" if value is None else value
 
 
@@ -275,7 +275,7 @@ def render_table(
         note = printable(" ".join(dict.fromkeys(row[k] for k in NOTES if row.get(k))))
         if note:
             cells[shown.index(STATUS)] += f" [{notes.setdefault(note, len(notes) + 1)}]"
-        body.append(cells)
+        body.append([markdown_cell(c) for c in cells] if fmt in MARKDOWN_FORMATS else cells)
     headers = [c.header for c in shown]
     if fmt in LATEX_FORMATS:
         return _latex(shown, headers, body, notes)
@@ -462,6 +462,10 @@ def _plain_log_axis(axis: Any, low: float, high: float) -> None:
 
 
 def _save(plt: Any, fig: Any, path: str | Path) -> None:
+    import matplotlib.text
+
+    for text in fig.findobj(matplotlib.text.Text):  # text from rows is data: `$...$` in a name is no mathtext
+        text.set_parse_math(False)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     try:  # written whole or not at all: no 0-byte image when the disk is full, no write through a planted link
         write_atomic(path, lambda f: fig.savefig(f, format=Path(path).suffix.lstrip(".").lower()))

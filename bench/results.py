@@ -1,9 +1,12 @@
 """The JSON-lines results file: one row per measurement, appended whole the moment it exists so a crash loses nothing.
 
 Readers stream the file and skip what they cannot read (a line cut short by a crash, a foreign or damaged line, a
-row whose fields have the wrong types, binary junk) with one summary note on stderr, and never fail on it: a results
-file is shared by runs, launchers, editors and other tools. Jobs of a launcher append to their own shards beside the
-file (`results.shard-<job>.jsonl`), which every reader takes together with it.
+row whose fields have the wrong types, one nested past the parser's depth, one longer than `MAX_LINE`, binary junk or
+the NUL bytes a crash leaves) with one summary note on stderr, and never fail on it: a results file is shared by runs,
+launchers, editors and other tools. Every reader (report, --resume, the suite, the Hub's push-results and convert
+--results, `bench.load_results`) reads through `iter_results`, so one line costs at most `MAX_LINE` bytes of memory.
+Jobs of a launcher append to their own shards beside the file (`results.shard-<job>.jsonl`), which every reader
+takes together with it.
 """
 
 from __future__ import annotations
@@ -12,12 +15,13 @@ import errno
 import functools
 import json
 import os
+import stat
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from .columns import get_field
+from .columns import get_field, printable
 from .schema import REQUIRED, checked_fields
 from common.paths import append_bytes
 from .spec import SCHEMA_VERSION, row_key
@@ -31,7 +35,12 @@ __all__ = [
     "result_files",
     "shard_path",
     "SCHEMA_VERSION",
+    "read_lines",
+    "MAX_LINE",
 ]
+
+# A row is a few kilobytes (its env included); a line past this is no row and is skipped unread.
+MAX_LINE = 1 << 20
 
 
 @functools.cache
@@ -66,7 +75,7 @@ def as_row(line: str) -> dict[str, Any] | None:
     """The row a line holds, or None when it is not a readable row (every field a reader formats is checked)."""
     try:
         row = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
         return None
     if not isinstance(row, dict) or any(not isinstance(row.get(k), t) for k, t in REQUIRED.items()):
         return None
@@ -79,7 +88,34 @@ def as_row(line: str) -> dict[str, Any] | None:
         value = get_field(row, name)
         if value is not None and not _KIND_CHECKS[kind](value):
             return None
+    try:  # every field --resume and latest_rows key on must hash (a list where a flag belongs does not)
+        hash(row_key(row))
+    except (TypeError, ValueError, AttributeError):
+        return None
     return row
+
+
+def read_lines(file: str | Path, limit: int = MAX_LINE) -> Iterator[tuple[int, str | None]]:
+    """(line number, text) of each line of a text file, as UTF-8 with undecodable bytes replaced and a leading BOM
+    dropped; a line longer than `limit` bytes comes as (n, None) without ever being held whole, so no line can take
+    more memory than `limit`. Opens only regular files (never blocks on a FIFO); raises OSError."""
+    fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with open(fd, "rb") as f:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            code = errno.EISDIR if stat.S_ISDIR(mode) else errno.EINVAL
+            raise OSError(code, os.strerror(code) if stat.S_ISDIR(mode) else "not a regular file", str(file))
+        os.set_blocking(fd, True)
+        n = 0
+        while chunk := f.readline(limit + 1):
+            n += 1
+            if len(chunk) > limit and not chunk.endswith(b"\n"):
+                while (rest := f.readline(1 << 16)) and not rest.endswith(b"\n"):
+                    pass
+                yield n, None
+                continue
+            text = chunk.decode("utf-8", errors="replace")
+            yield n, text.removeprefix("\ufeff") if n == 1 else text
 
 
 def shard_path(path: str | Path, job: str) -> Path:
@@ -112,8 +148,9 @@ def result_files(path: str | Path, quiet: bool = False) -> list[Path]:
         (shards if entry.is_file() else odd).append(path.parent / entry.name)
     if odd and not quiet:
         print(
-            f"note: skipped {len(odd)} entr{'y' if len(odd) == 1 else 'ies'} named as {path} or its shards that "
-            f"{'is' if len(odd) == 1 else 'are'} not a regular file ({', '.join(str(p) for p in odd[:3])}).",
+            f"note: skipped {len(odd)} entr{'y' if len(odd) == 1 else 'ies'} named as {printable(str(path))} or its "
+            f"shards that "
+            f"{'is' if len(odd) == 1 else 'are'} not a regular file ({', '.join(printable(str(p)) for p in odd[:3])}).",
             file=sys.stderr,
         )
     return ([path] if path.is_file() or path.is_dir() else []) + shards
@@ -129,19 +166,19 @@ def iter_results(path: str | Path, quiet: bool = False, shards: bool = True) -> 
         open(path, encoding="utf-8").close()  # the FileNotFoundError the caller expects
     for file in files:
         skipped: list[int] = []
-        with open(file, encoding="utf-8", errors="replace") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                row = as_row(line)
-                if row is None:
-                    skipped.append(n)
-                else:
-                    yield row
+        for n, line in read_lines(file):
+            if line is not None and not line.strip():
+                continue
+            row = None if line is None else as_row(line)
+            if row is None:
+                skipped.append(n)
+            else:
+                yield row
         if skipped and not quiet:
             first = ", ".join(map(str, skipped[:5])) + (", ..." if len(skipped) > 5 else "")
             print(
-                f"note: skipped {len(skipped)} line(s) of {file} that are not benchmark rows (line {first}).",
+                f"note: skipped {len(skipped)} line(s) of {printable(str(file))} that are not benchmark rows "
+                f"(line {first}).",
                 file=sys.stderr,
             )
 

@@ -49,6 +49,9 @@ __all__ = [
     "stopped_exit_code",
     "stopped_by_sigterm",
     "unmeasured_row",
+    "python_module",
+    "child_env",
+    "import_path",
 ]
 
 # Rows with these statuses are measurements; --resume skips them. `error` and `unavailable` rows are retried,
@@ -74,6 +77,36 @@ def group_rows(specs: Iterable[RowSpec]) -> list[list[RowSpec]]:
         else:
             groups.append([spec])
     return groups
+
+
+# A `python -m` (or `-c`) child puts its working folder first on sys.path: a `bench/` or `timm/` folder where the user
+# stands would run in every worker. Python 3.11's -P (PYTHONSAFEPATH for everything the child starts in turn) leaves
+# it out; on 3.10 the child drops it itself before importing the module.
+_SAFE_PATH = sys.version_info >= (3, 11)
+_DROP_CWD = (
+    "import runpy, sys; del sys.path[0], sys.argv[0]; "
+    "runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)"
+)
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    """The command running `module` (as `python -m`) under this interpreter, importing from the install and
+    PYTHONPATH only, never from the working folder."""
+    if _SAFE_PATH:
+        return [sys.executable, "-P", "-m", module, *args]
+    return [sys.executable, "-c", _DROP_CWD, module, *args]
+
+
+def import_path() -> str:
+    """PYTHONPATH for a child that must import what this process imports: this process's sys.path, made absolute
+    (its '' is the working folder only where this process has it too, as under `python -m bench`)."""
+    return os.pathsep.join(dict.fromkeys(os.path.abspath(p) for p in [str(REPO_ROOT), *sys.path]))
+
+
+def child_env() -> dict[str, str]:
+    """This process's environment for a child started by `python_module`: this process's import path, and the working
+    folder off sys.path in every Python the child starts in turn (a compile worker, a job's runner)."""
+    return dict(os.environ, PYTHONPATH=import_path(), PYTHONSAFEPATH="1")
 
 
 def _describe_exit(code: int) -> str:
@@ -273,18 +306,17 @@ class _Run:
             "known_flops": self._known_flops(specs[0]),
             "progress_fd": write_fd,
         }
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
         # The job goes in through stdin and the log into an unnamed temporary file: nothing is left on disk even
         # when the runner is killed with SIGKILL.
         try:
             with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as log:
                 out = None if self.verbose else log
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "bench.worker", "-"],
+                    python_module("bench.worker", "-"),
                     stdin=subprocess.PIPE,
                     stdout=out,
                     stderr=out,
-                    env=env,
+                    env=child_env(),
                     start_new_session=True,
                     preexec_fn=lambda parent=os.getpid(): _die_with_parent(parent),
                     text=True,
@@ -370,7 +402,7 @@ def _refusals(specs: list[RowSpec]) -> dict[RowSpec, tuple[str, str, str]]:
     refused = {}
     for spec in specs:
         backend_key = (spec.backend, spec.precision, spec.mode, spec.device)
-        size_key = (spec.model, spec.input_size, spec.model_kwargs)
+        size_key = (spec.input_size, *spec.worker_key())  # the kwargs as JSON: a list value (depths=[...]) keys too
         if backend_key not in cache:
             reason = BACKENDS[spec.backend].refusal(spec)
             cache[backend_key] = (spec.backend, reason, "of this backend") if reason else None

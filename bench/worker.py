@@ -22,7 +22,7 @@ import torch.nn as nn
 import zoo
 from common.paths import WriteError
 
-from .accuracy import evaluate
+from .accuracy import Meaningless, evaluate
 from .backends import Backend, make_backend
 from .env import collect_env
 from .flops import FLOPS_NOTE, count_gmacs, count_params
@@ -261,7 +261,7 @@ class Worker:
                 fields.update(output_difference(reference, prepared.forward(x), spec))
                 del reference
         if spec.data and not spec.features_only:
-            fields.update(self._accuracy(prepared.forward, spec))
+            fields.update(self._accuracy(prepared.forward, spec, getattr(model, "num_classes", None)))
         return fields, loop
 
     def _train(self, model: nn.Module, backend: Backend, spec: RowSpec, x: torch.Tensor, trackers: list) -> Measured:
@@ -274,8 +274,9 @@ class Worker:
         loop = self._timed(step, spec, trackers, max(0, self.settings.warmup - 1))
         return {**fields, "compile_s": first_s if backend.name != "eager" else None}, loop
 
-    def _accuracy(self, forward: Callable[[torch.Tensor], Any], spec: RowSpec) -> dict[str, Any]:
-        """Measured once per input size, precision and backend through this row's forward, then reused."""
+    def _accuracy(self, forward: Callable[[torch.Tensor], Any], spec: RowSpec, classes: int | None) -> dict[str, Any]:
+        """Measured once per input size, precision and backend through this row's forward, then reused. Accuracy the
+        inputs make meaningless (no classifier, other classes than the head's, NaN logits) fails the row."""
         key = (spec.input_size, spec.precision, spec.backend, spec.backend_options, spec.channels_last)
         if key not in self.accuracy:
             dtype = precision(spec.precision).weight_dtype
@@ -286,8 +287,17 @@ class Worker:
 
             try:
                 self.accuracy[key] = evaluate(
-                    forward, spec.model, spec.input_size, spec.data, spec.batch_size, spec.max_samples, to_device
+                    forward,
+                    spec.model,
+                    spec.input_size,
+                    spec.data,
+                    spec.batch_size,
+                    spec.max_samples,
+                    to_device,
+                    head_classes=classes,
                 )
+            except Meaningless as exc:
+                self.accuracy[key] = {"status": "error", "reason": f"No accuracy: {exc}"}
             except Exception as exc:  # speed numbers stand without it; the reason is kept
                 return {"accuracy_error": f"{type(exc).__name__}: {first_line(exc)}"}
         return self.accuracy[key]

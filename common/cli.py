@@ -63,7 +63,11 @@ def emit(text: str) -> None:
     if sys.stdout is None:  # started with stdout closed (`>&-`): Python has no sys.stdout at all
         raise OutputError("Standard output is closed, so nothing can be printed.")
     try:
-        sys.stdout.write(text)
+        try:
+            sys.stdout.write(text)
+        except UnicodeEncodeError:  # an encoding without the character (LC_ALL=C, PYTHONIOENCODING=ascii): escaped
+            sys.stdout.reconfigure(errors="backslashreplace")
+            sys.stdout.write(text)
         sys.stdout.flush()
     except BrokenPipeError:
         # Python would report the broken pipe again when it flushes stdout at exit; point stdout at nothing.

@@ -29,6 +29,7 @@ __all__ = [
     "check_distinct",
     "append_bytes",
     "write_atomic",
+    "make_own_folder",
     "ignore_file_size_signal",
     "current_umask",
     "TEMP_MARK",
@@ -71,14 +72,17 @@ def _kind(mode: int) -> str:
 
 
 def _check_text(path: Path, what: str) -> None:
-    """An existing results file must be text: appending rows to a binary file would corrupt it further."""
+    """An existing results file must be text: appending rows to a binary file would corrupt it further. Judged by
+    its first line, which a results file's writer always finished: damage later on (a torn row, the NUL bytes a
+    crash leaves) is what readers skip, not a reason to refuse the file."""
     with open(path, "rb") as f:
         head = f.read(1 << 16)
-    binary = b"\0" in head
+    first = head.split(b"\n", 1)[0].strip(b"\0")
+    binary = any(byte < 0x20 and byte not in b"\t\r" for byte in first)  # JSON text holds no raw control bytes
     try:
-        head.decode("utf-8")
+        first.decode("utf-8")
     except UnicodeDecodeError as exc:
-        binary |= exc.start < len(head) - 4  # not merely a character cut at the 64 KiB boundary
+        binary |= exc.start < len(first) - 4 or b"\n" in head  # not merely a character cut at the 64 KiB boundary
     if binary:
         raise OutputPathError(f"{what} {str(path)!r} is a binary file, not a JSON-lines results file.")
 
@@ -90,6 +94,12 @@ def check_output_path(path: PathLike, what: str, text_file: bool = False, folder
     `text_file`: an existing file must be text (a results file appended to); `folder`: `path` is a folder to fill.
     """
     path = Path(path)
+    try:  # what the OS refuses for the name itself (too long, a loop in the folders above) is one sentence too
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    except OSError as exc:
+        raise OutputPathError(f"{what} {str(path)!r} cannot be used ({_reason(exc)}).") from None
     if path.is_symlink() and not path.exists():
         raise OutputPathError(
             f"{what} {str(path)!r} is a symbolic link to {os.readlink(path)!r}, which does not exist."
@@ -184,6 +194,8 @@ def _reason(exc: OSError) -> str:
         return "the disk is full" if exc.errno == errno.ENOSPC else "the disk quota is used up"
     if exc.errno == errno.ELOOP:
         return "it is a symbolic link, and outputs are never written through links"
+    if exc.errno == errno.ENAMETOOLONG:
+        return "the name is longer than the file system allows"
     return exc.strerror or str(exc)
 
 
@@ -241,6 +253,32 @@ def _cut_own_tail(fd: int, start: int, data: bytes) -> None:
         os.ftruncate(fd, start)
     except OSError:
         pass  # the torn line stays; readers skip it, and the next append starts on a new line
+
+
+def make_own_folder(path: str | Path) -> Path:
+    """Create `path` as a new folder (mode 0700) for this run's files, inside its parent (created if missing):
+    never through a link planted at either, never in a parent another user owns, never one that exists already
+    (another run's, or one planted to catch our files). Raises WriteError (one sentence); nothing is removed."""
+    path = Path(path)
+    parent = path.parent
+    try:
+        parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ENOTDIR and parent.is_symlink():
+            exc = OSError(errno.ELOOP, "link")
+        raise WriteError(f"Could not use {parent} as the folder of this run's files ({_reason(exc)}).") from None
+    try:
+        if os.fstat(fd).st_uid != os.geteuid():
+            raise WriteError(f"Could not use {parent} as the folder of this run's files: another user owns it.")
+        os.mkdir(path.name, 0o700, dir_fd=fd)
+    except FileExistsError:
+        raise WriteError(f"Could not create {path}: something of that name is there already.") from None
+    except OSError as exc:
+        raise WriteError(f"Could not create {path} ({_reason(exc)}).") from None
+    finally:
+        os.close(fd)
+    return path
 
 
 def current_umask() -> int:

@@ -15,7 +15,7 @@ import timm
 from huggingface_hub import EvalResult, ModelCardData, constants
 
 import zoo
-from bench.columns import get_field
+from bench.columns import get_field, markdown_cell, markdown_code
 from bench.report import select_columns
 
 __all__ = ["ResultsError", "read_results", "render_card", "hub_url"]
@@ -83,11 +83,11 @@ def _cell(value: Any) -> str:
 
 def _measured_table(rows: list[dict], source: str | None) -> str:
     if not rows:
-        where = f" in `{source}`" if source else ""
+        where = f" in {markdown_code(source)}" if source else ""
         return f"No measured numbers yet: this project's benchmark harness has no results for this model{where}."
     head = "| " + " | ".join(c.header for c in _MEASURED) + " |\n|" + "---|" * len(_MEASURED) + "\n"
-    body = "".join("| " + " | ".join(c.cell(row) or "-" for c in _MEASURED) + " |\n" for row in rows)
-    return f"Measured with this project's benchmark harness (rows from `{source}`):\n\n{head}{body}"
+    body = "".join("| " + " | ".join(markdown_cell(c.cell(row) or "-") for c in _MEASURED) + " |\n" for row in rows)
+    return f"Measured with this project's benchmark harness (rows from {markdown_code(str(source))}):\n\n{head}{body}"
 
 
 def _preprocessing(cfg: dict) -> str:
@@ -160,6 +160,7 @@ def render_card(
     where_env = f" and `{env}` in the environment (the organisation `zoo` takes RMT weights from)" if env else ""
     commit = f", commit {prov['converter_commit']}" if prov["converter_commit"] else ""
     full_results = f"\n\nFull benchmark results: {hub_url(results_dataset, 'dataset')}" if results_dataset else ""
+    source = markdown_code(prov["source_file"])  # a file name is data: a backtick or newline in it stays in the span
     license_text = config.get("license") or "not stated by the official release; ask its authors before redistributing"
     return f"""---
 {front}
@@ -167,7 +168,7 @@ def render_card(
 # {name}
 
 {what}. This repository holds its ImageNet-1K classifier weights: the {prov["weights"]} (entry
-`{prov["entry"]}`) of `{prov["source_file"]}`, with the same tensor names, as safetensors.
+`{prov["entry"]}`) of {source}, with the same tensor names, as safetensors.
 
 Official code: {code}. Paper: {config.get("paper")}.
 
@@ -200,7 +201,7 @@ that wrote the source checkpoint.
 
 ## Provenance
 
-- source: `{prov["source_file"]}`, sha256 `{prov["source_sha256"]}`, entry `{prov["entry"]}` ({prov["weights"]})
+- source: {source}, sha256 `{prov["source_sha256"]}`, entry `{prov["entry"]}` ({prov["weights"]})
 - model.safetensors sha256 `{prov["weights_sha256"]}`
 - check: loads into `zoo.load("{name}")` with no missing or unexpected keys, and gives the source
   checkpoint's outputs on a fixed random input of shape {prov["check"]["input_shape"]}

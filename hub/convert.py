@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 
@@ -218,6 +220,14 @@ def convert(
     appear in it during the conversion are kept and the conversion refused, unless `force`.
     """
     model_info = zoo.info(model_name)
+    repo_id = hub_repo_id(model_info, org)
+    try:  # the organisation (--org or its environment variable) is written into config.json and the card
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise ConversionError(
+            f"The Hub repo id {repo_id!r} is not valid (ORG/NAME: letters, digits, -, _ and ., no '..' or '--'); "
+            f"check --org."
+        ) from None
     source, out_dir = Path(source), Path(out_dir)
     results = Path(results) if results is not None else None
     _check_destination(out_dir, source, results, force)
@@ -226,6 +236,11 @@ def convert(
     source_sha256 = file_sha256(source)
     x = torch.randn((1, *model_info.input_size), generator=torch.Generator().manual_seed(0))
     reference = _outputs(model_name, source, x)
+    if not bool(reference.isfinite().all()):  # nothing to hold the conversion to: the source's fault, said as such
+        raise zoo.CheckpointError(
+            f"Checkpoint {source} gives NaN or infinite outputs for {model_name} on a test input; its weights are "
+            f"damaged or not {model_name}'s, and nothing was written to {out_dir}."
+        )
 
     parent = out_dir.resolve().parent
     parent.mkdir(parents=True, exist_ok=True)

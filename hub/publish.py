@@ -151,9 +151,22 @@ def _read_config(path: Path) -> dict[str, Any]:
     return config
 
 
+# safetensors' header dtypes; one not listed (an fp8 kind) stands as a float, which is what check_fits asks.
+_HEADER_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64,
+    "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+    "C64": torch.complex64,
+}  # fmt: skip
+
+
+def _dtype(name: str) -> torch.dtype:
+    return _HEADER_DTYPES.get(name, torch.float32)
+
+
 def _check_weights_fit(weights: Path, name: str) -> None:
-    """config.json's architecture must still describe the weights: the names and shapes in the safetensors header
-    (no tensor is read) against the model built on the meta device, after the family's mapping of official keys."""
+    """config.json's architecture must still describe the weights: the names, shapes and dtypes in the safetensors
+    header (no tensor is read) against the model built on the meta device, after the family's mapping of official
+    keys."""
     try:
         with torch.device("meta"):
             model = zoo.load(name)
@@ -163,7 +176,10 @@ def _check_weights_fit(weights: Path, name: str) -> None:
         ) from None
     try:
         with safe_open(str(weights), "pt") as f:
-            state = {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
+            state = {
+                k: torch.empty(f.get_slice(k).get_shape(), dtype=_dtype(f.get_slice(k).get_dtype()), device="meta")
+                for k in f.keys()
+            }
     except SafetensorError as e:
         raise PublishError(f"{weights} is not a readable safetensors file ({e}).") from None
     mapping = timm_checkpoint_filter(model)

@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -29,52 +30,85 @@ __all__ = ["push_results", "published_rows", "preview", "ROWS", "CSV", "TABLE", 
 ROWS, CSV, TABLE, PLOT, CARD = "results.jsonl", "results.csv", "table.md", "plot.png", "README.md"
 
 
-# An absolute path in free text: a "/" that starts a word (not the "//" of a URL, not inside a relative path).
-_ABSOLUTE = re.compile(r"(?<![\w.~:/-])/[^\s'\"`,;()\[\]{}<>|]*")
+# A path in free text: one character of it, and an absolute path that starts a word. A "/" after ":" starts one
+# (cache:/home/...), unless it is the "//" of a URL.
+_PATH_CHAR = r"[^\s'\"`,;()\[\]{}<>|]"
+_ABSOLUTE = re.compile(rf"(?:(?<![\w.~:/-])/|(?<=:)/(?!/)){_PATH_CHAR}*|(?<![\w.-])~/{_PATH_CHAR}*")
 HIDDEN_PATH, HIDDEN_HOST = "<path>", "<host>"
 
 
-def _redact_text(text: str, hosts: list[str], root: str) -> str:
-    """`text` with absolute paths made relative to the repository (inside it) or hidden (outside it), and the
-    machine's host names hidden."""
+def _known_paths(rows: list[dict[str, Any]]) -> list[str]:
+    """The absolute paths a run knows to be private, longest first: each row's data folder and checkpoint (whole,
+    spaces and all), the working folder, home, the temporary folder, and the Hub's and torch's caches."""
+    import torch.hub
+    from huggingface_hub import constants
 
-    def path(match: re.Match) -> str:
-        found = match.group(0)
-        inside = os.path.normpath(found)
-        if inside == root or inside.startswith(root + os.sep):
-            return os.path.relpath(inside, root)
-        return HIDDEN_PATH
+    known = {os.getcwd(), os.path.expanduser("~"), tempfile.gettempdir(), constants.HF_HOME, constants.HF_HUB_CACHE}
+    known |= {torch.hub.get_dir(), os.environ.get("XDG_CACHE_HOME", ""), os.environ.get("TORCH_HOME", "")}
+    known |= {v for r in rows for f in ("data", "weights") if isinstance(v := r.get(f), str)}
+    paths = {os.path.normpath(p) for p in known if p and os.path.isabs(p)} - {"/"}
+    return sorted(paths, key=len, reverse=True)
 
-    text = _ABSOLUTE.sub(path, text)
+
+def _redact_text(text: str, hosts: list[str], root: str, private: list[str]) -> str:
+    """`text` with paths inside the repository made relative, the `private` paths hidden wherever they appear
+    (after "cache:", with a space inside), any other absolute path hidden, and the machine's host names hidden."""
+    end = rf"(?:/{_PATH_CHAR}*)?(?!{_PATH_CHAR})"  # the rest of the path below a known one, never a longer name
+    text = re.sub(rf"{re.escape(root)}(/{_PATH_CHAR}*)?(?!{_PATH_CHAR})", lambda m: (m.group(1) or "/.")[1:], text)
+    for known in private:
+        text = re.sub(re.escape(known) + end, HIDDEN_PATH, text)
+    text = _ABSOLUTE.sub(HIDDEN_PATH, text)
     for host in hosts:
         text = re.sub(rf"(?<![\w.-]){re.escape(host)}(?![\w-])", HIDDEN_HOST, text)
     return text
 
 
-def _redact(value: Any, hosts: list[str], root: str) -> Any:
+def _redact_command(command: str, hosts: list[str], root: str, private: list[str]) -> str:
+    """A recorded command line (shlex-quoted), redacted argument by argument: an argument holding a hidden path is
+    hidden whole, so a quoted path with spaces leaves no tail."""
+    try:
+        words = shlex.split(command)
+    except ValueError:  # not a command this harness wrote: redacted as text
+        return _redact_text(command, hosts, root, private)
+    shown = []
+    for word in words:
+        redacted = _redact_text(word, hosts, root, private)
+        flag, sep, _ = word.partition("=")
+        if HIDDEN_PATH in redacted and HIDDEN_PATH not in word:  # the placeholder is written bare, never quoted
+            shown.append(f"{flag}={HIDDEN_PATH}" if sep and flag.startswith("-") else HIDDEN_PATH)
+        else:
+            shown.append(shlex.quote(redacted))
+    return " ".join(shown)
+
+
+def _redact(value: Any, hosts: list[str], root: str, private: list[str], key: str = "") -> Any:
+    if isinstance(value, str) and key == "command":
+        return _redact_command(value, hosts, root, private)
     if isinstance(value, str):
-        return _redact_text(value, hosts, root)
+        return _redact_text(value, hosts, root, private)
     if isinstance(value, dict):
-        return {k: _redact(v, hosts, root) for k, v in value.items()}
+        return {k: _redact(v, hosts, root, private, k) for k, v in value.items()}
     if isinstance(value, list):
-        return [_redact(v, hosts, root) for v in value]
+        return [_redact(v, hosts, root, private) for v in value]
     return value
 
 
 def published_rows(rows: list[dict[str, Any]], include_host: bool = False) -> list[dict[str, Any]]:
     """The rows as they are uploaded. Unless `include_host`: no host name (env.hostname dropped, and the names
     hidden as <host> wherever else they appear) and no local path (absolute paths inside this repository become
-    relative, any other becomes <path>: checkpoints, --data folders, --out files in commands and reasons)."""
+    relative; the paths the run knows, `_known_paths`, are hidden as <path> wherever they appear, and so is any other
+    absolute path: checkpoints, --data folders, --out files in commands and reasons)."""
     if include_host:
         return rows
     hosts = {platform.node()} | {h for r in rows if isinstance(h := get_field(r, "env.hostname"), str)}
     hosts_by_length = sorted((h for h in hosts if len(h) >= 3), key=len, reverse=True)  # "a" would mangle text
+    root, private = os.path.normpath(str(REPO_ROOT)), _known_paths(rows)
     out = []
     for row in rows:
         row = dict(row)
         if isinstance(row.get("env"), dict):
             row["env"] = {k: v for k, v in row["env"].items() if k != "hostname"}
-        out.append(_redact(row, hosts_by_length, os.path.normpath(str(REPO_ROOT))))
+        out.append(_redact(row, hosts_by_length, root, private))
     return out
 
 

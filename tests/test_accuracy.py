@@ -149,17 +149,13 @@ def test_linked_images_outside_the_folder_still_count(tmp_path, make_image_folde
     data.mkdir()
     os.symlink(elsewhere / "a", data / "a")  # class folders that are links, as when a dataset is spread over disks
     (data / "b").mkdir()
-    os.symlink(elsewhere / "b" / "0.png", data / "b" / "0.png")
-    os.symlink(elsewhere / "b", data / "b" / "more")
-    samples = [(Path(p).relative_to(data).as_posix(), c) for p, c in list_images(data).samples]
-    assert samples == [
-        ("a/0.png", 0),
-        ("a/1.png", 0),
-        ("a/2.png", 0),
-        ("b/0.png", 1),
-        ("b/more/1.png", 1),
-        ("b/more/2.png", 1),
-    ]
+    os.symlink(elsewhere / "b" / "0.png", data / "b" / "0.png")  # a subset made of links to image files
+    os.symlink(elsewhere / "b" / "1.png", data / "b" / "1.png")
+    os.symlink(elsewhere / "b", data / "b" / "more")  # a folder out of the data folder: never walked
+    listing = list_images(data)
+    samples = [(Path(p).relative_to(data).as_posix(), c) for p, c in listing.samples]
+    assert samples == [("a/0.png", 0), ("a/1.png", 0), ("a/2.png", 0), ("b/0.png", 1), ("b/1.png", 1)]
+    assert listing.outside == [str(data / "b" / "more")]
 
 
 def test_listing_follows_image_folder_order_without_links(tmp_path, make_image_folder):
@@ -218,6 +214,7 @@ def test_accuracy_on_image_folder_pads_the_last_batch(tmp_path, brightness_logit
         return brightness_logits(x)
 
     result = evaluate(forward, "test_vit", (32, 32), str(data), 4, None, lambda t: t)
+    assert result.pop("accuracy_note").startswith("The 2 class folder(s) were scored as the first 2 of the head's 3")
     assert result == {"top1": 100.0, "top5": 100.0, "eval_samples": 6, "eval_skipped": 0}
     assert seen_batches == [4, 4]  # 6 images: the second batch is padded to the static shape
     flipped = evaluate(lambda x: -brightness_logits(x), "test_vit", (32, 32), str(data), 4, 4, lambda t: t)

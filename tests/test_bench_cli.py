@@ -107,7 +107,8 @@ def test_run_measures_everything_and_reports_missing_tensorrt(tmp_path, bench, m
         assert row["data"] == str(data.resolve()) and row["max_samples"] == 5 and row["weights"] == "random init"
     assert rows[0]["reason"].startswith("torch_tensorrt is not installed") and "1 more row(s)" in rows[0]["reason"]
     assert len({r["run_id"] for r in rows}) == 1
-    assert re.search(r"^test_convnext +tensorrt", proc.stdout, re.M) and "unavailable [1]" in proc.stdout
+    assert re.search(r"^test_convnext +tensorrt", proc.stdout, re.M) and "unavailable [2]" in proc.stdout
+    assert "[1] The 2 class folder(s) were scored as the first 2 of the head's 1000 classes" in proc.stdout
     assert png.read_bytes()[:4] == b"\x89PNG"
 
     report = bench("report", str(out), "--format", "csv")

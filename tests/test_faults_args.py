@@ -57,6 +57,18 @@ def test_model_kwargs_of_every_literal_kind_make_hashable_rows(given, value):
     assert again.key("cpu") == spec.key("cpu") and len(group_rows([spec, again])) == 1
 
 
+@pytest.mark.parametrize("given", ["depths=[1,1,2,1]", "out_indices=(1, 2)", "cfg={'a': [1, {'b': 2}]}"])
+def test_model_kwargs_holding_lists_pass_the_up_front_size_check(given, monkeypatch):
+    """The runner's checks before any model is built (backend refusals, the model's input sizes) key on the kwargs;
+    a list among them (timm's `depths=[...]`) is a key like any other value."""
+    measured: list[list[RowSpec]] = []
+    monkeypatch.setattr(runner._Run, "group", lambda self, specs: measured.append(specs))
+    kwargs = tuple(cli.parse_model_kwargs([given]).items())
+    specs = tuple(RowSpec("rmt_t", "eager", "fp32", b, (64, 64), "cpu", model_kwargs=kwargs) for b in (1, 2))
+    run(RunRequest(specs, Settings(), "/dev/null", "t", progress=False))
+    assert measured == [list(specs)]
+
+
 @pytest.mark.parametrize("given", ["s={1, 2}", "b=b'x'", "c=1j", "n=[1e999]"])
 def test_model_kwargs_a_row_cannot_record_are_one_sentence(given):
     with pytest.raises(UsageError) as refused:
@@ -230,3 +242,101 @@ def test_the_default_timeout_is_bounded_and_documented():
     assert datetime.timedelta(seconds=accuracy.DEFAULT_TIMEOUT_S) < datetime.timedelta(minutes=30)
     assert "--timeout-s" in accuracy._parser().format_help()  # the help text, without running the entry point
     assert "--timeout-s" in (REPO / "README.md").read_text()
+
+
+# ---------------------------------------------------------------------------------------- arguments checked where given
+
+
+@pytest.mark.parametrize(
+    "given, flag", [("pretrained=True", "--pretrained"), ("features_only=True", "--features-only")]
+)
+def test_model_kwargs_the_harness_sets_from_its_own_flags_are_refused(given, flag):
+    with pytest.raises(UsageError, match=f"is set by {flag}"):
+        cli.parse_model_kwargs([given])
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"drop_path_rate": 1.0},
+        {"drop_path_rate": -0.1},
+        {"drop_rate": 1.5},
+        {"drop_path_rate": True},
+        {"attn_drop_rate": "0.1"},
+        {"num_classes": -1},
+    ],  # fmt: skip
+)
+def test_rates_outside_zero_to_one_are_refused_wherever_given(kwargs):
+    [(key, value)] = kwargs.items()
+    with pytest.raises(UsageError, match=f"--model-kwargs: {key} must be"):
+        cli.parse_model_kwargs([f"{key}={value!r}"])
+    for name in ("rmt_t", "test_convnext"):  # the zoo's own and a timm model passed through
+        with pytest.raises(ValueError, match=f"{key} must be"):
+            zoo.load(name, **kwargs)
+    import timm
+
+    with pytest.raises(ValueError, match=f"{key} must be"):
+        timm.create_model("rmt_t", **kwargs)  # the zoo's models registered with timm check too
+
+
+@pytest.mark.parametrize("indices", [(1, 1), (1, -3), [0, 2, 2]])
+def test_out_indices_naming_a_stage_twice_are_refused(indices):
+    with pytest.raises(ValueError, match="more than once"):
+        zoo.load("rmt_t", features_only=True, out_indices=indices)
+
+
+def _converted(folder: Path) -> Path:
+    from safetensors.torch import save_file
+
+    folder.mkdir()
+    save_file({k: v.contiguous() for k, v in zoo.load("rmt_t").state_dict().items()}, str(folder / "model.safetensors"))
+    return folder
+
+
+def test_checkpoint_takes_what_zoo_load_takes_and_says_what_else_it_is(tmp_path, make_image_folder):
+    folder = _converted(tmp_path / "converted")
+    data = make_image_folder(tmp_path / "data")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    out = str(tmp_path / "r.jsonl")
+    for path, says in [(folder, None), (empty, "is a folder with neither"), (tmp_path / "gone.pth", "does not exist"),
+                       (fifo, "is not a file")]:  # fmt: skip
+        bench_argv = ["--models", "rmt_t", "--checkpoint", str(path), "--out", out]
+        accuracy_argv = ["--model", "rmt_t", "--data", str(data), "--checkpoint", str(path)]
+        if says is None:
+            assert cli.parse_run_args(bench_argv).checkpoints == {"rmt_t": str(folder.resolve())}
+            assert accuracy.parse_args(accuracy_argv, 0, 1).checkpoint == str(folder)
+            continue
+        for parse in (lambda: cli.parse_run_args(bench_argv), lambda: accuracy.parse_args(accuracy_argv, 0, 1)):
+            with pytest.raises(UsageError, match=says) as refused:
+                parse()
+            assert _one_sentence(str(refused.value)), str(refused.value)
+
+
+def test_data_naming_a_file_says_it_is_no_folder(tmp_path):
+    file = tmp_path / "val.tar"
+    file.write_bytes(b"x")
+    for parse in (
+        lambda: cli.parse_run_args(["--models", "rmt_t", "--data", str(file), "--out", str(tmp_path / "r.jsonl")]),
+        lambda: accuracy.parse_args(["--model", "rmt_t", "--data", str(file)], 0, 1),
+    ):
+        with pytest.raises(UsageError, match="is not a folder; give the folder that holds the class folders"):
+            parse()
+
+
+@pytest.mark.parametrize("org, env_org", [("../x", None), ("a--b", None), (None, "../x"), ("x/y", None)])
+def test_convert_refuses_an_organisation_that_makes_no_repo_id(org, env_org, tmp_path, monkeypatch, capsys):
+    from hub.__main__ import main as hub_main
+
+    if env_org is not None:
+        monkeypatch.setenv(zoo.RMT_HUB_ORG_ENV, env_org)
+    source = tmp_path / "never-read.pth"
+    source.write_bytes(b"")
+    out = tmp_path / "out"
+    argv = ["convert", str(source), str(out), "--model", "rmt_t", *(["--org", org] if org is not None else [])]
+    assert hub_main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is not valid" in err and "--org" in err, err
+    assert not out.exists()

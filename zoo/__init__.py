@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ._builder import weights_in
+from ._builder import check_model_kwargs, checkpoint_file
 from ._checkpoint import CheckpointError, CheckpointMismatchError, LoadReport, check_fits, read_checkpoint
 from ._hub import CLIENT_ERRORS, REVISION_ENV as HUB_REVISION_ENV, WeightsUnavailableError, fetch_weights, hub_repo_id
 from ._registry import (
@@ -51,7 +51,8 @@ __all__ = [
     "LoadReport",
     "read_checkpoint",
     "check_fits",
-    "weights_in",
+    "checkpoint_file",
+    "check_model_kwargs",
     # the Hub: where a model's weights live and how a download fails
     "fetch_weights",
     "hub_repo_id",
@@ -76,6 +77,7 @@ def load(name: str, pretrained: bool | str | Path = False, **kwargs) -> nn.Modul
     from ._registry import builder
 
     check_pretrained(pretrained)
+    check_model_kwargs(kwargs)
     build = builder(name)
     if build is None:
         model = timm_models.create(name, pretrained, **kwargs)

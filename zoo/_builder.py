@@ -10,16 +10,16 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch.nn as nn
 from timm.models import build_model_with_cfg
 
-from ._checkpoint import CheckpointError, FilterFn, StateDict, load_pretrained
+from ._checkpoint import CheckpointError, FilterFn, StateDict, load_pretrained, not_a_file
 from ._hub import FALLBACK_FILENAME, fetch_weights
 from ._registry import ModelInfo, registered_info
 
-__all__ = ["create", "stage_indices", "check_pretrained", "weights_in"]
+__all__ = ["create", "stage_indices", "check_pretrained", "check_model_kwargs", "checkpoint_file"]
 
 _WEIGHT_FILES = ("model.safetensors", FALLBACK_FILENAME)
 
@@ -45,7 +45,11 @@ def stage_indices(num_stages: int, indices: int | Sequence[int] | None) -> tuple
             f"out_indices={indices!r} is out of range for {num_stages} stages; "
             f"use indices from 0 to {num_stages - 1} (or -{num_stages} to -1 from the end)."
         )
-    return tuple(sorted({i % num_stages for i in given}))  # outputs come in stage order, so the info does too
+    stages = [i % num_stages for i in given]
+    if len(set(stages)) < len(stages):  # timm would return fewer maps than indices asked for
+        twice = next(s for s in stages if stages.count(s) > 1)
+        raise ValueError(f"out_indices={indices!r} names stage {twice} more than once; name each stage once.")
+    return tuple(sorted(stages))  # outputs come in stage order, so the info does too
 
 
 def check_pretrained(pretrained: object) -> None:
@@ -55,25 +59,44 @@ def check_pretrained(pretrained: object) -> None:
             f"pretrained must be True (the Hub), False or a checkpoint path, not {pretrained!r} "
             f"({type(pretrained).__name__})."
         )
+    if isinstance(pretrained, (str, Path)) and not str(pretrained).strip():
+        raise ValueError(
+            "pretrained='' names no checkpoint; pass a path, True for the Hub or False for random weights."
+        )
 
 
-def _check_num_classes(num_classes: object) -> None:
-    if num_classes is None:
-        return
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0:
+# timm's dropout and drop-path rates: a probability of dropping, so 1 (everything dropped) or more cannot train.
+_RATES = ("drop_rate", "drop_path_rate", "attn_drop_rate", "proj_drop_rate", "pos_drop_rate", "patch_drop_rate")
+
+
+def check_model_kwargs(kwargs: Mapping[str, object]) -> None:
+    """Refuse, where they are given (zoo.load, bench.py's --model-kwargs), kwargs no build can honour: a rate
+    outside [0, 1), a num_classes that is no count."""
+    for name in _RATES:
+        value = kwargs.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1):
+            raise ValueError(f"{name} must be a number from 0 up to, not including, 1, not {value!r}.")
+    num_classes = kwargs.get("num_classes")
+    if num_classes is not None and (
+        not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0
+    ):
         raise ValueError(f"num_classes must be a whole number >= 0 (0 for no classifier), not {num_classes!r}.")
 
 
-def weights_in(path: Path) -> Path:
-    """A checkpoint file, or the weights file of a converted folder (what `python -m hub convert` writes)."""
-    if not path.is_dir():
-        return path
-    found = next((path / f for f in _WEIGHT_FILES if (path / f).is_file()), None)
-    if found is None:
-        raise CheckpointError(
-            f"{path} is a folder with neither {' nor '.join(_WEIGHT_FILES)} in it; pass the checkpoint file itself."
-        )
-    return found
+def checkpoint_file(path: str | Path) -> Path:
+    """The weights file `path` names, as zoo.load reads it: a checkpoint file, or the weights file of a folder
+    `python -m hub convert` wrote. Raises CheckpointError (one sentence) for anything else."""
+    path = Path(path)
+    if path.is_dir():
+        found = next((path / f for f in _WEIGHT_FILES if (path / f).is_file()), None)
+        if found is None:
+            raise CheckpointError(
+                f"{path} is a folder with neither {' nor '.join(_WEIGHT_FILES)} in it; pass the checkpoint file itself."
+            )
+        return found
+    if not path.is_file():
+        raise not_a_file(path)
+    return path
 
 
 # pretrained_cfg fields that name weights outside a Hub repo; a repo's own config.json may not set them.
@@ -110,12 +133,12 @@ def resolve_weights(
     `asked` is the caller's own pretrained_cfg_overlay: only it may point a `hf-hub:` model's weights elsewhere
     than its repo (see `_from_repo_only`)."""
     if not isinstance(pretrained, bool):
-        return weights_in(Path(pretrained))
+        return checkpoint_file(pretrained)
     cfg = _from_repo_only(cfg, asked or {})
     if cfg.get("state_dict"):
         return cfg["state_dict"]
     if cfg.get("file"):  # pretrained_cfg_overlay=dict(file=...), or the folder of `local-dir:`
-        return weights_in(Path(cfg["file"]))
+        return checkpoint_file(cfg["file"])
     repo = cfg.get("hf_hub_id")
     # The registry's own repo keeps the organisation override; any other (hf-hub:ORG/NAME, an overlay) is exact.
     exact = repo if repo and (cfg.get("source") == "hf-hub" or repo != model_info.hf_hub_id) else None
@@ -137,7 +160,7 @@ def create(
     """
     model_info = registered_info(variant)
     check_pretrained(pretrained)
-    _check_num_classes(kwargs.get("num_classes"))
+    check_model_kwargs(kwargs)
     features_only = bool(kwargs.pop("features_only", False))
     feature_cls = kwargs.pop("feature_cls", None)
     if feature_cls not in (None, "getter"):

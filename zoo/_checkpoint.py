@@ -1,8 +1,10 @@
 """Reading checkpoints safely and loading them strictly.
 
-Weights are never unpickled with code execution: `.safetensors` through safetensors, anything else through
-`torch.load(weights_only=True)`. A checkpoint that does not fit ends in one error naming the keys, never a
-silent partial load.
+Weights are never unpickled with code execution: a safetensors file (told by its content, whatever its name)
+through safetensors, anything else through `torch.load(weights_only=True)`. A checkpoint that does not fit ends in
+one error naming the keys, never a silent partial load; one no model could load as it is (keys that are no names,
+sparse, meta or quantized tensors, NaN or infinite weights) is named malformed, and a pickle weights_only refused is
+named unsafe, with what it asked to import.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import argparse
 import errno
 import logging
 import pickle
+import re
+import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +71,39 @@ def _is_tensor_dict(obj: object) -> bool:
     return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
 
 
+def _odd_kind(tensor: torch.Tensor) -> str:
+    """What makes `tensor` no plain dense tensor of values ('' when it is one)."""
+    if tensor.is_meta:
+        return "meta, without values"
+    if tensor.layout != torch.strided:
+        return "sparse"
+    if tensor.is_quantized:
+        return "quantized"
+    return ""
+
+
+def _check_tensors(state: StateDict, source: str) -> None:
+    """Refuse a state dict no model can load as it is, naming what is wrong: keys that are not parameter names,
+    tensors that are not plain dense ones, floating values that are NaN or infinite (damaged weights)."""
+    keys = [repr(k) for k in state if not isinstance(k, str)]
+    if keys:
+        raise CheckpointError(
+            f"Checkpoint {source} is malformed: its keys must be parameter names, and {_listing(keys, 3)} "
+            f"{'is' if len(keys) == 1 else 'are'} not."
+        )
+    odd = [f"{k} ({kind})" for k, v in state.items() if (kind := _odd_kind(v))]
+    if odd:
+        raise CheckpointError(
+            f"Checkpoint {source} is malformed: {len(odd)} tensor(s) are not plain dense tensors: {_listing(odd, 3)}."
+        )
+    bad = [k for k, v in state.items() if (v.is_floating_point() or v.is_complex()) and not bool(v.isfinite().all())]
+    if bad:
+        raise CheckpointError(
+            f"Checkpoint {source} holds NaN or infinite values in {len(bad)} tensor(s) ({_listing(bad, 3)}): its "
+            f"weights are damaged."
+        )
+
+
 def _unwrap(obj: object, source: str, prefer_ema: bool) -> tuple[StateDict, str]:
     if _is_tensor_dict(obj):
         state, entry = obj, "(bare)"
@@ -81,6 +118,7 @@ def _unwrap(obj: object, source: str, prefer_ema: bool) -> tuple[StateDict, str]
                 f"(its top-level keys: {', '.join(map(str, list(obj)[:8]))})."
             )
         state = obj[entry]
+    _check_tensors(state, source)
     if all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
     return dict(state), entry
@@ -135,7 +173,7 @@ def _foreign_imports(path: Path) -> list[str]:
     return [g for g in imports if not g.startswith(_CHECKPOINT_GLOBALS)]
 
 
-def _not_a_file(path: Path) -> CheckpointError:
+def not_a_file(path: Path) -> CheckpointError:
     try:
         path.stat()
     except OSError as e:
@@ -145,26 +183,41 @@ def _not_a_file(path: Path) -> CheckpointError:
     return CheckpointError(f"Checkpoint path {path} is not a file.")
 
 
+def _is_safetensors(path: Path) -> bool:
+    """Whether `path` is laid out as a safetensors file: an 8-byte header length, then the JSON header."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+            size = path.stat().st_size
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:] == b"{" and struct.unpack("<Q", head[:8])[0] <= size - 8
+
+
 def read_checkpoint(path: str | Path, prefer_ema: bool = True) -> tuple[StateDict, str]:
-    """Read a `.safetensors` or `.pth` file into a flat state dict; return it and the nesting key taken.
+    """Read a safetensors or PyTorch file (told apart by content, so a safetensors file named `.pth` reads) into a
+    flat state dict; return it and the nesting key taken.
 
     With `prefer_ema`, EMA weights are taken when the file has them; otherwise the plain ones are.
     """
     path = Path(path)
     if not path.is_file():
-        raise _not_a_file(path)
-    if path.suffix == ".safetensors":
+        raise not_a_file(path)
+    if path.suffix == ".safetensors" or _is_safetensors(path):
         from safetensors.torch import load_file
 
         try:
-            return _unwrap(load_file(str(path), device="cpu"), str(path), prefer_ema)
+            state = load_file(str(path), device="cpu")
         except Exception as e:  # safetensors raises several unrelated types for a damaged file
             raise CheckpointError(f"Checkpoint {path} is not a readable safetensors file ({e}).") from None
+        return _unwrap(state, str(path), prefer_ema)
     try:
         with torch.serialization.safe_globals(_SAFE_GLOBALS):
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        foreign = _foreign_imports(path)
+    except pickle.UnpicklingError as e:
+        # weights_only names the global it refused (torch's own included: torch.hub.load is no weight either)
+        refused = re.findall(r"Unsupported global: GLOBAL (\S+)", str(e))
+        foreign = list(dict.fromkeys([*refused, *_foreign_imports(path)]))
         if not foreign:  # damaged, or not a pickle at all: nothing in it asked to run anything
             raise CheckpointError(
                 f"Checkpoint {path} is not a readable PyTorch file (it is damaged or not a checkpoint)."
@@ -194,7 +247,13 @@ def check_fits(model: nn.Module, state: StateDict, source: str, hint: str = "") 
         for k in own
         if k in state and state[k].shape != own[k].shape
     ]
-    if not (missing or unexpected or shapes):
+    # load_state_dict would cast an integer, bool or complex tensor into a float parameter without a word
+    dtypes = [
+        f"{k} (checkpoint {state[k].dtype}, model {own[k].dtype})"
+        for k in own
+        if k in state and own[k].is_floating_point() and not state[k].is_floating_point()
+    ]
+    if not (missing or unexpected or shapes or dtypes):
         return
     parts = []
     if missing:
@@ -203,6 +262,8 @@ def check_fits(model: nn.Module, state: StateDict, source: str, hint: str = "") 
         parts.append(f"{len(unexpected)} unexpected: {_listing(unexpected)}")
     if shapes:
         parts.append(f"{len(shapes)} of another shape: {_listing(shapes, 4)}")
+    if dtypes:
+        parts.append(f"{len(dtypes)} not floating point: {_listing(dtypes, 4)}")
     name = getattr(model, "model_name", type(model).__name__)
     raise CheckpointMismatchError(
         f"Checkpoint {source} does not fit {name}: {'; '.join(parts)}.{(' ' + hint) if hint else ''}"
@@ -249,6 +310,10 @@ def load_pretrained(
             "%s: classifier weights dropped for %d classes: %s", model_info.name, model.num_classes, _listing(dropped)
         )
     check_fits(model, state, where, hint(state, model) if hint else "")
-    model.load_state_dict(state, strict=True)
+    try:
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, TypeError, ValueError, AttributeError) as e:  # what check_fits cannot foresee
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise CheckpointError(f"Checkpoint {where} could not be loaded into {model_info.name}: {first}") from None
     model.load_report = LoadReport(source=where, entry=entry, dropped=dropped)
     _logger.info("%s: loaded %r weights from %s", model_info.name, entry, where)
