@@ -4,10 +4,10 @@
     python -m benchmarks.gpu_proxy --models rmt_s swin_t --modes compiled --out /tmp/proxy
 
 Each model (random weights) runs on fake CUDA tensors at batch x 3 x size x size under bf16 autocast (`--dtype fp32`:
-none), with no GPU: `bench.gpu_proxy` explains how and what counts as a kernel and a byte. Eager: one traced forward
-(after a warm-up); compiled: inductor's launches for a pretend H200. Fake tensors hold no data, so the batch costs
-nothing and the bytes are those of the batch asked for (no extrapolation). Times and img/s are predictions: bytes /
-2.1 TB/s compiled, / 1.6 TB/s eager, calibrated on results/h200 (checked again in the report, where the batch, size
+none), with no GPU: benchmarks/_gpu_proxy.py explains how and what counts as a kernel and a byte. Eager: one traced
+forward (after a warm-up); compiled: inductor's launches for a pretend H200. Fake tensors hold no data, so the batch
+costs nothing and the bytes are those of the batch asked for (no extrapolation). Times and img/s are predictions: bytes
+/ 2.1 TB/s compiled, / 1.6 TB/s eager, calibrated on results/h200 (checked again in the report, where the batch, size
 and dtype match that run). The official RMT.py is given by path and built by its own builder (`--official-variants`,
 rmt_s by default). Writes OUT/gpu_proxy.json and OUT/gpu_proxy.md (default OUT: results/proxy), rewritten after each
 model, so a stopped run keeps what it counted. The numbers depend only on the code and torch's version: a rerun gives
@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 import zoo
-from bench import gpu_proxy as gp
+from benchmarks import _gpu_proxy as gp
 from bench.env import git_commit
 from zoo.rmt import ATTN_IMPLS
 from benchmarks._common import OFFICIAL_RMT_BUILDERS, build_official, import_official_rmt, official_source
@@ -195,7 +195,8 @@ def markdown(report: dict) -> str:
         "",
         f"Command: `{report['command']}`  ",
         f"torch {report['torch']}, our code at commit {report['git_commit']}, official code: {report['official']}.  ",
-        "Counted on a CPU with no GPU (`bench/gpu_proxy.py` says how). **Every ms and img/s below is predicted**, "
+        "Counted on a CPU with no GPU (`benchmarks/_gpu_proxy.py` says how). "
+        "**Every ms and img/s below is predicted**, "
         f"from bytes at {gp.COMPILED_TBPS} TB/s compiled and {gp.EAGER_TBPS} TB/s eager (calibrated on results/h200); "
         "library kernels (cuDNN/cuBLAS convolutions, matmuls, attention) are counted apart: their speed need not "
         "follow their bytes.",

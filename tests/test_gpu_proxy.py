@@ -3,12 +3,17 @@ indexing served in Python as the C++ binding does it, inductor's launches fused 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench import gpu_proxy as gp
+import benchmarks._common as common
+from benchmarks import _gpu_proxy as gp
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 class Residual(nn.Module):
@@ -127,3 +132,28 @@ def test_compiled_launches_fuse_and_belong_to_their_blocks():
     assert all(s.kernels == 2 and s.opaque_kernels == 1 for s in blocks.values())
     assert all(launch.bytes > 0 for launch in launches)
     assert sum(s.bytes for s in blocks.values()) < eager.total.bytes
+
+
+def test_one_fake_cuda_and_one_kernel_counter_serve_every_script():
+    """Two definitions of "a kernel" drift apart; the proxy's module holds the only fake mode and dispatch mode."""
+    owners = {
+        path.name
+        for path in BENCHMARKS.glob("*.py")
+        for marker in ("FakeTensorMode", "TorchDispatchMode")
+        if marker in path.read_text()
+    }
+    assert owners == {"_gpu_proxy.py"}
+
+
+def test_views_and_allocations_are_no_kernels():
+    aten = torch.ops.aten
+    assert gp.is_kernel(aten.add.Tensor) and gp.is_kernel(aten.clone.default)
+    assert not any(gp.is_kernel(op) for op in (aten.view.default, aten.transpose.int, aten.empty.memory_format))
+
+
+def test_official_builders_are_read_from_the_registry(monkeypatch):
+    notes = {"rmt_x": "official builder RMT_X; params ...", "rmt_x_tl": "official builder RMT_X (token labeling); ..."}
+    monkeypatch.setattr(common.zoo, "list_models", lambda family=None: sorted(notes))
+    monkeypatch.setattr(common.zoo, "info", lambda name: type("Info", (), {"notes": notes[name]}))
+    assert common._official_builders() == {"rmt_x": "RMT_X"}
+    assert common.OFFICIAL_RMT_BUILDERS["rmt_s"] == "RMT_S"

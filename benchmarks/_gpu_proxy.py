@@ -274,16 +274,26 @@ class OpStats:
 
 @dataclass
 class EagerTrace:
-    """One eager forward: calls per aten op (views included), and kernels and bytes per op, per block and in all."""
+    """What ran under a `Tracer`: calls per op (views included), kernels and bytes per op, per block and in all,
+    and the dtype casts among them (`_to_copy` changing dtype)."""
 
     calls: collections.Counter = field(default_factory=collections.Counter)
     per_op: dict[str, OpStats] = field(default_factory=lambda: collections.defaultdict(OpStats))
     per_block: dict[str, OpStats] = field(default_factory=lambda: collections.defaultdict(OpStats))
     total: OpStats = field(default_factory=OpStats)
+    casts: int = 0
 
 
-class _Tracer(TorchDispatchMode):
-    def __init__(self, trace: EagerTrace, where: Callable[[], str]):
+def is_kernel(func: torch._ops.OpOverload) -> bool:
+    """Whether an aten op launches a kernel: the one definition every script of the proxy counts by."""
+    return func.overloadpacket.__name__ not in NO_KERNEL and not _is_view(func)
+
+
+class Tracer(TorchDispatchMode):
+    """Counts every op dispatched inside it into `trace`, attributed to the block `where()` names; on any device
+    (the proxy's fake CUDA, or real CPU tensors)."""
+
+    def __init__(self, trace: EagerTrace, where: Callable[[], str] = lambda: ""):
         super().__init__()
         self.trace, self.where = trace, where
 
@@ -293,8 +303,10 @@ class _Tracer(TorchDispatchMode):
             return out
         name = func.overloadpacket.__name__
         self.trace.calls[name] += 1
-        if name in NO_KERNEL or _is_view(func):
+        if not is_kernel(func):
             return out
+        if name == "_to_copy" and out.dtype != args[0].dtype:
+            self.trace.casts += 1
         tensors = [t for t in tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor)]
         nbytes = sum(_extent_bytes(t) for t in tensors)
         opaque = name.startswith(OPAQUE)
@@ -347,7 +359,7 @@ def eager_trace(
             x = torch.empty(batch, 3, size, size, device="cuda")
         with mode, torch.no_grad(), _autocast(autocast):
             model(x)
-        with mode, torch.no_grad(), _autocast(autocast), module_paths(model) as where, _Tracer(trace, where):
+        with mode, torch.no_grad(), _autocast(autocast), module_paths(model) as where, Tracer(trace, where):
             model(x)
     return trace
 
