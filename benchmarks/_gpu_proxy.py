@@ -1,33 +1,38 @@
 """Predicting a CUDA GPU's work on a CPU: kernels and bytes per forward, eager and compiled, with no GPU or driver.
 
-The model runs on fake CUDA tensors (FakeTensorMode, device cuda): shapes, dtypes and strides are exact, no data
-exists. `torch.cuda.is_available` and `is_bf16_supported` are patched so `torch.autocast("cuda", torch.bfloat16)`
-applies its real CUDA policy; the three Python bindings that take a CUDA device guard (and fail without a driver),
+The model runs on fake CUDA tensors (FakeTensorMode, device cuda): shapes, dtypes and strides are exact, no data exists.
+`torch.cuda.is_available` and `is_bf16_supported` are patched so `torch.autocast("cuda", torch.bfloat16)` applies its
+real CUDA policy; the three Python bindings that take a CUDA device guard (and fail without a driver),
 `Tensor.__getitem__`, `Tensor.contiguous` and `torch.tensor(..., device=)`, are served in Python for fake tensors.
 
-Eager (`eager_trace`): one forward under `torch.no_grad()` (not inference_mode, which leaves composite ops whole),
-after a warm-up forward that fills the models' caches, seen by a TorchDispatchMode below autocast: every aten op
-as the GPU would receive it. An op is one kernel unless it is a view or a bare allocation (an approximation: cuDNN
-may add a bias kernel or a layout kernel to a convolution, cuBLAS a split-K reduction); its bytes are the sum of its
-input and output tensors' bytes (broadcast dimensions, stride 0, counted once), so an in-place add counts read,
-read, write. Ops are attributed to the innermost module running (forward hooks) and summed per block.
+Eager (`eager_trace`): one forward under `torch.no_grad()` (not inference_mode, which leaves composite ops whole), after
+a warm-up forward that fills the models' caches, seen by a TorchDispatchMode below autocast: every aten op as the GPU
+would receive it. An op is one kernel unless it is a view or a bare allocation (an approximation: cuDNN may add a bias
+kernel or a layout kernel to a convolution, cuBLAS a split-K reduction); its bytes are the sum of its input and output
+tensors' bytes (broadcast dimensions, stride 0, counted once), so an in-place add counts read, read, write. A custom op
+(any namespace but aten) counts as it declares (zoo/_op_cost.py: its launches and bytes from its own launch plan); one
+that declares nothing counts as one kernel moving its inputs and outputs once, with a warning, and the report lists it.
+Ops are attributed to the innermost module running (forward hooks) and summed per block.
 
 Compiled (`compiled_kernels`): the forward is traced to an aten graph by make_fx under the same fake mode (autocast
-applied, `torch.compiler.is_compiling()` answering True as under dynamo, module paths recorded per node), and
-inductor compiles it for a pretend H200 (sm_90 properties, capability (9, 0)); shape padding, comprehensive padding
-and joint-graph constant folding are off, since they run kernels. Inductor is stopped before code generation; its
+applied, `torch.compiler.is_compiling()` answering True as under dynamo, module paths recorded per node), and inductor
+compiles it for a pretend H200 (sm_90 properties, capability (9, 0)); shape padding, comprehensive padding and
+joint-graph constant folding are off, since they run kernels. Inductor is stopped before code generation; its
 scheduler's nodes after fusion are the launches, and each node's read/write buffer sizes
-(`get_read_write_buffers_sizes`, the sizes inductor itself uses for its bandwidth metrics) are its bytes. No Triton
-code is generated, so Triton's driver is never asked for a target (`triton.compile` with `GPUTarget("cuda", 90, 32)`
-compiles a kernel for sm_90 where that is wanted). A launch belongs to the block of its latest origin op in graph
-order. make_fx rather than torch.export: export wraps autocast in a higher-order op whose inlining loses the module
-path of every node; both give swin_t the same 294 launches and 42.68 GB.
+(`get_read_write_buffers_sizes`, the sizes inductor itself uses for its bandwidth metrics) are its bytes, except a
+custom op's, which inductor sees as one extern node moving inputs and outputs once: its declared cost replaces that
+(undeclared: kept, and reported). The pretend H200 reports its DRAM bandwidth (4.8 TB/s) to inductor's fusion costs,
+which a real one takes from the driver: without it every call fails and inductor takes another branch. No Triton code is
+generated, so Triton's driver is never asked for a target (`triton.compile` with `GPUTarget("cuda", 90, 32)` compiles a
+kernel for sm_90 where that is wanted). A launch belongs to the block of its latest origin op in graph order. make_fx
+rather than torch.export: export wraps autocast in a higher-order op whose inlining loses the module path of every node;
+both give swin_t the same 294 launches and 42.68 GB.
 
 Time (`predict_ms`): bytes over an effective bandwidth, calibrated on the one H200 measurement (results/h200, torch
-2.11, bf16, batch 256): compiled swin_t 42.7 GB in 20.98 ms (2.03 TB/s), compiled official RMT-S 105.7 GB in
-49.13 ms (2.15 TB/s), hence COMPILED_TBPS = 2.1 (both within 5%); eager plain-op code ran at 1.5-1.7 TB/s, hence
-EAGER_TBPS = 1.6. Opaque library kernels (attention, convolution) can run far from that (cuDNN SDPA on 7-56-key rows:
-0.2 TB/s), so their kernels and bytes are reported apart. Every time from here is a prediction and is labelled so.
+2.11, bf16, batch 256): compiled swin_t 42.7 GB in 20.98 ms (2.03 TB/s), compiled official RMT-S 105.7 GB in 49.13 ms
+(2.15 TB/s), hence COMPILED_TBPS = 2.1 (both within 5%); eager plain-op code ran at 1.5-1.7 TB/s, hence EAGER_TBPS =
+1.6. Opaque library kernels (attention, convolution) can run far from that (cuDNN SDPA on 7-56-key rows: 0.2 TB/s), so
+their kernels and bytes are reported apart. Every time from here is a prediction and is labelled so.
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ import torch.nn as nn
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
+
+from zoo._op_cost import cost_of
 
 aten = torch.ops.aten
 
@@ -85,6 +92,10 @@ H200 = types.SimpleNamespace(
     is_multi_gpu_board=False,
     uuid="00000000-0000-0000-0000-000000000000",
 )
+
+# An H200's DRAM bandwidth in GB/s, NVIDIA's H200 datasheet (4.8 TB/s, HBM3e, SXM and NVL alike). Inductor's
+# datasheet table (torch/_inductor/analysis/device_info.py) has no H200 and asks the driver otherwise, which fails here.
+H200_DRAM_GBPS = 4800.0
 
 _BLOCK = re.compile(r"^(.*?\bblocks\.\d+)(?:\.|$)")
 
@@ -198,6 +209,8 @@ def fake_cuda() -> Iterator[FakeTensorMode]:
 def pretend_h200() -> Iterator[None]:
     """torch.cuda's device queries answering as an H200 (sm_90), for inductor's choices; no kernel is launched."""
     from torch._dynamo import device_interface
+    from torch._inductor.analysis import device_info
+    from torch._inductor.analysis.device_info import DeviceInfo
 
     interface = device_interface.CudaInterface
     with contextlib.ExitStack() as stack:
@@ -218,6 +231,10 @@ def pretend_h200() -> Iterator[None]:
                             ("device_count", lambda: 1)):  # fmt: skip
             stack.enter_context(mock.patch.object(interface, name, staticmethod(value)))
         stack.enter_context(mock.patch.dict(device_interface.caching_worker_device_properties, {"cuda": [H200]}))
+        # Inductor's fusion costs divide bytes by the DRAM bandwidth (`get_gpu_dram_gbps`); with no tops listed, its
+        # FLOP estimates ask the driver as before.
+        datasheet = DeviceInfo(tops={}, dram_bw_gbs=H200_DRAM_GBPS, dram_gb=H200.total_memory / 1e9)
+        stack.enter_context(mock.patch.dict(device_info._device_mapping, {H200.name.upper(): datasheet}))
         # torch caches whether Triton can run: an earlier CPU compile in this process answered "no CUDA device".
         # Asked afresh here (an H200), and afresh again after, so nothing outside sees the pretend answer.
         has_triton = torch.utils._triton.has_triton
@@ -282,6 +299,16 @@ class EagerTrace:
     per_block: dict[str, OpStats] = field(default_factory=lambda: collections.defaultdict(OpStats))
     total: OpStats = field(default_factory=OpStats)
     casts: int = 0
+    undeclared: collections.Counter = field(default_factory=collections.Counter)
+
+
+def _undeclared(name: str, seen: collections.Counter) -> None:
+    """Note a call of a custom op that declared no cost (zoo/_op_cost.py): it is counted as one kernel moving its
+    inputs and outputs once, which may be far from what it runs, so the report lists it and a warning says so."""
+    if not seen[name]:
+        warnings.warn(f"{name} declared no GPU cost (zoo/_op_cost.py): counted as one kernel reading its inputs and "
+                      "writing its outputs once.", stacklevel=3)  # fmt: skip
+    seen[name] += 1
 
 
 def is_kernel(func: torch._ops.OpOverload) -> bool:
@@ -298,20 +325,27 @@ class Tracer(TorchDispatchMode):
         self.trace, self.where = trace, where
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if func.namespace != "aten":
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func.namespace == "prim":  # TorchScript's metadata queries (prim::device): no kernel, no custom op
             return out
-        name = func.overloadpacket.__name__
+        custom = func.namespace != "aten"
+        name = func._schema.name if custom else func.overloadpacket.__name__
         self.trace.calls[name] += 1
-        if not is_kernel(func):
+        if not custom and not is_kernel(func):
             return out
         if name == "_to_copy" and out.dtype != args[0].dtype:
             self.trace.casts += 1
-        tensors = [t for t in tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor)]
-        nbytes = sum(_extent_bytes(t) for t in tensors)
-        opaque = name.startswith(OPAQUE)
+        nbytes = sum(_extent_bytes(t) for t in tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor))
+        kernels, opaque = 1, name.startswith(OPAQUE)
+        if custom:
+            cost = cost_of(name, *args, **kwargs)
+            if cost is None:
+                _undeclared(name, self.trace.undeclared)
+            else:
+                kernels, nbytes = cost.launches, cost.bytes
         for stats in (self.trace.per_op[name], self.trace.per_block[block_of(self.where())], self.trace.total):
-            stats.add(nbytes, opaque)
+            stats.add(nbytes, opaque, kernels)
         return out
 
 
@@ -369,11 +403,36 @@ def eager_trace(
 
 @dataclass(frozen=True)
 class Launch:
-    """One kernel launch of inductor's compiled forward: scheduler node kind, bytes read and written, block."""
+    """One scheduler node of inductor's compiled graph: its kind, bytes read and written, block, and the kernels it
+    launches (a custom op's declared count; 1 otherwise); `op` names a custom op, `undeclared` one with no cost."""
 
     kind: str
     bytes: int
     block: str
+    launches: int = 1
+    op: str | None = None
+    undeclared: bool = False
+
+    @property
+    def opaque(self) -> bool:
+        """A library kernel (an extern call, not a custom op): its speed need not follow its bytes."""
+        return self.kind == "ExternKernelSchedulerNode" and self.op is None
+
+
+def _custom_op_launch(node, block: str, undeclared: collections.Counter) -> Launch | None:
+    """A custom op's node as the op declared it (zoo/_op_cost.py), called on its arguments' fake values; None for
+    any other node. Inductor's own estimate (one kernel moving inputs and outputs once) stays where none is declared."""
+    op = getattr(node.node, "op_overload", None)
+    if not isinstance(op, torch._ops.OpOverload) or op.namespace == "aten":
+        return None
+    name = op._schema.name
+    origin = next((o for o in node.node.get_origins() if o.target is op), None)
+    value = lambda n: n.meta["val"]  # noqa: E731
+    cost = cost_of(name, *torch.fx.node.map_arg(origin.args, value), **torch.fx.node.map_arg(origin.kwargs, value))
+    if cost is None:
+        _undeclared(name, undeclared)
+        return Launch(type(node).__name__, node.get_read_write_buffers_sizes(), block, op=name, undeclared=True)
+    return Launch(type(node).__name__, cost.bytes, block, cost.launches, op=name)
 
 
 class _Stop(Exception):
@@ -387,20 +446,20 @@ def _launch_block(node, path: Callable[[torch.fx.Node], str | None], order: dict
     return block_of(path(max(origins, key=lambda o: order.get(o, -1)))) if origins else "(model)"
 
 
-def compiled_kernels(
-    model: nn.Module, batch: int, size: int = 224, autocast: torch.dtype | None = torch.bfloat16
-) -> list[Launch]:
-    """Inductor's launches for one compiled forward of `model` on a pretend H200 (see the module docstring)."""
+def _module_path(origin: torch.fx.Node) -> str | None:
+    stack = origin.meta.get("nn_module_stack")
+    return next(reversed(stack.values()))[0] if stack else None
+
+
+def inductor_launches(graph: torch.fx.GraphModule, inputs: list[torch.Tensor], mode: FakeTensorMode) -> list[Launch]:
+    """Inductor's launches for `graph` (an aten graph on fake CUDA `inputs`, in `mode`) on a pretend H200: its
+    scheduler's nodes after fusion, code generation stopped before it starts (see the module docstring)."""
     from torch._inductor import config as inductor_config
     from torch._inductor import scheduler as inductor_scheduler
     from torch._inductor.ir import MultiOutput
-    from torch.fx.experimental.proxy_tensor import get_proxy_mode, make_fx
 
     launches: list[Launch] = []
-
-    def path(origin: torch.fx.Node) -> str | None:
-        stack = origin.meta.get("nn_module_stack")
-        return next(reversed(stack.values()))[0] if stack else None
+    undeclared: collections.Counter = collections.Counter()
 
     def capture(scheduler) -> None:
         from torch._inductor.virtualized import V
@@ -409,10 +468,30 @@ def compiled_kernels(
         for node in scheduler.nodes:
             if isinstance(node, inductor_scheduler.NopKernelSchedulerNode) or isinstance(node.node, MultiOutput):
                 continue  # no kernel: an allocation or a view, or one output of a multi-output kernel
+            block = _launch_block(node, _module_path, order)
             launches.append(
-                Launch(type(node).__name__, node.get_read_write_buffers_sizes(), _launch_block(node, path, order))
+                _custom_op_launch(node, block, undeclared)
+                or Launch(type(node).__name__, node.get_read_write_buffers_sizes(), block)
             )
         raise _Stop
+
+    patches = dict(shape_padding=False, comprehensive_padding=False, joint_graph_constant_folding=False)
+    with pretend_h200(), mode, torch.no_grad(), inductor_config.patch(patches):
+        with mock.patch.object(inductor_scheduler.Scheduler, "codegen", capture):
+            try:
+                torch._inductor.compile(graph, inputs)
+            except Exception:  # inductor wraps _Stop in its own error
+                if not launches:
+                    raise
+    return launches
+
+
+def _forward_graph(
+    model: nn.Module, batch: int, size: int, autocast: torch.dtype | None, mode: FakeTensorMode
+) -> tuple[torch.fx.GraphModule, list[torch.Tensor]]:
+    """The forward of `model` (already on fake CUDA) as an aten graph of (*parameters, *buffers, images), autocast
+    applied, `torch.compiler.is_compiling()` answering True as under dynamo, each node with its module path."""
+    from torch.fx.experimental.proxy_tensor import get_proxy_mode, make_fx
 
     def enter(path_: str, module: nn.Module) -> None:  # make_fx's tracer records this stack on every node it creates
         proxy = get_proxy_mode()
@@ -424,35 +503,33 @@ def compiled_kernels(
         if proxy is not None:
             proxy.tracer.module_stack.pop(path_ or "(model)", None)
 
+    state = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    with mode:
+        inputs = [*state.values(), torch.empty(batch, 3, size, size, device="cuda")]
+
+    def forward(*flat):
+        with _autocast(autocast):
+            return torch.func.functional_call(model, dict(zip(state, flat[:-1])), (flat[-1],))
+
+    with mode, torch.no_grad(), mock.patch("torch.compiler.is_compiling", lambda: True):
+        with module_paths(model, enter, leave):
+            return make_fx(forward)(*inputs), inputs
+
+
+def compiled_kernels(
+    model: nn.Module, batch: int, size: int = 224, autocast: torch.dtype | None = torch.bfloat16
+) -> list[Launch]:
+    """Inductor's launches for one compiled forward of `model` on a pretend H200 (see the module docstring)."""
     with fake_cuda() as mode, pretend_h200():
-        model = to_fake_cuda(model, mode)
-        state = {**dict(model.named_parameters()), **dict(model.named_buffers())}
-        with mode:
-            inputs = [*state.values(), torch.empty(batch, 3, size, size, device="cuda")]
-
-        def forward(*flat):
-            with _autocast(autocast):
-                return torch.func.functional_call(model, dict(zip(state, flat[:-1])), (flat[-1],))
-
-        with mode, torch.no_grad(), mock.patch("torch.compiler.is_compiling", lambda: True):
-            with module_paths(model, enter, leave):
-                graph = make_fx(forward)(*inputs)
-        patches = dict(shape_padding=False, comprehensive_padding=False, joint_graph_constant_folding=False)
-        with mode, torch.no_grad(), inductor_config.patch(patches):
-            with mock.patch.object(inductor_scheduler.Scheduler, "codegen", capture):
-                try:
-                    torch._inductor.compile(graph, inputs)
-                except Exception:  # inductor wraps _Stop in its own error
-                    if not launches:
-                        raise
-    return launches
+        graph, inputs = _forward_graph(to_fake_cuda(model, mode), batch, size, autocast, mode)
+        return inductor_launches(graph, inputs, mode)
 
 
 def per_block(launches: list[Launch]) -> dict[str, OpStats]:
     """Launches and bytes per block, in order of first launch."""
     blocks: dict[str, OpStats] = {}
     for launch in launches:
-        blocks.setdefault(launch.block, OpStats()).add(launch.bytes, launch.kind == "ExternKernelSchedulerNode")
+        blocks.setdefault(launch.block, OpStats()).add(launch.bytes, launch.opaque, launch.launches)
     return blocks
 
 

@@ -17,6 +17,7 @@ the same files.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import sys
 import time
@@ -120,15 +121,17 @@ def count(model: torch.nn.Module, args: argparse.Namespace) -> dict:
             "calls": dict(sorted(trace.calls.items())),
             "per_op": {op: stats_row(s, gp.EAGER_TBPS, args.batch) for op, s in trace.per_op.items()},
             "per_block": {b: stats_row(s, gp.EAGER_TBPS, args.batch) for b, s in trace.per_block.items()},
+            "undeclared custom ops": dict(trace.undeclared),
         }
     if "compiled" in args.modes:
         launches = gp.compiled_kernels(model, args.batch, args.size, dtype)
         total = gp.OpStats()
         for launch in launches:
-            total.add(launch.bytes, launch.kind == "ExternKernelSchedulerNode")
+            total.add(launch.bytes, launch.opaque, launch.launches)
         result["compiled"] = {
             **stats_row(total, gp.COMPILED_TBPS, args.batch),
             "per_block": {b: stats_row(s, gp.COMPILED_TBPS, args.batch) for b, s in gp.per_block(launches).items()},
+            "undeclared custom ops": dict(collections.Counter(launch.op for launch in launches if launch.undeclared)),
         }
     return result
 
@@ -188,6 +191,26 @@ def table(rows: list[dict], keys: list[str]) -> list[str]:
     return lines + ["| " + " | ".join(fmt(r.get(k)) for k in keys) + " |" for r in rows] + [""]
 
 
+MODEL_KEYS = ["model", "eager kernels", "eager GB", "eager library kernels", "predicted eager img/s",
+              "compiled launches", "compiled GB", "compiled library launches", "predicted compiled img/s",
+              "undeclared custom ops"]  # fmt: skip
+
+
+def model_row(name: str, result: dict, modes: tuple[str, str]) -> dict:
+    """One model's row of a table: kernels, GB, library kernels and predicted img/s in each of two modes (eager,
+    compiled: a forward's, or a training step's), and the custom ops counted without a declared cost."""
+    row = {"model": name}
+    for mode, key in zip(modes, ("eager", "compiled")):
+        r = result.get(mode, {})
+        kernels = "kernels" if key == "eager" else "launches"
+        row.update({f"{key} {kernels}": r.get("kernels"), f"{key} GB": r.get("GB"),
+                    f"{key} library {kernels}": r.get("library kernels"),
+                    f"predicted {key} img/s": r.get("predicted img/s")})  # fmt: skip
+    undeclared = {op for mode in modes for op in result.get(mode, {}).get("undeclared custom ops", {})}
+    row["undeclared custom ops"] = ", ".join(sorted(undeclared)) or "none"
+    return row
+
+
 def markdown(report: dict) -> str:
     a = report["args"]
     lines = [
@@ -199,23 +222,13 @@ def markdown(report: dict) -> str:
         "**Every ms and img/s below is predicted**, "
         f"from bytes at {gp.COMPILED_TBPS} TB/s compiled and {gp.EAGER_TBPS} TB/s eager (calibrated on results/h200); "
         "library kernels (cuDNN/cuBLAS convolutions, matmuls, attention) are counted apart: their speed need not "
-        "follow their bytes.",
+        "follow their bytes. Custom ops count as they declare (zoo/_op_cost.py; `rmt_zoo::retention`: its launch "
+        "plan); an undeclared one is listed.",
         "",
         "## Per model",
         "",
     ]
-    keys = ["model", "eager kernels", "eager GB", "eager library kernels", "predicted eager img/s", "compiled launches",
-            "compiled GB", "compiled library launches", "predicted compiled img/s"]  # fmt: skip
-    rows = []
-    for name, r in report["results"].items():
-        e, c = r.get("eager", {}), r.get("compiled", {})
-        rows.append({"model": name, "eager kernels": e.get("kernels"), "eager GB": e.get("GB"),
-                     "eager library kernels": e.get("library kernels"),
-                     "predicted eager img/s": e.get("predicted img/s"),
-                     "compiled launches": c.get("kernels"), "compiled GB": c.get("GB"),
-                     "compiled library launches": c.get("library kernels"),
-                     "predicted compiled img/s": c.get("predicted img/s")})  # fmt: skip
-    lines += table(rows, keys)
+    lines += table([model_row(name, r, ("eager", "compiled")) for name, r in report["results"].items()], MODEL_KEYS)
     if report["calibration"]:
         lines += ["## Calibration against the H200 (measured time, proxy bytes)", ""]
         lines += table(report["calibration"], ["path", "GB", "measured ms", "TB/s"])

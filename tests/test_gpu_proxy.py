@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 import benchmarks._common as common
 from benchmarks import _gpu_proxy as gp
+from zoo._op_cost import OpCost, cost_of, declare_cost
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -38,6 +39,31 @@ class Toy(nn.Module):
 
 # Batch 2 of 3x4x4 images in fp32: the residual stream is 96 floats, 384 bytes.
 STREAM = 2 * 3 * 4 * 4 * 4
+
+
+@torch.library.custom_op("proxy_test::declared", mutates_args=())
+def declared(x: torch.Tensor) -> torch.Tensor:
+    return x * 2
+
+
+@torch.library.custom_op("proxy_test::undeclared", mutates_args=())
+def undeclared(x: torch.Tensor) -> torch.Tensor:
+    return x * 2
+
+
+for op in (declared, undeclared):
+    op.register_fake(lambda x: torch.empty_like(x))
+# Three launches reading the input five times over and writing it once.
+declare_cost(
+    "proxy_test::declared", lambda x: OpCost(3, 5 * x.numel() * x.element_size(), x.numel() * x.element_size())
+)
+
+
+class CustomOps(nn.Module):
+    """declared(x) + undeclared(x): two custom ops and one add."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return declared(x) + undeclared(x)
 
 
 def test_eager_kernels_and_bytes_are_exact_in_fp32():
@@ -157,3 +183,45 @@ def test_official_builders_are_read_from_the_registry(monkeypatch):
     monkeypatch.setattr(common.zoo, "info", lambda name: type("Info", (), {"notes": notes[name]}))
     assert common._official_builders() == {"rmt_x": "RMT_X"}
     assert common.OFFICIAL_RMT_BUILDERS["rmt_s"] == "RMT_S"
+
+
+def test_a_custom_op_counts_as_it_declared_and_an_undeclared_one_is_reported():
+    with pytest.warns(UserWarning, match="proxy_test::undeclared declared no GPU cost"):
+        trace = gp.eager_trace(CustomOps(), batch=2, size=4, autocast=None)
+    assert (trace.per_op["proxy_test::declared"].kernels, trace.per_op["proxy_test::declared"].bytes) == (3, 6 * STREAM)
+    assert (trace.per_op["proxy_test::undeclared"].kernels, trace.per_op["proxy_test::undeclared"].bytes) == (
+        1,
+        2 * STREAM,
+    )
+    assert trace.undeclared == {"proxy_test::undeclared": 1}
+    assert (trace.total.kernels, trace.total.bytes) == (3 + 1 + 1, 6 * STREAM + 2 * STREAM + 3 * STREAM)
+
+
+@pytest.mark.e2e  # one inductor compile
+def test_compiled_custom_op_counts_as_it_declared_and_an_undeclared_one_is_reported():
+    with pytest.warns(UserWarning, match="proxy_test::undeclared declared no GPU cost"):
+        launches = gp.compiled_kernels(CustomOps(), batch=2, size=4, autocast=None)
+    ops = {launch.op: launch for launch in launches if launch.op}
+    assert (ops["proxy_test::declared"].launches, ops["proxy_test::declared"].bytes) == (3, 6 * STREAM)
+    assert ops["proxy_test::undeclared"].undeclared and not ops["proxy_test::declared"].undeclared
+    assert sum(s.kernels for s in gp.per_block(launches).values()) == sum(launch.launches for launch in launches)
+    assert sum(launch.launches for launch in launches) == 3 + 1 + 1  # the add: one fused kernel
+
+
+def test_the_pretend_h200_reports_its_dram_bandwidth_to_inductor():
+    from torch._inductor.utils import get_gpu_dram_gbps
+
+    with gp.fake_cuda(), gp.pretend_h200():
+        assert get_gpu_dram_gbps() == gp.H200_DRAM_GBPS == 4800
+
+
+def test_retention_declares_its_launch_plan():
+    """Row-then-column: 2 launches, q and k read twice, v and the rows once each, rows and output written;
+    whole image: one launch reading q, k, v and writing the output; the decay (fp32, per head) read by each."""
+    b, h, w, heads, d = 2, 5, 7, 3, 16
+    qk = torch.empty(b, h, heads, w, d, dtype=torch.bfloat16, device="meta")
+    v = torch.empty(b, h, w, heads, d, dtype=torch.bfloat16, device="meta")
+    fmap, decay = qk.numel() * 2, torch.empty(heads)
+    assert cost_of("rmt_zoo::retention", qk, qk, v, decay, True) == OpCost(2, 6 * fmap + 2 * 4 * heads, 2 * fmap)
+    qk = torch.empty(b, heads, h, w, d, dtype=torch.bfloat16, device="meta")
+    assert cost_of("rmt_zoo::retention", qk, qk, v, decay, False) == OpCost(1, 3 * fmap + 4 * heads, fmap)
