@@ -2,8 +2,9 @@
 
 The model runs on fake CUDA tensors (FakeTensorMode, device cuda): shapes, dtypes and strides are exact, no data exists.
 `torch.cuda.is_available` and `is_bf16_supported` are patched so `torch.autocast("cuda", torch.bfloat16)` applies its
-real CUDA policy; the three Python bindings that take a CUDA device guard (and fail without a driver),
-`Tensor.__getitem__`, `Tensor.contiguous` and `torch.tensor(..., device=)`, are served in Python for fake tensors.
+real CUDA policy; the four Python bindings that take a CUDA device guard (and fail without a driver),
+`Tensor.__getitem__`, `Tensor.contiguous`, `Tensor.copy_` and `torch.tensor(..., device=)`, are served in Python for
+fake tensors.
 
 Eager (`eager_trace`): one forward under `torch.no_grad()` (not inference_mode, which leaves composite ops whole), after
 a warm-up forward that fills the models' caches, seen by a TorchDispatchMode below autocast: every aten op as the GPU
@@ -28,6 +29,13 @@ kernel for sm_90 where that is wanted). A launch belongs to the block of its lat
 rather than torch.export: export wraps autocast in a higher-order op whose inlining loses the module path of every node;
 both give swin_t the same 294 launches and 42.68 GB.
 
+Training step (`eager_train_trace`, `compiled_train_kernels`): forward in train mode, a loss (log-sum-exp of the
+logits: cross-entropy's traffic) and backward to every parameter's gradient; no optimizer step. Autograd asks a CUDA
+driver for streams, so the forward is traced on fake CUDA with no gradient recorded (the model told that gradients
+are: `torch.is_grad_enabled()` answers True) and differentiated on meta tensors: eager, the aten ops autograd runs,
+replayed on fake CUDA under the tracer; compiled, AOTAutograd's forward and backward graphs (inductor's partitioner)
+each compiled as above, the backward's launches in a block "(backward)".
+
 Time (`predict_ms`): bytes over an effective bandwidth, calibrated on the one H200 measurement (results/h200, torch
 2.11, bf16, batch 256): compiled swin_t 42.7 GB in 20.98 ms (2.03 TB/s), compiled official RMT-S 105.7 GB in 49.13 ms
 (2.15 TB/s), hence COMPILED_TBPS = 2.1 (both within 5%); eager plain-op code ran at 1.5-1.7 TB/s, hence EAGER_TBPS =
@@ -40,6 +48,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import copy
+import dataclasses
 import re
 import types
 import warnings
@@ -113,7 +122,12 @@ def block_of(path: str) -> str:
 
 # --- fake CUDA -------------------------------------------------------------------------------------------------------
 
-_getitem, _contiguous, _tensor = torch.Tensor.__getitem__, torch.Tensor.contiguous, torch.tensor
+_getitem, _contiguous, _copy, _tensor = (
+    torch.Tensor.__getitem__,
+    torch.Tensor.contiguous,
+    torch.Tensor.copy_,
+    torch.tensor,
+)
 _sdpa = torch.nn.functional.scaled_dot_product_attention
 
 
@@ -164,6 +178,11 @@ def _fake_contiguous(self: torch.Tensor, memory_format: torch.memory_format = to
     )
 
 
+def _fake_copy(self: torch.Tensor, src: torch.Tensor, non_blocking: bool = False) -> torch.Tensor:
+    """In-place copy (BatchNorm's running statistics in train mode), whose binding takes a device guard."""
+    return aten.copy_.default(self, src, non_blocking) if _fake_cuda(self) else _copy(self, src, non_blocking)
+
+
 def _fake_tensor(data, *args, device=None, **kwargs):
     """torch.tensor on CUDA: an uninitialised fake tensor of the right shape and dtype (values are never read)."""
     if device is None or torch.device(device).type != "cuda":
@@ -199,6 +218,7 @@ def fake_cuda() -> Iterator[FakeTensorMode]:
             stack.enter_context(mock.patch(target, value))
         stack.enter_context(mock.patch.object(torch.Tensor, "__getitem__", _fake_getitem))
         stack.enter_context(mock.patch.object(torch.Tensor, "contiguous", _fake_contiguous))
+        stack.enter_context(mock.patch.object(torch.Tensor, "copy_", _fake_copy))
         # RMT's position cache keys its entries by storage pointer; a fake storage has none, and no data moves anyway.
         stack.enter_context(warnings.catch_warnings())
         warnings.filterwarnings("ignore", message="Accessing the data pointer of FakeTensor")
@@ -377,8 +397,10 @@ def module_paths(model: nn.Module, on_enter: Callable[[str, nn.Module], None] | 
             h.remove()
 
 
-def _autocast(dtype: torch.dtype | None):
-    return torch.autocast("cuda", dtype) if dtype is not None else contextlib.nullcontext()
+def _autocast(dtype: torch.dtype | None, cache: bool = True):
+    """CUDA autocast to `dtype` (None: none); `cache=False` where parameters require grad, whose cached casts would
+    ask a driver for a stream."""
+    return torch.autocast("cuda", dtype, cache_enabled=cache) if dtype is not None else contextlib.nullcontext()
 
 
 def eager_trace(
@@ -487,10 +509,17 @@ def inductor_launches(graph: torch.fx.GraphModule, inputs: list[torch.Tensor], m
 
 
 def _forward_graph(
-    model: nn.Module, batch: int, size: int, autocast: torch.dtype | None, mode: FakeTensorMode
+    model: nn.Module,
+    batch: int,
+    size: int,
+    autocast: torch.dtype | None,
+    mode: FakeTensorMode,
+    train: bool = False,
+    compiling: bool = True,
 ) -> tuple[torch.fx.GraphModule, list[torch.Tensor]]:
     """The forward of `model` (already on fake CUDA) as an aten graph of (*parameters, *buffers, images), autocast
-    applied, `torch.compiler.is_compiling()` answering True as under dynamo, each node with its module path."""
+    applied, each node with its module path; `compiling`: `torch.compiler.is_compiling()` answering True as under
+    dynamo; `train`: as a training step takes it (see `_train_step`)."""
     from torch.fx.experimental.proxy_tensor import get_proxy_mode, make_fx
 
     def enter(path_: str, module: nn.Module) -> None:  # make_fx's tracer records this stack on every node it creates
@@ -508,10 +537,12 @@ def _forward_graph(
         inputs = [*state.values(), torch.empty(batch, 3, size, size, device="cuda")]
 
     def forward(*flat):
-        with _autocast(autocast):
+        with _autocast(autocast, cache=not train):
             return torch.func.functional_call(model, dict(zip(state, flat[:-1])), (flat[-1],))
 
-    with mode, torch.no_grad(), mock.patch("torch.compiler.is_compiling", lambda: True):
+    grad = mock.patch("torch.is_grad_enabled", lambda: True) if train else contextlib.nullcontext()
+    compile_ = mock.patch("torch.compiler.is_compiling", lambda: True) if compiling else contextlib.nullcontext()
+    with mode, torch.no_grad(), grad, compile_:
         with module_paths(model, enter, leave):
             return make_fx(forward)(*inputs), inputs
 
@@ -523,6 +554,111 @@ def compiled_kernels(
     with fake_cuda() as mode, pretend_h200():
         graph, inputs = _forward_graph(to_fake_cuda(model, mode), batch, size, autocast, mode)
         return inductor_launches(graph, inputs, mode)
+
+
+# --- training step ---------------------------------------------------------------------------------------------------
+
+
+def _on_device(graph: torch.fx.GraphModule, device: str, make: Callable[[torch.Tensor], torch.Tensor]):
+    """`graph` (changed in place) with every device argument `device` and every tensor constant remade by `make`."""
+    target = torch.device(device)
+    move = lambda a: target if isinstance(a, torch.device) else a  # noqa: E731
+    for node in graph.graph.nodes:
+        node.args, node.kwargs = torch.fx.node.map_aggregate((node.args, node.kwargs), move)
+        if node.op == "get_attr" and isinstance(getattr(graph, node.target), torch.Tensor):
+            setattr(graph, node.target, make(getattr(graph, node.target)))
+    graph.recompile()
+    return graph
+
+
+def _like(t: torch.Tensor, device: str) -> torch.Tensor:
+    return torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=device)
+
+
+def _train_step(
+    model: nn.Module, batch: int, size: int, autocast: torch.dtype | None, compiling: bool, mode: FakeTensorMode
+) -> tuple[Callable[..., torch.Tensor], list[torch.Tensor], int]:
+    """The loss of one training step of `model` (on fake CUDA) as a function of (*parameters, *buffers, images) on
+    meta tensors, and those inputs (parameters requiring grad) and the number of parameters.
+
+    The forward is traced on fake CUDA, in train mode, as `_forward_graph` does (autocast's CUDA policy applied,
+    `compiling`: the branches a compiled graph takes), under no_grad with `torch.is_grad_enabled()` answering True
+    and the parameters requiring grad, so the model takes its training branches while autograd, which asks a CUDA
+    driver for streams, records nothing. A branch on an intermediate tensor's `requires_grad` sees False (RMT's:
+    its fp32 complex rotary and its Triton op, neither taken by a bf16 step of attn_impl "auto"). The graph then
+    moves to meta tensors, where autograd runs."""
+
+    model = model.train().requires_grad_(True)
+    params = len(list(model.parameters()))
+    if not compiling:  # the eager path, after a forward that fills the model's caches (their tables: graph constants)
+        with mode, torch.no_grad(), _autocast(autocast, cache=False):
+            model(torch.empty(batch, 3, size, size, device="cuda"))
+    graph, inputs = _forward_graph(model, batch, size, autocast, mode, train=True, compiling=compiling)
+    graph = _on_device(graph, "meta", lambda t: _like(t, "meta"))
+    inputs = [_like(t, "meta").requires_grad_(i < params) for i, t in enumerate(inputs)]
+
+    def loss(*flat):  # cross-entropy's traffic without labels: a log-sum-exp over the logits, in fp32
+        return torch.fx.Interpreter(graph).run(*flat).float().logsumexp(-1).mean()
+
+    return loss, inputs, params
+
+
+def _gradients(loss: torch.Tensor, params: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+    """The gradients of the parameters the loss depends on (a model may hold some its forward does not use)."""
+    return [g for g in torch.autograd.grad(loss, params, allow_unused=True) if g is not None]
+
+
+def eager_train_trace(
+    model: nn.Module, batch: int, size: int = 224, autocast: torch.dtype | None = torch.bfloat16
+) -> EagerTrace:
+    """Kernels and bytes of one eager training step of `model`: forward, loss and backward to every
+    parameter's gradient (no optimizer step), on fake CUDA. The step is traced on meta tensors (forward and
+    `torch.autograd.grad`) and its aten ops replayed on fake CUDA under the tracer: the ops eager autograd runs."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    trace = EagerTrace()
+    with fake_cuda() as mode:
+        loss, inputs, params = _train_step(to_fake_cuda(model, mode), batch, size, autocast, False, mode)
+        step = make_fx(lambda *flat: _gradients(loss(*flat), flat[:params]))(*inputs)
+        with mode:
+            step = _on_device(step, "cuda", lambda t: _like(t, "cuda"))
+            fake = [_like(t, "cuda") for t in inputs]
+        with mode, torch.no_grad(), Tracer(trace):
+            torch.fx.Interpreter(step).run(*fake)
+    return trace
+
+
+def compiled_train_kernels(
+    model: nn.Module, batch: int, size: int = 224, autocast: torch.dtype | None = torch.bfloat16
+) -> list[Launch]:
+    """Inductor's launches for one compiled training step of `model` (forward, loss, backward to every
+    parameter's gradient; no optimizer step) on a pretend H200: AOTAutograd splits the step on meta tensors into a
+    forward and a backward graph with inductor's own partitioner (what it saves, what it recomputes), and each is
+    compiled for fake CUDA as `inductor_launches` does. Backward launches belong to "(backward)"."""
+    from torch._functorch.aot_autograd import aot_function, make_boxed_func
+    from torch._functorch.partitioners import min_cut_rematerialization_partition
+
+    graphs: dict[str, tuple[torch.fx.GraphModule, list[torch.Tensor]]] = {}
+
+    def keep(kind: str):
+        def compiler(graph: torch.fx.GraphModule, inputs: list[torch.Tensor]):
+            graphs[kind] = (graph, list(inputs))
+            return make_boxed_func(graph)
+
+        return compiler
+
+    with fake_cuda() as mode, pretend_h200():
+        loss, inputs, _ = _train_step(to_fake_cuda(model, mode), batch, size, autocast, True, mode)
+        step = aot_function(loss, keep("forward"), keep("backward"), partition_fn=min_cut_rematerialization_partition)
+        step(*inputs).backward()
+        launches = []
+        for kind, (graph, example) in graphs.items():
+            with mode:
+                graph = _on_device(graph, "cuda", lambda t: _like(t, "cuda"))
+                fake = [_like(t, "cuda") if isinstance(t, torch.Tensor) else t for t in example]
+            found = inductor_launches(graph, fake, mode)
+            launches += found if kind == "forward" else [dataclasses.replace(x, block="(backward)") for x in found]
+    return launches
 
 
 def per_block(launches: list[Launch]) -> dict[str, OpStats]:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 import benchmarks._common as common
 from benchmarks import _gpu_proxy as gp
+from benchmarks import gpu_proxy
 from zoo._op_cost import OpCost, cost_of, declare_cost
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -225,3 +226,41 @@ def test_retention_declares_its_launch_plan():
     assert cost_of("rmt_zoo::retention", qk, qk, v, decay, True) == OpCost(2, 6 * fmap + 2 * 4 * heads, 2 * fmap)
     qk = torch.empty(b, heads, h, w, d, dtype=torch.bfloat16, device="meta")
     assert cost_of("rmt_zoo::retention", qk, qk, v, decay, False) == OpCost(1, 3 * fmap + 4 * heads, fmap)
+
+
+class GradBranch(nn.Module):
+    """relu where a training step records gradients, sigmoid where not (RMT's folded convs branch so)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.fc(x)
+        return torch.relu(y) if torch.is_grad_enabled() and self.training else torch.sigmoid(y)
+
+
+def test_an_eager_training_step_runs_the_training_branches_and_the_backward():
+    trace = gp.eager_train_trace(GradBranch(), batch=2, size=4, autocast=None)
+    assert trace.calls["relu"] == 1 and "sigmoid" not in trace.calls
+    assert trace.calls["threshold_backward"] == 1
+    assert trace.calls["mm"] == 1  # the weight's gradient; the images need none
+    toy = gp.eager_train_trace(Toy(), batch=2, size=4, autocast=None)
+    forward = gp.eager_trace(Toy(), batch=2, size=4, autocast=None)
+    assert toy.calls["threshold_backward"] == 2 and toy.calls["mm"] == 3  # two weights, one block's input
+    assert toy.total.kernels > 2 * forward.total.kernels and toy.total.bytes > 2 * forward.total.bytes
+
+
+@pytest.mark.e2e  # two inductor compiles
+def test_a_compiled_training_step_has_a_forward_and_a_backward_graph():
+    launches = gp.compiled_train_kernels(Toy(), batch=2, size=4, autocast=None)
+    blocks = gp.per_block(launches)
+    assert {"blocks.0", "blocks.1", "(backward)"} <= set(blocks)
+    assert blocks["(backward)"].opaque_kernels == 3  # the three matmuls of the eager step, as library calls
+
+
+def test_the_training_target_is_rmt_s_bytes_against_swin_t():
+    results = {"rmt_s": {"compiled": {"GB": 13.0}}, "swin_t": {"compiled": {"GB": 10.0}}}
+    (row,) = gpu_proxy.targets(results, train=True)
+    assert row["target"] == "training step compiled GB / swin_t's"
+    assert row["now"] == pytest.approx(1.3) and row["goal"] == 1.3
