@@ -603,6 +603,49 @@ def _train_step(
     return loss, inputs, params
 
 
+@contextlib.contextmanager
+def _cuda_conv_layouts(mode: FakeTensorMode) -> Iterator[None]:
+    """Meta convolutions, forward and backward, whose outputs take the memory format a CUDA one chooses (cuDNN keeps
+    channels-last), as fake CUDA's do: meta kernels leave them contiguous, and a graph traced on fake CUDA may view
+    them as channels-last."""
+    forward = torch._decomp.meta_table[aten.convolution.default]
+    backward = torch._decomp.meta_table[aten.convolution_backward.default]
+
+    def layout(input, weight, bias_sizes, stride, padding, dilation, transposed, output_padding, groups):
+        with mode:
+            fake_input, fake_weight = _like(input, "cuda"), _like(weight, "cuda")
+            backend = torch._C._select_conv_backend(fake_input, fake_weight, None, stride, padding, dilation,
+                                                    transposed, output_padding, groups, bias_sizes)  # fmt: skip
+            return torch._C._conv_determine_backend_memory_format(fake_input, fake_weight, backend)
+
+    active = [True]  # destroying the library leaves the kernels cached in the dispatcher: they then pass through
+
+    def convolution(input, weight, bias, *args):
+        out = forward(input, weight, bias, *args)
+        if not active[0] or isinstance(input, FakeTensor):
+            return out
+        return out.contiguous(memory_format=layout(input, weight, None if bias is None else list(bias.shape), *args))
+
+    def convolution_backward(grad, input, weight, bias_sizes, *args):
+        grad_input, grad_weight, grad_bias = backward(grad, input, weight, bias_sizes, *args)
+        if not active[0] or isinstance(input, FakeTensor):
+            return grad_input, grad_weight, grad_bias
+        fmt = layout(input, weight, bias_sizes, *args[:-1])
+        restride = lambda t: None if t is None else t.contiguous(memory_format=fmt)  # noqa: E731
+        return restride(grad_input), restride(grad_weight), grad_bias
+
+    lib = torch.library.Library("aten", "IMPL")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "overriding a previously registered kernel": for this trace only
+        lib.impl("convolution", convolution, "Meta")
+        lib.impl("convolution_backward", convolution_backward, "Meta")
+    try:
+        yield
+    finally:
+        active[0] = False
+        lib._destroy()
+
+
 def _gradients(loss: torch.Tensor, params: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
     """The gradients of the parameters the loss depends on (a model may hold some its forward does not use)."""
     return [g for g in torch.autograd.grad(loss, params, allow_unused=True) if g is not None]
@@ -619,7 +662,8 @@ def eager_train_trace(
     trace = EagerTrace()
     with fake_cuda() as mode:
         loss, inputs, params = _train_step(to_fake_cuda(model, mode), batch, size, autocast, False, mode)
-        step = make_fx(lambda *flat: _gradients(loss(*flat), flat[:params]))(*inputs)
+        with _cuda_conv_layouts(mode):
+            step = make_fx(lambda *flat: _gradients(loss(*flat), flat[:params]))(*inputs)
         with mode:
             step = _on_device(step, "cuda", lambda t: _like(t, "cuda"))
             fake = [_like(t, "cuda") for t in inputs]
@@ -650,7 +694,8 @@ def compiled_train_kernels(
     with fake_cuda() as mode, pretend_h200():
         loss, inputs, _ = _train_step(to_fake_cuda(model, mode), batch, size, autocast, True, mode)
         step = aot_function(loss, keep("forward"), keep("backward"), partition_fn=min_cut_rematerialization_partition)
-        step(*inputs).backward()
+        with _cuda_conv_layouts(mode):
+            step(*inputs).backward()
         launches = []
         for kind, (graph, example) in graphs.items():
             with mode:
