@@ -159,7 +159,7 @@ def calibration(results: dict, cal: dict) -> list[dict]:
 
 def call_check(results: dict, cal: dict) -> list[dict]:
     """The official code's eager calls per op against the H200 profile's (its top rows only)."""
-    if "eager" not in results.get("official rmt_s", {}):
+    if not cal or "eager" not in results.get("official rmt_s", {}):  # no H200 run to check against
         return []
     profile, calls = cal["profile"]["official eager"], results["official rmt_s"]["eager"]["calls"]
     rows = [{"op": row, "H200": profile[row], "proxy": sum(calls.get(op, 0) for op in ops)}
