@@ -230,8 +230,8 @@ def markdown(report: dict) -> str:
         "",
         f"Command: `{report['command']}`  ",
         f"torch {report['torch']}, our code at commit {report['git_commit']}, official code: {report['official']}.  ",
-        "Counted on a CPU with no GPU (`benchmarks/_gpu_proxy.py` says how). "
-        "**Every ms and img/s below is predicted**, "
+        "Counted on a CPU with no GPU (`benchmarks/_gpu_proxy.py` says how). **Every figure below is predicted**: "
+        "kernels and bytes as fake CUDA tensors count them, ms and img/s "
         f"from bytes at {gp.COMPILED_TBPS} TB/s compiled and {gp.EAGER_TBPS} TB/s eager (calibrated on results/h200); "
         "library kernels (cuDNN/cuBLAS convolutions, matmuls, attention) are counted apart: their speed need not "
         "follow their bytes. Custom ops count as they declare (zoo/_op_cost.py; `rmt_zoo::retention`: its launch "
