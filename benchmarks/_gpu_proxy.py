@@ -49,6 +49,7 @@ import collections
 import contextlib
 import copy
 import dataclasses
+import functools
 import re
 import types
 import warnings
@@ -473,9 +474,17 @@ def _module_path(origin: torch.fx.Node) -> str | None:
     return next(reversed(stack.values()))[0] if stack else None
 
 
-def inductor_launches(graph: torch.fx.GraphModule, inputs: list[torch.Tensor], mode: FakeTensorMode) -> list[Launch]:
+def inductor_launches(
+    graph: torch.fx.GraphModule, inputs: list[torch.Tensor], mode: FakeTensorMode, backward: bool | None = None
+) -> list[Launch]:
     """Inductor's launches for `graph` (an aten graph on fake CUDA `inputs`, in `mode`) on a pretend H200: its
-    scheduler's nodes after fusion, code generation stopped before it starts (see the module docstring)."""
+    scheduler's nodes after fusion, code generation stopped before it starts (see the module docstring).
+    `backward` given: `graph` is one of AOTAutograd's partitioned graphs (inductor's decompositions applied), compiled
+    as torch.compile compiles it (`compile_fx_inner`), random ops as fallback kernels."""
+    from torch._inductor.compile_fx import compile_fx_inner
+    from torch._inductor.virtualized import V
+    from torch.fx.passes.fake_tensor_prop import FakeTensorProp
+
     from torch._inductor import config as inductor_config
     from torch._inductor import scheduler as inductor_scheduler
     from torch._inductor.ir import MultiOutput
@@ -498,10 +507,16 @@ def inductor_launches(graph: torch.fx.GraphModule, inputs: list[torch.Tensor], m
         raise _Stop
 
     patches = dict(shape_padding=False, comprehensive_padding=False, joint_graph_constant_folding=False)
-    with pretend_h200(), mode, torch.no_grad(), inductor_config.patch(patches):
+    if backward is None:
+        compile_ = torch._inductor.compile
+    else:  # its nodes' values are the meta tensors it was traced on: made fake CUDA again first
+        FakeTensorProp(graph, mode).propagate(*inputs)
+        compile_ = functools.partial(compile_fx_inner, is_backward=backward)
+        patches["fallback_random"] = True  # inductor replaces random ops before partitioning, which ran elsewhere
+    with pretend_h200(), mode, torch.no_grad(), inductor_config.patch(patches), V.set_fake_mode(mode):
         with mock.patch.object(inductor_scheduler.Scheduler, "codegen", capture):
             try:
-                torch._inductor.compile(graph, inputs)
+                compile_(graph, inputs)
             except Exception:  # inductor wraps _Stop in its own error
                 if not launches:
                     raise
@@ -681,6 +696,7 @@ def compiled_train_kernels(
     compiled for fake CUDA as `inductor_launches` does. Backward launches belong to "(backward)"."""
     from torch._functorch.aot_autograd import aot_function, make_boxed_func
     from torch._functorch.partitioners import min_cut_rematerialization_partition
+    from torch._inductor.decomposition import select_decomp_table
 
     graphs: dict[str, tuple[torch.fx.GraphModule, list[torch.Tensor]]] = {}
 
@@ -693,7 +709,8 @@ def compiled_train_kernels(
 
     with fake_cuda() as mode, pretend_h200():
         loss, inputs, _ = _train_step(to_fake_cuda(model, mode), batch, size, autocast, True, mode)
-        step = aot_function(loss, keep("forward"), keep("backward"), partition_fn=min_cut_rematerialization_partition)
+        step = aot_function(loss, keep("forward"), keep("backward"), partition_fn=min_cut_rematerialization_partition,
+                            decompositions=select_decomp_table())  # fmt: skip
         with _cuda_conv_layouts(mode):
             step(*inputs).backward()
         launches = []
@@ -701,7 +718,7 @@ def compiled_train_kernels(
             with mode:
                 graph = _on_device(graph, "cuda", lambda t: _like(t, "cuda"))
                 fake = [_like(t, "cuda") if isinstance(t, torch.Tensor) else t for t in example]
-            found = inductor_launches(graph, fake, mode)
+            found = inductor_launches(graph, fake, mode, backward=kind == "backward")
             launches += found if kind == "forward" else [dataclasses.replace(x, block="(backward)") for x in found]
     return launches
 
