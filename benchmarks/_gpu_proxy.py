@@ -33,8 +33,9 @@ Training step (`eager_train_trace`, `compiled_train_kernels`): forward in train 
 logits: cross-entropy's traffic) and backward to every parameter's gradient; no optimizer step. Autograd asks a CUDA
 driver for streams, so the forward is traced on fake CUDA with no gradient recorded (the model told that gradients
 are: `torch.is_grad_enabled()` answers True) and differentiated on meta tensors: eager, the aten ops autograd runs,
-replayed on fake CUDA under the tracer; compiled, AOTAutograd's forward and backward graphs (inductor's partitioner)
-each compiled as above, the backward's launches in a block "(backward)".
+replayed on fake CUDA under the tracer; compiled, AOTAutograd's forward and backward graphs (inductor's
+decompositions and partitioner) each compiled by `compile_fx_inner` as above, random ops (drop-path) as fallback
+kernels where inductor would fuse them, the backward's launches in a block "(backward)".
 
 Time (`predict_ms`): bytes over an effective bandwidth, calibrated on the one H200 measurement (results/h200, torch
 2.11, bf16, batch 256): compiled swin_t 42.7 GB in 20.98 ms (2.03 TB/s), compiled official RMT-S 105.7 GB in 49.13 ms
