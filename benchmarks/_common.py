@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -26,7 +27,17 @@ from common.provenance import git_commit
 from bench.device import synchronize
 from zoo.rmt import checkpoint_filter_fn
 
-OFFICIAL_RMT_BUILDERS = {"rmt_t": "RMT_T3", "rmt_s": "RMT_S", "rmt_b": "RMT_M2", "rmt_l": "RMT_L6"}
+
+def _official_builders() -> dict[str, str]:
+    """Each RMT variant's official builder, as the registry states it ("official builder RMT_S; ..."); the token
+    labelling variants have none of their own."""
+    stated = {
+        name: re.match(r"official builder (\w+);", zoo.info(name).notes) for name in zoo.list_models(family="rmt")
+    }
+    return {name: found.group(1) for name, found in stated.items() if found}
+
+
+OFFICIAL_RMT_BUILDERS = _official_builders()
 # The official RMT.py imports these at module level; its model uses neither.
 RMT_STUBS = {"fvcore.nn": {"FlopCountAnalysis": None, "flop_count_table": None}, "einops": {"einsum": None}}
 

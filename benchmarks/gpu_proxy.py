@@ -1,22 +1,27 @@
-"""Predicted H200 work per forward, measured on a CPU: eager kernels and bytes, compiled launches and bytes.
+"""Predicted H200 work per forward or training step, counted on a CPU: eager kernels and bytes, compiled launches
+and bytes.
 
     python -m benchmarks.gpu_proxy --official /path/to/qhfan/RMT/classfication_release/RMT.py
     python -m benchmarks.gpu_proxy --models rmt_s swin_t --modes compiled --out /tmp/proxy
+    python -m benchmarks.gpu_proxy --models rmt_s swin_t --official /path/to/RMT.py --train --out results/proxy/train
 
 Each model (random weights) runs on fake CUDA tensors at batch x 3 x size x size under bf16 autocast (`--dtype fp32`:
-none), with no GPU: `bench.gpu_proxy` explains how and what counts as a kernel and a byte. Eager: one traced forward
-(after a warm-up); compiled: inductor's launches for a pretend H200. Fake tensors hold no data, so the batch costs
-nothing and the bytes are those of the batch asked for (no extrapolation). Times and img/s are predictions: bytes /
-2.1 TB/s compiled, / 1.6 TB/s eager, calibrated on results/h200 (checked again in the report, where the batch, size
-and dtype match that run). The official RMT.py is given by path and built by its own builder (`--official-variants`,
-rmt_s by default). Writes OUT/gpu_proxy.json and OUT/gpu_proxy.md (default OUT: results/proxy), rewritten after each
-model, so a stopped run keeps what it counted. The numbers depend only on the code and torch's version: a rerun gives
-the same files.
+none), with no GPU: benchmarks/_gpu_proxy.py explains how and what counts as a kernel and a byte. Eager: one traced
+forward (after a warm-up); compiled: inductor's launches for a pretend H200. `--train`: one training step instead
+(forward in train mode, a loss, backward to every parameter's gradient; no optimizer step), eager as autograd runs it
+and compiled as AOTAutograd splits it into inductor's forward and backward graphs. Fake tensors hold no data, so the
+batch costs nothing and the bytes are those of the batch asked for (no extrapolation). Times and img/s are predictions:
+bytes / 2.1 TB/s compiled, / 1.6 TB/s eager, calibrated on results/h200 (checked again in the report, where the batch,
+size and dtype match that run). The official RMT.py is given by path and built by its own builder
+(`--official-variants`, rmt_s by default). Writes OUT/gpu_proxy.json and OUT/gpu_proxy.md (default OUT: results/proxy),
+rewritten after each model, so a stopped run keeps what it counted. The numbers depend only on the code and torch's
+version: a rerun gives the same files.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import sys
 import time
@@ -25,7 +30,7 @@ from pathlib import Path
 import torch
 
 import zoo
-from bench import gpu_proxy as gp
+from benchmarks import _gpu_proxy as gp
 from common.provenance import git_commit
 from zoo.rmt import ATTN_IMPLS
 from benchmarks._common import OFFICIAL_RMT_BUILDERS, build_official, import_official_rmt, official_source
@@ -35,8 +40,9 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("rmt_s", "swin_t", "rmt_t", "rmt_b", "rmt_l", "maxvit_t", "internimage_t")  # the headline pair first
 DTYPES = {"bf16": torch.bfloat16, "fp32": None}
 MODES = ("eager", "compiled")
-# Issue 28's targets for rmt_s at batch 256, bf16, 224^2 (GB = 1e9 bytes).
-TARGETS = {"compiled GB": 58.0, "stage-1 block compiled GB": 5.7, "eager kernels": 1500, "eager GB": 110.0}
+# Issue 34's targets for rmt_s at batch 256, bf16, 224^2 (GB = 1e9 bytes); a training step's, against swin_t's.
+TARGETS = {"compiled GB": 42.7, "compiled launches": 500, "stage-1 block compiled GB": 3.5, "eager kernels": 900,
+           "eager GB": 80.0, "training step GB / swin_t's": 1.3}  # fmt: skip
 # Profile rows of results/h200 (torch.profiler names) and the dispatched aten ops each counts.
 PROFILE_OPS = {
     "aten::addmm": ("addmm",),
@@ -61,6 +67,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="bf16: autocast; fp32: none")
     ap.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    ap.add_argument("--train", action="store_true", help="count one training step (forward + backward) per mode")
     ap.add_argument(
         "--attn-impls",
         nargs="+",
@@ -114,21 +121,25 @@ def count(model: torch.nn.Module, args: argparse.Namespace) -> dict:
     dtype = DTYPES[args.dtype]
     result = {}
     if "eager" in args.modes:
-        trace = gp.eager_trace(model, args.batch, args.size, dtype)
+        trace = (gp.eager_train_trace if args.train else gp.eager_trace)(model, args.batch, args.size, dtype)
         result["eager"] = {
             **stats_row(trace.total, gp.EAGER_TBPS, args.batch),
             "calls": dict(sorted(trace.calls.items())),
             "per_op": {op: stats_row(s, gp.EAGER_TBPS, args.batch) for op, s in trace.per_op.items()},
             "per_block": {b: stats_row(s, gp.EAGER_TBPS, args.batch) for b, s in trace.per_block.items()},
+            "undeclared custom ops": dict(trace.undeclared),
         }
     if "compiled" in args.modes:
-        launches = gp.compiled_kernels(model, args.batch, args.size, dtype)
+        launches = (gp.compiled_train_kernels if args.train else gp.compiled_kernels)(
+            model, args.batch, args.size, dtype
+        )
         total = gp.OpStats()
         for launch in launches:
-            total.add(launch.bytes, launch.kind == "ExternKernelSchedulerNode")
+            total.add(launch.bytes, launch.opaque, launch.launches)
         result["compiled"] = {
             **stats_row(total, gp.COMPILED_TBPS, args.batch),
             "per_block": {b: stats_row(s, gp.COMPILED_TBPS, args.batch) for b, s in gp.per_block(launches).items()},
+            "undeclared custom ops": dict(collections.Counter(launch.op for launch in launches if launch.undeclared)),
         }
     return result
 
@@ -148,7 +159,7 @@ def calibration(results: dict, cal: dict) -> list[dict]:
 
 def call_check(results: dict, cal: dict) -> list[dict]:
     """The official code's eager calls per op against the H200 profile's (its top rows only)."""
-    if "eager" not in results.get("official rmt_s", {}):
+    if not cal or "eager" not in results.get("official rmt_s", {}):  # no H200 run to check against
         return []
     profile, calls = cal["profile"]["official eager"], results["official rmt_s"]["eager"]["calls"]
     rows = [{"op": row, "H200": profile[row], "proxy": sum(calls.get(op, 0) for op in ops)}
@@ -159,17 +170,20 @@ def call_check(results: dict, cal: dict) -> list[dict]:
     return rows
 
 
-def targets(results: dict) -> list[dict]:
-    """Issue 28's targets for rmt_s, read against this run (only at batch 256, bf16, 224^2)."""
-    ours = results.get("rmt_s", {})
+def targets(results: dict, train: bool) -> list[dict]:
+    """Issue 34's targets for rmt_s, read against this run (only at batch 256, bf16, 224^2)."""
+    ours, swin = results.get("rmt_s", {}), results.get("swin_t", {})
     rows = []
-    if "compiled" in ours:
+    if train:
+        goal = TARGETS["training step GB / swin_t's"]
+        rows += [(f"training step {mode} GB / swin_t's", ours[mode]["GB"] / swin[mode]["GB"], goal)
+                 for mode in MODES if mode in ours and mode in swin]  # fmt: skip
+    elif "compiled" in ours:
         stage1 = [v["GB"] for b, v in ours["compiled"]["per_block"].items() if b.startswith("layers.0.blocks.")]
-        swin = results.get("swin_t", {}).get("compiled", {}).get("GB", 42.7)
-        rows += [("compiled GB", ours["compiled"]["GB"], TARGETS["compiled GB"]),
-                 ("stage-1 block compiled GB (largest)", max(stage1), TARGETS["stage-1 block compiled GB"]),
-                 ("moonshot: compiled GB <= swin_t compiled GB", ours["compiled"]["GB"], swin)]  # fmt: skip
-    if "eager" in ours:
+        rows += [("compiled GB (swin_t's)", ours["compiled"]["GB"], TARGETS["compiled GB"]),
+                 ("compiled launches", ours["compiled"]["kernels"], TARGETS["compiled launches"]),
+                 ("largest stage-1 block compiled GB", max(stage1), TARGETS["stage-1 block compiled GB"])]  # fmt: skip
+    if "eager" in ours and not train:
         rows += [("eager kernels", ours["eager"]["kernels"], TARGETS["eager kernels"]),
                  ("eager GB", ours["eager"]["GB"], TARGETS["eager GB"])]  # fmt: skip
     return [{"target": t, "now": now, "goal": goal, "met": now <= goal} for t, now, goal in rows]
@@ -188,33 +202,45 @@ def table(rows: list[dict], keys: list[str]) -> list[str]:
     return lines + ["| " + " | ".join(fmt(r.get(k)) for k in keys) + " |" for r in rows] + [""]
 
 
+MODEL_KEYS = ["model", "eager kernels", "eager GB", "eager library kernels", "predicted eager img/s",
+              "compiled launches", "compiled GB", "compiled library launches", "predicted compiled img/s",
+              "undeclared custom ops"]  # fmt: skip
+
+
+def model_row(name: str, result: dict) -> dict:
+    """One model's row of the table: kernels, GB, library kernels and predicted img/s eager and compiled, and the
+    custom ops counted without a declared cost."""
+    row = {"model": name}
+    for mode in MODES:
+        r = result.get(mode, {})
+        kernels = "kernels" if mode == "eager" else "launches"
+        row.update({f"{mode} {kernels}": r.get("kernels"), f"{mode} GB": r.get("GB"),
+                    f"{mode} library {kernels}": r.get("library kernels"),
+                    f"predicted {mode} img/s": r.get("predicted img/s")})  # fmt: skip
+    undeclared = {op for mode in MODES for op in result.get(mode, {}).get("undeclared custom ops", {})}
+    row["undeclared custom ops"] = ", ".join(sorted(undeclared)) or "none"
+    return row
+
+
 def markdown(report: dict) -> str:
     a = report["args"]
+    what = "training step (forward + backward, no optimizer step)" if a.get("train") else "forward"
     lines = [
-        f"# GPU proxy: kernels and bytes per forward on fake CUDA (batch {a['batch']}, {a['size']}², {a['dtype']})",
+        f"# GPU proxy: kernels and bytes per {what} on fake CUDA (batch {a['batch']}, {a['size']}², {a['dtype']})",
         "",
         f"Command: `{report['command']}`  ",
         f"torch {report['torch']}, our code at commit {report['git_commit']}, official code: {report['official']}.  ",
-        "Counted on a CPU with no GPU (`bench/gpu_proxy.py` says how). **Every ms and img/s below is predicted**, "
+        "Counted on a CPU with no GPU (`benchmarks/_gpu_proxy.py` says how). **Every figure below is predicted**: "
+        "kernels and bytes as fake CUDA tensors count them, ms and img/s "
         f"from bytes at {gp.COMPILED_TBPS} TB/s compiled and {gp.EAGER_TBPS} TB/s eager (calibrated on results/h200); "
         "library kernels (cuDNN/cuBLAS convolutions, matmuls, attention) are counted apart: their speed need not "
-        "follow their bytes.",
+        "follow their bytes. Custom ops count as they declare (zoo/_op_cost.py; `rmt_zoo::retention`: its launch "
+        "plan); an undeclared one is listed.",
         "",
         "## Per model",
         "",
     ]
-    keys = ["model", "eager kernels", "eager GB", "eager library kernels", "predicted eager img/s", "compiled launches",
-            "compiled GB", "compiled library launches", "predicted compiled img/s"]  # fmt: skip
-    rows = []
-    for name, r in report["results"].items():
-        e, c = r.get("eager", {}), r.get("compiled", {})
-        rows.append({"model": name, "eager kernels": e.get("kernels"), "eager GB": e.get("GB"),
-                     "eager library kernels": e.get("library kernels"),
-                     "predicted eager img/s": e.get("predicted img/s"),
-                     "compiled launches": c.get("kernels"), "compiled GB": c.get("GB"),
-                     "compiled library launches": c.get("library kernels"),
-                     "predicted compiled img/s": c.get("predicted img/s")})  # fmt: skip
-    lines += table(rows, keys)
+    lines += table([model_row(name, r) for name, r in report["results"].items()], MODEL_KEYS)
     if report["calibration"]:
         lines += ["## Calibration against the H200 (measured time, proxy bytes)", ""]
         lines += table(report["calibration"], ["path", "GB", "measured ms", "TB/s"])
@@ -223,7 +249,7 @@ def markdown(report: dict) -> str:
         lines += table([{**r, "equal": r["H200"] == r["proxy"]} for r in report["call_check"]],
                        ["op", "H200", "proxy", "equal"])  # fmt: skip
     if report["targets"]:
-        lines += ["## Issue 28's targets for rmt_s (proxy)", ""]
+        lines += ["## Issue 34's targets for rmt_s (proxy, predicted)", ""]
         lines += table(report["targets"], ["target", "now", "goal", "met"])
     lines += ["## Per block", "", "Predicted ms at the calibrated bandwidths. A compiled launch belongs to the block "
               "of its latest origin op; a block's first launches may hold the previous block's last ops.",
@@ -245,7 +271,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     official = import_official_rmt(args.official)[0] if args.official else None
     standard = args.batch == 256 and args.size == 224 and args.dtype == "bf16"
-    cal = measured(args.h200) if standard else {}
+    cal = measured(args.h200) if standard and not args.train else {}
     shown = [a if a != str(args.official) else "PATH/TO/RMT.py" for a in (sys.argv[1:] if argv is None else argv)]
     report = {
         "command": f"python -m benchmarks.gpu_proxy {' '.join(shown)}".strip(),
@@ -256,6 +282,7 @@ def main(argv: list[str] | None = None) -> None:
             "dtype": args.dtype,
             "modes": args.modes,
             "attn_impls": args.attn_impls,
+            "train": args.train,
         },
         "torch": torch.__version__,
         "git_commit": git_commit(),
@@ -279,7 +306,7 @@ def main(argv: list[str] | None = None) -> None:
         report["results"][label] = count(build(), args)
         report["calibration"] = calibration(report["results"], cal)
         report["call_check"] = call_check(report["results"], cal)
-        report["targets"] = targets(report["results"]) if standard else []
+        report["targets"] = targets(report["results"], args.train) if standard else []
         (args.out / "gpu_proxy.json").write_text(json.dumps(report, indent=1) + "\n")
         (args.out / "gpu_proxy.md").write_text(markdown(report) + "\n")
         summary = {m: (r["kernels"], round(r["GB"], 2)) for m, r in report["results"][label].items()}

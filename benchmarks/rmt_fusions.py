@@ -3,11 +3,11 @@ them (restored in this process by patching) and against the official qhfan/RMT c
 
     python -m benchmarks.rmt_fusions --official PATH/RMT.py --out results/cpu/fusions
 
-Counts: the aten ops one eager forward dispatches under no_grad (a TorchDispatchMode; a first forward fills the
-caches, the second is counted), as kernels (ops that are not views), dtype casts (`_to_copy` changing dtype) and
-`new_ones`/`constant_pad_nd` (the folded conv kernels), in three settings: CPU fp32, CPU bf16 autocast, and bf16
-autocast on fake CUDA tensors (no driver: `torch.cuda.is_available` is patched so autocast applies CUDA's own
-policy, where softmax runs in fp32; position tables are built on CPU and faked). "before" patches back what the
+Counts: the aten ops one eager forward dispatches under no_grad, by the GPU proxy's tracer and its definition of a
+kernel (benchmarks/_gpu_proxy.py; a first forward fills the caches, the second is counted), as kernels, dtype casts
+(`_to_copy` changing dtype) and `new_ones`/`constant_pad_nd` (the folded conv kernels), in three settings: CPU
+fp32, CPU bf16 autocast, and bf16 autocast on the proxy's fake CUDA (no driver; autocast applies CUDA's own policy,
+where softmax runs in fp32). "before" patches back what the
 fusions replaced: the folded kernels rebuilt on every call, and the attention core run under autocast.
 Timings, interleaved round by round (fp32, inference_mode, 224x224, medians): official eager and compiled where
 they run, ours eager, ours eager before, ours compiled (the conv, as CPU graphs take it) and ours compiled with
@@ -18,7 +18,6 @@ Writes OUT/rmt_fusions.{json,md}.
 from __future__ import annotations
 
 import argparse
-import collections
 import contextlib
 import copy
 import json
@@ -27,11 +26,9 @@ from pathlib import Path
 from unittest import mock
 
 import torch
-from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.utils._python_dispatch import TorchDispatchMode
-
 
 import zoo
+from benchmarks import _gpu_proxy as gp
 from zoo import _retention, _rmt_fast
 from benchmarks._common import (
     Timed,
@@ -51,25 +48,6 @@ TOL = 1e-4
 SIZE = 224
 
 
-class OpCount(TorchDispatchMode):
-    """Kernels (aten ops that are not views), dtype casts and the folded-kernel ops of what runs inside it."""
-
-    def __init__(self):
-        super().__init__()
-        self.counts: collections.Counter[str] = collections.Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        name = func.overloadpacket.__name__
-        if func.namespace == "aten" and not func.is_view and name not in ("_unsafe_view", "empty"):
-            self.counts["kernels"] += 1
-            if name == "_to_copy" and out.dtype != args[0].dtype:
-                self.counts["casts"] += 1
-            if name in ("new_ones", "constant_pad_nd"):
-                self.counts["fold ops"] += 1
-        return out
-
-
 def _old_matmul_softmax(q, k, v, bias):
     """The attention core as it was: under autocast, CUDA's policy runs softmax in fp32."""
     return torch.matmul(torch.softmax(torch.matmul(q, k.transpose(-1, -2)).add_(bias), -1), v)
@@ -85,52 +63,22 @@ def before_fusions():
         yield
 
 
-@contextlib.contextmanager
-def fake_cuda():
-    """Fake CUDA tensors with CUDA's autocast policy and no driver; `contiguous`, which takes a device guard in
-    C++, is served in Python."""
-
-    def contiguous(self, memory_format=torch.contiguous_format):
-        return self if self.is_contiguous(memory_format=memory_format) else self.clone(memory_format=memory_format)
-
-    with (
-        mock.patch("torch.cuda.is_available", return_value=True),
-        mock.patch("torch.cuda.is_bf16_supported", return_value=True),
-        mock.patch.object(torch.Tensor, "contiguous", contiguous),
-    ):
-        yield FakeTensorMode(allow_non_fake_inputs=True)
-
-
 def count(name: str, batch: int, setting: str) -> dict[str, int]:
+    """Kernels, dtype casts and folded-kernel ops of one eager forward, counted by the GPU proxy's tracer (on fake
+    CUDA, its `eager_trace`)."""
     torch.manual_seed(0)
     model = zoo.load(name).requires_grad_(False)
-    x = torch.randn(batch, 3, SIZE, SIZE)
-    if setting != "fake cuda bf16 autocast":
-        autocast = torch.autocast("cpu", torch.bfloat16, enabled=setting == "cpu bf16 autocast")
-        with torch.no_grad(), autocast:
+    if setting == "fake cuda bf16 autocast":
+        trace = gp.eager_trace(model, batch, SIZE, torch.bfloat16)
+    else:
+        x = torch.randn(batch, 3, SIZE, SIZE)
+        trace = gp.EagerTrace()
+        with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=setting == "cpu bf16 autocast"):
             model(x)
-        with torch.no_grad(), autocast, OpCount() as seen:
-            model(x)
-        return dict(seen.counts)
-    with fake_cuda() as mode:
-        tables = {}
-        with torch.no_grad():
-            for layer, grid in zip(
-                model.layers, [f.shape[-2:] for f in model.forward_intermediates(x[:1], intermediates_only=True)]
-            ):
-                tables[layer.Relpos] = (*grid, layer.Relpos(*grid, torch.bfloat16))
-        cuda = torch.device("cuda")
-        fake = lambda t: mode.fake_tensor_converter.from_meta_and_device(mode, t.to("meta"), cuda)  # noqa: E731
-        model._apply(fake)
-        for relpos, (h, w, built) in tables.items():
-            key = (relpos._stage_id, h, w, torch.bfloat16, relpos.angle.device)
-            relpos._cache.put(key, tuple(fake(t) for t in built))
-        x = fake(x)
-        with mode, torch.no_grad(), torch.autocast("cuda", torch.bfloat16):
-            model(x)
-            with OpCount() as seen:
+            with gp.Tracer(trace):
                 model(x)
-    return dict(seen.counts)
+    fold_ops = trace.calls["new_ones"] + trace.calls["constant_pad_nd"]
+    return {"kernels": trace.total.kernels, "casts": trace.casts, "fold ops": fold_ops}
 
 
 def counts(name: str, batch: int) -> dict[str, dict[str, dict[str, int]]]:

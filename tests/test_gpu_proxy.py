@@ -3,12 +3,19 @@ indexing served in Python as the C++ binding does it, inductor's launches fused 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench import gpu_proxy as gp
+import benchmarks._common as common
+from benchmarks import _gpu_proxy as gp
+from benchmarks import gpu_proxy
+from zoo._op_cost import OpCost, cost_of, declare_cost
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 class Residual(nn.Module):
@@ -33,6 +40,31 @@ class Toy(nn.Module):
 
 # Batch 2 of 3x4x4 images in fp32: the residual stream is 96 floats, 384 bytes.
 STREAM = 2 * 3 * 4 * 4 * 4
+
+
+@torch.library.custom_op("proxy_test::declared", mutates_args=())
+def declared(x: torch.Tensor) -> torch.Tensor:
+    return x * 2
+
+
+@torch.library.custom_op("proxy_test::undeclared", mutates_args=())
+def undeclared(x: torch.Tensor) -> torch.Tensor:
+    return x * 2
+
+
+for op in (declared, undeclared):
+    op.register_fake(lambda x: torch.empty_like(x))
+# Three launches reading the input five times over and writing it once.
+declare_cost(
+    "proxy_test::declared", lambda x: OpCost(3, 5 * x.numel() * x.element_size(), x.numel() * x.element_size())
+)
+
+
+class CustomOps(nn.Module):
+    """declared(x) + undeclared(x): two custom ops and one add."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return declared(x) + undeclared(x)
 
 
 def test_eager_kernels_and_bytes_are_exact_in_fp32():
@@ -127,3 +159,113 @@ def test_compiled_launches_fuse_and_belong_to_their_blocks():
     assert all(s.kernels == 2 and s.opaque_kernels == 1 for s in blocks.values())
     assert all(launch.bytes > 0 for launch in launches)
     assert sum(s.bytes for s in blocks.values()) < eager.total.bytes
+
+
+def test_one_fake_cuda_and_one_kernel_counter_serve_every_script():
+    """Two definitions of "a kernel" drift apart; the proxy's module holds the only fake mode and dispatch mode."""
+    owners = {
+        path.name
+        for path in BENCHMARKS.glob("*.py")
+        for marker in ("FakeTensorMode", "TorchDispatchMode")
+        if marker in path.read_text()
+    }
+    assert owners == {"_gpu_proxy.py"}
+
+
+def test_views_and_allocations_are_no_kernels():
+    aten = torch.ops.aten
+    assert gp.is_kernel(aten.add.Tensor) and gp.is_kernel(aten.clone.default)
+    assert not any(gp.is_kernel(op) for op in (aten.view.default, aten.transpose.int, aten.empty.memory_format))
+
+
+def test_official_builders_are_read_from_the_registry(monkeypatch):
+    notes = {"rmt_x": "official builder RMT_X; params ...", "rmt_x_tl": "official builder RMT_X (token labeling); ..."}
+    monkeypatch.setattr(common.zoo, "list_models", lambda family=None: sorted(notes))
+    monkeypatch.setattr(common.zoo, "info", lambda name: type("Info", (), {"notes": notes[name]}))
+    assert common._official_builders() == {"rmt_x": "RMT_X"}
+    assert common.OFFICIAL_RMT_BUILDERS["rmt_s"] == "RMT_S"
+
+
+def test_a_custom_op_counts_as_it_declared_and_an_undeclared_one_is_reported():
+    with pytest.warns(UserWarning, match="proxy_test::undeclared declared no GPU cost"):
+        trace = gp.eager_trace(CustomOps(), batch=2, size=4, autocast=None)
+    assert (trace.per_op["proxy_test::declared"].kernels, trace.per_op["proxy_test::declared"].bytes) == (3, 6 * STREAM)
+    assert (trace.per_op["proxy_test::undeclared"].kernels, trace.per_op["proxy_test::undeclared"].bytes) == (
+        1,
+        2 * STREAM,
+    )
+    assert trace.undeclared == {"proxy_test::undeclared": 1}
+    assert (trace.total.kernels, trace.total.bytes) == (3 + 1 + 1, 6 * STREAM + 2 * STREAM + 3 * STREAM)
+
+
+@pytest.mark.e2e  # one inductor compile
+def test_compiled_custom_op_counts_as_it_declared_and_an_undeclared_one_is_reported():
+    with pytest.warns(UserWarning, match="proxy_test::undeclared declared no GPU cost"):
+        launches = gp.compiled_kernels(CustomOps(), batch=2, size=4, autocast=None)
+    ops = {launch.op: launch for launch in launches if launch.op}
+    assert (ops["proxy_test::declared"].launches, ops["proxy_test::declared"].bytes) == (3, 6 * STREAM)
+    assert ops["proxy_test::undeclared"].undeclared and not ops["proxy_test::declared"].undeclared
+    assert sum(s.kernels for s in gp.per_block(launches).values()) == sum(launch.launches for launch in launches)
+    assert sum(launch.launches for launch in launches) == 3 + 1 + 1  # the add: one fused kernel
+
+
+def test_the_pretend_h200_reports_its_dram_bandwidth_to_inductor():
+    from torch._inductor.utils import get_gpu_dram_gbps
+
+    with gp.fake_cuda(), gp.pretend_h200():
+        assert get_gpu_dram_gbps() == gp.H200_DRAM_GBPS == 4800
+
+
+def test_retention_declares_its_launch_plan():
+    """Row-then-column: 2 launches, q and k read twice, v and the rows once each, rows and output written;
+    whole image: one launch reading q, k, v and writing the output; the decay (fp32, per head) read by each."""
+    b, h, w, heads, d = 2, 5, 7, 3, 16
+    qk = torch.empty(b, h, heads, w, d, dtype=torch.bfloat16, device="meta")
+    v = torch.empty(b, h, w, heads, d, dtype=torch.bfloat16, device="meta")
+    fmap, decay = qk.numel() * 2, torch.empty(heads)
+    assert cost_of("rmt_zoo::retention", qk, qk, v, decay, True) == OpCost(2, 6 * fmap + 2 * 4 * heads, 2 * fmap)
+    qk = torch.empty(b, heads, h, w, d, dtype=torch.bfloat16, device="meta")
+    assert cost_of("rmt_zoo::retention", qk, qk, v, decay, False) == OpCost(1, 3 * fmap + 4 * heads, fmap)
+
+
+class GradBranch(nn.Module):
+    """relu where a training step records gradients, sigmoid where not (RMT's folded convs branch so)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.fc(x)
+        return torch.relu(y) if torch.is_grad_enabled() and self.training else torch.sigmoid(y)
+
+
+def test_an_eager_training_step_runs_the_training_branches_and_the_backward():
+    trace = gp.eager_train_trace(GradBranch(), batch=2, size=4, autocast=None)
+    assert trace.calls["relu"] == 1 and "sigmoid" not in trace.calls
+    assert trace.calls["threshold_backward"] == 1
+    assert trace.calls["mm"] == 1  # the weight's gradient; the images need none
+    toy = gp.eager_train_trace(Toy(), batch=2, size=4, autocast=None)
+    forward = gp.eager_trace(Toy(), batch=2, size=4, autocast=None)
+    assert toy.calls["threshold_backward"] == 2 and toy.calls["mm"] == 3  # two weights, one block's input
+    assert toy.total.kernels > 2 * forward.total.kernels and toy.total.bytes > 2 * forward.total.bytes
+
+
+@pytest.mark.e2e  # two inductor compiles
+def test_a_compiled_training_step_has_a_forward_and_a_backward_graph():
+    launches = gp.compiled_train_kernels(Toy(), batch=2, size=4, autocast=None)
+    blocks = gp.per_block(launches)
+    assert {"blocks.0", "blocks.1", "(backward)"} <= set(blocks)
+    assert blocks["(backward)"].opaque_kernels == 3  # the three matmuls of the eager step, as library calls
+
+
+def test_the_training_target_is_rmt_s_bytes_against_swin_t():
+    results = {"rmt_s": {"compiled": {"GB": 13.0}}, "swin_t": {"compiled": {"GB": 10.0}}}
+    (row,) = gpu_proxy.targets(results, train=True)
+    assert row["target"] == "training step compiled GB / swin_t's"
+    assert row["now"] == pytest.approx(1.3) and row["goal"] == 1.3
+
+
+def test_the_official_calls_are_checked_only_against_a_matching_h200_run():
+    """A training step or another batch has no H200 profile to check against: no rows, no failure."""
+    assert gpu_proxy.call_check({"official rmt_s": {"eager": {"calls": {"add": 1}}}}, {}) == []

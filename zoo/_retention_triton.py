@@ -26,6 +26,8 @@ import functools
 
 import torch
 
+from ._op_cost import OpCost, declare_cost
+
 __all__ = ["require", "retention"]
 
 # Sizes the kernel is not specialized on (value 1, multiples of 16), so new grid sizes reuse the compiled kernel.
@@ -208,3 +210,17 @@ def retention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Te
     device = q.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else v.dtype
     return _retention_op(q.to(dtype), k.to(dtype), v.to(dtype), decay, chunkwise)
+
+
+def _cost(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, chunkwise: bool) -> OpCost:
+    """What one call moves, from its launch plan (on meta tensors): each launch reads its q, k, v and decay and
+    writes its output; 2 launches and 8 feature maps row-then-column (the rows round trip, q and k read twice), 1
+    launch and 4 for the whole image."""
+    meta = [torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta") for t in (q, k, v, decay)]
+    _, plan = launches(*meta, chunkwise)
+    size = lambda t: t.numel() * t.element_size()  # noqa: E731
+    read = sum(size(t) for _, args, _ in plan for t in args[:3]) + len(plan) * size(decay)
+    return OpCost(len(plan), read, sum(size(args[3]) for _, args, _ in plan))
+
+
+declare_cost("rmt_zoo::retention", _cost)
