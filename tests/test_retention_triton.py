@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from zoo import _retention_triton as rt
+from zoo._op_cost import OpCost, cost_of
 from zoo import rmt
 
 
@@ -44,6 +45,14 @@ TINY = dict(
 )  # fmt: skip  (head dims 8, 16, 12, 16: padded to the kernel's 16-wide tiles)
 TOL = {"fp32": 1e-5, "fp16": 2e-3}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+# The op alone against fp64 (grid, heads, head dim, chunkwise, dtype): stage 1 of an 800x1344 input has rows of 336
+# keys (6 key blocks) and columns of 200 (13 blocks of image rows); two rows or columns of it stand for the grid.
+OP_CASES = {
+    "rows_336": ((2, 336), 1, 16, True, torch.float32),
+    "columns_200": ((200, 2), 1, 16, True, torch.float32),
+    "rows_cols_fp16": ((13, 17), 2, 32, True, torch.float16),
+    "whole_fp32": ((5, 6), 2, 16, False, torch.float32),
+}
 MASA_CASES = [f"{h}x{w}-{form}-{dt}" for h, w in ((7, 9), (13, 17)) for form in ("rows_cols", "whole") for dt in DTYPES]
 
 
@@ -79,28 +88,34 @@ def _masa(dim: int, heads: int, chunkwise: bool, dtype: torch.dtype, x: torch.Te
     return outs
 
 
-def _dense_pass(grid: tuple[int, int], which: int) -> float:
-    """One pass of the row-then-column form alone (0: rows, 1: columns, of random input) against matmul-softmax."""
+def _official(q, k, v, decay, chunkwise: bool) -> torch.Tensor:
+    """The op's result in fp64, from the official formulas: softmax(q k^T + decay * distance) v over each row, then
+    over each column of the rows' output (chunkwise), or over the whole image with the Manhattan distance."""
+    q, k, v, decay = q.double(), k.double(), v.double(), decay.double()[:, None, None]
+    if chunkwise:  # q, k (b, h, N, w, d), v (b, h, w, N, d)
+        b, h, n, w, d = q.shape
+        rows = rmt._decayed_softmax(q, k, v.transpose(2, 3), decay * rmt._abs_distance(w, q.device))
+        cols = lambda t: t.permute(0, 3, 2, 1, 4)  # noqa: E731  (b, h, N, w, d) -> (b, w, N, h, d)
+        out = rmt._decayed_softmax(cols(q), cols(k), cols(rows), decay * rmt._abs_distance(h, q.device))
+        return out.permute(0, 3, 1, 2, 4)
+    b, n, h, w, d = q.shape  # q, k (b, N, h, w, d)
+    bias = rmt._manhattan_bias(
+        decay * rmt._abs_distance(h, q.device), decay * rmt._abs_distance(w, q.device), slice(None)
+    )
+    out = rmt._decayed_softmax(q.flatten(2, 3), k.flatten(2, 3), v.flatten(1, 2).transpose(1, 2), bias)
+    return out.transpose(1, 2).unflatten(1, (h, w))
+
+
+def _op_case(grid: tuple[int, int], heads: int, head_dim: int, chunkwise: bool, dtype: torch.dtype) -> float:
+    """The op alone on random input against `_official`: q and k non-contiguous (every other element of a larger
+    tensor), v a view of a (b, h, w, N * d) projection, as MaSA passes it."""
     torch.manual_seed(0)
-    b, n, d = 1, 1, 16
     h, w = grid
-    relpos = rmt.DecayPosition(n * d, n, 2, 4, True)
-    mask_w, mask_h = relpos.masks(h, w, torch.float32)
-    q, k = torch.randn(2, b, h, n, w, d)  # as _rotate writes them
-    v = torch.randn(b, h, w, n * d).view(b, h, w, n, d)  # a view of the projection, as MaSA passes it
-    out, launches = rt.launches(q, k, v, relpos.decay, chunkwise=True)
-    rows = launches[0][1][3]
-    grid_, args, meta = launches[which]
-    meta.pop("num_warps")
-    if which == 1:
-        rows.copy_(torch.randn(rows.shape))
-    rt._kernel()[grid_](*args, **meta)
-    if which == 0:
-        ref = rmt._matmul_softmax(q.flatten(0, 1), k.flatten(0, 1), v.transpose(2, 3).flatten(0, 1), mask_w)
-        return rel_err(rows.flatten(0, 1), ref)
-    cols = lambda t: t.permute(0, 3, 2, 1, 4).reshape(b * w, n, h, d)  # noqa: E731
-    ref = rmt._matmul_softmax(cols(q), cols(k), cols(rows), mask_h)  # (b*w, N, h, d)
-    return rel_err(out.permute(0, 2, 3, 1, 4).reshape(b * w, n, h, d), ref)
+    shape = (1, h, heads, w, head_dim) if chunkwise else (1, heads, h, w, head_dim)
+    q, k = torch.randn(2, *shape[:-1], 2 * head_dim, dtype=dtype)[..., ::2]
+    v = torch.randn(1, h, w, heads * head_dim, dtype=dtype).view(1, h, w, heads, head_dim)
+    decay = torch.log(1 - 2 ** (-2.0 - torch.arange(heads)))
+    return rel_err(rt._retention_op(q, k, v, decay, chunkwise).double(), _official(q, k, v, decay, chunkwise))
 
 
 def _child() -> dict[str, dict]:
@@ -112,8 +127,8 @@ def _child() -> dict[str, dict]:
         results[case] = dict(err=rel_err(outs["triton"].float(), outs["matmul"].float()), calls=calls.take())
     outs = _masa(32, 1, False, torch.float32, torch.randn(1, 25, 42, 32))
     results["dense_whole"] = dict(err=rel_err(outs["triton"], outs["matmul"]), calls=calls.take())
-    results["dense_rows_336"] = dict(err=_dense_pass((2, 336), 0))
-    results["dense_columns_200"] = dict(err=_dense_pass((200, 2), 1))
+    for case, args in OP_CASES.items():
+        results[case] = dict(err=_op_case(*args))
     torch.manual_seed(0)
     model = rmt.RMT(**TINY).eval()
     x = torch.randn(2, 3, 64, 96)
@@ -164,11 +179,10 @@ def test_dense_whole_image_stage(interpreted):
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("case", ["dense_rows_336", "dense_columns_200"])
-def test_dense_row_and_column_pass(interpreted, case):
-    """Stage 1 of an 800x1344 input (200x336 tokens) has rows of 336 and columns of 200 keys; rows and columns are
-    independent, so two rows (row pass) and two columns (column pass) of it stand for the whole grid."""
-    assert interpreted[case]["err"] <= TOL["fp32"]
+@pytest.mark.parametrize("case", OP_CASES)
+def test_op_matches_official_fp64(interpreted, case):
+    """The op alone, non-contiguous q and k, against the official formulas in fp64."""
+    assert interpreted[case]["err"] <= TOL["fp16" if OP_CASES[case][-1] == torch.float16 else "fp32"]
 
 
 @pytest.mark.e2e
@@ -205,6 +219,19 @@ def test_gradients_take_matmul(monkeypatch):
         model.set_attn_impl("auto")(x)
 
 
+@pytest.mark.parametrize("chunkwise", [True, False], ids=["rows_cols", "whole"])
+def test_declared_cost_is_one_pass(chunkwise):
+    """One launch per call, reading q, k, v (and the decay) once and writing the output once: the row-then-column
+    form keeps its rows on chip (two passes moved 8 feature maps)."""
+    b, h, w, n, d = 2, 56, 56, 4, 16
+    shape = (b, h, n, w, d) if chunkwise else (b, n, h, w, d)
+    q, k = torch.empty(2, *shape, dtype=torch.bfloat16, device="meta")
+    v = torch.empty(b, h, w, n * d, dtype=torch.bfloat16, device="meta").view(b, h, w, n, d)
+    cost = cost_of("rmt_zoo::retention", q, k, v, torch.empty(n, device="meta"), chunkwise)
+    feature_map = b * h * w * n * d * 2
+    assert cost == OpCost(1, 3 * feature_map + 4 * n, feature_map)
+
+
 def test_cpu_needs_the_interpreter():
     if os.environ.get("TRITON_INTERPRET") == "1":
         pytest.skip("this process was started with the interpreter on")
@@ -226,10 +253,10 @@ SIZES = {"224": (224, 224), "800x1344": (800, 1344)}
 
 
 @functools.cache
-def _jit():
-    """The kernel jitted for the GPU, whatever TRITON_INTERPRET says."""
-    rt._kernel()  # binds the module's `tl`
-    return triton.runtime.jit.JITFunction(rt._retention_kernel, do_not_specialize=rt.NOT_SPECIALIZED)
+def _jit(name: str):
+    """A kernel jitted for the GPU, whatever TRITON_INTERPRET says."""
+    rt._kernels()  # binds the module's `tl`
+    return triton.runtime.jit.JITFunction(rt.SOURCES[name], do_not_specialize=rt.NOT_SPECIALIZED)
 
 
 def _stage_shapes(arch: dict, size: tuple[int, int]):
@@ -246,11 +273,11 @@ def _sources(h: int, w: int, n: int, d: int, chunkwise: bool, dtype: torch.dtype
     from triton._C.libtriton import native_specialize_impl
     from triton.backends.nvidia.compiler import CUDABackend
 
-    kernel = _jit()
     shape = (2, 2, h, n, w, d) if chunkwise else (2, 2, n, h, w, d)  # q and k as _rotate writes them (batch 2)
     q, k = torch.empty(shape, dtype=dtype, device="meta")
     v = torch.empty(2, h, w, n * d, dtype=dtype, device="meta").view(2, h, w, n, d)
-    for _, args, meta in rt.launches(q, k, v, torch.empty(n, device="meta"), chunkwise)[1]:
+    for name, _, args, meta in rt.launches(q, k, v, torch.empty(n, device="meta"), chunkwise)[1]:
+        kernel = _jit(name)
         meta = dict(meta)
         warps = meta.pop("num_warps")
         values = [*args, *(meta[p.name] for p in kernel.params[len(args) :])]
@@ -265,7 +292,7 @@ def _sources(h: int, w: int, n: int, d: int, chunkwise: bool, dtype: torch.dtype
                 constexprs[param.name] = attr
             elif attr:
                 attrs[(i,)] = attr
-        yield tuple(signature.items()), tuple(constexprs.items()), tuple(attrs.items()), warps
+        yield name, tuple(signature.items()), tuple(constexprs.items()), tuple(attrs.items()), warps
 
 
 def _ptxas(key, monkeypatch) -> tuple[int, int]:
@@ -273,9 +300,9 @@ def _ptxas(key, monkeypatch) -> tuple[int, int]:
     from triton.backends.compiler import GPUTarget
     from triton.backends.nvidia.compiler import CUDABackend
 
-    signature, constexprs, attrs, warps = key
+    name, signature, constexprs, attrs, warps = key
     source = triton.compiler.ASTSource(
-        _jit(),
+        _jit(name),
         dict(signature),
         constexprs=dict(constexprs),
         attrs={path: CUDABackend.parse_attr(a) for path, a in attrs},
@@ -306,8 +333,7 @@ def test_sm90_build_has_no_spills(dtype, monkeypatch, tmp_path):
     report = []
     for key, uses in builds.items():
         regs, spills = _ptxas(key, monkeypatch)
-        meta = dict(key[1])
-        report.append((meta["HEAD_DIM"], meta["BLOCK_M"], meta["MANHATTAN"], key[3], regs, spills, uses))
+        report.append((key[0], dict(key[2]), key[4], regs, spills, uses))
     assert all(spills == 0 and regs <= 255 for *_, regs, spills, _ in report), "\n".join(map(str, report))
 
 
