@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
 
 from zoo import _retention_triton as rt
 from zoo._op_cost import OpCost, cost_of
@@ -53,6 +54,13 @@ OP_CASES = {
     "rows_cols_fp16": ((13, 17), 2, 32, True, torch.float16),
     "whole_fp32": ((5, 6), 2, 16, False, torch.float32),
 }
+# Gradients of the op alone against autograd of fp64 matmul-softmax: rows and columns, fp32 and fp16, and a
+# whole image of 70 tokens (key and query loops of 3 blocks in the backward).
+GRAD_CASES = {
+    "grad_rows_cols_fp32": ((7, 9), 2, 16, True, torch.float32),
+    "grad_rows_cols_fp16": ((7, 9), 2, 16, True, torch.float16),
+    "grad_whole_fp32": ((5, 14), 2, 16, False, torch.float32),
+}
 MASA_CASES = [f"{h}x{w}-{form}-{dt}" for h, w in ((7, 9), (13, 17)) for form in ("rows_cols", "whole") for dt in DTYPES]
 
 
@@ -70,6 +78,25 @@ class _Calls:
     def __call__(self, q, k, v, decay, chunkwise):
         self.seen.append(chunkwise)
         return self._fused(q, k, v, decay, chunkwise)
+
+    def take(self) -> list[bool]:
+        seen, self.seen = self.seen, []
+        return seen
+
+
+class _Backwards:
+    """Counts runs of the fused backward (their `chunkwise`), so that gradients from elsewhere cannot pass; not the
+    op's fake implementation, which plans the same launches on fake tensors while a graph is traced."""
+
+    def __init__(self):
+        self.seen: list[bool] = []
+        self._plan = rt.backward_plan
+        rt.backward_plan = self
+
+    def __call__(self, dout, q, k, v, decay, chunkwise, run):
+        if not isinstance(q, FakeTensor):
+            self.seen.append(chunkwise)
+        return self._plan(dout, q, k, v, decay, chunkwise, run)
 
     def take(self) -> list[bool]:
         seen, self.seen = self.seen, []
@@ -106,16 +133,34 @@ def _official(q, k, v, decay, chunkwise: bool) -> torch.Tensor:
     return out.transpose(1, 2).unflatten(1, (h, w))
 
 
-def _op_case(grid: tuple[int, int], heads: int, head_dim: int, chunkwise: bool, dtype: torch.dtype) -> float:
-    """The op alone on random input against `_official`: q and k non-contiguous (every other element of a larger
-    tensor), v a view of a (b, h, w, N * d) projection, as MaSA passes it."""
+def _op_inputs(grid: tuple[int, int], heads: int, head_dim: int, chunkwise: bool, dtype: torch.dtype):
+    """Random q, k, v and decay for the op: q and k non-contiguous (every other element of a larger tensor), v a
+    view of a (b, h, w, N * d) projection, as MaSA passes it."""
     torch.manual_seed(0)
     h, w = grid
     shape = (1, h, heads, w, head_dim) if chunkwise else (1, heads, h, w, head_dim)
     q, k = torch.randn(2, *shape[:-1], 2 * head_dim, dtype=dtype)[..., ::2]
     v = torch.randn(1, h, w, heads * head_dim, dtype=dtype).view(1, h, w, heads, head_dim)
-    decay = torch.log(1 - 2 ** (-2.0 - torch.arange(heads)))
+    return q, k, v, torch.log(1 - 2 ** (-2.0 - torch.arange(heads)))
+
+
+def _op_case(*case) -> float:
+    """The op's output against `_official`."""
+    q, k, v, decay = _op_inputs(*case)
+    chunkwise = case[3]
     return rel_err(rt._retention_op(q, k, v, decay, chunkwise).double(), _official(q, k, v, decay, chunkwise))
+
+
+def _grad_case(*case) -> float:
+    """The worst of the op's dq, dk, dv (its fused backward) against autograd of `_official` (fp64)."""
+    q, k, v, decay = _op_inputs(*case)
+    chunkwise = case[3]
+    dout = torch.randn(v.shape, dtype=torch.float64)
+    ours = [t.detach().requires_grad_() for t in (q, k, v)]
+    ref = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    rt._retention_op(*ours, decay, chunkwise).backward(dout.to(q.dtype))
+    _official(*ref, decay, chunkwise).backward(dout)
+    return max(rel_err(a.grad.double(), b.grad) for a, b in zip(ours, ref))
 
 
 def _child() -> dict[str, dict]:
@@ -129,6 +174,19 @@ def _child() -> dict[str, dict]:
     results["dense_whole"] = dict(err=rel_err(outs["triton"], outs["matmul"]), calls=calls.take())
     for case, args in OP_CASES.items():
         results[case] = dict(err=_op_case(*args))
+    backwards = _Backwards()
+    for case, args in GRAD_CASES.items():
+        results[case] = dict(err=_grad_case(*args), backwards=backwards.take())
+    torch.manual_seed(0)
+    model = rmt.RMT(**TINY).eval()  # eval: no drop path; gradients are recorded all the same
+    x = torch.randn(2, 3, 32, 48)
+    grads = {}
+    for impl in ("matmul", "triton"):
+        model.zero_grad()
+        model.set_attn_impl(impl)(x).square().sum().backward()
+        grads[impl] = [p.grad.clone() for p in model.parameters()]
+    errs = [rel_err(a, b) for a, b in zip(grads["triton"], grads["matmul"])]
+    results["rmt_train"] = dict(err=max(errs), calls=calls.take(), backwards=backwards.take())
     torch.manual_seed(0)
     model = rmt.RMT(**TINY).eval()
     x = torch.randn(2, 3, 64, 96)
@@ -151,6 +209,15 @@ def _child() -> dict[str, dict]:
         calls.take()
         compiled = torch.compile(masa, fullgraph=True)(x, relpos(5, 7, x.dtype), relpos.decay)
         results["inductor"] = dict(err=rel_err(compiled, eager), calls=calls.take())
+    # a training step compiled (aot_eager, fullgraph): the backward op is in the graph and its gradients match
+    grads = {}
+    for name, fn in (("eager", masa), ("compiled", torch.compile(masa, fullgraph=True, backend="aot_eager"))):
+        masa.zero_grad()
+        fn(x, relpos(5, 7, x.dtype), relpos.decay).square().sum().backward()
+        grads[name] = masa.qkv.weight.grad.clone()
+    results["compiled_train"] = dict(
+        err=rel_err(grads["compiled"], grads["eager"]), calls=calls.take(), backwards=backwards.take()
+    )
     return results
 
 
@@ -186,6 +253,22 @@ def test_op_matches_official_fp64(interpreted, case):
 
 
 @pytest.mark.e2e
+@pytest.mark.parametrize("case", GRAD_CASES)
+def test_backward_matches_matmul_softmax_autograd(interpreted, case):
+    """dq, dk, dv from the fused backward against autograd of fp64 matmul-softmax (the official formulas)."""
+    assert interpreted[case]["backwards"] == [GRAD_CASES[case][3]]
+    assert interpreted[case]["err"] <= TOL["fp16" if GRAD_CASES[case][-1] == torch.float16 else "fp32"]
+
+
+@pytest.mark.e2e
+def test_rmt_training_takes_the_kernel(interpreted):
+    """A whole RMT's parameter gradients, fp32: every MaSA runs the op forward and its fused backward."""
+    train = interpreted["rmt_train"]
+    assert train["calls"] == [True, True, False, False] and train["backwards"] == [False, False, True, True]
+    assert train["err"] <= 1e-4
+
+
+@pytest.mark.e2e
 def test_rmt_forward_matches_matmul(interpreted):
     """A whole RMT (both forms, head dims 8, 12, 16), fp32, batch 2."""
     assert interpreted["rmt_forward"]["calls"] == [True, True, False, False]
@@ -200,36 +283,41 @@ def test_compile_fullgraph_and_export(interpreted):
     exported = interpreted["exported"]
     assert exported["ops"] == 4 and exported["err"] <= 1e-5  # the fake implementation gives no values
     assert interpreted["inductor"]["calls"] == [True] and interpreted["inductor"]["err"] <= 1e-5  # traced once
+    train = interpreted["compiled_train"]
+    assert train["calls"] == [True, True] and train["backwards"] == [True, True] and train["err"] <= 1e-5
 
 
 # --- in this process: no kernel runs ----------------------------------------------------------------------------------
 
 
-def test_gradients_take_matmul(monkeypatch):
-    """No backward kernel: with gradients recorded MaSA takes matmul-softmax; "auto" never takes the kernel."""
-    monkeypatch.setattr(rt, "retention", lambda *a: pytest.fail("the fused op was called"))
-    torch.manual_seed(0)
-    model = rmt.RMT(**TINY).eval()  # eval: gradients are recorded all the same
-    x = torch.randn(1, 3, 32, 32)
-    out = model.set_attn_impl("triton")(x)
-    out.sum().backward()
-    assert model.layers[0].blocks[0].retention.qkv.weight.grad is not None
-    assert torch.equal(out, model.set_attn_impl("matmul")(x))
-    with torch.no_grad():
-        model.set_attn_impl("auto")(x)
+def _meta_inputs(chunkwise: bool):
+    """bf16 q, k, v, decay and an output gradient of rmt_s's stage 1 at 224x224 (batch 2), on the meta device."""
+    b, h, w, n, d = 2, 56, 56, 4, 16
+    shape = (b, h, n, w, d) if chunkwise else (b, n, h, w, d)
+    q, k = torch.empty(2, *shape, dtype=torch.bfloat16, device="meta")
+    v = torch.empty(b, h, w, n * d, dtype=torch.bfloat16, device="meta").view(b, h, w, n, d)
+    return q, k, v, torch.empty(n, device="meta"), torch.empty(v.shape, dtype=v.dtype, device="meta")
 
 
 @pytest.mark.parametrize("chunkwise", [True, False], ids=["rows_cols", "whole"])
 def test_declared_cost_is_one_pass(chunkwise):
     """One launch per call, reading q, k, v (and the decay) once and writing the output once: the row-then-column
     form keeps its rows on chip (two passes moved 8 feature maps)."""
-    b, h, w, n, d = 2, 56, 56, 4, 16
-    shape = (b, h, n, w, d) if chunkwise else (b, n, h, w, d)
-    q, k = torch.empty(2, *shape, dtype=torch.bfloat16, device="meta")
-    v = torch.empty(b, h, w, n * d, dtype=torch.bfloat16, device="meta").view(b, h, w, n, d)
-    cost = cost_of("rmt_zoo::retention", q, k, v, torch.empty(n, device="meta"), chunkwise)
-    feature_map = b * h * w * n * d * 2
-    assert cost == OpCost(1, 3 * feature_map + 4 * n, feature_map)
+    q, k, v, decay, _ = _meta_inputs(chunkwise)
+    feature_map = v.numel() * 2
+    assert cost_of("rmt_zoo::retention", q, k, v, decay, chunkwise) == OpCost(1, 3 * feature_map + 16, feature_map)
+
+
+@pytest.mark.parametrize("chunkwise", [True, False], ids=["rows_cols", "whole"])
+def test_declared_backward_cost(chunkwise):
+    """The backward recomputes each pass's forward (writing its lse, 4 bytes a query) and runs its dq and dk/dv
+    launches: 3 launches for the whole image, 6 for rows then columns (whose row pass adds to the columns' dq, dk)."""
+    q, k, v, decay, dout = _meta_inputs(chunkwise)
+    fm, lse = v.numel() * 2, v.numel() // 16 * 4  # a feature map; one pass's lse
+    # forward: q, k, v, decay -> out, lse; dq: q, k, v, out, dout, lse, decay -> dq; dk/dv: ... -> dk, dv
+    one_pass = OpCost(3, 3 * fm + 16 + 2 * (5 * fm + lse + 16), fm + lse + 3 * fm)
+    expected = one_pass if not chunkwise else one_pass + one_pass + OpCost(0, 2 * fm, 0)  # dq and dk added to
+    assert cost_of("rmt_zoo::retention_backward", dout, q, k, v, decay, chunkwise) == expected
 
 
 def test_cpu_needs_the_interpreter():
@@ -268,15 +356,19 @@ def _stage_shapes(arch: dict, size: tuple[int, int]):
 
 
 def _sources(h: int, w: int, n: int, d: int, chunkwise: bool, dtype: torch.dtype):
-    """The compile keys (signature, constexprs, attributes, warps) of the launches for one stage, specialized on
-    the arguments as Triton's launcher specializes them (values 1, multiples of 16, aligned pointers)."""
+    """The compile keys (name, signature, constexprs, attributes, warps) of the launches of one stage's forward and
+    backward, specialized on the arguments as Triton's launcher specializes them (values 1, multiples of 16, aligned
+    pointers)."""
     from triton._C.libtriton import native_specialize_impl
     from triton.backends.nvidia.compiler import CUDABackend
 
     shape = (2, 2, h, n, w, d) if chunkwise else (2, 2, n, h, w, d)  # q and k as _rotate writes them (batch 2)
     q, k = torch.empty(shape, dtype=dtype, device="meta")
     v = torch.empty(2, h, w, n * d, dtype=dtype, device="meta").view(2, h, w, n, d)
-    for name, _, args, meta in rt.launches(q, k, v, torch.empty(n, device="meta"), chunkwise)[1]:
+    decay = torch.empty(n, device="meta")
+    backward = []
+    rt.backward_plan(torch.empty(v.shape, dtype=dtype, device="meta"), q, k, v, decay, chunkwise, backward.append)
+    for name, _, args, meta in [*rt.launches(q, k, v, decay, chunkwise)[1], *backward]:
         kernel = _jit(name)
         meta = dict(meta)
         warps = meta.pop("num_warps")

@@ -144,21 +144,22 @@ def _rows_then_columns_kernel(
     )
 
 
-def _whole_image_kernel(
-    q, k, v, out, decay,
+def _attend_kernel(
+    q, k, v, out, lse, decay,
     seq_len, width, n_b, n_c,
     sq_a, sq_b, sq_c, sq_t, sq_d,
     sk_a, sk_b, sk_c, sk_t, sk_d,
     sv_a, sv_b, sv_c, sv_t, sv_d,
     so_a, so_b, so_c, so_t, so_d,
     sg_a, sg_b, sg_c,
-    HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr,
+    HEAD_DIM: tl.constexpr, MANHATTAN: tl.constexpr, STORE_LSE: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     """One program: BLOCK_M queries of the sequence at batch index (a, b, c) (c fastest); every tensor is read
     through its own strides (sX_a, sX_b, sX_c over the batch axes, sX_t over tokens, sX_d over the head dim), the
-    decay through strides that are 0 except on the head's axis. Tokens are t = row * width + column, and the
-    decay is by their Manhattan distance."""
+    decay through strides that are 0 except on the head's axis. MANHATTAN: tokens are t = row * width + column and
+    the decay is by their Manhattan distance; else by |t - t'|. STORE_LSE: each query's log2-sum-exp2 of its scores
+    (log2 units) goes to lse, contiguous (A, B, C, L) fp32, for the backward."""
     pid = tl.program_id(0).to(tl.int64)
     a = pid // (n_b * n_c)
     b = (pid // n_c) % n_b
@@ -176,8 +177,6 @@ def _whole_image_kernel(
     )
     k_ptrs = k + a * sk_a + b * sk_b + c * sk_c + offs_n[None, :] * sk_t + offs_d[:, None] * sk_d  # k^T tile
     v_ptrs = v + a * sv_a + b * sv_b + c * sv_c + offs_n[:, None] * sv_t + offs_d[None, :] * sv_d
-    row_m = offs_m // width
-    col_m = offs_m % width
     m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     l_i = tl.zeros((BLOCK_M,), tl.float32)
     acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
@@ -185,7 +184,11 @@ def _whole_image_kernel(
         keys = start + offs_n
         key_ok = keys < seq_len
         k_tile = tl.load(k_ptrs, mask=key_ok[None, :] & dim_ok[:, None], other=0.0)
-        dist = tl.abs(row_m[:, None] - (keys // width)[None, :]) + tl.abs(col_m[:, None] - (keys % width)[None, :])
+        if MANHATTAN:
+            dist = tl.abs(offs_m[:, None] // width - (keys // width)[None, :])
+            dist += tl.abs(offs_m[:, None] % width - (keys % width)[None, :])
+        else:
+            dist = tl.abs(offs_m[:, None] - keys[None, :])
         scores = tl.dot(q_tile, k_tile, input_precision=PRECISION) * log2e + gamma * dist.to(tl.float32)
         scores = tl.where(key_ok[None, :], scores, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(scores, 1))
@@ -202,10 +205,116 @@ def _whole_image_kernel(
         (acc / l_i[:, None]).to(out.dtype.element_ty),
         mask=(offs_m[:, None] < seq_len) & dim_ok[None, :],
     )
+    if STORE_LSE:
+        tl.store(lse + pid * seq_len + offs_m, m_i + tl.log2(l_i), mask=offs_m < seq_len)
+
+
+def _attend_backward_kernel(
+    q, k, v, out, dout, lse, dq, dk, dv, decay,
+    seq_len, width, n_b, n_c,
+    sq_a, sq_b, sq_c, sq_t, sq_d,
+    sk_a, sk_b, sk_c, sk_t, sk_d,
+    sv_a, sv_b, sv_c, sv_t, sv_d,
+    so_a, so_b, so_c, so_t, so_d,
+    sg_a, sg_b, sg_c,
+    HEAD_DIM: tl.constexpr, MANHATTAN: tl.constexpr, DQ: tl.constexpr, ACCUMULATE: tl.constexpr,
+    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """Flash-style backward of `_attend_kernel` for one block of the sequence at batch index (a, b, c): the
+    probabilities are recomputed from q, k, the decay and the forward's lse, and rowsum(dout * out) from the
+    forward's output. DQ: the block is BLOCK_M queries, looping over keys, writing dq; else it is BLOCK_N keys,
+    looping over queries, writing dk and dv. ACCUMULATE: dq (or dk) is added to what is there (dv is not). out,
+    dout, dq, dk, dv share the strides so_*."""
+    pid = tl.program_id(0).to(tl.int64)
+    a = pid // (n_b * n_c)
+    b = (pid // n_c) % n_b
+    c = pid % n_c
+    log2e = 1.4426950408889634
+    gamma = tl.load(decay + a * sg_a + b * sg_b + c * sg_c).to(tl.float32) * log2e
+    offs_d = tl.arange(0, BLOCK_D)
+    dim_ok = offs_d < HEAD_DIM
+    q += a * sq_a + b * sq_b + c * sq_c
+    k += a * sk_a + b * sk_b + c * sk_c
+    v += a * sv_a + b * sv_b + c * sv_c
+    g_off = a * so_a + b * so_b + c * so_c
+    lse += pid * seq_len
+    if DQ:
+        offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+        m_ok = offs_m < seq_len
+        q_tile = tl.load(
+            q + offs_m[:, None] * sq_t + offs_d[None, :] * sq_d, mask=m_ok[:, None] & dim_ok[None, :], other=0.0
+        )
+        g_ptrs = g_off + offs_m[:, None] * so_t + offs_d[None, :] * so_d
+        do_tile = tl.load(dout + g_ptrs, mask=m_ok[:, None] & dim_ok[None, :], other=0.0)
+        o_tile = tl.load(out + g_ptrs, mask=m_ok[:, None] & dim_ok[None, :], other=0.0)
+        delta_m = tl.sum(do_tile.to(tl.float32) * o_tile.to(tl.float32), 1)
+        lse_m = tl.load(lse + offs_m, mask=m_ok, other=0.0)
+        acc_q = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+        n_loop = tl.cdiv(seq_len, BLOCK_N)
+    else:
+        offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < seq_len
+        k_tile = tl.load(
+            k + offs_n[:, None] * sk_t + offs_d[None, :] * sk_d, mask=n_ok[:, None] & dim_ok[None, :], other=0.0
+        )
+        v_tile = tl.load(
+            v + offs_n[:, None] * sv_t + offs_d[None, :] * sv_d, mask=n_ok[:, None] & dim_ok[None, :], other=0.0
+        )
+        acc_k = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
+        acc_v = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
+        n_loop = tl.cdiv(seq_len, BLOCK_M)
+    for step in range(0, n_loop):
+        if DQ:
+            offs_n = step * BLOCK_N + tl.arange(0, BLOCK_N)
+            n_ok = offs_n < seq_len
+            kv_mask = n_ok[:, None] & dim_ok[None, :]
+            k_tile = tl.load(k + offs_n[:, None] * sk_t + offs_d[None, :] * sk_d, mask=kv_mask, other=0.0)
+            v_tile = tl.load(v + offs_n[:, None] * sv_t + offs_d[None, :] * sv_d, mask=kv_mask, other=0.0)
+        else:
+            offs_m = step * BLOCK_M + tl.arange(0, BLOCK_M)
+            m_ok = offs_m < seq_len
+            q_mask = m_ok[:, None] & dim_ok[None, :]
+            q_tile = tl.load(q + offs_m[:, None] * sq_t + offs_d[None, :] * sq_d, mask=q_mask, other=0.0)
+            g_ptrs = g_off + offs_m[:, None] * so_t + offs_d[None, :] * so_d
+            do_tile = tl.load(dout + g_ptrs, mask=q_mask, other=0.0)
+            o_tile = tl.load(out + g_ptrs, mask=q_mask, other=0.0)
+            delta_m = tl.sum(do_tile.to(tl.float32) * o_tile.to(tl.float32), 1)
+            lse_m = tl.load(lse + offs_m, mask=m_ok, other=0.0)
+        if MANHATTAN:
+            dist = tl.abs(offs_m[:, None] // width - (offs_n // width)[None, :])
+            dist += tl.abs(offs_m[:, None] % width - (offs_n % width)[None, :])
+        else:
+            dist = tl.abs(offs_m[:, None] - offs_n[None, :])
+        scores = tl.dot(q_tile, tl.trans(k_tile), input_precision=PRECISION) * log2e + gamma * dist.to(tl.float32)
+        p = tl.where(m_ok[:, None] & n_ok[None, :], tl.exp2(scores - lse_m[:, None]), 0.0)
+        dp = tl.dot(do_tile, tl.trans(v_tile), input_precision=PRECISION)
+        ds = p * (dp - delta_m[:, None])
+        if DQ:
+            acc_q += tl.dot(ds.to(k_tile.dtype), k_tile, input_precision=PRECISION)
+        else:
+            acc_v += tl.dot(tl.trans(p.to(do_tile.dtype)), do_tile, input_precision=PRECISION)
+            acc_k += tl.dot(tl.trans(ds.to(q_tile.dtype)), q_tile, input_precision=PRECISION)
+    if DQ:
+        mask = m_ok[:, None] & dim_ok[None, :]
+        grads = g_off + offs_m[:, None] * so_t + offs_d[None, :] * so_d
+        if ACCUMULATE:
+            acc_q += tl.load(dq + grads, mask=mask, other=0.0).to(tl.float32)
+        tl.store(dq + grads, acc_q.to(dq.dtype.element_ty), mask)
+    else:
+        mask = n_ok[:, None] & dim_ok[None, :]
+        grads = g_off + offs_n[:, None] * so_t + offs_d[None, :] * so_d
+        if ACCUMULATE:
+            acc_k += tl.load(dk + grads, mask=mask, other=0.0).to(tl.float32)
+        tl.store(dk + grads, acc_k.to(dk.dtype.element_ty), mask)
+        tl.store(dv + grads, acc_v.to(dv.dtype.element_ty), mask)
 
 
 # The kernels by name, as launch plans name them.
-SOURCES = {"rows_then_columns": _rows_then_columns_kernel, "whole_image": _whole_image_kernel}
+SOURCES = {
+    "rows_then_columns": _rows_then_columns_kernel,
+    "attend": _attend_kernel,
+    "attend_backward": _attend_backward_kernel,
+}
 
 
 @functools.cache
@@ -238,8 +347,9 @@ def _precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"  # fp32 as exact as the matmul path (no TF32)
 
 
-def whole_image_config(seq_len: int, head_dim: int, dtype: torch.dtype) -> dict:
-    """Block sizes and warps for the whole-image form: up to 64 tokens a block; 16 is tl.dot's smallest side."""
+def attend_config(seq_len: int, head_dim: int, dtype: torch.dtype) -> dict:
+    """Block sizes and warps for one pass of `_attend_kernel` or its backward: up to 64 tokens a block; 16 is
+    tl.dot's smallest side."""
     block = min(64, max(16, _pow2(seq_len)))
     return dict(
         BLOCK_M=block,
@@ -280,39 +390,153 @@ def launches(q, k, v, decay, chunkwise: bool) -> tuple[torch.Tensor, list[Launch
         strides = (*q.stride(), *k.stride(), *v.stride(), *out.stride(), *decay.stride())
         args = (q, k, v, out, decay, h, w, n, n_i, n_j, *strides)
         return out, [("rows_then_columns", (b * n * n_i * n_j,), args, dict(meta, HEAD_DIM=head_dim))]
-    b, n, h, w, head_dim = q.shape  # q, k (b, N, h, w, d): every token against every token of the image
+    b, n, h, w, _ = q.shape  # q, k (b, N, h, w, d): every token against every token of the image
+    return out, [_attend(*_whole_image_views(q, k, v, out, decay), None, w)]
+
+
+def _whole_image_views(q, k, *maps_and_decay):
+    """q, k (b, N, h, w, d), then maps (b, h, w, N, d) and the decay (N,), as (b, N, 1, hw, d) views and (b, N, 1)."""
+    *maps, decay = maps_and_decay
+    b, n = q.shape[:2]
     tokens = lambda t: t.flatten(1, 2).transpose(1, 2).unsqueeze(2)  # noqa: E731  (b, h, w, N, d) -> (b, N, 1, hw, d)
-    q, k, v_, out_ = q.flatten(2, 3).unsqueeze(2), k.flatten(2, 3).unsqueeze(2), tokens(v), tokens(out)
-    decay = decay.view(1, n, 1).expand(b, n, 1)
-    meta = whole_image_config(h * w, head_dim, q.dtype)
-    strides = (*q.stride(), *k.stride(), *v_.stride(), *out_.stride(), *decay.stride())
-    args = (q, k, v_, out_, decay, h * w, w, n, 1, *strides)
-    grid = (b * n, _cdiv(h * w, meta["BLOCK_M"]))
-    return out, [("whole_image", grid, args, dict(meta, HEAD_DIM=head_dim))]
+    flat = lambda t: t.flatten(2, 3).unsqueeze(2)  # noqa: E731  (b, N, h, w, d) -> (b, N, 1, hw, d)
+    return flat(q), flat(k), *map(tokens, maps), decay.view(1, n, 1).expand(b, n, 1)
+
+
+def _row_views(q, k, *maps_and_decay):
+    """q, k (b, h, N, w, d), then maps (b, h, w, N, d) and the decay (N,), as (b, h, N, w, d) views and (b, h, N):
+    one sequence per image row and head."""
+    *maps, decay = maps_and_decay
+    b, h, n = q.shape[:3]
+    return q, k, *(t.transpose(2, 3) for t in maps), decay.view(1, 1, n).expand(b, h, n)
+
+
+def _column_views(q, k, *maps_and_decay):
+    """As `_row_views`, one sequence per image column and head: (b, w, N, h, d) views and (b, w, N)."""
+    *maps, decay = maps_and_decay
+    b, _, n, w, _ = q.shape
+    cols = lambda t: t.permute(0, 3, 2, 1, 4)  # noqa: E731  (b, h, N, w, d) -> (b, w, N, h, d)
+    return cols(q), cols(k), *(t.permute(0, 2, 3, 1, 4) for t in maps), decay.view(1, 1, n).expand(b, w, n)
+
+
+def _attend(q, k, v, out, decay, lse, width: int) -> Launch:
+    """One launch of `_attend_kernel`: out <- softmax(q k^T + decay * distance) v over dim 3, and the lse where one
+    is given. q, k, v, out: (A, B, C, L, D) strided views; decay: an (A, B, C) view. width > 0: Manhattan distance on
+    a grid of that width; 0: 1-D distance."""
+    n_a, n_b, n_c, seq_len, head_dim = q.shape
+    meta = attend_config(seq_len, head_dim, q.dtype)
+    grid = (n_a * n_b * n_c, _cdiv(seq_len, meta["BLOCK_M"]))
+    strides = (*q.stride(), *k.stride(), *v.stride(), *out.stride(), *decay.stride())
+    args = (q, k, v, out, out if lse is None else lse, decay, seq_len, max(width, 1), n_b, n_c, *strides)
+    return "attend", grid, args, dict(meta, HEAD_DIM=head_dim, MANHATTAN=width > 0, STORE_LSE=lse is not None)
+
+
+def _attend_backward(q, k, v, out, dout, lse, dq, dk, dv, decay, width: int, accumulate: bool) -> list[Launch]:
+    """The two launches of `_attend_kernel`'s backward (dq; dk and dv), views as `_attend` takes them; out, dout,
+    dq, dk, dv share one layout. accumulate: dq and dk are added to what they hold."""
+    n_a, n_b, n_c, seq_len, head_dim = q.shape
+    meta = attend_config(seq_len, head_dim, q.dtype)
+    if q.dtype == torch.float32:  # fp32's dots run on FMAs: at 64 tokens a block, or 1 warp, its backward spills
+        block = min(32, meta["BLOCK_M"])
+        meta.update(BLOCK_M=block, BLOCK_N=block, num_warps=4)
+    strides = (*q.stride(), *k.stride(), *v.stride(), *dout.stride(), *decay.stride())
+    args = (q, k, v, out, dout, lse, dq, dk, dv, decay, seq_len, max(width, 1), n_b, n_c, *strides)
+    meta = dict(meta, HEAD_DIM=head_dim, MANHATTAN=width > 0, ACCUMULATE=accumulate)
+    n_blocks = _cdiv(seq_len, meta["BLOCK_M"])  # BLOCK_M == BLOCK_N
+    return [("attend_backward", (n_a * n_b * n_c, n_blocks), args, dict(meta, DQ=dq_)) for dq_ in (True, False)]
+
+
+def backward_plan(dout, q, k, v, decay, chunkwise: bool, run) -> tuple[torch.Tensor, ...]:
+    """dq, dk, dv of one call, flash-style: the forward is recomputed with its lse (no scores or probabilities
+    are kept), then each pass's backward runs (columns first, whose d(rows) feeds the rows', which add their dq and
+    dk to the columns'). `run(launch)` runs or records each launch, so on meta or fake tensors this is the plan."""
+    dout = dout.contiguous()  # (b, h, w, N, d), as out; so are the gradients until they are returned
+    dq, dk, dv, out = (torch.empty_like(dout, dtype=v.dtype) for _ in range(4))
+    lse = lambda t: torch.empty(t.shape[:4], dtype=torch.float32, device=t.device)  # noqa: E731  (A, B, C, L)
+    if not chunkwise:
+        w = q.shape[3]
+        qv, kv, vv, ov, dov, dqv, dkv, dvv, dec = _whole_image_views(q, k, v, out, dout, dq, dk, dv, decay)
+        lse_w = lse(qv)
+        run(_attend(qv, kv, vv, ov, dec, lse_w, w))
+        for launch in _attend_backward(qv, kv, vv, ov, dov, lse_w, dqv, dkv, dvv, dec, w, False):
+            run(launch)
+        return dq.permute(0, 3, 1, 2, 4), dk.permute(0, 3, 1, 2, 4), dv
+    rows, d_rows = torch.empty_like(dout, dtype=v.dtype), torch.empty_like(dout, dtype=v.dtype)
+    # forward again: rows and their lse, then columns (out) and theirs
+    qr, kr, vr, rr, drr, dqr, dkr, dvr, dec_r = _row_views(q, k, v, rows, d_rows, dq, dk, dv, decay)
+    lse_r = lse(qr)
+    run(_attend(qr, kr, vr, rr, dec_r, lse_r, 0))
+    qc, kc, rc, oc, doc, drc, dqc, dkc, dec_c = _column_views(q, k, rows, out, dout, d_rows, dq, dk, decay)
+    lse_c = lse(qc)
+    run(_attend(qc, kc, rc, oc, dec_c, lse_c, 0))
+    for launch in [
+        *_attend_backward(qc, kc, rc, oc, doc, lse_c, dqc, dkc, drc, dec_c, 0, False),
+        *_attend_backward(qr, kr, vr, rr, drr, lse_r, dqr, dkr, dvr, dec_r, 0, True),
+    ]:
+        run(launch)
+    return dq.transpose(2, 3), dk.transpose(2, 3), dv
+
+
+def _runner(q: torch.Tensor):
+    """A function running one launch on q's device: CUDA, or CPU through Triton's interpreter."""
+    kernels = _kernels()
+    interpret = _interpreted(kernels["attend"])
+    if q.device.type == "cpu" and not interpret:
+        raise RuntimeError(
+            'attn_impl="triton" runs on CUDA tensors, or on CPU ones through Triton\'s interpreter, which needs '
+            "TRITON_INTERPRET=1 set before triton is first imported."
+        )
+
+    def run(launch: Launch) -> None:
+        name, grid, args, meta = launch
+        if interpret:
+            meta = {key: value for key, value in meta.items() if key != "num_warps"}  # the interpreter takes none
+        kernels[name][grid](*args, **meta)
+
+    return run
 
 
 @torch.library.custom_op("rmt_zoo::retention", mutates_args=())
 def _retention_op(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, chunkwise: bool
 ) -> torch.Tensor:
-    kernels = _kernels()
-    interpret = _interpreted(kernels["whole_image"])
-    if q.device.type == "cpu" and not interpret:
-        raise RuntimeError(
-            'attn_impl="triton" runs on CUDA tensors, or on CPU ones through Triton\'s interpreter, which needs '
-            "TRITON_INTERPRET=1 set before triton is first imported."
-        )
     out, calls = launches(q, k, v, decay, chunkwise)
-    for name, grid, args, meta in calls:
-        if interpret:
-            meta.pop("num_warps")  # the interpreter takes none
-        kernels[name][grid](*args, **meta)
+    run = _runner(q)
+    for launch in calls:
+        run(launch)
     return out
 
 
 @_retention_op.register_fake
 def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, chunkwise: bool) -> torch.Tensor:
     return v.new_empty(v.shape)
+
+
+@torch.library.custom_op("rmt_zoo::retention_backward", mutates_args=())
+def _retention_backward_op(
+    dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, chunkwise: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return backward_plan(dout, q, k, v, decay, chunkwise, _runner(q))
+
+
+@_retention_backward_op.register_fake
+def _(dout, q, k, v, decay, chunkwise):
+    return backward_plan(dout, q, k, v, decay, chunkwise, lambda launch: None)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    q, k, v, decay, chunkwise = inputs
+    ctx.save_for_backward(q, k, v, decay)
+    ctx.chunkwise = chunkwise
+
+
+def _backward(ctx, dout: torch.Tensor):
+    q, k, v, decay = ctx.saved_tensors
+    dq, dk, dv = torch.ops.rmt_zoo.retention_backward(dout, q, k, v, decay, ctx.chunkwise)
+    return dq, dk, dv, None, None
+
+
+_retention_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def retention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, chunkwise: bool) -> torch.Tensor:
@@ -324,15 +548,40 @@ def retention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Te
     return _retention_op(q.to(dtype), k.to(dtype), v.to(dtype), decay, chunkwise)
 
 
-def _declared_cost(q, k, v, decay, chunkwise: bool) -> OpCost:
-    """What one call moves to and from device memory, from its launch plan: each launch reads its inputs once
-    (repeated reads within a launch, of the rows an image and head share, are L2 hits) and writes its output."""
+def _nbytes(*tensors: torch.Tensor) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _plan_cost(plan: list[Launch], decay: torch.Tensor) -> OpCost:
+    """Each launch reads its inputs once and writes its outputs once: repeated reads within a launch (the image
+    rows a row-then-column program shares with its neighbours, a key block read by every query block) are taken
+    to be L2 hits."""
     total = OpCost(0, 0, 0)
-    for _, _, args, _ in launches(q, k, v, decay, chunkwise)[1]:
-        q_, k_, v_, out = args[:4]
-        read = sum(t.numel() * t.element_size() for t in (q_, k_, v_, decay))
-        total += OpCost(1, read, out.numel() * out.element_size())
+    for name, _, args, meta in plan:
+        if name == "attend_backward":
+            q, k, v, out, dout, lse, dq, dk, dv = args[:9]
+            written = (dq,) if meta["DQ"] else (dk, dv)
+            read = _nbytes(q, k, v, out, dout, lse, decay) + (_nbytes(written[0]) if meta["ACCUMULATE"] else 0)
+            total += OpCost(1, read, _nbytes(*written))
+        else:  # "rows_then_columns", "attend": q, k, v, out, (lse,) decay
+            q, k, v, out = args[:4]
+            lse = (args[4],) if meta.get("STORE_LSE") else ()
+            total += OpCost(1, _nbytes(q, k, v, decay), _nbytes(out, *lse))
     return total
 
 
+def _declared_cost(q, k, v, decay, chunkwise: bool) -> OpCost:
+    """One forward call (rmt_zoo::retention): one launch, reading q, k, v once and writing the output once."""
+    return _plan_cost(launches(q, k, v, decay, chunkwise)[1], decay)
+
+
+def _declared_backward_cost(dout, q, k, v, decay, chunkwise: bool) -> OpCost:
+    """One backward call (rmt_zoo::retention_backward): the forward recomputed with its lse, then each pass's
+    dq and dk/dv launches."""
+    plan: list[Launch] = []
+    backward_plan(dout, q, k, v, decay, chunkwise, plan.append)
+    return _plan_cost(plan, decay)
+
+
 declare_cost("rmt_zoo::retention", _declared_cost)
+declare_cost("rmt_zoo::retention_backward", _declared_backward_cost)
