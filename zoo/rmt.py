@@ -426,8 +426,8 @@ class ManhattanSelfAttention(nn.Module):
         # q and k rotated in one pass, written as (b, h, N, w, d) for row attention or (b, N, h, w, d) for whole-image
         q, k = _rotate(qk.permute(3, 0, 1, 4, 2, 5) if self.chunkwise else qk.permute(3, 0, 4, 1, 2, 5), *pos[:2])
         v = v.view(b, h, w, n, d)
-        if self.attn_impl == "triton" and not (torch.is_grad_enabled() and (q.requires_grad or v.requires_grad)):
-            out = _retention_triton.retention(q, k, v, decay, self.chunkwise)  # no backward: else matmul-softmax
+        if self.attn_impl == "triton":
+            out = _retention_triton.retention(q, k, v, decay, self.chunkwise)  # with its fused backward
         elif self.chunkwise:
             out = self._row_then_column(q, k, v, pos[2:], decay)
         else:
@@ -747,7 +747,7 @@ class RMT(StagedModel):
     def set_attn_impl(self, attn_impl: str) -> "RMT":
         """Switch every MaSA between "auto" (matmul-softmax or SDPA by device and row length: `_auto_matmul`),
         "matmul" (always batched matmul-softmax), "sdpa", "flex" (FlexAttention, compiled; meant for CUDA), "triton"
-        (zoo/_retention_triton.py; matmul-softmax where gradients are recorded) and "reference" (official-shaped,
+        (zoo/_retention_triton.py, forward and backward) and "reference" (official-shaped,
         the test oracle)."""
         if attn_impl not in ATTN_IMPLS:
             raise ValueError(f"attn_impl must be one of {', '.join(ATTN_IMPLS)}, not {attn_impl!r}.")
