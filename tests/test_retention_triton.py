@@ -17,6 +17,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -218,6 +219,14 @@ def _child() -> dict[str, dict]:
     results["compiled_train"] = dict(
         err=rel_err(grads["compiled"], grads["eager"]), calls=calls.take(), backwards=backwards.take()
     )
+    rt.AUTO_DEVICES = ("cpu",)  # the interpreter's CPU stands for CUDA
+    masa.attn_impl = "auto"
+    with torch.no_grad():
+        compiled = torch.compile(masa, fullgraph=True, backend="aot_eager")(x, relpos(5, 7, x.dtype), relpos.decay)
+        masa.attn_impl = "triton"
+        eager = masa(x, relpos(5, 7, x.dtype), relpos.decay)
+    builds = [[str(device), str(dtype), ok] for (device, dtype), ok in rt._BUILDS.items()]
+    results["auto_compiled"] = dict(err=rel_err(compiled, eager), calls=calls.take()[:-1], builds=builds)
     return results
 
 
@@ -287,6 +296,15 @@ def test_compile_fullgraph_and_export(interpreted):
     assert train["calls"] == [True, True] and train["backwards"] == [True, True] and train["err"] <= 1e-5
 
 
+@pytest.mark.e2e
+def test_auto_compiled_probes_and_takes_the_kernel(interpreted):
+    """ "auto" on a device where the kernels build (the interpreter's CPU standing for CUDA): the build probe runs
+    (its kernels really launch) while torch.compile(fullgraph=True) traces, and the graph takes the op."""
+    auto = interpreted["auto_compiled"]
+    assert auto["builds"] == [["cpu", "torch.float32", True]]
+    assert auto["calls"] == [True] and auto["err"] <= 1e-5
+
+
 # --- in this process: no kernel runs ----------------------------------------------------------------------------------
 
 
@@ -318,6 +336,59 @@ def test_declared_backward_cost(chunkwise):
     one_pass = OpCost(3, 3 * fm + 16 + 2 * (5 * fm + lse + 16), fm + lse + 3 * fm)
     expected = one_pass if not chunkwise else one_pass + one_pass + OpCost(0, 2 * fm, 0)  # dq and dk added to
     assert cost_of("rmt_zoo::retention_backward", dout, q, k, v, decay, chunkwise) == expected
+
+
+@pytest.fixture
+def auto_on_cpu(monkeypatch):
+    """ "auto" asks for the kernels on CPU as it would on CUDA, with triton found, and nothing tried yet."""
+    monkeypatch.setattr(rt, "AUTO_DEVICES", ("cpu",))
+    monkeypatch.setattr(rt, "TRITON_FOUND", True)
+    monkeypatch.setattr(rt, "_BUILDS", {})
+    monkeypatch.setattr(rt, "_warned", False)
+
+
+def test_auto_falls_back_with_one_warning_where_the_kernel_cannot_be_built(auto_on_cpu, monkeypatch):
+    """A build that fails (as ptxas would) sends "auto" to matmul-softmax: one warning however many calls and
+    dtypes, and the output is matmul-softmax's."""
+    tried = []
+
+    def failing_runner(q):
+        def run(launch):
+            tried.append(launch[0])
+            raise RuntimeError("PTXAS error: Internal Triton PTX codegen error")
+
+        return run
+
+    monkeypatch.setattr(rt, "_runner", failing_runner)
+    torch.manual_seed(0)
+    model = rmt.RMT(**TINY).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        outs = [model(x), model(x), model.double()(x.double())]
+    assert tried and len(caught) == 1 and "cannot be built on cpu" in str(caught[0].message)
+    with torch.no_grad():
+        assert torch.equal(outs[2], model.set_attn_impl("matmul")(x.double()))
+        assert torch.equal(outs[0], model.float()(x)) and torch.equal(outs[1], outs[0])
+
+
+def test_auto_takes_the_kernel_where_it_builds(auto_on_cpu, monkeypatch):
+    """Where the kernels build, "auto" calls the op at every stage; not where triton is missing, nor on a device
+    type "auto" does not list."""
+    seen = []
+    monkeypatch.setattr(rt, "_probe", lambda device, dtype: None)
+    monkeypatch.setattr(rt, "retention", lambda q, k, v, decay, chunkwise: seen.append(chunkwise) or v.clone())
+    model = rmt.RMT(**TINY).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        model(x)
+        assert seen == [True, True, False, False] and rt._BUILDS == {(x.device, torch.float32): True}
+        monkeypatch.setattr(rt, "TRITON_FOUND", False)
+        model(x)
+        monkeypatch.setattr(rt, "TRITON_FOUND", True)
+        monkeypatch.setattr(rt, "AUTO_DEVICES", ("cuda",))
+        model(x)
+    assert seen == [True, True, False, False]
 
 
 def test_cpu_needs_the_interpreter():

@@ -27,12 +27,19 @@ so zoo imports where it is missing, and `attn_impl="triton"` then fails when the
 from __future__ import annotations
 
 import functools
+import importlib.util
+import warnings
 
 import torch
 
 from ._op_cost import OpCost, declare_cost
 
-__all__ = ["require", "retention"]
+__all__ = ["auto_takes", "require", "retention"]
+
+# Where attn_impl="auto" takes the kernels: device types, and whether triton is installed (asked once, at import,
+# without importing it).
+AUTO_DEVICES = ("cuda",)
+TRITON_FOUND = importlib.util.find_spec("triton") is not None
 
 # Sizes the kernel is not specialized on (value 1, multiples of 16), so new grid sizes reuse the compiled kernel.
 NOT_SPECIALIZED = ("seq_len", "height", "width", "n_b", "n_c", "n_heads", "n_i", "n_j")
@@ -546,6 +553,55 @@ def retention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Te
     device = q.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else v.dtype
     return _retention_op(q.to(dtype), k.to(dtype), v.to(dtype), decay, chunkwise)
+
+
+def _probe(device: torch.device, dtype: torch.dtype) -> None:
+    """Build and run both forms, forward and backward, on tiny inputs: raises where the kernels cannot be built."""
+    with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
+        for chunkwise in (True, False):  # a 2x3 grid, one head
+            shape = (1, 2, 1, 3, 16) if chunkwise else (1, 1, 2, 3, 16)
+            new = lambda *s: torch.randn(s, device=device, dtype=dtype, requires_grad=True)  # noqa: E731
+            out = _retention_op(
+                new(*shape), new(*shape), new(1, 2, 3, 1, 16), torch.full((1,), -0.5, device=device), chunkwise
+            )
+            out.sum().backward()
+
+
+_BUILDS: dict[tuple[torch.device, torch.dtype], bool] = {}
+_warned = False
+
+
+@torch.compiler.assume_constant_result  # a compiled graph takes the answer as a constant, asked when traced
+def _builds(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the kernels build and run on `device` in `dtype`, tried once each; the first failure warns."""
+    global _warned
+    key = (device, dtype)
+    if key not in _BUILDS:
+        try:
+            _probe(device, dtype)
+            _BUILDS[key] = True
+        except Exception as e:  # any failure to build (Triton, ptxas, the driver) sends "auto" to matmul-softmax
+            _BUILDS[key] = False
+            if not _warned:
+                _warned = True
+                warnings.warn(
+                    f'attn_impl="auto" takes matmul-softmax: the fused retention kernel cannot be built on {device} '
+                    f"in {dtype} ({type(e).__name__}: {e}).",
+                    stacklevel=2,
+                )
+    return _BUILDS[key]
+
+
+def auto_takes(v: torch.Tensor) -> bool:
+    """Whether attn_impl="auto" takes the kernels for a call with values v: on CUDA where triton is installed and
+    the kernels build in the dtype the call would run in (autocast's where it is on). Predicted, until a GPU
+    measures it (benchmarks/rmt_gpu.py times "auto", "matmul" and "triton" side by side): fewer bytes than
+    matmul-softmax at every stage (issue 34)."""
+    device = v.device
+    if device.type not in AUTO_DEVICES or not TRITON_FOUND:
+        return False
+    dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else v.dtype
+    return _builds(device, dtype)
 
 
 def _nbytes(*tensors: torch.Tensor) -> int:
