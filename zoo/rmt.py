@@ -6,15 +6,16 @@ name; the one deliberate difference is the fused `retention.qkv` projection, whi
 from the official q/k/v projections.
 
 Manhattan Self-Attention (MaSA) is softmax(q k^T + D) v with an additive spatial-decay bias D, so any attention
-kernel that takes an additive mask computes it. `attn_impl="auto"` takes batched matmul-softmax on CPU (faster there
-in eager mode; compiled whole-image stages take SDPA) and, on other devices, for rows of at most SHORT_ROW keys;
-longer rows take `scaled_dot_product_attention` with D as the mask, which never holds the scores in memory.
+kernel that takes an additive mask computes it. `attn_impl="auto"` takes the fused Triton kernels
+(zoo/_retention_triton.py, forward and backward) on CUDA where they build, else batched matmul-softmax on CPU
+(faster there in eager mode; compiled whole-image stages take SDPA) and, on other devices, for rows of at most
+SHORT_ROW keys; longer rows take `scaled_dot_product_attention` with D as the mask, which never holds the scores.
 "matmul", "sdpa" and "flex" (FlexAttention, D computed inside the kernel) choose one. Position tables and
 masks are cached per stage, grid size, dtype and device, in one least-recently-used cache per model bounded by
 POSITION_CACHE_BYTES; the whole-image form switches to query blocks with masks built block by block when a full
 (HW)^2 mask would be large. `attn_impl="reference"` keeps a plain path written like the official code (masks
-rebuilt every call, explicit matmul and softmax) as the test oracle. `attn_impl="triton"` is an opt-in fused kernel
-(zoo/_retention_triton.py) that "auto" does not take.
+rebuilt every call, explicit matmul and softmax) as the test oracle. `attn_impl="triton"` takes the fused kernels
+on any device (CPU through Triton's interpreter only).
 """
 
 from __future__ import annotations
@@ -426,7 +427,7 @@ class ManhattanSelfAttention(nn.Module):
         # q and k rotated in one pass, written as (b, h, N, w, d) for row attention or (b, N, h, w, d) for whole-image
         q, k = _rotate(qk.permute(3, 0, 1, 4, 2, 5) if self.chunkwise else qk.permute(3, 0, 4, 1, 2, 5), *pos[:2])
         v = v.view(b, h, w, n, d)
-        if self.attn_impl == "triton":
+        if self.attn_impl == "triton" or (self.attn_impl == "auto" and _retention_triton.auto_takes(v)):
             out = _retention_triton.retention(q, k, v, decay, self.chunkwise)  # with its fused backward
         elif self.chunkwise:
             out = self._row_then_column(q, k, v, pos[2:], decay)
@@ -745,7 +746,8 @@ class RMT(StagedModel):
             nn.init.zeros_(m.bias)
 
     def set_attn_impl(self, attn_impl: str) -> "RMT":
-        """Switch every MaSA between "auto" (matmul-softmax or SDPA by device and row length: `_auto_matmul`),
+        """Switch every MaSA between "auto" (the fused kernels on CUDA where they build: `auto_takes`; else
+        matmul-softmax or SDPA by device and row length: `_auto_matmul`),
         "matmul" (always batched matmul-softmax), "sdpa", "flex" (FlexAttention, compiled; meant for CUDA), "triton"
         (zoo/_retention_triton.py, forward and backward) and "reference" (official-shaped,
         the test oracle)."""
