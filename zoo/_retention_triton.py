@@ -1,18 +1,24 @@
-"""Fused Triton kernels for RMT's retention, softmax(q k^T + D) v, opt-in as `attn_impl="triton"`.
+"""Fused Triton kernels for RMT's retention, softmax(q k^T + D) v, forward and backward: `attn_impl="triton"`, and
+what `attn_impl="auto"` takes on CUDA where they build (`auto_takes`).
 
 Why: at head dim 16-32 the matmul-softmax path writes the (L x L) scores and reads them back, several times the
 feature map itself in stage 1 (issue 28). Here the decay D = gamma_head * distance is computed in the kernel from
 token indices, the scores stay in registers (flash-style online softmax), q/k/v are read through their strides in
 the layouts MaSA already produces (no layout copies), and accumulation is fp32 for fp16/bf16/fp32 inputs.
 
-Two kernels, one launch per call:
+The forward, one launch per call:
 - row-then-column form (stages 1-3): one pass per image, head and block of the grid. The column attention takes
   the image rows one at a time as its keys (online softmax), and its value at row r, the row attention of (r, j)
   against row r, is computed right there in registers: no `rows` tensor goes to memory, and q, k, v are read from
   DRAM once (the programs of one image and head are adjacent, so the rows they share are re-read from L2), where
   two passes moved 8 feature maps (q, k, v, rows; q, k, rows, out) and this moves 4 (predicted, issue 34). The
   price is compute: each block of image rows recomputes the row attention it needs (a 4x repeat at 56x56).
-- whole-image form (stage 4): every token against every token, Manhattan distance from token indices.
+- whole-image form (stage 4): every token against every token, Manhattan distance from token indices
+  (`_attend_kernel`, which also runs single 1-D passes for the backward).
+The backward (rmt_zoo::retention_backward, the op's autograd formula), flash-style: each pass's forward recomputed
+with its log-sum-exp, then a dq launch and a dk/dv launch per pass that recompute the probabilities from q, k and
+the decay in registers; rows then columns backpropagate columns first (their d(values) is d(rows)), then rows,
+adding their dq, dk to the columns'. 3 launches for the whole image, 6 for rows then columns.
 Predicted, not measured: one row pass of rmt_s's stage 1 at 224x224, batch 256, has 256*56*4*56*56 = 180 M scores;
 matmul-softmax writes them and reads them back at least twice (scores, then probabilities), >= 4 x 180 M x 2 B =
 1.4 GB in bf16, where the fused pass moves q, k, v and its output, 4 x 103 MB, and no mask.
@@ -20,8 +26,9 @@ matmul-softmax writes them and reads them back at least twice (scores, then prob
 Devices: CUDA tensors run the compiled kernels. CPU tensors run only through Triton's interpreter, which takes
 TRITON_INTERPRET=1 set before triton is first imported (Triton's own library functions are jitted or interpreted
 at that moment); otherwise the call fails with one sentence. The tests run it so, in a child process.
-No backward: MaSA takes matmul-softmax instead when gradients are recorded. Triton is imported on first use only,
-so zoo imports where it is missing, and `attn_impl="triton"` then fails when the model is built (`require`).
+Triton is imported on first use only, so zoo imports where it is missing, and `attn_impl="triton"` then fails when
+the model is built (`require`); "auto" then keeps its other paths.
+Every launch plan declares its cost (zoo/_op_cost.py) for the GPU proxy: `_declared_cost`, `_declared_backward_cost`.
 """
 
 from __future__ import annotations
