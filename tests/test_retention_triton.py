@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch._subclasses.fake_tensor import FakeTensor
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
 from zoo import _retention_triton as rt
 from zoo._op_cost import OpCost, cost_of
@@ -55,12 +55,14 @@ OP_CASES = {
     "rows_cols_fp16": ((13, 17), 2, 32, True, torch.float16),
     "whole_fp32": ((5, 6), 2, 16, False, torch.float32),
 }
-# Gradients of the op alone against autograd of fp64 matmul-softmax: rows and columns, fp32 and fp16, and a
-# whole image of 70 tokens (key and query loops of 3 blocks in the backward).
+# Gradients of the op alone against autograd of fp64 matmul-softmax: rows and columns, fp32 and fp16 (one block a
+# sequence: one launch a pass), a whole image of 70 tokens and rows of 40 (fp32's backward blocks hold 32 tokens:
+# key and query loops over blocks, the rows' pass adding to the columns' dq, dk).
 GRAD_CASES = {
     "grad_rows_cols_fp32": ((7, 9), 2, 16, True, torch.float32),
     "grad_rows_cols_fp16": ((7, 9), 2, 16, True, torch.float16),
     "grad_whole_fp32": ((5, 14), 2, 16, False, torch.float32),
+    "grad_rows_40_fp32": ((2, 40), 1, 16, True, torch.float32),
 }
 MASA_CASES = [f"{h}x{w}-{form}-{dt}" for h, w in ((7, 9), (13, 17)) for form in ("rows_cols", "whole") for dt in DTYPES]
 
@@ -328,13 +330,15 @@ def test_declared_cost_is_one_pass(chunkwise):
 
 @pytest.mark.parametrize("chunkwise", [True, False], ids=["rows_cols", "whole"])
 def test_declared_backward_cost(chunkwise):
-    """The backward recomputes each pass's forward (writing its lse, 4 bytes a query) and runs its dq and dk/dv
-    launches: 3 launches for the whole image, 6 for rows then columns (whose row pass adds to the columns' dq, dk)."""
+    """Rows and columns of 56 fit one block: the rows recomputed (the columns' values), then one launch per pass
+    (the rows' adding their dq, dk to the columns'). The whole image's 3136 tokens do not: its forward recomputed
+    with its lse (4 bytes a query), then dq and dk/dv launches that read the output and the lse."""
     q, k, v, decay, dout = _meta_inputs(chunkwise)
-    fm, lse = v.numel() * 2, v.numel() // 16 * 4  # a feature map; one pass's lse
-    # forward: q, k, v, decay -> out, lse; dq: q, k, v, out, dout, lse, decay -> dq; dk/dv: ... -> dk, dv
-    one_pass = OpCost(3, 3 * fm + 16 + 2 * (5 * fm + lse + 16), fm + lse + 3 * fm)
-    expected = one_pass if not chunkwise else one_pass + one_pass + OpCost(0, 2 * fm, 0)  # dq and dk added to
+    fm, lse = v.numel() * 2, v.numel() // 16 * 4  # a feature map; the lse
+    if chunkwise:  # rows: q, k, v -> rows; columns: q, k, rows, dout -> dq, dk, d(rows); rows: ... (+ dq, dk) -> 3
+        expected = OpCost(3, 3 * fm + 16 + 4 * fm + 16 + 6 * fm + 16, fm + 3 * fm + 3 * fm)
+    else:  # q, k, v -> out, lse; q, k, v, out, dout, lse -> dq; the same -> dk, dv
+        expected = OpCost(3, 3 * fm + 16 + 2 * (5 * fm + lse + 16), fm + lse + 3 * fm)
     assert cost_of("rmt_zoo::retention_backward", dout, q, k, v, decay, chunkwise) == expected
 
 
@@ -389,6 +393,14 @@ def test_auto_takes_the_kernel_where_it_builds(auto_on_cpu, monkeypatch):
         monkeypatch.setattr(rt, "AUTO_DEVICES", ("cuda",))
         model(x)
     assert seen == [True, True, False, False]
+
+
+def test_auto_on_fake_tensors_takes_the_kernel_untried(auto_on_cpu, monkeypatch):
+    """Fake tensors (export, the GPU proxy's fake CUDA) have no device to build on: "auto" answers as where the
+    kernels build, without the probe, whose backward would start a CUDA context (no driver: the process aborts)."""
+    monkeypatch.setattr(rt, "_probe", lambda device, dtype: pytest.fail("probed on a fake tensor"))
+    with FakeTensorMode():
+        assert rt.auto_takes(torch.empty(1, 2, 3, 1, 16)) and rt._BUILDS == {}
 
 
 def test_cpu_needs_the_interpreter():

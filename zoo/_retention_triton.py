@@ -15,10 +15,12 @@ The forward, one launch per call:
   price is compute: each block of image rows recomputes the row attention it needs (a 4x repeat at 56x56).
 - whole-image form (stage 4): every token against every token, Manhattan distance from token indices
   (`_attend_kernel`, which also runs single 1-D passes for the backward).
-The backward (rmt_zoo::retention_backward, the op's autograd formula), flash-style: each pass's forward recomputed
-with its log-sum-exp, then a dq launch and a dk/dv launch per pass that recompute the probabilities from q, k and
-the decay in registers; rows then columns backpropagate columns first (their d(values) is d(rows)), then rows,
-adding their dq, dk to the columns'. 3 launches for the whole image, 6 for rows then columns.
+The backward (rmt_zoo::retention_backward, the op's autograd formula), flash-style: probabilities recomputed from q,
+k and the decay in registers, nothing L x L in memory. Rows then columns backpropagate columns first (their
+d(values) is d(rows)), then rows, adding their dq, dk to the columns'; the rows (the columns' values) are recomputed
+first. A pass whose sequences fit one block (every one at 224x224) is one launch writing dq, dk, dv; a longer one
+is its forward recomputed with its log-sum-exp, then a dq launch and a dk/dv launch. At 224x224 in 16-bit: 3 launches
+and 20 feature maps moved for rows then columns, 1 launch and 7 maps for the 7x7 whole image (predicted).
 Predicted, not measured: one row pass of rmt_s's stage 1 at 224x224, batch 256, has 256*56*4*56*56 = 180 M scores;
 matmul-softmax writes them and reads them back at least twice (scores, then probabilities), >= 4 x 180 M x 2 B =
 1.4 GB in bf16, where the fused pass moves q, k, v and its output, 4 x 103 MB, and no mask.
@@ -323,11 +325,64 @@ def _attend_backward_kernel(
         tl.store(dv + grads, acc_v.to(dv.dtype.element_ty), mask)
 
 
+def _attend_backward_block_kernel(
+    q, k, v, dout, dq, dk, dv, decay,
+    seq_len, width, n_b, n_c,
+    sq_a, sq_b, sq_c, sq_t, sq_d,
+    sk_a, sk_b, sk_c, sk_t, sk_d,
+    sv_a, sv_b, sv_c, sv_t, sv_d,
+    so_a, so_b, so_c, so_t, so_d,
+    sg_a, sg_b, sg_c,
+    HEAD_DIM: tl.constexpr, MANHATTAN: tl.constexpr, ACCUMULATE: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """The backward of `_attend_kernel` where one block holds the whole sequence (every row and column at 224x224):
+    one program per sequence recomputes the probabilities outright (no lse), takes rowsum(dout * out) as
+    rowsum(p * dp) (no out), and writes dq, dk and dv. Strides and ACCUMULATE as `_attend_backward_kernel`."""
+    pid = tl.program_id(0).to(tl.int64)
+    a = pid // (n_b * n_c)
+    b = (pid // n_c) % n_b
+    c = pid % n_c
+    log2e = 1.4426950408889634
+    gamma = tl.load(decay + a * sg_a + b * sg_b + c * sg_c).to(tl.float32) * log2e
+    offs = tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, BLOCK_D)
+    ok = offs < seq_len
+    mask = ok[:, None] & (offs_d < HEAD_DIM)[None, :]
+    tokens = offs[:, None]
+    q_tile = tl.load(q + a * sq_a + b * sq_b + c * sq_c + tokens * sq_t + offs_d[None, :] * sq_d, mask=mask, other=0.0)
+    k_tile = tl.load(k + a * sk_a + b * sk_b + c * sk_c + tokens * sk_t + offs_d[None, :] * sk_d, mask=mask, other=0.0)
+    v_tile = tl.load(v + a * sv_a + b * sv_b + c * sv_c + tokens * sv_t + offs_d[None, :] * sv_d, mask=mask, other=0.0)
+    grads = a * so_a + b * so_b + c * so_c + tokens * so_t + offs_d[None, :] * so_d
+    do_tile = tl.load(dout + grads, mask=mask, other=0.0)
+    if MANHATTAN:
+        dist = tl.abs(offs[:, None] // width - (offs // width)[None, :])
+        dist += tl.abs(offs[:, None] % width - (offs % width)[None, :])
+    else:
+        dist = tl.abs(offs[:, None] - offs[None, :])
+    scores = tl.dot(q_tile, tl.trans(k_tile), input_precision=PRECISION) * log2e + gamma * dist.to(tl.float32)
+    scores = tl.where(ok[None, :], scores, float("-inf"))
+    p = tl.exp2(scores - tl.max(scores, 1)[:, None])
+    p = p / tl.sum(p, 1)[:, None]
+    dp = tl.dot(do_tile, tl.trans(v_tile), input_precision=PRECISION)
+    ds = p * (dp - tl.sum(p * dp, 1)[:, None])
+    acc_q = tl.dot(ds.to(k_tile.dtype), k_tile, input_precision=PRECISION)
+    acc_k = tl.dot(tl.trans(ds.to(q_tile.dtype)), q_tile, input_precision=PRECISION)
+    acc_v = tl.dot(tl.trans(p.to(do_tile.dtype)), do_tile, input_precision=PRECISION)
+    if ACCUMULATE:
+        acc_q += tl.load(dq + grads, mask=mask, other=0.0).to(tl.float32)
+        acc_k += tl.load(dk + grads, mask=mask, other=0.0).to(tl.float32)
+    tl.store(dq + grads, acc_q.to(dq.dtype.element_ty), mask)
+    tl.store(dk + grads, acc_k.to(dk.dtype.element_ty), mask)
+    tl.store(dv + grads, acc_v.to(dv.dtype.element_ty), mask)
+
+
 # The kernels by name, as launch plans name them.
 SOURCES = {
     "rows_then_columns": _rows_then_columns_kernel,
     "attend": _attend_kernel,
     "attend_backward": _attend_backward_kernel,
+    "attend_backward_block": _attend_backward_block_kernel,
 }
 
 
@@ -445,44 +500,65 @@ def _attend(q, k, v, out, decay, lse, width: int) -> Launch:
     return "attend", grid, args, dict(meta, HEAD_DIM=head_dim, MANHATTAN=width > 0, STORE_LSE=lse is not None)
 
 
-def _attend_backward(q, k, v, out, dout, lse, dq, dk, dv, decay, width: int, accumulate: bool) -> list[Launch]:
-    """The two launches of `_attend_kernel`'s backward (dq; dk and dv), views as `_attend` takes them; out, dout,
-    dq, dk, dv share one layout. accumulate: dq and dk are added to what they hold."""
-    n_a, n_b, n_c, seq_len, head_dim = q.shape
-    meta = attend_config(seq_len, head_dim, q.dtype)
-    if q.dtype == torch.float32:  # fp32's dots run on FMAs: at 64 tokens a block, or 1 warp, its backward spills
+def backward_config(seq_len: int, head_dim: int, dtype: torch.dtype) -> dict:
+    """`attend_config` for the backward; fp32's dots run on FMAs, and at 64 tokens a block or 1 warp it spills."""
+    meta = attend_config(seq_len, head_dim, dtype)
+    if dtype == torch.float32:
         block = min(32, meta["BLOCK_M"])
         meta.update(BLOCK_M=block, BLOCK_N=block, num_warps=4)
+    return meta
+
+
+def one_block(q: torch.Tensor) -> bool:
+    """Whether the backward of a pass over q (A, B, C, L, D) holds each whole sequence in one block."""
+    return q.shape[3] <= backward_config(q.shape[3], q.shape[4], q.dtype)["BLOCK_M"]
+
+
+def _attend_backward(q, k, v, out, dout, lse, dq, dk, dv, decay, width: int, accumulate: bool) -> list[Launch]:
+    """The launches of `_attend_kernel`'s backward, views as `_attend` takes them; out, dout, dq, dk, dv share one
+    layout; accumulate: dq and dk are added to what they hold. Where one block holds each sequence (`one_block`),
+    one launch that needs neither out nor lse (pass None); else two (dq; dk and dv) that need both."""
+    n_a, n_b, n_c, seq_len, head_dim = q.shape
+    meta = backward_config(seq_len, head_dim, q.dtype)
     strides = (*q.stride(), *k.stride(), *v.stride(), *dout.stride(), *decay.stride())
+    flags = dict(HEAD_DIM=head_dim, MANHATTAN=width > 0, ACCUMULATE=accumulate)
+    if lse is None:
+        args = (q, k, v, dout, dq, dk, dv, decay, seq_len, max(width, 1), n_b, n_c, *strides)
+        block = dict(BLOCK=meta["BLOCK_M"], BLOCK_D=meta["BLOCK_D"], PRECISION=meta["PRECISION"], num_warps=4)
+        return [("attend_backward_block", (n_a * n_b * n_c,), args, dict(block, **flags))]
     args = (q, k, v, out, dout, lse, dq, dk, dv, decay, seq_len, max(width, 1), n_b, n_c, *strides)
-    meta = dict(meta, HEAD_DIM=head_dim, MANHATTAN=width > 0, ACCUMULATE=accumulate)
-    n_blocks = _cdiv(seq_len, meta["BLOCK_M"])  # BLOCK_M == BLOCK_N
-    return [("attend_backward", (n_a * n_b * n_c, n_blocks), args, dict(meta, DQ=dq_)) for dq_ in (True, False)]
+    grid = (n_a * n_b * n_c, _cdiv(seq_len, meta["BLOCK_M"]))  # BLOCK_M == BLOCK_N
+    return [("attend_backward", grid, args, dict(meta, **flags, DQ=dq_)) for dq_ in (True, False)]
 
 
 def backward_plan(dout, q, k, v, decay, chunkwise: bool, run) -> tuple[torch.Tensor, ...]:
-    """dq, dk, dv of one call, flash-style: the forward is recomputed with its lse (no scores or probabilities
-    are kept), then each pass's backward runs (columns first, whose d(rows) feeds the rows', which add their dq and
-    dk to the columns'). `run(launch)` runs or records each launch, so on meta or fake tensors this is the plan."""
+    """dq, dk, dv of one call, flash-style (no scores or probabilities are kept): each pass's backward runs
+    (columns first, whose d(values) is d(rows), then rows, adding their dq and dk to the columns'), one launch where
+    one block holds each sequence, else two after the pass's forward recomputed with its lse. Rows then columns
+    recompute the rows (the columns' values) in any case. `run(launch)` runs or records each launch, so on meta or
+    fake tensors this is the plan."""
     dout = dout.contiguous()  # (b, h, w, N, d), as out; so are the gradients until they are returned
     dq, dk, dv, out = (torch.empty_like(dout, dtype=v.dtype) for _ in range(4))
-    lse = lambda t: torch.empty(t.shape[:4], dtype=torch.float32, device=t.device)  # noqa: E731  (A, B, C, L)
+
+    def forward(q_, k_, v_, out_, decay_, width: int, needed: bool):
+        """The pass's forward again, with its lse, where its backward needs them (or its output is needed)."""
+        lse = None if one_block(q_) else torch.empty(q_.shape[:4], dtype=torch.float32, device=q_.device)
+        if lse is not None or needed:
+            run(_attend(q_, k_, v_, out_, decay_, lse, width))
+        return lse
+
     if not chunkwise:
         w = q.shape[3]
         qv, kv, vv, ov, dov, dqv, dkv, dvv, dec = _whole_image_views(q, k, v, out, dout, dq, dk, dv, decay)
-        lse_w = lse(qv)
-        run(_attend(qv, kv, vv, ov, dec, lse_w, w))
-        for launch in _attend_backward(qv, kv, vv, ov, dov, lse_w, dqv, dkv, dvv, dec, w, False):
+        lse = forward(qv, kv, vv, ov, dec, w, False)
+        for launch in _attend_backward(qv, kv, vv, ov, dov, lse, dqv, dkv, dvv, dec, w, False):
             run(launch)
         return dq.permute(0, 3, 1, 2, 4), dk.permute(0, 3, 1, 2, 4), dv
     rows, d_rows = torch.empty_like(dout, dtype=v.dtype), torch.empty_like(dout, dtype=v.dtype)
-    # forward again: rows and their lse, then columns (out) and theirs
     qr, kr, vr, rr, drr, dqr, dkr, dvr, dec_r = _row_views(q, k, v, rows, d_rows, dq, dk, dv, decay)
-    lse_r = lse(qr)
-    run(_attend(qr, kr, vr, rr, dec_r, lse_r, 0))
+    lse_r = forward(qr, kr, vr, rr, dec_r, 0, True)
     qc, kc, rc, oc, doc, drc, dqc, dkc, dec_c = _column_views(q, k, rows, out, dout, d_rows, dq, dk, decay)
-    lse_c = lse(qc)
-    run(_attend(qc, kc, rc, oc, dec_c, lse_c, 0))
+    lse_c = forward(qc, kc, rc, oc, dec_c, 0, False)
     for launch in [
         *_attend_backward(qc, kc, rc, oc, doc, lse_c, dqc, dkc, drc, dec_c, 0, False),
         *_attend_backward(qr, kr, vr, rr, drr, lse_r, dqr, dkr, dvr, dec_r, 0, True),
@@ -582,6 +658,8 @@ _warned = False
 def _builds(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether the kernels build and run on `device` in `dtype`, tried once each; the first failure warns."""
     global _warned
+    if torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE) is not None:
+        return True  # fake tensors (export, the GPU proxy's fake CUDA): nothing to build; answered as where it builds
     key = (device, dtype)
     if key not in _BUILDS:
         try:
@@ -626,6 +704,10 @@ def _plan_cost(plan: list[Launch], decay: torch.Tensor) -> OpCost:
             written = (dq,) if meta["DQ"] else (dk, dv)
             read = _nbytes(q, k, v, out, dout, lse, decay) + (_nbytes(written[0]) if meta["ACCUMULATE"] else 0)
             total += OpCost(1, read, _nbytes(*written))
+        elif name == "attend_backward_block":
+            q, k, v, dout, dq, dk, dv = args[:7]
+            read = _nbytes(q, k, v, dout, decay) + (_nbytes(dq, dk) if meta["ACCUMULATE"] else 0)
+            total += OpCost(1, read, _nbytes(dq, dk, dv))
         else:  # "rows_then_columns", "attend": q, k, v, out, (lse,) decay
             q, k, v, out = args[:4]
             lse = (args[4],) if meta.get("STORE_LSE") else ()
