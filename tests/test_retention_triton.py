@@ -342,6 +342,17 @@ def test_declared_backward_cost(chunkwise):
     assert cost_of("rmt_zoo::retention_backward", dout, q, k, v, decay, chunkwise) == expected
 
 
+@pytest.mark.parametrize(("grid", "stages"), [((7, 7), {"num_stages": 1}), ((25, 42), {})], ids=["7x7", "25x42"])
+def test_one_pipeline_stage_where_the_key_loop_runs_once(grid, stages):
+    """The whole-image forward of 7x7 tokens runs its key loop once: one stage, no prefetch buffers; at 25x42 (17
+    key blocks) Triton's default pipelining stays."""
+    h, w = grid
+    q, k = torch.empty(2, 2, 16, h, w, 32, dtype=torch.bfloat16, device="meta")
+    v = torch.empty(2, h, w, 16, 32, dtype=torch.bfloat16, device="meta")
+    ((name, _, _, meta),) = rt.launches(q, k, v, torch.empty(16, device="meta"), False)[1]
+    assert name == "attend" and {key: meta[key] for key in ("num_stages",) if key in meta} == stages
+
+
 @pytest.fixture
 def auto_on_cpu(monkeypatch):
     """ "auto" asks for the kernels on CPU as it would on CUDA, with triton found, and nothing tried yet."""
@@ -439,7 +450,7 @@ def _stage_shapes(arch: dict, size: tuple[int, int]):
 
 
 def _sources(h: int, w: int, n: int, d: int, chunkwise: bool, dtype: torch.dtype):
-    """The compile keys (name, signature, constexprs, attributes, warps) of the launches of one stage's forward and
+    """The compile keys (name, signature, constexprs, attributes, options) of the launches of one stage's forward and
     backward, specialized on the arguments as Triton's launcher specializes them (values 1, multiples of 16, aligned
     pointers)."""
     from triton._C.libtriton import native_specialize_impl
@@ -454,7 +465,7 @@ def _sources(h: int, w: int, n: int, d: int, chunkwise: bool, dtype: torch.dtype
     for name, _, args, meta in [*rt.launches(q, k, v, decay, chunkwise)[1], *backward]:
         kernel = _jit(name)
         meta = dict(meta)
-        warps = meta.pop("num_warps")
+        options = {key: meta.pop(key) for key in rt.LAUNCH_OPTIONS if key in meta}
         values = [*args, *(meta[p.name] for p in kernel.params[len(args) :])]
         signature, constexprs, attrs = {}, {}, {}
         for i, (param, value) in enumerate(zip(kernel.params, values)):
@@ -467,7 +478,7 @@ def _sources(h: int, w: int, n: int, d: int, chunkwise: bool, dtype: torch.dtype
                 constexprs[param.name] = attr
             elif attr:
                 attrs[(i,)] = attr
-        yield name, tuple(signature.items()), tuple(constexprs.items()), tuple(attrs.items()), warps
+        yield name, tuple(signature.items()), tuple(constexprs.items()), tuple(attrs.items()), tuple(options.items())
 
 
 def _ptxas(key, monkeypatch) -> tuple[int, int]:
@@ -475,7 +486,7 @@ def _ptxas(key, monkeypatch) -> tuple[int, int]:
     from triton.backends.compiler import GPUTarget
     from triton.backends.nvidia.compiler import CUDABackend
 
-    name, signature, constexprs, attrs, warps = key
+    name, signature, constexprs, attrs, options = key
     source = triton.compiler.ASTSource(
         _jit(name),
         dict(signature),
@@ -486,7 +497,7 @@ def _ptxas(key, monkeypatch) -> tuple[int, int]:
     monkeypatch.setenv("TRITON_ALWAYS_COMPILE", "1")  # no cache hit: ptxas runs every time
     log = io.StringIO()
     with contextlib.redirect_stdout(log):
-        triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
+        triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(options))
     text = log.getvalue()
     regs = re.search(r"Used (\d+) registers", text)
     spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", text)

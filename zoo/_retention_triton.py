@@ -56,6 +56,8 @@ NOT_SPECIALIZED = ("seq_len", "height", "width", "n_b", "n_c", "n_heads", "n_i",
 # for sm_90 with fewer than 255 registers and no spills under Triton 3.6 and 3.8 (tests/test_retention_triton.py;
 # fp32's dots run on FMAs and hold more in registers, so it takes more warps).
 WARPS = {16: (1, 1), 32: (1, 4), 64: (4, 8)}
+# Meta-parameters of a launch that are compile options, not the kernel's constexprs.
+LAUNCH_OPTIONS = ("num_warps", "num_stages")
 # Bound by _kernels() when Triton is first used: the kernels' source names it, and Triton resolves it at compile time.
 tl = None
 
@@ -417,8 +419,8 @@ def _precision(dtype: torch.dtype) -> str:
 
 
 def attend_config(seq_len: int, head_dim: int, dtype: torch.dtype) -> dict:
-    """Block sizes and warps for one pass of `_attend_kernel` or its backward: up to 64 tokens a block; 16 is
-    tl.dot's smallest side."""
+    """Block sizes and warps for one pass of `_attend_kernel`: up to 64 tokens a block (16 is tl.dot's smallest
+    side); one pipeline stage where the key loop runs once (nothing to prefetch: no shared memory spent on it)."""
     block = min(64, max(16, _pow2(seq_len)))
     return dict(
         BLOCK_M=block,
@@ -426,6 +428,7 @@ def attend_config(seq_len: int, head_dim: int, dtype: torch.dtype) -> dict:
         BLOCK_D=max(16, _pow2(head_dim)),
         PRECISION=_precision(dtype),
         num_warps=WARPS[block][dtype == torch.float32],
+        **(dict(num_stages=1) if seq_len <= block else {}),
     )
 
 
@@ -503,6 +506,7 @@ def _attend(q, k, v, out, decay, lse, width: int) -> Launch:
 def backward_config(seq_len: int, head_dim: int, dtype: torch.dtype) -> dict:
     """`attend_config` for the backward; fp32's dots run on FMAs, and at 64 tokens a block or 1 warp it spills."""
     meta = attend_config(seq_len, head_dim, dtype)
+    meta.pop("num_stages", None)  # the one-block kernel has no loop; the others loop more than once
     if dtype == torch.float32:
         block = min(32, meta["BLOCK_M"])
         meta.update(BLOCK_M=block, BLOCK_N=block, num_warps=4)
@@ -580,7 +584,9 @@ def _runner(q: torch.Tensor):
     def run(launch: Launch) -> None:
         name, grid, args, meta = launch
         if interpret:
-            meta = {key: value for key, value in meta.items() if key != "num_warps"}  # the interpreter takes none
+            meta = {
+                key: value for key, value in meta.items() if key not in LAUNCH_OPTIONS
+            }  # the interpreter takes none
         kernels[name][grid](*args, **meta)
 
     return run
