@@ -162,6 +162,26 @@ def _rows_then_columns_kernel(
     )
 
 
+def _sequence(decay, n_b, n_c, sg_a, sg_b, sg_c):
+    """Batch index (a, b, c) of this program's sequence (program axis 0, c fastest) and its decay in log2 units."""
+    pid = tl.program_id(0).to(tl.int64)
+    a = pid // (n_b * n_c)
+    b = (pid // n_c) % n_b
+    c = pid % n_c
+    return pid, a, b, c, tl.load(decay + a * sg_a + b * sg_b + c * sg_c).to(tl.float32) * 1.4426950408889634
+
+
+def _distance(queries, keys, width, MANHATTAN: tl.constexpr):
+    """(queries x keys) distances as fp32: Manhattan on a grid of `width` columns (t = row * width + column), or
+    |t - t'|."""
+    if MANHATTAN:
+        dist = tl.abs(queries[:, None] // width - (keys // width)[None, :])
+        dist += tl.abs(queries[:, None] % width - (keys % width)[None, :])
+    else:
+        dist = tl.abs(queries[:, None] - keys[None, :])
+    return dist.to(tl.float32)
+
+
 def _attend_kernel(
     q, k, v, out, lse, decay,
     seq_len, width, n_b, n_c,
@@ -178,12 +198,8 @@ def _attend_kernel(
     decay through strides that are 0 except on the head's axis. MANHATTAN: tokens are t = row * width + column and
     the decay is by their Manhattan distance; else by |t - t'|. STORE_LSE: each query's log2-sum-exp2 of its scores
     (log2 units) goes to lse, contiguous (A, B, C, L) fp32, for the backward."""
-    pid = tl.program_id(0).to(tl.int64)
-    a = pid // (n_b * n_c)
-    b = (pid // n_c) % n_b
-    c = pid % n_c
+    pid, a, b, c, gamma = _sequence(decay, n_b, n_c, sg_a, sg_b, sg_c)
     log2e = 1.4426950408889634  # scores in log2 units, for exp2
-    gamma = tl.load(decay + a * sg_a + b * sg_b + c * sg_c).to(tl.float32) * log2e
     offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
@@ -202,12 +218,8 @@ def _attend_kernel(
         keys = start + offs_n
         key_ok = keys < seq_len
         k_tile = tl.load(k_ptrs, mask=key_ok[None, :] & dim_ok[:, None], other=0.0)
-        if MANHATTAN:
-            dist = tl.abs(offs_m[:, None] // width - (keys // width)[None, :])
-            dist += tl.abs(offs_m[:, None] % width - (keys % width)[None, :])
-        else:
-            dist = tl.abs(offs_m[:, None] - keys[None, :])
-        scores = tl.dot(q_tile, k_tile, input_precision=PRECISION) * log2e + gamma * dist.to(tl.float32)
+        dist = _distance(offs_m, keys, width, MANHATTAN)
+        scores = tl.dot(q_tile, k_tile, input_precision=PRECISION) * log2e + gamma * dist
         scores = tl.where(key_ok[None, :], scores, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(scores, 1))
         alpha = tl.exp2(m_i - m_new)
@@ -243,12 +255,8 @@ def _attend_backward_kernel(
     forward's output. DQ: the block is BLOCK_M queries, looping over keys, writing dq; else it is BLOCK_N keys,
     looping over queries, writing dk and dv. ACCUMULATE: dq (or dk) is added to what is there (dv is not). out,
     dout, dq, dk, dv share the strides so_*."""
-    pid = tl.program_id(0).to(tl.int64)
-    a = pid // (n_b * n_c)
-    b = (pid // n_c) % n_b
-    c = pid % n_c
-    log2e = 1.4426950408889634
-    gamma = tl.load(decay + a * sg_a + b * sg_b + c * sg_c).to(tl.float32) * log2e
+    pid, a, b, c, gamma = _sequence(decay, n_b, n_c, sg_a, sg_b, sg_c)
+    log2e = 1.4426950408889634  # scores in log2 units, for exp2
     offs_d = tl.arange(0, BLOCK_D)
     dim_ok = offs_d < HEAD_DIM
     q += a * sq_a + b * sq_b + c * sq_c
@@ -298,12 +306,8 @@ def _attend_backward_kernel(
             o_tile = tl.load(out + g_ptrs, mask=q_mask, other=0.0)
             delta_m = tl.sum(do_tile.to(tl.float32) * o_tile.to(tl.float32), 1)
             lse_m = tl.load(lse + offs_m, mask=m_ok, other=0.0)
-        if MANHATTAN:
-            dist = tl.abs(offs_m[:, None] // width - (offs_n // width)[None, :])
-            dist += tl.abs(offs_m[:, None] % width - (offs_n % width)[None, :])
-        else:
-            dist = tl.abs(offs_m[:, None] - offs_n[None, :])
-        scores = tl.dot(q_tile, tl.trans(k_tile), input_precision=PRECISION) * log2e + gamma * dist.to(tl.float32)
+        dist = _distance(offs_m, offs_n, width, MANHATTAN)
+        scores = tl.dot(q_tile, tl.trans(k_tile), input_precision=PRECISION) * log2e + gamma * dist
         p = tl.where(m_ok[:, None] & n_ok[None, :], tl.exp2(scores - lse_m[:, None]), 0.0)
         dp = tl.dot(do_tile, tl.trans(v_tile), input_precision=PRECISION)
         ds = p * (dp - delta_m[:, None])
@@ -341,12 +345,8 @@ def _attend_backward_block_kernel(
     """The backward of `_attend_kernel` where one block holds the whole sequence (every row and column at 224x224):
     one program per sequence recomputes the probabilities outright (no lse), takes rowsum(dout * out) as
     rowsum(p * dp) (no out), and writes dq, dk and dv. Strides and ACCUMULATE as `_attend_backward_kernel`."""
-    pid = tl.program_id(0).to(tl.int64)
-    a = pid // (n_b * n_c)
-    b = (pid // n_c) % n_b
-    c = pid % n_c
-    log2e = 1.4426950408889634
-    gamma = tl.load(decay + a * sg_a + b * sg_b + c * sg_c).to(tl.float32) * log2e
+    pid, a, b, c, gamma = _sequence(decay, n_b, n_c, sg_a, sg_b, sg_c)
+    log2e = 1.4426950408889634  # scores in log2 units, for exp2
     offs = tl.arange(0, BLOCK)
     offs_d = tl.arange(0, BLOCK_D)
     ok = offs < seq_len
@@ -357,12 +357,8 @@ def _attend_backward_block_kernel(
     v_tile = tl.load(v + a * sv_a + b * sv_b + c * sv_c + tokens * sv_t + offs_d[None, :] * sv_d, mask=mask, other=0.0)
     grads = a * so_a + b * so_b + c * so_c + tokens * so_t + offs_d[None, :] * so_d
     do_tile = tl.load(dout + grads, mask=mask, other=0.0)
-    if MANHATTAN:
-        dist = tl.abs(offs[:, None] // width - (offs // width)[None, :])
-        dist += tl.abs(offs[:, None] % width - (offs % width)[None, :])
-    else:
-        dist = tl.abs(offs[:, None] - offs[None, :])
-    scores = tl.dot(q_tile, tl.trans(k_tile), input_precision=PRECISION) * log2e + gamma * dist.to(tl.float32)
+    dist = _distance(offs, offs, width, MANHATTAN)
+    scores = tl.dot(q_tile, tl.trans(k_tile), input_precision=PRECISION) * log2e + gamma * dist
     scores = tl.where(ok[None, :], scores, float("-inf"))
     p = tl.exp2(scores - tl.max(scores, 1)[:, None])
     p = p / tl.sum(p, 1)[:, None]
@@ -379,6 +375,8 @@ def _attend_backward_block_kernel(
     tl.store(dv + grads, acc_v.to(dv.dtype.element_ty), mask)
 
 
+# Functions the kernels call, jitted with them.
+HELPERS = (_sequence, _distance)
 # The kernels by name, as launch plans name them.
 SOURCES = {
     "rows_then_columns": _rows_then_columns_kernel,
@@ -397,6 +395,8 @@ def _kernels() -> dict:
     import triton.language
 
     tl = triton.language
+    for helper in HELPERS:  # the kernels call them by these names: bound to their jitted selves
+        globals()[helper.__name__] = triton.jit(helper)
     return {name: triton.jit(fn, do_not_specialize=NOT_SPECIALIZED) for name, fn in SOURCES.items()}
 
 
