@@ -2,8 +2,9 @@
 
 `attend(impl, ...)` is the one entry: MaSA hands it rotated q, k, v and the stage's decay tables, and it runs the
 row-then-column or whole-image form with the kernel `impl` names: batched matmul-softmax, SDPA with D as the
-mask, FlexAttention (D computed in the kernel), or the fused Triton op (zoo/_retention_triton.py). "auto" picks
-matmul-softmax or SDPA by device and row length (`_auto_matmul`); docs/rmt_internals.md has the measurements.
+mask, FlexAttention (D computed in the kernel), or the fused Triton op (zoo/_retention_triton.py, forward and
+backward). "auto" takes the fused op on CUDA where it builds (`_retention_triton.auto_takes`), else matmul-softmax
+or SDPA by device and row length (`_auto_matmul`); docs/rmt_internals.md has the measurements.
 """
 
 from __future__ import annotations
@@ -125,10 +126,10 @@ def _flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor
 
 
 def _kernel(impl: str, q, k, v, bias, decay, width: int) -> torch.Tensor:
-    """One attention call over the last two dims, by `impl` ("triton" here: its fallback where gradients flow)."""
+    """One attention call over the last two dims, by `impl` ("auto" here where the fused op is not taken)."""
     if impl == "flex":
         return _flex(q, k, v, decay.to(q.dtype), width)
-    if impl in ("matmul", "triton") or (impl == "auto" and _auto_matmul(q.device, k.shape[-2], width)):
+    if impl == "matmul" or (impl == "auto" and _auto_matmul(q.device, k.shape[-2], width)):
         return matmul_softmax(q, k, v, bias)
     return sdpa(q, k, v, bias)
 
@@ -140,9 +141,9 @@ def attend(
     """Retention of rotated q, k ((b, h, N, w, d) chunkwise, else (b, N, h, w, d); k scaled) and v (b, h, w, N, d)
     with the stage's decay `masks` (zoo/_rmt_fast.py's layouts), as (b, h, w, N, d).
 
-    "triton" runs the fused op where no gradients are recorded (it has no backward), else matmul-softmax.
+    "triton", and "auto" where `_retention_triton.auto_takes(v)`, run the fused op (with its fused backward).
     """
-    if impl == "triton" and not (torch.is_grad_enabled() and (q.requires_grad or v.requires_grad)):
+    if impl == "triton" or (impl == "auto" and _retention_triton.auto_takes(v)):
         return _retention_triton.retention(q, k, v, decay, chunkwise)
     if chunkwise:
         return _row_then_column(impl, q, k, v, masks, decay)
