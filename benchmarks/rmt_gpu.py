@@ -7,13 +7,15 @@
 rmt_s at 224x224 in two settings: bf16 autocast at batch 256 (throughput) and fp32 at batch 1 (latency). Paths,
 interleaved round by round: official eager, official torch.compile, ours eager (attn_impl="auto"), ours
 torch.compile(fullgraph=True); compiled graphs are static (dynamic=False), and at batch 1 use CUDA graphs
-(mode="reduce-overhead", both implementations), the usual way to serve batch 1 when launches dominate. The throughput
-setting also times ours eager with attn_impl="sdpa" (PyTorch's fused attention, against which "auto"'s choice is
-checked) and with attn_impl="triton" (the opt-in fused retention kernel, compiled too), and swin_t, eager and
-compiled, timm's own code at equal GMACs. The official model's random initial weights are loaded into ours
-(`checkpoint_filter_fn`, strict). Before timing, every path's output is checked against the eager fp32 output of its
-own code on the same input: 1e-4 in fp32, 5e-2 under bf16 autocast (the harness's bf16 bound: bf16 keeps 8
-significant bits and errors compound over rmt_s's 29 blocks); the official bf16's own error is reported beside ours.
+(mode="reduce-overhead", both implementations), the usual way to serve batch 1 when launches dominate. "auto" takes
+the fused Triton retention kernels on CUDA (zoo/_retention_triton.py; matmul-softmax where they cannot be built, with
+a warning), a choice made on predicted numbers, so the throughput setting times it beside its alternatives: ours
+eager with attn_impl="matmul" (what "auto" took before, at these short rows), "triton" (the kernels named, no
+fallback) and "sdpa", ours compiled with "matmul"; and swin_t, eager and compiled, timm's own code at equal GMACs.
+The official model's random initial weights are loaded into ours (`checkpoint_filter_fn`, strict). Before timing,
+every path's output is checked against the eager fp32 output of its own code on the same input: 1e-4 in fp32, 5e-2
+under bf16 autocast (the harness's bf16 bound: bf16 keeps 8 significant bits and errors compound over rmt_s's 29
+blocks); the official bf16's own error is reported beside ours.
 A path that raises (a compiler bug, say) is reported and left out; the others are timed.
 TF32 is off throughout (cuDNN's default TF32 convolutions alone exceed 1e-4), so fp32 is fp32. Rounds are bracketed
 by synchronisation; medians over rounds. Between the two settings (--parts picks among throughput, memory and
@@ -87,8 +89,8 @@ class Config:
 
 GPU = Config(
     device="cuda", model="rmt_s", size=224,
-    settings=(Setting("throughput", "bf16 autocast", 256, torch.bfloat16, attn_impls=("sdpa", "triton"),
-                      compiled_attn_impls=("triton",), peers=("swin_t",)),
+    settings=(Setting("throughput", "bf16 autocast", 256, torch.bfloat16, attn_impls=("matmul", "triton", "sdpa"),
+                      compiled_attn_impls=("matmul",), peers=("swin_t",)),
               Setting("latency", "fp32", 1, None, compile_mode="reduce-overhead")),
     dense_model="rmt_t", dense_size=(800, 1344), rounds=5, min_round_s=0.5, profile_rows=25, compile_backend="inductor",
 )  # fmt: skip

@@ -14,7 +14,7 @@ import torch
 
 import zoo.internimage as ii
 import zoo.rmt as rmt
-from zoo import _retention, _rmt_reference  # the CUDA side of test_rmt.py's unit checks of these paths
+from zoo import _retention, _retention_triton, _rmt_reference  # the CUDA side of test_rmt.py's unit checks
 from bench.measure import Energy, Latency, Memory, time_steps
 
 
@@ -55,15 +55,23 @@ def test_rmt_paths_match_reference_fp32(impl, rel_err, rmt_pair):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_rmt_auto_takes_both_kernels_by_row_length(dtype, rel_err, rmt_pair):
-    """An input whose first stage has rows longer than SHORT_ROW: "auto" runs those on SDPA and every shorter row
-    (columns, later stages) on matmul-softmax, in one forward."""
+def test_rmt_auto_takes_both_kernels_by_row_length(dtype, rel_err, rmt_pair, monkeypatch):
+    """Where "auto" does not take the fused kernels (here: CUDA off its list), an input whose first stage has rows
+    longer than SHORT_ROW runs those on SDPA and every shorter row (columns, later stages) on matmul-softmax, in one
+    forward."""
+    monkeypatch.setattr(_retention_triton, "AUTO_DEVICES", ())
+    taken = []
+    for name in ("sdpa", "matmul_softmax"):
+        kernel = getattr(_retention, name)
+        monkeypatch.setattr(_retention, name, lambda *a, name=name, kernel=kernel: taken.append(name) or kernel(*a))
     model, reference, _ = rmt_pair("auto")
     x = torch.randn(1, 3, 64, 4 * (_retention.SHORT_ROW + 8), device="cuda")  # stage 1: 16 x 72 tokens
     with torch.no_grad():
         ref = reference(x)
+        taken.clear()
         with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
             out = model(x)
+    assert taken[0] == "sdpa" and "matmul_softmax" in taken
     assert rel_err(out.float(), ref) <= LOW_TOL.get(dtype, TOL)
 
 

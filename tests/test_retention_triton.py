@@ -13,17 +13,21 @@ import contextlib
 import functools
 import io
 import json
+import operator
 import os
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
+from zoo import _retention, _rmt_fast, _rmt_reference, rmt
 from zoo import _retention_triton as rt
-from zoo import _retention, _rmt_fast, rmt
+from zoo._op_cost import OpCost, cost_of
 
 
 def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
@@ -44,6 +48,24 @@ TINY = dict(
 )  # fmt: skip  (head dims 8, 16, 12, 16: padded to the kernel's 16-wide tiles)
 TOL = {"fp32": 1e-5, "fp16": 2e-3}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+# The op alone against fp64 (grid, heads, head dim, chunkwise, dtype): stage 1 of an 800x1344 input has rows of 336
+# keys (6 key blocks) and columns of 200 (13 blocks of image rows, each looping over all 200 rows); two rows of it,
+# and two columns of 72 (5 blocks of rows: the same loops, a third of the interpreter's time), stand for the grid.
+OP_CASES = {
+    "rows_336": ((2, 336), 1, 16, True, torch.float32),
+    "columns_72": ((72, 2), 1, 16, True, torch.float32),
+    "rows_cols_fp16": ((13, 17), 2, 32, True, torch.float16),
+    "whole_fp32": ((5, 6), 2, 16, False, torch.float32),
+}
+# Gradients of the op alone against autograd of fp64 matmul-softmax: rows and columns, fp32 and fp16 (one block a
+# sequence: one launch a pass), a whole image of 70 tokens and rows of 40 (fp32's backward blocks hold 32 tokens:
+# key and query loops over blocks, the rows' pass adding to the columns' dq, dk).
+GRAD_CASES = {
+    "grad_rows_cols_fp32": ((7, 9), 2, 16, True, torch.float32),
+    "grad_rows_cols_fp16": ((7, 9), 2, 16, True, torch.float16),
+    "grad_whole_fp32": ((5, 14), 2, 16, False, torch.float32),
+    "grad_rows_40_fp32": ((2, 40), 1, 16, True, torch.float32),
+}
 MASA_CASES = [f"{h}x{w}-{form}-{dt}" for h, w in ((7, 9), (13, 17)) for form in ("rows_cols", "whole") for dt in DTYPES]
 
 
@@ -58,9 +80,28 @@ class _Calls:
         self._fused = rt.retention
         rt.retention = self
 
-    def __call__(self, q, k, v, decay, chunkwise):
+    def __call__(self, q, k, v, lepe, rot, decay, chunkwise):
         self.seen.append(chunkwise)
-        return self._fused(q, k, v, decay, chunkwise)
+        return self._fused(q, k, v, lepe, rot, decay, chunkwise)
+
+    def take(self) -> list[bool]:
+        seen, self.seen = self.seen, []
+        return seen
+
+
+class _Backwards:
+    """Counts runs of the fused backward (their `chunkwise`), so that gradients from elsewhere cannot pass; not the
+    op's fake implementation, which plans the same launches on fake tensors while a graph is traced."""
+
+    def __init__(self):
+        self.seen: list[bool] = []
+        self._plan = rt.backward_plan
+        rt.backward_plan = self
+
+    def __call__(self, dout, q, k, v, rot, decay, chunkwise, run):
+        if not isinstance(q, FakeTensor):
+            self.seen.append(chunkwise)
+        return self._plan(dout, q, k, v, rot, decay, chunkwise, run)
 
     def take(self) -> list[bool]:
         seen, self.seen = self.seen, []
@@ -78,28 +119,67 @@ def _masa(dim: int, heads: int, chunkwise: bool, dtype: torch.dtype, x: torch.Te
     return outs
 
 
-def _dense_pass(grid: tuple[int, int], which: int) -> float:
-    """One pass of the row-then-column form alone (0: rows, 1: columns, of random input) against matmul-softmax."""
+def _official(q, k, v, lepe, sin, cos, decay, chunkwise: bool) -> torch.Tensor:
+    """The op's result in fp64, from the official formulas: q and k rotated (the official stack-based pair
+    rotation) and k scaled by 1/sqrt(d), softmax(q k^T + decay * distance) v over each row, then over each column of
+    the rows' output (chunkwise), or over the whole image with the Manhattan distance, plus lepe. The official-shaped
+    rotation and softmax and the distance table are the reference path's private helpers: the oracle's own."""
+    q, k, v, decay = q.double(), k.double(), v.double(), decay.double()[:, None, None]
+    shape = (1, q.shape[1], 1, q.shape[3], -1) if chunkwise else (1, 1, q.shape[2], q.shape[3], -1)
+    sin, cos = sin.double().reshape(shape), cos.double().reshape(shape)
+    q = q * cos + _rmt_reference._stack_rotate(q) * sin
+    k = (k * cos + _rmt_reference._stack_rotate(k) * sin) * k.shape[-1] ** -0.5
+    return lepe.double() + _official_attention(q, k, v, decay, chunkwise)
+
+
+def _official_attention(q, k, v, decay, chunkwise: bool) -> torch.Tensor:
+    if chunkwise:  # q, k (b, h, N, w, d), v (b, h, w, N, d)
+        b, h, n, w, d = q.shape
+        rows = _rmt_reference._decayed_softmax(q, k, v.transpose(2, 3), decay * rmt._abs_distance(w, q.device))
+        cols = lambda t: t.permute(0, 3, 2, 1, 4)  # noqa: E731  (b, h, N, w, d) -> (b, w, N, h, d)
+        out = _rmt_reference._decayed_softmax(cols(q), cols(k), cols(rows), decay * rmt._abs_distance(h, q.device))
+        return out.permute(0, 3, 1, 2, 4)
+    b, n, h, w, d = q.shape  # q, k (b, N, h, w, d)
+    bias = _retention.manhattan_bias(
+        decay * rmt._abs_distance(h, q.device), decay * rmt._abs_distance(w, q.device), slice(None)
+    )
+    out = _rmt_reference._decayed_softmax(q.flatten(2, 3), k.flatten(2, 3), v.flatten(1, 2).transpose(1, 2), bias)
+    return out.transpose(1, 2).unflatten(1, (h, w))
+
+
+def _op_inputs(grid: tuple[int, int], heads: int, head_dim: int, chunkwise: bool, dtype: torch.dtype):
+    """Random unrotated q, k, v and LePE output for the op, the stage's rotary sin and cos (h, w, 1, d) and the
+    tables MaSA passes (`rotary_tables`), and the decay: q and k non-contiguous (every other element of a larger
+    tensor), v a view of a (b, h, w, N * d) projection, as MaSA passes it."""
     torch.manual_seed(0)
-    b, n, d = 1, 1, 16
     h, w = grid
-    relpos = rmt.DecayPosition(n * d, n, 2, 4, True)
-    mask_w, mask_h = _rmt_fast.decay_masks(*relpos.distances(h, w, torch.float32), True)
-    q, k = torch.randn(2, b, h, n, w, d)  # as _rotate writes them
-    v = torch.randn(b, h, w, n * d).view(b, h, w, n, d)  # a view of the projection, as MaSA passes it
-    out, launches = rt.launches(q, k, v, relpos.decay, chunkwise=True)
-    rows = launches[0][1][3]
-    grid_, args, meta = launches[which]
-    meta.pop("num_warps")
-    if which == 1:
-        rows.copy_(torch.randn(rows.shape))
-    rt._kernel()[grid_](*args, **meta)
-    if which == 0:
-        ref = _retention.matmul_softmax(q.flatten(0, 1), k.flatten(0, 1), v.transpose(2, 3).flatten(0, 1), mask_w)
-        return rel_err(rows.flatten(0, 1), ref)
-    cols = lambda t: t.permute(0, 3, 2, 1, 4).reshape(b * w, n, h, d)  # noqa: E731
-    ref = _retention.matmul_softmax(cols(q), cols(k), cols(rows), mask_h)  # (b*w, N, h, d)
-    return rel_err(out.permute(0, 2, 3, 1, 4).reshape(b * w, n, h, d), ref)
+    shape = (1, h, heads, w, head_dim) if chunkwise else (1, heads, h, w, head_dim)
+    q, k = torch.randn(2, *shape[:-1], 2 * head_dim, dtype=dtype)[..., ::2]
+    v, lepe = torch.randn(2, 1, h, w, heads * head_dim, dtype=dtype).view(2, 1, h, w, heads, head_dim)
+    sin, cos = rmt.DecayPosition(heads * head_dim, heads, 2, 4, chunkwise).rotary(h, w, torch.float32)
+    rot = _rmt_fast.rotary_tables(sin, cos, chunkwise, dtype, False)[0]
+    return (q, k, v, lepe, rot, torch.log(1 - 2 ** (-2.0 - torch.arange(heads)))), (sin, cos)
+
+
+def _op_case(*case) -> float:
+    """The op's output against `_official`."""
+    (q, k, v, lepe, rot, decay), tables = _op_inputs(*case)
+    chunkwise = case[3]
+    ours = rt._retention_op(q, k, v, lepe, rot, decay, chunkwise).double()
+    return rel_err(ours, _official(q, k, v, lepe, *tables, decay, chunkwise))
+
+
+def _grad_case(*case) -> float:
+    """The worst of the op's gradients of the unrotated q, k and of v, lepe (its fused backward) against autograd
+    of `_official` (fp64)."""
+    (q, k, v, lepe, rot, decay), tables = _op_inputs(*case)
+    chunkwise = case[3]
+    dout = torch.randn(v.shape, dtype=torch.float64)
+    ours = [t.detach().requires_grad_() for t in (q, k, v, lepe)]
+    ref = [t.detach().double().requires_grad_() for t in (q, k, v, lepe)]
+    rt._retention_op(*ours, rot, decay, chunkwise).backward(dout.to(q.dtype))
+    _official(*ref, *tables, decay, chunkwise).backward(dout)
+    return max(rel_err(a.grad.double(), b.grad) for a, b in zip(ours, ref))
 
 
 def _child() -> dict[str, dict]:
@@ -111,8 +191,21 @@ def _child() -> dict[str, dict]:
         results[case] = dict(err=rel_err(outs["triton"].float(), outs["matmul"].float()), calls=calls.take())
     outs = _masa(32, 1, False, torch.float32, torch.randn(1, 25, 42, 32))
     results["dense_whole"] = dict(err=rel_err(outs["triton"], outs["matmul"]), calls=calls.take())
-    results["dense_rows_336"] = dict(err=_dense_pass((2, 336), 0))
-    results["dense_columns_200"] = dict(err=_dense_pass((200, 2), 1))
+    for case, args in OP_CASES.items():
+        results[case] = dict(err=_op_case(*args))
+    backwards = _Backwards()
+    for case, args in GRAD_CASES.items():
+        results[case] = dict(err=_grad_case(*args), backwards=backwards.take())
+    torch.manual_seed(0)
+    model = rmt.RMT(**TINY).eval()  # eval: no drop path; gradients are recorded all the same
+    x = torch.randn(2, 3, 32, 48)
+    grads = {}
+    for impl in ("matmul", "triton"):
+        model.zero_grad()
+        model.set_attn_impl(impl)(x).square().sum().backward()
+        grads[impl] = [p.grad.clone() for p in model.parameters()]
+    errs = [rel_err(a, b) for a, b in zip(grads["triton"], grads["matmul"])]
+    results["rmt_train"] = dict(err=max(errs), calls=calls.take(), backwards=backwards.take())
     torch.manual_seed(0)
     model = rmt.RMT(**TINY).eval()
     x = torch.randn(2, 3, 64, 96)
@@ -135,6 +228,23 @@ def _child() -> dict[str, dict]:
         calls.take()
         compiled = torch.compile(masa, fullgraph=True)(x, relpos(5, 7, x.dtype), relpos.decay, "triton")
         results["inductor"] = dict(err=rel_err(compiled, eager), calls=calls.take())
+    # a training step compiled (aot_eager, fullgraph): the backward op is in the graph and its gradients match
+    grads = {}
+    for name, fn in (("eager", masa), ("compiled", torch.compile(masa, fullgraph=True, backend="aot_eager"))):
+        masa.zero_grad()
+        fn(x, relpos(5, 7, x.dtype), relpos.decay, "triton").square().sum().backward()
+        grads[name] = masa.qkv.weight.grad.clone()
+    results["compiled_train"] = dict(
+        err=rel_err(grads["compiled"], grads["eager"]), calls=calls.take(), backwards=backwards.take()
+    )
+    rt.AUTO_DEVICES = ("cpu",)  # the interpreter's CPU stands for CUDA
+    with torch.no_grad():
+        compiled = torch.compile(masa, fullgraph=True, backend="aot_eager")(
+            x, relpos(5, 7, x.dtype), relpos.decay, "auto"
+        )
+        eager = masa(x, relpos(5, 7, x.dtype), relpos.decay, "triton")
+    builds = [[str(device), str(dtype), ok] for (device, dtype), ok in rt._BUILDS.items()]
+    results["auto_compiled"] = dict(err=rel_err(compiled, eager), calls=calls.take()[:-1], builds=builds)
     return results
 
 
@@ -163,11 +273,26 @@ def test_dense_whole_image_stage(interpreted):
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("case", ["dense_rows_336", "dense_columns_200"])
-def test_dense_row_and_column_pass(interpreted, case):
-    """Stage 1 of an 800x1344 input (200x336 tokens) has rows of 336 and columns of 200 keys; rows and columns are
-    independent, so two rows (row pass) and two columns (column pass) of it stand for the whole grid."""
-    assert interpreted[case]["err"] <= TOL["fp32"]
+@pytest.mark.parametrize("case", OP_CASES)
+def test_op_matches_official_fp64(interpreted, case):
+    """The op alone, non-contiguous q and k, against the official formulas in fp64."""
+    assert interpreted[case]["err"] <= TOL["fp16" if OP_CASES[case][-1] == torch.float16 else "fp32"]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("case", GRAD_CASES)
+def test_backward_matches_matmul_softmax_autograd(interpreted, case):
+    """dq, dk, dv from the fused backward against autograd of fp64 matmul-softmax (the official formulas)."""
+    assert interpreted[case]["backwards"] == [GRAD_CASES[case][3]]
+    assert interpreted[case]["err"] <= TOL["fp16" if GRAD_CASES[case][-1] == torch.float16 else "fp32"]
+
+
+@pytest.mark.e2e
+def test_rmt_training_takes_the_kernel(interpreted):
+    """A whole RMT's parameter gradients, fp32: every MaSA runs the op forward and its fused backward."""
+    train = interpreted["rmt_train"]
+    assert train["calls"] == [True, True, False, False] and train["backwards"] == [False, False, True, True]
+    assert train["err"] <= 1e-4
 
 
 @pytest.mark.e2e
@@ -185,23 +310,156 @@ def test_compile_fullgraph_and_export(interpreted):
     exported = interpreted["exported"]
     assert exported["ops"] == 4 and exported["err"] <= 1e-5  # the fake implementation gives no values
     assert interpreted["inductor"]["calls"] == [True] and interpreted["inductor"]["err"] <= 1e-5  # traced once
+    train = interpreted["compiled_train"]
+    assert train["calls"] == [True, True] and train["backwards"] == [True, True] and train["err"] <= 1e-5
+
+
+@pytest.mark.e2e
+def test_auto_compiled_probes_and_takes_the_kernel(interpreted):
+    """ "auto" on a device where the kernels build (the interpreter's CPU standing for CUDA): the build probe runs
+    (its kernels really launch) while torch.compile(fullgraph=True) traces, and the graph takes the op."""
+    auto = interpreted["auto_compiled"]
+    assert auto["builds"] == [["cpu", "torch.float32", True]]
+    assert auto["calls"] == [True] and auto["err"] <= 1e-5
 
 
 # --- in this process: no kernel runs ----------------------------------------------------------------------------------
 
 
-def test_gradients_take_matmul(monkeypatch):
-    """No backward kernel: with gradients recorded MaSA takes matmul-softmax; "auto" never takes the kernel."""
-    monkeypatch.setattr(rt, "retention", lambda *a: pytest.fail("the fused op was called"))
+def _meta_inputs(chunkwise: bool):
+    """bf16 q, k, v, lepe, fp32 rotary tables and decay, and an output gradient of rmt_s's stage 1 at 224x224
+    (batch 2), on the meta device."""
+    b, h, w, n, d = 2, 56, 56, 4, 16
+    shape = (b, h, n, w, d) if chunkwise else (b, n, h, w, d)
+    q, k = torch.empty(2, *shape, dtype=torch.bfloat16, device="meta")
+    v, lepe = torch.empty(2, b, h, w, n * d, dtype=torch.bfloat16, device="meta").view(2, b, h, w, n, d)
+    rot = torch.empty(2, 2, *((1, h, 1, w, d) if chunkwise else (1, 1, h, w, d)), device="meta")
+    return q, k, v, lepe, rot, torch.empty(n, device="meta"), torch.empty(v.shape, dtype=v.dtype, device="meta")
+
+
+@pytest.mark.parametrize("chunkwise", [True, False], ids=["rows_cols", "whole"])
+def test_declared_cost_is_one_pass(chunkwise):
+    """One launch per call, reading q, k, v, lepe (and the tables and decay) once and writing the output once: the
+    row-then-column form keeps its rows on chip (two passes moved 8 feature maps), rotation and the LePE add are
+    in it."""
+    q, k, v, lepe, rot, decay, _ = _meta_inputs(chunkwise)
+    fm, tables = v.numel() * 2, rot.numel() * 4 + 16  # a feature map; the rotary tables and decay
+    assert cost_of("rmt_zoo::retention", q, k, v, lepe, rot, decay, chunkwise) == OpCost(1, 4 * fm + tables, fm)
+
+
+@pytest.mark.parametrize("chunkwise", [True, False], ids=["rows_cols", "whole"])
+def test_declared_backward_cost(chunkwise):
+    """Rows and columns of 56 fit one block: the rows recomputed (the columns' values), then one launch per pass
+    (the rows' adding their dq, dk to the columns'). The whole image's 3136 tokens do not: its forward recomputed
+    with its lse (4 bytes a query), then dq and dk/dv launches that read the output and the lse."""
+    q, k, v, _, rot, decay, dout = _meta_inputs(chunkwise)
+    fm, lse, tab = v.numel() * 2, v.numel() // 16 * 4, rot.numel() * 4 + 16  # a feature map; the lse; the tables
+    if chunkwise:  # rows: q, k, v -> rows; columns: q, k, rows, dout -> dq, dk, d(rows); rows: ... (+ dq, dk) -> 3
+        expected = OpCost(3, 3 * fm + 4 * fm + 6 * fm + 3 * tab, fm + 3 * fm + 3 * fm)
+    else:  # q, k, v -> out, lse; q, k, v, out, dout, lse -> dq; the same -> dk, dv
+        expected = OpCost(3, 3 * fm + 2 * (5 * fm + lse) + 3 * tab, fm + lse + 3 * fm)
+    assert cost_of("rmt_zoo::retention_backward", dout, q, k, v, rot, decay, chunkwise) == expected
+
+
+@pytest.mark.parametrize(("grid", "stages"), [((7, 7), {"num_stages": 1}), ((25, 42), {})], ids=["7x7", "25x42"])
+def test_one_pipeline_stage_where_the_key_loop_runs_once(grid, stages):
+    """The whole-image forward of 7x7 tokens runs its key loop once: one stage, no prefetch buffers; at 25x42 (17
+    key blocks) Triton's default pipelining stays."""
+    h, w = grid
+    q, k = torch.empty(2, 2, 16, h, w, 32, dtype=torch.bfloat16, device="meta")
+    v = torch.empty(2, h, w, 16, 32, dtype=torch.bfloat16, device="meta")
+    rot = torch.empty(2, 2, 1, 1, h, w, 32, device="meta")
+    ((name, _, _, meta),) = rt.launches(q, k, v, v, rot, torch.empty(16, device="meta"), False)[1]
+    assert name == "attend" and {key: meta[key] for key in ("num_stages",) if key in meta} == stages
+
+
+@pytest.mark.e2e  # exports one MaSA layer
+@pytest.mark.parametrize("chunkwise", [True, False], ids=["rows_cols", "whole"])
+def test_rotation_scale_and_lepe_add_are_inside_the_op(chunkwise):
+    """MaSA's exported graph with "triton", its tables given: the projections, the LePE conv, views and the op,
+    and no rotation, scaling or add of its own (matmul-softmax's graph has them: mul, flip, add)."""
+    relpos = rmt.DecayPosition(32, 2, 2, 4, chunkwise)
+    masa = rmt.ManhattanSelfAttention(32, 2, chunkwise).eval()
+
+    class Layer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.masa = masa
+
+        def forward(self, x, decay, *pos):
+            return self.masa(x, pos, decay, "triton")
+
+    graph = torch.export.export(Layer(), (torch.randn(2, 5, 7, 32), relpos.decay, *relpos(5, 7, torch.float32))).graph
+    ops = [node.target for node in graph.nodes if node.op == "call_function"]
+    aten = torch.ops.aten
+    views = {aten.split_with_sizes.default, aten.view.default, aten.permute.default, aten.select.int, operator.getitem}
+    no_ops = {aten.to.dtype, aten._assert_tensor_metadata.default}  # the op's casts to the dtype it already has
+    computed = [op for op in ops if op not in views | no_ops]
+    fused = torch.ops.rmt_zoo.retention.default
+    assert sorted(map(str, computed)) == sorted(map(str, [aten.linear.default] * 3 + [aten.conv2d.default, fused]))
+
+
+@pytest.fixture
+def auto_on_cpu(monkeypatch):
+    """ "auto" asks for the kernels on CPU as it would on CUDA, with triton found, and nothing tried yet."""
+    monkeypatch.setattr(rt, "AUTO_DEVICES", ("cpu",))
+    monkeypatch.setattr(rt, "TRITON_FOUND", True)
+    monkeypatch.setattr(rt, "_BUILDS", {})
+    monkeypatch.setattr(rt, "_warned", False)
+
+
+def test_auto_falls_back_with_one_warning_where_the_kernel_cannot_be_built(auto_on_cpu, monkeypatch):
+    """A build that fails (as ptxas would) sends "auto" to matmul-softmax: one warning however many calls and
+    dtypes, and the output is matmul-softmax's."""
+    tried = []
+
+    def failing_runner(q):
+        def run(launch):
+            tried.append(launch[0])
+            raise RuntimeError("PTXAS error: Internal Triton PTX codegen error")
+
+        return run
+
+    monkeypatch.setattr(rt, "_runner", failing_runner)
     torch.manual_seed(0)
-    model = rmt.RMT(**TINY).eval()  # eval: gradients are recorded all the same
+    model = rmt.RMT(**TINY).eval()
     x = torch.randn(1, 3, 32, 32)
-    out = model.set_attn_impl("triton")(x)
-    out.sum().backward()
-    assert model.layers[0].blocks[0].retention.qkv.weight.grad is not None
-    assert torch.equal(out, model.set_attn_impl("matmul")(x))
+    with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        outs = [model(x), model(x), model.double()(x.double())]
+    assert tried and len(caught) == 1 and "cannot be built on cpu" in str(caught[0].message)
     with torch.no_grad():
-        model.set_attn_impl("auto")(x)
+        assert torch.equal(outs[2], model.set_attn_impl("matmul")(x.double()))
+        assert torch.equal(outs[0], model.float()(x)) and torch.equal(outs[1], outs[0])
+
+
+def test_auto_takes_the_kernel_where_it_builds(auto_on_cpu, monkeypatch):
+    """Where the kernels build, "auto" calls the op at every stage; not where triton is missing, nor on a device
+    type "auto" does not list."""
+    seen = []
+    monkeypatch.setattr(rt, "_probe", lambda device, dtype: None)
+    monkeypatch.setattr(
+        rt, "retention", lambda q, k, v, lepe, rot, decay, chunkwise: seen.append(chunkwise) or v.clone()
+    )
+    model = rmt.RMT(**TINY).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        model(x)
+        assert seen == [True, True, False, False] and rt._BUILDS == {(x.device, torch.float32): True}
+        monkeypatch.setattr(rt, "TRITON_FOUND", False)
+        model(x)
+        monkeypatch.setattr(rt, "TRITON_FOUND", True)
+        monkeypatch.setattr(rt, "AUTO_DEVICES", ("cuda",))
+        model(x)
+    assert seen == [True, True, False, False]
+
+
+def test_auto_on_fake_tensors_takes_the_kernel_untried(auto_on_cpu, monkeypatch):
+    """Fake tensors (export, the GPU proxy's fake CUDA) have no device to build on: "auto" answers as where the
+    kernels build, without the probe, whose backward would start a CUDA context (no driver: the process aborts)."""
+    monkeypatch.setattr(rt, "_probe", lambda device, dtype: pytest.fail("probed on a fake tensor"))
+    with FakeTensorMode():
+        assert rt.auto_takes(torch.empty(1, 2, 3, 1, 16)) and rt._BUILDS == {}
 
 
 def test_cpu_needs_the_interpreter():
@@ -225,10 +483,10 @@ SIZES = {"224": (224, 224), "800x1344": (800, 1344)}
 
 
 @functools.cache
-def _jit():
-    """The kernel jitted for the GPU, whatever TRITON_INTERPRET says."""
-    rt._kernel()  # binds the module's `tl`
-    return triton.runtime.jit.JITFunction(rt._retention_kernel, do_not_specialize=rt.NOT_SPECIALIZED)
+def _jit(name: str):
+    """A kernel jitted for the GPU, whatever TRITON_INTERPRET says."""
+    rt._kernels()  # binds the module's `tl`
+    return triton.runtime.jit.JITFunction(rt.SOURCES[name], do_not_specialize=rt.NOT_SPECIALIZED)
 
 
 def _stage_shapes(arch: dict, size: tuple[int, int]):
@@ -240,18 +498,24 @@ def _stage_shapes(arch: dict, size: tuple[int, int]):
 
 
 def _sources(h: int, w: int, n: int, d: int, chunkwise: bool, dtype: torch.dtype):
-    """The compile keys (signature, constexprs, attributes, warps) of the launches for one stage, specialized on
-    the arguments as Triton's launcher specializes them (values 1, multiples of 16, aligned pointers)."""
+    """The compile keys (name, signature, constexprs, attributes, options) of the launches of one stage's forward and
+    backward, specialized on the arguments as Triton's launcher specializes them (values 1, multiples of 16, aligned
+    pointers)."""
     from triton._C.libtriton import native_specialize_impl
     from triton.backends.nvidia.compiler import CUDABackend
 
-    kernel = _jit()
-    shape = (2, 2, h, n, w, d) if chunkwise else (2, 2, n, h, w, d)  # q and k as _rotate writes them (batch 2)
-    q, k = torch.empty(shape, dtype=dtype, device="meta")
-    v = torch.empty(2, h, w, n * d, dtype=dtype, device="meta").view(2, h, w, n, d)
-    for _, args, meta in rt.launches(q, k, v, torch.empty(n, device="meta"), chunkwise)[1]:
+    # q and k as views of the projection (b, h, w, 2, N, d), as MaSA passes them (batch 2); fp32 rotary tables
+    qk = torch.empty(2, h, w, 2, n, d, dtype=dtype, device="meta")
+    q, k = qk.permute(3, 0, 1, 4, 2, 5) if chunkwise else qk.permute(3, 0, 4, 1, 2, 5)
+    v, lepe = torch.empty(2, 2, h, w, n * d, dtype=dtype, device="meta").view(2, 2, h, w, n, d)
+    rot = torch.empty(2, 2, *((1, h, 1, w, d) if chunkwise else (1, 1, h, w, d)), device="meta")
+    decay = torch.empty(n, device="meta")
+    backward = []
+    rt.backward_plan(torch.empty(v.shape, dtype=dtype, device="meta"), q, k, v, rot, decay, chunkwise, backward.append)
+    for name, _, args, meta in [*rt.launches(q, k, v, lepe, rot, decay, chunkwise)[1], *backward]:
+        kernel = _jit(name)
         meta = dict(meta)
-        warps = meta.pop("num_warps")
+        options = {key: meta.pop(key) for key in rt.LAUNCH_OPTIONS if key in meta}
         values = [*args, *(meta[p.name] for p in kernel.params[len(args) :])]
         signature, constexprs, attrs = {}, {}, {}
         for i, (param, value) in enumerate(zip(kernel.params, values)):
@@ -264,7 +528,7 @@ def _sources(h: int, w: int, n: int, d: int, chunkwise: bool, dtype: torch.dtype
                 constexprs[param.name] = attr
             elif attr:
                 attrs[(i,)] = attr
-        yield tuple(signature.items()), tuple(constexprs.items()), tuple(attrs.items()), warps
+        yield name, tuple(signature.items()), tuple(constexprs.items()), tuple(attrs.items()), tuple(options.items())
 
 
 def _ptxas(key, monkeypatch) -> tuple[int, int]:
@@ -272,9 +536,9 @@ def _ptxas(key, monkeypatch) -> tuple[int, int]:
     from triton.backends.compiler import GPUTarget
     from triton.backends.nvidia.compiler import CUDABackend
 
-    signature, constexprs, attrs, warps = key
+    name, signature, constexprs, attrs, options = key
     source = triton.compiler.ASTSource(
-        _jit(),
+        _jit(name),
         dict(signature),
         constexprs=dict(constexprs),
         attrs={path: CUDABackend.parse_attr(a) for path, a in attrs},
@@ -283,7 +547,7 @@ def _ptxas(key, monkeypatch) -> tuple[int, int]:
     monkeypatch.setenv("TRITON_ALWAYS_COMPILE", "1")  # no cache hit: ptxas runs every time
     log = io.StringIO()
     with contextlib.redirect_stdout(log):
-        triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
+        triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(options))
     text = log.getvalue()
     regs = re.search(r"Used (\d+) registers", text)
     spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", text)
@@ -305,8 +569,7 @@ def test_sm90_build_has_no_spills(dtype, monkeypatch, tmp_path):
     report = []
     for key, uses in builds.items():
         regs, spills = _ptxas(key, monkeypatch)
-        meta = dict(key[1])
-        report.append((meta["HEAD_DIM"], meta["BLOCK_M"], meta["MANHATTAN"], key[3], regs, spills, uses))
+        report.append((key[0], dict(key[2]), key[4], regs, spills, uses))
     assert all(spills == 0 and regs <= 255 for *_, regs, spills, _ in report), "\n".join(map(str, report))
 
 

@@ -1,9 +1,12 @@
 """The ways RMT's retention, softmax(q k^T + D) v with a spatial-decay bias D, runs, and the choice between them.
 
-`attend(impl, ...)` is the one entry: MaSA hands it rotated q, k, v and the stage's decay tables, and it runs the
-row-then-column or whole-image form with the kernel `impl` names: batched matmul-softmax, SDPA with D as the
-mask, FlexAttention (D computed in the kernel), or the fused Triton op (zoo/_retention_triton.py). "auto" picks
-matmul-softmax or SDPA by device and row length (`_auto_matmul`); docs/rmt_internals.md has the measurements.
+`fused(impl, v)` says whether MaSA takes the fused Triton op (zoo/_retention_triton.py, forward and backward), which
+takes the raw q/k projection and the LePE output and does the rotation, attention and LePE add itself: "triton",
+and "auto" on CUDA where it builds (`_retention_triton.auto_takes`). Otherwise `attend(impl, ...)` is the entry:
+MaSA hands it rotated q, k, v and the stage's decay tables, and it runs the row-then-column or whole-image form
+with the kernel `impl` names: batched matmul-softmax, SDPA with D as the mask or FlexAttention (D computed in the
+kernel); "auto" picks matmul-softmax or SDPA by device and row length (`_auto_matmul`). docs/rmt_internals.md has
+the measurements.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ __all__ = [
     "attend",
     "autocast_dtype",
     "check_impl",
+    "fused",
     "in_graph",
     "manhattan_bias",
     "matmul_softmax",
@@ -125,12 +129,17 @@ def _flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor
 
 
 def _kernel(impl: str, q, k, v, bias, decay, width: int) -> torch.Tensor:
-    """One attention call over the last two dims, by `impl` ("triton" here: its fallback where gradients flow)."""
+    """One attention call over the last two dims, by `impl`."""
     if impl == "flex":
         return _flex(q, k, v, decay.to(q.dtype), width)
-    if impl in ("matmul", "triton") or (impl == "auto" and _auto_matmul(q.device, k.shape[-2], width)):
+    if impl == "matmul" or (impl == "auto" and _auto_matmul(q.device, k.shape[-2], width)):
         return matmul_softmax(q, k, v, bias)
     return sdpa(q, k, v, bias)
+
+
+def fused(impl: str, v: torch.Tensor) -> bool:
+    """Whether a MaSA call with values v takes the fused op: "triton", and "auto" where `auto_takes(v)`."""
+    return impl == "triton" or (impl == "auto" and _retention_triton.auto_takes(v))
 
 
 def attend(
@@ -138,12 +147,8 @@ def attend(
     decay: torch.Tensor, chunkwise: bool,
 ) -> torch.Tensor:  # fmt: skip
     """Retention of rotated q, k ((b, h, N, w, d) chunkwise, else (b, N, h, w, d); k scaled) and v (b, h, w, N, d)
-    with the stage's decay `masks` (zoo/_rmt_fast.py's layouts), as (b, h, w, N, d).
-
-    "triton" runs the fused op where no gradients are recorded (it has no backward), else matmul-softmax.
-    """
-    if impl == "triton" and not (torch.is_grad_enabled() and (q.requires_grad or v.requires_grad)):
-        return _retention_triton.retention(q, k, v, decay, chunkwise)
+    with the stage's decay `masks` (zoo/_rmt_fast.py's layouts), as (b, h, w, N, d), for every `impl` but the fused
+    op's (`fused`)."""
     if chunkwise:
         return _row_then_column(impl, q, k, v, masks, decay)
     return _whole_image(impl, q, k, v, masks, decay)

@@ -1,42 +1,70 @@
-"""A fused Triton kernel for RMT's retention, softmax(q k^T + D) v, opt-in as `attn_impl="triton"`.
+"""Fused Triton kernels for RMT's retention, softmax(q k^T + D) v, forward and backward: `attn_impl="triton"`, and
+what `attn_impl="auto"` takes on CUDA where they build (`auto_takes`).
 
 Why: at head dim 16-32 the matmul-softmax path writes the (L x L) scores and reads them back, several times the
 feature map itself in stage 1 (issue 28). Here the decay D = gamma_head * distance is computed in the kernel from
-token indices (1-D |i - i'| for the row and column passes, Manhattan |i - i'| + |j - j'| for the whole-image stage),
-the scores stay in registers (flash-style online softmax over key blocks), q/k/v are read through their strides in
+token indices, the scores stay in registers (flash-style online softmax), q/k/v are read through their strides in
 the layouts MaSA already produces (no layout copies), and accumulation is fp32 for fp16/bf16/fp32 inputs.
+The op also takes what is around attention in MaSA (issue 34 item 3): q and k come straight from the projection,
+unrotated, and are rotated (with k's 1/sqrt(d)) as they are loaded, from the stage's rotary tables (`_rotary`); the
+LePE output is added as the output is stored, in the (b, h, w, N, d) layout the output projection reads. So a
+compiled graph holds no rotation or add kernels around the op (predicted: the rotation's read of the projection and
+write of q, k, and the add's reads and write, 5 feature maps a call, no longer move). The backward returns the
+gradients of the unrotated q, k (`_unrotary`) and lepe's, which is the output's.
+
+The forward, one launch per call:
+- row-then-column form (stages 1-3): one pass per image, head and block of the grid. The column attention takes
+  the image rows one at a time as its keys (online softmax), and its value at row r, the row attention of (r, j)
+  against row r, is computed right there in registers: no `rows` tensor goes to memory, and q, k, v are read from
+  DRAM once (the programs of one image and head are adjacent, so the rows they share are re-read from L2), where
+  two passes moved 8 feature maps (q, k, v, rows; q, k, rows, out) and this moves 4 (predicted, issue 34). The
+  price is compute: each block of image rows recomputes the row attention it needs (a 4x repeat at 56x56).
+- whole-image form (stage 4): every token against every token, Manhattan distance from token indices
+  (`_attend_kernel`, which also runs single 1-D passes for the backward).
+The backward (rmt_zoo::retention_backward, the op's autograd formula), flash-style: probabilities recomputed from q,
+k and the decay in registers, nothing L x L in memory. Rows then columns backpropagate columns first (their
+d(values) is d(rows)), then rows, adding their dq, dk to the columns'; the rows (the columns' values) are recomputed
+first. A pass whose sequences fit one block (every one at 224x224) is one launch writing dq, dk, dv; a longer one
+is its forward recomputed with its log-sum-exp, then a dq launch and a dk/dv launch. At 224x224 in 16-bit: 3 launches
+and 20 feature maps moved for rows then columns, 1 launch and 7 maps for the 7x7 whole image (predicted).
 Predicted, not measured: one row pass of rmt_s's stage 1 at 224x224, batch 256, has 256*56*4*56*56 = 180 M scores;
 matmul-softmax writes them and reads them back at least twice (scores, then probabilities), >= 4 x 180 M x 2 B =
 1.4 GB in bf16, where the fused pass moves q, k, v and its output, 4 x 103 MB, and no mask.
 
-Opt-in until a GPU measurement shows it faster than "auto" (then "auto" takes it on CUDA): benchmarks/rmt_gpu.py's
-throughput setting (rmt_s, batch 256, bf16 autocast) times it, eager and compiled, beside "auto" and "sdpa", and its
-output check covers every path it times.
-
-Devices: CUDA tensors run the compiled kernel. CPU tensors run only through Triton's interpreter, which takes
+Devices: CUDA tensors run the compiled kernels. CPU tensors run only through Triton's interpreter, which takes
 TRITON_INTERPRET=1 set before triton is first imported (Triton's own library functions are jitted or interpreted
 at that moment); otherwise the call fails with one sentence. The tests run it so, in a child process.
-No backward: MaSA takes matmul-softmax instead when gradients are recorded. Triton is imported on first use only,
-so zoo imports where it is missing, and `attn_impl="triton"` then fails when the model is built (`require`).
+Triton is imported on first use only, so zoo imports where it is missing, and `attn_impl="triton"` then fails when
+the model is built (`require`); "auto" then keeps its other paths.
+Every launch plan declares its cost (zoo/_op_cost.py) for the GPU proxy: `_declared_cost`, `_declared_backward_cost`.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
+import warnings
 
 import torch
 
 from ._op_cost import OpCost, declare_cost
 
-__all__ = ["require", "retention"]
+__all__ = ["auto_takes", "require", "retention"]
+
+# Where attn_impl="auto" takes the kernels: device types, and whether triton is installed (asked once, at import,
+# without importing it).
+AUTO_DEVICES = ("cuda",)
+TRITON_FOUND = importlib.util.find_spec("triton") is not None
 
 # Sizes the kernel is not specialized on (value 1, multiples of 16), so new grid sizes reuse the compiled kernel.
-NOT_SPECIALIZED = ("seq_len", "width", "n_b", "n_c")
-# Warps per block size, (16-bit inputs, fp32): with these every stage of rmt_t/s/b/l builds for sm_90 with fewer than
-# 255 registers and no spills under Triton 3.6 and 3.8 (tests/test_retention_triton.py; fp32's dots run on FMAs and
-# hold more in registers, so it takes more warps).
+NOT_SPECIALIZED = ("seq_len", "height", "width", "n_b", "n_c", "n_heads", "n_i", "n_j")
+# The whole-image kernel's warps per block size, (16-bit inputs, fp32): with these every stage of rmt_t/s/b/l builds
+# for sm_90 with fewer than 255 registers and no spills under Triton 3.6 and 3.8 (tests/test_retention_triton.py;
+# fp32's dots run on FMAs and hold more in registers, so it takes more warps).
 WARPS = {16: (1, 1), 32: (1, 4), 64: (4, 8)}
-# Bound by _kernel() when Triton is first used: the kernel's source names it, and Triton resolves it at compile time.
+# Meta-parameters of a launch that are compile options, not the kernel's constexprs.
+LAUNCH_OPTIONS = ("num_warps", "num_stages")
+# Bound by _kernels() when Triton is first used: the kernels' source names it, and Triton resolves it at compile time.
 tl = None
 
 
@@ -48,52 +76,193 @@ def require() -> None:
         raise RuntimeError(f'attn_impl="triton" needs the triton package, which cannot be imported here ({e}).') from e
 
 
-def _retention_kernel(
-    q, k, v, out, decay,
+def _rows_then_columns_kernel(
+    q, k, v, lepe, out, rot, decay,
+    height, width, n_heads, n_i, n_j,
+    sq_b, sq_h, sq_n, sq_w, sq_d,
+    sk_b, sk_h, sk_n, sk_w, sk_d,
+    sv_b, sv_h, sv_w, sv_n, sv_d,
+    so_b, so_h, so_w, so_n, so_d,
+    st_b, st_h, st_n, st_w, st_d, st_sin, st_k,
+    sg,
+    HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """One program: the output at BLOCK_I image rows x BLOCK_J columns of one image and head, rows then columns in
+    one pass. q, k (b, h, N, w, d) unrotated, rotated on load by the tables at rot (`_rotary`); v, lepe and out
+    (b, h, w, N, d), read through their strides (lepe through out's), out = lepe + attention. The column attention's
+    keys are the image rows r = 0..height-1, taken one at a time with an online softmax; its value at row r is the
+    row attention of (r, columns) against row r, computed here in registers (so no `rows` tensor in memory). The
+    programs of one image and head are adjacent (rows fastest), so their repeated reads of q, k, v hit L2."""
+    pid = tl.program_id(0).to(tl.int64)
+    ib = pid % n_i
+    jb = (pid // n_i) % n_j
+    bh = pid // (n_i * n_j)
+    bb = bh // n_heads
+    hd = bh % n_heads
+    log2e = 1.4426950408889634  # scores in log2 units, for exp2
+    gamma = tl.load(decay + hd * sg).to(tl.float32) * log2e
+    offs_i = ib * BLOCK_I + tl.arange(0, BLOCK_I)
+    offs_j = jb * BLOCK_J + tl.arange(0, BLOCK_J)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    dim_ok = offs_d < HEAD_DIM
+    j_ok = offs_j < width
+    q += bb * sq_b + hd * sq_n
+    k += bb * sk_b + hd * sk_n
+    v += bb * sv_b + hd * sv_n
+    rot += bb * st_b + hd * st_n
+    out_mask = (offs_i < height)[:, None, None] & j_ok[None, :, None] & dim_ok[None, None, :]
+    q_cols = _rotary(  # the column attention's queries, (BLOCK_I, BLOCK_J, BLOCK_D)
+        q, rot, offs_i[:, None, None] * sq_h + offs_j[None, :, None] * sq_w,
+        offs_i[:, None, None] * st_h + offs_j[None, :, None] * st_w, offs_d[None, None, :], sq_d, st_d, st_sin,
+        out_mask,
+    )  # fmt: skip
+    m_c = tl.full((BLOCK_I, BLOCK_J), float("-inf"), tl.float32)
+    l_c = tl.zeros((BLOCK_I, BLOCK_J), tl.float32)
+    acc = tl.zeros((BLOCK_I, BLOCK_J, BLOCK_D), tl.float32)
+    row_mask = j_ok[:, None] & dim_ok[None, :]
+    for r in range(0, height):
+        # row attention of (r, offs_j) against image row r: the column attention's value at key r
+        tokens = r * st_h + offs_j[:, None] * st_w
+        q_row = _rotary(
+            q, rot, r * sq_h + offs_j[:, None] * sq_w, tokens, offs_d[None, :], sq_d, st_d, st_sin, row_mask
+        )
+        q_row = q_row.to(q.dtype.element_ty)
+        m_r = tl.full((BLOCK_J,), float("-inf"), tl.float32)
+        l_r = tl.zeros((BLOCK_J,), tl.float32)
+        acc_r = tl.zeros((BLOCK_J, BLOCK_D), tl.float32)
+        for start in range(0, width, BLOCK_N):
+            keys = start + offs_n
+            key_ok = keys < width
+            k_tile = _rotary(  # k^T tile
+                k, rot + st_k, r * sk_h + keys[None, :] * sk_w, r * st_h + keys[None, :] * st_w, offs_d[:, None],
+                sk_d, st_d, st_sin, key_ok[None, :] & dim_ok[:, None],
+            ).to(k.dtype.element_ty)  # fmt: skip
+            dist = tl.abs(offs_j[:, None] - keys[None, :]).to(tl.float32)
+            scores = tl.dot(q_row, k_tile, input_precision=PRECISION) * log2e + gamma * dist
+            scores = tl.where(key_ok[None, :], scores, float("-inf"))
+            m_new = tl.maximum(m_r, tl.max(scores, 1))
+            alpha = tl.exp2(m_r - m_new)
+            p = tl.exp2(scores - m_new[:, None])
+            l_r = l_r * alpha + tl.sum(p, 1)
+            v_tile = tl.load(
+                v + r * sv_h + keys[:, None] * sv_w + offs_d[None, :] * sv_d,
+                mask=key_ok[:, None] & dim_ok[None, :],
+                other=0.0,
+            )
+            acc_r = acc_r * alpha[:, None] + tl.dot(p.to(v_tile.dtype), v_tile, input_precision=PRECISION)
+            m_r = m_new
+        value = acc_r / l_r[:, None]  # (BLOCK_J, BLOCK_D); padded columns hold finite garbage, never stored
+        key = _rotary(
+            k, rot + st_k, r * sk_h + offs_j[:, None] * sk_w, tokens, offs_d[None, :], sk_d, st_d, st_sin, row_mask
+        )
+        dist = tl.abs(offs_i - r).to(tl.float32)
+        scores = tl.sum(q_cols * key[None, :, :], 2) * log2e + gamma * dist[:, None]
+        m_new = tl.maximum(m_c, scores)
+        alpha = tl.exp2(m_c - m_new)
+        p = tl.exp2(scores - m_new)
+        l_c = l_c * alpha + p
+        acc = acc * alpha[:, :, None] + p[:, :, None] * value[None, :, :]
+        m_c = m_new
+    outs = (
+        bb * so_b
+        + hd * so_n
+        + offs_i[:, None, None] * so_h
+        + offs_j[None, :, None] * so_w
+        + offs_d[None, None, :] * so_d
+    )
+    acc = acc / l_c[:, :, None] + tl.load(lepe + outs, mask=out_mask, other=0.0).to(tl.float32)
+    tl.store(out + outs, acc.to(out.dtype.element_ty), mask=out_mask)
+
+
+def _sequence(decay, n_b, n_c, sg_a, sg_b, sg_c):
+    """Batch index (a, b, c) of this program's sequence (program axis 0, c fastest) and its decay in log2 units."""
+    pid = tl.program_id(0).to(tl.int64)
+    a = pid // (n_b * n_c)
+    b = (pid // n_c) % n_b
+    c = pid % n_c
+    return pid, a, b, c, tl.load(decay + a * sg_a + b * sg_b + c * sg_c).to(tl.float32) * 1.4426950408889634
+
+
+def _rotary(x, rot, offs, rot_offs, offs_d, sx_d, st_d, st_sin, mask):
+    """x's elements at offs + d * sx_d, rotated in fp32 as zoo/_rmt_fast.py's `rotate` does: x * cos + (x with its
+    pairs (2i, 2i+1) swapped) * signed sin, the tables read at rot + rot_offs + d * st_d (sin st_sin further on; k's
+    tables carry its 1/sqrt(d)). The swapped pairs are a second load of the same lines (an L1 hit)."""
+    x_ = tl.load(x + offs + offs_d * sx_d, mask=mask, other=0.0).to(tl.float32)
+    swapped = tl.load(x + offs + (offs_d ^ 1) * sx_d, mask=mask, other=0.0).to(tl.float32)
+    cos = tl.load(rot + rot_offs + offs_d * st_d, mask=mask, other=0.0).to(tl.float32)
+    sin = tl.load(rot + st_sin + rot_offs + offs_d * st_d, mask=mask, other=0.0).to(tl.float32)
+    return x_ * cos + swapped * sin
+
+
+def _unrotary(grad, rot, rot_offs, dims, st_d, st_sin, mask, dest, PRECISION: tl.constexpr):
+    """The gradient of `_rotary`'s input from that of its output (rows x dims, fp32): grad * cos + the pairs of
+    grad * sin swapped. The swap is a product with a permutation matrix, in dest's dtype (exact in fp32; in 16 bits
+    a rounding of the term as dest's store rounds the sum): it stays in the dot's layout, where a register shuffle
+    (split, join) converts layouts and spills at head dim 32."""
+    cos = tl.load(rot + rot_offs + dims[None, :] * st_d, mask=mask, other=0.0).to(tl.float32)
+    sin = tl.load(rot + st_sin + rot_offs + dims[None, :] * st_d, mask=mask, other=0.0).to(tl.float32)
+    swap = ((dims[:, None] ^ 1) == dims[None, :]).to(dest.dtype.element_ty)
+    return grad * cos + tl.dot((grad * sin).to(dest.dtype.element_ty), swap, input_precision=PRECISION)
+
+
+def _distance(queries, keys, width, MANHATTAN: tl.constexpr):
+    """(queries x keys) distances as fp32: Manhattan on a grid of `width` columns (t = row * width + column), or
+    |t - t'|."""
+    if MANHATTAN:
+        dist = tl.abs(queries[:, None] // width - (keys // width)[None, :])
+        dist += tl.abs(queries[:, None] % width - (keys % width)[None, :])
+    else:
+        dist = tl.abs(queries[:, None] - keys[None, :])
+    return dist.to(tl.float32)
+
+
+def _attend_kernel(
+    q, k, v, lepe, out, lse, rot, decay,
     seq_len, width, n_b, n_c,
     sq_a, sq_b, sq_c, sq_t, sq_d,
     sk_a, sk_b, sk_c, sk_t, sk_d,
     sv_a, sv_b, sv_c, sv_t, sv_d,
     so_a, so_b, so_c, so_t, so_d,
+    st_a, st_b, st_c, st_t, st_d, st_sin, st_k,
     sg_a, sg_b, sg_c,
-    HEAD_DIM: tl.constexpr, MANHATTAN: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    HEAD_DIM: tl.constexpr, MANHATTAN: tl.constexpr, LEPE: tl.constexpr, STORE_LSE: tl.constexpr,
+    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     """One program: BLOCK_M queries of the sequence at batch index (a, b, c) (c fastest); every tensor is read
     through its own strides (sX_a, sX_b, sX_c over the batch axes, sX_t over tokens, sX_d over the head dim), the
-    decay through strides that are 0 except on the head's axis. MANHATTAN: tokens are t = row * width + column."""
-    pid = tl.program_id(0).to(tl.int64)
-    a = pid // (n_b * n_c)
-    b = (pid // n_c) % n_b
-    c = pid % n_c
+    decay through strides that are 0 except on the head's axis. MANHATTAN: tokens are t = row * width + column and
+    the decay is by their Manhattan distance; else by |t - t'|. q and k come unrotated and are rotated on load by the
+    tables at rot (`_rotary`; rot's strides st_* as q's, k's tables st_k further on). LEPE: out = lepe + attention,
+    lepe read through out's strides. STORE_LSE: each query's log2-sum-exp2 of its scores (log2 units) goes to lse,
+    contiguous (A, B, C, L) fp32, for the backward."""
+    pid, a, b, c, gamma = _sequence(decay, n_b, n_c, sg_a, sg_b, sg_c)
     log2e = 1.4426950408889634  # scores in log2 units, for exp2
-    gamma = tl.load(decay + a * sg_a + b * sg_b + c * sg_c).to(tl.float32) * log2e
     offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     dim_ok = offs_d < HEAD_DIM
-    q_tile = tl.load(
-        q + a * sq_a + b * sq_b + c * sq_c + offs_m[:, None] * sq_t + offs_d[None, :] * sq_d,
-        mask=(offs_m[:, None] < seq_len) & dim_ok[None, :],
-        other=0.0,
-    )
-    k_ptrs = k + a * sk_a + b * sk_b + c * sk_c + offs_n[None, :] * sk_t + offs_d[:, None] * sk_d  # k^T tile
+    rot += a * st_a + b * st_b + c * st_c
+    q_mask = (offs_m[:, None] < seq_len) & dim_ok[None, :]
+    q_tile = _rotary(
+        q + a * sq_a + b * sq_b + c * sq_c, rot, offs_m[:, None] * sq_t, offs_m[:, None] * st_t, offs_d[None, :],
+        sq_d, st_d, st_sin, q_mask,
+    ).to(q.dtype.element_ty)  # fmt: skip
+    k += a * sk_a + b * sk_b + c * sk_c
     v_ptrs = v + a * sv_a + b * sv_b + c * sv_c + offs_n[:, None] * sv_t + offs_d[None, :] * sv_d
-    if MANHATTAN:
-        row_m = offs_m // width
-        col_m = offs_m % width
     m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     l_i = tl.zeros((BLOCK_M,), tl.float32)
     acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
     for start in range(0, seq_len, BLOCK_N):
         keys = start + offs_n
         key_ok = keys < seq_len
-        k_tile = tl.load(k_ptrs, mask=key_ok[None, :] & dim_ok[:, None], other=0.0)
-        if MANHATTAN:
-            dist = tl.abs(row_m[:, None] - (keys // width)[None, :]) + tl.abs(col_m[:, None] - (keys % width)[None, :])
-        else:
-            dist = tl.abs(offs_m[:, None] - keys[None, :])
-        scores = tl.dot(q_tile, k_tile, input_precision=PRECISION) * log2e + gamma * dist.to(tl.float32)
+        k_tile = _rotary(  # k^T tile
+            k, rot + st_k, keys[None, :] * sk_t, keys[None, :] * st_t, offs_d[:, None], sk_d, st_d, st_sin,
+            key_ok[None, :] & dim_ok[:, None],
+        ).to(k.dtype.element_ty)  # fmt: skip
+        dist = _distance(offs_m, keys, width, MANHATTAN)
+        scores = tl.dot(q_tile, k_tile, input_precision=PRECISION) * log2e + gamma * dist
         scores = tl.where(key_ok[None, :], scores, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(scores, 1))
         alpha = tl.exp2(m_i - m_new)
@@ -102,25 +271,197 @@ def _retention_kernel(
         v_tile = tl.load(v_ptrs, mask=key_ok[:, None] & dim_ok[None, :], other=0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v_tile.dtype), v_tile, input_precision=PRECISION)
         m_i = m_new
-        k_ptrs += BLOCK_N * sk_t
         v_ptrs += BLOCK_N * sv_t
-    tl.store(
-        out + a * so_a + b * so_b + c * so_c + offs_m[:, None] * so_t + offs_d[None, :] * so_d,
-        (acc / l_i[:, None]).to(out.dtype.element_ty),
-        mask=(offs_m[:, None] < seq_len) & dim_ok[None, :],
-    )
+    outs = a * so_a + b * so_b + c * so_c + offs_m[:, None] * so_t + offs_d[None, :] * so_d
+    acc = acc / l_i[:, None]
+    if LEPE:
+        acc += tl.load(lepe + outs, mask=q_mask, other=0.0).to(tl.float32)
+    tl.store(out + outs, acc.to(out.dtype.element_ty), mask=q_mask)
+    if STORE_LSE:
+        tl.store(lse + pid * seq_len + offs_m, m_i + tl.log2(l_i), mask=offs_m < seq_len)
+
+
+def _attend_backward_kernel(
+    q, k, v, out, dout, lse, dq, dk, dv, rot, decay,
+    seq_len, width, n_b, n_c,
+    sq_a, sq_b, sq_c, sq_t, sq_d,
+    sk_a, sk_b, sk_c, sk_t, sk_d,
+    sv_a, sv_b, sv_c, sv_t, sv_d,
+    so_a, so_b, so_c, so_t, so_d,
+    st_a, st_b, st_c, st_t, st_d, st_sin, st_k,
+    sg_a, sg_b, sg_c,
+    HEAD_DIM: tl.constexpr, MANHATTAN: tl.constexpr, DQ: tl.constexpr, ACCUMULATE: tl.constexpr,
+    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """Flash-style backward of `_attend_kernel` for one block of the sequence at batch index (a, b, c): the
+    probabilities are recomputed from q, k, the decay and the forward's lse, and rowsum(dout * out) from the
+    forward's output. DQ: the block is BLOCK_M queries, looping over keys, writing dq; else it is BLOCK_N keys,
+    looping over queries, writing dk and dv. ACCUMULATE: dq (or dk) is added to what is there (dv is not). out,
+    dout, dq, dk, dv share the strides so_*. q and k come unrotated (rotated on load, `_rotary`), and dq, dk are
+    the gradients of the unrotated q, k (`_unrotary`)."""
+    pid, a, b, c, gamma = _sequence(decay, n_b, n_c, sg_a, sg_b, sg_c)
+    log2e = 1.4426950408889634  # scores in log2 units, for exp2
+    offs_d = tl.arange(0, BLOCK_D)
+    dim_ok = offs_d < HEAD_DIM
+    q += a * sq_a + b * sq_b + c * sq_c
+    k += a * sk_a + b * sk_b + c * sk_c
+    v += a * sv_a + b * sv_b + c * sv_c
+    rot += a * st_a + b * st_b + c * st_c
+    g_off = a * so_a + b * so_b + c * so_c
+    lse += pid * seq_len
+    if DQ:
+        offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+        m_ok = offs_m < seq_len
+        q_tile = _rotary(
+            q, rot, offs_m[:, None] * sq_t, offs_m[:, None] * st_t, offs_d[None, :], sq_d, st_d, st_sin,
+            m_ok[:, None] & dim_ok[None, :],
+        ).to(q.dtype.element_ty)  # fmt: skip
+        g_ptrs = g_off + offs_m[:, None] * so_t + offs_d[None, :] * so_d
+        do_tile = tl.load(dout + g_ptrs, mask=m_ok[:, None] & dim_ok[None, :], other=0.0)
+        o_tile = tl.load(out + g_ptrs, mask=m_ok[:, None] & dim_ok[None, :], other=0.0)
+        delta_m = tl.sum(do_tile.to(tl.float32) * o_tile.to(tl.float32), 1)
+        lse_m = tl.load(lse + offs_m, mask=m_ok, other=0.0)
+        acc_q = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+        n_loop = tl.cdiv(seq_len, BLOCK_N)
+    else:
+        offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < seq_len
+        k_tile = _rotary(
+            k, rot + st_k, offs_n[:, None] * sk_t, offs_n[:, None] * st_t, offs_d[None, :], sk_d, st_d, st_sin,
+            n_ok[:, None] & dim_ok[None, :],
+        ).to(k.dtype.element_ty)  # fmt: skip
+        v_tile = tl.load(
+            v + offs_n[:, None] * sv_t + offs_d[None, :] * sv_d, mask=n_ok[:, None] & dim_ok[None, :], other=0.0
+        )
+        acc_k = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
+        acc_v = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
+        n_loop = tl.cdiv(seq_len, BLOCK_M)
+    for step in range(0, n_loop):
+        if DQ:
+            offs_n = step * BLOCK_N + tl.arange(0, BLOCK_N)
+            n_ok = offs_n < seq_len
+            kv_mask = n_ok[:, None] & dim_ok[None, :]
+            k_tile = _rotary(
+                k, rot + st_k, offs_n[:, None] * sk_t, offs_n[:, None] * st_t, offs_d[None, :], sk_d, st_d, st_sin,
+                kv_mask,
+            ).to(k.dtype.element_ty)  # fmt: skip
+            v_tile = tl.load(v + offs_n[:, None] * sv_t + offs_d[None, :] * sv_d, mask=kv_mask, other=0.0)
+        else:
+            offs_m = step * BLOCK_M + tl.arange(0, BLOCK_M)
+            m_ok = offs_m < seq_len
+            q_mask = m_ok[:, None] & dim_ok[None, :]
+            q_tile = _rotary(
+                q, rot, offs_m[:, None] * sq_t, offs_m[:, None] * st_t, offs_d[None, :], sq_d, st_d, st_sin, q_mask
+            ).to(q.dtype.element_ty)
+            g_ptrs = g_off + offs_m[:, None] * so_t + offs_d[None, :] * so_d
+            do_tile = tl.load(dout + g_ptrs, mask=q_mask, other=0.0)
+            o_tile = tl.load(out + g_ptrs, mask=q_mask, other=0.0)
+            delta_m = tl.sum(do_tile.to(tl.float32) * o_tile.to(tl.float32), 1)
+            lse_m = tl.load(lse + offs_m, mask=m_ok, other=0.0)
+        dist = _distance(offs_m, offs_n, width, MANHATTAN)
+        scores = tl.dot(q_tile, tl.trans(k_tile), input_precision=PRECISION) * log2e + gamma * dist
+        p = tl.where(m_ok[:, None] & n_ok[None, :], tl.exp2(scores - lse_m[:, None]), 0.0)
+        dp = tl.dot(do_tile, tl.trans(v_tile), input_precision=PRECISION)
+        ds = p * (dp - delta_m[:, None])
+        if DQ:
+            acc_q += tl.dot(ds.to(k_tile.dtype), k_tile, input_precision=PRECISION)
+        else:
+            acc_v += tl.dot(tl.trans(p.to(do_tile.dtype)), do_tile, input_precision=PRECISION)
+            acc_k += tl.dot(tl.trans(ds.to(q_tile.dtype)), q_tile, input_precision=PRECISION)
+    if DQ:
+        mask = m_ok[:, None] & dim_ok[None, :]
+        grads = g_off + offs_m[:, None] * so_t + offs_d[None, :] * so_d
+        acc_q = _unrotary(acc_q, rot, offs_m[:, None] * st_t, offs_d, st_d, st_sin, mask, dq, PRECISION)
+        if ACCUMULATE:
+            acc_q += tl.load(dq + grads, mask=mask, other=0.0).to(tl.float32)
+        tl.store(dq + grads, acc_q.to(dq.dtype.element_ty), mask)
+    else:
+        mask = n_ok[:, None] & dim_ok[None, :]
+        grads = g_off + offs_n[:, None] * so_t + offs_d[None, :] * so_d
+        acc_k = _unrotary(acc_k, rot + st_k, offs_n[:, None] * st_t, offs_d, st_d, st_sin, mask, dk, PRECISION)
+        if ACCUMULATE:
+            acc_k += tl.load(dk + grads, mask=mask, other=0.0).to(tl.float32)
+        tl.store(dk + grads, acc_k.to(dk.dtype.element_ty), mask)
+        tl.store(dv + grads, acc_v.to(dv.dtype.element_ty), mask)
+
+
+def _attend_backward_block_kernel(
+    q, k, v, dout, dq, dk, dv, rot, decay,
+    seq_len, width, n_b, n_c,
+    sq_a, sq_b, sq_c, sq_t, sq_d,
+    sk_a, sk_b, sk_c, sk_t, sk_d,
+    sv_a, sv_b, sv_c, sv_t, sv_d,
+    so_a, so_b, so_c, so_t, so_d,
+    st_a, st_b, st_c, st_t, st_d, st_sin, st_k,
+    sg_a, sg_b, sg_c,
+    HEAD_DIM: tl.constexpr, MANHATTAN: tl.constexpr, ACCUMULATE: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """The backward of `_attend_kernel` where one block holds the whole sequence (every row and column at 224x224):
+    one program per sequence recomputes the probabilities outright (no lse), takes rowsum(dout * out) as
+    rowsum(p * dp) (no out), and writes dq, dk and dv. Strides, rotation and ACCUMULATE as
+    `_attend_backward_kernel`."""
+    pid, a, b, c, gamma = _sequence(decay, n_b, n_c, sg_a, sg_b, sg_c)
+    log2e = 1.4426950408889634  # scores in log2 units, for exp2
+    offs = tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, BLOCK_D)
+    ok = offs < seq_len
+    mask = ok[:, None] & (offs_d < HEAD_DIM)[None, :]
+    tokens = offs[:, None]
+    rot += a * st_a + b * st_b + c * st_c
+    q_tile = _rotary(
+        q + a * sq_a + b * sq_b + c * sq_c, rot, tokens * sq_t, tokens * st_t, offs_d[None, :], sq_d, st_d, st_sin, mask
+    ).to(q.dtype.element_ty)
+    k_tile = _rotary(
+        k + a * sk_a + b * sk_b + c * sk_c, rot + st_k, tokens * sk_t, tokens * st_t, offs_d[None, :], sk_d, st_d,
+        st_sin, mask,
+    ).to(k.dtype.element_ty)  # fmt: skip
+    v_tile = tl.load(v + a * sv_a + b * sv_b + c * sv_c + tokens * sv_t + offs_d[None, :] * sv_d, mask=mask, other=0.0)
+    grads = a * so_a + b * so_b + c * so_c + tokens * so_t + offs_d[None, :] * so_d
+    do_tile = tl.load(dout + grads, mask=mask, other=0.0)
+    dist = _distance(offs, offs, width, MANHATTAN)
+    scores = tl.dot(q_tile, tl.trans(k_tile), input_precision=PRECISION) * log2e + gamma * dist
+    scores = tl.where(ok[None, :], scores, float("-inf"))
+    p = tl.exp2(scores - tl.max(scores, 1)[:, None])
+    p = p / tl.sum(p, 1)[:, None]
+    dp = tl.dot(do_tile, tl.trans(v_tile), input_precision=PRECISION)
+    ds = p * (dp - tl.sum(p * dp, 1)[:, None])
+    acc_q = tl.dot(ds.to(k_tile.dtype), k_tile, input_precision=PRECISION)
+    acc_k = tl.dot(tl.trans(ds.to(q_tile.dtype)), q_tile, input_precision=PRECISION)
+    acc_v = tl.dot(tl.trans(p.to(do_tile.dtype)), do_tile, input_precision=PRECISION)
+    acc_q = _unrotary(acc_q, rot, tokens * st_t, offs_d, st_d, st_sin, mask, dq, PRECISION)
+    acc_k = _unrotary(acc_k, rot + st_k, tokens * st_t, offs_d, st_d, st_sin, mask, dk, PRECISION)
+    if ACCUMULATE:
+        acc_q += tl.load(dq + grads, mask=mask, other=0.0).to(tl.float32)
+        acc_k += tl.load(dk + grads, mask=mask, other=0.0).to(tl.float32)
+    tl.store(dq + grads, acc_q.to(dq.dtype.element_ty), mask)
+    tl.store(dk + grads, acc_k.to(dk.dtype.element_ty), mask)
+    tl.store(dv + grads, acc_v.to(dv.dtype.element_ty), mask)
+
+
+# Functions the kernels call, jitted with them.
+HELPERS = (_sequence, _distance, _rotary, _unrotary)
+# The kernels by name, as launch plans name them.
+SOURCES = {
+    "rows_then_columns": _rows_then_columns_kernel,
+    "attend": _attend_kernel,
+    "attend_backward": _attend_backward_kernel,
+    "attend_backward_block": _attend_backward_block_kernel,
+}
 
 
 @functools.cache
-def _kernel():
-    """The kernel, jitted: for the GPU, or for Triton's interpreter where triton was imported with
+def _kernels() -> dict:
+    """The kernels, jitted: for the GPU, or for Triton's interpreter where triton was imported with
     TRITON_INTERPRET=1 (its own library functions are interpreted or compiled from that moment on)."""
     global tl
     import triton
     import triton.language
 
     tl = triton.language
-    return triton.jit(_retention_kernel, do_not_specialize=NOT_SPECIALIZED)
+    for helper in HELPERS:  # the kernels call them by these names: bound to their jitted selves
+        globals()[helper.__name__] = triton.jit(helper)
+    return {name: triton.jit(fn, do_not_specialize=NOT_SPECIALIZED) for name, fn in SOURCES.items()}
 
 
 def _interpreted(kernel) -> bool:
@@ -137,90 +478,362 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def launch_config(seq_len: int, head_dim: int, dtype: torch.dtype) -> dict:
-    """Block sizes and warps for one pass: whole rows up to 64 keys in one block; 16 is tl.dot's smallest side."""
+def _precision(dtype: torch.dtype) -> str:
+    return "ieee" if dtype == torch.float32 else "tf32"  # fp32 as exact as the matmul path (no TF32)
+
+
+def attend_config(seq_len: int, head_dim: int, dtype: torch.dtype) -> dict:
+    """Block sizes and warps for one pass of `_attend_kernel`: up to 64 tokens a block (16 is tl.dot's smallest
+    side); one pipeline stage where the key loop runs once (nothing to prefetch: no shared memory spent on it)."""
     block = min(64, max(16, _pow2(seq_len)))
     return dict(
         BLOCK_M=block,
         BLOCK_N=block,
         BLOCK_D=max(16, _pow2(head_dim)),
-        PRECISION="ieee" if dtype == torch.float32 else "tf32",  # fp32 as exact as the matmul path (no TF32)
+        PRECISION=_precision(dtype),
         num_warps=WARPS[block][dtype == torch.float32],
+        **(dict(num_stages=1) if seq_len <= block else {}),
     )
 
 
-def _launch(q, k, v, out, decay, width: int) -> tuple[tuple[int, int], tuple, dict]:
-    """Grid, arguments and meta-parameters of one launch computing out <- softmax(q k^T + decay * distance) v over
-    dim 3. q, k, v, out: (A, B, C, L, D) strided views; decay: an (A, B, C) view. width > 0: Manhattan distance on a
-    grid of that width; 0: 1-D distance."""
-    n_a, n_b, n_c, seq_len, head_dim = q.shape
-    meta = launch_config(seq_len, head_dim, q.dtype)
-    grid = (n_a * n_b * n_c, _cdiv(seq_len, meta["BLOCK_M"]))
-    strides = (*q.stride(), *k.stride(), *v.stride(), *out.stride(), *decay.stride())
-    args = (q, k, v, out, decay, seq_len, max(width, 1), n_b, n_c, *strides)
-    return grid, args, dict(meta, HEAD_DIM=head_dim, MANHATTAN=width > 0)
+# The row-then-column form's keys a block in fp32, whose dots run on FMAs, by head dim (< 32, >= 32): at 32 keys a
+# block, head dim 32 spills on sm_90 once q and k are rotated on load (tests/test_retention_triton.py).
+_FP32_KEYS = (32, 16)
 
 
-def launches(q, k, v, decay, chunkwise: bool) -> tuple[torch.Tensor, list[tuple[tuple[int, int], tuple, dict]]]:
-    """The output (b, h, w, N, d), contiguous, and the kernel launches that fill it (`retention` documents the
-    inputs); on meta tensors too, which is how the tests compile every stage shape for sm_90."""
+def rows_then_columns_config(height: int, width: int, head_dim: int, dtype: torch.dtype) -> dict:
+    """Block sizes and warps for the row-then-column form: 16 columns (tl.dot's smallest side, the row attention's
+    queries), up to 64 keys of a row a block, and as many image rows as keep the column attention's queries and
+    accumulator (BLOCK_I x 16 x BLOCK_D each) at 32 fp32 registers a thread of 4 warps."""
+    block_d = max(16, _pow2(head_dim))
+    return dict(
+        BLOCK_I=min(_pow2(height), 4 * 32 * 32 // (16 * block_d)),
+        BLOCK_J=16,
+        BLOCK_N=min(_FP32_KEYS[block_d >= 32] if dtype == torch.float32 else 64, max(16, _pow2(width))),
+        BLOCK_D=block_d,
+        PRECISION=_precision(dtype),
+        num_warps=4,
+    )
+
+
+Launch = tuple[str, tuple[int, ...], tuple, dict]
+
+
+def _table(q: torch.Tensor, rot: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    """q's rotary table (`rot` is (cos/sin, q/k, ...) broadcasting to q's shape) as a view of q's shape, which the
+    views below take as they take q, and the strides from cos to sin and from q's tables to k's."""
+    return rot[0, 0].expand(q.shape), (rot.stride(0), rot.stride(1))
+
+
+def launches(q, k, v, lepe, rot, decay, chunkwise: bool) -> tuple[torch.Tensor, list[Launch]]:
+    """The output (b, h, w, N, d), contiguous, and the launches that fill it, each (kernel name, grid, arguments,
+    meta-parameters) (`retention` documents the inputs; lepe is contiguous); on meta tensors too, which is how the
+    tests compile every stage shape for sm_90 and how the op's cost is declared."""
     out = torch.empty(v.shape, dtype=v.dtype, device=v.device)
-    if chunkwise:  # q, k (b, h, N, w, d): rows into `rows` (same layout), then its columns into out
-        b, h, n, w, _ = q.shape
-        rows = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-        cols = lambda t: t.permute(0, 3, 2, 1, 4)  # noqa: E731  (b, h, N, w, d) -> (b, w, N, h, d)
-        return out, [
-            _launch(q, k, v.transpose(2, 3), rows, decay.view(1, 1, n).expand(b, h, n), 0),
-            _launch(cols(q), cols(k), cols(rows), out.permute(0, 2, 3, 1, 4), decay.view(1, 1, n).expand(b, w, n), 0),
-        ]
+    table, pairs = _table(q, rot)
+    if chunkwise:  # q, k (b, h, N, w, d); v, out (b, h, w, N, d): one pass per image, head and block of the grid
+        b, h, n, w, head_dim = q.shape
+        meta = rows_then_columns_config(h, w, head_dim, q.dtype)
+        n_i, n_j = _cdiv(h, meta["BLOCK_I"]), _cdiv(w, meta["BLOCK_J"])
+        strides = (*q.stride(), *k.stride(), *v.stride(), *out.stride(), *table.stride(), *pairs, *decay.stride())
+        args = (q, k, v, lepe, out, table, decay, h, w, n, n_i, n_j, *strides)
+        return out, [("rows_then_columns", (b * n * n_i * n_j,), args, dict(meta, HEAD_DIM=head_dim))]
     b, n, h, w, _ = q.shape  # q, k (b, N, h, w, d): every token against every token of the image
+    qv, kv, tv, vv, ov, lv, dec = _whole_image_views(q, k, table, v, out, lepe, decay)
+    return out, [_attend(qv, kv, tv, pairs, vv, ov, dec, None, w, lepe=lv)]
+
+
+def _whole_image_views(q, k, table, *maps_and_decay):
+    """q, k and q's table (b, N, h, w, d), then maps (b, h, w, N, d) and the decay (N,), as (b, N, 1, hw, d) views
+    and (b, N, 1)."""
+    *maps, decay = maps_and_decay
+    b, n = q.shape[:2]
     tokens = lambda t: t.flatten(1, 2).transpose(1, 2).unsqueeze(2)  # noqa: E731  (b, h, w, N, d) -> (b, N, 1, hw, d)
-    q, k = q.flatten(2, 3).unsqueeze(2), k.flatten(2, 3).unsqueeze(2)
-    return out, [_launch(q, k, tokens(v), tokens(out), decay.view(1, n, 1).expand(b, n, 1), w)]
+    flat = lambda t: t.flatten(2, 3).unsqueeze(2)  # noqa: E731  (b, N, h, w, d) -> (b, N, 1, hw, d)
+    return flat(q), flat(k), flat(table), *map(tokens, maps), decay.view(1, n, 1).expand(b, n, 1)
 
 
-@torch.library.custom_op("rmt_zoo::retention", mutates_args=())
-def _retention_op(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, chunkwise: bool
-) -> torch.Tensor:
-    kernel = _kernel()
-    interpret = _interpreted(kernel)
+def _row_views(q, k, table, *maps_and_decay):
+    """q, k and q's table (b, h, N, w, d), then maps (b, h, w, N, d) and the decay (N,), as (b, h, N, w, d) views
+    and (b, h, N): one sequence per image row and head."""
+    *maps, decay = maps_and_decay
+    b, h, n = q.shape[:3]
+    return q, k, table, *(t.transpose(2, 3) for t in maps), decay.view(1, 1, n).expand(b, h, n)
+
+
+def _column_views(q, k, table, *maps_and_decay):
+    """As `_row_views`, one sequence per image column and head: (b, w, N, h, d) views and (b, w, N)."""
+    *maps, decay = maps_and_decay
+    b, _, n, w, _ = q.shape
+    cols = lambda t: t.permute(0, 3, 2, 1, 4)  # noqa: E731  (b, h, N, w, d) -> (b, w, N, h, d)
+    return (
+        cols(q), cols(k), cols(table), *(t.permute(0, 2, 3, 1, 4) for t in maps), decay.view(1, 1, n).expand(b, w, n)
+    )  # fmt: skip
+
+
+def _attend(q, k, table, pairs, v, out, decay, lse, width: int, lepe=None) -> Launch:
+    """One launch of `_attend_kernel`: out <- (lepe +) softmax(q k^T + decay * distance) v over dim 3, and the lse
+    where one is given. q, k (unrotated), q's rotary table, v, out, lepe: (A, B, C, L, D) strided views; pairs: the
+    table's strides to sin and to k's; decay: an (A, B, C) view. width > 0: Manhattan distance on a grid of that
+    width; 0: 1-D distance."""
+    n_a, n_b, n_c, seq_len, head_dim = q.shape
+    meta = attend_config(seq_len, head_dim, q.dtype)
+    grid = (n_a * n_b * n_c, _cdiv(seq_len, meta["BLOCK_M"]))
+    strides = (*q.stride(), *k.stride(), *v.stride(), *out.stride(), *table.stride(), *pairs, *decay.stride())
+    lepe_, lse_ = (out if t is None else t for t in (lepe, lse))
+    args = (q, k, v, lepe_, out, lse_, table, decay, seq_len, max(width, 1), n_b, n_c, *strides)
+    flags = dict(HEAD_DIM=head_dim, MANHATTAN=width > 0, LEPE=lepe is not None, STORE_LSE=lse is not None)
+    return "attend", grid, args, dict(meta, **flags)
+
+
+def backward_config(seq_len: int, head_dim: int, dtype: torch.dtype) -> dict:
+    """`attend_config` for the backward; fp32's dots run on FMAs, and at 64 tokens a block or 1 warp it spills."""
+    meta = attend_config(seq_len, head_dim, dtype)
+    meta.pop("num_stages", None)  # the one-block kernel has no loop; the others loop more than once
+    if dtype == torch.float32:
+        block = min(32, meta["BLOCK_M"])
+        meta.update(BLOCK_M=block, BLOCK_N=block, num_warps=4)
+    return meta
+
+
+def one_block(q: torch.Tensor) -> bool:
+    """Whether the backward of a pass over q (A, B, C, L, D) holds each whole sequence in one block."""
+    return q.shape[3] <= backward_config(q.shape[3], q.shape[4], q.dtype)["BLOCK_M"]
+
+
+def _attend_backward(
+    q, k, table, pairs, v, out, dout, lse, dq, dk, dv, decay, width: int, accumulate: bool
+) -> list[Launch]:  # fmt: skip
+    """The launches of `_attend_kernel`'s backward, views as `_attend` takes them; out, dout, dq, dk, dv share one
+    layout; accumulate: dq and dk are added to what they hold. Where one block holds each sequence (`one_block`),
+    one launch that needs neither out nor lse (pass None); else two (dq; dk and dv) that need both."""
+    n_a, n_b, n_c, seq_len, head_dim = q.shape
+    meta = backward_config(seq_len, head_dim, q.dtype)
+    strides = (*q.stride(), *k.stride(), *v.stride(), *dout.stride(), *table.stride(), *pairs, *decay.stride())
+    flags = dict(HEAD_DIM=head_dim, MANHATTAN=width > 0, ACCUMULATE=accumulate)
+    if lse is None:
+        args = (q, k, v, dout, dq, dk, dv, table, decay, seq_len, max(width, 1), n_b, n_c, *strides)
+        # 16-bit, head dim 32 and up: a 32-token tile spills on sm_90 (the rotation's loads), a 64-token one does not
+        wide = meta["BLOCK_M"] == 32 and meta["BLOCK_D"] >= 32 and q.dtype != torch.float32
+        tile = 64 if wide else meta["BLOCK_M"]
+        block = dict(BLOCK=tile, BLOCK_D=meta["BLOCK_D"], PRECISION=meta["PRECISION"], num_warps=4)
+        return [("attend_backward_block", (n_a * n_b * n_c,), args, dict(block, **flags))]
+    args = (q, k, v, out, dout, lse, dq, dk, dv, table, decay, seq_len, max(width, 1), n_b, n_c, *strides)
+    grid = (n_a * n_b * n_c, _cdiv(seq_len, meta["BLOCK_M"]))  # BLOCK_M == BLOCK_N
+    return [("attend_backward", grid, args, dict(meta, **flags, DQ=dq_)) for dq_ in (True, False)]
+
+
+def backward_plan(dout, q, k, v, rot, decay, chunkwise: bool, run) -> tuple[torch.Tensor, ...]:
+    """dq, dk, dv (of the unrotated q, k) of one call, flash-style (no scores or probabilities are kept): each
+    pass's backward runs (columns first, whose d(values) is d(rows), then rows, adding their dq and dk to the
+    columns'), one launch where one block holds each sequence, else two after the pass's forward recomputed with its
+    lse. Rows then columns recompute the rows (the columns' values) in any case. `run(launch)` runs or records each
+    launch, so on meta or fake tensors this is the plan."""
+    dout = dout.contiguous()  # (b, h, w, N, d), as out; so are the gradients until they are returned
+    dq, dk, dv, out = (torch.empty_like(dout, dtype=v.dtype) for _ in range(4))
+    table, pairs = _table(q, rot)
+
+    def forward(q_, k_, t_, v_, out_, decay_, width: int, needed: bool):
+        """The pass's forward again, with its lse, where its backward needs them (or its output is needed)."""
+        lse = None if one_block(q_) else torch.empty(q_.shape[:4], dtype=torch.float32, device=q_.device)
+        if lse is not None or needed:
+            run(_attend(q_, k_, t_, pairs, v_, out_, decay_, lse, width))
+        return lse
+
+    if not chunkwise:
+        w = q.shape[3]
+        qv, kv, tv, vv, ov, dov, dqv, dkv, dvv, dec = _whole_image_views(q, k, table, v, out, dout, dq, dk, dv, decay)
+        lse = forward(qv, kv, tv, vv, ov, dec, w, False)
+        for launch in _attend_backward(qv, kv, tv, pairs, vv, ov, dov, lse, dqv, dkv, dvv, dec, w, False):
+            run(launch)
+        return dq.permute(0, 3, 1, 2, 4), dk.permute(0, 3, 1, 2, 4), dv
+    rows, d_rows = torch.empty_like(dout, dtype=v.dtype), torch.empty_like(dout, dtype=v.dtype)
+    qr, kr, tr, vr, rr, drr, dqr, dkr, dvr, dec_r = _row_views(q, k, table, v, rows, d_rows, dq, dk, dv, decay)
+    lse_r = forward(qr, kr, tr, vr, rr, dec_r, 0, True)
+    qc, kc, tc, rc, oc, doc, drc, dqc, dkc, dec_c = _column_views(q, k, table, rows, out, dout, d_rows, dq, dk, decay)
+    lse_c = forward(qc, kc, tc, rc, oc, dec_c, 0, False)
+    for launch in [
+        *_attend_backward(qc, kc, tc, pairs, rc, oc, doc, lse_c, dqc, dkc, drc, dec_c, 0, False),
+        *_attend_backward(qr, kr, tr, pairs, vr, rr, drr, lse_r, dqr, dkr, dvr, dec_r, 0, True),
+    ]:
+        run(launch)
+    return dq.transpose(2, 3), dk.transpose(2, 3), dv
+
+
+def _runner(q: torch.Tensor):
+    """A function running one launch on q's device: CUDA, or CPU through Triton's interpreter."""
+    kernels = _kernels()
+    interpret = _interpreted(kernels["attend"])
     if q.device.type == "cpu" and not interpret:
         raise RuntimeError(
             'attn_impl="triton" runs on CUDA tensors, or on CPU ones through Triton\'s interpreter, which needs '
             "TRITON_INTERPRET=1 set before triton is first imported."
         )
-    out, calls = launches(q, k, v, decay, chunkwise)
-    for grid, args, meta in calls:
+
+    def run(launch: Launch) -> None:
+        name, grid, args, meta = launch
         if interpret:
-            meta.pop("num_warps")  # the interpreter takes none
-        kernel[grid](*args, **meta)
+            meta = {
+                key: value for key, value in meta.items() if key not in LAUNCH_OPTIONS
+            }  # the interpreter takes none
+        kernels[name][grid](*args, **meta)
+
+    return run
+
+
+@torch.library.custom_op("rmt_zoo::retention", mutates_args=())
+def _retention_op(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lepe: torch.Tensor, rot: torch.Tensor, decay: torch.Tensor,
+    chunkwise: bool,
+) -> torch.Tensor:  # fmt: skip
+    out, calls = launches(q, k, v, lepe, rot, decay, chunkwise)
+    run = _runner(q)
+    for launch in calls:
+        run(launch)
     return out
 
 
 @_retention_op.register_fake
-def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, chunkwise: bool) -> torch.Tensor:
+def _(q, k, v, lepe, rot, decay, chunkwise) -> torch.Tensor:
     return v.new_empty(v.shape)
 
 
-def retention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, chunkwise: bool) -> torch.Tensor:
-    """MaSA's attention core, (b, h, w, N, d) contiguous, from q, k as `_rotate` writes them ((b, h, N, w, d) for
-    row-then-column, (b, N, h, w, d) for the whole image; k pre-scaled), v (b, h, w, N, d) and the per-head decay
-    (N,). Under autocast the three take its dtype, as autocast's matmuls would."""
+@torch.library.custom_op("rmt_zoo::retention_backward", mutates_args=())
+def _retention_backward_op(
+    dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rot: torch.Tensor, decay: torch.Tensor,
+    chunkwise: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    return backward_plan(dout, q, k, v, rot, decay, chunkwise, _runner(q))
+
+
+@_retention_backward_op.register_fake
+def _(dout, q, k, v, rot, decay, chunkwise):
+    return backward_plan(dout, q, k, v, rot, decay, chunkwise, lambda launch: None)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    q, k, v, lepe, rot, decay, chunkwise = inputs
+    ctx.save_for_backward(q, k, v, rot, decay)
+    ctx.chunkwise = chunkwise
+
+
+def _backward(ctx, dout: torch.Tensor):
+    """Gradients of q, k, v from the fused backward; lepe's is dout itself (out = lepe + attention)."""
+    q, k, v, rot, decay = ctx.saved_tensors
+    dq, dk, dv = torch.ops.rmt_zoo.retention_backward(dout, q, k, v, rot, decay, ctx.chunkwise)
+    return dq, dk, dv, dout, None, None, None
+
+
+_retention_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def retention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lepe: torch.Tensor, rot: torch.Tensor, decay: torch.Tensor,
+    chunkwise: bool,
+) -> torch.Tensor:  # fmt: skip
+    """MaSA's output before its projection, lepe + attention, as (b, h, w, N, d) contiguous (the layout out_proj
+    reads), from q and k unrotated, as permuted views of the projection ((b, h, N, w, d) for row-then-column,
+    (b, N, h, w, d) for the whole image), v and the LePE output lepe (b, h, w, N, d), the rotary tables `rot`
+    (zoo/_rmt_fast.py's `rotary_tables` real form: (cos, signed sin) x (q, k with its 1/sqrt(d)), broadcasting to
+    q's shape) and the per-head decay (N,). The kernels rotate and scale q and k as they load them and add lepe as
+    they store. Under autocast q, k, v and lepe take its dtype, as autocast's matmuls would."""
     device = q.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else v.dtype
-    return _retention_op(q.to(dtype), k.to(dtype), v.to(dtype), decay, chunkwise)
+    return _retention_op(q.to(dtype), k.to(dtype), v.to(dtype), lepe.to(dtype).contiguous(), rot, decay, chunkwise)
 
 
-def _cost(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, chunkwise: bool) -> OpCost:
-    """What one call moves, from its launch plan (on meta tensors): each launch reads its q, k, v and decay and
-    writes its output; 2 launches and 8 feature maps row-then-column (the rows round trip, q and k read twice), 1
-    launch and 4 for the whole image."""
-    meta = [torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta") for t in (q, k, v, decay)]
-    _, plan = launches(*meta, chunkwise)
-    size = lambda t: t.numel() * t.element_size()  # noqa: E731
-    read = sum(size(t) for _, args, _ in plan for t in args[:3]) + len(plan) * size(decay)
-    return OpCost(len(plan), read, sum(size(args[3]) for _, args, _ in plan))
+def _probe(device: torch.device, dtype: torch.dtype) -> None:
+    """Build and run both forms, forward and backward, on tiny inputs: raises where the kernels cannot be built."""
+    with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
+        for chunkwise in (True, False):  # a 2x3 grid, one head
+            shape = (1, 2, 1, 3, 16) if chunkwise else (1, 1, 2, 3, 16)
+            new = lambda *s: torch.randn(s, device=device, dtype=dtype, requires_grad=True)  # noqa: E731
+            maps = (new(1, 2, 3, 1, 16), new(1, 2, 3, 1, 16))
+            rot = torch.randn(2, 2, *shape, device=device)
+            out = _retention_op(new(*shape), new(*shape), *maps, rot, torch.full((1,), -0.5, device=device), chunkwise)
+            out.sum().backward()
 
 
-declare_cost("rmt_zoo::retention", _cost)
+_BUILDS: dict[tuple[torch.device, torch.dtype], bool] = {}
+_warned = False
+
+
+@torch.compiler.assume_constant_result  # a compiled graph takes the answer as a constant, asked when traced
+def _builds(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the kernels build and run on `device` in `dtype`, tried once each; the first failure warns."""
+    global _warned
+    if torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE) is not None:
+        return True  # fake tensors (export, the GPU proxy's fake CUDA): nothing to build; answered as where it builds
+    key = (device, dtype)
+    if key not in _BUILDS:
+        try:
+            _probe(device, dtype)
+            _BUILDS[key] = True
+        except Exception as e:  # any failure to build (Triton, ptxas, the driver) sends "auto" to matmul-softmax
+            _BUILDS[key] = False
+            if not _warned:
+                _warned = True
+                warnings.warn(
+                    f'attn_impl="auto" takes matmul-softmax: the fused retention kernel cannot be built on {device} '
+                    f"in {dtype} ({type(e).__name__}: {e}).",
+                    stacklevel=2,
+                )
+    return _BUILDS[key]
+
+
+def auto_takes(v: torch.Tensor) -> bool:
+    """Whether attn_impl="auto" takes the kernels for a call with values v: on CUDA where triton is installed and
+    the kernels build in the dtype the call would run in (autocast's where it is on). Predicted, until a GPU
+    measures it (benchmarks/rmt_gpu.py times "auto", "matmul" and "triton" side by side): fewer bytes than
+    matmul-softmax at every stage (issue 34)."""
+    device = v.device
+    if device.type not in AUTO_DEVICES or not TRITON_FOUND:
+        return False
+    dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else v.dtype
+    return _builds(device, dtype)
+
+
+def _nbytes(*tensors: torch.Tensor) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _plan_cost(plan: list[Launch], rot: torch.Tensor, decay: torch.Tensor) -> OpCost:
+    """Each launch reads its inputs once and writes its outputs once: repeated reads within a launch (the image
+    rows a row-then-column program shares with its neighbours, a key block read by every query block, the rotary
+    tables every image and head shares) are taken to be L2 hits."""
+    total = OpCost(0, 0, 0)
+    tables = _nbytes(rot, decay)
+    for name, _, args, meta in plan:
+        if name == "attend_backward":
+            q, k, v, out, dout, lse, dq, dk, dv = args[:9]
+            written = (dq,) if meta["DQ"] else (dk, dv)
+            read = _nbytes(q, k, v, out, dout, lse) + tables + (_nbytes(written[0]) if meta["ACCUMULATE"] else 0)
+            total += OpCost(1, read, _nbytes(*written))
+        elif name == "attend_backward_block":
+            q, k, v, dout, dq, dk, dv = args[:7]
+            read = _nbytes(q, k, v, dout) + tables + (_nbytes(dq, dk) if meta["ACCUMULATE"] else 0)
+            total += OpCost(1, read, _nbytes(dq, dk, dv))
+        else:  # "rows_then_columns", "attend": q, k, v, lepe, out, (lse,)
+            q, k, v, lepe, out = args[:5]
+            added = (lepe,) if name == "rows_then_columns" or meta["LEPE"] else ()
+            stored = (args[5],) if meta.get("STORE_LSE") else ()  # the lse
+            total += OpCost(1, _nbytes(q, k, v, *added) + tables, _nbytes(out, *stored))
+    return total
+
+
+def _declared_cost(q, k, v, lepe, rot, decay, chunkwise: bool) -> OpCost:
+    """One forward call (rmt_zoo::retention): one launch, reading q, k, v, lepe and the tables once and writing
+    the output once."""
+    return _plan_cost(launches(q, k, v, lepe, rot, decay, chunkwise)[1], rot, decay)
+
+
+def _declared_backward_cost(dout, q, k, v, rot, decay, chunkwise: bool) -> OpCost:
+    """One backward call (rmt_zoo::retention_backward): the forward recomputed with its lse, then each pass's
+    dq and dk/dv launches."""
+    plan: list[Launch] = []
+    backward_plan(dout, q, k, v, rot, decay, chunkwise, plan.append)
+    return _plan_cost(plan, rot, decay)
+
+
+declare_cost("rmt_zoo::retention", _declared_cost)
+declare_cost("rmt_zoo::retention_backward", _declared_backward_cost)

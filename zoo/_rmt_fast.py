@@ -104,7 +104,8 @@ def rotary_tables(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Tables for `rotate` on q and k stacked as (2, b, h, N, w, d) (chunkwise) or (2, b, N, h, w, d) (whole
     image), from fp32 (h, w, 1, d) sin and cos, with k's 1/sqrt(d) scale folded into its row: real (cos, signed
-    sin), and the complex cos + i sin per pair where `complex_ok` and the dtype is fp32/fp64 (else real again)."""
+    sin), and the complex cos + i sin per pair where `complex_ok` and the dtype is fp32/fp64 (else real again). The
+    fused Triton op reads the real form itself, rotating q and k as it loads them (zoo/_retention_triton.py)."""
     h, w = sin.shape[:2]
     scale = torch.tensor([1.0, sin.shape[-1] ** -0.5], device=sin.device).view(2, 1, 1, 1, 1, 1)
     shape = (1, h, 1, w, -1) if chunkwise else (1, 1, h, w, -1)

@@ -25,11 +25,11 @@ from timm.models import FeatureInfo
 from timm.models._features_fx import register_notrace_module
 from torch.utils.checkpoint import checkpoint
 
-from . import _rmt_reference
+from . import _retention_triton, _rmt_reference
 from ._builder import create, stage_indices
 from ._checkpoint import StateDict
 from ._registry import Family, ModelInfo, register_family
-from ._retention import ATTN_IMPLS, attend, check_impl, in_graph
+from ._retention import ATTN_IMPLS, attend, check_impl, fused, in_graph
 from ._rmt_fast import DWConv2d, PositionCache, decay_masks, rotary_tables, rotate
 from ._staged import StagedModel
 
@@ -151,11 +151,15 @@ class ManhattanSelfAttention(nn.Module):
         v = F.linear(x, w_v, b_v)  # its own matmul: a contiguous v is 2-4x faster in the depthwise LePE conv
         lepe = self.lepe(v)
         qk = F.linear(x, w_qk, b_qk).view(b, h, w, 2, n, d)
-        # q and k rotated in one pass, written as (b, h, N, w, d) for row attention or (b, N, h, w, d) for whole-image
-        q, k = rotate(qk.permute(3, 0, 1, 4, 2, 5) if self.chunkwise else qk.permute(3, 0, 4, 1, 2, 5), *pos[:2])
-        out = attend(attn_impl, q, k, v.view(b, h, w, n, d), pos[2:], decay, self.chunkwise)
-        # lepe first: the sum takes its contiguous layout, so out's permute costs no separate copy
-        return self.out_proj((lepe.view(b, h, w, n, d) + out).view(b, h, w, c))
+        # q and k as views (b, h, N, w, d) for row attention or (b, N, h, w, d) for whole-image
+        qk = qk.permute(3, 0, 1, 4, 2, 5) if self.chunkwise else qk.permute(3, 0, 4, 1, 2, 5)
+        v, lepe = v.view(b, h, w, n, d), lepe.view(b, h, w, n, d)
+        if fused(attn_impl, v):  # rotation, k's scale, attention and the LePE add in one kernel
+            out = _retention_triton.retention(qk[0], qk[1], v, lepe, pos[0], decay, self.chunkwise)
+        else:  # q and k rotated in one pass, written in the layout attention reads; lepe first: the sum takes its
+            # contiguous layout, so out's permute costs no separate copy
+            out = lepe + attend(attn_impl, *rotate(qk, *pos[:2]), v, pos[2:], decay, self.chunkwise)
+        return self.out_proj(out.view(b, h, w, c))
 
 
 class FeedForward(nn.Module):
