@@ -443,16 +443,19 @@ class Launch:
         return self.kind == "ExternKernelSchedulerNode" and self.op is None
 
 
-def _custom_op_launch(node, block: str, undeclared: collections.Counter) -> Launch | None:
-    """A custom op's node as the op declared it (zoo/_op_cost.py), called on its arguments' fake values; None for
-    any other node. Inductor's own estimate (one kernel moving inputs and outputs once) stays where none is declared."""
+def _custom_op_launch(node, block: str, undeclared: collections.Counter, mode: FakeTensorMode) -> Launch | None:
+    """A custom op's node as the op declared it (zoo/_op_cost.py), called on its arguments' fake values in their fake
+    `mode` (a declaration may allocate, as launch plans do, and inductor's scheduler runs with no fake mode active);
+    None for any other node. Inductor's own estimate (one kernel moving inputs and outputs once) stays where none is
+    declared."""
     op = getattr(node.node, "op_overload", None)
     if not isinstance(op, torch._ops.OpOverload) or op.namespace == "aten":
         return None
     name = op._schema.name
     origin = next((o for o in node.node.get_origins() if o.target is op), None)
     value = lambda n: n.meta["val"]  # noqa: E731
-    cost = cost_of(name, *torch.fx.node.map_arg(origin.args, value), **torch.fx.node.map_arg(origin.kwargs, value))
+    with mode:
+        cost = cost_of(name, *torch.fx.node.map_arg(origin.args, value), **torch.fx.node.map_arg(origin.kwargs, value))
     if cost is None:
         _undeclared(name, undeclared)
         return Launch(type(node).__name__, node.get_read_write_buffers_sizes(), block, op=name, undeclared=True)
@@ -461,6 +464,15 @@ def _custom_op_launch(node, block: str, undeclared: collections.Counter) -> Laun
 
 class _Stop(Exception):
     """Raised by the patched scheduler once it has fused: code generation is not needed."""
+
+
+def _stopped(error: BaseException | None) -> bool:
+    """Whether `error` is, or was raised while handling, `_Stop`: the scheduler finished, not failed halfway."""
+    while error is not None:
+        if isinstance(error, _Stop):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _launch_block(node, path: Callable[[torch.fx.Node], str | None], order: dict[torch.fx.Node, int]) -> str:
@@ -502,7 +514,7 @@ def inductor_launches(
                 continue  # no kernel: an allocation or a view, or one output of a multi-output kernel
             block = _launch_block(node, _module_path, order)
             launches.append(
-                _custom_op_launch(node, block, undeclared)
+                _custom_op_launch(node, block, undeclared, mode)
                 or Launch(type(node).__name__, node.get_read_write_buffers_sizes(), block)
             )
         raise _Stop
@@ -518,8 +530,8 @@ def inductor_launches(
         with mock.patch.object(inductor_scheduler.Scheduler, "codegen", capture):
             try:
                 compile_(graph, inputs)
-            except Exception:  # inductor wraps _Stop in its own error
-                if not launches:
+            except Exception as error:  # inductor wraps _Stop in its own error; any other error is the count's
+                if not _stopped(error):
                     raise
     return launches
 
