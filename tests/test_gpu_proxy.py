@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch._subclasses.fake_tensor import FakeTensor
 
 import benchmarks._common as common
 from benchmarks import _gpu_proxy as gp
@@ -52,12 +53,37 @@ def undeclared(x: torch.Tensor) -> torch.Tensor:
     return x * 2
 
 
-for op in (declared, undeclared):
+@torch.library.custom_op("proxy_test::allocating", mutates_args=())
+def allocating(x: torch.Tensor) -> torch.Tensor:
+    return x * 2
+
+
+@torch.library.custom_op("proxy_test::failing", mutates_args=())
+def failing(x: torch.Tensor) -> torch.Tensor:
+    return x * 2
+
+
+for op in (declared, undeclared, allocating, failing):
     op.register_fake(lambda x: torch.empty_like(x))
 # Three launches reading the input five times over and writing it once.
 declare_cost(
     "proxy_test::declared", lambda x: OpCost(3, 5 * x.numel() * x.element_size(), x.numel() * x.element_size())
 )
+
+
+def _allocating_cost(x: torch.Tensor) -> OpCost:
+    """Two launches through a buffer the size of x, allocated as a launch plan allocates its outputs."""
+    rows = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    assert isinstance(rows, FakeTensor), "a declaration must run in its values' fake mode"
+    return OpCost(2, 2 * rows.numel() * rows.element_size(), 2 * rows.numel() * rows.element_size())
+
+
+def _failing_cost(x: torch.Tensor) -> OpCost:
+    raise ValueError("this declaration fails")
+
+
+declare_cost("proxy_test::allocating", _allocating_cost)
+declare_cost("proxy_test::failing", _failing_cost)
 
 
 class CustomOps(nn.Module):
@@ -207,6 +233,34 @@ def test_compiled_custom_op_counts_as_it_declared_and_an_undeclared_one_is_repor
     assert ops["proxy_test::undeclared"].undeclared and not ops["proxy_test::declared"].undeclared
     assert sum(s.kernels for s in gp.per_block(launches).values()) == sum(launch.launches for launch in launches)
     assert sum(launch.launches for launch in launches) == 3 + 1 + 1  # the add: one fused kernel
+
+
+class Allocating(nn.Module):
+    """allocating(x) + allocating(x * 3): two calls of a custom op whose declared cost allocates."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return allocating(x) + allocating(x * 3)
+
+
+@pytest.mark.e2e  # one inductor compile
+def test_compiled_declarations_that_allocate_run_on_fake_cuda_and_count_every_call():
+    launches = gp.compiled_kernels(Allocating(), batch=2, size=4, autocast=None)
+    ops = [launch for launch in launches if launch.op == "proxy_test::allocating"]
+    assert [(launch.launches, launch.bytes) for launch in ops] == [(2, 4 * STREAM)] * 2
+    assert sum(launch.launches for launch in launches) == 2 + 2 + 2  # x * 3 and the add: one kernel each
+
+
+class FailingSecond(nn.Module):
+    """declared(x) + failing(x): the declaration that fails comes after a launch was counted."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return declared(x) + failing(x)
+
+
+@pytest.mark.e2e  # one inductor compile
+def test_a_compiled_count_that_fails_halfway_raises_instead_of_returning_the_launches_so_far():
+    with pytest.raises(Exception, match="this declaration fails"):
+        gp.compiled_kernels(FailingSecond(), batch=2, size=4, autocast=None)
 
 
 def test_the_pretend_h200_reports_its_dram_bandwidth_to_inductor():
