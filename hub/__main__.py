@@ -41,7 +41,7 @@ _EXPECTED = (
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="python -m hub", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python -m hub", description=" ".join(__doc__.split("\n\n", 1)[0].split()))
     sub = parser.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("convert", help="a released checkpoint to model.safetensors + config.json + README.md")

@@ -64,3 +64,11 @@ def test_bad_arguments_are_one_sentence_and_exit_2_everywhere(command, capsys):
 
 def test_stopped_is_128_plus_the_signal():
     assert policy.exit_interrupted(2) == 130 and policy.exit_interrupted(15) == 143
+
+
+def test_hub_help_describes_the_whole_tool():
+    """The description is the docstring's first paragraph, not its first line cut mid-sentence."""
+    from hub.__main__ import _parser  # the module under test's own parser
+
+    text = " ".join(_parser().format_help().split())
+    assert "get RMT's official weights onto the Hub and back, and benchmark results up as a dataset repo." in text
