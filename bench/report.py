@@ -405,6 +405,7 @@ def _plot_points(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "y": measured if measured is not None else paper,
                 "measured": measured is not None,
                 "size": row.get("gmacs") if _finite(row.get("gmacs")) else None,
+                "row": row,  # the row drawn: the caption describes these, not the rows left out
             }
         )
     return points
@@ -477,7 +478,7 @@ def _accuracy_plot(rows: list[dict[str, Any]], path: str | Path, title: str | No
     points = _plot_points(rows)
     if not points:
         return False
-    plt, fig, (ax,) = _figure(rows)
+    plt, fig, (ax,) = _figure([p["row"] for p in points])
     series = sorted({(p["backend"], p["precision"]) for p in points})
     colors = dict(zip(series, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4))
     sizes = [p["size"] for p in points if p["size"]]

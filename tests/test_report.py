@@ -326,9 +326,11 @@ def test_the_plot_is_a_captioned_figure(tmp_path, make_row, svg_text):
         _measured(make_row, backend="compile", throughput_ips=2.0),
         _measured(make_row, model="rmt_t", gmacs=2.65, throughput_ips=1.5),
     ]
+    left_out = _measured(make_row, precision="amp-fp16", batch_size=64, status="oom", throughput_ips=None)
     svg = tmp_path / "plot.svg"
-    assert plot(rows, svg)
+    assert plot([*rows, left_out], svg)
     text = svg_text(svg)
+    assert "amp-fp16" not in text and "64" not in text  # the caption describes the points drawn, not rows left out
     for part in ("device Test CPU", "torch 2.99.0", "precision fp32", "batch 8", "threads 4", "weights random init"):
         assert part in text, part
     assert "date 2026-12-04" in text and "top-1 (%, paper)" in text
