@@ -33,15 +33,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
 import zoo
+from common import paths
 from common.cli import EXIT_USAGE, OneLineParser, UsageError
-from common.paths import (
-    OutputPathError,
-    WriteError,
-    check_distinct,
-    check_output_path,
-    ignore_file_size_signal,
-    write_atomic,
-)
 
 from .args import EXIT_FAILED, EXIT_OUTPUT, input_sizes, positive_float, positive_int
 from .env import available_memory
@@ -535,9 +528,9 @@ def parse_args(argv: Sequence[str], rank: int, local_world: int) -> argparse.Nam
         raise UsageError(reason)
     if args.out and rank == 0:
         try:
-            check_output_path(args.out, "--out")
-            check_distinct({"--out": args.out}, {"--data": args.data, "--checkpoint": args.checkpoint})
-        except OutputPathError as exc:
+            paths.check_output_path(args.out, "--out")
+            paths.check_distinct({"--out": args.out}, {"--data": args.data, "--checkpoint": args.checkpoint})
+        except paths.OutputPathError as exc:
             raise UsageError(str(exc)) from None
     return args
 
@@ -551,7 +544,7 @@ def _fail(message: str, local_rank: int) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """One rank of `torchrun ... -m bench.accuracy` (or the only process, without torchrun)."""
-    ignore_file_size_signal()
+    paths.ignore_file_size_signal()
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     local_rank, local_world = int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     try:
@@ -624,8 +617,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(result))
         if args.out:
             try:  # whole or not at all, never through a link planted beside it
-                write_atomic(args.out, json.dumps(result, indent=2) + "\n")
-            except WriteError as exc:
+                paths.write_atomic(args.out, json.dumps(result, indent=2) + "\n")
+            except paths.WriteError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return EXIT_OUTPUT
     return 0

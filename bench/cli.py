@@ -21,15 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from common import paths
 from common.cli import EXIT_OK, OneLineParser, UsageError, emit, run_cli
-from common.paths import (
-    OutputPathError,
-    WriteError,
-    check_distinct,
-    check_output_path,
-    ignore_file_size_signal,
-    write_atomic,
-)
 from .args import exit_code, input_sizes, positive_float, positive_int
 from .backends import BACKENDS, COMPILE_MODES
 from .columns import printable
@@ -622,9 +615,9 @@ def check_outputs(
     try:
         for i, (option, path) in enumerate(outputs.items()):
             if path:
-                check_output_path(path, option, text_file=appended and i == 0)
-        check_distinct(outputs, inputs)
-    except OutputPathError as exc:
+                paths.check_output_path(path, option, text_file=appended and i == 0)
+        paths.check_distinct(outputs, inputs)
+    except paths.OutputPathError as exc:
         raise UsageError(str(exc)) from None
 
 
@@ -688,12 +681,12 @@ def run_main(argv: Sequence[str]) -> int:
         return stopped_exit_code(exc, _where(args.out) if result_files(args.out, quiet=True) else None)
     except LauncherUnavailable as exc:
         raise UsageError(str(exc)) from None
-    except WriteError as exc:  # a full disk or `ulimit -f`: show what was kept, then the one sentence
+    except paths.WriteError as exc:  # a full disk or `ulimit -f`: show what was kept, then the one sentence
         emit(render_table(exc.rows, args.format, args.columns) + "\n" if exc.rows else "")
         raise
     show(outcome.rows, args.format, args.plot, args.columns, args.plot_kind)
     if args.results_file:
-        write_atomic(args.results_file, timm_csv(outcome.rows))
+        paths.write_atomic(args.results_file, timm_csv(outcome.rows))
     print(f"{status_summary(outcome.rows)}; results in {_where(args.out)}", file=sys.stderr)
     return exit_code(outcome.rows)
 
@@ -736,5 +729,7 @@ def report_main(argv: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """bench.py's exit codes: the shared policy (common/cli.py) and the rows' own (bench/args.py)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    ignore_file_size_signal()
-    return run_cli(lambda: report_main(argv[1:]) if argv[:1] == ["report"] else run_main(argv), failures=(WriteError,))
+    paths.ignore_file_size_signal()
+    return run_cli(
+        lambda: report_main(argv[1:]) if argv[:1] == ["report"] else run_main(argv), failures=(paths.WriteError,)
+    )

@@ -220,6 +220,17 @@ def report_head(title: str, result: dict, facts: list[str]) -> list[str]:
             f"- official code: {result['official']}", ""]  # fmt: skip
 
 
+def load_fact(result: dict, why: str) -> str:
+    """A CPU report's fact of the machine's load (`uptime`) before and after the run, and why it is read so."""
+    return f"load before: `{result['env']['uptime']}`; after: `{result['uptime_after']}` ({why})"
+
+
+def table(heading: str, columns: list[str], rows: list[list[str]]) -> list[str]:
+    """A report's section: its heading, then a markdown table of these columns and rows (cells already written)."""
+    lines = [f"## {heading}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
 def ratio_lines(ratios: dict[str, float]) -> list[str]:
     """The line of a table's throughput ratios (ours to each other path), between blank lines."""
     return ["", "Ratios of medians: " + ", ".join(f"{k} **{v:.2f}x**" for k, v in ratios.items()), ""]

@@ -111,22 +111,22 @@ def markdown(result: dict) -> str:
     facts = [
         f"{env['cpu']}, {env['threads']} threads, torch {env['torch']}, Python {env['python']}, fp32, inference_mode, "
         f"{SIZE}x{SIZE}, random weights (the official model's, loaded into ours), commit {env['git_commit']}",
-        f"load before: `{env['uptime']}`; after: `{result['uptime_after']}` (2 cores shared with other work: rounds "
-        "are interleaved so load hits every path alike; medians over rounds)",
+        shared.load_fact(
+            result,
+            "2 cores shared with other work: rounds are interleaved so load hits every path alike; medians over rounds",
+        ),
     ]
     lines = shared.report_head("RMT on CPU: ours against the official code", result, facts)
     for row in result["rows"]:
-        labels = list(row["img_s"])
-        lines += [
-            f"## {row['model']}, batch {row['batch']} ({row['rounds']} rounds)",
-            "",
-            "| path | img/s (median) | min | max | img per CPU-s (median) | rel. err vs " + labels[0] + " |",
-            "|---|---|---|---|---|---|",
-        ]
-        for label, rates in row["img_s"].items():
-            stats = (row["median"][label], min(rates), max(rates), row["median_cpu"][label])
-            lines.append(f"| {label} | " + " | ".join(f"{v:.2f}" for v in stats) + f" | {row['rel_err'][label]:.1e} |")
-        lines += shared.ratio_lines(row["ratios"])
+        heading = f"{row['model']}, batch {row['batch']} ({row['rounds']} rounds)"
+        first = next(iter(row["img_s"]))
+        columns = ["path", "img/s (median)", "min", "max", "img per CPU-s (median)", f"rel. err vs {first}"]
+        cells = [
+            [label, *(f"{v:.2f}" for v in (row["median"][label], min(rates), max(rates), row["median_cpu"][label])),
+             f"{row['rel_err'][label]:.1e}"]
+            for label, rates in row["img_s"].items()
+        ]  # fmt: skip
+        lines += shared.table(heading, columns, cells) + shared.ratio_lines(row["ratios"])
         lines += ["Same, per CPU-second: " + ", ".join(f"{k} {v:.2f}x" for k, v in row["ratios_cpu"].items()), ""]
         lines += shared.failed_lines(row["failed"])
         for label, ops in row.get("profile", {}).items():

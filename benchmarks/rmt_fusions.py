@@ -32,14 +32,17 @@ from benchmarks import _gpu_proxy as gp
 from zoo import _retention, _rmt_fast
 from benchmarks._common import (
     Timed,
+    agreeing_calls,
     failed_lines,
-    first_calls,
     import_official_rmt,
     interleaved,
+    load_fact,
     machine,
     official_and_ours,
     official_note,
-    rel_err,
+    ratio_lines,
+    report_head,
+    table,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,13 +123,7 @@ def build_paths(
     paths += [Timed("ours eager", lambda: ours(x)), Timed("ours eager before", ours_before)]
     if compiled_too:
         paths += [Timed("ours compiled", lambda: compiled(x)), Timed("ours compiled, shifted taps", ours_shifted)]
-    paths, outs, failed = first_calls(paths)
-    ref = next(iter(outs.values()))
-    errors = {label: rel_err(out, ref) for label, out in outs.items()}
-    bad = {label: e for label, e in errors.items() if e > TOL}
-    if bad:
-        raise SystemExit(f"{name} batch {batch}: outputs disagree with {paths[0].label} beyond {TOL}: {bad}.")
-    return paths, errors, failed
+    return agreeing_calls(paths, TOL, f"{name} batch {batch}")
 
 
 PAIRS = [
@@ -142,41 +139,36 @@ PAIRS = [
 
 def markdown(result: dict) -> str:
     env = result["env"]
-    lines = [
-        "# RMT fusions (issue 28) on CPU: op counts and timings, before and after",
-        "",
-        f"Command: `{result['command']}`",
-        "",
-        f"- {env['cpu']}, {env['threads']} threads, torch {env['torch']}, Python {env['python']}, commit "
+    facts = [
+        f"{env['cpu']}, {env['threads']} threads, torch {env['torch']}, Python {env['python']}, commit "
         f"{env['git_commit']}",
-        f"- load before: `{env['uptime']}`; after: `{result['uptime_after']}` (the machine is shared: rounds are "
-        "interleaved so load hits every path alike; medians over rounds, min and max show the noise)",
-        f"- official code: {result['official']}",
-        "",
+        load_fact(
+            result,
+            "the machine is shared: rounds are interleaved so load hits every path alike; medians "
+            "over rounds, min and max show the noise",
+        ),
     ]
+    lines = report_head("RMT fusions (issue 28) on CPU: op counts and timings, before and after", result, facts)
     for row in result["counts"]:
-        lines += [
-            f"## Ops per eager forward, {row['model']}, batch {row['batch']}, no_grad (before / after)",
-            "",
-            "| setting | kernels | dtype casts | folded-kernel ops (new_ones, pad) |",
-            "|---|---|---|---|",
+        heading = f"Ops per eager forward, {row['model']}, batch {row['batch']}, no_grad (before / after)"
+        columns = ["setting", "kernels", "dtype casts", "folded-kernel ops (new_ones, pad)"]
+        cells = [
+            [setting, *(f"{c['before'].get(k, 0)} / {c['after'].get(k, 0)}" for k in ("kernels", "casts", "fold ops"))]
+            for setting, c in row["counts"].items()
         ]
-        for setting, c in row["counts"].items():
-            cells = [f"{c['before'].get(k, 0)} / {c['after'].get(k, 0)}" for k in ("kernels", "casts", "fold ops")]
-            lines.append(f"| {setting} | " + " | ".join(cells) + " |")
-        lines.append("")
+        lines += [*table(heading, columns, cells), ""]
     for row in result["rows"]:
-        lines += [
-            f"## {row['model']}, batch {row['batch']}, fp32, inference_mode ({row['rounds']} rounds)",
-            "",
-            "| path | img/s (median) | min | max | rel. err vs first |",
-            "|---|---|---|---|---|",
+        heading = f"{row['model']}, batch {row['batch']}, fp32, inference_mode ({row['rounds']} rounds)"
+        columns = ["path", "img/s (median)", "min", "max", "rel. err vs first"]
+        cells = [
+            [
+                label,
+                *(f"{v:.2f}" for v in (row["median"][label], min(rates), max(rates))),
+                f"{row['rel_err'][label]:.1e}",
+            ]
+            for label, rates in row["img_s"].items()
         ]
-        for label, rates in row["img_s"].items():
-            stats = (row["median"][label], min(rates), max(rates))
-            lines.append(f"| {label} | " + " | ".join(f"{v:.2f}" for v in stats) + f" | {row['rel_err'][label]:.1e} |")
-        lines += ["", "Ratios of medians: " + ", ".join(f"{k} **{v:.2f}x**" for k, v in row["ratios"].items()), ""]
-        lines += failed_lines(row["failed"])
+        lines += table(heading, columns, cells) + ratio_lines(row["ratios"]) + failed_lines(row["failed"])
     return "\n".join(lines)
 
 

@@ -235,20 +235,18 @@ def markdown(result: dict) -> str:
     ]
     lines = shared.report_head("RMT on a GPU: ours against the official code", result, facts)
     for row in result["settings"]:
-        lines += [
-            f"## {row['setting']}, batch {row['batch']} ({row['rounds']} rounds; torch.compile mode "
-            f"{row['compile_mode']})",
-            "",
-            f"| path | img/s (median) | min | max | ms per batch (median) | rel. err vs its code's eager fp32 "
-            f"(bound {row['tolerance']:g}) |",
-            "|---|---|---|---|---|---|",
-        ]
+        heading = (
+            f"{row['setting']}, batch {row['batch']} ({row['rounds']} rounds; torch.compile mode {row['compile_mode']})"
+        )
+        columns = ["path", "img/s (median)", "min", "max", "ms per batch (median)",
+                   f"rel. err vs its code's eager fp32 (bound {row['tolerance']:g})"]  # fmt: skip
         errors = row["rel_err_vs_eager_fp32"]
-        for label, rates in row["img_s"].items():
-            stats = (row["median"][label], min(rates), max(rates))
-            lines.append(f"| {label} | " + " | ".join(f"{v:.1f}" for v in stats) +
-                         f" | {1e3 * row['batch'] / stats[0]:.2f} | {errors[label]:.1e} |")  # fmt: skip
-        lines += shared.ratio_lines(row["ratios"])
+        cells = [
+            [label, *(f"{v:.1f}" for v in (row["median"][label], min(rates), max(rates))),
+             f"{1e3 * row['batch'] / row['median'][label]:.2f}", f"{errors[label]:.1e}"]
+            for label, rates in row["img_s"].items()
+        ]  # fmt: skip
+        lines += shared.table(heading, columns, cells) + shared.ratio_lines(row["ratios"])
         lines += [f"First call of each path (compiles included): {row['first_calls_s']:.0f} s in all", ""]
         lines += shared.failed_lines(row["failed"])
     if "dense" in result:

@@ -129,9 +129,7 @@ def _rows_then_columns_kernel(
             q, rot, r * sq_h + offs_j[:, None] * sq_w, tokens, offs_d[None, :], sq_d, st_d, st_sin, row_mask
         )
         q_row = q_row.to(q.dtype.element_ty)
-        m_r = tl.full((BLOCK_J,), float("-inf"), tl.float32)
-        l_r = tl.zeros((BLOCK_J,), tl.float32)
-        acc_r = tl.zeros((BLOCK_J, BLOCK_D), tl.float32)
+        m_r, l_r, acc_r = _softmax_start(BLOCK_J, BLOCK_D)
         for start in range(0, width, BLOCK_N):
             keys = start + offs_n
             key_ok = keys < width
@@ -141,18 +139,12 @@ def _rows_then_columns_kernel(
             ).to(k.dtype.element_ty)  # fmt: skip
             dist = tl.abs(offs_j[:, None] - keys[None, :]).to(tl.float32)
             scores = tl.dot(q_row, k_tile, input_precision=PRECISION) * log2e + gamma * dist
-            scores = tl.where(key_ok[None, :], scores, float("-inf"))
-            m_new = tl.maximum(m_r, tl.max(scores, 1))
-            alpha = tl.exp2(m_r - m_new)
-            p = tl.exp2(scores - m_new[:, None])
-            l_r = l_r * alpha + tl.sum(p, 1)
             v_tile = tl.load(
                 v + r * sv_h + keys[:, None] * sv_w + offs_d[None, :] * sv_d,
                 mask=key_ok[:, None] & dim_ok[None, :],
                 other=0.0,
             )
-            acc_r = acc_r * alpha[:, None] + tl.dot(p.to(v_tile.dtype), v_tile, input_precision=PRECISION)
-            m_r = m_new
+            m_r, l_r, acc_r = _softmax_step(scores, key_ok, v_tile, m_r, l_r, acc_r, PRECISION)
         value = acc_r / l_r[:, None]  # (BLOCK_J, BLOCK_D); padded columns hold finite garbage, never stored
         key = _rotary(
             k, rot + st_k, r * sk_h + offs_j[:, None] * sk_w, tokens, offs_d[None, :], sk_d, st_d, st_sin, row_mask
@@ -207,6 +199,26 @@ def _unrotary(grad, rot, rot_offs, dims, st_d, st_sin, mask, dest, PRECISION: tl
     return grad * cos + tl.dot((grad * sin).to(dest.dtype.element_ty), swap, input_precision=PRECISION)
 
 
+def _softmax_start(BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """An online softmax's running max, sum and output (fp32) for BLOCK_M queries, before any key."""
+    return (
+        tl.full((BLOCK_M,), float("-inf"), tl.float32),
+        tl.zeros((BLOCK_M,), tl.float32),
+        tl.zeros((BLOCK_M, BLOCK_D), tl.float32),
+    )
+
+
+def _softmax_step(scores, key_ok, v_tile, m, total, acc, PRECISION: tl.constexpr):
+    """One block of keys into an online softmax (scores in log2 units; keys not key_ok left out): the running max m,
+    sum total and output acc rescaled to the new max, and this block's probabilities times v_tile added."""
+    scores = tl.where(key_ok[None, :], scores, float("-inf"))
+    m_new = tl.maximum(m, tl.max(scores, 1))
+    alpha = tl.exp2(m - m_new)
+    p = tl.exp2(scores - m_new[:, None])
+    acc = acc * alpha[:, None] + tl.dot(p.to(v_tile.dtype), v_tile, input_precision=PRECISION)
+    return m_new, total * alpha + tl.sum(p, 1), acc
+
+
 def _distance(queries, keys, width, MANHATTAN: tl.constexpr):
     """(queries x keys) distances as fp32: Manhattan on a grid of `width` columns (t = row * width + column), or
     |t - t'|."""
@@ -251,9 +263,7 @@ def _attend_kernel(
     ).to(q.dtype.element_ty)  # fmt: skip
     k += a * sk_a + b * sk_b + c * sk_c
     v_ptrs = v + a * sv_a + b * sv_b + c * sv_c + offs_n[:, None] * sv_t + offs_d[None, :] * sv_d
-    m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
-    l_i = tl.zeros((BLOCK_M,), tl.float32)
-    acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+    m_i, l_i, acc = _softmax_start(BLOCK_M, BLOCK_D)
     for start in range(0, seq_len, BLOCK_N):
         keys = start + offs_n
         key_ok = keys < seq_len
@@ -263,14 +273,8 @@ def _attend_kernel(
         ).to(k.dtype.element_ty)  # fmt: skip
         dist = _distance(offs_m, keys, width, MANHATTAN)
         scores = tl.dot(q_tile, k_tile, input_precision=PRECISION) * log2e + gamma * dist
-        scores = tl.where(key_ok[None, :], scores, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(scores, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(scores - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
         v_tile = tl.load(v_ptrs, mask=key_ok[:, None] & dim_ok[None, :], other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v_tile.dtype), v_tile, input_precision=PRECISION)
-        m_i = m_new
+        m_i, l_i, acc = _softmax_step(scores, key_ok, v_tile, m_i, l_i, acc, PRECISION)
         v_ptrs += BLOCK_N * sv_t
     outs = a * so_a + b * so_b + c * so_c + offs_m[:, None] * so_t + offs_d[None, :] * so_d
     acc = acc / l_i[:, None]
@@ -440,7 +444,7 @@ def _attend_backward_block_kernel(
 
 
 # Functions the kernels call, jitted with them.
-HELPERS = (_sequence, _distance, _rotary, _unrotary)
+HELPERS = (_sequence, _distance, _rotary, _unrotary, _softmax_start, _softmax_step)
 # The kernels by name, as launch plans name them.
 SOURCES = {
     "rows_then_columns": _rows_then_columns_kernel,
