@@ -507,13 +507,14 @@ _FP32_KEYS = (32, 16)
 
 def rows_then_columns_config(height: int, width: int, head_dim: int, dtype: torch.dtype) -> dict:
     """Block sizes and warps for the row-then-column form: 16 columns (tl.dot's smallest side, the row attention's
-    queries), up to 64 keys of a row a block, and as many image rows as keep the column attention's queries and
+    queries), up to 32 keys of a row a block (at 64, 16-bit stage 1 spilled 88-104 bytes on sm_90 under Triton 3.6,
+    the GPU machine's, though not under 3.8), and as many image rows as keep the column attention's queries and
     accumulator (BLOCK_I x 16 x BLOCK_D each) at 32 fp32 registers a thread of 4 warps."""
     block_d = max(16, _pow2(head_dim))
     return dict(
         BLOCK_I=min(_pow2(height), 4 * 32 * 32 // (16 * block_d)),
         BLOCK_J=16,
-        BLOCK_N=min(_FP32_KEYS[block_d >= 32] if dtype == torch.float32 else 64, max(16, _pow2(width))),
+        BLOCK_N=min(_FP32_KEYS[block_d >= 32] if dtype == torch.float32 else 32, max(16, _pow2(width))),
         BLOCK_D=block_d,
         PRECISION=_precision(dtype),
         num_warps=4,
