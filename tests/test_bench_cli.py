@@ -196,37 +196,35 @@ def _wait_for(predicate, seconds: float = 60.0) -> bool:
     return False
 
 
-@pytest.mark.skipif(
-    not sys.platform.startswith("linux"), reason="worker death with its parent uses Linux's PR_SET_PDEATHSIG"
-)
-@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL", "SIGINT"])
-def test_a_stopped_run_leaves_no_worker_behind(how, tmp_path, faulty_models, subprocess_env):
+def _start_until_hang_net(tmp_path, faulty_models, subprocess_env, args: list[str], out) -> tuple:
+    """bench.py on faulty_models' models (`args`: models and flags), at batch 1 into `out`, started and waited on
+    until hang_net's worker has written its pid: (the process, the pid file)."""
     (tmp_path / "faulty_models.py").write_text(faulty_models)
-    pidfile, out = tmp_path / "worker.pid", tmp_path / "r.jsonl"
-    before = set(os.listdir(tempfile.gettempdir()))
+    pidfile = tmp_path / "worker.pid"
+    argv = ["--import", "faulty_models", "--models", *args, "--batch-size", "1", "--out", str(out), "--quiet"]
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "bench.py",
-            "--import",
-            "faulty_models",
-            "--models",
-            "hang_net",
-            "test_convnext",
-            "--batch-size",
-            "1",
-            "--out",
-            str(out),
-            "--quiet",
-        ],
+        [sys.executable, "bench.py", *argv],
         cwd=REPO,
         env=subprocess_env(tmp_path, BENCH_TEST_PIDFILE=str(pidfile)),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+    if not _wait_for(lambda: pidfile.exists() and pidfile.read_text()):
+        proc.kill()
+        pytest.fail("hang_net's worker never started")
+    return proc, pidfile
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="worker death with its parent uses Linux's PR_SET_PDEATHSIG"
+)
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL", "SIGINT"])
+def test_a_stopped_run_leaves_no_worker_behind(how, tmp_path, faulty_models, subprocess_env):
+    out = tmp_path / "r.jsonl"
+    before = set(os.listdir(tempfile.gettempdir()))
+    proc, pidfile = _start_until_hang_net(tmp_path, faulty_models, subprocess_env, ["hang_net", "test_convnext"], out)
     try:
-        assert _wait_for(lambda: pidfile.exists() and pidfile.read_text()), "the worker never started"
         worker = int(pidfile.read_text())
         assert _alive(worker)
         proc.send_signal(getattr(signal, how))
@@ -310,19 +308,10 @@ def test_a_timm_benchmark_command_measures(tmp_path, bench):
 
 
 def test_ctrl_c_prints_the_table_of_what_was_kept_and_where(tmp_path, faulty_models, subprocess_env):
-    (tmp_path / "faulty_models.py").write_text(faulty_models)
-    pidfile, out = tmp_path / "worker.pid", tmp_path / "r.jsonl"
-    argv = ["--import", "faulty_models", "--models", "test_convnext", "hang_net", "--batch-size", "1", "--quiet"]
-    proc = subprocess.Popen(
-        [sys.executable, "bench.py", *argv, "--input-size", "64", "--iters", "2", "--no-flops", "--out", str(out)],
-        cwd=REPO,
-        env=subprocess_env(tmp_path, BENCH_TEST_PIDFILE=str(pidfile)),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    out = tmp_path / "r.jsonl"
+    models = ["test_convnext", "hang_net", "--input-size", "64", "--iters", "2", "--no-flops"]
+    proc, _ = _start_until_hang_net(tmp_path, faulty_models, subprocess_env, models, out)
     try:
-        assert _wait_for(lambda: pidfile.exists() and pidfile.read_text()), "hang_net's worker never started"
         proc.send_signal(signal.SIGINT)
         stdout, err = proc.communicate(timeout=60)
     finally:
