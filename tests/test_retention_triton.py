@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
 from zoo import _retention, _rmt_fast, _rmt_reference, rmt
@@ -80,9 +81,9 @@ class _Calls:
         self._fused = rt.retention
         rt.retention = self
 
-    def __call__(self, q, k, v, lepe, rot, decay, chunkwise):
+    def __call__(self, qkv, weight, bias, rot, decay, chunkwise):
         self.seen.append(chunkwise)
-        return self._fused(q, k, v, lepe, rot, decay, chunkwise)
+        return self._fused(qkv, weight, bias, rot, decay, chunkwise)
 
     def take(self) -> list[bool]:
         seen, self.seen = self.seen, []
@@ -98,10 +99,10 @@ class _Backwards:
         self._plan = rt.backward_plan
         rt.backward_plan = self
 
-    def __call__(self, dout, q, k, v, rot, decay, chunkwise, run):
-        if not isinstance(q, FakeTensor):
+    def __call__(self, dout, qkv, rot, decay, chunkwise, run):
+        if not isinstance(qkv, FakeTensor):
             self.seen.append(chunkwise)
-        return self._plan(dout, q, k, v, rot, decay, chunkwise, run)
+        return self._plan(dout, qkv, rot, decay, chunkwise, run)
 
     def take(self) -> list[bool]:
         seen, self.seen = self.seen, []
@@ -119,17 +120,22 @@ def _masa(dim: int, heads: int, chunkwise: bool, dtype: torch.dtype, x: torch.Te
     return outs
 
 
-def _official(q, k, v, lepe, sin, cos, decay, chunkwise: bool) -> torch.Tensor:
+def _official(qkv, weight, bias, sin, cos, decay, chunkwise: bool) -> torch.Tensor:
     """The op's result in fp64, from the official formulas: q and k rotated (the official stack-based pair
     rotation) and k scaled by 1/sqrt(d), softmax(q k^T + decay * distance) v over each row, then over each column of
-    the rows' output (chunkwise), or over the whole image with the Manhattan distance, plus lepe. The official-shaped
-    rotation and softmax and the distance table are the reference path's private helpers: the oracle's own."""
-    q, k, v, decay = q.double(), k.double(), v.double(), decay.double()[:, None, None]
+    the rows' output (chunkwise), or over the whole image with the Manhattan distance, plus LePE, the depthwise
+    conv (weight, bias) of v (the official DWConv2d: an NCHW conv2d). The official-shaped rotation and softmax and
+    the distance table are the reference path's private helpers: the oracle's own. qkv: (b, h, w, 3, N, d)."""
+    qkv, decay = qkv.double(), decay.double()[:, None, None]
+    q, k, _ = qkv.permute(3, 0, 1, 4, 2, 5) if chunkwise else qkv.permute(3, 0, 4, 1, 2, 5)
+    v = qkv[:, :, :, 2]
     shape = (1, q.shape[1], 1, q.shape[3], -1) if chunkwise else (1, 1, q.shape[2], q.shape[3], -1)
     sin, cos = sin.double().reshape(shape), cos.double().reshape(shape)
     q = q * cos + _rmt_reference._stack_rotate(q) * sin
     k = (k * cos + _rmt_reference._stack_rotate(k) * sin) * k.shape[-1] ** -0.5
-    return lepe.double() + _official_attention(q, k, v, decay, chunkwise)
+    image = v.flatten(3).permute(0, 3, 1, 2)  # (b, C, h, w)
+    lepe = F.conv2d(image, weight.double(), bias.double(), padding=weight.shape[-1] // 2, groups=image.shape[1])
+    return lepe.permute(0, 2, 3, 1).view(v.shape) + _official_attention(q, k, v, decay, chunkwise)
 
 
 def _official_attention(q, k, v, decay, chunkwise: bool) -> torch.Tensor:
@@ -148,36 +154,37 @@ def _official_attention(q, k, v, decay, chunkwise: bool) -> torch.Tensor:
 
 
 def _op_inputs(grid: tuple[int, int], heads: int, head_dim: int, chunkwise: bool, dtype: torch.dtype):
-    """Random unrotated q, k, v and LePE output for the op, the stage's rotary sin and cos (h, w, 1, d) and the
-    tables MaSA passes (`rotary_tables`), and the decay: q and k non-contiguous (every other element of a larger
-    tensor), v a view of a (b, h, w, N * d) projection, as MaSA passes it."""
+    """A random qkv projection (b, h, w, 3, N, d) with q and k unrotated, non-contiguous (every other element of a
+    larger tensor), and the LePE conv's weight and bias (fp32, 5x5) for the op, the stage's rotary sin and cos
+    (h, w, 1, d) and the tables MaSA passes (`rotary_tables`), and the decay."""
     torch.manual_seed(0)
     h, w = grid
-    shape = (1, h, heads, w, head_dim) if chunkwise else (1, heads, h, w, head_dim)
-    q, k = torch.randn(2, *shape[:-1], 2 * head_dim, dtype=dtype)[..., ::2]
-    v, lepe = torch.randn(2, 1, h, w, heads * head_dim, dtype=dtype).view(2, 1, h, w, heads, head_dim)
+    qkv = torch.randn(1, h, w, 3, heads, 2 * head_dim, dtype=dtype)[..., ::2]
+    weight, bias = torch.randn(heads * head_dim, 1, 5, 5) / 5, torch.randn(heads * head_dim)
     sin, cos = rmt.DecayPosition(heads * head_dim, heads, 2, 4, chunkwise).rotary(h, w, torch.float32)
     rot = _rmt_fast.rotary_tables(sin, cos, chunkwise, dtype, False)[0]
-    return (q, k, v, lepe, rot, torch.log(1 - 2 ** (-2.0 - torch.arange(heads)))), (sin, cos)
+    return (qkv, weight, bias, rot, torch.log(1 - 2 ** (-2.0 - torch.arange(heads)))), (sin, cos)
 
 
 def _op_case(*case) -> float:
     """The op's output against `_official`."""
-    (q, k, v, lepe, rot, decay), tables = _op_inputs(*case)
+    (qkv, weight, bias, rot, decay), tables = _op_inputs(*case)
     chunkwise = case[3]
-    ours = rt._retention_op(q, k, v, lepe, rot, decay, chunkwise).double()
-    return rel_err(ours, _official(q, k, v, lepe, *tables, decay, chunkwise))
+    ours = rt._retention_op(qkv, weight, bias, rot, decay, chunkwise).double()
+    if case[-1] != torch.float32:  # the op rounds the conv's weights to v's dtype, as autocast would
+        weight, bias = weight.to(case[-1]), bias.to(case[-1])
+    return rel_err(ours, _official(qkv, weight, bias, *tables, decay, chunkwise))
 
 
 def _grad_case(*case) -> float:
-    """The worst of the op's gradients of the unrotated q, k and of v, lepe (its fused backward) against autograd
-    of `_official` (fp64)."""
-    (q, k, v, lepe, rot, decay), tables = _op_inputs(*case)
+    """The worst of the op's gradients of qkv (q and k unrotated) and of the LePE conv's weight and bias (its fused
+    backward and the conv's) against autograd of `_official` (fp64)."""
+    (qkv, weight, bias, rot, decay), tables = _op_inputs(*case)
     chunkwise = case[3]
-    dout = torch.randn(v.shape, dtype=torch.float64)
-    ours = [t.detach().requires_grad_() for t in (q, k, v, lepe)]
-    ref = [t.detach().double().requires_grad_() for t in (q, k, v, lepe)]
-    rt._retention_op(*ours, rot, decay, chunkwise).backward(dout.to(q.dtype))
+    dout = torch.randn(qkv[:, :, :, 2].shape, dtype=torch.float64)
+    ours = [t.detach().requires_grad_() for t in (qkv, weight, bias)]
+    ref = [t.detach().double().requires_grad_() for t in (qkv, weight, bias)]
+    rt._retention_op(*ours, rot, decay, chunkwise).backward(dout.to(qkv.dtype))
     _official(*ref, *tables, decay, chunkwise).backward(dout)
     return max(rel_err(a.grad.double(), b.grad) for a, b in zip(ours, ref))
 
@@ -327,24 +334,26 @@ def test_auto_compiled_probes_and_takes_the_kernel(interpreted):
 
 
 def _meta_inputs(chunkwise: bool):
-    """bf16 q, k, v, lepe, fp32 rotary tables and decay, and an output gradient of rmt_s's stage 1 at 224x224
-    (batch 2), on the meta device."""
+    """bf16 q, k, v as views of one qkv projection, the fp32 LePE weight and bias, fp32 rotary tables and decay, and
+    an output gradient of rmt_s's stage 1 at 224x224 (batch 2), on the meta device."""
     b, h, w, n, d = 2, 56, 56, 4, 16
-    shape = (b, h, n, w, d) if chunkwise else (b, n, h, w, d)
-    q, k = torch.empty(2, *shape, dtype=torch.bfloat16, device="meta")
-    v, lepe = torch.empty(2, b, h, w, n * d, dtype=torch.bfloat16, device="meta").view(2, b, h, w, n, d)
+    qkv = torch.empty(b, h, w, 3, n, d, dtype=torch.bfloat16, device="meta")
+    lepe = torch.empty(n * d, 1, 5, 5, device="meta"), torch.empty(n * d, device="meta")
     rot = torch.empty(2, 2, *((1, h, 1, w, d) if chunkwise else (1, 1, h, w, d)), device="meta")
-    return q, k, v, lepe, rot, torch.empty(n, device="meta"), torch.empty(v.shape, dtype=v.dtype, device="meta")
+    decay, dout = torch.empty(n, device="meta"), torch.empty(b, h, w, n, d, dtype=qkv.dtype, device="meta")
+    return qkv, *lepe, rot, decay, dout
 
 
 @pytest.mark.parametrize("chunkwise", [True, False], ids=["rows_cols", "whole"])
 def test_declared_cost_is_one_pass(chunkwise):
-    """One launch per call, reading q, k, v, lepe (and the tables and decay) once and writing the output once: the
-    row-then-column form keeps its rows on chip (two passes moved 8 feature maps), rotation and the LePE add are
-    in it."""
-    q, k, v, lepe, rot, decay, _ = _meta_inputs(chunkwise)
-    fm, tables = v.numel() * 2, rot.numel() * 4 + 16  # a feature map; the rotary tables and decay
-    assert cost_of("rmt_zoo::retention", q, k, v, lepe, rot, decay, chunkwise) == OpCost(1, 4 * fm + tables, fm)
+    """One launch per call, reading q, k, v (and the LePE weights, the tables and decay) once and writing the output
+    once: the row-then-column form keeps its rows on chip (two passes moved 8 feature maps); rotation and LePE, the
+    conv of the v it reads, are in it (the conv's output is no map of its own)."""
+    qkv, weight, bias, rot, decay, _ = _meta_inputs(chunkwise)
+    fm, tables = qkv.numel() // 3 * 2, rot.numel() * 4 + 16  # a feature map; the rotary tables and decay
+    lepe = (weight.numel() + bias.numel()) * 4
+    cost = cost_of("rmt_zoo::retention", qkv, weight, bias, rot, decay, chunkwise)
+    assert cost == OpCost(1, 3 * fm + lepe + tables, fm)
 
 
 @pytest.mark.parametrize("chunkwise", [True, False], ids=["rows_cols", "whole"])
@@ -352,13 +361,13 @@ def test_declared_backward_cost(chunkwise):
     """Rows and columns of 56 fit one block: the rows recomputed (the columns' values), then one launch per pass
     (the rows' adding their dq, dk to the columns'). The whole image's 3136 tokens do not: its forward recomputed
     with its lse (4 bytes a query), then dq and dk/dv launches that read the output and the lse."""
-    q, k, v, _, rot, decay, dout = _meta_inputs(chunkwise)
-    fm, lse, tab = v.numel() * 2, v.numel() // 16 * 4, rot.numel() * 4 + 16  # a feature map; the lse; the tables
+    qkv, _, _, rot, decay, dout = _meta_inputs(chunkwise)
+    fm, lse, tab = dout.numel() * 2, dout.numel() // 16 * 4, rot.numel() * 4 + 16  # a map; the lse; the tables
     if chunkwise:  # rows: q, k, v -> rows; columns: q, k, rows, dout -> dq, dk, d(rows); rows: ... (+ dq, dk) -> 3
         expected = OpCost(3, 3 * fm + 4 * fm + 6 * fm + 3 * tab, fm + 3 * fm + 3 * fm)
     else:  # q, k, v -> out, lse; q, k, v, out, dout, lse -> dq; the same -> dk, dv
         expected = OpCost(3, 3 * fm + 2 * (5 * fm + lse) + 3 * tab, fm + lse + 3 * fm)
-    assert cost_of("rmt_zoo::retention_backward", dout, q, k, v, rot, decay, chunkwise) == expected
+    assert cost_of("rmt_zoo::retention_backward", dout, qkv, rot, decay, chunkwise) == expected
 
 
 @pytest.mark.parametrize(("grid", "stages"), [((7, 7), {"num_stages": 1}), ((25, 42), {})], ids=["7x7", "25x42"])
@@ -366,18 +375,17 @@ def test_one_pipeline_stage_where_the_key_loop_runs_once(grid, stages):
     """The whole-image forward of 7x7 tokens runs its key loop once: one stage, no prefetch buffers; at 25x42 (17
     key blocks) Triton's default pipelining stays."""
     h, w = grid
-    q, k = torch.empty(2, 2, 16, h, w, 32, dtype=torch.bfloat16, device="meta")
-    v = torch.empty(2, h, w, 16, 32, dtype=torch.bfloat16, device="meta")
-    rot = torch.empty(2, 2, 1, 1, h, w, 32, device="meta")
-    ((name, _, _, meta),) = rt.launches(q, k, v, v, rot, torch.empty(16, device="meta"), False)[1]
+    qkv = torch.empty(2, h, w, 3, 16, 32, dtype=torch.bfloat16, device="meta")
+    rot, lepe = torch.empty(2, 2, 1, 1, h, w, 32, device="meta"), torch.empty(512, 1, 5, 5, device="meta")
+    ((name, _, _, meta),) = rt.launches(qkv, lepe, lepe[:, 0, 0, 0], rot, torch.empty(16, device="meta"), False)[1]
     assert name == "attend" and {key: meta[key] for key in ("num_stages",) if key in meta} == stages
 
 
 @pytest.mark.e2e  # exports one MaSA layer
 @pytest.mark.parametrize("chunkwise", [True, False], ids=["rows_cols", "whole"])
-def test_rotation_scale_and_lepe_add_are_inside_the_op(chunkwise):
-    """MaSA's exported graph with "triton", its tables given: the projections, the LePE conv, views and the op,
-    and no rotation, scaling or add of its own (matmul-softmax's graph has them: mul, flip, add)."""
+def test_rotation_scale_and_lepe_are_inside_the_op(chunkwise):
+    """MaSA's exported graph with "triton", its tables given: the qkv and output projections, views and the op, and
+    no rotation, scaling, conv or add of its own (matmul-softmax's graph has them: mul, flip, conv2d, add)."""
     relpos = rmt.DecayPosition(32, 2, 2, 4, chunkwise)
     masa = rmt.ManhattanSelfAttention(32, 2, chunkwise).eval()
 
@@ -396,7 +404,7 @@ def test_rotation_scale_and_lepe_add_are_inside_the_op(chunkwise):
     no_ops = {aten.to.dtype, aten._assert_tensor_metadata.default}  # the op's casts to the dtype it already has
     computed = [op for op in ops if op not in views | no_ops]
     fused = torch.ops.rmt_zoo.retention.default
-    assert sorted(map(str, computed)) == sorted(map(str, [aten.linear.default] * 3 + [aten.conv2d.default, fused]))
+    assert sorted(map(str, computed)) == sorted(map(str, [aten.linear.default] * 2 + [fused]))
 
 
 @pytest.fixture
@@ -439,7 +447,7 @@ def test_auto_takes_the_kernel_where_it_builds(auto_on_cpu, monkeypatch):
     seen = []
     monkeypatch.setattr(rt, "_probe", lambda device, dtype: None)
     monkeypatch.setattr(
-        rt, "retention", lambda q, k, v, lepe, rot, decay, chunkwise: seen.append(chunkwise) or v.clone()
+        rt, "retention", lambda qkv, weight, bias, rot, decay, chunkwise: seen.append(chunkwise) or qkv[:, :, :, 2] * 1
     )
     model = rmt.RMT(**TINY).eval()
     x = torch.randn(1, 3, 32, 32)
@@ -504,15 +512,16 @@ def _sources(h: int, w: int, n: int, d: int, chunkwise: bool, dtype: torch.dtype
     from triton._C.libtriton import native_specialize_impl
     from triton.backends.nvidia.compiler import CUDABackend
 
-    # q and k as views of the projection (b, h, w, 2, N, d), as MaSA passes them (batch 2); fp32 rotary tables
-    qk = torch.empty(2, h, w, 2, n, d, dtype=dtype, device="meta")
-    q, k = qk.permute(3, 0, 1, 4, 2, 5) if chunkwise else qk.permute(3, 0, 4, 1, 2, 5)
-    v, lepe = torch.empty(2, 2, h, w, n * d, dtype=dtype, device="meta").view(2, 2, h, w, n, d)
+    # the projection (b, h, w, 3, N, d), as MaSA passes it (batch 2); fp32 rotary tables
+    qkv = torch.empty(2, h, w, 3, n, d, dtype=dtype, device="meta")
+    weight, bias = torch.empty(n * d, 1, 5, 5, device="meta"), torch.empty(n * d, device="meta")
     rot = torch.empty(2, 2, *((1, h, 1, w, d) if chunkwise else (1, 1, h, w, d)), device="meta")
     decay = torch.empty(n, device="meta")
     backward = []
-    rt.backward_plan(torch.empty(v.shape, dtype=dtype, device="meta"), q, k, v, rot, decay, chunkwise, backward.append)
-    for name, _, args, meta in [*rt.launches(q, k, v, lepe, rot, decay, chunkwise)[1], *backward]:
+    rt.backward_plan(
+        torch.empty(2, h, w, n, d, dtype=dtype, device="meta"), qkv, rot, decay, chunkwise, backward.append
+    )
+    for name, _, args, meta in [*rt.launches(qkv, weight, bias, rot, decay, chunkwise)[1], *backward]:
         kernel = _jit(name)
         meta = dict(meta)
         options = {key: meta.pop(key) for key in rt.LAUNCH_OPTIONS if key in meta}
@@ -526,6 +535,12 @@ def _sources(h: int, w: int, n: int, d: int, chunkwise: bool, dtype: torch.dtype
             signature[param.name] = ty
             if ty == "constexpr":
                 constexprs[param.name] = attr
+            elif isinstance(ty, tuple):  # a tuple of strides: each element specialized, addressed by (param, index)
+                for j, (ty_j, attr_j) in enumerate(zip(ty, attr)):
+                    if ty_j == "constexpr":
+                        constexprs[(i, j)] = attr_j
+                    elif attr_j:
+                        attrs[(i, j)] = attr_j
             elif attr:
                 attrs[(i,)] = attr
         yield name, tuple(signature.items()), tuple(constexprs.items()), tuple(attrs.items()), tuple(options.items())

@@ -1,7 +1,7 @@
 """The ways RMT's retention, softmax(q k^T + D) v with a spatial-decay bias D, runs, and the choice between them.
 
-`fused(impl, v)` says whether MaSA takes the fused Triton op (zoo/_retention_triton.py, forward and backward), which
-takes the raw q/k projection and the LePE output and does the rotation, attention and LePE add itself: "triton",
+`fused(impl, x)` says whether MaSA takes the fused Triton op (zoo/_retention_triton.py, forward and backward), which
+takes the raw qkv projection and the LePE conv's weights and does the rotation, attention and LePE itself: "triton",
 and "auto" on CUDA where it builds (`_retention_triton.auto_takes`). Otherwise `attend(impl, ...)` is the entry:
 MaSA hands it rotated q, k, v and the stage's decay tables, and it runs the row-then-column or whole-image form
 with the kernel `impl` names: batched matmul-softmax, SDPA with D as the mask or FlexAttention (D computed in the
@@ -137,9 +137,9 @@ def _kernel(impl: str, q, k, v, bias, decay, width: int) -> torch.Tensor:
     return sdpa(q, k, v, bias)
 
 
-def fused(impl: str, v: torch.Tensor) -> bool:
-    """Whether a MaSA call with values v takes the fused op: "triton", and "auto" where `auto_takes(v)`."""
-    return impl == "triton" or (impl == "auto" and _retention_triton.auto_takes(v))
+def fused(impl: str, x: torch.Tensor) -> bool:
+    """Whether a MaSA call on x takes the fused op: "triton", and "auto" where `auto_takes(x)`."""
+    return impl == "triton" or (impl == "auto" and _retention_triton.auto_takes(x))
 
 
 def attend(

@@ -5,12 +5,14 @@ Why: at head dim 16-32 the matmul-softmax path writes the (L x L) scores and rea
 feature map itself in stage 1 (issue 28). Here the decay D = gamma_head * distance is computed in the kernel from
 token indices, the scores stay in registers (flash-style online softmax), q/k/v are read through their strides in
 the layouts MaSA already produces (no layout copies), and accumulation is fp32 for fp16/bf16/fp32 inputs.
-The op also takes what is around attention in MaSA (issue 34 item 3): q and k come straight from the projection,
-unrotated, and are rotated (with k's 1/sqrt(d)) as they are loaded, from the stage's rotary tables (`_rotary`); the
-LePE output is added as the output is stored, in the (b, h, w, N, d) layout the output projection reads. So a
-compiled graph holds no rotation or add kernels around the op (predicted: the rotation's read of the projection and
-write of q, k, and the add's reads and write, 5 feature maps a call, no longer move). The backward returns the
-gradients of the unrotated q, k (`_unrotary`) and lepe's, which is the output's.
+The op also takes what is around attention in MaSA (issue 34 item 3): q, k and v come straight from the one qkv
+projection as views; q and k are rotated (with k's 1/sqrt(d)) as they are loaded, from the stage's rotary tables
+(`_rotary`); LePE, MaSA's depthwise 5x5 conv of v, is computed from the v the program reads (`_lepe`) and added as
+the output is stored, in the (b, h, w, N, d) layout the output projection reads. So a compiled graph holds no
+rotation, conv or add kernels around the op (predicted: the rotation's read of the projection and write of q, k,
+the conv's read of v and write of its output, and the op's read of that, 7 feature maps a call, no longer move).
+The backward returns the gradients of the unrotated q, k (`_unrotary`) and of v, v's with the conv's own backward
+added (`_lepe_backward`), and of the conv's weight and bias.
 
 The forward, one launch per call:
 - row-then-column form (stages 1-3): one pass per image, head and block of the grid. The column attention takes
@@ -77,23 +79,22 @@ def require() -> None:
 
 
 def _rows_then_columns_kernel(
-    q, k, v, lepe, out, rot, decay,
-    height, width, n_heads, n_i, n_j,
-    sq_b, sq_h, sq_n, sq_w, sq_d,
-    sk_b, sk_h, sk_n, sk_w, sk_d,
-    sv_b, sv_h, sv_w, sv_n, sv_d,
-    so_b, so_h, so_w, so_n, so_d,
-    st_b, st_h, st_n, st_w, st_d, st_sin, st_k,
-    sg,
-    HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr,
+    q, k, v, lepe_w, lepe_b, out, rot, decay, height, width, n_heads, n_i, n_j, sq, sk, sv, so, st, sg,
+    HEAD_DIM: tl.constexpr, LEPE_K: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     """One program: the output at BLOCK_I image rows x BLOCK_J columns of one image and head, rows then columns in
-    one pass. q, k (b, h, N, w, d) unrotated, rotated on load by the tables at rot (`_rotary`); v, lepe and out
-    (b, h, w, N, d), read through their strides (lepe through out's), out = lepe + attention. The column attention's
-    keys are the image rows r = 0..height-1, taken one at a time with an online softmax; its value at row r is the
-    row attention of (r, columns) against row r, computed here in registers (so no `rows` tensor in memory). The
-    programs of one image and head are adjacent (rows fastest), so their repeated reads of q, k, v hit L2."""
+    one pass. q, k (b, h, N, w, d) unrotated, rotated on load by the tables at rot (`_rotary`); v and out
+    (b, h, w, N, d); each tensor's strides as one tuple in its dims' order (rot's: q's, then to sin, to k's; the
+    decay's over heads). out = LePE(v) (`_lepe`) + attention. The column attention's keys are the image rows
+    r = 0..height-1, taken one at a time with an online softmax; its value at row r is the row attention of
+    (r, columns) against row r, computed here in registers (so no `rows` tensor in memory). The programs of one
+    image and head are adjacent (rows fastest), so their repeated reads of q, k, v hit L2."""
+    sq_b, sq_h, sq_n, sq_w, sq_d = sq
+    sk_b, sk_h, sk_n, sk_w, sk_d = sk
+    sv_b, sv_h, sv_w, sv_n, sv_d = sv
+    so_b, so_h, so_w, so_n, so_d = so
+    st_b, st_h, st_n, st_w, st_d, st_sin, st_k = st
     pid = tl.program_id(0).to(tl.int64)
     ib = pid % n_i
     jb = (pid // n_i) % n_j
@@ -101,7 +102,7 @@ def _rows_then_columns_kernel(
     bb = bh // n_heads
     hd = bh % n_heads
     log2e = 1.4426950408889634  # scores in log2 units, for exp2
-    gamma = tl.load(decay + hd * sg).to(tl.float32) * log2e
+    gamma = tl.load(decay + hd * sg[0]).to(tl.float32) * log2e
     offs_i = ib * BLOCK_I + tl.arange(0, BLOCK_I)
     offs_j = jb * BLOCK_J + tl.arange(0, BLOCK_J)
     offs_n = tl.arange(0, BLOCK_N)
@@ -164,17 +165,48 @@ def _rows_then_columns_kernel(
         + offs_j[None, :, None] * so_w
         + offs_d[None, None, :] * so_d
     )
-    acc = acc / l_c[:, :, None] + tl.load(lepe + outs, mask=out_mask, other=0.0).to(tl.float32)
-    tl.store(out + outs, acc.to(out.dtype.element_ty), mask=out_mask)
+    lepe = _lepe(
+        v, lepe_w, lepe_b, hd * HEAD_DIM, offs_i[:, None, None], offs_j[None, :, None], offs_d[None, None, :],
+        dim_ok[None, None, :], height, width, sv_h, sv_w, sv_d, out_mask, LEPE_K,
+    )  # fmt: skip
+    tl.store(out + outs, (acc / l_c[:, :, None] + lepe).to(out.dtype.element_ty), mask=out_mask)
 
 
-def _sequence(decay, n_b, n_c, sg_a, sg_b, sg_c):
-    """Batch index (a, b, c) of this program's sequence (program axis 0, c fastest) and its decay in log2 units."""
+def _sequence(decay, n_b, n_c, sg):
+    """Batch index (a, b, c) of this program's sequence (program axis 0, c fastest) and its decay in log2 units (sg:
+    the decay's strides over a, b, c)."""
     pid = tl.program_id(0).to(tl.int64)
     a = pid // (n_b * n_c)
     b = (pid // n_c) % n_b
     c = pid % n_c
-    return pid, a, b, c, tl.load(decay + a * sg_a + b * sg_b + c * sg_c).to(tl.float32) * 1.4426950408889634
+    return pid, a, b, c, tl.load(decay + _offset(sg, a, b, c)).to(tl.float32) * 1.4426950408889634
+
+
+def _offset(strides, a, b, c):
+    """The offset of batch index (a, b, c) along the first three of `strides`."""
+    return a * strides[0] + b * strides[1] + c * strides[2]
+
+
+def _rounded(ptr, like, mask):
+    """fp32 values at ptr, rounded first to like's dtype: a parameter as autocast would cast it for like's op."""
+    return tl.load(ptr, mask=mask, other=0.0).to(like.dtype.element_ty).to(tl.float32)
+
+
+def _lepe(
+    v, weight, bias, channel, rows, cols, offs_d, dims_ok, height, width, sv_h, sv_w, sv_d, mask, K: tl.constexpr
+):
+    """LePE, the depthwise K x K conv of v (zero-padded, with bias), at image positions (rows, cols) and the head's
+    dims offs_d (channels channel + offs_d; dims_ok the real ones) where mask holds, in fp32, as the conv in v's
+    dtype (autocast's) accumulating in fp32 gives it: weight (C, K * K) and bias (C,) rounded to v's dtype. v's taps
+    around a tile are lines the attention reads anyway (L1/L2 hits): the conv moves no feature map of its own."""
+    total = tl.zeros(mask.shape, tl.float32) + _rounded(bias + channel + offs_d, v, dims_ok)
+    for tap in range(K * K):  # a loop, not unrolled: unrolled, the compiler hoists every tap's load and spills
+        r = rows + (tap // K - K // 2)
+        c = cols + (tap % K - K // 2)
+        inside = mask & (r >= 0) & (r < height) & (c >= 0) & (c < width)
+        x = tl.load(v + r * sv_h + c * sv_w + offs_d * sv_d, mask=inside, other=0.0).to(tl.float32)
+        total += x * _rounded(weight + (channel + offs_d) * (K * K) + tap, v, dims_ok)
+    return total
 
 
 def _rotary(x, rot, offs, rot_offs, offs_d, sx_d, st_d, st_sin, mask):
@@ -231,96 +263,89 @@ def _distance(queries, keys, width, MANHATTAN: tl.constexpr):
 
 
 def _attend_kernel(
-    q, k, v, lepe, out, lse, rot, decay,
-    seq_len, width, n_b, n_c,
-    sq_a, sq_b, sq_c, sq_t, sq_d,
-    sk_a, sk_b, sk_c, sk_t, sk_d,
-    sv_a, sv_b, sv_c, sv_t, sv_d,
-    so_a, so_b, so_c, so_t, so_d,
-    st_a, st_b, st_c, st_t, st_d, st_sin, st_k,
-    sg_a, sg_b, sg_c,
-    HEAD_DIM: tl.constexpr, MANHATTAN: tl.constexpr, LEPE: tl.constexpr, STORE_LSE: tl.constexpr,
+    q, k, v, lepe_w, lepe_b, out, lse, rot, decay, seq_len, width, n_b, n_c, sq, sk, sv, so, st, sg,
+    HEAD_DIM: tl.constexpr, MANHATTAN: tl.constexpr, LEPE_K: tl.constexpr, STORE_LSE: tl.constexpr,
     PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     """One program: BLOCK_M queries of the sequence at batch index (a, b, c) (c fastest); every tensor is read
-    through its own strides (sX_a, sX_b, sX_c over the batch axes, sX_t over tokens, sX_d over the head dim), the
-    decay through strides that are 0 except on the head's axis. MANHATTAN: tokens are t = row * width + column and
-    the decay is by their Manhattan distance; else by |t - t'|. q and k come unrotated and are rotated on load by the
-    tables at rot (`_rotary`; rot's strides st_* as q's, k's tables st_k further on). LEPE: out = lepe + attention,
-    lepe read through out's strides. STORE_LSE: each query's log2-sum-exp2 of its scores (log2 units) goes to lse,
-    contiguous (A, B, C, L) fp32, for the backward."""
-    pid, a, b, c, gamma = _sequence(decay, n_b, n_c, sg_a, sg_b, sg_c)
+    through its own strides, one tuple each (over a, b, c, tokens, head dim), the decay through strides sg that are
+    0 except on the head's axis. MANHATTAN: tokens are t = row * width + column and the decay is by their Manhattan
+    distance; else by |t - t'|. q and k come unrotated and are rotated on load by the tables at rot (`_rotary`; rot's
+    strides st as q's, then to sin and to k's tables). LEPE_K > 0 (the whole image, b the head): out = LePE(v)
+    (`_lepe`, a LEPE_K x LEPE_K conv) + attention. STORE_LSE: each query's log2-sum-exp2 of its scores (log2 units)
+    goes to lse, contiguous (A, B, C, L) fp32, for the backward."""
+    pid, a, b, c, gamma = _sequence(decay, n_b, n_c, sg)
     log2e = 1.4426950408889634  # scores in log2 units, for exp2
     offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     dim_ok = offs_d < HEAD_DIM
-    rot += a * st_a + b * st_b + c * st_c
+    rot += _offset(st, a, b, c)
     q_mask = (offs_m[:, None] < seq_len) & dim_ok[None, :]
     q_tile = _rotary(
-        q + a * sq_a + b * sq_b + c * sq_c, rot, offs_m[:, None] * sq_t, offs_m[:, None] * st_t, offs_d[None, :],
-        sq_d, st_d, st_sin, q_mask,
+        q + _offset(sq, a, b, c), rot, offs_m[:, None] * sq[3], offs_m[:, None] * st[3], offs_d[None, :],
+        sq[4], st[4], st[5], q_mask,
     ).to(q.dtype.element_ty)  # fmt: skip
-    k += a * sk_a + b * sk_b + c * sk_c
-    v_ptrs = v + a * sv_a + b * sv_b + c * sv_c + offs_n[:, None] * sv_t + offs_d[None, :] * sv_d
+    k += _offset(sk, a, b, c)
+    v += _offset(sv, a, b, c)
+    v_ptrs = v + offs_n[:, None] * sv[3] + offs_d[None, :] * sv[4]
     m_i, l_i, acc = _softmax_start(BLOCK_M, BLOCK_D)
     for start in range(0, seq_len, BLOCK_N):
         keys = start + offs_n
         key_ok = keys < seq_len
         k_tile = _rotary(  # k^T tile
-            k, rot + st_k, keys[None, :] * sk_t, keys[None, :] * st_t, offs_d[:, None], sk_d, st_d, st_sin,
+            k, rot + st[6], keys[None, :] * sk[3], keys[None, :] * st[3], offs_d[:, None], sk[4], st[4], st[5],
             key_ok[None, :] & dim_ok[:, None],
         ).to(k.dtype.element_ty)  # fmt: skip
         dist = _distance(offs_m, keys, width, MANHATTAN)
         scores = tl.dot(q_tile, k_tile, input_precision=PRECISION) * log2e + gamma * dist
         v_tile = tl.load(v_ptrs, mask=key_ok[:, None] & dim_ok[None, :], other=0.0)
         m_i, l_i, acc = _softmax_step(scores, key_ok, v_tile, m_i, l_i, acc, PRECISION)
-        v_ptrs += BLOCK_N * sv_t
-    outs = a * so_a + b * so_b + c * so_c + offs_m[:, None] * so_t + offs_d[None, :] * so_d
+        v_ptrs += BLOCK_N * sv[3]
+    outs = _offset(so, a, b, c) + offs_m[:, None] * so[3] + offs_d[None, :] * so[4]
     acc = acc / l_i[:, None]
-    if LEPE:
-        acc += tl.load(lepe + outs, mask=q_mask, other=0.0).to(tl.float32)
+    if LEPE_K > 0:
+        acc += _lepe(
+            v, lepe_w, lepe_b, b * HEAD_DIM, offs_m[:, None] // width, offs_m[:, None] % width, offs_d[None, :],
+            dim_ok[None, :], seq_len // width, width, width * sv[3], sv[3], sv[4], q_mask, LEPE_K,
+        )  # fmt: skip
     tl.store(out + outs, acc.to(out.dtype.element_ty), mask=q_mask)
     if STORE_LSE:
         tl.store(lse + pid * seq_len + offs_m, m_i + tl.log2(l_i), mask=offs_m < seq_len)
 
 
 def _attend_backward_kernel(
-    q, k, v, out, dout, lse, dq, dk, dv, rot, decay,
-    seq_len, width, n_b, n_c,
-    sq_a, sq_b, sq_c, sq_t, sq_d,
-    sk_a, sk_b, sk_c, sk_t, sk_d,
-    sv_a, sv_b, sv_c, sv_t, sv_d,
-    so_a, so_b, so_c, so_t, so_d,
-    st_a, st_b, st_c, st_t, st_d, st_sin, st_k,
-    sg_a, sg_b, sg_c,
+    q, k, v, out, dout, lse, dq, dk, dv, rot, decay, seq_len, width, n_b, n_c, sq, sk, sv, so, st, sg,
     HEAD_DIM: tl.constexpr, MANHATTAN: tl.constexpr, DQ: tl.constexpr, ACCUMULATE: tl.constexpr,
     PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     """Flash-style backward of `_attend_kernel` for one block of the sequence at batch index (a, b, c): the
     probabilities are recomputed from q, k, the decay and the forward's lse, and rowsum(dout * out) from the
     forward's output. DQ: the block is BLOCK_M queries, looping over keys, writing dq; else it is BLOCK_N keys,
-    looping over queries, writing dk and dv. ACCUMULATE: dq (or dk) is added to what is there (dv is not). out,
-    dout, dq, dk, dv share the strides so_*. q and k come unrotated (rotated on load, `_rotary`), and dq, dk are
-    the gradients of the unrotated q, k (`_unrotary`)."""
-    pid, a, b, c, gamma = _sequence(decay, n_b, n_c, sg_a, sg_b, sg_c)
+    looping over queries, writing dk and dv. ACCUMULATE: dq (or dk) is added to what is there (dv is not). out and
+    dout share the strides so; dq, dk and dv take q's, k's and v's. q and k come unrotated (rotated on load,
+    `_rotary`), and dq, dk are the gradients of the unrotated q, k (`_unrotary`)."""
+    pid, a, b, c, gamma = _sequence(decay, n_b, n_c, sg)
     log2e = 1.4426950408889634  # scores in log2 units, for exp2
     offs_d = tl.arange(0, BLOCK_D)
     dim_ok = offs_d < HEAD_DIM
-    q += a * sq_a + b * sq_b + c * sq_c
-    k += a * sk_a + b * sk_b + c * sk_c
-    v += a * sv_a + b * sv_b + c * sv_c
-    rot += a * st_a + b * st_b + c * st_c
-    g_off = a * so_a + b * so_b + c * so_c
+    q += _offset(sq, a, b, c)
+    k += _offset(sk, a, b, c)
+    v += _offset(sv, a, b, c)
+    dq += _offset(sq, a, b, c)
+    dk += _offset(sk, a, b, c)
+    dv += _offset(sv, a, b, c)
+    rot += _offset(st, a, b, c)
+    g_off = _offset(so, a, b, c)
     lse += pid * seq_len
     if DQ:
         offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
         m_ok = offs_m < seq_len
         q_tile = _rotary(
-            q, rot, offs_m[:, None] * sq_t, offs_m[:, None] * st_t, offs_d[None, :], sq_d, st_d, st_sin,
+            q, rot, offs_m[:, None] * sq[3], offs_m[:, None] * st[3], offs_d[None, :], sq[4], st[4], st[5],
             m_ok[:, None] & dim_ok[None, :],
         ).to(q.dtype.element_ty)  # fmt: skip
-        g_ptrs = g_off + offs_m[:, None] * so_t + offs_d[None, :] * so_d
+        g_ptrs = g_off + offs_m[:, None] * so[3] + offs_d[None, :] * so[4]
         do_tile = tl.load(dout + g_ptrs, mask=m_ok[:, None] & dim_ok[None, :], other=0.0)
         o_tile = tl.load(out + g_ptrs, mask=m_ok[:, None] & dim_ok[None, :], other=0.0)
         delta_m = tl.sum(do_tile.to(tl.float32) * o_tile.to(tl.float32), 1)
@@ -331,11 +356,11 @@ def _attend_backward_kernel(
         offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         n_ok = offs_n < seq_len
         k_tile = _rotary(
-            k, rot + st_k, offs_n[:, None] * sk_t, offs_n[:, None] * st_t, offs_d[None, :], sk_d, st_d, st_sin,
+            k, rot + st[6], offs_n[:, None] * sk[3], offs_n[:, None] * st[3], offs_d[None, :], sk[4], st[4], st[5],
             n_ok[:, None] & dim_ok[None, :],
         ).to(k.dtype.element_ty)  # fmt: skip
         v_tile = tl.load(
-            v + offs_n[:, None] * sv_t + offs_d[None, :] * sv_d, mask=n_ok[:, None] & dim_ok[None, :], other=0.0
+            v + offs_n[:, None] * sv[3] + offs_d[None, :] * sv[4], mask=n_ok[:, None] & dim_ok[None, :], other=0.0
         )
         acc_k = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
         acc_v = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
@@ -346,18 +371,18 @@ def _attend_backward_kernel(
             n_ok = offs_n < seq_len
             kv_mask = n_ok[:, None] & dim_ok[None, :]
             k_tile = _rotary(
-                k, rot + st_k, offs_n[:, None] * sk_t, offs_n[:, None] * st_t, offs_d[None, :], sk_d, st_d, st_sin,
+                k, rot + st[6], offs_n[:, None] * sk[3], offs_n[:, None] * st[3], offs_d[None, :], sk[4], st[4], st[5],
                 kv_mask,
             ).to(k.dtype.element_ty)  # fmt: skip
-            v_tile = tl.load(v + offs_n[:, None] * sv_t + offs_d[None, :] * sv_d, mask=kv_mask, other=0.0)
+            v_tile = tl.load(v + offs_n[:, None] * sv[3] + offs_d[None, :] * sv[4], mask=kv_mask, other=0.0)
         else:
             offs_m = step * BLOCK_M + tl.arange(0, BLOCK_M)
             m_ok = offs_m < seq_len
             q_mask = m_ok[:, None] & dim_ok[None, :]
             q_tile = _rotary(
-                q, rot, offs_m[:, None] * sq_t, offs_m[:, None] * st_t, offs_d[None, :], sq_d, st_d, st_sin, q_mask
+                q, rot, offs_m[:, None] * sq[3], offs_m[:, None] * st[3], offs_d[None, :], sq[4], st[4], st[5], q_mask
             ).to(q.dtype.element_ty)
-            g_ptrs = g_off + offs_m[:, None] * so_t + offs_d[None, :] * so_d
+            g_ptrs = g_off + offs_m[:, None] * so[3] + offs_d[None, :] * so[4]
             do_tile = tl.load(dout + g_ptrs, mask=q_mask, other=0.0)
             o_tile = tl.load(out + g_ptrs, mask=q_mask, other=0.0)
             delta_m = tl.sum(do_tile.to(tl.float32) * o_tile.to(tl.float32), 1)
@@ -374,30 +399,23 @@ def _attend_backward_kernel(
             acc_k += tl.dot(tl.trans(ds.to(q_tile.dtype)), q_tile, input_precision=PRECISION)
     if DQ:
         mask = m_ok[:, None] & dim_ok[None, :]
-        grads = g_off + offs_m[:, None] * so_t + offs_d[None, :] * so_d
-        acc_q = _unrotary(acc_q, rot, offs_m[:, None] * st_t, offs_d, st_d, st_sin, mask, dq, PRECISION)
+        grads = offs_m[:, None] * sq[3] + offs_d[None, :] * sq[4]
+        acc_q = _unrotary(acc_q, rot, offs_m[:, None] * st[3], offs_d, st[4], st[5], mask, dq, PRECISION)
         if ACCUMULATE:
             acc_q += tl.load(dq + grads, mask=mask, other=0.0).to(tl.float32)
         tl.store(dq + grads, acc_q.to(dq.dtype.element_ty), mask)
     else:
         mask = n_ok[:, None] & dim_ok[None, :]
-        grads = g_off + offs_n[:, None] * so_t + offs_d[None, :] * so_d
-        acc_k = _unrotary(acc_k, rot + st_k, offs_n[:, None] * st_t, offs_d, st_d, st_sin, mask, dk, PRECISION)
+        grads = offs_n[:, None] * sk[3] + offs_d[None, :] * sk[4]
+        acc_k = _unrotary(acc_k, rot + st[6], offs_n[:, None] * st[3], offs_d, st[4], st[5], mask, dk, PRECISION)
         if ACCUMULATE:
             acc_k += tl.load(dk + grads, mask=mask, other=0.0).to(tl.float32)
         tl.store(dk + grads, acc_k.to(dk.dtype.element_ty), mask)
-        tl.store(dv + grads, acc_v.to(dv.dtype.element_ty), mask)
+        tl.store(dv + offs_n[:, None] * sv[3] + offs_d[None, :] * sv[4], acc_v.to(dv.dtype.element_ty), mask)
 
 
 def _attend_backward_block_kernel(
-    q, k, v, dout, dq, dk, dv, rot, decay,
-    seq_len, width, n_b, n_c,
-    sq_a, sq_b, sq_c, sq_t, sq_d,
-    sk_a, sk_b, sk_c, sk_t, sk_d,
-    sv_a, sv_b, sv_c, sv_t, sv_d,
-    so_a, so_b, so_c, so_t, so_d,
-    st_a, st_b, st_c, st_t, st_d, st_sin, st_k,
-    sg_a, sg_b, sg_c,
+    q, k, v, dout, dq, dk, dv, rot, decay, seq_len, width, n_b, n_c, sq, sk, sv, so, st, sg,
     HEAD_DIM: tl.constexpr, MANHATTAN: tl.constexpr, ACCUMULATE: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
@@ -405,24 +423,23 @@ def _attend_backward_block_kernel(
     one program per sequence recomputes the probabilities outright (no lse), takes rowsum(dout * out) as
     rowsum(p * dp) (no out), and writes dq, dk and dv. Strides, rotation and ACCUMULATE as
     `_attend_backward_kernel`."""
-    pid, a, b, c, gamma = _sequence(decay, n_b, n_c, sg_a, sg_b, sg_c)
+    pid, a, b, c, gamma = _sequence(decay, n_b, n_c, sg)
     log2e = 1.4426950408889634  # scores in log2 units, for exp2
     offs = tl.arange(0, BLOCK)
     offs_d = tl.arange(0, BLOCK_D)
     ok = offs < seq_len
     mask = ok[:, None] & (offs_d < HEAD_DIM)[None, :]
     tokens = offs[:, None]
-    rot += a * st_a + b * st_b + c * st_c
+    rot += _offset(st, a, b, c)
     q_tile = _rotary(
-        q + a * sq_a + b * sq_b + c * sq_c, rot, tokens * sq_t, tokens * st_t, offs_d[None, :], sq_d, st_d, st_sin, mask
+        q + _offset(sq, a, b, c), rot, tokens * sq[3], tokens * st[3], offs_d[None, :], sq[4], st[4], st[5], mask
     ).to(q.dtype.element_ty)
     k_tile = _rotary(
-        k + a * sk_a + b * sk_b + c * sk_c, rot + st_k, tokens * sk_t, tokens * st_t, offs_d[None, :], sk_d, st_d,
-        st_sin, mask,
+        k + _offset(sk, a, b, c), rot + st[6], tokens * sk[3], tokens * st[3], offs_d[None, :], sk[4], st[4],
+        st[5], mask,
     ).to(k.dtype.element_ty)  # fmt: skip
-    v_tile = tl.load(v + a * sv_a + b * sv_b + c * sv_c + tokens * sv_t + offs_d[None, :] * sv_d, mask=mask, other=0.0)
-    grads = a * so_a + b * so_b + c * so_c + tokens * so_t + offs_d[None, :] * so_d
-    do_tile = tl.load(dout + grads, mask=mask, other=0.0)
+    v_tile = tl.load(v + _offset(sv, a, b, c) + tokens * sv[3] + offs_d[None, :] * sv[4], mask=mask, other=0.0)
+    do_tile = tl.load(dout + _offset(so, a, b, c) + tokens * so[3] + offs_d[None, :] * so[4], mask=mask, other=0.0)
     dist = _distance(offs, offs, width, MANHATTAN)
     scores = tl.dot(q_tile, tl.trans(k_tile), input_precision=PRECISION) * log2e + gamma * dist
     scores = tl.where(ok[None, :], scores, float("-inf"))
@@ -433,18 +450,20 @@ def _attend_backward_block_kernel(
     acc_q = tl.dot(ds.to(k_tile.dtype), k_tile, input_precision=PRECISION)
     acc_k = tl.dot(tl.trans(ds.to(q_tile.dtype)), q_tile, input_precision=PRECISION)
     acc_v = tl.dot(tl.trans(p.to(do_tile.dtype)), do_tile, input_precision=PRECISION)
-    acc_q = _unrotary(acc_q, rot, tokens * st_t, offs_d, st_d, st_sin, mask, dq, PRECISION)
-    acc_k = _unrotary(acc_k, rot + st_k, tokens * st_t, offs_d, st_d, st_sin, mask, dk, PRECISION)
+    acc_q = _unrotary(acc_q, rot, tokens * st[3], offs_d, st[4], st[5], mask, dq, PRECISION)
+    acc_k = _unrotary(acc_k, rot + st[6], tokens * st[3], offs_d, st[4], st[5], mask, dk, PRECISION)
+    q_grads = _offset(sq, a, b, c) + tokens * sq[3] + offs_d[None, :] * sq[4]  # each gradient in its input's layout
+    k_grads = _offset(sk, a, b, c) + tokens * sk[3] + offs_d[None, :] * sk[4]
     if ACCUMULATE:
-        acc_q += tl.load(dq + grads, mask=mask, other=0.0).to(tl.float32)
-        acc_k += tl.load(dk + grads, mask=mask, other=0.0).to(tl.float32)
-    tl.store(dq + grads, acc_q.to(dq.dtype.element_ty), mask)
-    tl.store(dk + grads, acc_k.to(dk.dtype.element_ty), mask)
-    tl.store(dv + grads, acc_v.to(dv.dtype.element_ty), mask)
+        acc_q += tl.load(dq + q_grads, mask=mask, other=0.0).to(tl.float32)
+        acc_k += tl.load(dk + k_grads, mask=mask, other=0.0).to(tl.float32)
+    tl.store(dq + q_grads, acc_q.to(dq.dtype.element_ty), mask)
+    tl.store(dk + k_grads, acc_k.to(dk.dtype.element_ty), mask)
+    tl.store(dv + _offset(sv, a, b, c) + tokens * sv[3] + offs_d[None, :] * sv[4], acc_v.to(dv.dtype.element_ty), mask)
 
 
 # Functions the kernels call, jitted with them.
-HELPERS = (_sequence, _distance, _rotary, _unrotary, _softmax_start, _softmax_step)
+HELPERS = (_sequence, _offset, _rounded, _lepe, _distance, _rotary, _unrotary, _softmax_start, _softmax_step)
 # The kernels by name, as launch plans name them.
 SOURCES = {
     "rows_then_columns": _rows_then_columns_kernel,
@@ -509,7 +528,9 @@ def rows_then_columns_config(height: int, width: int, head_dim: int, dtype: torc
     """Block sizes and warps for the row-then-column form: 16 columns (tl.dot's smallest side, the row attention's
     queries), up to 32 keys of a row a block (at 64, 16-bit stage 1 spilled 88-104 bytes on sm_90 under Triton 3.6,
     the GPU machine's, though not under 3.8), and as many image rows as keep the column attention's queries and
-    accumulator (BLOCK_I x 16 x BLOCK_D each) at 32 fp32 registers a thread of 4 warps."""
+    accumulator (BLOCK_I x 16 x BLOCK_D each) at 32 fp32 registers a thread of 4 warps. fp32 takes 8 warps: with
+    the LePE conv in its epilogue, 4 spilled 48 bytes at stage 1 under Triton 3.6 (at 255 registers; 8: 232, no
+    spills, under 3.6 and 3.8)."""
     block_d = max(16, _pow2(head_dim))
     return dict(
         BLOCK_I=min(_pow2(height), 4 * 32 * 32 // (16 * block_d)),
@@ -517,7 +538,7 @@ def rows_then_columns_config(height: int, width: int, head_dim: int, dtype: torc
         BLOCK_N=min(_FP32_KEYS[block_d >= 32] if dtype == torch.float32 else 32, max(16, _pow2(width))),
         BLOCK_D=block_d,
         PRECISION=_precision(dtype),
-        num_warps=4,
+        num_warps=8 if dtype == torch.float32 else 4,
     )
 
 
@@ -530,65 +551,89 @@ def _table(q: torch.Tensor, rot: torch.Tensor) -> tuple[torch.Tensor, tuple[int,
     return rot[0, 0].expand(q.shape), (rot.stride(0), rot.stride(1))
 
 
-def launches(q, k, v, lepe, rot, decay, chunkwise: bool) -> tuple[torch.Tensor, list[Launch]]:
+def _strides(q, k, v, out, table, pairs, decay) -> tuple[tuple[int, ...], ...]:
+    """The kernels' stride arguments, one tuple a tensor; the rotary table's ends with its `pairs`."""
+    return q.stride(), k.stride(), v.stride(), out.stride(), (*table.stride(), *pairs), decay.stride()
+
+
+def launches(qkv, weight, bias, rot, decay, chunkwise: bool) -> tuple[torch.Tensor, list[Launch]]:
     """The output (b, h, w, N, d), contiguous, and the launches that fill it, each (kernel name, grid, arguments,
-    meta-parameters) (`retention` documents the inputs; lepe is contiguous); on meta tensors too, which is how the
-    tests compile every stage shape for sm_90 and how the op's cost is declared."""
+    meta-parameters) (`retention` documents the inputs; the LePE weight is contiguous); on meta tensors too, which
+    is how the tests compile every stage shape for sm_90 and how the op's cost is declared."""
+    q, k, v = _qkv_views(qkv, chunkwise)
     out = torch.empty(v.shape, dtype=v.dtype, device=v.device)
     table, pairs = _table(q, rot)
     if chunkwise:  # q, k (b, h, N, w, d); v, out (b, h, w, N, d): one pass per image, head and block of the grid
         b, h, n, w, head_dim = q.shape
         meta = rows_then_columns_config(h, w, head_dim, q.dtype)
         n_i, n_j = _cdiv(h, meta["BLOCK_I"]), _cdiv(w, meta["BLOCK_J"])
-        strides = (*q.stride(), *k.stride(), *v.stride(), *out.stride(), *table.stride(), *pairs, *decay.stride())
-        args = (q, k, v, lepe, out, table, decay, h, w, n, n_i, n_j, *strides)
-        return out, [("rows_then_columns", (b * n * n_i * n_j,), args, dict(meta, HEAD_DIM=head_dim))]
+        args = (
+            q,
+            k,
+            v,
+            weight,
+            bias,
+            out,
+            table,
+            decay,
+            h,
+            w,
+            n,
+            n_i,
+            n_j,
+            *_strides(q, k, v, out, table, pairs, decay),
+        )
+        flags = dict(HEAD_DIM=head_dim, LEPE_K=weight.shape[-1])
+        return out, [("rows_then_columns", (b * n * n_i * n_j,), args, dict(meta, **flags))]
     b, n, h, w, _ = q.shape  # q, k (b, N, h, w, d): every token against every token of the image
-    qv, kv, tv, vv, ov, lv, dec = _whole_image_views(q, k, table, v, out, lepe, decay)
-    return out, [_attend(qv, kv, tv, pairs, vv, ov, dec, None, w, lepe=lv)]
+    (qv, kv, tv), (vv, ov), dec = _whole_image_views((q, k, table), (v, out), decay)
+    return out, [_attend(qv, kv, tv, pairs, vv, ov, dec, None, w, lepe=(weight, bias))]
 
 
-def _whole_image_views(q, k, table, *maps_and_decay):
-    """q, k and q's table (b, N, h, w, d), then maps (b, h, w, N, d) and the decay (N,), as (b, N, 1, hw, d) views
-    and (b, N, 1)."""
-    *maps, decay = maps_and_decay
-    b, n = q.shape[:2]
+def _qkv_views(qkv: torch.Tensor, chunkwise: bool) -> tuple[torch.Tensor, ...]:
+    """q and k of the projection qkv (b, h, w, 3, N, d) as (b, h, N, w, d) views (chunkwise) or (b, N, h, w, d), and
+    v as a (b, h, w, N, d) view."""
+    q, k, _ = qkv.permute(3, 0, 1, 4, 2, 5) if chunkwise else qkv.permute(3, 0, 4, 1, 2, 5)
+    return q, k, qkv[:, :, :, 2]
+
+
+def _whole_image_views(qs, maps, decay):
+    """q-like tensors qs (b, N, h, w, d) and maps (b, h, w, N, d) as (b, N, 1, hw, d) views, the decay (N,) as
+    (b, N, 1)."""
+    b, n = qs[0].shape[:2]
     tokens = lambda t: t.flatten(1, 2).transpose(1, 2).unsqueeze(2)  # noqa: E731  (b, h, w, N, d) -> (b, N, 1, hw, d)
     flat = lambda t: t.flatten(2, 3).unsqueeze(2)  # noqa: E731  (b, N, h, w, d) -> (b, N, 1, hw, d)
-    return flat(q), flat(k), flat(table), *map(tokens, maps), decay.view(1, n, 1).expand(b, n, 1)
+    return [*map(flat, qs)], [*map(tokens, maps)], decay.view(1, n, 1).expand(b, n, 1)
 
 
-def _row_views(q, k, table, *maps_and_decay):
-    """q, k and q's table (b, h, N, w, d), then maps (b, h, w, N, d) and the decay (N,), as (b, h, N, w, d) views
-    and (b, h, N): one sequence per image row and head."""
-    *maps, decay = maps_and_decay
-    b, h, n = q.shape[:3]
-    return q, k, table, *(t.transpose(2, 3) for t in maps), decay.view(1, 1, n).expand(b, h, n)
+def _row_views(qs, maps, decay):
+    """q-like tensors qs (b, h, N, w, d) as they are and maps (b, h, w, N, d) as (b, h, N, w, d) views, the decay
+    (N,) as (b, h, N): one sequence per image row and head."""
+    b, h, n = qs[0].shape[:3]
+    return [*qs], [t.transpose(2, 3) for t in maps], decay.view(1, 1, n).expand(b, h, n)
 
 
-def _column_views(q, k, table, *maps_and_decay):
+def _column_views(qs, maps, decay):
     """As `_row_views`, one sequence per image column and head: (b, w, N, h, d) views and (b, w, N)."""
-    *maps, decay = maps_and_decay
-    b, _, n, w, _ = q.shape
+    b, _, n, w, _ = qs[0].shape
     cols = lambda t: t.permute(0, 3, 2, 1, 4)  # noqa: E731  (b, h, N, w, d) -> (b, w, N, h, d)
-    return (
-        cols(q), cols(k), cols(table), *(t.permute(0, 2, 3, 1, 4) for t in maps), decay.view(1, 1, n).expand(b, w, n)
-    )  # fmt: skip
+    return [*map(cols, qs)], [t.permute(0, 2, 3, 1, 4) for t in maps], decay.view(1, 1, n).expand(b, w, n)
 
 
-def _attend(q, k, table, pairs, v, out, decay, lse, width: int, lepe=None) -> Launch:
-    """One launch of `_attend_kernel`: out <- (lepe +) softmax(q k^T + decay * distance) v over dim 3, and the lse
-    where one is given. q, k (unrotated), q's rotary table, v, out, lepe: (A, B, C, L, D) strided views; pairs: the
-    table's strides to sin and to k's; decay: an (A, B, C) view. width > 0: Manhattan distance on a grid of that
-    width; 0: 1-D distance."""
+def _attend(q, k, table, pairs, v, out, decay, lse, width: int, lepe: tuple | None = None) -> Launch:
+    """One launch of `_attend_kernel`: out <- (LePE(v) +) softmax(q k^T + decay * distance) v over dim 3, and the
+    lse where one is given. q, k (unrotated), q's rotary table, v, out: (A, B, C, L, D) strided views; pairs: the
+    table's strides to sin and to k's; decay: an (A, B, C) view; lepe: the conv's (weight, bias), for a whole image
+    (B the head). width > 0: Manhattan distance on a grid of that width; 0: 1-D distance."""
     n_a, n_b, n_c, seq_len, head_dim = q.shape
     meta = attend_config(seq_len, head_dim, q.dtype)
     grid = (n_a * n_b * n_c, _cdiv(seq_len, meta["BLOCK_M"]))
-    strides = (*q.stride(), *k.stride(), *v.stride(), *out.stride(), *table.stride(), *pairs, *decay.stride())
-    lepe_, lse_ = (out if t is None else t for t in (lepe, lse))
-    args = (q, k, v, lepe_, out, lse_, table, decay, seq_len, max(width, 1), n_b, n_c, *strides)
-    flags = dict(HEAD_DIM=head_dim, MANHATTAN=width > 0, LEPE=lepe is not None, STORE_LSE=lse is not None)
-    return "attend", grid, args, dict(meta, **flags)
+    weight, bias = lepe or (out, out)  # unread without LePE
+    lse_ = out if lse is None else lse
+    args = (q, k, v, weight, bias, out, lse_, table, decay, seq_len, max(width, 1), n_b, n_c)
+    lepe_k = 0 if lepe is None else weight.shape[-1]
+    flags = dict(HEAD_DIM=head_dim, MANHATTAN=width > 0, LEPE_K=lepe_k, STORE_LSE=lse is not None)
+    return "attend", grid, (*args, *_strides(q, k, v, out, table, pairs, decay)), dict(meta, **flags)
 
 
 def backward_config(seq_len: int, head_dim: int, dtype: torch.dtype) -> dict:
@@ -609,12 +654,13 @@ def one_block(q: torch.Tensor) -> bool:
 def _attend_backward(
     q, k, table, pairs, v, out, dout, lse, dq, dk, dv, decay, width: int, accumulate: bool
 ) -> list[Launch]:  # fmt: skip
-    """The launches of `_attend_kernel`'s backward, views as `_attend` takes them; out, dout, dq, dk, dv share one
-    layout; accumulate: dq and dk are added to what they hold. Where one block holds each sequence (`one_block`),
-    one launch that needs neither out nor lse (pass None); else two (dq; dk and dv) that need both."""
+    """The launches of `_attend_kernel`'s backward, views as `_attend` takes them; out and dout share one layout,
+    dq, dk and dv have q's, k's and v's; accumulate: dq and dk are added to what they hold. Where one block holds
+    each sequence (`one_block`), one launch that needs neither out nor lse (pass None); else two (dq; dk and dv)
+    that need both."""
     n_a, n_b, n_c, seq_len, head_dim = q.shape
     meta = backward_config(seq_len, head_dim, q.dtype)
-    strides = (*q.stride(), *k.stride(), *v.stride(), *dout.stride(), *table.stride(), *pairs, *decay.stride())
+    strides = _strides(q, k, v, dout, table, pairs, decay)
     flags = dict(HEAD_DIM=head_dim, MANHATTAN=width > 0, ACCUMULATE=accumulate)
     if lse is None:
         args = (q, k, v, dout, dq, dk, dv, table, decay, seq_len, max(width, 1), n_b, n_c, *strides)
@@ -628,14 +674,19 @@ def _attend_backward(
     return [("attend_backward", grid, args, dict(meta, **flags, DQ=dq_)) for dq_ in (True, False)]
 
 
-def backward_plan(dout, q, k, v, rot, decay, chunkwise: bool, run) -> tuple[torch.Tensor, ...]:
-    """dq, dk, dv (of the unrotated q, k) of one call, flash-style (no scores or probabilities are kept): each
-    pass's backward runs (columns first, whose d(values) is d(rows), then rows, adding their dq and dk to the
-    columns'), one launch where one block holds each sequence, else two after the pass's forward recomputed with its
-    lse. Rows then columns recompute the rows (the columns' values) in any case. `run(launch)` runs or records each
-    launch, so on meta or fake tensors this is the plan."""
-    dout = dout.contiguous()  # (b, h, w, N, d), as out; so are the gradients until they are returned
-    dq, dk, dv, out = (torch.empty_like(dout, dtype=v.dtype) for _ in range(4))
+def backward_plan(dout, qkv, rot, decay, chunkwise: bool, run) -> torch.Tensor:
+    """The gradient of qkv (q and k unrotated) from the output's, in qkv's layout (the kernels write dq, dk, dv
+    into it through q's, k's and v's strides: no gradient is stacked or scattered), flash-style (no scores or
+    probabilities are kept): each pass's backward runs (columns first, whose d(values) is d(rows), then rows, adding
+    their dq and dk to the columns'), one launch where one block holds each sequence, else two after the pass's
+    forward recomputed with its lse. Rows then columns recompute the rows (the columns' values) in any case.
+    `run(launch)` runs or records each launch, so on meta or fake tensors this is the plan."""
+    dout = dout.contiguous()  # (b, h, w, N, d), as out
+    qkv = qkv.contiguous()  # d_qkv takes its strides (a copy only where the op was given another layout)
+    q, k, v = _qkv_views(qkv, chunkwise)
+    d_qkv = torch.empty_like(qkv)
+    dq, dk, dv = _qkv_views(d_qkv, chunkwise)
+    out = torch.empty_like(dout, dtype=v.dtype)
     table, pairs = _table(q, rot)
 
     def forward(q_, k_, t_, v_, out_, decay_, width: int, needed: bool):
@@ -647,22 +698,26 @@ def backward_plan(dout, q, k, v, rot, decay, chunkwise: bool, run) -> tuple[torc
 
     if not chunkwise:
         w = q.shape[3]
-        qv, kv, tv, vv, ov, dov, dqv, dkv, dvv, dec = _whole_image_views(q, k, table, v, out, dout, dq, dk, dv, decay)
+        (qv, kv, tv, dqv, dkv), (vv, ov, dov, dvv), dec = _whole_image_views(
+            (q, k, table, dq, dk), (v, out, dout, dv), decay
+        )
         lse = forward(qv, kv, tv, vv, ov, dec, w, False)
         for launch in _attend_backward(qv, kv, tv, pairs, vv, ov, dov, lse, dqv, dkv, dvv, dec, w, False):
             run(launch)
-        return dq.permute(0, 3, 1, 2, 4), dk.permute(0, 3, 1, 2, 4), dv
+        return d_qkv
     rows, d_rows = torch.empty_like(dout, dtype=v.dtype), torch.empty_like(dout, dtype=v.dtype)
-    qr, kr, tr, vr, rr, drr, dqr, dkr, dvr, dec_r = _row_views(q, k, table, v, rows, d_rows, dq, dk, dv, decay)
+    (qr, kr, tr, dqr, dkr), (vr, rr, drr, dvr), dec_r = _row_views((q, k, table, dq, dk), (v, rows, d_rows, dv), decay)
     lse_r = forward(qr, kr, tr, vr, rr, dec_r, 0, True)
-    qc, kc, tc, rc, oc, doc, drc, dqc, dkc, dec_c = _column_views(q, k, table, rows, out, dout, d_rows, dq, dk, decay)
+    (qc, kc, tc, dqc, dkc), (rc, oc, doc, drc), dec_c = _column_views(
+        (q, k, table, dq, dk), (rows, out, dout, d_rows), decay
+    )
     lse_c = forward(qc, kc, tc, rc, oc, dec_c, 0, False)
     for launch in [
         *_attend_backward(qc, kc, tc, pairs, rc, oc, doc, lse_c, dqc, dkc, drc, dec_c, 0, False),
         *_attend_backward(qr, kr, tr, pairs, vr, rr, drr, lse_r, dqr, dkr, dvr, dec_r, 0, True),
     ]:
         run(launch)
-    return dq.transpose(2, 3), dk.transpose(2, 3), dv
+    return d_qkv
 
 
 def _runner(q: torch.Tensor):
@@ -688,63 +743,79 @@ def _runner(q: torch.Tensor):
 
 @torch.library.custom_op("rmt_zoo::retention", mutates_args=())
 def _retention_op(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lepe: torch.Tensor, rot: torch.Tensor, decay: torch.Tensor,
+    qkv: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, rot: torch.Tensor, decay: torch.Tensor,
     chunkwise: bool,
 ) -> torch.Tensor:  # fmt: skip
-    out, calls = launches(q, k, v, lepe, rot, decay, chunkwise)
-    run = _runner(q)
+    out, calls = launches(qkv, weight, bias, rot, decay, chunkwise)
+    run = _runner(qkv)
     for launch in calls:
         run(launch)
     return out
 
 
 @_retention_op.register_fake
-def _(q, k, v, lepe, rot, decay, chunkwise) -> torch.Tensor:
-    return v.new_empty(v.shape)
+def _(qkv, weight, bias, rot, decay, chunkwise) -> torch.Tensor:
+    return qkv.new_empty(qkv[:, :, :, 2].shape)
 
 
 @torch.library.custom_op("rmt_zoo::retention_backward", mutates_args=())
 def _retention_backward_op(
-    dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rot: torch.Tensor, decay: torch.Tensor,
-    chunkwise: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
-    return backward_plan(dout, q, k, v, rot, decay, chunkwise, _runner(q))
+    dout: torch.Tensor, qkv: torch.Tensor, rot: torch.Tensor, decay: torch.Tensor, chunkwise: bool
+) -> torch.Tensor:  # fmt: skip
+    return backward_plan(dout, qkv, rot, decay, chunkwise, _runner(qkv))
 
 
 @_retention_backward_op.register_fake
-def _(dout, q, k, v, rot, decay, chunkwise):
-    return backward_plan(dout, q, k, v, rot, decay, chunkwise, lambda launch: None)
+def _(dout, qkv, rot, decay, chunkwise):
+    return backward_plan(dout, qkv, rot, decay, chunkwise, lambda launch: None)
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    q, k, v, lepe, rot, decay, chunkwise = inputs
-    ctx.save_for_backward(q, k, v, rot, decay)
+    qkv, weight, bias, rot, decay, chunkwise = inputs
+    ctx.save_for_backward(qkv, weight, rot, decay)
     ctx.chunkwise = chunkwise
 
 
+def _lepe_backward(dout: torch.Tensor, v: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The LePE conv's gradients (of v, weight, bias) from the output's, dout: the conv's own backward (cuDNN's on
+    CUDA), in v's dtype as autocast ran the conv, on channels-last views of the (b, h, w, N, d) maps."""
+    nchw = lambda t: t.flatten(3).permute(0, 3, 1, 2)  # noqa: E731  (b, h, w, N, d) -> (b, C, h, w), channels last
+    channels, pad = weight.shape[0], weight.shape[-1] // 2
+    grads = torch.ops.aten.convolution_backward(
+        nchw(dout), nchw(v), weight.to(v.dtype), [channels], [1, 1], [pad, pad], [1, 1], False, [0, 0], channels,
+        [True, True, True],
+    )  # fmt: skip
+    return grads[0].permute(0, 2, 3, 1).reshape(v.shape), grads[1].to(weight.dtype), grads[2].to(weight.dtype)
+
+
 def _backward(ctx, dout: torch.Tensor):
-    """Gradients of q, k, v from the fused backward; lepe's is dout itself (out = lepe + attention)."""
-    q, k, v, rot, decay = ctx.saved_tensors
-    dq, dk, dv = torch.ops.rmt_zoo.retention_backward(dout, q, k, v, rot, decay, ctx.chunkwise)
-    return dq, dk, dv, dout, None, None, None
+    """The gradient of qkv from the fused backward, v's part with the LePE conv's added in place, and the conv's
+    weight and bias (out = LePE(v) + attention)."""
+    qkv, weight, rot, decay = ctx.saved_tensors
+    d_qkv = torch.ops.rmt_zoo.retention_backward(dout, qkv, rot, decay, ctx.chunkwise)
+    dv_lepe, dweight, dbias = _lepe_backward(dout, qkv[:, :, :, 2], weight)
+    d_qkv[:, :, :, 2] += dv_lepe
+    return d_qkv, dweight, dbias, None, None, None
 
 
 _retention_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def retention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lepe: torch.Tensor, rot: torch.Tensor, decay: torch.Tensor,
+    qkv: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, rot: torch.Tensor, decay: torch.Tensor,
     chunkwise: bool,
 ) -> torch.Tensor:  # fmt: skip
-    """MaSA's output before its projection, lepe + attention, as (b, h, w, N, d) contiguous (the layout out_proj
-    reads), from q and k unrotated, as permuted views of the projection ((b, h, N, w, d) for row-then-column,
-    (b, N, h, w, d) for the whole image), v and the LePE output lepe (b, h, w, N, d), the rotary tables `rot`
+    """MaSA's output before its projection, LePE(v) + attention, as (b, h, w, N, d) contiguous (the layout out_proj
+    reads), from the qkv projection (b, h, w, 3, N, d) (q and k unrotated; the kernels read all three through
+    views), the LePE depthwise conv's weight (C, 1, K, K) and bias (C,), the rotary tables `rot`
     (zoo/_rmt_fast.py's `rotary_tables` real form: (cos, signed sin) x (q, k with its 1/sqrt(d)), broadcasting to
-    q's shape) and the per-head decay (N,). The kernels rotate and scale q and k as they load them and add lepe as
-    they store. Under autocast q, k, v and lepe take its dtype, as autocast's matmuls would."""
-    device = q.device.type
-    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else v.dtype
-    return _retention_op(q.to(dtype), k.to(dtype), v.to(dtype), lepe.to(dtype).contiguous(), rot, decay, chunkwise)
+    q's shape: (b, h, N, w, d) for row-then-column, (b, N, h, w, d) for the whole image) and the per-head decay (N,).
+    The kernels rotate and scale q and k as they load them, and compute the LePE conv from the v they read and add
+    it as they store. Under autocast qkv takes its dtype, and the conv's weights are rounded to it, as autocast's
+    matmuls and conv would."""
+    device = qkv.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else qkv.dtype
+    return _retention_op(qkv.to(dtype), weight.contiguous(), bias, rot, decay, chunkwise)
 
 
 def _probe(device: torch.device, dtype: torch.dtype) -> None:
@@ -753,9 +824,9 @@ def _probe(device: torch.device, dtype: torch.dtype) -> None:
         for chunkwise in (True, False):  # a 2x3 grid, one head
             shape = (1, 2, 1, 3, 16) if chunkwise else (1, 1, 2, 3, 16)
             new = lambda *s: torch.randn(s, device=device, dtype=dtype, requires_grad=True)  # noqa: E731
-            maps = (new(1, 2, 3, 1, 16), new(1, 2, 3, 1, 16))
+            lepe = (new(16, 1, 5, 5), new(16))  # the conv, 5x5 as in RMT
             rot = torch.randn(2, 2, *shape, device=device)
-            out = _retention_op(new(*shape), new(*shape), *maps, rot, torch.full((1,), -0.5, device=device), chunkwise)
+            out = _retention_op(new(1, 2, 3, 3, 1, 16), *lepe, rot, torch.full((1,), -0.5, device=device), chunkwise)
             out.sum().backward()
 
 
@@ -786,15 +857,15 @@ def _builds(device: torch.device, dtype: torch.dtype) -> bool:
     return _BUILDS[key]
 
 
-def auto_takes(v: torch.Tensor) -> bool:
-    """Whether attn_impl="auto" takes the kernels for a call with values v: on CUDA where triton is installed and
-    the kernels build in the dtype the call would run in (autocast's where it is on). Predicted, until a GPU
+def auto_takes(x: torch.Tensor) -> bool:
+    """Whether attn_impl="auto" takes the kernels for a MaSA call on x: on CUDA where triton is installed and the
+    kernels build in the dtype the call would run in (autocast's where it is on). Predicted, until a GPU
     measures it (benchmarks/rmt_gpu.py times "auto", "matmul" and "triton" side by side): fewer bytes than
     matmul-softmax at every stage (issue 34)."""
-    device = v.device
+    device = x.device
     if device.type not in AUTO_DEVICES or not TRITON_FOUND:
         return False
-    dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else v.dtype
+    dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else x.dtype
     return _builds(device, dtype)
 
 
@@ -818,25 +889,25 @@ def _plan_cost(plan: list[Launch], rot: torch.Tensor, decay: torch.Tensor) -> Op
             q, k, v, dout, dq, dk, dv = args[:7]
             read = _nbytes(q, k, v, dout) + tables + (_nbytes(dq, dk) if meta["ACCUMULATE"] else 0)
             total += OpCost(1, read, _nbytes(dq, dk, dv))
-        else:  # "rows_then_columns", "attend": q, k, v, lepe, out, (lse,)
-            q, k, v, lepe, out = args[:5]
-            added = (lepe,) if name == "rows_then_columns" or meta["LEPE"] else ()
-            stored = (args[5],) if meta.get("STORE_LSE") else ()  # the lse
-            total += OpCost(1, _nbytes(q, k, v, *added) + tables, _nbytes(out, *stored))
+        else:  # "rows_then_columns", "attend": q, k, v, the LePE weight and bias, out, (lse,)
+            q, k, v, weight, bias, out = args[:6]
+            lepe = (weight, bias) if meta["LEPE_K"] else ()
+            stored = (args[6],) if meta.get("STORE_LSE") else ()  # the lse
+            total += OpCost(1, _nbytes(q, k, v, *lepe) + tables, _nbytes(out, *stored))
     return total
 
 
-def _declared_cost(q, k, v, lepe, rot, decay, chunkwise: bool) -> OpCost:
-    """One forward call (rmt_zoo::retention): one launch, reading q, k, v, lepe and the tables once and writing
-    the output once."""
-    return _plan_cost(launches(q, k, v, lepe, rot, decay, chunkwise)[1], rot, decay)
+def _declared_cost(qkv, weight, bias, rot, decay, chunkwise: bool) -> OpCost:
+    """One forward call (rmt_zoo::retention): one launch, reading q, k, v, the LePE weights and the tables once and
+    writing the output once."""
+    return _plan_cost(launches(qkv, weight, bias, rot, decay, chunkwise)[1], rot, decay)
 
 
-def _declared_backward_cost(dout, q, k, v, rot, decay, chunkwise: bool) -> OpCost:
+def _declared_backward_cost(dout, qkv, rot, decay, chunkwise: bool) -> OpCost:
     """One backward call (rmt_zoo::retention_backward): the forward recomputed with its lse, then each pass's
     dq and dk/dv launches."""
     plan: list[Launch] = []
-    backward_plan(dout, q, k, v, rot, decay, chunkwise, plan.append)
+    backward_plan(dout, qkv, rot, decay, chunkwise, plan.append)
     return _plan_cost(plan, rot, decay)
 
 

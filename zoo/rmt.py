@@ -147,18 +147,20 @@ class ManhattanSelfAttention(nn.Module):
     ) -> torch.Tensor:
         b, h, w, c = x.shape
         n, d = self.num_heads, self.head_dim
+        if fused(attn_impl, x):  # rotation, k's scale, attention and the LePE conv in one kernel, reading qkv
+            conv = self.lepe.conv
+            qkv = self.qkv(x).view(b, h, w, 3, n, d)
+            out = _retention_triton.retention(qkv, conv.weight, conv.bias, pos[0], decay, self.chunkwise)
+            return self.out_proj(out.view(b, h, w, c))
         (w_qk, w_v), (b_qk, b_v) = self.qkv.weight.split((2 * c, c)), self.qkv.bias.split((2 * c, c))
         v = F.linear(x, w_v, b_v)  # its own matmul: a contiguous v is 2-4x faster in the depthwise LePE conv
-        lepe = self.lepe(v)
+        lepe = self.lepe(v).view(b, h, w, n, d)
         qk = F.linear(x, w_qk, b_qk).view(b, h, w, 2, n, d)
-        # q and k as views (b, h, N, w, d) for row attention or (b, N, h, w, d) for whole-image
+        # q and k as views (b, h, N, w, d) for row attention or (b, N, h, w, d) for whole-image, rotated in one pass
+        # and written in the layout attention reads; lepe first: the sum takes its contiguous layout, so out's
+        # permute costs no separate copy
         qk = qk.permute(3, 0, 1, 4, 2, 5) if self.chunkwise else qk.permute(3, 0, 4, 1, 2, 5)
-        v, lepe = v.view(b, h, w, n, d), lepe.view(b, h, w, n, d)
-        if fused(attn_impl, v):  # rotation, k's scale, attention and the LePE add in one kernel
-            out = _retention_triton.retention(qk[0], qk[1], v, lepe, pos[0], decay, self.chunkwise)
-        else:  # q and k rotated in one pass, written in the layout attention reads; lepe first: the sum takes its
-            # contiguous layout, so out's permute costs no separate copy
-            out = lepe + attend(attn_impl, *rotate(qk, *pos[:2]), v, pos[2:], decay, self.chunkwise)
+        out = lepe + attend(attn_impl, *rotate(qk, *pos[:2]), v.view(b, h, w, n, d), pos[2:], decay, self.chunkwise)
         return self.out_proj(out.view(b, h, w, c))
 
 
