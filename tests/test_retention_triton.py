@@ -387,11 +387,11 @@ def test_fp32_backward_warps_by_head_dim(head_dim, warps):
     32-token blocks and, at head dim 32, takes 8 warps: with 4 its kernels spilled on sm_90 under Triton 3.6 (the
     GPU machine's; the sm_90 build test there); head dim 16 keeps 4."""
     b, h, w, n = 2, 100, 168, 2
-    q, k = torch.empty(2, b, h, n, w, head_dim, device="meta")
-    v = torch.empty(b, h, w, n, head_dim, device="meta")
+    qkv = torch.empty(b, h, w, 3, n, head_dim, device="meta")
     rot = torch.empty(2, 2, 1, h, 1, w, head_dim, device="meta")
     plan = []
-    rt.backward_plan(torch.empty_like(v), q, k, v, rot, torch.empty(n, device="meta"), True, plan.append)
+    dout = torch.empty(b, h, w, n, head_dim, device="meta")
+    rt.backward_plan(dout, qkv, rot, torch.empty(n, device="meta"), True, plan.append)
     metas = [meta for name, _, _, meta in plan if name == "attend_backward"]
     assert len(metas) == 4  # dq, then dk and dv, of the columns and of the rows
     assert {(meta["BLOCK_M"], meta["BLOCK_N"], meta["num_warps"]) for meta in metas} == {(32, 32, warps)}
