@@ -42,7 +42,7 @@ from .report import (
     table_order,
     timm_csv,
 )
-from .results import iter_results, latest_rows, read_lines, result_files
+from .results import check_results_paths, iter_results, latest_rows, read_lines, result_files
 from .spec import HUB_WEIGHTS, MODES, RANDOM_INIT, RowSpec, RunRequest, Settings, default_threads, first_line
 
 __all__ = [
@@ -703,13 +703,7 @@ def _where(out: str) -> str:
 
 def report_main(argv: Sequence[str]) -> int:
     args = _report_parser().parse_args(argv)
-    for path in args.results:
-        if os.path.isdir(path):
-            raise UsageError(f"Results file {path!r} is a folder; give the results .jsonl file in it.")
-        if not result_files(path):  # a launcher's run may have left only shards beside the name
-            raise UsageError(
-                f"Results file {path!r} does not exist{' (nor any shard of it)' if not os.path.lexists(path) else ''}."
-            )
+    check_results_paths(args.results)
     check_outputs({"--plot": args.plot}, {f"RESULTS {p}": p for p in args.results}, appended=False)
     if args.plot:
         _check_plot_format(args.plot)

@@ -114,19 +114,21 @@ def test_cli_convert_errors_are_one_line(rmt_release, tmp_path, capsys, evil_pic
         (["convert", "--model", "rmt_t", str(tmp_path / "evil.pth"), str(tmp_path / "a")], "Refused"),
         (["convert", "--model", "rmt_t", str(tmp_path / "dec2023.pth"), str(tmp_path / "b")], "Relpos.angle"),
         (["convert", "--model", "rmt_tt", str(rmt_release[0]), str(tmp_path / "c")], "Did you mean: rmt_t"),
-        (["convert", "--model", "rmt_t", str(tmp_path / "nope.pth"), str(tmp_path / "d")], "does not exist"),
-        (
-            ["convert", "--model", "rmt_t", str(rmt_release[0]), str(tmp_path / "e"), "--results", str(tmp_path / "r")],
-            "Cannot read the results file",
-        ),
         (
             ["convert", "--model", "rmt_t", str(rmt_release[0]), str(tmp_path / "f.txt" / "out")],
             "which is a file, not a folder",
         ),
         (["convert", "--model", "rmt_t", str(rmt_release[0]), str(tmp_path / "f.txt")], "is a file; give a folder"),
     ]
-    for argv, needle in cases:
-        assert main(argv) == 1, argv
+    unusable_inputs = [  # bad usage (exit 2), as for every command line's input paths
+        (["convert", "--model", "rmt_t", str(tmp_path / "nope.pth"), str(tmp_path / "d")], "does not exist"),
+        (
+            ["convert", "--model", "rmt_t", str(rmt_release[0]), str(tmp_path / "e"), "--results", str(tmp_path / "r")],
+            "--results",
+        ),
+    ]
+    for (argv, needle), code in [*((case, 1) for case in cases), *((case, 2) for case in unusable_inputs)]:
+        assert main(argv) == code, argv
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1 and needle in err, err
     assert not marker.exists()
