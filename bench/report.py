@@ -460,13 +460,20 @@ def _figure(rows: list[dict[str, Any]], panels: int = 1):
 
 
 def _plain_log_axis(axis: Any, low: float, high: float) -> None:
-    """A log axis from `low` to `high` whose ticks read as plain numbers (2, 5, 10, 20, 50, ...; every integer step
-    within a decade when the range is narrower than one), never 3e-01."""
+    """A log axis from `low` to `high` (its final limits) whose ticks read as plain numbers, never 3e-01, and lie
+    inside the limits, at least two of them: 2, 5, 10, 20, 50, ... over a decade or more; every integer step of a
+    decade over less; round, evenly spaced numbers where fewer than two of those fall inside (150 to 180, or 0.95 to
+    1.8 around one tick)."""
     import matplotlib.ticker as ticker
 
     subs = (1.0, 2.0, 5.0) if high > 10 * low else tuple(float(i) for i in range(1, 10))
-    axis.set_major_locator(ticker.LogLocator(base=10, subs=subs))
-    axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ticks: list[float] = []
+    for locator in (ticker.LogLocator(base=10, subs=subs), ticker.MaxNLocator(nbins=4, steps=[1, 2, 2.5, 5, 10])):
+        ticks = [t for t in locator.tick_values(low, high) if low <= t <= high]
+        if len(ticks) >= 2:
+            break
+    axis.set_major_locator(ticker.FixedLocator(ticks))
+    axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:.12g}"))  # 1000000, not 1e+06
     axis.set_minor_formatter(ticker.NullFormatter())
 
 

@@ -341,6 +341,28 @@ def test_the_plot_is_a_captioned_figure(tmp_path, make_row, svg_text):
     assert plot(with_top1, svg) and "top-1 (%, measured)" in svg_text(svg)
 
 
+@pytest.mark.parametrize("low, high", [(150.0, 180.0), (0.934, 1.87), (9.7, 19.4), (0.3, 2.5), (5.0, 500.0)])
+def test_log_axis_ticks_lie_inside_the_limits_and_a_narrow_range_gets_two(low, high):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bench.report import _plain_log_axis  # the module under test's own helper: every figure's log axes use it
+
+    fig, ax = plt.subplots()
+    try:
+        ax.set_xscale("log")
+        ax.set_xlim(low, high)
+        _plain_log_axis(ax.xaxis, low, high)
+        ticks = list(ax.xaxis.get_majorticklocs())
+        labels = [ax.xaxis.get_major_formatter()(t) for t in ticks]
+    finally:
+        plt.close(fig)
+    assert len(ticks) >= 2 and all(low <= t <= high for t in ticks), ticks
+    assert all(re.fullmatch(r"\d+(\.\d+)?", label) for label in labels), labels  # plain numbers
+
+
 def test_a_batch_sweep_and_the_dense_table_are_figures_too(tmp_path, make_row, svg_text):
     sweep = [_measured(make_row, batch_size=b, throughput_ips=100.0 * b**0.5) for b in (1, 8, 64)]
     svg = tmp_path / "batch.svg"
