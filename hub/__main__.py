@@ -80,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--repo", required=True, metavar="ORG/NAME", help="the dataset repo (created if missing)")
     r.add_argument("--all", action="store_true", help="every row, not only the newest per measurement")
     r.add_argument(
-        "--dry-run", action="store_true", help="print each row as it would be uploaded and the files, upload nothing"
+        "--dry-run", action="store_true", help="say what would be uploaded where (rows, files, sizes), upload nothing"
     )
     r.add_argument("--public", action="store_true", help="create the dataset repo public (default: private)")
     r.add_argument(
@@ -96,14 +96,12 @@ def _push_results(args: argparse.Namespace) -> None:
     from bench.report import table_order
     from bench.results import check_results_paths, iter_results
 
-    from .results import preview, push_results
+    from .results import push_results
 
     check_repo_id(args.repo)
     check_results_paths(args.results)
     rows = [row for path in args.results for row in iter_results(path)]
     rows = table_order(rows if args.all else latest_rows(rows))
-    if args.dry_run:
-        _say(preview(rows, args.include_host))
     kept = dict(sources=args.results, dry_run=args.dry_run, private=not args.public, token=args.token)
     _say(push_results(rows, args.repo, include_host=args.include_host, **kept))
 
