@@ -633,14 +633,11 @@ def check_outputs(
 ) -> None:
     """Every output given must be writable and none may be an input or another output, checked before anything is
     measured; with `appended`, the first is a results file (appended to), and the others are written whole (an
-    existing one that is no input is overwritten)."""
-    try:
-        for i, (option, path) in enumerate(outputs.items()):
-            if path:
-                paths.check_output_path(path, option, text_file=appended and i == 0)
-        paths.check_distinct(outputs, inputs)
-    except paths.OutputPathError as exc:
-        raise UsageError(str(exc)) from None
+    existing one that is no input is overwritten); a refusal is an OutputPathError, a UsageError."""
+    for i, (option, path) in enumerate(outputs.items()):
+        if path:
+            paths.check_output_path(path, option, text_file=appended and i == 0)
+    paths.check_distinct(outputs, inputs)
 
 
 def settings_from(args: argparse.Namespace) -> Settings:

@@ -42,8 +42,8 @@ __all__ = [
 PathLike = str | os.PathLike
 
 
-class OutputPathError(ValueError):
-    """An output path that cannot be written; the message is one sentence."""
+class OutputPathError(UsageError):
+    """An output path that cannot be written: a usage error (exit 2), said in one sentence."""
 
 
 class InputPathError(UsageError):
