@@ -526,12 +526,9 @@ def parse_args(argv: Sequence[str], rank: int, local_world: int) -> argparse.Nam
     )
     if reason:
         raise UsageError(reason)
-    if args.out and rank == 0:
-        try:
-            paths.check_output_path(args.out, "--out")
-            paths.check_distinct({"--out": args.out}, {"--data": args.data, "--checkpoint": args.checkpoint})
-        except paths.OutputPathError as exc:
-            raise UsageError(str(exc)) from None
+    if args.out and rank == 0:  # an OutputPathError is a UsageError
+        paths.check_output_path(args.out, "--out")
+        paths.check_distinct({"--out": args.out}, {"--data": args.data, "--checkpoint": args.checkpoint})
     return args
 
 

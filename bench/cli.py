@@ -32,8 +32,10 @@ from .precision import ALIASES, PRECISIONS, described, names
 from .report import (
     BY_NAME,
     FORMATS,
+    PLOT_NEEDS,
     PLOTS,
     TERMINAL_FORMAT,
+    drawable,
     plot,
     render_table,
     select_columns,
@@ -42,7 +44,7 @@ from .report import (
     table_order,
     timm_csv,
 )
-from .results import iter_results, latest_rows, read_lines, result_files
+from .results import check_results_paths, iter_results, latest_rows, read_lines, result_files
 from .spec import HUB_WEIGHTS, MODES, RANDOM_INIT, RowSpec, RunRequest, Settings, default_threads, first_line
 
 __all__ = [
@@ -603,7 +605,27 @@ def parse_run_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     if args.plot:
         _check_plot_format(args.plot)
+        _check_plot_kind(args)
     return args
+
+
+def _check_plot_kind(args: argparse.Namespace) -> None:
+    """A figure no row of the grid could give what it needs (PLOT_NEEDS), refused before anything is measured, as
+    `report` refuses one its rows cannot draw."""
+    import zoo
+
+    kind = args.plot_kind
+    if kind == "dense" and not args.features_only:
+        raise UsageError("--plot-kind dense draws --features-only rows; add --features-only or choose another kind.")
+    if kind == "accuracy" and args.features_only:
+        raise UsageError("--plot-kind accuracy (the default) draws classifiers, not --features-only backbones.")
+    if kind == "accuracy" and not args.data and all(zoo.info(m).paper_top1 is None for m in args.models):
+        raise UsageError(
+            "--plot-kind accuracy (the default) draws top-1, and no model of --models has a paper top-1; add --data to "
+            "measure it, or choose another kind."
+        )
+    if kind == "batch" and len(set(args.batch_size)) < 2:
+        raise UsageError("--plot-kind batch draws throughput against batch size; give two or more --batch-size values.")
 
 
 def check_outputs(
@@ -611,14 +633,11 @@ def check_outputs(
 ) -> None:
     """Every output given must be writable and none may be an input or another output, checked before anything is
     measured; with `appended`, the first is a results file (appended to), and the others are written whole (an
-    existing one that is no input is overwritten)."""
-    try:
-        for i, (option, path) in enumerate(outputs.items()):
-            if path:
-                paths.check_output_path(path, option, text_file=appended and i == 0)
-        paths.check_distinct(outputs, inputs)
-    except paths.OutputPathError as exc:
-        raise UsageError(str(exc)) from None
+    existing one that is no input is overwritten); a refusal is an OutputPathError, a UsageError."""
+    for i, (option, path) in enumerate(outputs.items()):
+        if path:
+            paths.check_output_path(path, option, text_file=appended and i == 0)
+    paths.check_distinct(outputs, inputs)
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -629,14 +648,6 @@ def settings_from(args: argparse.Namespace) -> Settings:
         imports=tuple(args.imports),
         timeout_s=args.timeout,
     )
-
-
-# What each figure needs, said when no row has it.
-PLOT_NEEDS = {
-    "accuracy": "a finite throughput and a (measured or paper) top-1",
-    "batch": "a throughput at two or more batch sizes of one model, backend, precision and input",
-    "dense": "a --features-only measurement",
-}
 
 
 def show(rows: list[dict[str, Any]], fmt: str, plot_path: str | None, columns: list[str] | None, kind: str) -> None:
@@ -703,13 +714,7 @@ def _where(out: str) -> str:
 
 def report_main(argv: Sequence[str]) -> int:
     args = _report_parser().parse_args(argv)
-    for path in args.results:
-        if os.path.isdir(path):
-            raise UsageError(f"Results file {path!r} is a folder; give the results .jsonl file in it.")
-        if not result_files(path):  # a launcher's run may have left only shards beside the name
-            raise UsageError(
-                f"Results file {path!r} does not exist{' (nor any shard of it)' if not os.path.lexists(path) else ''}."
-            )
+    check_results_paths(args.results)
     check_outputs({"--plot": args.plot}, {f"RESULTS {p}": p for p in args.results}, appended=False)
     if args.plot:
         _check_plot_format(args.plot)
@@ -719,9 +724,14 @@ def report_main(argv: Sequence[str]) -> int:
         rows = table_order(list(rows) if args.all else latest_rows(rows))
     except OSError as exc:
         raise UsageError(f"A results file cannot be read ({exc.strerror or exc}: {exc.filename}).") from None
+    names = " and ".join(repr(p) for p in args.results)
     if not rows:
-        names = " and ".join(repr(p) for p in args.results)
         raise UsageError(f"Results file {names} holds no benchmark rows.")
+    if args.plot and not drawable(rows, args.plot_kind):
+        raise UsageError(
+            f"No row of {names} has {PLOT_NEEDS[args.plot_kind]}, which --plot-kind {args.plot_kind} needs, so no "
+            f"figure can be drawn; nothing was written."
+        )
     show(rows, args.format, args.plot, args.columns, args.plot_kind)
     return EXIT_OK
 

@@ -40,7 +40,9 @@ __all__ = [
     "table_order",
     "status_summary",
     "plot",
+    "drawable",
     "PLOTS",
+    "PLOT_NEEDS",
     "caption",
     "timm_csv",
 ]
@@ -369,6 +371,12 @@ def _finite(value: Any) -> bool:
 
 
 PLOTS = ("accuracy", "batch", "dense")  # what `--plot-kind` draws
+# What each figure needs of at least one row, said when none has it.
+PLOT_NEEDS = {
+    "accuracy": "a finite throughput and a (measured or paper) top-1",
+    "batch": "a throughput at two or more batch sizes of one model, backend, precision and input",
+    "dense": "a --features-only measurement",
+}
 
 
 def _plot_points(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -452,13 +460,20 @@ def _figure(rows: list[dict[str, Any]], panels: int = 1):
 
 
 def _plain_log_axis(axis: Any, low: float, high: float) -> None:
-    """A log axis from `low` to `high` whose ticks read as plain numbers (2, 5, 10, 20, 50, ...; every integer step
-    within a decade when the range is narrower than one), never 3e-01."""
+    """A log axis from `low` to `high` (its final limits) whose ticks read as plain numbers, never 3e-01, and lie
+    inside the limits, at least two of them: 2, 5, 10, 20, 50, ... over a decade or more; every integer step of a
+    decade over less; round, evenly spaced numbers where fewer than two of those fall inside (150 to 180, or 0.95 to
+    1.8 around one tick)."""
     import matplotlib.ticker as ticker
 
     subs = (1.0, 2.0, 5.0) if high > 10 * low else tuple(float(i) for i in range(1, 10))
-    axis.set_major_locator(ticker.LogLocator(base=10, subs=subs))
-    axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ticks: list[float] = []
+    for locator in (ticker.LogLocator(base=10, subs=subs), ticker.MaxNLocator(nbins=4, steps=[1, 2, 2.5, 5, 10])):
+        ticks = [t for t in locator.tick_values(low, high) if low <= t <= high]
+        if len(ticks) >= 2:
+            break
+    axis.set_major_locator(ticker.FixedLocator(ticks))
+    axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:.12g}"))  # 1000000, not 1e+06
     axis.set_minor_formatter(ticker.NullFormatter())
 
 
@@ -534,15 +549,20 @@ def _line_label(row: dict[str, Any]) -> str:
     return f"{row['model']} {_backend_label(row)} {_precision_label(row)}"
 
 
-def _batch_plot(rows: list[dict[str, Any]], path: str | Path, title: str | None) -> bool:
-    """Throughput against batch size, one line per model/backend/precision/input, with the per-step spread."""
+def _batch_lines(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The batch figure's lines: each model/backend/precision/input measured at two or more batch sizes."""
     lines: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         if row.get("status") == "ok" and _finite(row.get("throughput_ips")):
             lines.setdefault(f"{_line_label(row)} {_input_label(row)}", []).append(row)
-    lines = {
+    return {
         k: sorted(v, key=lambda r: r["batch_size"]) for k, v in lines.items() if len({r["batch_size"] for r in v}) > 1
     }
+
+
+def _batch_plot(rows: list[dict[str, Any]], path: str | Path, title: str | None) -> bool:
+    """Throughput against batch size, one line per model/backend/precision/input, with the per-step spread."""
+    lines = _batch_lines(rows)
     if not lines:
         return False
     plt, fig, (ax,) = _figure(rows)
@@ -567,12 +587,18 @@ def _batch_plot(rows: list[dict[str, Any]], path: str | Path, title: str | None)
     return True
 
 
-def _dense_plot(rows: list[dict[str, Any]], path: str | Path, title: str | None) -> bool:
-    """The dense table as a figure: p50 latency and peak memory against input size (pixels), per backbone."""
+def _dense_lines(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The dense figure's lines: the --features-only rows with a p50 latency, per backbone and batch size."""
     lines: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         if row.get("status") == "ok" and row.get("features_only") and _finite(get_field(row, "latency_ms.p50")):
             lines.setdefault(f"{_line_label(row)} b{row['batch_size']}", []).append(row)
+    return lines
+
+
+def _dense_plot(rows: list[dict[str, Any]], path: str | Path, title: str | None) -> bool:
+    """The dense table as a figure: p50 latency and peak memory against input size (pixels), per backbone."""
+    lines = _dense_lines(rows)
     if not lines:
         return False
     plt, fig, axes = _figure(rows, panels=2)
@@ -598,9 +624,22 @@ def _dense_plot(rows: list[dict[str, Any]], path: str | Path, title: str | None)
     return True
 
 
+# Each figure: what it selects of the rows (nothing selected: no figure), and what draws it.
+_FIGURES = {
+    "accuracy": (_plot_points, _accuracy_plot),
+    "batch": (_batch_lines, _batch_plot),
+    "dense": (_dense_lines, _dense_plot),
+}
+
+
+def drawable(rows: Iterable[dict[str, Any]], kind: str) -> bool:
+    """Whether some row has what the `kind` figure needs (PLOT_NEEDS), so `plot` would draw it: a command asked for
+    a figure checks this before it prints or writes anything."""
+    return bool(_FIGURES[kind][0](list(rows)))
+
+
 def plot(rows: Iterable[dict[str, Any]], path: str | Path, title: str | None = None, kind: str = "accuracy") -> bool:
     """Save a figure of the rows (png, pdf or svg) with a caption of how they were measured: accuracy against
     throughput, throughput against batch size ("batch"), or latency and memory against input size ("dense"); False
     (and no file) when no row has what the figure needs."""
-    draw = {"accuracy": _accuracy_plot, "batch": _batch_plot, "dense": _dense_plot}[kind]
-    return draw(list(rows), path, title)
+    return _FIGURES[kind][1](list(rows), path, title)

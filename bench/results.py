@@ -23,7 +23,7 @@ from typing import Any, Iterable, Iterator
 
 from .columns import get_field, printable
 from .schema import REQUIRED, checked_fields
-from common.paths import append_bytes
+from common.paths import InputPathError, append_bytes, check_input_path
 from .spec import SCHEMA_VERSION, row_key
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "latest_rows",
     "utc_now",
     "result_files",
+    "check_results_paths",
     "shard_path",
     "SCHEMA_VERSION",
     "read_lines",
@@ -154,6 +155,22 @@ def result_files(path: str | Path, quiet: bool = False) -> list[Path]:
             file=sys.stderr,
         )
     return ([path] if path.is_file() or path.is_dir() else []) + shards
+
+
+def check_results_paths(paths: Iterable[str | Path], what: str = "Results file") -> None:
+    """Refuse (InputPathError: one sentence, exit 2) a results path given on a command line that names nothing to
+    read (a folder; neither it nor a shard exists) or whose file or shard cannot be opened; every command that reads
+    results files (`bench.py report`, `python -m hub push-results`, `hub convert --results`) checks them here first."""
+    for path in paths:
+        if os.path.isdir(path):
+            raise InputPathError(f"{what} {str(path)!r} is a folder; give the results .jsonl file in it.")
+        files = result_files(path)
+        if not files:  # a launcher's run may have left only shards beside the name
+            if os.path.lexists(path):  # a link loop, a dangling link, a FIFO: named for what it is
+                check_input_path(path, what)
+            raise InputPathError(f"{what} {str(path)!r} does not exist (nor any shard of it).")
+        for file in files:
+            check_input_path(file, what)
 
 
 def iter_results(path: str | Path, quiet: bool = False, shards: bool = True) -> Iterator[dict[str, Any]]:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from common.cli import EXIT_BROKEN_PIPE, EXIT_USAGE, OneLineParser, OutputError, ReaderGone, UsageError, emit
-from common.paths import OutputPathError, WriteError, check_output_path, ignore_file_size_signal, write_atomic
+from common.paths import WriteError, check_output_path, ignore_file_size_signal, write_atomic
 
 from .args import EXIT_FAILED, EXIT_OUTPUT, exit_code
 from .backends import BACKENDS
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("results.jsonl", "table.md", "env.json", "plot.png"):
             if (out / name).exists() or (out / name).is_symlink():
                 check_output_path(out / name, f"--out's {name}", text_file=name == "results.jsonl")
-    except (UsageError, OutputPathError) as exc:
+    except UsageError as exc:  # OutputPathError among them
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     out.mkdir(parents=True, exist_ok=True)

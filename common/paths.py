@@ -1,5 +1,5 @@
 """Output paths, checked before anything is measured or written, so a bad path costs nothing and loses nothing, and
-written as if the output folder were hostile.
+written as if the output folder were hostile; input paths, checked up front too (`check_input_path`).
 
 Every CLI of the project (bench.py, bench.suite, bench.accuracy, hub convert) checks its outputs here: that each can
 be written without blocking (a FIFO), without failing late (a dangling link, a device such as /dev/null), and that no
@@ -22,7 +22,11 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable, Mapping
 
+from .cli import UsageError
+
 __all__ = [
+    "InputPathError",
+    "check_input_path",
     "OutputPathError",
     "WriteError",
     "check_output_path",
@@ -38,8 +42,12 @@ __all__ = [
 PathLike = str | os.PathLike
 
 
-class OutputPathError(ValueError):
-    """An output path that cannot be written; the message is one sentence."""
+class OutputPathError(UsageError):
+    """An output path that cannot be written: a usage error (exit 2), said in one sentence."""
+
+
+class InputPathError(UsageError):
+    """An input path that is missing or cannot be read: a usage error (exit 2), said in one sentence."""
 
 
 class WriteError(OSError):
@@ -141,6 +149,24 @@ def check_output_path(path: PathLike, what: str, text_file: bool = False, folder
         ) from None
     os.close(fd)
     os.unlink(probe)
+
+
+def check_input_path(path: PathLike, what: str, folder: bool = False) -> None:
+    """Raise InputPathError unless `path` is a regular file (with `folder`, a folder) this process can open for
+    reading; nothing but a file or folder is opened (a FIFO would block), and nothing is read."""
+    shown = str(path)
+    try:
+        mode = os.stat(path).st_mode
+        if stat.S_ISDIR(mode) if folder else stat.S_ISREG(mode):
+            os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
+    except FileNotFoundError:
+        link = f" is a symbolic link to {os.readlink(path)!r}, which" if os.path.islink(path) else ""
+        raise InputPathError(f"{what} {shown!r}{link} does not exist.") from None
+    except OSError as exc:  # unreadable, a link loop, a file where a folder should be on the way
+        raise InputPathError(f"{what} {shown!r} cannot be read ({exc.strerror or exc}).") from None
+    if not (stat.S_ISDIR(mode) if folder else stat.S_ISREG(mode)):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a file" if stat.S_ISREG(mode) else _kind(mode)
+        raise InputPathError(f"{what} {shown!r} is {kind}; give {'a folder' if folder else 'a file'}.")
 
 
 def _same(a: Path, b: Path) -> bool:

@@ -1,8 +1,9 @@
 """`python -m hub {convert,publish,download,push-results}`: get RMT's official weights onto the Hub and back, and
 benchmark results up as a dataset repo.
 
-Errors end in one sentence on stderr and exit status 1 (2 for bad arguments, 141 when the reader of standard output
-went away), never a traceback: the policy every command line of the project shares (common/cli.py).
+Errors end in one sentence on stderr and exit status 1 (2 for bad arguments and for an input path that is missing or
+cannot be read, 141 when the reader of standard output went away), never a traceback: the policy every command line of
+the project shares (common/cli.py).
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import sys
 import threading
 from pathlib import Path
 
-from common.cli import EXIT_OK, OneLineParser, UsageError, emit, exit_interrupted, run_cli
-from common.paths import WriteError, ignore_file_size_signal
+from common.cli import EXIT_OK, OneLineParser, emit, exit_interrupted, run_cli
+from common.paths import WriteError, check_input_path, ignore_file_size_signal
 from zoo import (
     HUB_REVISION_ENV,
     RMT_HUB_ORG_ENV,
@@ -79,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--repo", required=True, metavar="ORG/NAME", help="the dataset repo (created if missing)")
     r.add_argument("--all", action="store_true", help="every row, not only the newest per measurement")
     r.add_argument(
-        "--dry-run", action="store_true", help="print each row as it would be uploaded and the files, upload nothing"
+        "--dry-run", action="store_true", help="say what would be uploaded where (rows, files, sizes), upload nothing"
     )
     r.add_argument("--public", action="store_true", help="create the dataset repo public (default: private)")
     r.add_argument(
@@ -93,25 +94,25 @@ def _push_results(args: argparse.Namespace) -> None:
     """The rows `bench.py report RESULTS...` shows (newest per measurement, table order), uploaded whole."""
     from bench import latest_rows
     from bench.report import table_order
-    from bench.results import iter_results, result_files
+    from bench.results import check_results_paths, iter_results
 
-    from .results import preview, push_results
+    from .results import push_results
 
     check_repo_id(args.repo)
-    for path in args.results:
-        if Path(path).is_dir() or not result_files(path):
-            raise UsageError(f"Results file {path!r} is a folder or does not exist (nor any shard of it).")
+    check_results_paths(args.results)
     rows = [row for path in args.results for row in iter_results(path)]
     rows = table_order(rows if args.all else latest_rows(rows))
-    if args.dry_run:
-        _say(preview(rows, args.include_host))
     kept = dict(sources=args.results, dry_run=args.dry_run, private=not args.public, token=args.token)
     _say(push_results(rows, args.repo, include_host=args.include_host, **kept))
 
 
 def _convert(args: argparse.Namespace) -> None:
+    from bench.results import check_results_paths
+
     if args.results_dataset is not None:
         check_repo_id(args.results_dataset)
+    check_input_path(args.source, "SOURCE")
+    check_results_paths([args.results] if args.results is not None else [], "--results")
     done = convert(
         args.model, args.source, args.out_dir, results=args.results, org=args.org, force=args.force,
         results_dataset=args.results_dataset,
@@ -127,6 +128,7 @@ def _convert(args: argparse.Namespace) -> None:
 
 
 def _publish(args: argparse.Namespace) -> None:
+    check_input_path(args.folder, "FOLDER", folder=True)
     plan = plan_upload(args.folder, args.repo, private=args.private)
     if plan.warning:
         print(f"warning: {plan.warning}", file=sys.stderr)
@@ -163,8 +165,8 @@ def _terminate(signum: int, _frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Exit codes as for every command line of the project (common/cli.py): 1 for an error said in one sentence, 2 for
-    bad arguments, 141 when the reader of standard output went away, 143 when stopped by SIGTERM (a conversion
-    leaves no partial folder)."""
+    bad arguments or an input path that cannot be read, 141 when the reader of standard output went away, 143 when
+    stopped by SIGTERM (a conversion leaves no partial folder)."""
 
     def body() -> int:
         args = _parser().parse_args(argv)

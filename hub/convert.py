@@ -122,16 +122,14 @@ def _config(
 
 
 def _check_destination(out_dir: Path, source: Path, results: Path | None, force: bool) -> None:
-    """Refuse, before any work, a destination that would mix old and new files or destroy an input (the source or
-    the results file inside an OUT_DIR that --force replaces whole)."""
-    try:
-        check_output_path(out_dir, "OUT_DIR", folder=True)
-        check_output_path(out_dir.resolve().parent, "The folder OUT_DIR goes into", folder=True)  # renames happen there
-        check_distinct({"OUT_DIR": out_dir}, {"SOURCE": source, "--results": results})
-    except OutputPathError as e:
-        raise ConversionError(str(e)) from None
+    """Refuse (OutputPathError: a usage error, exit 2), before any work, a destination that cannot be written, would
+    mix old and new files or would destroy an input (the source or the results file inside an OUT_DIR that --force
+    replaces whole)."""
+    check_output_path(out_dir, "OUT_DIR", folder=True)
+    check_output_path(out_dir.resolve().parent, "The folder OUT_DIR goes into", folder=True)  # renames happen there
+    check_distinct({"OUT_DIR": out_dir}, {"SOURCE": source, "--results": results})
     if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        raise ConversionError(
+        raise OutputPathError(
             f"{out_dir} already holds files, which `publish` would upload beside the new ones; "
             f"choose an empty folder or pass --force to replace it whole."
         )

@@ -25,7 +25,7 @@ from bench.report import plot, render_table, status_summary
 
 from .publish import PublishError, UploadPlan, check_repo_id, list_files, publish
 
-__all__ = ["push_results", "published_rows", "preview", "ROWS", "CSV", "TABLE", "PLOT", "CARD"]
+__all__ = ["push_results", "published_rows", "ROWS", "CSV", "TABLE", "PLOT", "CARD"]
 
 ROWS, CSV, TABLE, PLOT, CARD = "results.jsonl", "results.csv", "table.md", "plot.png", "README.md"
 
@@ -110,14 +110,6 @@ def published_rows(rows: list[dict[str, Any]], include_host: bool = False) -> li
             row["env"] = {k: v for k, v in row["env"].items() if k != "hostname"}
         out.append(_redact(row, hosts_by_length, root, private))
     return out
-
-
-def preview(rows: list[dict[str, Any]], include_host: bool = False) -> str:
-    """What a dry run shows before the file list: each row exactly as results.jsonl on the Hub would hold it."""
-    shown = published_rows(rows, include_host)
-    what = "host names and local paths included" if include_host else "host names and local paths redacted"
-    lines = [f"The {len(shown)} rows as {ROWS} would publish them ({what}):"]
-    return "\n".join(lines + [json.dumps(row, default=str) for row in shown])
 
 
 def _distinct(rows: list[dict[str, Any]], *fields: str) -> list[str]:
@@ -210,8 +202,9 @@ def push_results(
     include_host: bool = False,
 ) -> str:
     """Upload `rows` to the dataset repo `repo_id` (created private if missing, unless `private` is False) and
-    return what to print: the files and sizes that would go where, then "Dry run: nothing was uploaded." or the
-    commit URL. `preview` shows the rows themselves as they would be uploaded.
+    return what to print: the repo, the row count, the files and their sizes, then (dry run) whether host names and
+    local paths are redacted and "Dry run: nothing was uploaded.", or the commit URL. A dry run never prints the rows
+    themselves: `bench.py report` shows them.
 
     `rows` are as `bench.py report` shows them (`load_results` of each file in `sources`, then `latest_rows`);
     `sources` are those files, named (by file name only) on the card. Every file staged (rows, CSV, table, plot,
@@ -230,6 +223,9 @@ def push_results(
         what = f"{len(rows)} rows of {names}"
         plan = UploadPlan(folder=folder, repo_id=repo_id, files=files, private=private, repo_type="dataset", what=what)
         if dry_run:
-            return f"{plan.describe()}\nDry run: nothing was uploaded."
+            hosts = "kept (--include-host)" if include_host else "redacted (--include-host keeps them)"
+            return (
+                f"{plan.describe()}\nHost names and local paths in every file: {hosts}.\nDry run: nothing was uploaded."
+            )
         url = publish(plan, token=token, commit_message=f"Benchmark results: {what}")
     return f"{plan.describe()}\nUploaded: {url}"

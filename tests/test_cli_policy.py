@@ -62,6 +62,31 @@ def test_bad_arguments_are_one_sentence_and_exit_2_everywhere(command, capsys):
     assert err.startswith("error: ") and err.count("\n") == 1
 
 
+@pytest.mark.parametrize("unusable", ["missing", "a symbolic-link loop", "a dangling link"])
+def test_an_input_path_missing_or_unreadable_is_one_sentence_and_exit_2_for_every_command(
+    unusable, tmp_path, report_file, capsys
+):
+    """Every path a command reads is checked up front, as bench.py checks its inputs: a bad path is bad usage."""
+    path = tmp_path / "input"
+    if unusable != "missing":
+        path.symlink_to(path if unusable == "a symbolic-link loop" else tmp_path / "gone")
+    out = tmp_path / "out"
+    commands = {
+        "hub convert SOURCE": lambda: hub_main(["convert", "--model", "rmt_t", str(path), str(out)]),
+        "hub convert --results": lambda: hub_main(
+            ["convert", "--model", "rmt_t", str(report_file), str(out), "--results", str(path)]
+        ),
+        "hub publish": lambda: hub_main(["publish", str(path), "--dry-run"]),
+        "hub push-results": lambda: hub_main(["push-results", str(path), "--repo", "me/results", "--dry-run"]),
+        "bench.py report": lambda: bench_cli.main(["report", str(path)]),
+    }
+    for name, command in commands.items():
+        assert command() == policy.EXIT_USAGE, name
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and repr(str(path)) in err, (name, err)
+    assert not out.exists()
+
+
 def test_stopped_is_128_plus_the_signal():
     assert policy.exit_interrupted(2) == 130 and policy.exit_interrupted(15) == 143
 

@@ -24,7 +24,7 @@ from common.provenance import REPO_ROOT
 from hub.__main__ import main as hub_main
 from hub.convert import ConversionError, convert
 from hub.publish import PublishError, plan_upload
-from hub.results import preview, published_rows, push_results
+from hub.results import published_rows, push_results
 from zoo import CheckpointError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -168,11 +168,10 @@ def test_push_results_is_private_by_default_and_uploads_the_redacted_rows(fake_h
     assert "lab-node-17" not in uploaded and "/home/alice" not in uploaded
     for name in ("README.md", "results.csv", "table.md"):
         assert "/home/alice" not in files[name].decode() and "lab-node-17" not in files[name].decode(), name
-    # the dry run's rows are exactly the uploaded ones
-    assert preview(_private_rows()).splitlines()[1:] == uploaded.splitlines()
+    assert [json.loads(line) for line in uploaded.splitlines()] == published_rows(_private_rows())
 
 
-def test_push_results_dry_run_prints_each_row_as_uploaded_and_public_is_asked_for(tmp_path, fake_hub, capsys):
+def test_push_results_dry_run_says_the_rows_are_redacted_and_public_is_asked_for(tmp_path, fake_hub, capsys):
     from bench.results import append_row
 
     results = tmp_path / "r.jsonl"
@@ -180,9 +179,11 @@ def test_push_results_dry_run_prints_each_row_as_uploaded_and_public_is_asked_fo
         append_row(results, row)
     assert hub_main(["push-results", str(results), "--repo", "me/bench", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "The 2 rows as results.jsonl would publish them (host names and local paths redacted):" in out
-    assert "--data <path>" in out and "lab-node-17" not in out.split("would publish them")[1]
+    assert "Host names and local paths in every file: redacted (--include-host keeps them)." in out
+    assert "lab-node-17" not in out and "/home/alice" not in out
     assert "(private dataset repo" in out and fake_hub["commits"] == []
+    assert hub_main(["push-results", str(results), "--repo", "me/bench", "--dry-run", "--include-host"]) == 0
+    assert "Host names and local paths in every file: kept (--include-host)." in capsys.readouterr().out
     assert hub_main(["push-results", str(results), "--repo", "me/bench", "--public", "--include-host"]) == 0
     assert fake_hub["repos"][-1][1]["private"] is False
     assert b"lab-node-17" in fake_hub["commits"][-1]["results.jsonl"]

@@ -114,10 +114,12 @@ def test_cli_convert_errors_are_one_line(rmt_release, tmp_path, capsys, evil_pic
         (["convert", "--model", "rmt_t", str(tmp_path / "evil.pth"), str(tmp_path / "a")], "Refused"),
         (["convert", "--model", "rmt_t", str(tmp_path / "dec2023.pth"), str(tmp_path / "b")], "Relpos.angle"),
         (["convert", "--model", "rmt_tt", str(rmt_release[0]), str(tmp_path / "c")], "Did you mean: rmt_t"),
+    ]
+    unusable_paths = [  # bad usage (exit 2), as for every command line's input and output paths
         (["convert", "--model", "rmt_t", str(tmp_path / "nope.pth"), str(tmp_path / "d")], "does not exist"),
         (
             ["convert", "--model", "rmt_t", str(rmt_release[0]), str(tmp_path / "e"), "--results", str(tmp_path / "r")],
-            "Cannot read the results file",
+            "--results",
         ),
         (
             ["convert", "--model", "rmt_t", str(rmt_release[0]), str(tmp_path / "f.txt" / "out")],
@@ -125,8 +127,8 @@ def test_cli_convert_errors_are_one_line(rmt_release, tmp_path, capsys, evil_pic
         ),
         (["convert", "--model", "rmt_t", str(rmt_release[0]), str(tmp_path / "f.txt")], "is a file; give a folder"),
     ]
-    for argv, needle in cases:
-        assert main(argv) == 1, argv
+    for (argv, needle), code in [*((case, 1) for case in cases), *((case, 2) for case in unusable_paths)]:
+        assert main(argv) == code, argv
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1 and needle in err, err
     assert not marker.exists()
@@ -157,7 +159,7 @@ def test_convert_refuses_a_non_empty_folder_and_force_replaces_it_whole(rmt_rele
     (out / "stale.bin").write_bytes(b"old weights")
     (out / "config.json").write_text("{}")
     argv = ["convert", "--model", "rmt_t", str(rmt_release[0]), str(out)]
-    assert main(argv) == 1
+    assert main(argv) == 2  # bad usage: the output path cannot be used as given
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "already holds files" in err and "--force" in err
     assert _folder_state(out) == {"config.json": b"{}", "stale.bin": b"old weights"}
@@ -188,7 +190,7 @@ def test_convert_refuses_an_out_dir_holding_an_input_before_writing(rmt_release,
         ([source, str(tmp_path / "out-link"), "--results", str(out / "results.jsonl")], "--results"),
     ]
     for argv, named in cases:
-        assert main(["convert", "--model", "rmt_t", *argv, "--force"]) == 1, argv
+        assert main(["convert", "--model", "rmt_t", *argv, "--force"]) == 2, argv
         err = capsys.readouterr().err
         assert err.startswith(f"error: {named} ") and err.count("\n") == 1 and "lies inside OUT_DIR" in err, err
         assert _folder_state(out) == before

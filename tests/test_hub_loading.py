@@ -240,11 +240,41 @@ def test_an_unpublished_repo_is_one_sentence_after_one_metadata_call(online, mon
     assert online == []  # no download tried
 
 
-def test_an_unreachable_hub_is_one_sentence_without_retries(online, monkeypatch, one_sentence):
-    monkeypatch.setattr(_FakeApi, "answer", ConnectionError("no route to host"))
-    with pytest.raises(WeightsUnavailableError, match=r"did not answer for rmt-zoo/rmt_t within 2 s") as err:
+@pytest.mark.parametrize(
+    "failure, says",
+    [(ConnectionError("no route to host"), "(ConnectionError)"), (TimeoutError(), "(TimeoutError in 2 s)")],
+)
+def test_an_unreachable_hub_is_one_sentence_without_retries(failure, says, online, monkeypatch, one_sentence):
+    """No network is this machine's situation, said as such, with the two ways that work without the Hub."""
+    monkeypatch.setattr(_FakeApi, "answer", failure)
+    with pytest.raises(WeightsUnavailableError) as err:
         zoo.load("rmt_t", pretrained=True)
-    assert one_sentence(str(err.value)) and online == [] and len(_FakeApi.calls) == 1
+    msg = str(err.value)
+    assert one_sentence(msg) and online == [] and len(_FakeApi.calls) == 1
+    assert f"the Hugging Face Hub (https://huggingface.co) could not be reached from this machine {says}" in msg, msg
+    assert "rmt-zoo/rmt_t at revision main is not in the local cache" in msg
+    assert 'two ways work without the Hub: pass pretrained="/path/to/RELEASE.pth"' in msg
+    assert 'and pass pretrained="OUT_DIR".' in msg and "hub publish" not in msg  # no way that needs the Hub
+
+
+def test_a_download_that_cannot_reach_the_hub_says_so(online, monkeypatch, one_sentence):
+    from huggingface_hub.errors import LocalEntryNotFoundError
+    from huggingface_hub.hf_api import ModelInfo as HubModelInfo
+
+    import zoo._hub
+
+    def unreachable(repo, name, **kwargs):
+        raise LocalEntryNotFoundError("cannot find the requested files") from ConnectionError("no route to host")
+
+    monkeypatch.setattr(
+        _FakeApi, "answer", HubModelInfo(id="rmt-zoo/rmt_t", siblings=[{"rfilename": "model.safetensors"}])
+    )
+    monkeypatch.setattr(zoo._hub, "hf_hub_download", unreachable)
+    with pytest.raises(WeightsUnavailableError) as err:
+        zoo.load("rmt_t", pretrained=True)
+    msg = str(err.value)
+    assert one_sentence(msg) and "could not be reached from this machine (ConnectionError)" in msg, msg
+    assert "two ways work without the Hub" in msg and "hub publish" not in msg
 
 
 def test_a_published_repo_downloads_only_the_file_it_holds(online, monkeypatch, rmt_converted):

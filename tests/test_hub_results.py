@@ -3,6 +3,7 @@ errors in one sentence."""
 
 from __future__ import annotations
 
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -52,10 +53,11 @@ def test_push_results_dry_run_lists_files_and_uploads_nothing(fake_hub, bench_ro
     lines = printed.splitlines()
     assert lines[0].startswith("Would upload 5 files (") and " from 3 rows of r.jsonl to " in lines[0]
     assert f"{constants.ENDPOINT}/datasets/me/bench (public dataset repo, created if missing):" in lines[0]
-    assert sorted(line.split()[-1] for line in lines[1:-1]) == sorted(
+    assert sorted(line.split()[-1] for line in lines[1:-2]) == sorted(
         ["README.md", "plot.png", "results.csv", "results.jsonl", "table.md"]
     )
-    assert all(line.split()[1] in ("B", "KB") for line in lines[1:-1]) and lines[-1] == "Dry run: nothing was uploaded."
+    assert all(line.split()[1] in ("B", "KB") for line in lines[1:-2]) and lines[-1] == "Dry run: nothing was uploaded."
+    assert lines[-2] == "Host names and local paths in every file: redacted (--include-host keeps them)."
     assert fake_hub == {"repos": [], "commits": []}
 
 
@@ -87,6 +89,30 @@ def test_push_results_errors_are_one_sentence(fake_hub, offline_cache, monkeypat
     for error in (bad_id, no_rows, unauthorized, offline):
         assert one_sentence(str(error.value)), error.value
     assert fake_hub["commits"] == []
+
+
+def test_push_results_dry_run_says_what_would_be_uploaded_not_every_row(tmp_path, fake_hub, capsys, make_row):
+    """Repo, row count, files and sizes: a summary whose length does not grow with the rows."""
+    from bench.results import append_row
+    from hub.__main__ import main
+
+    few, many = tmp_path / "few.jsonl", tmp_path / "many.jsonl"
+    for results, count in ((few, 2), (many, 40)):
+        for batch in range(1, count + 1):
+            append_row(results, make_row(batch_size=batch, command="python bench.py --models swin_t"))
+    printed = {}
+    for results in (few, many):
+        assert main(["push-results", str(results), "--repo", "me/bench", "--dry-run"]) == 0
+        printed[results.name] = capsys.readouterr().out
+    out = printed["few.jsonl"]
+    first = out.splitlines()[0]
+    assert first.startswith("Would upload 5 files (") and " from 2 rows of few.jsonl to " in first, first
+    assert f"{constants.ENDPOINT}/datasets/me/bench (private dataset repo" in first
+    for name in ("README.md", "plot.png", "results.csv", "results.jsonl", "table.md"):
+        assert re.search(rf"\d+(\.\d)? (B|KB)  {re.escape(name)}$", out, re.MULTILINE), name  # each file, its size
+    assert " from 40 rows of many.jsonl to " in printed["many.jsonl"]
+    assert len(printed["many.jsonl"].splitlines()) == len(out.splitlines()) == 8  # no line per row
+    assert '"model"' not in out and "python bench.py" not in out and fake_hub["commits"] == []
 
 
 def test_push_results_command_reads_what_report_shows(tmp_path, capsys):

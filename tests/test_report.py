@@ -341,6 +341,28 @@ def test_the_plot_is_a_captioned_figure(tmp_path, make_row, svg_text):
     assert plot(with_top1, svg) and "top-1 (%, measured)" in svg_text(svg)
 
 
+@pytest.mark.parametrize("low, high", [(150.0, 180.0), (0.934, 1.87), (9.7, 19.4), (0.3, 2.5), (5.0, 500.0)])
+def test_log_axis_ticks_lie_inside_the_limits_and_a_narrow_range_gets_two(low, high):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bench.report import _plain_log_axis  # the module under test's own helper: every figure's log axes use it
+
+    fig, ax = plt.subplots()
+    try:
+        ax.set_xscale("log")
+        ax.set_xlim(low, high)
+        _plain_log_axis(ax.xaxis, low, high)
+        ticks = list(ax.xaxis.get_majorticklocs())
+        labels = [ax.xaxis.get_major_formatter()(t) for t in ticks]
+    finally:
+        plt.close(fig)
+    assert len(ticks) >= 2 and all(low <= t <= high for t in ticks), ticks
+    assert all(re.fullmatch(r"\d+(\.\d+)?", label) for label in labels), labels  # plain numbers
+
+
 def test_a_batch_sweep_and_the_dense_table_are_figures_too(tmp_path, make_row, svg_text):
     sweep = [_measured(make_row, batch_size=b, throughput_ips=100.0 * b**0.5) for b in (1, 8, 64)]
     svg = tmp_path / "batch.svg"
@@ -357,6 +379,40 @@ def test_a_batch_sweep_and_the_dense_table_are_figures_too(tmp_path, make_row, s
     text = svg_text(svg)
     assert "800x1344" in text and "p50 latency (ms)" in text and "peak memory (MiB)" in text
     assert not plot(sweep, tmp_path / "none.svg", kind="dense")  # no backbone rows
+
+
+def test_a_figure_no_row_can_draw_is_refused_before_anything_is_written(tmp_path, make_row, capsys):
+    """Asking for a figure the rows cannot give is bad usage: one sentence, exit 2, no table, no image."""
+    classifier, backbone = tmp_path / "classifier.jsonl", tmp_path / "backbone.jsonl"
+    append_row(classifier, make_row())  # one batch size, paper top-1: the accuracy figure only
+    append_row(backbone, make_row(features_only=True))  # the dense figure only
+    png = tmp_path / "p.png"
+    for results, kind in [(classifier, "dense"), (classifier, "batch"), (backbone, "accuracy")]:
+        assert cli.main(["report", str(results), "--plot", str(png), "--plot-kind", kind]) == 2, kind
+        out, err = capsys.readouterr()
+        assert out == "" and err.startswith("error: No row of") and err.count("\n") == 1, err
+        assert f"--plot-kind {kind} needs" in err and not png.exists()
+    for results, kind in [(classifier, "accuracy"), (backbone, "dense")]:
+        assert cli.main(["report", str(results), "--plot", str(png), "--plot-kind", kind]) == 0, kind
+        assert png.is_file()
+        png.unlink()
+
+
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["--models", "rmt_t", "--plot-kind", "dense"], "add --features-only"),
+        (["--models", "rmt_t", "--features-only"], "not --features-only backbones"),
+        (["--models", "test_convnext"], "no model of --models has a paper top-1"),
+        (["--models", "rmt_t", "--plot-kind", "batch", "--batch-size", "4"], "two or more --batch-size values"),
+    ],
+)
+def test_a_run_asking_for_a_figure_its_rows_cannot_give_is_refused_before_measuring(argv, says, tmp_path, capsys):
+    out, png = tmp_path / "r.jsonl", tmp_path / "p.png"
+    assert cli.main([*argv, "--device", "cpu", "--out", str(out), "--plot", str(png)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --plot-kind ") and err.count("\n") == 1 and says in err, err
+    assert not out.exists() and not png.exists()
 
 
 def test_plot_kind_is_a_flag_of_both_commands(tmp_path):

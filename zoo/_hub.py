@@ -75,13 +75,18 @@ def published_where(model_info: ModelInfo) -> str:
     return hub_repo_id(model_info) if model_info.hf_hub_id else "none: pretrained=PATH"
 
 
-def _remedy(model_info: ModelInfo) -> str:
+def _remedy(model_info: ModelInfo, hub: bool = True) -> str:
+    """What to do instead; without `hub` (the Hub out of reach or switched off), only what works without it."""
     name = model_info.name
     if model_info.hub_org_env:
+        by_name = (
+            f" (publish OUT_DIR with `python -m hub publish OUT_DIR` and set {model_info.hub_org_env}=ORG to load it "
+            f"by name)"
+        )
         return (
-            f'two ways work: pass pretrained="/path/to/RELEASE.pth" (the official checkpoint itself), or convert it '
-            f'with `python -m hub convert --model {name} RELEASE.pth OUT_DIR` and pass pretrained="OUT_DIR" (publish '
-            f"OUT_DIR with `python -m hub publish OUT_DIR` and set {model_info.hub_org_env}=ORG to load it by name)"
+            f'two ways work{"" if hub else " without the Hub"}: pass pretrained="/path/to/RELEASE.pth" (the official '
+            f"checkpoint file), or convert it with `python -m hub convert --model {name} RELEASE.pth OUT_DIR` and pass "
+            f'pretrained="OUT_DIR"{by_name if hub else ""}'
         )
     convert = f"`python -m hub convert --model {name} SRC.pth OUT_DIR`"
     return (
@@ -94,16 +99,30 @@ def _where(repo: str, files: list[str], revision: str | None) -> str:
     return f"{' or '.join(files)} in {repo} at revision {revision or constants.DEFAULT_REVISION}"
 
 
+def _unreachable(error: BaseException, where: str, cache: str) -> str:
+    """The Hub out of reach, said as this machine's situation (no network, a proxy or firewall in the way), not as a
+    fault of the weights or of the zoo."""
+    name = type(error).__name__
+    waited = f" in {METADATA_TIMEOUT_S:.0f} s" if "Timeout" in name else ""
+    return (
+        f"the Hugging Face Hub ({constants.ENDPOINT}) could not be reached from this machine ({name}{waited}), and "
+        f"{where} is not in the local cache ({cache})"
+    )
+
+
 def _explain(
     model_info: ModelInfo, repo: str, files: list[str], revision: str | None, cache: str, error: BaseException
 ) -> str:
     """One sentence: what failed, where we looked, what to do."""
     where = _where(repo, files, revision)
-    if isinstance(error, LocalEntryNotFoundError) and constants.HF_HUB_OFFLINE:
-        what = f"{where} is not in the local Hub cache ({cache}) and HF_HUB_OFFLINE is set"
-    elif isinstance(error, LocalEntryNotFoundError):
-        what = f"the Hub could not be reached for {where}, which is not in the local cache ({cache})"
-    elif isinstance(error, RepositoryNotFoundError):
+    if isinstance(error, LocalEntryNotFoundError):  # offline by choice, or out of reach
+        what = (
+            f"{where} is not in the local Hub cache ({cache}) and HF_HUB_OFFLINE is set"
+            if constants.HF_HUB_OFFLINE
+            else _unreachable(error.__cause__ or error, where, cache)
+        )
+        return f"No pretrained weights for {model_info.name}: {what}; {_remedy(model_info, hub=False)}."
+    if isinstance(error, RepositoryNotFoundError):
         what = (
             f"the Hub has no repo {repo}, or it is private or gated (looked for {where}; "
             f"for a private repo set HF_TOKEN or run `hf auth login`)"
@@ -192,10 +211,9 @@ def _published_files(
         cache = str(cache_dir or constants.HF_HUB_CACHE)
         if any(isinstance(try_to_load_from_cache(repo, f, cache_dir, revision), str) for f in files):
             return []
+        unreachable = _unreachable(error, _where(repo, files, revision), cache)
         raise WeightsUnavailableError(
-            f"No pretrained weights for {model_info.name}: the Hub did not answer for {repo} within "
-            f"{METADATA_TIMEOUT_S:.0f} s ({type(error).__name__}) and {_where(repo, files, revision)} is not in the "
-            f"local cache ({cache}); {_remedy(model_info)}."
+            f"No pretrained weights for {model_info.name}: {unreachable}; {_remedy(model_info, hub=False)}."
         ) from None
     held = {s.rfilename for s in info.siblings or ()}
     present = [f for f in files if f in held]
