@@ -636,21 +636,22 @@ def _attend(q, k, table, pairs, v, out, decay, lse, width: int, lepe: tuple | No
     return "attend", grid, (*args, *_strides(q, k, v, out, table, pairs, decay)), dict(meta, **flags)
 
 
-# The fp32 backward's warps by head dim (< 32, >= 32), at 32 tokens a block (the one-block kernel sets its own): with
-# 4, head dim 32's dq and dk/dv kernels took 252-255 registers on sm_90, and the rows' and columns' spilled 24 and 32
-# bytes under Triton 3.6, the GPU machine's (none under 3.8); with 8 they take 156-180 (3.6) and 128-168 (3.8)
-# registers, the tile and its pipelining unchanged (tests/test_retention_triton.py).
-_FP32_BACKWARD_WARPS = (4, 8)
+# The fp32 backward's warps at 32 tokens a block (the one-block kernel sets its own). With 4, under Triton 3.6 (the
+# GPU machine's; none under 3.8) on sm_90: head dim 32's dq and dk/dv kernels took 252-255 registers and the rows' and
+# columns' spilled 24 and 32 bytes; head dim 16's dk/dv spilled 24 bytes at 168 once each gradient took its input's
+# layout. With 8: 100-180 registers, no spills under 3.6 and 3.8, the tile and its pipelining unchanged
+# (tests/test_retention_triton.py).
+FP32_BACKWARD_WARPS = 8
 
 
 def backward_config(seq_len: int, head_dim: int, dtype: torch.dtype) -> dict:
-    """`attend_config` for the backward; fp32 takes 32 tokens a block and `_FP32_BACKWARD_WARPS`: its dots run on
-    FMAs, and at 64 tokens a block or 1 warp it spills."""
+    """`attend_config` for the backward; fp32 takes 32 tokens a block and `FP32_BACKWARD_WARPS`: its dots run on
+    FMAs, and at 64 tokens a block or fewer warps it spills."""
     meta = attend_config(seq_len, head_dim, dtype)
     meta.pop("num_stages", None)  # the one-block kernel has no loop; the others loop more than once
     if dtype == torch.float32:
         block = min(32, meta["BLOCK_M"])
-        meta.update(BLOCK_M=block, BLOCK_N=block, num_warps=_FP32_BACKWARD_WARPS[meta["BLOCK_D"] >= 32])
+        meta.update(BLOCK_M=block, BLOCK_N=block, num_warps=FP32_BACKWARD_WARPS)
     return meta
 
 
