@@ -99,10 +99,10 @@ class _Backwards:
         self._plan = rt.backward_plan
         rt.backward_plan = self
 
-    def __call__(self, dout, qkv, rot, decay, chunkwise, run):
+    def __call__(self, dout, qkv, rot, decay, dv_add, chunkwise, run):
         if not isinstance(qkv, FakeTensor):
             self.seen.append(chunkwise)
-        return self._plan(dout, qkv, rot, decay, chunkwise, run)
+        return self._plan(dout, qkv, rot, decay, dv_add, chunkwise, run)
 
     def take(self) -> list[bool]:
         seen, self.seen = self.seen, []
@@ -359,15 +359,16 @@ def test_declared_cost_is_one_pass(chunkwise):
 @pytest.mark.parametrize("chunkwise", [True, False], ids=["rows_cols", "whole"])
 def test_declared_backward_cost(chunkwise):
     """Rows and columns of 56 fit one block: the rows recomputed (the columns' values), then one launch per pass
-    (the rows' adding their dq, dk to the columns'). The whole image's 3136 tokens do not: its forward recomputed
-    with its lse (4 bytes a query), then dq and dk/dv launches that read the output and the lse."""
+    (the rows' adding their dq, dk to the columns', and the LePE conv's gradient of v to theirs). The whole image's
+    3136 tokens do not: its forward recomputed with its lse (4 bytes a query), then dq and dk/dv launches that read
+    the output and the lse (and the dk/dv one the conv's gradient of v)."""
     qkv, _, _, rot, decay, dout = _meta_inputs(chunkwise)
     fm, lse, tab = dout.numel() * 2, dout.numel() // 16 * 4, rot.numel() * 4 + 16  # a map; the lse; the tables
-    if chunkwise:  # rows: q, k, v -> rows; columns: q, k, rows, dout -> dq, dk, d(rows); rows: ... (+ dq, dk) -> 3
-        expected = OpCost(3, 3 * fm + 4 * fm + 6 * fm + 3 * tab, fm + 3 * fm + 3 * fm)
-    else:  # q, k, v -> out, lse; q, k, v, out, dout, lse -> dq; the same -> dk, dv
-        expected = OpCost(3, 3 * fm + 2 * (5 * fm + lse) + 3 * tab, fm + lse + 3 * fm)
-    assert cost_of("rmt_zoo::retention_backward", dout, qkv, rot, decay, chunkwise) == expected
+    if chunkwise:  # rows: q, k, v -> rows; columns: q, k, rows, dout -> dq, dk, d(rows); rows: ... (+ dq, dk, dv') -> 3
+        expected = OpCost(3, 3 * fm + 4 * fm + 7 * fm + 3 * tab, fm + 3 * fm + 3 * fm)
+    else:  # q, k, v -> out, lse; q, k, v, out, dout, lse -> dq; the same and dv' -> dk, dv
+        expected = OpCost(3, 3 * fm + 2 * (5 * fm + lse) + fm + 3 * tab, fm + lse + 3 * fm)
+    assert cost_of("rmt_zoo::retention_backward", dout, qkv, rot, decay, dout, chunkwise) == expected
 
 
 @pytest.mark.parametrize(("grid", "stages"), [((7, 7), {"num_stages": 1}), ((25, 42), {})], ids=["7x7", "25x42"])
@@ -391,7 +392,7 @@ def test_fp32_backward_takes_8_warps(head_dim):
     rot = torch.empty(2, 2, 1, h, 1, w, head_dim, device="meta")
     plan = []
     dout = torch.empty(b, h, w, n, head_dim, device="meta")
-    rt.backward_plan(dout, qkv, rot, torch.empty(n, device="meta"), True, plan.append)
+    rt.backward_plan(dout, qkv, rot, torch.empty(n, device="meta"), dout, True, plan.append)
     metas = [meta for name, _, _, meta in plan if name == "attend_backward"]
     assert len(metas) == 4  # dq, then dk and dv, of the columns and of the rows
     assert {(meta["BLOCK_M"], meta["BLOCK_N"], meta["num_warps"]) for meta in metas} == {(32, 32, 8)}
@@ -534,9 +535,8 @@ def _sources(h: int, w: int, n: int, d: int, chunkwise: bool, dtype: torch.dtype
     rot = torch.empty(2, 2, *((1, h, 1, w, d) if chunkwise else (1, 1, h, w, d)), device="meta")
     decay = torch.empty(n, device="meta")
     backward = []
-    rt.backward_plan(
-        torch.empty(2, h, w, n, d, dtype=dtype, device="meta"), qkv, rot, decay, chunkwise, backward.append
-    )
+    dout = torch.empty(2, h, w, n, d, dtype=dtype, device="meta")
+    rt.backward_plan(dout, qkv, rot, decay, dout, chunkwise, backward.append)
     for name, _, args, meta in [*rt.launches(qkv, weight, bias, rot, decay, chunkwise)[1], *backward]:
         kernel = _jit(name)
         meta = dict(meta)

@@ -315,16 +315,18 @@ def _attend_kernel(
 
 
 def _attend_backward_kernel(
-    q, k, v, out, dout, lse, dq, dk, dv, rot, decay, seq_len, width, n_b, n_c, sq, sk, sv, so, st, sg,
+    q, k, v, out, dout, lse, dq, dk, dv, dv_add, rot, decay, seq_len, width, n_b, n_c, sq, sk, sv, so, st, sg,
     HEAD_DIM: tl.constexpr, MANHATTAN: tl.constexpr, DQ: tl.constexpr, ACCUMULATE: tl.constexpr,
-    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    ADD_DV: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     """Flash-style backward of `_attend_kernel` for one block of the sequence at batch index (a, b, c): the
     probabilities are recomputed from q, k, the decay and the forward's lse, and rowsum(dout * out) from the
     forward's output. DQ: the block is BLOCK_M queries, looping over keys, writing dq; else it is BLOCK_N keys,
     looping over queries, writing dk and dv. ACCUMULATE: dq (or dk) is added to what is there (dv is not). out and
-    dout share the strides so; dq, dk and dv take q's, k's and v's. q and k come unrotated (rotated on load,
-    `_rotary`), and dq, dk are the gradients of the unrotated q, k (`_unrotary`)."""
+    dout share the strides so; dq, dk and dv take q's, k's and v's. ADD_DV: dv_add (strides so) is added to dv
+    (another gradient of v's, so that none is summed outside). q and k come unrotated (rotated on load, `_rotary`),
+    and dq, dk are the gradients of the unrotated q, k (`_unrotary`)."""
     pid, a, b, c, gamma = _sequence(decay, n_b, n_c, sg)
     log2e = 1.4426950408889634  # scores in log2 units, for exp2
     offs_d = tl.arange(0, BLOCK_D)
@@ -411,17 +413,21 @@ def _attend_backward_kernel(
         if ACCUMULATE:
             acc_k += tl.load(dk + grads, mask=mask, other=0.0).to(tl.float32)
         tl.store(dk + grads, acc_k.to(dk.dtype.element_ty), mask)
+        if ADD_DV:
+            acc_v += tl.load(dv_add + g_off + offs_n[:, None] * so[3] + offs_d[None, :] * so[4], mask, 0.0).to(
+                tl.float32
+            )
         tl.store(dv + offs_n[:, None] * sv[3] + offs_d[None, :] * sv[4], acc_v.to(dv.dtype.element_ty), mask)
 
 
 def _attend_backward_block_kernel(
-    q, k, v, dout, dq, dk, dv, rot, decay, seq_len, width, n_b, n_c, sq, sk, sv, so, st, sg,
-    HEAD_DIM: tl.constexpr, MANHATTAN: tl.constexpr, ACCUMULATE: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
+    q, k, v, dout, dq, dk, dv, dv_add, rot, decay, seq_len, width, n_b, n_c, sq, sk, sv, so, st, sg,
+    HEAD_DIM: tl.constexpr, MANHATTAN: tl.constexpr, ACCUMULATE: tl.constexpr, ADD_DV: tl.constexpr,
+    PRECISION: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     """The backward of `_attend_kernel` where one block holds the whole sequence (every row and column at 224x224):
     one program per sequence recomputes the probabilities outright (no lse), takes rowsum(dout * out) as
-    rowsum(p * dp) (no out), and writes dq, dk and dv. Strides, rotation and ACCUMULATE as
+    rowsum(p * dp) (no out), and writes dq, dk and dv. Strides, rotation, ACCUMULATE and ADD_DV as
     `_attend_backward_kernel`."""
     pid, a, b, c, gamma = _sequence(decay, n_b, n_c, sg)
     log2e = 1.4426950408889634  # scores in log2 units, for exp2
@@ -439,7 +445,8 @@ def _attend_backward_block_kernel(
         st[5], mask,
     ).to(k.dtype.element_ty)  # fmt: skip
     v_tile = tl.load(v + _offset(sv, a, b, c) + tokens * sv[3] + offs_d[None, :] * sv[4], mask=mask, other=0.0)
-    do_tile = tl.load(dout + _offset(so, a, b, c) + tokens * so[3] + offs_d[None, :] * so[4], mask=mask, other=0.0)
+    g_ptrs = _offset(so, a, b, c) + tokens * so[3] + offs_d[None, :] * so[4]
+    do_tile = tl.load(dout + g_ptrs, mask=mask, other=0.0)
     dist = _distance(offs, offs, width, MANHATTAN)
     scores = tl.dot(q_tile, tl.trans(k_tile), input_precision=PRECISION) * log2e + gamma * dist
     scores = tl.where(ok[None, :], scores, float("-inf"))
@@ -459,6 +466,8 @@ def _attend_backward_block_kernel(
         acc_k += tl.load(dk + k_grads, mask=mask, other=0.0).to(tl.float32)
     tl.store(dq + q_grads, acc_q.to(dq.dtype.element_ty), mask)
     tl.store(dk + k_grads, acc_k.to(dk.dtype.element_ty), mask)
+    if ADD_DV:
+        acc_v += tl.load(dv_add + g_ptrs, mask=mask, other=0.0).to(tl.float32)
     tl.store(dv + _offset(sv, a, b, c) + tokens * sv[3] + offs_d[None, :] * sv[4], acc_v.to(dv.dtype.element_ty), mask)
 
 
@@ -661,36 +670,38 @@ def one_block(q: torch.Tensor) -> bool:
 
 
 def _attend_backward(
-    q, k, table, pairs, v, out, dout, lse, dq, dk, dv, decay, width: int, accumulate: bool
+    q, k, table, pairs, v, out, dout, lse, dq, dk, dv, decay, width: int, accumulate: bool, dv_add=None
 ) -> list[Launch]:  # fmt: skip
     """The launches of `_attend_kernel`'s backward, views as `_attend` takes them; out and dout share one layout,
-    dq, dk and dv have q's, k's and v's; accumulate: dq and dk are added to what they hold. Where one block holds
-    each sequence (`one_block`), one launch that needs neither out nor lse (pass None); else two (dq; dk and dv)
-    that need both."""
+    dq, dk and dv have q's, k's and v's; accumulate: dq and dk are added to what they hold; dv_add (dout's layout),
+    where given, is added to dv. Where one block holds each sequence (`one_block`), one launch that needs neither
+    out nor lse (pass None); else two (dq; dk and dv) that need both."""
     n_a, n_b, n_c, seq_len, head_dim = q.shape
     meta = backward_config(seq_len, head_dim, q.dtype)
     strides = _strides(q, k, v, dout, table, pairs, decay)
-    flags = dict(HEAD_DIM=head_dim, MANHATTAN=width > 0, ACCUMULATE=accumulate)
+    flags = dict(HEAD_DIM=head_dim, MANHATTAN=width > 0, ACCUMULATE=accumulate, ADD_DV=dv_add is not None)
+    dv_add = dv if dv_add is None else dv_add  # unread without ADD_DV
     if lse is None:
-        args = (q, k, v, dout, dq, dk, dv, table, decay, seq_len, max(width, 1), n_b, n_c, *strides)
+        args = (q, k, v, dout, dq, dk, dv, dv_add, table, decay, seq_len, max(width, 1), n_b, n_c, *strides)
         # 16-bit, head dim 32 and up: a 32-token tile spills on sm_90 (the rotation's loads), a 64-token one does not
         wide = meta["BLOCK_M"] == 32 and meta["BLOCK_D"] >= 32 and q.dtype != torch.float32
         tile = 64 if wide else meta["BLOCK_M"]
         block = dict(BLOCK=tile, BLOCK_D=meta["BLOCK_D"], PRECISION=meta["PRECISION"], num_warps=4)
         return [("attend_backward_block", (n_a * n_b * n_c,), args, dict(block, **flags))]
-    args = (q, k, v, out, dout, lse, dq, dk, dv, table, decay, seq_len, max(width, 1), n_b, n_c, *strides)
+    args = (q, k, v, out, dout, lse, dq, dk, dv, dv_add, table, decay, seq_len, max(width, 1), n_b, n_c, *strides)
     grid = (n_a * n_b * n_c, _cdiv(seq_len, meta["BLOCK_M"]))  # BLOCK_M == BLOCK_N
     return [("attend_backward", grid, args, dict(meta, **flags, DQ=dq_)) for dq_ in (True, False)]
 
 
-def backward_plan(dout, qkv, rot, decay, chunkwise: bool, run) -> torch.Tensor:
+def backward_plan(dout, qkv, rot, decay, dv_add, chunkwise: bool, run) -> torch.Tensor:
     """The gradient of qkv (q and k unrotated) from the output's, in qkv's layout (the kernels write dq, dk, dv
-    into it through q's, k's and v's strides: no gradient is stacked or scattered), flash-style (no scores or
+    into it through q's, k's and v's strides, v's with dv_add, another gradient of v's, added: no gradient is
+    stacked, scattered or summed outside), flash-style (no scores or
     probabilities are kept): each pass's backward runs (columns first, whose d(values) is d(rows), then rows, adding
     their dq and dk to the columns'), one launch where one block holds each sequence, else two after the pass's
     forward recomputed with its lse. Rows then columns recompute the rows (the columns' values) in any case.
     `run(launch)` runs or records each launch, so on meta or fake tensors this is the plan."""
-    dout = dout.contiguous()  # (b, h, w, N, d), as out
+    dout, dv_add = dout.contiguous(), dv_add.contiguous()  # (b, h, w, N, d), as out
     qkv = qkv.contiguous()  # d_qkv takes its strides (a copy only where the op was given another layout)
     q, k, v = _qkv_views(qkv, chunkwise)
     d_qkv = torch.empty_like(qkv)
@@ -707,15 +718,17 @@ def backward_plan(dout, qkv, rot, decay, chunkwise: bool, run) -> torch.Tensor:
 
     if not chunkwise:
         w = q.shape[3]
-        (qv, kv, tv, dqv, dkv), (vv, ov, dov, dvv), dec = _whole_image_views(
-            (q, k, table, dq, dk), (v, out, dout, dv), decay
+        (qv, kv, tv, dqv, dkv), (vv, ov, dov, dvv, dav), dec = _whole_image_views(
+            (q, k, table, dq, dk), (v, out, dout, dv, dv_add), decay
         )
         lse = forward(qv, kv, tv, vv, ov, dec, w, False)
-        for launch in _attend_backward(qv, kv, tv, pairs, vv, ov, dov, lse, dqv, dkv, dvv, dec, w, False):
+        for launch in _attend_backward(qv, kv, tv, pairs, vv, ov, dov, lse, dqv, dkv, dvv, dec, w, False, dav):
             run(launch)
         return d_qkv
     rows, d_rows = torch.empty_like(dout, dtype=v.dtype), torch.empty_like(dout, dtype=v.dtype)
-    (qr, kr, tr, dqr, dkr), (vr, rr, drr, dvr), dec_r = _row_views((q, k, table, dq, dk), (v, rows, d_rows, dv), decay)
+    (qr, kr, tr, dqr, dkr), (vr, rr, drr, dvr, dar), dec_r = _row_views(
+        (q, k, table, dq, dk), (v, rows, d_rows, dv, dv_add), decay
+    )
     lse_r = forward(qr, kr, tr, vr, rr, dec_r, 0, True)
     (qc, kc, tc, dqc, dkc), (rc, oc, doc, drc), dec_c = _column_views(
         (q, k, table, dq, dk), (rows, out, dout, d_rows), decay
@@ -723,7 +736,7 @@ def backward_plan(dout, qkv, rot, decay, chunkwise: bool, run) -> torch.Tensor:
     lse_c = forward(qc, kc, tc, rc, oc, dec_c, 0, False)
     for launch in [
         *_attend_backward(qc, kc, tc, pairs, rc, oc, doc, lse_c, dqc, dkc, drc, dec_c, 0, False),
-        *_attend_backward(qr, kr, tr, pairs, vr, rr, drr, lse_r, dqr, dkr, dvr, dec_r, 0, True),
+        *_attend_backward(qr, kr, tr, pairs, vr, rr, drr, lse_r, dqr, dkr, dvr, dec_r, 0, True, dar),
     ]:
         run(launch)
     return d_qkv
@@ -769,14 +782,15 @@ def _(qkv, weight, bias, rot, decay, chunkwise) -> torch.Tensor:
 
 @torch.library.custom_op("rmt_zoo::retention_backward", mutates_args=())
 def _retention_backward_op(
-    dout: torch.Tensor, qkv: torch.Tensor, rot: torch.Tensor, decay: torch.Tensor, chunkwise: bool
+    dout: torch.Tensor, qkv: torch.Tensor, rot: torch.Tensor, decay: torch.Tensor, dv_add: torch.Tensor,
+    chunkwise: bool,
 ) -> torch.Tensor:  # fmt: skip
-    return backward_plan(dout, qkv, rot, decay, chunkwise, _runner(qkv))
+    return backward_plan(dout, qkv, rot, decay, dv_add, chunkwise, _runner(qkv))
 
 
 @_retention_backward_op.register_fake
-def _(dout, qkv, rot, decay, chunkwise):
-    return backward_plan(dout, qkv, rot, decay, chunkwise, lambda launch: None)
+def _(dout, qkv, rot, decay, dv_add, chunkwise):
+    return backward_plan(dout, qkv, rot, decay, dv_add, chunkwise, lambda launch: None)
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -786,8 +800,9 @@ def _setup_context(ctx, inputs, output) -> None:
 
 
 def _lepe_backward(dout: torch.Tensor, v: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """The LePE conv's gradients (of v, weight, bias) from the output's, dout: the conv's own backward (cuDNN's on
-    CUDA), in v's dtype as autocast ran the conv, on channels-last views of the (b, h, w, N, d) maps."""
+    """The LePE conv's gradients (of v, in dout's layout, weight, bias) from the output's, dout: the conv's own
+    backward (cuDNN's on CUDA), in v's dtype as autocast ran the conv, on channels-last views of the (b, h, w, N, d)
+    maps."""
     nchw = lambda t: t.flatten(3).permute(0, 3, 1, 2)  # noqa: E731  (b, h, w, N, d) -> (b, C, h, w), channels last
     channels, pad = weight.shape[0], weight.shape[-1] // 2
     grads = torch.ops.aten.convolution_backward(
@@ -798,12 +813,11 @@ def _lepe_backward(dout: torch.Tensor, v: torch.Tensor, weight: torch.Tensor) ->
 
 
 def _backward(ctx, dout: torch.Tensor):
-    """The gradient of qkv from the fused backward, v's part with the LePE conv's added in place, and the conv's
-    weight and bias (out = LePE(v) + attention)."""
+    """The gradient of qkv from the fused backward, which adds the LePE conv's gradient of v as it writes v's, and
+    the conv's weight and bias (out = LePE(v) + attention)."""
     qkv, weight, rot, decay = ctx.saved_tensors
-    d_qkv = torch.ops.rmt_zoo.retention_backward(dout, qkv, rot, decay, ctx.chunkwise)
     dv_lepe, dweight, dbias = _lepe_backward(dout, qkv[:, :, :, 2], weight)
-    d_qkv[:, :, :, 2] += dv_lepe
+    d_qkv = torch.ops.rmt_zoo.retention_backward(dout, qkv, rot, decay, dv_lepe, ctx.chunkwise)
     return d_qkv, dweight, dbias, None, None, None
 
 
@@ -890,14 +904,14 @@ def _plan_cost(plan: list[Launch], rot: torch.Tensor, decay: torch.Tensor) -> Op
     tables = _nbytes(rot, decay)
     for name, _, args, meta in plan:
         if name == "attend_backward":
-            q, k, v, out, dout, lse, dq, dk, dv = args[:9]
+            q, k, v, out, dout, lse, dq, dk, dv, dv_add = args[:10]
             written = (dq,) if meta["DQ"] else (dk, dv)
-            read = _nbytes(q, k, v, out, dout, lse) + tables + (_nbytes(written[0]) if meta["ACCUMULATE"] else 0)
-            total += OpCost(1, read, _nbytes(*written))
+            added = (*written[:1],) * meta["ACCUMULATE"] + (dv_add,) * (meta["ADD_DV"] and not meta["DQ"])
+            total += OpCost(1, _nbytes(q, k, v, out, dout, lse, *added) + tables, _nbytes(*written))
         elif name == "attend_backward_block":
-            q, k, v, dout, dq, dk, dv = args[:7]
-            read = _nbytes(q, k, v, dout) + tables + (_nbytes(dq, dk) if meta["ACCUMULATE"] else 0)
-            total += OpCost(1, read, _nbytes(dq, dk, dv))
+            q, k, v, dout, dq, dk, dv, dv_add = args[:8]
+            added = (dq, dk) * meta["ACCUMULATE"] + (dv_add,) * meta["ADD_DV"]
+            total += OpCost(1, _nbytes(q, k, v, dout, *added) + tables, _nbytes(dq, dk, dv))
         else:  # "rows_then_columns", "attend": q, k, v, the LePE weight and bias, out, (lse,)
             q, k, v, weight, bias, out = args[:6]
             lepe = (weight, bias) if meta["LEPE_K"] else ()
@@ -912,11 +926,11 @@ def _declared_cost(qkv, weight, bias, rot, decay, chunkwise: bool) -> OpCost:
     return _plan_cost(launches(qkv, weight, bias, rot, decay, chunkwise)[1], rot, decay)
 
 
-def _declared_backward_cost(dout, qkv, rot, decay, chunkwise: bool) -> OpCost:
+def _declared_backward_cost(dout, qkv, rot, decay, dv_add, chunkwise: bool) -> OpCost:
     """One backward call (rmt_zoo::retention_backward): the forward recomputed with its lse, then each pass's
     dq and dk/dv launches."""
     plan: list[Launch] = []
-    backward_plan(dout, qkv, rot, decay, chunkwise, plan.append)
+    backward_plan(dout, qkv, rot, decay, dv_add, chunkwise, plan.append)
     return _plan_cost(plan, rot, decay)
 
 
