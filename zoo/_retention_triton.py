@@ -645,11 +645,11 @@ def _attend(q, k, table, pairs, v, out, decay, lse, width: int, lepe: tuple | No
     return "attend", grid, (*args, *_strides(q, k, v, out, table, pairs, decay)), dict(meta, **flags)
 
 
-# The fp32 backward's warps at 32 tokens a block (the one-block kernel sets its own). With 4, under Triton 3.6 (the
-# GPU machine's; none under 3.8) on sm_90: head dim 32's dq and dk/dv kernels took 252-255 registers and the rows' and
-# columns' spilled 24 and 32 bytes; head dim 16's dk/dv spilled 24 bytes at 168 once each gradient took its input's
-# layout. With 8: 100-180 registers, no spills under 3.6 and 3.8, the tile and its pipelining unchanged
-# (tests/test_retention_triton.py).
+# The fp32 backward's warps (both kernels; fp32 takes 32 tokens a block). With 4, on sm_90: under Triton 3.6 (the GPU
+# machine's) head dim 32's dq and dk/dv kernels took 252-255 registers and the rows' and columns' spilled 24 and 32
+# bytes, head dim 16's dk/dv 24 bytes once each gradient took its input's layout; under 3.8 the one-block kernel
+# spilled 8 bytes at head dim 32 once it added the LePE conv's gradient. With 8: 79-183 registers, no spills under
+# 3.6 and 3.8, the tiles and their pipelining unchanged (tests/test_retention_triton.py).
 FP32_BACKWARD_WARPS = 8
 
 
@@ -686,7 +686,8 @@ def _attend_backward(
         # 16-bit, head dim 32 and up: a 32-token tile spills on sm_90 (the rotation's loads), a 64-token one does not
         wide = meta["BLOCK_M"] == 32 and meta["BLOCK_D"] >= 32 and q.dtype != torch.float32
         tile = 64 if wide else meta["BLOCK_M"]
-        block = dict(BLOCK=tile, BLOCK_D=meta["BLOCK_D"], PRECISION=meta["PRECISION"], num_warps=4)
+        warps = FP32_BACKWARD_WARPS if q.dtype == torch.float32 else 4
+        block = dict(BLOCK=tile, BLOCK_D=meta["BLOCK_D"], PRECISION=meta["PRECISION"], num_warps=warps)
         return [("attend_backward_block", (n_a * n_b * n_c,), args, dict(block, **flags))]
     args = (q, k, v, out, dout, lse, dq, dk, dv, dv_add, table, decay, seq_len, max(width, 1), n_b, n_c, *strides)
     grid = (n_a * n_b * n_c, _cdiv(seq_len, meta["BLOCK_M"]))  # BLOCK_M == BLOCK_N
