@@ -2,36 +2,29 @@
 what `attn_impl="auto"` takes on CUDA where they build (`auto_takes`).
 
 Why: at head dim 16-32 the matmul-softmax path writes the (L x L) scores and reads them back, several times the
-feature map itself in stage 1 (issue 28). Here the decay D = gamma_head * distance is computed in the kernel from
-token indices, the scores stay in registers (flash-style online softmax), q/k/v are read through their strides in
-the layouts MaSA already produces (no layout copies), and accumulation is fp32 for fp16/bf16/fp32 inputs.
-The op also takes what is around attention in MaSA (issue 34 item 3): q, k and v come straight from the one qkv
-projection as views; q and k are rotated (with k's 1/sqrt(d)) as they are loaded, from the stage's rotary tables
-(`_rotary`); LePE, MaSA's depthwise 5x5 conv of v, is computed from the v the program reads (`_lepe`) and added as
-the output is stored, in the (b, h, w, N, d) layout the output projection reads. So a compiled graph holds no
-rotation, conv or add kernels around the op (predicted: the rotation's read of the projection and write of q, k,
-the conv's read of v and write of its output, and the op's read of that, 7 feature maps a call, no longer move).
-The backward returns the gradients of the unrotated q, k (`_unrotary`) and of v, v's with the conv's own backward
-added (`_lepe_backward`), and of the conv's weight and bias.
+feature map itself in stage 1. Here the decay D = gamma_head * distance is computed in the kernel from token
+indices, the scores stay in registers (flash-style online softmax), and accumulation is fp32 for fp16/bf16/fp32
+inputs. The op also takes what is around attention in MaSA: q, k and v are read as views of the one qkv projection;
+q and k are rotated (with k's 1/sqrt(d)) as they are loaded, from the stage's rotary tables (`_rotary`); LePE,
+MaSA's depthwise 5x5 conv of v, is computed from the v the program reads (`_lepe`) and added as the output is stored,
+in the (b, h, w, N, d) layout the output projection reads. So a compiled graph holds no rotation, conv or add
+kernels around the op. docs/rmt_internals.md has the predicted bytes behind each choice.
 
 The forward, one launch per call:
 - row-then-column form (stages 1-3): one pass per image, head and block of the grid. The column attention takes
   the image rows one at a time as its keys (online softmax), and its value at row r, the row attention of (r, j)
   against row r, is computed right there in registers: no `rows` tensor goes to memory, and q, k, v are read from
-  DRAM once (the programs of one image and head are adjacent, so the rows they share are re-read from L2), where
-  two passes moved 8 feature maps (q, k, v, rows; q, k, rows, out) and this moves 4 (predicted, issue 34). The
+  DRAM once (the programs of one image and head are adjacent, so the rows they share are re-read from L2). The
   price is compute: each block of image rows recomputes the row attention it needs (a 4x repeat at 56x56).
 - whole-image form (stage 4): every token against every token, Manhattan distance from token indices
   (`_attend_kernel`, which also runs single 1-D passes for the backward).
 The backward (rmt_zoo::retention_backward, the op's autograd formula), flash-style: probabilities recomputed from q,
-k and the decay in registers, nothing L x L in memory. Rows then columns backpropagate columns first (their
-d(values) is d(rows)), then rows, adding their dq, dk to the columns'; the rows (the columns' values) are recomputed
-first. A pass whose sequences fit one block (every one at 224x224) is one launch writing dq, dk, dv; a longer one
-is its forward recomputed with its log-sum-exp, then a dq launch and a dk/dv launch. At 224x224 in 16-bit: 3 launches
-and 20 feature maps moved for rows then columns, 1 launch and 7 maps for the 7x7 whole image (predicted).
-Predicted, not measured: one row pass of rmt_s's stage 1 at 224x224, batch 256, has 256*56*4*56*56 = 180 M scores;
-matmul-softmax writes them and reads them back at least twice (scores, then probabilities), >= 4 x 180 M x 2 B =
-1.4 GB in bf16, where the fused pass moves q, k, v and its output, 4 x 103 MB, and no mask.
+k and the decay in registers, nothing L x L in memory. It writes the qkv gradient in place, each part in its input's
+layout (no stack or scatter): rows then columns backpropagate columns first (their d(values) is d(rows)), then rows,
+adding their dq, dk to the columns'; the rows (the columns' values) are recomputed first. A pass whose sequences fit
+one block (every one at 224x224) is one launch writing dq, dk, dv; a longer one is its forward recomputed with its
+log-sum-exp, then a dq launch and a dk/dv launch. LePE's gradients come from the conv's own backward
+(`_lepe_backward`): the weight's and bias's directly, v's added by the launch that writes v's gradient.
 
 Devices: CUDA tensors run the compiled kernels. CPU tensors run only through Triton's interpreter, which takes
 TRITON_INTERPRET=1 set before triton is first imported (Triton's own library functions are jitted or interpreted
@@ -885,7 +878,7 @@ def auto_takes(x: torch.Tensor) -> bool:
     """Whether attn_impl="auto" takes the kernels for a MaSA call on x: on CUDA where triton is installed and the
     kernels build in the dtype the call would run in (autocast's where it is on). Predicted, until a GPU
     measures it (benchmarks/rmt_gpu.py times "auto", "matmul" and "triton" side by side): fewer bytes than
-    matmul-softmax at every stage (issue 34)."""
+    matmul-softmax at every stage (docs/rmt_internals.md)."""
     device = x.device
     if device.type not in AUTO_DEVICES or not TRITON_FOUND:
         return False

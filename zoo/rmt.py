@@ -325,10 +325,10 @@ class RMT(StagedModel):
             features_only: Build a backbone that returns NCHW stage outputs instead of logits.
             out_indices: The stages a features-only model returns, as timm takes them (an int n: the last n;
                 negatives count from the end).
-            attn_impl: How attention runs: "auto" (matmul-softmax or SDPA by device and row length), "matmul",
-                "sdpa", "flex" (FlexAttention, compiled; meant for CUDA), "triton" (the fused kernel of
-                zoo/_retention_triton.py; matmul-softmax where gradients are recorded) or "reference" (the
-                official computation, the test oracle); `set_attn_impl` switches it later.
+            attn_impl: How attention runs: "auto" (the fused kernel on CUDA where Triton builds it, else
+                matmul-softmax or SDPA by device and row length), "matmul", "sdpa", "flex" (FlexAttention, compiled;
+                meant for CUDA), "triton" (the fused kernel of zoo/_retention_triton.py, forward and backward) or
+                "reference" (the official computation, the test oracle); `set_attn_impl` switches it later.
         """
         super().__init__()
         if aux_head_on not in ("stage", "proj"):
