@@ -21,6 +21,7 @@ class StagedModel(nn.Module):
     """
 
     stages_attr = "layers"
+    stage_tail = "downsample"  # a stage's modules after its blocks, a regex alternation (`group_matcher`)
     projection_modules: tuple[str, ...] = ()  # the per-token projection between the last stage and pooling
     head_modules: tuple[str, ...] = ()  # modules beside `head` that pruning the head drops with it
     projection_at = "features"
@@ -38,6 +39,20 @@ class StagedModel(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         for stage in self._stages():
             stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups for layer-wise learning-rate decay, as timm's: the stem, then stage by stage (block by
+        block, each stage's tail after its blocks), the projection last."""
+        stages = rf"^{self.stages_attr}\.(\d+)"
+        return dict(
+            stem=r"^patch_embed",
+            blocks=stages if coarse else [
+                (rf"{stages}\.blocks\.(\d+)", None),
+                (rf"{stages}\.(?:{self.stage_tail})", (99998,)),
+                ("|".join(f"^{name}" for name in self.projection_modules), (99999,)),
+            ],
+        )  # fmt: skip
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:

@@ -260,6 +260,7 @@ class InternImage(StagedModel):
     """
 
     stages_attr = "levels"
+    stage_tail = "norm|downsample"
     projection_modules = ("conv_head",)
 
     def __init__(
@@ -360,18 +361,6 @@ class InternImage(StagedModel):
         if isinstance(m, nn.Linear):
             trunc_normal_(m.weight, std=0.02)
             nn.init.zeros_(m.bias)
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict:
-        """Parameter groups for layer-wise learning-rate decay: stem, then level by level (block by block)."""
-        return dict(
-            stem=r"^patch_embed",
-            blocks=r"^levels\.(\d+)" if coarse else [
-                (r"^levels\.(\d+)\.blocks\.(\d+)", None),
-                (r"^levels\.(\d+)\.(?:norm|downsample)", (99998,)),
-                (r"^conv_head", (99999,)),
-            ],
-        )  # fmt: skip
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv_head(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)

@@ -399,18 +399,6 @@ class RMT(StagedModel):
             stage.attn_impl = attn_impl
         return self
 
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict:
-        """Parameter groups for layer-wise learning-rate decay: stem, then stage by stage (block by block)."""
-        return dict(
-            stem=r"^patch_embed",
-            blocks=r"^layers\.(\d+)" if coarse else [
-                (r"^layers\.(\d+)\.blocks\.(\d+)", None),
-                (r"^layers\.(\d+)\.downsample", (99998,)),
-                (r"^proj|^norm", (99999,)),
-            ],
-        )  # fmt: skip
-
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """A new classifier, and token-labelling head, for `num_classes`; global_pool "avg", or "" for the map."""
         super().reset_classifier(num_classes, global_pool)
