@@ -183,10 +183,30 @@ def _grad_case(*case) -> float:
     chunkwise = case[3]
     dout = torch.randn(qkv[:, :, :, 2].shape, dtype=torch.float64)
     ours = [t.detach().requires_grad_() for t in (qkv, weight, bias)]
-    ref = [t.detach().double().requires_grad_() for t in (qkv, weight, bias)]
+    rounded = (qkv, weight.to(qkv.dtype), bias.to(qkv.dtype))  # the conv's weights as the op takes them
+    ref = [t.detach().double().requires_grad_() for t in rounded]
     rt._retention_op(*ours, rot, decay, chunkwise).backward(dout.to(qkv.dtype))
     _official(*ref, *tables, decay, chunkwise).backward(dout)
     return max(rel_err(a.grad.double(), b.grad) for a, b in zip(ours, ref))
+
+
+def _lepe_rounding_case() -> dict[str, float]:
+    """The output at the centre of a 3x3 grid (one head, one image) whose v is 1 at the centre's upper and lower
+    neighbours and 0 elsewhere, the LePE weights there 1 + 2^-11 and -1 (0 elsewhere, no bias), and a decay of -1000
+    (attention one-hot on each token itself, so 0 at the centre), per dtype and form. In fp32 the conv gives 2^-11;
+    in fp16 the weights are rounded first, as autocast's conv takes them, and 1 + 2^-11 rounds to 1: 0."""
+    out = {}
+    for dtype in (torch.float32, torch.float16):
+        qkv = torch.zeros(1, 3, 3, 3, 1, 16, dtype=dtype)
+        qkv[0, 0, 1, 2], qkv[0, 2, 1, 2] = 1, 1  # v at (0, 1) and (2, 1)
+        weight, bias = torch.zeros(16, 1, 5, 5), torch.zeros(16)
+        weight[:, 0, 1, 2], weight[:, 0, 3, 2] = 1 + 2**-11, -1  # taps (-1, 0) and (+1, 0)
+        for chunkwise in (True, False):
+            rot = torch.ones(2, 2, *((1, 3, 1, 3, 16) if chunkwise else (1, 1, 3, 3, 16)))
+            rot[1] = 0  # cos 1, sin 0: no rotation
+            value = rt._retention_op(qkv, weight, bias, rot, torch.full((1,), -1000.0), chunkwise)[0, 1, 1, 0]
+            out[f"{str(dtype)[6:]}-{'rows_cols' if chunkwise else 'whole'}"] = value.float().max().item()
+    return out
 
 
 def _child() -> dict[str, dict]:
@@ -200,6 +220,7 @@ def _child() -> dict[str, dict]:
     results["dense_whole"] = dict(err=rel_err(outs["triton"], outs["matmul"]), calls=calls.take())
     for case, args in OP_CASES.items():
         results[case] = dict(err=_op_case(*args))
+    results["lepe_rounding"] = _lepe_rounding_case()
     backwards = _Backwards()
     for case, args in GRAD_CASES.items():
         results[case] = dict(err=_grad_case(*args), backwards=backwards.take())
@@ -284,6 +305,15 @@ def test_dense_whole_image_stage(interpreted):
 def test_op_matches_official_fp64(interpreted, case):
     """The op alone, non-contiguous q and k, against the official formulas in fp64."""
     assert interpreted[case]["err"] <= TOL["fp16" if OP_CASES[case][-1] == torch.float16 else "fp32"]
+
+
+@pytest.mark.e2e
+def test_lepe_weights_are_rounded_to_the_compute_dtype(interpreted):
+    """fp16: a LePE weight of 1 + 2^-11 acts as 1, as autocast's conv takes it (the sum with -1 is 0); fp32 keeps it
+    (2^-11). Both forms, each at the centre of a 3x3 grid."""
+    rounding = interpreted["lepe_rounding"]
+    assert rounding == {"float32-rows_cols": 2**-11, "float32-whole": 2**-11, "float16-rows_cols": 0.0,
+                        "float16-whole": 0.0}  # fmt: skip
 
 
 @pytest.mark.e2e

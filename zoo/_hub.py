@@ -99,11 +99,11 @@ def _where(repo: str, files: list[str], revision: str | None) -> str:
     return f"{' or '.join(files)} in {repo} at revision {revision or constants.DEFAULT_REVISION}"
 
 
-def _unreachable(error: BaseException, where: str, cache: str) -> str:
+def _unreachable(error: BaseException, where: str, cache: str, timeout: float | None = None) -> str:
     """The Hub out of reach, said as this machine's situation (no network, a proxy or firewall in the way), not as a
-    fault of the weights or of the zoo."""
+    fault of the weights or of the zoo; `timeout`: the wait the failed call was given, where the caller set it."""
     name = type(error).__name__
-    waited = f" in {METADATA_TIMEOUT_S:.0f} s" if "Timeout" in name else ""
+    waited = f" in {timeout:.0f} s" if timeout is not None and "Timeout" in name else ""
     return (
         f"the Hugging Face Hub ({constants.ENDPOINT}) could not be reached from this machine ({name}{waited}), and "
         f"{where} is not in the local cache ({cache})"
@@ -211,7 +211,7 @@ def _published_files(
         cache = str(cache_dir or constants.HF_HUB_CACHE)
         if any(isinstance(try_to_load_from_cache(repo, f, cache_dir, revision), str) for f in files):
             return []
-        unreachable = _unreachable(error, _where(repo, files, revision), cache)
+        unreachable = _unreachable(error, _where(repo, files, revision), cache, METADATA_TIMEOUT_S)
         raise WeightsUnavailableError(
             f"No pretrained weights for {model_info.name}: {unreachable}; {_remedy(model_info, hub=False)}."
         ) from None

@@ -190,7 +190,8 @@ def _lepe(
 ):
     """LePE, the depthwise K x K conv of v (zero-padded, with bias), at image positions (rows, cols) and the head's
     dims offs_d (channels channel + offs_d; dims_ok the real ones) where mask holds, in fp32, as the conv in v's
-    dtype (autocast's) accumulating in fp32 gives it: weight (C, K * K) and bias (C,) rounded to v's dtype. v's taps
+    dtype (autocast's) accumulating in fp32 gives it: weight (C, 1, K, K), contiguous, and bias (C,) rounded to v's
+    dtype. v's taps
     around a tile are lines the attention reads anyway (L1/L2 hits): the conv moves no feature map of its own."""
     total = tl.zeros(mask.shape, tl.float32) + _rounded(bias + channel + offs_d, v, dims_ok)
     for tap in range(K * K):  # a loop, not unrolled: unrolled, the compiler hoists every tap's load and spills
@@ -690,10 +691,10 @@ def _attend_backward(
 def backward_plan(dout, qkv, rot, decay, dv_add, chunkwise: bool, run) -> torch.Tensor:
     """The gradient of qkv (q and k unrotated) from the output's, in qkv's layout (the kernels write dq, dk, dv
     into it through q's, k's and v's strides, v's with dv_add, another gradient of v's, added: no gradient is
-    stacked, scattered or summed outside), flash-style (no scores or
-    probabilities are kept): each pass's backward runs (columns first, whose d(values) is d(rows), then rows, adding
-    their dq and dk to the columns'), one launch where one block holds each sequence, else two after the pass's
-    forward recomputed with its lse. Rows then columns recompute the rows (the columns' values) in any case.
+    stacked, scattered or summed outside), flash-style (no scores or probabilities are kept): each pass's backward
+    runs (columns first, whose d(values) is d(rows), then rows, adding their dq and dk to the columns'), one launch
+    where one block holds each sequence, else two after the pass's forward recomputed with its lse. Rows then
+    columns recompute the rows (the columns' values) in any case.
     `run(launch)` runs or records each launch, so on meta or fake tensors this is the plan."""
     dout, dv_add = dout.contiguous(), dv_add.contiguous()  # (b, h, w, N, d), as out
     qkv = qkv.contiguous()  # d_qkv takes its strides (a copy only where the op was given another layout)
@@ -790,28 +791,30 @@ def _(dout, qkv, rot, decay, dv_add, chunkwise):
 def _setup_context(ctx, inputs, output) -> None:
     qkv, weight, bias, rot, decay, chunkwise = inputs
     ctx.save_for_backward(qkv, weight, rot, decay)
-    ctx.chunkwise = chunkwise
+    ctx.chunkwise, ctx.bias_dtype = chunkwise, bias.dtype
 
 
-def _lepe_backward(dout: torch.Tensor, v: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """The LePE conv's gradients (of v, in dout's layout, weight, bias) from the output's, dout: the conv's own
-    backward (cuDNN's on CUDA), in v's dtype as autocast ran the conv, on channels-last views of the (b, h, w, N, d)
-    maps."""
+def _lepe_backward(dout: torch.Tensor, v: torch.Tensor, weight: torch.Tensor, needed: list[bool]) -> tuple:
+    """The LePE conv's gradients (of v, in dout's layout; of weight and bias, where `needed` says so, else None) from
+    the output's, dout: the conv's own backward (cuDNN's on CUDA), in v's dtype as autocast ran the conv, on
+    channels-last views of the (b, h, w, N, d) maps."""
     nchw = lambda t: t.flatten(3).permute(0, 3, 1, 2)  # noqa: E731  (b, h, w, N, d) -> (b, C, h, w), channels last
     channels, pad = weight.shape[0], weight.shape[-1] // 2
     grads = torch.ops.aten.convolution_backward(
         nchw(dout), nchw(v), weight.to(v.dtype), [channels], [1, 1], [pad, pad], [1, 1], False, [0, 0], channels,
-        [True, True, True],
+        [True, *needed],
     )  # fmt: skip
-    return grads[0].permute(0, 2, 3, 1).reshape(v.shape), grads[1].to(weight.dtype), grads[2].to(weight.dtype)
+    return grads[0].permute(0, 2, 3, 1).reshape(v.shape), grads[1], grads[2]
 
 
 def _backward(ctx, dout: torch.Tensor):
     """The gradient of qkv from the fused backward, which adds the LePE conv's gradient of v as it writes v's, and
-    the conv's weight and bias (out = LePE(v) + attention)."""
+    the conv's weight's and bias's, each in its input's dtype (out = LePE(v) + attention)."""
     qkv, weight, rot, decay = ctx.saved_tensors
-    dv_lepe, dweight, dbias = _lepe_backward(dout, qkv[:, :, :, 2], weight)
+    dv_lepe, dweight, dbias = _lepe_backward(dout, qkv[:, :, :, 2], weight, list(ctx.needs_input_grad[1:3]))
     d_qkv = torch.ops.rmt_zoo.retention_backward(dout, qkv, rot, decay, dv_lepe, ctx.chunkwise)
+    dweight = None if dweight is None else dweight.to(weight.dtype)
+    dbias = None if dbias is None else dbias.to(ctx.bias_dtype)
     return d_qkv, dweight, dbias, None, None, None
 
 
