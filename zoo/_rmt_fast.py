@@ -20,10 +20,12 @@ from ._retention import autocast_dtype, in_graph, manhattan_bias
 
 __all__ = [
     "POSITION_CACHE_BYTES",
+    "BIAS_APART_DEVICES",
     "SHIFTED_CONV_DEVICES",
     "PositionCache",
     "DWConv2d",
     "decay_masks",
+    "linear",
     "depthwise_taps",
     "rotary_tables",
     "rotate",
@@ -34,6 +36,8 @@ __all__ = [
 POSITION_CACHE_BYTES = 64 << 20
 # Devices where compiled graphs take `depthwise_taps` instead of the conv (eager keeps cuDNN / mkldnn everywhere).
 SHIFTED_CONV_DEVICES = ("cuda",)
+# Devices where compiled graphs add a linear layer's bias apart from its matmul (`linear`).
+BIAS_APART_DEVICES = ("cuda",)
 
 Tables = tuple[torch.Tensor, ...]
 
@@ -126,6 +130,19 @@ def decay_masks(mask_h: torch.Tensor, mask_w: torch.Tensor, chunkwise: bool) -> 
     if n * (h * w) ** 2 > _retention.MAX_MASK_ELEMS:
         return mask_h, mask_w
     return (manhattan_bias(mask_h, mask_w, slice(None))[None],)
+
+
+def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """layer(x). In compiled graphs on BIAS_APART_DEVICES the bias is added apart from the matmul, in the matmul's
+    output dtype: inductor then adds it, and autocast's cast of it, inside the elementwise kernel that reads the
+    output (RMT's fc1: GELU's), where cuBLAS's bias epilogue needs the cast bias as a kernel of its own: one launch
+    fewer a layer, the same bytes. Under autocast the bias is added to the matmul's 16-bit output, not to its fp32
+    accumulator. Where the output feeds a conv's taps, keep the layer as it is: the add there makes inductor write
+    the padded input out first (RMT's out_proj and fc2, whose outputs the next CPE reads)."""
+    if layer.bias is None or not (in_graph() and x.device.type in BIAS_APART_DEVICES):
+        return layer(x)
+    y = F.linear(x, layer.weight)
+    return y + layer.bias.to(y.dtype)
 
 
 def depthwise_taps(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

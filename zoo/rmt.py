@@ -30,7 +30,7 @@ from ._builder import create, stage_indices
 from ._checkpoint import StateDict
 from ._registry import Family, ModelInfo, register_family
 from ._retention import ATTN_IMPLS, attend, check_impl, fused, in_graph
-from ._rmt_fast import DWConv2d, PositionCache, decay_masks, rotary_tables, rotate
+from ._rmt_fast import DWConv2d, PositionCache, decay_masks, linear, rotary_tables, rotate
 from ._staged import StagedModel
 
 __all__ = ["RMT", "checkpoint_filter_fn", "DEFAULT_HUB_ORG", "ORG_ENV", "ATTN_IMPLS", "FAMILY", "INFOS"]
@@ -175,7 +175,8 @@ class FeedForward(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.dwconv(self.act(self.fc1(x))))
+        # fc1's bias is added with GELU in compiled CUDA graphs; fc2's stays in its matmul (`linear` says why)
+        return self.fc2(self.dwconv(self.act(linear(self.fc1, x))))
 
 
 class RetBlock(nn.Module):
