@@ -543,9 +543,10 @@ def test_autocast_dtype_traces_fullgraph(autocast):
 
 @pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16"])
 def test_compiled_graphs_add_fc1_bias_apart(monkeypatch, autocast):
-    """In graphs compiled for BIAS_APART_DEVICES (CUDA; here CPU stands for it) a linear's bias is added after a
-    bias-free matmul, in the matmul's dtype, so inductor adds it inside the next elementwise kernel (the GPU proxy:
-    one launch fewer per FFN); eager keeps addmm. The result is the layer's, to a bf16 rounding under autocast."""
+    """In inference graphs compiled for BIAS_APART_DEVICES (CUDA; here CPU stands for it) a linear's bias is added
+    after a bias-free matmul, in the matmul's dtype, so inductor adds it inside the next elementwise kernel (the GPU
+    proxy: one launch fewer per FFN); training graphs and other devices keep addmm. The result is the layer's, to a
+    bf16 rounding under autocast."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
     torch.manual_seed(0)
@@ -553,13 +554,19 @@ def test_compiled_graphs_add_fc1_bias_apart(monkeypatch, autocast):
     monkeypatch.setattr(_rmt_fast, "BIAS_APART_DEVICES", ("cpu",))
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+        with torch.enable_grad():  # a training graph keeps addmm
+            assert torch.ops.aten.addmm.default in {
+                n.target for n in make_fx(lambda t: _rmt_fast.linear(layer, t))(x).graph.nodes
+            }
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=autocast):
         graph = make_fx(lambda t: _rmt_fast.linear(layer, t))(x)
         ours, ref = _rmt_fast.linear(layer, x), layer(x)
     ops = {node.target for node in graph.graph.nodes if node.op == "call_function"}
     assert torch.ops.aten.addmm.default not in ops and torch.ops.aten.add.Tensor in ops
     assert ours.dtype == ref.dtype and torch.allclose(ours.float(), ref.float(), atol=2e-2 if autocast else 1e-6)
     monkeypatch.setattr(_rmt_fast, "BIAS_APART_DEVICES", ("cuda",))
-    eager = {n.target for n in make_fx(lambda t: _rmt_fast.linear(layer, t))(x).graph.nodes if n.op == "call_function"}
+    with torch.no_grad():
+        eager = {n.target for n in make_fx(lambda t: _rmt_fast.linear(layer, t))(x).graph.nodes}
     assert torch.ops.aten.addmm.default in eager
 
 

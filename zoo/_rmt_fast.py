@@ -133,13 +133,15 @@ def decay_masks(mask_h: torch.Tensor, mask_w: torch.Tensor, chunkwise: bool) -> 
 
 
 def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """layer(x). In compiled graphs on BIAS_APART_DEVICES the bias is added apart from the matmul, in the matmul's
-    output dtype: inductor then adds it, and autocast's cast of it, inside the elementwise kernel that reads the
-    output (RMT's fc1: GELU's), where cuBLAS's bias epilogue needs the cast bias as a kernel of its own: one launch
-    fewer a layer, the same bytes. Under autocast the bias is added to the matmul's 16-bit output, not to its fp32
-    accumulator. Where the output feeds a conv's taps, keep the layer as it is: the add there makes inductor write
-    the padded input out first (RMT's out_proj and fc2, whose outputs the next CPE reads)."""
-    if layer.bias is None or not (in_graph() and x.device.type in BIAS_APART_DEVICES):
+    """layer(x). In compiled inference graphs on BIAS_APART_DEVICES the bias is added apart from the matmul, in the
+    matmul's output dtype: inductor then adds it, and autocast's cast of it, inside the elementwise kernel that reads
+    the output (RMT's fc1: GELU's), where cuBLAS's bias epilogue needs the cast bias as a kernel of its own: one
+    launch fewer a layer, the same bytes. Under autocast the bias is added to the matmul's 16-bit output, not to its
+    fp32 accumulator. Where the output feeds a conv's taps, keep the layer as it is: the add there makes inductor
+    write the padded input out first (RMT's out_proj and fc2, whose outputs the next CPE reads). Graphs that record
+    gradients keep it too: there the separate add cost a compiled rmt_s training step 10.8 GB more (predicted,
+    results/proxy/README.md)."""
+    if layer.bias is None or torch.is_grad_enabled() or not (in_graph() and x.device.type in BIAS_APART_DEVICES):
         return layer(x)
     y = F.linear(x, layer.weight)
     return y + layer.bias.to(y.dtype)
