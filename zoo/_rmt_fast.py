@@ -139,8 +139,8 @@ def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     launch fewer a layer, the same bytes. Under autocast the bias is added to the matmul's 16-bit output, not to its
     fp32 accumulator. Where the output feeds a conv's taps, keep the layer as it is: the add there makes inductor
     write the padded input out first (RMT's out_proj and fc2, whose outputs the next CPE reads). Graphs that record
-    gradients keep it too: there the separate add cost a compiled rmt_s training step 10.8 GB more (predicted,
-    results/proxy/README.md)."""
+    gradients keep it too: there the separate add costs the backward more bytes than it saves (the GPU proxy's
+    counts are in docs/rmt_internals.md)."""
     if layer.bias is None or torch.is_grad_enabled() or not (in_graph() and x.device.type in BIAS_APART_DEVICES):
         return layer(x)
     y = F.linear(x, layer.weight)
