@@ -43,28 +43,19 @@ class Toy(nn.Module):
 STREAM = 2 * 3 * 4 * 4 * 4
 
 
-@torch.library.custom_op("proxy_test::declared", mutates_args=())
-def declared(x: torch.Tensor) -> torch.Tensor:
-    return x * 2
+def _toy_op(name: str):
+    """A custom op proxy_test::name computing x * 2, with a fake implementation; the ops differ only in what the
+    proxy is told of their cost (below)."""
 
+    def double(x: torch.Tensor) -> torch.Tensor:
+        return x * 2
 
-@torch.library.custom_op("proxy_test::undeclared", mutates_args=())
-def undeclared(x: torch.Tensor) -> torch.Tensor:
-    return x * 2
-
-
-@torch.library.custom_op("proxy_test::allocating", mutates_args=())
-def allocating(x: torch.Tensor) -> torch.Tensor:
-    return x * 2
-
-
-@torch.library.custom_op("proxy_test::failing", mutates_args=())
-def failing(x: torch.Tensor) -> torch.Tensor:
-    return x * 2
-
-
-for op in (declared, undeclared, allocating, failing):
+    op = torch.library.custom_op(f"proxy_test::{name}", double, mutates_args=())
     op.register_fake(lambda x: torch.empty_like(x))
+    return op
+
+
+declared, undeclared, allocating, failing = map(_toy_op, ("declared", "undeclared", "allocating", "failing"))
 # Three launches reading the input five times over and writing it once.
 declare_cost(
     "proxy_test::declared", lambda x: OpCost(3, 5 * x.numel() * x.element_size(), x.numel() * x.element_size())
