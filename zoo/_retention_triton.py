@@ -821,6 +821,13 @@ def _backward(ctx, dout: torch.Tensor):
 _retention_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+def _call_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype an op call on x runs in: autocast's on x's device where it is on, else x's. (zoo/_retention.py's
+    `autocast_dtype` imports this module, so this cannot import it.)"""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+
+
 def retention(
     qkv: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, rot: torch.Tensor, decay: torch.Tensor,
     chunkwise: bool,
@@ -833,9 +840,7 @@ def retention(
     The kernels rotate and scale q and k as they load them, and compute the LePE conv from the v they read and add
     it as they store. Under autocast qkv takes its dtype, and the conv's weights are rounded to it, as autocast's
     matmuls and conv would."""
-    device = qkv.device.type
-    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else qkv.dtype
-    return _retention_op(qkv.to(dtype), weight.contiguous(), bias, rot, decay, chunkwise)
+    return _retention_op(qkv.to(_call_dtype(qkv)), weight.contiguous(), bias, rot, decay, chunkwise)
 
 
 def _probe(device: torch.device, dtype: torch.dtype) -> None:
@@ -882,11 +887,9 @@ def auto_takes(x: torch.Tensor) -> bool:
     kernels build in the dtype the call would run in (autocast's where it is on). Predicted, until a GPU
     measures it (benchmarks/rmt_gpu.py times "auto", "matmul" and "triton" side by side): fewer bytes than
     matmul-softmax at every stage (docs/rmt_internals.md)."""
-    device = x.device
-    if device.type not in AUTO_DEVICES or not TRITON_FOUND:
+    if x.device.type not in AUTO_DEVICES or not TRITON_FOUND:
         return False
-    dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else x.dtype
-    return _builds(device, dtype)
+    return _builds(x.device, _call_dtype(x))
 
 
 def _nbytes(*tensors: torch.Tensor) -> int:
