@@ -90,6 +90,23 @@ class _Calls:
         return seen
 
 
+class _NormCalls:
+    """Counts calls of `rt.norm_linear` (whether each adds a residual, and whether it scales it)."""
+
+    def __init__(self):
+        self.seen: list[list[bool]] = []
+        self._fused = rt.norm_linear
+        rt.norm_linear = self
+
+    def __call__(self, x, norm, layer, y=None, scale=None):
+        self.seen.append([y is not None, scale is not None])
+        return self._fused(x, norm, layer, y, scale)
+
+    def take(self) -> list[list[bool]]:
+        seen, self.seen = self.seen, []
+        return seen
+
+
 class _Backwards:
     """Counts runs of the fused backward (their `chunkwise`), so that gradients from elsewhere cannot pass; not the
     op's fake implementation, which plans the same launches on fake tensors while a graph is traced."""
@@ -209,6 +226,73 @@ def _lepe_rounding_case() -> dict[str, float]:
     return out
 
 
+# LayerNorm inside the matmul (`rt.norm_linear`) against fp64 with torch's roundings: (rows, K, N, dtype, residual,
+# scale, autocast). K 80 and 48 are not multiples of the kernel's K blocks (64 16-bit, 32 fp32), N 200 and 100 not of
+# its output blocks; 300 rows are three blocks of 128; x is a strided view (row stride 2K), or, where rows is
+# (images, height, width), a (b, h, w, K) view of NCHW memory, as a stage's first block gets it.
+NORM_CASES = {
+    "norm_nchw_fp32": ((2, 5, 7), 48, 100, torch.float32, True, False, False),
+    "norm_nchw_fp16": ((3, 6, 9), 80, 240, torch.float16, False, False, False),
+    "norm_fp32": (37, 48, 100, torch.float32, False, False, False),
+    "norm_residual_fp32": (130, 80, 200, torch.float32, True, False, False),
+    "norm_scaled_fp32": (70, 64, 192, torch.float32, True, True, False),
+    "norm_fp16": (300, 80, 200, torch.float16, False, False, False),
+    "norm_residual_fp16": (70, 64, 192, torch.float16, True, False, False),
+    "norm_scaled_fp16": (70, 48, 100, torch.float16, True, True, False),
+    "norm_autocast_fp16": (70, 80, 240, torch.float16, True, True, True),
+}
+
+
+def _norm_case(rows, k: int, n: int, dtype: torch.dtype, residual: bool, scaled: bool, autocast: bool):
+    """The op's output (its dtype, and its error against fp64: the sum, the LayerNorm's output and the parameters
+    rounded where torch rounds them). Parameters fp32 under autocast (the op casts them), else in dtype."""
+    torch.manual_seed(0)
+    if isinstance(rows, tuple):
+        b, h, w = rows
+        x = (torch.randn(b, k, h, w) * 3 + 1).to(dtype).permute(0, 2, 3, 1)
+    else:
+        x = (torch.randn(rows, 2 * k) * 3 + 1).to(dtype)[:, ::2]
+    y = torch.randn(x.shape).to(dtype) if residual else None
+    norm, layer = torch.nn.LayerNorm(k, eps=1e-6), torch.nn.Linear(k, n)
+    scale = torch.randn(k) if scaled else None
+    with torch.no_grad():
+        norm.weight.normal_(), norm.bias.normal_()
+        if not autocast:
+            norm, layer = norm.to(dtype), layer.to(dtype)
+            scale = None if scale is None else scale.to(dtype)
+        with torch.autocast("cpu", dtype=dtype, enabled=autocast):
+            ours = rt.norm_linear(x, norm, layer, y, scale)
+    s = x if y is None else x + (y if scale is None else scale * y)  # torch's promotions and roundings
+    normed = F.layer_norm(s.double(), (k,), norm.weight.double(), norm.bias.double(), 1e-6).to(dtype).double()
+    ref = F.linear(normed, layer.weight.to(dtype).double(), layer.bias.to(dtype).double())
+    return dict(err=rel_err(ours.double(), ref), dtype=str(ours.dtype))
+
+
+def _norm_rounding_case() -> dict[str, float]:
+    """Two roundings the op must make, each at one output. "sum": fp16 x = 1 everywhere plus y = 2^-11 on half of 16
+    channels: in fp16 the sum is 1 everywhere, so the row is constant, LayerNorm gives its bias (0) and the output is
+    0; unrounded, the row's halves normalize to about +-0.24 and an output summing one half gives about 1.9.
+    "bias": LayerNorm's gain 0 and bias 1 give 1 on every channel, a weight of -1 on one channel and the linear's
+    bias b = 1 + 2^-11 + 2^-13 (fp32) make the output b - 1; under fp16 autocast b is rounded first, to 1 + 2^-10, as
+    autocast casts it, so the output is 2^-10."""
+    out = {}
+    norm, layer = torch.nn.LayerNorm(16, eps=1e-6), torch.nn.Linear(16, 1)
+    with torch.no_grad():
+        layer.bias.zero_()
+        layer.weight.zero_()[0, :8] = 1
+        x, y = torch.ones(1, 16, dtype=torch.float16), torch.zeros(1, 16, dtype=torch.float16)
+        y[0, :8] = 2**-11
+        out["sum"] = rt.norm_linear(x, norm.half(), layer.half(), y).item()
+        norm, layer = norm.float(), layer.float()
+        norm.weight.zero_(), norm.bias.fill_(1.0)
+        layer.weight.zero_()[0, 0] = -1
+        layer.bias.fill_(1 + 2**-11 + 2**-13)
+        for name, dtype in (("bias_fp32", torch.float32), ("bias_fp16", torch.float16)):
+            with torch.autocast("cpu", dtype=torch.float16, enabled=dtype == torch.float16):
+                out[name] = rt.norm_linear(torch.randn(1, 16).to(dtype), norm, layer).item()
+    return out
+
+
 def _child() -> dict[str, dict]:
     calls, results = _Calls(), {}
     for case in MASA_CASES:  # odd, non-power-of-two grids, two heads; batch 2 on the smaller one
@@ -220,6 +304,9 @@ def _child() -> dict[str, dict]:
     results["dense_whole"] = dict(err=rel_err(outs["triton"], outs["matmul"]), calls=calls.take())
     for case, args in OP_CASES.items():
         results[case] = dict(err=_op_case(*args))
+    for case, args in NORM_CASES.items():
+        results[case] = _norm_case(*args)
+    results["norm_rounding"] = _norm_rounding_case()
     results["lepe_rounding"] = _lepe_rounding_case()
     backwards = _Backwards()
     for case, args in GRAD_CASES.items():
@@ -239,7 +326,15 @@ def _child() -> dict[str, dict]:
     x = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
         ref = model.set_attn_impl("matmul")(x)
-        results["rmt_forward"] = dict(err=rel_err(model.set_attn_impl("triton")(x), ref), calls=calls.take())
+        norms = _NormCalls()
+        results["rmt_forward"] = dict(
+            err=rel_err(model.set_attn_impl("triton")(x), ref), calls=calls.take(), norms=norms.take()
+        )
+        torch.manual_seed(0)  # layer scale, as rmt_b and rmt_l's last stages have it: fc1's residual is scaled
+        scaled = rmt.RMT(**dict(TINY, layerscales=(True,) * 4, layer_init_values=0.5)).eval()
+        ref = scaled.set_attn_impl("matmul")(x[:, :, :32, :48])
+        out = scaled.set_attn_impl("triton")(x[:, :, :32, :48])
+        results["rmt_forward_scaled"] = dict(err=rel_err(out, ref), calls=calls.take(), norms=norms.take())
         x = x[:1, :, :32, :48]
         eager = model(x)
         calls.take()
@@ -337,6 +432,34 @@ def test_rmt_forward_matches_matmul(interpreted):
     """A whole RMT (both forms, head dims 8, 12, 16), fp32, batch 2."""
     assert interpreted["rmt_forward"]["calls"] == [True, True, False, False]
     assert interpreted["rmt_forward"]["err"] <= 1e-4
+
+
+@pytest.mark.e2e
+def test_rmt_forward_takes_norms_inside_the_matmuls(interpreted):
+    """With no gradients recorded, each block's two LayerNorms run inside the qkv and fc1 matmuls (fc1's with the
+    residual sum, scaled where the block has layer scale), and the model matches matmul-softmax's plain path."""
+    plain, scaled = interpreted["rmt_forward"], interpreted["rmt_forward_scaled"]
+    assert plain["norms"] == [[False, False], [True, False]] * 4
+    assert scaled["norms"] == [[False, False], [True, True]] * 4
+    assert scaled["calls"] == [True, True, False, False] and scaled["err"] <= 1e-4
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("case", NORM_CASES)
+def test_norm_linear_matches_fp64(interpreted, case):
+    """linear(LayerNorm(x (+ scale * y))) in one kernel against fp64 with torch's roundings, in the dtype the linear
+    runs in (autocast's)."""
+    dtype = NORM_CASES[case][3]
+    assert interpreted[case]["dtype"] == str(dtype)
+    assert interpreted[case]["err"] <= TOL["fp16" if dtype == torch.float16 else "fp32"]
+
+
+@pytest.mark.e2e
+def test_norm_linear_rounds_as_torch_does(interpreted):
+    """The residual sum rounded to fp16 before the LayerNorm; the linear's bias rounded to autocast's dtype."""
+    rounding = interpreted["norm_rounding"]
+    assert rounding["sum"] == 0.0
+    assert rounding["bias_fp16"] == 2**-10 and rounding["bias_fp32"] == pytest.approx(2**-11 + 2**-13, rel=1e-5)
 
 
 @pytest.mark.e2e
@@ -489,24 +612,29 @@ def test_auto_falls_back_with_one_warning_where_the_kernel_cannot_be_built(auto_
 
 
 def test_auto_takes_the_kernel_where_it_builds(auto_on_cpu, monkeypatch):
-    """Where the kernels build, "auto" calls the op at every stage; not where triton is missing, nor on a device
-    type "auto" does not list."""
+    """Where the kernels build, "auto" calls the op at every stage, and (no gradients recorded) the LayerNorms inside
+    the matmuls; not where triton is missing, nor on a device type "auto" does not list."""
     seen = []
     monkeypatch.setattr(rt, "_probe", lambda device, dtype: None)
     monkeypatch.setattr(
         rt, "retention", lambda qkv, weight, bias, rot, decay, chunkwise: seen.append(chunkwise) or qkv[:, :, :, 2] * 1
+    )
+    norms = []
+    monkeypatch.setattr(
+        rt, "norm_linear", lambda x, norm, layer, *res: norms.append(len(res)) or layer(norm(x + sum(res[:1], 0)))
     )
     model = rmt.RMT(**TINY).eval()
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         model(x)
         assert seen == [True, True, False, False] and rt._BUILDS == {(x.device, torch.float32): True}
+        assert norms == [0, 1] * 4  # qkv's LayerNorm alone, fc1's with the residual
         monkeypatch.setattr(rt, "TRITON_FOUND", False)
         model(x)
         monkeypatch.setattr(rt, "TRITON_FOUND", True)
         monkeypatch.setattr(rt, "AUTO_DEVICES", ("cuda",))
         model(x)
-    assert seen == [True, True, False, False]
+    assert seen == [True, True, False, False] and norms == [0, 1] * 4
 
 
 def test_auto_on_fake_tensors_takes_the_kernel_untried(auto_on_cpu, monkeypatch):
@@ -523,6 +651,44 @@ def test_cpu_needs_the_interpreter():
     model = rmt.RMT(**TINY, attn_impl="triton").eval()
     with torch.no_grad(), pytest.raises(RuntimeError, match="TRITON_INTERPRET=1 set before triton is first imported"):
         model(torch.randn(1, 3, 32, 32))
+
+
+def test_norms_fused_only_where_the_fused_op_runs_without_gradients(monkeypatch):
+    monkeypatch.setattr(rt, "auto_takes", lambda x: True)  # as on CUDA where the kernels build
+    x = torch.randn(1, 2, 2, 16)
+    assert not _retention.norms_fused("auto", x)  # gradients recorded: the kernel has no backward
+    with torch.no_grad():
+        assert _retention.norms_fused("auto", x) and _retention.norms_fused("triton", x)
+        assert not _retention.norms_fused("matmul", x)
+        traced = torch.fx.symbolic_trace(lambda t: t + int(_retention.norms_fused("auto", t)))
+        assert torch.equal(traced(x), x)  # FX keeps the plain modules
+
+
+def test_block_keeps_its_norms_where_stochastic_depth_runs(monkeypatch):
+    """A block in train mode with drop path takes the plain forward even without gradients (the fused one has no
+    stochastic depth); in eval it takes the fused one."""
+    monkeypatch.setattr(rmt, "norms_fused", lambda impl, x: True)
+    taken = []
+    monkeypatch.setattr(rmt.RetBlock, "_norms_fused", lambda self, x, *args: taken.append(self.training) or x)
+    torch.manual_seed(0)
+    block, relpos = rmt.RetBlock(16, 2, 3, True, 0.5, None), rmt.DecayPosition(16, 2, 2, 4, True)
+    x = torch.randn(2, 3, 4, 16)
+    with torch.no_grad():
+        block.train()(x, relpos(3, 4, x.dtype), relpos.decay, "matmul")
+        assert taken == []
+        block.eval()(x, relpos(3, 4, x.dtype), relpos.decay, "matmul")
+    assert taken == [False]
+
+
+def test_norm_linear_declares_its_cost():
+    """One launch reading x, the residual, the scale and the parameters once, writing the output once."""
+    with FakeTensorMode():
+        x, y = torch.empty(2, 7, 9, 64, dtype=torch.bfloat16), torch.empty(2, 7, 9, 64, dtype=torch.bfloat16)
+        params = [torch.empty(64), torch.empty(64), torch.empty(64), torch.empty(192, 64), torch.empty(192)]
+        scale, norm_w, norm_b, weight, bias = params
+        cost = cost_of("rmt_zoo::norm_linear", x, y, scale, norm_w, norm_b, 1e-6, weight, bias, torch.bfloat16)
+    maps = 2 * 7 * 9 * 64 * 2
+    assert cost == OpCost(1, 2 * maps + 4 * sum(t.numel() for t in params), 3 * maps)
 
 
 def test_missing_triton_fails_at_build(monkeypatch):
@@ -552,13 +718,20 @@ def _stage_shapes(arch: dict, size: tuple[int, int]):
         yield i + 1, -(-size[0] // stride), -(-size[1] // stride), n, dim // n, chunk
 
 
-def _sources(h: int, w: int, n: int, d: int, chunkwise: bool, dtype: torch.dtype):
-    """The compile keys (name, signature, constexprs, attributes, options) of the launches of one stage's forward and
-    backward, specialized on the arguments as Triton's launcher specializes them (values 1, multiples of 16, aligned
-    pointers)."""
-    from triton._C.libtriton import native_specialize_impl
-    from triton.backends.nvidia.compiler import CUDABackend
+def _stage_keys(arch: dict, size: tuple[int, int], dtype: torch.dtype):
+    """(stage, compile key) of every launch of every stage at an input size: attention and the two LayerNorms in
+    their matmuls."""
+    for stage, h, w, n, d, chunkwise in _stage_shapes(arch, size):
+        i = stage - 1
+        hidden = int(arch["mlp_ratios"][i] * n * d)
+        for key in _sources(h, w, n, d, chunkwise, dtype):
+            yield stage, key
+        for key in _norm_sources(h, w, n * d, hidden, arch["layerscales"][i], dtype):
+            yield stage, key
 
+
+def _sources(h: int, w: int, n: int, d: int, chunkwise: bool, dtype: torch.dtype):
+    """The compile keys of the launches of one stage's attention, forward and backward (`_keys`)."""
     # the projection (b, h, w, 3, N, d), as MaSA passes it (batch 2); fp32 rotary tables
     qkv = torch.empty(2, h, w, 3, n, d, dtype=dtype, device="meta")
     weight, bias = torch.empty(n * d, 1, 5, 5, device="meta"), torch.empty(n * d, device="meta")
@@ -567,7 +740,27 @@ def _sources(h: int, w: int, n: int, d: int, chunkwise: bool, dtype: torch.dtype
     backward = []
     dout = torch.empty(2, h, w, n, d, dtype=dtype, device="meta")
     rt.backward_plan(dout, qkv, rot, decay, dout, chunkwise, backward.append)
-    for name, _, args, meta in [*rt.launches(qkv, weight, bias, rot, decay, chunkwise)[1], *backward]:
+    yield from _keys([*rt.launches(qkv, weight, bias, rot, decay, chunkwise)[1], *backward])
+
+
+def _norm_sources(h: int, w: int, dim: int, hidden: int, layer_scale: bool, dtype: torch.dtype):
+    """The compile keys of one stage's LayerNorms inside its qkv and fc1 matmuls (`_keys`): x and the residual in
+    dtype, the parameters fp32 as autocast leaves them, fc1's residual scaled where the stage has layer scale."""
+    x = torch.empty(2, h, w, dim, dtype=dtype, device="meta")
+    params = lambda *shape: torch.empty(*shape, device="meta")  # noqa: E731
+    for n_out, residual in ((3 * dim, False), (hidden, True)):
+        y, scale = (x, params(dim) if layer_scale else None) if residual else (None, None)
+        yield from _keys(rt._norm_linear_plan(x, y, scale, params(dim), params(dim), 1e-6, params(n_out, dim),
+                                              params(n_out), dtype)[1])  # fmt: skip
+
+
+def _keys(launches):
+    """The compile keys (name, signature, constexprs, attributes, options) of launches, specialized on the arguments
+    as Triton's launcher specializes them (values 1, multiples of 16, aligned pointers)."""
+    from triton._C.libtriton import native_specialize_impl
+    from triton.backends.nvidia.compiler import CUDABackend
+
+    for name, _, args, meta in launches:
         kernel = _jit(name)
         meta = dict(meta)
         options = {key: meta.pop(key) for key in rt.LAUNCH_OPTIONS if key in meta}
@@ -592,8 +785,9 @@ def _sources(h: int, w: int, n: int, d: int, chunkwise: bool, dtype: torch.dtype
         yield name, tuple(signature.items()), tuple(constexprs.items()), tuple(attrs.items()), tuple(options.items())
 
 
-def _ptxas(key, monkeypatch) -> tuple[int, int]:
-    """Registers and spill bytes (stores + loads) of one sm_90 build, from ptxas's own report."""
+def _ptxas(key, monkeypatch) -> tuple[int, int, bool]:
+    """Registers and spill bytes (stores + loads) of one sm_90 build, from ptxas's own report, and whether its dots
+    run on Hopper's warpgroup MMA (wgmma)."""
     from triton.backends.compiler import GPUTarget
     from triton.backends.nvidia.compiler import CUDABackend
 
@@ -608,30 +802,33 @@ def _ptxas(key, monkeypatch) -> tuple[int, int]:
     monkeypatch.setenv("TRITON_ALWAYS_COMPILE", "1")  # no cache hit: ptxas runs every time
     log = io.StringIO()
     with contextlib.redirect_stdout(log):
-        triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(options))
+        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(options))
     text = log.getvalue()
     regs = re.search(r"Used (\d+) registers", text)
     spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", text)
     assert regs and spills, f"no ptxas report in:\n{text}"
-    return int(regs[1]), int(spills[1]) + int(spills[2])
+    return int(regs[1]), int(spills[1]) + int(spills[2]), "wgmma.mma_async" in compiled.asm["ptx"]
 
 
 @pytest.mark.e2e  # the slow tier: ptxas runs for every stage shape
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=["fp16", "bf16", "fp32"])
 def test_sm90_build_has_no_spills(dtype, monkeypatch, tmp_path):
-    """Every stage of rmt_t/s/b/l at 224x224 and 800x1344; launches that compile alike are built once."""
+    """Every stage of rmt_t/s/b/l at 224x224 and 800x1344, attention and the LayerNorms in their matmuls; launches
+    that compile alike are built once."""
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
     builds: dict[tuple, list[str]] = {}
     for variant, arch in rmt._ARCHS.items():
         for size_name, size in SIZES.items():
-            for stage, h, w, n, d, chunkwise in _stage_shapes(arch, size):
-                for key in _sources(h, w, n, d, chunkwise, dtype):
-                    builds.setdefault(key, []).append(f"{variant}@{size_name}/stage{stage}")
+            for stage, key in _stage_keys(arch, size, dtype):
+                builds.setdefault(key, []).append(f"{variant}@{size_name}/stage{stage}")
     report = []
     for key, uses in builds.items():
-        regs, spills = _ptxas(key, monkeypatch)
-        report.append((key[0], dict(key[2]), key[4], regs, spills, uses))
-    assert all(spills == 0 and regs <= 255 for *_, regs, spills, _ in report), "\n".join(map(str, report))
+        regs, spills, wgmma = _ptxas(key, monkeypatch)
+        report.append((key[0], dict(key[2]), key[4], regs, spills, wgmma, uses))
+    assert all(spills == 0 and regs <= 255 for *_, regs, spills, _, _ in report), "\n".join(map(str, report))
+    # the LayerNorm-in-matmul kernel's 16-bit tiles (128 x 128 on 8 warps) take wgmma; fp32's dots run on FMAs
+    norms = [wgmma for name, *_, wgmma, _ in report if name == "norm_linear"]
+    assert norms and all(wgmma == (dtype != torch.float32) for wgmma in norms), "\n".join(map(str, report))
 
 
 if __name__ == "__main__":

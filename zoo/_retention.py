@@ -27,6 +27,7 @@ __all__ = [
     "in_graph",
     "manhattan_bias",
     "matmul_softmax",
+    "norms_fused",
     "sdpa",
 ]
 
@@ -140,6 +141,13 @@ def _kernel(impl: str, q, k, v, bias, decay, width: int) -> torch.Tensor:
 def fused(impl: str, x: torch.Tensor) -> bool:
     """Whether a MaSA call on x takes the fused op: "triton", and "auto" where `auto_takes(x)`."""
     return impl == "triton" or (impl == "auto" and _retention_triton.auto_takes(x))
+
+
+def norms_fused(impl: str, x: torch.Tensor) -> bool:
+    """Whether a block on x computes its LayerNorms inside the matmuls after them (`_retention_triton.norm_linear`):
+    where MaSA takes the fused op (`fused`), in forwards that record no gradients (that kernel has no backward) and
+    are not traced by FX (whose graph keeps the plain modules)."""
+    return not torch.is_grad_enabled() and not isinstance(x, torch.fx.Proxy) and fused(impl, x)
 
 
 def attend(

@@ -44,7 +44,7 @@ import torch
 
 from ._op_cost import OpCost, declare_cost
 
-__all__ = ["auto_takes", "require", "retention"]
+__all__ = ["auto_takes", "norm_linear", "require", "retention"]
 
 # Where attn_impl="auto" takes the kernels: device types, and whether triton is installed (asked once, at import,
 # without importing it).
@@ -52,7 +52,7 @@ AUTO_DEVICES = ("cuda",)
 TRITON_FOUND = importlib.util.find_spec("triton") is not None
 
 # Sizes the kernel is not specialized on (value 1, multiples of 16), so new grid sizes reuse the compiled kernel.
-NOT_SPECIALIZED = ("seq_len", "height", "width", "n_b", "n_c", "n_heads", "n_i", "n_j")
+NOT_SPECIALIZED = ("seq_len", "height", "width", "n_b", "n_c", "n_heads", "n_i", "n_j", "n_rows")
 # The whole-image kernel's warps per block size, (16-bit inputs, fp32): with these every stage of rmt_t/s/b/l builds
 # for sm_90 with fewer than 255 registers and no spills under Triton 3.6 and 3.8 (tests/test_retention_triton.py;
 # fp32's dots run on FMAs and hold more in registers, so it takes more warps).
@@ -465,14 +465,98 @@ def _attend_backward_block_kernel(
     tl.store(dv + _offset(sv, a, b, c) + tokens * sv[3] + offs_d[None, :] * sv[4], acc_v.to(dv.dtype.element_ty), mask)
 
 
+def _normed_rows(
+    x, y, scale, cols, sx_k, sy_k, mask,
+    HAS_Y: tl.constexpr, HAS_SCALE: tl.constexpr, ROUND_PRODUCT: tl.constexpr, ROUND_SUM: tl.constexpr,
+):  # fmt: skip
+    """x (+ y, or + scale * y) at channels cols of the rows x and y point to, in fp32, each step rounded where torch's
+    type promotion rounds it (to y's dtype, then x's): the LayerNorm's input as the graph computes it."""
+    s = tl.load(x + cols * sx_k, mask=mask, other=0.0).to(tl.float32)
+    if HAS_Y:
+        t = tl.load(y + cols * sy_k, mask=mask, other=0.0).to(tl.float32)
+        if HAS_SCALE:
+            t *= tl.load(scale + cols, mask=mask, other=0.0).to(tl.float32)
+        if ROUND_PRODUCT:
+            t = t.to(y.dtype.element_ty).to(tl.float32)
+        s += t
+        if ROUND_SUM:
+            s = s.to(x.dtype.element_ty).to(tl.float32)
+    return s
+
+
+def _norm_linear_kernel(
+    x, y, scale, norm_w, norm_b, weight, bias, out, n_rows, height, width, K, N, eps, n_n, sx, sy, sw, so,
+    HAS_Y: tl.constexpr, HAS_SCALE: tl.constexpr, ROUND_PRODUCT: tl.constexpr, ROUND_SUM: tl.constexpr,
+    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """One program: BLOCK_M rows x BLOCK_N outputs of linear(LayerNorm(x (+ y or scale * y, `_normed_rows`))). x, y
+    (A, height, width, K), each read through its own strides (a tuple), so any layout inductor gives them is read in
+    place (a stage's first block gets the downsampling conv's NCHW-ordered memory); weight (N, K), out (M, N), M =
+    A * height * width. The LayerNorm's output and the linear's weight and bias are rounded to out's dtype (the
+    matmul's), as autocast casts them (the bias before it is added to the fp32 accumulator). The row statistics take
+    two passes over the rows' K values (the mean, then the squared deviations), the matmul a third, each re-reading
+    the BLOCK_M x K rows from L1/L2: the normalized rows never go to memory. Programs that share rows are adjacent
+    (columns fastest)."""
+    pid = tl.program_id(0).to(tl.int64)
+    offs_m = (pid // n_n) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = (pid % n_n) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    m_ok = offs_m < n_rows
+    n_ok = offs_n < N
+    a, pixel = offs_m // (height * width), offs_m % (height * width)
+    x += (a * sx[0] + (pixel // width) * sx[1] + (pixel % width) * sx[2])[:, None]
+    y += (a * sy[0] + (pixel // width) * sy[1] + (pixel % width) * sy[2])[:, None]
+    total = tl.zeros((BLOCK_M,), tl.float32)
+    for start in range(0, K, BLOCK_K):
+        cols = start + offs_k[None, :]
+        mask = m_ok[:, None] & (cols < K)
+        total += tl.sum(_normed_rows(x, y, scale, cols, sx[3], sy[3], mask, HAS_Y, HAS_SCALE, ROUND_PRODUCT,
+                                     ROUND_SUM), 1)  # fmt: skip
+    mean = total / K
+    squares = tl.zeros((BLOCK_M,), tl.float32)
+    for start in range(0, K, BLOCK_K):
+        cols = start + offs_k[None, :]
+        mask = m_ok[:, None] & (cols < K)
+        dev = _normed_rows(x, y, scale, cols, sx[3], sy[3], mask, HAS_Y, HAS_SCALE, ROUND_PRODUCT, ROUND_SUM)
+        dev -= mean[:, None]
+        squares += tl.sum(tl.where(mask, dev * dev, 0.0), 1)
+    rstd = 1.0 / tl.sqrt(squares / K + eps)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    for start in range(0, K, BLOCK_K):
+        ks = start + offs_k
+        k_ok = ks < K
+        mask = m_ok[:, None] & k_ok[None, :]
+        s = _normed_rows(x, y, scale, ks[None, :], sx[3], sy[3], mask, HAS_Y, HAS_SCALE, ROUND_PRODUCT, ROUND_SUM)
+        gain = tl.load(norm_w + ks, mask=k_ok, other=0.0).to(tl.float32)
+        shift = tl.load(norm_b + ks, mask=k_ok, other=0.0).to(tl.float32)
+        normed = ((s - mean[:, None]) * rstd[:, None] * gain[None, :] + shift[None, :]).to(out.dtype.element_ty)
+        w_tile = tl.load(weight + offs_n[None, :] * sw[0] + ks[:, None] * sw[1], k_ok[:, None] & n_ok[None, :], 0.0)
+        acc += tl.dot(normed, w_tile.to(out.dtype.element_ty), input_precision=PRECISION)
+    acc += _rounded(bias + offs_n, out, n_ok)[None, :]
+    outs = offs_m[:, None] * so[0] + offs_n[None, :] * so[1]
+    tl.store(out + outs, acc.to(out.dtype.element_ty), m_ok[:, None] & n_ok[None, :])
+
+
 # Functions the kernels call, jitted with them.
-HELPERS = (_sequence, _offset, _rounded, _lepe, _distance, _rotary, _unrotary, _softmax_start, _softmax_step)
+HELPERS = (
+    _sequence,
+    _offset,
+    _rounded,
+    _lepe,
+    _distance,
+    _rotary,
+    _unrotary,
+    _softmax_start,
+    _softmax_step,
+    _normed_rows,
+)
 # The kernels by name, as launch plans name them.
 SOURCES = {
     "rows_then_columns": _rows_then_columns_kernel,
     "attend": _attend_kernel,
     "attend_backward": _attend_backward_kernel,
     "attend_backward_block": _attend_backward_block_kernel,
+    "norm_linear": _norm_linear_kernel,
 }
 
 
@@ -637,6 +721,43 @@ def _attend(q, k, table, pairs, v, out, decay, lse, width: int, lepe: tuple | No
     lepe_k = 0 if lepe is None else weight.shape[-1]
     flags = dict(HEAD_DIM=head_dim, MANHATTAN=width > 0, LEPE_K=lepe_k, STORE_LSE=lse is not None)
     return "attend", grid, (*args, *_strides(q, k, v, out, table, pairs, decay)), dict(meta, **flags)
+
+
+def norm_linear_config(n_out: int, dtype: torch.dtype) -> dict:
+    """Block sizes and warps of `_norm_linear_kernel`: 16-bit 128 x 128 tiles on 8 warps (two warpgroups' wgmma on
+    sm_90), K 64 at a time; fp32, whose dots run on FMAs, 64 x 64 on 4, K 32 at a time (tests/test_retention_triton.py
+    builds every RMT layer's for sm_90 without spills)."""
+    if dtype == torch.float32:
+        return dict(BLOCK_M=64, BLOCK_N=min(64, max(16, _pow2(n_out))), BLOCK_K=32, PRECISION="ieee", num_warps=4)
+    return dict(BLOCK_M=128, BLOCK_N=min(128, max(16, _pow2(n_out))), BLOCK_K=64, PRECISION="tf32", num_warps=8)
+
+
+def _image_view(t: torch.Tensor) -> torch.Tensor:
+    """t (..., K) as (A, height, width, K), a view wherever t's leading dims can be merged into A."""
+    return t.reshape(-1, *t.shape[-3:]) if t.dim() >= 4 else t.reshape(*(1,) * (4 - t.dim()), *t.shape)
+
+
+def _norm_linear_plan(x, y, scale, norm_weight, norm_bias, eps: float, weight, bias, dtype) -> tuple:
+    """The output (x's leading dims, N) in `dtype`, contiguous, and the one launch that fills it (`norm_linear`
+    documents the inputs); on meta and fake tensors too."""
+    n_out, k = weight.shape
+    x4 = _image_view(x)
+    y4 = x4 if y is None else _image_view(y)
+    n_rows, height, width = x4.shape[0] * x4.shape[1] * x4.shape[2], x4.shape[1], x4.shape[2]
+    out = torch.empty(n_rows, n_out, dtype=dtype, device=x.device)
+    meta = norm_linear_config(n_out, dtype)
+    n_n = _cdiv(n_out, meta["BLOCK_N"])
+    product = y4.dtype if scale is None else torch.promote_types(y4.dtype, scale.dtype)
+    flags = dict(
+        HAS_Y=y is not None,
+        HAS_SCALE=scale is not None,
+        ROUND_PRODUCT=scale is not None and product.itemsize < 4,
+        ROUND_SUM=y is not None and torch.promote_types(x4.dtype, product).itemsize < 4,
+    )
+    args = (x4, y4, x4 if scale is None else scale, norm_weight, norm_bias, weight, bias, out, n_rows, height, width)
+    args += (k, n_out, eps, n_n, x4.stride(), y4.stride(), weight.stride(), out.stride())
+    launch = ("norm_linear", (_cdiv(n_rows, meta["BLOCK_M"]) * n_n,), args, dict(meta, **flags))
+    return out.view(*x.shape[:-1], n_out), [launch]
 
 
 # The fp32 backward's warps (both kernels; fp32 takes 32 tokens a block). With 4, on sm_90: under Triton 3.6 (the GPU
@@ -843,8 +964,43 @@ def retention(
     return _retention_op(qkv.to(_call_dtype(qkv)), weight.contiguous(), bias, rot, decay, chunkwise)
 
 
+# flexible_layout: inductor hands x and y over in whatever layout it gave them (the kernel reads them through their
+# strides), where the default would copy them to the traced strides, once for each of the two ops sharing x.
+@torch.library.custom_op("rmt_zoo::norm_linear", mutates_args=(), tags=(torch.Tag.flexible_layout,))
+def _norm_linear_op(
+    x: torch.Tensor, y: torch.Tensor | None, scale: torch.Tensor | None, norm_weight: torch.Tensor,
+    norm_bias: torch.Tensor, eps: float, weight: torch.Tensor, bias: torch.Tensor, dtype: torch.dtype,
+) -> torch.Tensor:  # fmt: skip
+    out, calls = _norm_linear_plan(x, y, scale, norm_weight, norm_bias, eps, weight, bias, dtype)
+    _runner(x)(calls[0])
+    return out
+
+
+@_norm_linear_op.register_fake
+def _(x, y, scale, norm_weight, norm_bias, eps, weight, bias, dtype) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], weight.shape[0]), dtype=dtype)
+
+
+def norm_linear(
+    x: torch.Tensor, norm: torch.nn.LayerNorm, layer: torch.nn.Linear, y: torch.Tensor | None = None,
+    scale: torch.Tensor | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """layer(norm(x)), or layer(norm(x + y)) or layer(norm(x + scale * y)) (scale broadcasting over x's last dim),
+    in one launch that normalizes the rows as it loads them for the matmul: the LayerNorm's output, and the sum,
+    never go to memory. In the dtype the linear would run in (autocast's where it is on), with torch's roundings.
+    For forwards that record no gradients: the op has no backward. A norm without affine parameters or a layer
+    without bias takes ones and zeros in their place."""
+    k, n_out = layer.in_features, layer.out_features
+    gain = norm.weight if norm.weight is not None else x.new_ones(k, dtype=torch.float32)
+    shift = norm.bias if norm.bias is not None else x.new_zeros(k, dtype=torch.float32)
+    bias = layer.bias if layer.bias is not None else x.new_zeros(n_out, dtype=torch.float32)
+    scale = None if scale is None else scale.reshape(-1)
+    return _norm_linear_op(x, y, scale, gain, shift, norm.eps, layer.weight, bias, _call_dtype(x))
+
+
 def _probe(device: torch.device, dtype: torch.dtype) -> None:
-    """Build and run both forms, forward and backward, on tiny inputs: raises where the kernels cannot be built."""
+    """Build and run both forms, forward and backward, and `norm_linear`, on tiny inputs: raises where the kernels
+    cannot be built."""
     with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
         for chunkwise in (True, False):  # a 2x3 grid, one head
             shape = (1, 2, 1, 3, 16) if chunkwise else (1, 1, 2, 3, 16)
@@ -853,6 +1009,10 @@ def _probe(device: torch.device, dtype: torch.dtype) -> None:
             rot = torch.randn(2, 2, *shape, device=device)
             out = _retention_op(new(1, 2, 3, 3, 1, 16), *lepe, rot, torch.full((1,), -0.5, device=device), chunkwise)
             out.sum().backward()
+        with torch.no_grad():  # LayerNorm inside the matmul, with a residual added first
+            x = torch.randn(2, 16, device=device, dtype=dtype)
+            layer, norm = torch.nn.Linear(16, 16, device=device), torch.nn.LayerNorm(16, device=device)
+            norm_linear(x, norm, layer, x, torch.ones(16, device=device))
 
 
 _BUILDS: dict[tuple[torch.device, torch.dtype], bool] = {}
@@ -934,5 +1094,14 @@ def _declared_backward_cost(dout, qkv, rot, decay, dv_add, chunkwise: bool) -> O
     return _plan_cost(plan, rot, decay)
 
 
+def _declared_norm_linear_cost(x, y, scale, norm_weight, norm_bias, eps, weight, bias, dtype) -> OpCost:
+    """One call of rmt_zoo::norm_linear: one launch reading x (and y), the parameters once and writing the output
+    once (the rows' second and third reads, and the weight's by every block of rows, are taken to be L2 hits)."""
+    out, _ = _norm_linear_plan(x, y, scale, norm_weight, norm_bias, eps, weight, bias, dtype)
+    inputs = [t for t in (x, y, scale, norm_weight, norm_bias, weight, bias) if t is not None]
+    return OpCost(1, _nbytes(*inputs), _nbytes(out))
+
+
 declare_cost("rmt_zoo::retention", _declared_cost)
 declare_cost("rmt_zoo::retention_backward", _declared_backward_cost)
+declare_cost("rmt_zoo::norm_linear", _declared_norm_linear_cost)

@@ -29,7 +29,7 @@ from . import _retention_triton, _rmt_reference
 from ._builder import create, stage_indices
 from ._checkpoint import StateDict
 from ._registry import Family, ModelInfo, register_family
-from ._retention import ATTN_IMPLS, attend, check_impl, fused, in_graph
+from ._retention import ATTN_IMPLS, attend, check_impl, fused, in_graph, norms_fused
 from ._rmt_fast import DWConv2d, PositionCache, decay_masks, linear, rotary_tables, rotate
 from ._staged import StagedModel
 
@@ -143,15 +143,25 @@ class ManhattanSelfAttention(nn.Module):
         self.out_proj = nn.Linear(dim, dim)
 
     def forward(
-        self, x: torch.Tensor, pos: tuple[torch.Tensor, ...], decay: torch.Tensor, attn_impl: str = "auto"
+        self,
+        x: torch.Tensor,
+        pos: tuple[torch.Tensor, ...],
+        decay: torch.Tensor,
+        attn_impl: str = "auto",
+        norm: nn.LayerNorm | None = None,
     ) -> torch.Tensor:
+        """MaSA of x (b, h, w, c), or of norm(x) where a norm is given: the fused kernels compute it inside the qkv
+        matmul (`norms_fused`)."""
         b, h, w, c = x.shape
         n, d = self.num_heads, self.head_dim
         if fused(attn_impl, x):  # rotation, k's scale, attention and the LePE conv in one kernel, reading qkv
             conv = self.lepe.conv
-            qkv = self.qkv(x).view(b, h, w, 3, n, d)
-            out = _retention_triton.retention(qkv, conv.weight, conv.bias, pos[0], decay, self.chunkwise)
+            qkv = self.qkv(x) if norm is None else _retention_triton.norm_linear(x, norm, self.qkv)
+            out = _retention_triton.retention(qkv.view(b, h, w, 3, n, d), conv.weight, conv.bias, pos[0], decay,
+                                              self.chunkwise)  # fmt: skip
             return self.out_proj(out.view(b, h, w, c))
+        if norm is not None:
+            x = norm(x)
         (w_qk, w_v), (b_qk, b_v) = self.qkv.weight.split((2 * c, c)), self.qkv.bias.split((2 * c, c))
         v = F.linear(x, w_v, b_v)  # its own matmul: a contiguous v is 2-4x faster in the depthwise LePE conv
         lepe = self.lepe(v).view(b, h, w, n, d)
@@ -174,9 +184,16 @@ class FeedForward(nn.Module):
         self.dwconv = DWConv2d(hidden, 3, residual=True)
         self.fc2 = nn.Linear(hidden, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # fc1's bias is added with GELU in compiled CUDA graphs; fc2's stays in its matmul (`linear` says why)
-        return self.fc2(self.dwconv(self.act(linear(self.fc1, x))))
+    def forward(
+        self, x: torch.Tensor, norm: nn.LayerNorm | None = None, residual: tuple[torch.Tensor, ...] = ()
+    ) -> torch.Tensor:
+        """FFN(x), or FFN(norm(x + residual)) where a norm is given, residual (y,) or (y, scale) added as x + y or
+        x + scale * y: the fused kernel computes both inside fc1's matmul (`norms_fused`)."""
+        if norm is not None:
+            hidden = _retention_triton.norm_linear(x, norm, self.fc1, *residual)
+        else:  # fc1's bias is added with GELU in compiled CUDA graphs; fc2's stays in its matmul (`linear` says why)
+            hidden = linear(self.fc1, x)
+        return self.fc2(self.dwconv(self.act(hidden)))
 
 
 class RetBlock(nn.Module):
@@ -204,10 +221,24 @@ class RetBlock(nn.Module):
         if attn_impl == "reference":
             return _rmt_reference.block(self, x, pos)
         x = self.pos(x)
+        if norms_fused(attn_impl, x) and not (self.training and isinstance(self.drop_path, DropPath)):
+            return self._norms_fused(x, pos, decay, attn_impl)
         y = self.retention(self.retention_layer_norm(x), pos, decay, attn_impl)
         x = x + self.drop_path(y if self.gamma_1 is None else self.gamma_1 * y)
         y = self.ffn(self.final_layer_norm(x))
         return x + self.drop_path(y if self.gamma_2 is None else self.gamma_2 * y)
+
+    def _norms_fused(
+        self, x: torch.Tensor, pos: tuple[torch.Tensor, ...], decay: torch.Tensor, attn_impl: str
+    ) -> torch.Tensor:
+        """The forward with each LayerNorm inside the matmul after it, and the first residual sum inside fc1's: the
+        normalized maps and that sum never go to memory (a compiled graph recomputes the sum in the next block's
+        first kernel). Stochastic depth is off here (eval, or a rate of 0)."""
+        y = self.retention(x, pos, decay, attn_impl, norm=self.retention_layer_norm)
+        residual = (y,) if self.gamma_1 is None else (y, self.gamma_1)
+        z = self.ffn(x, norm=self.final_layer_norm, residual=residual)
+        x = x + (y if self.gamma_1 is None else self.gamma_1 * y)
+        return x + (z if self.gamma_2 is None else self.gamma_2 * z)
 
 
 class PatchMerging(nn.Module):
