@@ -10,6 +10,9 @@ same shapes. Softmax, activations and other elementwise work are not counted (as
 
 `gmacs_torch` is the cross-check: torch.utils.flop_counter's FLOPs / 2, which counts matmuls, convolutions and
 attention but no normalisation, so it sits slightly below `gmacs` (about 0.4% for Swin-T).
+
+Custom ops (RMT's fused Triton kernels on CUDA) are opaque to both counters; each one that declares its multiply-adds
+(`zoo.macs_of`) is counted as the plain ops it stands for would be, so a model counts the same whichever kernels run.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
+
+import zoo
 
 __all__ = ["count_params", "count_gmacs", "flex_as_sdpa", "ATTENTION_OPS", "FLOPS_NOTE"]
 
@@ -48,6 +53,40 @@ def _attention_macs(inputs: list[Any], outputs: list[Any]) -> int:
 
     q, k, v = (get_shape(inputs[i]) for i in range(3))
     return math.prod(q[:-2]) * q[-2] * k[-2] * (q[-1] + v[-1])
+
+
+def _meta(value: Any) -> Any:
+    """A shape (torch's counter passes tensors as their shapes) as a meta tensor; anything else as it is."""
+    return torch.empty(value, device="meta") if isinstance(value, torch.Size) else value
+
+
+def _torch_mapping() -> dict:
+    """torch's counter's formulas for the declared custom ops: 2 FLOPs a multiply-add."""
+
+    def formula(name: str):
+        def flops(*args, out_shape=None, **kwargs) -> int:
+            return 2 * zoo.macs_of(name, *map(_meta, args), **kwargs).macs
+
+        return flops
+
+    packets = {
+        name: getattr(getattr(torch.ops, name.split("::")[0]), name.split("::")[1]) for name in zoo.declared_macs()
+    }
+    return {packet: formula(name) for name, packet in packets.items()}  # the counter keys ops by their packet
+
+
+def _fvcore_handle(name: str):
+    """fvcore's handle for a declared custom op: its multiply-adds, and 5 a normalized element (fvcore's
+    LayerNorm with affine parameters)."""
+
+    def handle(inputs: list[Any], outputs: list[Any]) -> int:
+        from fvcore.nn.jit_handles import get_shape
+
+        args = [torch.empty(get_shape(v), device="meta") if get_shape(v) is not None else v.toIValue() for v in inputs]
+        macs = zoo.macs_of(name, *args)
+        return macs.macs + 5 * macs.normalized
+
+    return handle
 
 
 @contextmanager
@@ -87,7 +126,7 @@ def flex_as_sdpa() -> Iterator[None]:
 def _torch_gmacs(model: nn.Module, x: torch.Tensor) -> float | None:
     """torch.utils.flop_counter's count, halved: the cross-check, and all there is without fvcore."""
     try:
-        with FlopCounterMode(display=False) as counter:
+        with FlopCounterMode(display=False, custom_mapping=_torch_mapping()) as counter:
             model(x)
         return counter.get_total_flops() / 2e9
     except Exception:  # optional; some kernels refuse dispatch modes
@@ -113,6 +152,7 @@ def count_gmacs(model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
                 **counts,
                 "flops_error": "fvcore is not installed, so GMACs in the papers' convention were not counted.",
             }
-        analysis = FlopCountAnalysis(model, x).set_op_handle(**{op: _attention_macs for op in ATTENTION_OPS})
+        handles = {op: _attention_macs for op in ATTENTION_OPS} | {op: _fvcore_handle(op) for op in zoo.declared_macs()}
+        analysis = FlopCountAnalysis(model, x).set_op_handle(**handles)
         analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
         return {**counts, "gmacs": analysis.total() / 1e9}

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
+from bench.flops import count_gmacs
 from zoo import _retention, _rmt_fast, _rmt_reference, rmt
 from zoo import _retention_triton as rt
 from zoo._op_cost import OpCost, cost_of
@@ -330,6 +331,9 @@ def _child() -> dict[str, dict]:
         results["rmt_forward"] = dict(
             err=rel_err(model.set_attn_impl("triton")(x), ref), calls=calls.take(), norms=norms.take()
         )
+        counts = {impl: count_gmacs(model.set_attn_impl(impl), x[:, :, :32, :48]) for impl in ("matmul", "triton")}
+        results["gmacs"] = {impl: [c["gmacs"], c["gmacs_torch"]] for impl, c in counts.items()}
+        calls.take(), norms.take()
         torch.manual_seed(0)  # layer scale, as rmt_b and rmt_l's last stages have it: fc1's residual is scaled
         scaled = rmt.RMT(**dict(TINY, layerscales=(True,) * 4, layer_init_values=0.5)).eval()
         ref = scaled.set_attn_impl("matmul")(x[:, :, :32, :48])
@@ -442,6 +446,14 @@ def test_rmt_forward_takes_norms_inside_the_matmuls(interpreted):
     assert plain["norms"] == [[False, False], [True, False]] * 4
     assert scaled["norms"] == [[False, False], [True, True]] * 4
     assert scaled["calls"] == [True, True, False, False] and scaled["err"] <= 1e-4
+
+
+@pytest.mark.e2e
+def test_fused_kernels_count_as_the_plain_path(interpreted):
+    """GMACs (fvcore's, and torch's counter's) are the same whether the fused kernels run or the plain ops do: the
+    custom ops declare their multiply-adds."""
+    gmacs = interpreted["gmacs"]
+    assert gmacs["triton"] == gmacs["matmul"] and gmacs["matmul"][1] > 0  # integer counts / 1e9: exactly equal
 
 
 @pytest.mark.e2e

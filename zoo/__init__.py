@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from ._builder import check_model_kwargs, checkpoint_file
 from ._checkpoint import CheckpointError, CheckpointMismatchError, LoadReport, check_fits, read_checkpoint
+from ._op_cost import declared_macs, macs_of
 from ._hub import CLIENT_ERRORS, REVISION_ENV as HUB_REVISION_ENV, WeightsUnavailableError, fetch_weights, hub_repo_id
 from ._registry import (
     Family,
@@ -61,6 +62,9 @@ __all__ = [
     "HUB_REVISION_ENV",
     "RMT_HUB_ORG_ENV",
     "timm_checkpoint_filter",
+    # custom ops' multiply-adds, which FLOP counters cannot see inside (bench/flops.py counts them)
+    "declared_macs",
+    "macs_of",
 ]
 
 

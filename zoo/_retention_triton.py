@@ -42,7 +42,7 @@ import warnings
 
 import torch
 
-from ._op_cost import OpCost, declare_cost
+from ._op_cost import OpCost, OpMacs, declare_cost, declare_macs
 
 __all__ = ["auto_takes", "norm_linear", "require", "retention"]
 
@@ -1102,6 +1102,21 @@ def _declared_norm_linear_cost(x, y, scale, norm_weight, norm_bias, eps, weight,
     return OpCost(1, _nbytes(*inputs), _nbytes(out))
 
 
+def _declared_macs(qkv, weight, bias, rot, decay, chunkwise: bool) -> OpMacs:
+    """One forward call's multiply-adds as the plain path's are counted: QK^T and AV of each attention pass (rows
+    then columns, or the whole image) and the LePE conv's."""
+    b, h, w, _, n, d = qkv.shape
+    passes = (b * n * h * w**2 + b * n * w * h**2) if chunkwise else b * n * (h * w) ** 2
+    return OpMacs(2 * d * passes + b * h * w * weight.shape[0] * weight[0].numel())
+
+
+def _declared_norm_linear_macs(x, y, scale, norm_weight, norm_bias, eps, weight, bias, dtype) -> OpMacs:
+    """The matmul's multiply-adds, and the LayerNorm's elements."""
+    return OpMacs(x.numel() // x.shape[-1] * weight.numel(), normalized=x.numel())
+
+
 declare_cost("rmt_zoo::retention", _declared_cost)
 declare_cost("rmt_zoo::retention_backward", _declared_backward_cost)
 declare_cost("rmt_zoo::norm_linear", _declared_norm_linear_cost)
+declare_macs("rmt_zoo::retention", _declared_macs)
+declare_macs("rmt_zoo::norm_linear", _declared_norm_linear_macs)
