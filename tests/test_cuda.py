@@ -86,6 +86,22 @@ def test_rmt_paths_under_autocast(impl, dtype, rel_err, rmt_pair):
     assert low.dtype == dtype and 0 < rel_err(low.float(), ref) <= LOW_TOL[dtype]
 
 
+@pytest.mark.parametrize("dtype", LOW, ids=str)
+def test_norm_linear_matches_the_plain_ops_under_autocast(dtype, rel_err):
+    """LayerNorm inside the matmul (the fused kernel a no-grad block takes) against LayerNorm, then the linear, under
+    autocast, with a scaled residual added first, for x in both layouts a block hands it (NCHW-ordered memory, as a
+    stage's first block gets it, and contiguous). Both round at the same points; only accumulation order differs."""
+    torch.manual_seed(0)
+    norm, layer = torch.nn.LayerNorm(80, eps=1e-6).cuda(), torch.nn.Linear(80, 240).cuda()
+    x = torch.randn(2, 80, 7, 9, device="cuda").permute(0, 2, 3, 1)
+    y, scale = torch.randn(2, 7, 9, 80, device="cuda"), torch.rand(80, device="cuda")
+    with torch.no_grad(), torch.autocast("cuda", dtype=dtype):
+        for xs in (x.to(dtype), x.to(dtype).contiguous()):
+            out = _retention_triton.norm_linear(xs, norm, layer, y.to(dtype), scale)
+            ref = layer(norm(xs + scale * y.to(dtype)))
+            assert out.dtype == ref.dtype == dtype and rel_err(out.float(), ref.float()) <= LOW_TOL[dtype] / 4
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("chunkwise", [True, False])
 def test_flex_attention_matches_reference(chunkwise, dtype, rel_err):

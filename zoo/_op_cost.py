@@ -46,39 +46,28 @@ class OpMacs:
     normalized: int = 0
 
 
-CostFn = Callable[..., OpCost]
-MacsFn = Callable[..., OpMacs]
-_COSTS: dict[str, CostFn] = {}
-_MACS: dict[str, MacsFn] = {}
+class _Declarations:
+    """One kind of declaration (a cost, multiply-adds) by op name ("namespace::name"): `fn(*args, **kwargs)` gives
+    one call's figure, from the call's arguments."""
+
+    def __init__(self):
+        self._fns: dict[str, Callable] = {}
+
+    def declare(self, qualname: str, fn: Callable) -> None:
+        self._fns[qualname] = fn
+
+    def names(self) -> frozenset[str]:
+        """The ops that declared one."""
+        return frozenset(self._fns)
+
+    def of(self, qualname: str, *args, **kwargs):
+        """The declared figure of one call of `qualname` with these arguments, or None where the op declared none."""
+        fn = self._fns.get(qualname)
+        return None if fn is None else fn(*args, **kwargs)
 
 
-def declare_cost(qualname: str, fn: CostFn) -> None:
-    """Declare `fn(*args, **kwargs) -> OpCost` as the cost of the op `qualname` ("namespace::name")."""
-    _COSTS[qualname] = fn
-
-
-def declared_ops() -> frozenset[str]:
-    """The ops that declared a cost."""
-    return frozenset(_COSTS)
-
-
-def cost_of(qualname: str, *args, **kwargs) -> OpCost | None:
-    """The declared cost of one call of `qualname` with these arguments, or None where the op declared none."""
-    fn = _COSTS.get(qualname)
-    return None if fn is None else fn(*args, **kwargs)
-
-
-def declare_macs(qualname: str, fn: MacsFn) -> None:
-    """Declare `fn(*args, **kwargs) -> OpMacs` as the multiply-adds of the op `qualname` ("namespace::name")."""
-    _MACS[qualname] = fn
-
-
-def declared_macs() -> frozenset[str]:
-    """The ops that declared their multiply-adds."""
-    return frozenset(_MACS)
-
-
-def macs_of(qualname: str, *args, **kwargs) -> OpMacs | None:
-    """The declared multiply-adds of one call of `qualname` with these arguments, or None where it declared none."""
-    fn = _MACS.get(qualname)
-    return None if fn is None else fn(*args, **kwargs)
+_COSTS, _MACS = _Declarations(), _Declarations()
+# fn(*args, **kwargs) -> OpCost
+declare_cost, declared_ops, cost_of = _COSTS.declare, _COSTS.names, _COSTS.of
+# fn(*args, **kwargs) -> OpMacs
+declare_macs, declared_macs, macs_of = _MACS.declare, _MACS.names, _MACS.of

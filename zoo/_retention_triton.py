@@ -31,7 +31,12 @@ TRITON_INTERPRET=1 set before triton is first imported (Triton's own library fun
 at that moment); otherwise the call fails with one sentence. The tests run it so, in a child process.
 Triton is imported on first use only, so zoo imports where it is missing, and `attn_impl="triton"` then fails when
 the model is built (`require`); "auto" then keeps its other paths.
-Every launch plan declares its cost (zoo/_op_cost.py) for the GPU proxy: `_declared_cost`, `_declared_backward_cost`.
+LayerNorm inside the matmul after it (`norm_linear`, rmt_zoo::norm_linear, one launch of `_norm_linear_kernel`): where
+MaSA takes the fused op and no gradients are recorded, each block's LayerNorms run inside its qkv and fc1 matmuls, fc1's
+with the residual sum before it, so neither the normalized map nor that sum goes to memory (it has no backward:
+training keeps the plain modules).
+Every launch plan declares its cost (zoo/_op_cost.py) for the GPU proxy (`_declared_cost`, `_declared_backward_cost`,
+`_declared_norm_linear_cost`), and each forward op its multiply-adds for the FLOP counters.
 """
 
 from __future__ import annotations
