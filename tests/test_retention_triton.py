@@ -674,6 +674,25 @@ def test_norms_fused_only_where_the_fused_op_runs_without_gradients(monkeypatch)
         assert not _retention.norms_fused("matmul", x)
         traced = torch.fx.symbolic_trace(lambda t: t + int(_retention.norms_fused("auto", t)))
         assert torch.equal(traced(x), x)  # FX keeps the plain modules
+        monkeypatch.setattr(_retention, "NORMS_IN_MATMUL", False)
+        assert not _retention.norms_fused("auto", x)
+
+
+def test_gpu_benchmark_times_the_norms_apart(auto_on_cpu, monkeypatch):
+    """benchmarks/rmt_gpu.py's "LayerNorms apart" path runs "auto" with the fused op but the plain LayerNorms (the
+    alternative the LayerNorm-in-matmul kernel is timed against); the model itself, after it, takes the kernel."""
+    from benchmarks import rmt_gpu
+
+    monkeypatch.setattr(rt, "_probe", lambda device, dtype: None)
+    monkeypatch.setattr(rt, "retention", lambda qkv, *args: qkv[:, :, :, 2] * 1)
+    norms = []
+    monkeypatch.setattr(rt, "norm_linear", lambda x, norm, layer, *res: norms.append(1) or layer(norm(x)))
+    model = rmt.RMT(**TINY).eval()
+    with torch.no_grad():
+        rmt_gpu._norms_apart(model)(torch.randn(1, 3, 32, 32))
+        assert norms == []
+        model(torch.randn(1, 3, 32, 32))
+    assert len(norms) == 8
 
 
 def test_block_keeps_its_norms_where_stochastic_depth_runs(monkeypatch):

@@ -19,6 +19,7 @@ from . import _retention_triton
 __all__ = [
     "ATTN_IMPLS",
     "MAX_MASK_ELEMS",
+    "NORMS_IN_MATMUL",
     "SHORT_ROW",
     "attend",
     "autocast_dtype",
@@ -39,6 +40,9 @@ MAX_MASK_ELEMS = 1 << 24
 # L x L scores.
 SHORT_ROW = 64
 
+# Off: blocks keep their LayerNorms apart from the matmuls wherever the fused op runs (`norms_fused`); on a GPU,
+# benchmarks/rmt_gpu.py times the fused kernel against LayerNorm and cuBLAS this way.
+NORMS_IN_MATMUL = True
 # Device types with an autocast, asked once: torch.compile on torch 2.11 cannot trace
 # torch.amp.is_autocast_available (a C builtin); is_autocast_enabled and get_autocast_dtype it traces.
 _AUTOCAST_KINDS = frozenset(
@@ -146,8 +150,8 @@ def fused(impl: str, x: torch.Tensor) -> bool:
 def norms_fused(impl: str, x: torch.Tensor) -> bool:
     """Whether a block on x computes its LayerNorms inside the matmuls after them (`_retention_triton.norm_linear`):
     where MaSA takes the fused op (`fused`), in forwards that record no gradients (that kernel has no backward) and
-    are not traced by FX (whose graph keeps the plain modules)."""
-    return not torch.is_grad_enabled() and not isinstance(x, torch.fx.Proxy) and fused(impl, x)
+    are not traced by FX (whose graph keeps the plain modules), unless NORMS_IN_MATMUL is off."""
+    return NORMS_IN_MATMUL and not torch.is_grad_enabled() and not isinstance(x, torch.fx.Proxy) and fused(impl, x)
 
 
 def attend(
