@@ -649,6 +649,24 @@ def test_auto_takes_the_kernel_where_it_builds(auto_on_cpu, monkeypatch):
     assert seen == [True, True, False, False] and norms == [0, 1] * 4
 
 
+def test_auto_exports_to_onnx_without_the_kernels(auto_on_cpu, monkeypatch):
+    """ONNX has no op for the custom kernels: an ONNX export of "auto" takes the plain path where the kernels would
+    otherwise run (the interpreter's CPU standing for CUDA), and exports."""
+    monkeypatch.setattr(rt, "_probe", lambda device, dtype: None)
+    taken = []
+    monkeypatch.setattr(rt, "retention", lambda qkv, *args: taken.append("retention") or qkv[:, :, :, 2] * 1)
+    monkeypatch.setattr(rt, "norm_linear", lambda x, norm, layer, *res: taken.append("norm") or layer(norm(x)))
+    model = rmt.RMT(**TINY).eval()
+    with torch.no_grad():
+        model(torch.randn(1, 3, 32, 32))
+        assert "retention" in taken and "norm" in taken  # where the kernels build, "auto" takes them
+        taken.clear()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(model, (torch.randn(1, 3, 32, 32),), dynamo=True, verbose=False)
+    assert taken == [] and len(program.model_proto.graph.node) > 0
+
+
 def test_auto_on_fake_tensors_takes_the_kernel_untried(auto_on_cpu, monkeypatch):
     """Fake tensors (export, the GPU proxy's fake CUDA) have no device to build on: "auto" answers as where the
     kernels build, without the probe, whose backward would start a CUDA context (no driver: the process aborts)."""

@@ -1049,10 +1049,10 @@ def _builds(device: torch.device, dtype: torch.dtype) -> bool:
 
 def auto_takes(x: torch.Tensor) -> bool:
     """Whether attn_impl="auto" takes the kernels for a MaSA call on x: on CUDA where triton is installed and the
-    kernels build in the dtype the call would run in (autocast's where it is on). Predicted, until a GPU
-    measures it (benchmarks/rmt_gpu.py times "auto", "matmul" and "triton" side by side): fewer bytes than
-    matmul-softmax at every stage (docs/rmt_internals.md)."""
-    if x.device.type not in AUTO_DEVICES or not TRITON_FOUND:
+    kernels build in the dtype the call would run in (autocast's where it is on), except in a graph exported to
+    ONNX, which has no op for them. Predicted, until a GPU measures it (benchmarks/rmt_gpu.py times "auto",
+    "matmul" and "triton" side by side): fewer bytes than matmul-softmax at every stage (docs/rmt_internals.md)."""
+    if x.device.type not in AUTO_DEVICES or not TRITON_FOUND or torch.onnx.is_in_onnx_export():
         return False
     return _builds(x.device, _call_dtype(x))
 
