@@ -536,15 +536,23 @@ def test_declared_backward_cost(chunkwise):
     assert cost_of("rmt_zoo::retention_backward", dout, qkv, rot, decay, dout, chunkwise) == expected
 
 
-@pytest.mark.parametrize(("grid", "stages"), [((7, 7), {"num_stages": 1}), ((25, 42), {})], ids=["7x7", "25x42"])
-def test_one_pipeline_stage_where_the_key_loop_runs_once(grid, stages):
-    """The whole-image forward of 7x7 tokens runs its key loop once: one stage, no prefetch buffers; at 25x42 (17
-    key blocks) Triton's default pipelining stays."""
+@pytest.mark.parametrize(
+    ("grid", "chunkwise", "stages"),
+    [((7, 7), False, {"num_stages": 1}), ((25, 42), False, {}), ((28, 28), True, {"num_stages": 1}),
+     ((14, 14), True, {"num_stages": 1}), ((56, 56), True, {})],
+    ids=["whole-7x7", "whole-25x42", "rows-28x28", "rows-14x14", "rows-56x56"],
+)  # fmt: skip
+def test_one_pipeline_stage_where_the_key_loop_runs_once(grid, chunkwise, stages):
+    """A forward whose key loop runs once builds with one pipeline stage, no prefetch buffers: the whole 7x7 image,
+    and rows of 28 and 14 keys (one 32- or 16-key block); at 25x42 (17 key blocks) and rows of 56 (two blocks)
+    Triton's default pipelining stays."""
     h, w = grid
     qkv = torch.empty(2, h, w, 3, 16, 32, dtype=torch.bfloat16, device="meta")
-    rot, lepe = torch.empty(2, 2, 1, 1, h, w, 32, device="meta"), torch.empty(512, 1, 5, 5, device="meta")
-    ((name, _, _, meta),) = rt.launches(qkv, lepe, lepe[:, 0, 0, 0], rot, torch.empty(16, device="meta"), False)[1]
-    assert name == "attend" and {key: meta[key] for key in ("num_stages",) if key in meta} == stages
+    rot = torch.empty(2, 2, *((1, h, 1, w, 32) if chunkwise else (1, 1, h, w, 32)), device="meta")
+    lepe = torch.empty(512, 1, 5, 5, device="meta")
+    ((name, _, _, meta),) = rt.launches(qkv, lepe, lepe[:, 0, 0, 0], rot, torch.empty(16, device="meta"), chunkwise)[1]
+    assert name == ("rows_then_columns" if chunkwise else "attend")
+    assert {key: meta[key] for key in ("num_stages",) if key in meta} == stages
 
 
 @pytest.mark.parametrize("head_dim", [16, 32])

@@ -622,15 +622,19 @@ def rows_then_columns_config(height: int, width: int, head_dim: int, dtype: torc
     the GPU machine's, though not under 3.8), and as many image rows as keep the column attention's queries and
     accumulator (BLOCK_I x 16 x BLOCK_D each) at 32 fp32 registers a thread of 4 warps. fp32 takes 8 warps: with
     the LePE conv in its epilogue, 4 spilled 48 bytes at stage 1 under Triton 3.6 (at 255 registers; 8: 232, no
-    spills, under 3.6 and 3.8)."""
+    spills, under 3.6 and 3.8). One pipeline stage where a row's keys fit one block (28x28 and 14x14 grids): nothing
+    to prefetch, and the shared memory its buffers took goes (sm_90, bf16: 27.6 to 5.1 KB at 28x28, 14.3 to 3.1 KB
+    at 14x14)."""
     block_d = max(16, _pow2(head_dim))
+    keys = min(_FP32_KEYS[block_d >= 32] if dtype == torch.float32 else 32, max(16, _pow2(width)))
     return dict(
         BLOCK_I=min(_pow2(height), 4 * 32 * 32 // (16 * block_d)),
         BLOCK_J=16,
-        BLOCK_N=min(_FP32_KEYS[block_d >= 32] if dtype == torch.float32 else 32, max(16, _pow2(width))),
+        BLOCK_N=keys,
         BLOCK_D=block_d,
         PRECISION=_precision(dtype),
         num_warps=8 if dtype == torch.float32 else 4,
+        **(dict(num_stages=1) if width <= keys else {}),
     )
 
 
