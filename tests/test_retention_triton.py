@@ -294,6 +294,25 @@ def _norm_rounding_case() -> dict[str, float]:
     return out
 
 
+def _norm_inputs_case() -> dict[str, float | list]:
+    """Inputs torch takes that the kernel cannot read as they come: y broadcast over the rows, a one-element scale,
+    a strided scale and LayerNorm gain (the kernel reads vectors as contiguous), and an empty image (0 rows wide).
+    Errors against torch's layer(norm(x + scale * y)), fp32."""
+    torch.manual_seed(0)
+    norm, layer = torch.nn.LayerNorm(24), torch.nn.Linear(24, 17)
+    out = {}
+    with torch.no_grad():
+        norm.weight.normal_(), norm.bias.normal_()
+        x, y, scale = torch.randn(2, 3, 4, 24), torch.randn(2, 3, 4, 24), torch.randn(48)[::2]
+        for name, r, s in (("y_broadcast", y[:1, :1], None), ("scale_one", y, scale[:1]), ("scale_strided", y, scale)):
+            ref = layer(norm(x + (r if s is None else s * r)))
+            out[name] = rel_err(rt.norm_linear(x, norm, layer, r, s), ref)
+        norm.weight = torch.nn.Parameter(torch.randn(48)[::2])
+        out["gain_strided"] = rel_err(rt.norm_linear(x, norm, layer), layer(norm(x)))
+        out["empty_image"] = list(rt.norm_linear(torch.randn(2, 0, 4, 24), norm, layer).shape)
+    return out
+
+
 def _child() -> dict[str, dict]:
     calls, results = _Calls(), {}
     for case in MASA_CASES:  # odd, non-power-of-two grids, two heads; batch 2 on the smaller one
@@ -308,6 +327,7 @@ def _child() -> dict[str, dict]:
     for case, args in NORM_CASES.items():
         results[case] = _norm_case(*args)
     results["norm_rounding"] = _norm_rounding_case()
+    results["norm_inputs"] = _norm_inputs_case()
     results["lepe_rounding"] = _lepe_rounding_case()
     backwards = _Backwards()
     for case, args in GRAD_CASES.items():
@@ -472,6 +492,23 @@ def test_norm_linear_rounds_as_torch_does(interpreted):
     rounding = interpreted["norm_rounding"]
     assert rounding["sum"] == 0.0
     assert rounding["bias_fp16"] == 2**-10 and rounding["bias_fp32"] == pytest.approx(2**-11 + 2**-13, rel=1e-5)
+
+
+@pytest.mark.e2e
+def test_norm_linear_reads_inputs_as_torch_broadcasts_them(interpreted):
+    """y broadcast over rows, a one-element scale, strided vectors and an empty image give torch's results."""
+    inputs = interpreted["norm_inputs"]
+    assert inputs.pop("empty_image") == [2, 0, 4, 17]
+    assert all(err <= TOL["fp32"] for err in inputs.values()), inputs
+
+
+def test_norm_linear_refuses_mismatched_channels():
+    """x's channels, the LayerNorm's shape and the linear's inputs must agree (the kernel takes K from the linear,
+    and would read other channels than torch's LayerNorm normalizes); refused before anything is launched."""
+    with pytest.raises(ValueError, match="to agree"):
+        rt.norm_linear(torch.randn(5, 32), torch.nn.LayerNorm(32), torch.nn.Linear(24, 8))
+    with pytest.raises(ValueError, match="to agree"):
+        rt.norm_linear(torch.randn(5, 24), torch.nn.LayerNorm(16), torch.nn.Linear(24, 8))
 
 
 @pytest.mark.e2e

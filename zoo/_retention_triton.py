@@ -743,7 +743,7 @@ def norm_linear_config(n_out: int, dtype: torch.dtype) -> dict:
 
 def _image_view(t: torch.Tensor) -> torch.Tensor:
     """t (..., K) as (A, height, width, K), a view wherever t's leading dims can be merged into A."""
-    return t.reshape(-1, *t.shape[-3:]) if t.dim() >= 4 else t.reshape(*(1,) * (4 - t.dim()), *t.shape)
+    return t.flatten(0, -4) if t.dim() >= 4 else t.reshape(*(1,) * (4 - t.dim()), *t.shape)  # -1 fails on 0 pixels
 
 
 def _norm_linear_plan(x, y, scale, norm_weight, norm_bias, eps: float, weight, bias, dtype) -> tuple:
@@ -998,12 +998,19 @@ def norm_linear(
     in one launch that normalizes the rows as it loads them for the matmul: the LayerNorm's output, and the sum,
     never go to memory. In the dtype the linear would run in (autocast's where it is on), with torch's roundings.
     For forwards that record no gradients: the op has no backward. A norm without affine parameters or a layer
-    without bias takes ones and zeros in their place."""
+    without bias takes ones and zeros in their place. y broadcasts to x's shape as x + y would; the kernel reads the
+    parameters and scale as contiguous vectors of the channels."""
     k, n_out = layer.in_features, layer.out_features
-    gain = norm.weight if norm.weight is not None else x.new_ones(k, dtype=torch.float32)
-    shift = norm.bias if norm.bias is not None else x.new_zeros(k, dtype=torch.float32)
-    bias = layer.bias if layer.bias is not None else x.new_zeros(n_out, dtype=torch.float32)
-    scale = None if scale is None else scale.reshape(-1)
+    if x.shape[-1] != k or tuple(norm.normalized_shape) != (k,):
+        raise ValueError(
+            f"norm_linear needs x's channels ({x.shape[-1]}), the LayerNorm's shape {tuple(norm.normalized_shape)} "
+            f"and the linear's in_features ({k}) to agree."
+        )
+    gain = norm.weight.contiguous() if norm.weight is not None else x.new_ones(k, dtype=torch.float32)
+    shift = norm.bias.contiguous() if norm.bias is not None else x.new_zeros(k, dtype=torch.float32)
+    bias = layer.bias.contiguous() if layer.bias is not None else x.new_zeros(n_out, dtype=torch.float32)
+    scale = None if scale is None else scale.reshape(-1).expand(k).contiguous()
+    y = y if y is None or y.shape == x.shape else y.expand(x.shape)  # read through its strides: 0 where broadcast
     return _norm_linear_op(x, y, scale, gain, shift, norm.eps, layer.weight, bias, _call_dtype(x))
 
 
