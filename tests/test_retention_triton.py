@@ -839,13 +839,16 @@ def _sources(h: int, w: int, n: int, d: int, chunkwise: bool, dtype: torch.dtype
 
 def _norm_sources(h: int, w: int, dim: int, hidden: int, layer_scale: bool, dtype: torch.dtype):
     """The compile keys of one stage's LayerNorms inside its qkv and fc1 matmuls (`_keys`): x and the residual in
-    dtype, the parameters fp32 as autocast leaves them, fc1's residual scaled where the stage has layer scale."""
-    x = torch.empty(2, h, w, dim, dtype=dtype, device="meta")
+    dtype, x contiguous and NCHW-ordered (as a stage's first block gets it), the parameters fp32 as autocast leaves
+    them, fc1's residual scaled where the stage has layer scale."""
+    contiguous = torch.empty(2, h, w, dim, dtype=dtype, device="meta")
+    nchw = torch.empty(2, dim, h, w, dtype=dtype, device="meta").permute(0, 2, 3, 1)
     params = lambda *shape: torch.empty(*shape, device="meta")  # noqa: E731
-    for n_out, residual in ((3 * dim, False), (hidden, True)):
-        y, scale = (x, params(dim) if layer_scale else None) if residual else (None, None)
-        yield from _keys(rt._norm_linear_plan(x, y, scale, params(dim), params(dim), 1e-6, params(n_out, dim),
-                                              params(n_out), dtype)[1])  # fmt: skip
+    for x in (contiguous, nchw):
+        for n_out, residual in ((3 * dim, False), (hidden, True)):
+            y, scale = (contiguous, params(dim) if layer_scale else None) if residual else (None, None)
+            yield from _keys(rt._norm_linear_plan(x, y, scale, params(dim), params(dim), 1e-6, params(n_out, dim),
+                                                  params(n_out), dtype)[1])  # fmt: skip
 
 
 def _keys(launches):

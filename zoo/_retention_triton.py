@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import inspect
 import warnings
 
 import torch
@@ -732,13 +733,17 @@ def _attend(q, k, table, pairs, v, out, decay, lse, width: int, lepe: tuple | No
     return "attend", grid, (*args, *_strides(q, k, v, out, table, pairs, decay)), dict(meta, **flags)
 
 
-def norm_linear_config(n_out: int, dtype: torch.dtype) -> dict:
+def norm_linear_config(n_out: int, dtype: torch.dtype, strided: bool) -> dict:
     """Block sizes and warps of `_norm_linear_kernel`: 16-bit 128 x 128 tiles on 8 warps (two warpgroups' wgmma on
-    sm_90), K 64 at a time; fp32, whose dots run on FMAs, 64 x 64 on 4, K 32 at a time (tests/test_retention_triton.py
-    builds every RMT layer's for sm_90 without spills)."""
+    sm_90), K 64 at a time; fp32, whose dots run on FMAs, 64 x 64 on 4, K 32 at a time. `strided`: x's channels are
+    not contiguous (a stage's first block: NCHW-ordered memory), where the loads take more registers: K half as
+    many at a time (at 64, 16-bit spilled 20 bytes at 255 registers on sm_90; fp32 12). tests/test_retention_triton.py
+    builds every RMT layer's, in both layouts, for sm_90 without spills."""
     if dtype == torch.float32:
-        return dict(BLOCK_M=64, BLOCK_N=min(64, max(16, _pow2(n_out))), BLOCK_K=32, PRECISION="ieee", num_warps=4)
-    return dict(BLOCK_M=128, BLOCK_N=min(128, max(16, _pow2(n_out))), BLOCK_K=64, PRECISION="tf32", num_warps=8)
+        block_k = 16 if strided else 32
+        return dict(BLOCK_M=64, BLOCK_N=min(64, max(16, _pow2(n_out))), BLOCK_K=block_k, PRECISION="ieee", num_warps=4)
+    block_k = 32 if strided else 64
+    return dict(BLOCK_M=128, BLOCK_N=min(128, max(16, _pow2(n_out))), BLOCK_K=block_k, PRECISION="tf32", num_warps=8)
 
 
 def _image_view(t: torch.Tensor) -> torch.Tensor:
@@ -754,7 +759,7 @@ def _norm_linear_plan(x, y, scale, norm_weight, norm_bias, eps: float, weight, b
     y4 = x4 if y is None else _image_view(y)
     n_rows, height, width = x4.shape[0] * x4.shape[1] * x4.shape[2], x4.shape[1], x4.shape[2]
     out = torch.empty(n_rows, n_out, dtype=dtype, device=x.device)
-    meta = norm_linear_config(n_out, dtype)
+    meta = norm_linear_config(n_out, dtype, x4.stride(-1) != 1)
     n_n = _cdiv(n_out, meta["BLOCK_N"])
     product = y4.dtype if scale is None else torch.promote_types(y4.dtype, scale.dtype)
     flags = dict(
@@ -975,7 +980,14 @@ def retention(
 
 # flexible_layout: inductor hands x and y over in whatever layout it gave them (the kernel reads them through their
 # strides), where the default would copy them to the traced strides, once for each of the two ops sharing x.
-@torch.library.custom_op("rmt_zoo::norm_linear", mutates_args=(), tags=(torch.Tag.flexible_layout,))
+# custom_op takes tags only since 2025 (pytorch/pytorch#135236) and pyproject allows torch 2.5: without them the op
+# keeps inductor's default constraint (those copies).
+_LAYOUT_TAGS = (
+    dict(tags=(torch.Tag.flexible_layout,)) if "tags" in inspect.signature(torch.library.custom_op).parameters else {}
+)
+
+
+@torch.library.custom_op("rmt_zoo::norm_linear", mutates_args=(), **_LAYOUT_TAGS)
 def _norm_linear_op(
     x: torch.Tensor, y: torch.Tensor | None, scale: torch.Tensor | None, norm_weight: torch.Tensor,
     norm_bias: torch.Tensor, eps: float, weight: torch.Tensor, bias: torch.Tensor, dtype: torch.dtype,
