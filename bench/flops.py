@@ -26,7 +26,7 @@ from typing import Any, Iterator
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 import zoo
 
@@ -60,8 +60,13 @@ def _meta(value: Any) -> Any:
     return torch.empty(value, device="meta") if isinstance(value, torch.Size) else value
 
 
+def _cpu_sdpa_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    """CPU's fused SDPA kernel, which torch's counter has no formula for (it counted 0): QK^T and AV, as on CUDA."""
+    return sdpa_flop_count(query, key, value)
+
+
 def _torch_mapping() -> dict:
-    """torch's counter's formulas for the declared custom ops: 2 FLOPs a multiply-add."""
+    """torch's counter's formulas for the declared custom ops (2 FLOPs a multiply-add), and for CPU's SDPA kernel."""
 
     def formula(name: str):
         def flops(*args, out_shape=None, **kwargs) -> int:
@@ -72,7 +77,8 @@ def _torch_mapping() -> dict:
     packets = {
         name: getattr(getattr(torch.ops, name.split("::")[0]), name.split("::")[1]) for name in zoo.declared_macs()
     }
-    return {packet: formula(name) for name, packet in packets.items()}  # the counter keys ops by their packet
+    mapping = {packet: formula(name) for name, packet in packets.items()}  # the counter keys ops by their packet
+    return {**mapping, torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops}
 
 
 def _fvcore_handle(name: str):
