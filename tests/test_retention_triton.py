@@ -697,6 +697,7 @@ def test_auto_takes_the_kernel_where_it_builds(auto_on_cpu, monkeypatch):
 def test_auto_exports_to_onnx_without_the_kernels(auto_on_cpu, monkeypatch):
     """ONNX has no op for the custom kernels: an ONNX export of "auto" takes the plain path where the kernels would
     otherwise run (the interpreter's CPU standing for CUDA), and exports."""
+    pytest.importorskip("onnxscript", reason="the onnx extra is not installed")
     monkeypatch.setattr(rt, "_probe", lambda device, dtype: None)
     taken = []
     monkeypatch.setattr(rt, "retention", lambda qkv, *args: taken.append("retention") or qkv[:, :, :, 2] * 1)
