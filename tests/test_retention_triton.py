@@ -68,6 +68,16 @@ GRAD_CASES = {
     "grad_whole_fp32": ((5, 14), 2, 16, False, torch.float32),
     "grad_rows_40_fp32": ((2, 40), 1, 16, True, torch.float32),
 }
+# The depthwise taps kernels (`rt.fused_taps`), forward and backward, against autograd of fp64 GELU and conv2d:
+# (B, H, W, C), K, gelu, in_bias, u NCHW-ordered, dtype. 19 rows: two programs' chunks of 16; 70 wide: two blocks of
+# 64 pixels; 300 channels: two blocks, the second partial; 5x5 as LePE's.
+TAPS_CASES = {
+    "taps_ffn_fp32": ((2, 5, 7, 24), 3, True, True, False, torch.float32),
+    "taps_cpe_nchw_fp32": ((1, 19, 70, 40), 3, False, False, True, torch.float32),
+    "taps_5x5_fp32": ((2, 4, 3, 16), 5, True, False, False, torch.float32),
+    "taps_channels_fp32": ((2, 9, 9, 300), 3, True, True, False, torch.float32),
+    "taps_ffn_fp16": ((2, 6, 11, 24), 3, True, True, False, torch.float16),
+}
 MASA_CASES = [f"{h}x{w}-{form}-{dt}" for h, w in ((7, 9), (13, 17)) for form in ("rows_cols", "whole") for dt in DTYPES]
 
 
@@ -208,6 +218,70 @@ def _grad_case(*case) -> float:
     return max(rel_err(a.grad.double(), b.grad) for a, b in zip(ours, ref))
 
 
+def _taps_reference(u, in_bias, weight, bias, gelu: bool) -> torch.Tensor:
+    a = u if in_bias is None else u + in_bias
+    a = F.gelu(a) if gelu else a
+    k = weight.shape[-1]
+    return F.conv2d(a.permute(0, 3, 1, 2), weight, bias, padding=k // 2, groups=u.shape[-1]).permute(0, 2, 3, 1)
+
+
+def _taps_case(shape, k: int, gelu: bool, in_bias: bool, nchw: bool, dtype: torch.dtype) -> dict:
+    """`rt.fused_taps`'s output and its gradients of u, the weight, the bias and in_bias against autograd of
+    `_taps_reference` in fp64 (the parameters rounded to dtype, as the kernel rounds them); the worst error."""
+    b, h, w, c = shape
+    u = torch.randn(b, c, h, w).permute(0, 2, 3, 1) if nchw else torch.randn(b, h, w, c)
+    params = [torch.randn(c, 1, k, k) * 0.3, torch.randn(c)] + ([torch.randn(c)] if in_bias else [])
+    dout = torch.randn(b, h, w, c).to(dtype)
+    ours = [u.to(dtype).requires_grad_()] + [t.clone().requires_grad_() for t in params]
+    ref = [ours[0].detach().double().requires_grad_()] + [t.to(dtype).double().requires_grad_() for t in params]
+    out = rt.fused_taps(ours[0], ours[1], ours[2], ours[3] if in_bias else None, gelu)
+    out.backward(dout)
+    expected = _taps_reference(ref[0], ref[3] if in_bias else None, ref[1], ref[2], gelu)
+    expected.backward(dout.double())
+    errs = [rel_err(out.double(), expected)] + [rel_err(a.grad.double(), e.grad) for a, e in zip(ours, ref)]
+    return dict(err=max(errs), dtype=str(out.dtype), contiguous=out.is_contiguous())
+
+
+class _TapsCalls:
+    """Counts runs of the taps kernels' forward and backward (not their fake implementations, which plan on fake
+    tensors while a graph is traced)."""
+
+    def __init__(self):
+        self.seen: list[str] = []
+        self._plans = rt._taps_plan, rt._taps_backward_plan
+        rt._taps_plan = lambda u, *args: self._note("forward", u, self._plans[0], u, *args)
+        rt._taps_backward_plan = lambda dout, u, *args: self._note("backward", u, self._plans[1], dout, u, *args)
+
+    def _note(self, kind, u, plan, *args):
+        if not isinstance(u, FakeTensor):
+            self.seen.append(kind)
+        return plan(*args)
+
+    def take(self) -> list[str]:
+        seen, self.seen = self.seen, []
+        return seen
+
+
+def _taps_compiled_train_case() -> dict:
+    """A block's FFN and CPE in a compiled training step (aot_eager, fullgraph) where the taps kernels are taken
+    (the interpreter's CPU standing for CUDA): parameter gradients against the eager step's (the convs), and the
+    kernels' runs."""
+    torch.manual_seed(0)
+    ffn, cpe = rmt.FeedForward(16, 48), _rmt_fast.DWConv2d(16, 3, residual=True)
+    x = torch.randn(2, 9, 7, 16)
+    calls = _TapsCalls()
+    grads = {}
+    for name in ("eager", "compiled"):
+        step = lambda t: ffn(cpe(t))  # noqa: E731
+        fn = torch.compile(step, fullgraph=True, backend="aot_eager") if name == "compiled" else step
+        ffn.zero_grad(), cpe.zero_grad()
+        fn(x).square().sum().backward()
+        grads[name] = [p.grad.clone() for p in (*ffn.parameters(), *cpe.parameters())]
+        grads[name + "_calls"] = calls.take()
+    errs = [rel_err(a, b) for a, b in zip(grads["compiled"], grads["eager"])]
+    return dict(err=max(errs), eager=grads["eager_calls"], compiled=grads["compiled_calls"])
+
+
 def _lepe_rounding_case() -> dict[str, float]:
     """The output at the centre of a 3x3 grid (one head, one image) whose v is 1 at the centre's upper and lower
     neighbours and 0 elsewhere, the LePE weights there 1 + 2^-11 and -1 (0 elsewhere, no bias), and a decay of -1000
@@ -329,6 +403,8 @@ def _child() -> dict[str, dict]:
     results["norm_rounding"] = _norm_rounding_case()
     results["norm_inputs"] = _norm_inputs_case()
     results["lepe_rounding"] = _lepe_rounding_case()
+    for case, args in TAPS_CASES.items():
+        results[case] = _taps_case(*args)
     backwards = _Backwards()
     for case, args in GRAD_CASES.items():
         results[case] = dict(err=_grad_case(*args), backwards=backwards.take())
@@ -392,6 +468,8 @@ def _child() -> dict[str, dict]:
         eager = masa(x, relpos(5, 7, x.dtype), relpos.decay, "triton")
     builds = [[str(device), str(dtype), ok] for (device, dtype), ok in rt._BUILDS.items()]
     results["auto_compiled"] = dict(err=rel_err(compiled, eager), calls=calls.take()[:-1], builds=builds)
+    _rmt_fast.SHIFTED_CONV_DEVICES = ("cpu",)
+    results["taps_compiled_train"] = _taps_compiled_train_case()
     return results
 
 
@@ -441,6 +519,25 @@ def test_backward_matches_matmul_softmax_autograd(interpreted, case):
     """dq, dk, dv from the fused backward against autograd of fp64 matmul-softmax (the official formulas)."""
     assert interpreted[case]["backwards"] == [GRAD_CASES[case][3]]
     assert interpreted[case]["err"] <= TOL["fp16" if GRAD_CASES[case][-1] == torch.float16 else "fp32"]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("case", TAPS_CASES)
+def test_fused_taps_match_fp64(interpreted, case):
+    """The taps kernels' output and gradients (u's, the weight's, the bias's, in_bias's) against autograd of fp64,
+    in the call's dtype, contiguous whatever u's layout."""
+    result, dtype = interpreted[case], TAPS_CASES[case][-1]
+    assert result["dtype"] == str(dtype) and result["contiguous"]
+    assert result["err"] <= TOL["fp16" if dtype == torch.float16 else "fp32"]
+
+
+@pytest.mark.e2e
+def test_compiled_training_takes_the_taps_kernels(interpreted):
+    """A compiled training step runs the FFN's and the CPE's taps kernels forward and backward, with the eager
+    step's gradients (eager runs the convs)."""
+    result = interpreted["taps_compiled_train"]
+    assert result["eager"] == [] and sorted(result["compiled"]) == ["backward"] * 2 + ["forward"] * 2
+    assert result["err"] <= 1e-5
 
 
 @pytest.mark.e2e
@@ -786,6 +883,40 @@ def test_norm_linear_declares_its_cost():
     assert cost == OpCost(1, 2 * maps + 4 * sum(t.numel() for t in params), 3 * maps)
 
 
+def test_taps_declare_their_cost():
+    """Forward: one launch reading u and the parameters once, writing the output once; backward: one launch reading
+    dout, u and the parameters once, writing u's gradient and (K*K + 2) x C partial sums per 16 image rows."""
+    with FakeTensorMode():
+        u, dout = torch.empty(2, 20, 9, 64, dtype=torch.bfloat16), torch.empty(2, 20, 9, 64, dtype=torch.bfloat16)
+        weight, bias, in_bias = torch.empty(64, 1, 3, 3), torch.empty(64), torch.empty(64)
+        forward = cost_of("rmt_zoo::depthwise_taps", u, in_bias, weight, bias, True, torch.bfloat16)
+        backward = cost_of("rmt_zoo::depthwise_taps_backward", dout, u, in_bias, weight, True)
+    maps, params = 2 * 20 * 9 * 64 * 2, 4 * 64 * 11
+    assert forward == OpCost(1, maps + params, maps)
+    assert backward == OpCost(1, 2 * maps + 4 * 64 * 10, maps + 4 * (2 * 2) * 11 * 64)
+
+
+def test_fused_taps_refuse_mismatched_weights():
+    with pytest.raises(ValueError, match="fused_taps needs a \\(C, 1, K, K\\) weight"):
+        rt.fused_taps(torch.randn(1, 3, 3, 8), torch.randn(4, 1, 3, 3), torch.randn(8))
+
+
+def test_taps_kernel_only_in_compiled_training_on_cuda(monkeypatch):
+    """Compiled graphs that record gradients on CUDA (where the kernels build) take the taps kernels; eager, no
+    gradients, another device or TAPS_IN_KERNEL off keep the plain forms."""
+    monkeypatch.setattr(rt, "auto_takes", lambda x: x.device.type == "cuda")
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        cuda = torch.empty(1, 2, 2, 16, device="cuda")
+    cpu = torch.empty(1, 2, 2, 16)
+    assert not _rmt_fast.taps_kernel_takes(cuda)  # eager
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert _rmt_fast.taps_kernel_takes(cuda) and not _rmt_fast.taps_kernel_takes(cpu)
+    with torch.no_grad():
+        assert not _rmt_fast.taps_kernel_takes(cuda)
+    monkeypatch.setattr(_rmt_fast, "TAPS_IN_KERNEL", False)
+    assert not _rmt_fast.taps_kernel_takes(cuda)
+
+
 def test_missing_triton_fails_at_build(monkeypatch):
     monkeypatch.setitem(sys.modules, "triton", None)  # import triton raises ImportError
     rmt.RMT(**TINY)  # other impls build without it
@@ -814,14 +945,16 @@ def _stage_shapes(arch: dict, size: tuple[int, int]):
 
 
 def _stage_keys(arch: dict, size: tuple[int, int], dtype: torch.dtype):
-    """(stage, compile key) of every launch of every stage at an input size: attention and the two LayerNorms in
-    their matmuls."""
+    """(stage, compile key) of every launch of every stage at an input size: attention, the two LayerNorms in their
+    matmuls and the CPE's and FFN's taps."""
     for stage, h, w, n, d, chunkwise in _stage_shapes(arch, size):
         i = stage - 1
         hidden = int(arch["mlp_ratios"][i] * n * d)
         for key in _sources(h, w, n, d, chunkwise, dtype):
             yield stage, key
         for key in _norm_sources(h, w, n * d, hidden, arch["layerscales"][i], dtype):
+            yield stage, key
+        for key in _taps_sources(h, w, n * d, hidden, dtype):
             yield stage, key
 
 
@@ -850,6 +983,17 @@ def _norm_sources(h: int, w: int, dim: int, hidden: int, layer_scale: bool, dtyp
             y, scale = (contiguous, params(dim) if layer_scale else None) if residual else (None, None)
             yield from _keys(rt._norm_linear_plan(x, y, scale, params(dim), params(dim), 1e-6, params(n_out, dim),
                                                   params(n_out), dtype)[1])  # fmt: skip
+
+
+def _taps_sources(h: int, w: int, dim: int, hidden: int, dtype: torch.dtype):
+    """The compile keys of one stage's taps kernels, forward and backward (`_keys`): the CPE's, and the FFN's with
+    fc1's bias and GELU, on contiguous maps (as `rt.fused_taps` hands them over); the parameters fp32."""
+    params = lambda c: (torch.empty(c, 1, 3, 3, device="meta"), torch.empty(c, device="meta"))  # noqa: E731
+    for channels, in_bias, gelu in ((dim, None, False), (hidden, params(hidden)[1], True)):
+        u = torch.empty(2, h, w, channels, dtype=dtype, device="meta")
+        weight, bias = params(channels)
+        yield from _keys(rt._taps_plan(u, in_bias, weight, bias, gelu, dtype)[1])
+        yield from _keys(rt._taps_backward_plan(u, u, in_bias, weight, gelu)[1])
 
 
 def _keys(launches):

@@ -50,7 +50,7 @@ import torch
 
 from ._op_cost import OpCost, OpMacs, declare_cost, declare_macs
 
-__all__ = ["auto_takes", "norm_linear", "require", "retention"]
+__all__ = ["auto_takes", "fused_taps", "norm_linear", "require", "retention"]
 
 # Where attn_impl="auto" takes the kernels: device types, and whether triton is installed (asked once, at import,
 # without importing it).
@@ -58,13 +58,13 @@ AUTO_DEVICES = ("cuda",)
 TRITON_FOUND = importlib.util.find_spec("triton") is not None
 
 # Sizes the kernel is not specialized on (value 1, multiples of 16), so new grid sizes reuse the compiled kernel.
-NOT_SPECIALIZED = ("seq_len", "height", "width", "n_b", "n_c", "n_heads", "n_i", "n_j", "n_rows")
+NOT_SPECIALIZED = ("seq_len", "height", "width", "n_b", "n_c", "n_heads", "n_i", "n_j", "n_rows", "n_chunks")
 # The whole-image kernel's warps per block size, (16-bit inputs, fp32): with these every stage of rmt_t/s/b/l builds
 # for sm_90 with fewer than 255 registers and no spills under Triton 3.6 and 3.8 (tests/test_retention_triton.py;
 # fp32's dots run on FMAs and hold more in registers, so it takes more warps).
 WARPS = {16: (1, 1), 32: (1, 4), 64: (4, 8)}
 # Meta-parameters of a launch that are compile options, not the kernel's constexprs.
-LAUNCH_OPTIONS = ("num_warps", "num_stages")
+LAUNCH_OPTIONS = ("num_warps", "num_stages", "maxnreg")
 # Bound by _kernels() when Triton is first used: the kernels' source names it, and Triton resolves it at compile time.
 tl = None
 
@@ -543,6 +543,103 @@ def _norm_linear_kernel(
     tl.store(out + outs, acc.to(out.dtype.element_ty), m_ok[:, None] & n_ok[None, :])
 
 
+def _activated(a, shift, ok, GELU: tl.constexpr, SHIFT: tl.constexpr):
+    """The taps' input where ok holds, 0 elsewhere (the conv's zero padding): a (+ shift), through exact GELU where
+    asked; fp32."""
+    if SHIFT:
+        a += shift[None, :]
+    if GELU:
+        a = 0.5 * a * (1.0 + tl.math.erf(a * 0.7071067811865476))
+    return tl.where(ok, a, 0.0)
+
+
+def _taps_kernel(
+    u, in_bias, weight, bias, out, height, width, channels, n_chunks, su, so,
+    K: tl.constexpr, GELU: tl.constexpr, IN_BIAS: tl.constexpr, ROWS: tl.constexpr, BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """One program: ROWS image rows of one image, BLOCK_C channels, of conv(act(u + in_bias)) + bias, the depthwise
+    K x K conv with zero padding, act GELU or none. u (B, height, width, C) read through its strides, out likewise;
+    weight (C, 1, K, K) contiguous. The parameters are rounded to out's dtype (autocast's), the taps accumulate in
+    fp32 from the loaded tiles (a tap's neighbours come from L1/L2, not DRAM)."""
+    pid = tl.program_id(0)
+    image, chunk = (pid // n_chunks).to(tl.int64), pid % n_chunks
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    offs_p = tl.arange(0, BLOCK_P)
+    c_ok = offs_c < channels
+    u += image * su[0] + offs_c[None, :] * su[3]
+    out += image * so[0] + offs_c[None, :] * so[3]
+    shift = _rounded(in_bias + offs_c, u, c_ok) if IN_BIAS else offs_c
+    added = _rounded(bias + offs_c, out, c_ok)
+    for y in range(chunk * ROWS, tl.minimum(chunk * ROWS + ROWS, height)):
+        for x0 in range(0, width, BLOCK_P):
+            xs = x0 + offs_p
+            acc = tl.zeros((BLOCK_P, BLOCK_C), tl.float32)
+            tile = u + y * su[1] + xs[:, None] * su[2]
+            for t in tl.static_range(K * K):
+                yy = y + t // K - K // 2
+                xx = xs + t % K - K // 2
+                ok = ((xx >= 0) & (xx < width))[:, None] & c_ok[None, :] & (yy >= 0) & (yy < height)
+                step = (t // K - K // 2) * su[1] + (t % K - K // 2) * su[2]
+                a = tl.load(tile + step, mask=ok, other=0.0).to(tl.float32)
+                acc += _activated(a, shift, ok, GELU, IN_BIAS) * _rounded(weight + offs_c * (K * K) + t, out, c_ok)
+            acc += added[None, :]
+            tl.store(out + y * so[1] + xs[:, None] * so[2], acc.to(out.dtype.element_ty),
+                     (xs < width)[:, None] & c_ok[None, :])  # fmt: skip
+
+
+def _taps_backward_kernel(
+    dout, u, in_bias, weight, du, sums, height, width, channels, n_chunks, sd, su, sdu,
+    K: tl.constexpr, GELU: tl.constexpr, IN_BIAS: tl.constexpr, ROWS: tl.constexpr, BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr,
+):  # fmt: skip
+    """`_taps_kernel`'s backward over the same programs: the gradient of u (the conv's transpose, times GELU's
+    derivative where asked) stored in du's layout, and this program's partial sums of the parameters' gradients,
+    stored as sums[pid, t, c]: the weight's K*K taps (t < K*K; dweight[c, t] = sum dout[p - t] * act(u)[p], from
+    the same shifted dout tiles the input's gradient reads), the bias's (t = K*K) and in_bias's (t = K*K + 1). No
+    gradient map but du goes to memory, and no map is read twice from DRAM."""
+    pid = tl.program_id(0)
+    image, chunk = (pid // n_chunks).to(tl.int64), pid % n_chunks
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    offs_p = tl.arange(0, BLOCK_P)
+    taps = tl.arange(0, BLOCK_T)[:, None]
+    c_ok = offs_c < channels
+    dout += image * sd[0] + offs_c[None, :] * sd[3]
+    u += image * su[0] + offs_c[None, :] * su[3]
+    du += image * sdu[0] + offs_c[None, :] * sdu[3]
+    shift = _rounded(in_bias + offs_c, u, c_ok) if IN_BIAS else offs_c
+    acc = tl.zeros((BLOCK_T, BLOCK_C), tl.float32)
+    for y in range(chunk * ROWS, tl.minimum(chunk * ROWS + ROWS, height)):
+        for x0 in range(0, width, BLOCK_P):
+            xs = x0 + offs_p
+            centre = (xs < width)[:, None] & c_ok[None, :]
+            a = tl.load(u + y * su[1] + xs[:, None] * su[2], mask=centre, other=0.0).to(tl.float32)
+            if IN_BIAS:
+                a += shift[None, :]
+            g = _activated(a, shift, centre, GELU, False)
+            dg = tl.zeros((BLOCK_P, BLOCK_C), tl.float32)
+            tile = dout + y * sd[1] + xs[:, None] * sd[2]
+            for t in tl.static_range(K * K):
+                yy = y - t // K + K // 2
+                xx = xs - t % K + K // 2
+                ok = ((xx >= 0) & (xx < width))[:, None] & c_ok[None, :] & (yy >= 0) & (yy < height)
+                step = (K // 2 - t // K) * sd[1] + (K // 2 - t % K) * sd[2]
+                d = tl.load(tile + step, mask=ok, other=0.0).to(tl.float32)
+                dg += d * _rounded(weight + offs_c * (K * K) + t, u, c_ok)[None, :]
+                acc += tl.where(taps == t, tl.sum(d * g, 0)[None, :], 0.0)
+                if t == K * K // 2:  # the centre tap: dout itself, the bias's gradient
+                    acc += tl.where(taps == K * K, tl.sum(d, 0)[None, :], 0.0)
+            if GELU:
+                pdf = tl.exp(-0.5 * a * a) * 0.3989422804014327
+                dg *= 0.5 * (1.0 + tl.math.erf(a * 0.7071067811865476)) + a * pdf
+            dg = tl.where(centre, dg, 0.0)
+            tl.store(du + y * sdu[1] + xs[:, None] * sdu[2], dg.to(du.dtype.element_ty), centre)
+            if IN_BIAS:
+                acc += tl.where(taps == K * K + 1, tl.sum(dg, 0)[None, :], 0.0)
+    sums += pid.to(tl.int64) * (K * K + 2) * channels
+    tl.store(sums + taps * channels + offs_c[None, :], acc, (taps < K * K + 2) & c_ok[None, :])
+
+
 # Functions the kernels call, jitted with them.
 HELPERS = (
     _sequence,
@@ -555,6 +652,7 @@ HELPERS = (
     _softmax_start,
     _softmax_step,
     _normed_rows,
+    _activated,
 )
 # The kernels by name, as launch plans name them.
 SOURCES = {
@@ -563,6 +661,8 @@ SOURCES = {
     "attend_backward": _attend_backward_kernel,
     "attend_backward_block": _attend_backward_block_kernel,
     "norm_linear": _norm_linear_kernel,
+    "taps": _taps_kernel,
+    "taps_backward": _taps_backward_kernel,
 }
 
 
@@ -772,6 +872,58 @@ def _norm_linear_plan(x, y, scale, norm_weight, norm_bias, eps: float, weight, b
     args += (k, n_out, eps, n_n, x4.stride(), y4.stride(), weight.stride(), out.stride())
     launch = ("norm_linear", (_cdiv(n_rows, meta["BLOCK_M"]) * n_n,), args, dict(meta, **flags))
     return out.view(*x.shape[:-1], n_out), [launch]
+
+
+# Image rows a depthwise-taps program takes: its partial sums of the parameters' gradients are (K*K + 2) x C fp32 per
+# ROWS rows of an image (1.3% of a 16-bit map's bytes at K=3).
+TAPS_ROWS = 16
+
+
+def taps_config(width: int, channels: int) -> dict:
+    """Tiles of the depthwise-taps kernels: a row's BLOCK_P pixels (the width, up to 64) by BLOCK_C channels, 1024
+    elements on 8 warps. On sm_90 (tests/test_retention_triton.py builds every RMT layer's) 2048 on 4 or 8 warps,
+    or 1024 on 4, spilled in one kernel or another (GELU's forward up to 1 KB); so did every tile where the
+    channels are strided, hence `fused_taps` hands the kernels contiguous maps."""
+    block_p = min(64, _pow2(width))
+    return dict(ROWS=TAPS_ROWS, BLOCK_P=block_p, BLOCK_C=min(max(16, 1024 // block_p), max(16, _pow2(channels))),
+                num_warps=8, num_stages=1)  # fmt: skip
+
+
+def _taps_grid(u: torch.Tensor, meta: dict) -> tuple[int, int, tuple[int, int]]:
+    """(n_chunks, channels, grid) of the taps kernels over u (B, H, W, C)."""
+    b, h, _, c = u.shape
+    n_chunks = _cdiv(h, meta["ROWS"])
+    return n_chunks, c, (b * n_chunks, _cdiv(c, meta["BLOCK_C"]))
+
+
+def _taps_plan(u, in_bias, weight, bias, gelu: bool, dtype) -> tuple[torch.Tensor, list[Launch]]:
+    """The output (B, H, W, C) in `dtype`, contiguous, and the one launch that fills it (`depthwise_taps` documents
+    the inputs); on meta and fake tensors too."""
+    b, h, w, c = u.shape
+    out = torch.empty(b, h, w, c, dtype=dtype, device=u.device)
+    meta = taps_config(w, c)
+    n_chunks, channels, grid = _taps_grid(u, meta)
+    flags = dict(K=weight.shape[-1], GELU=gelu, IN_BIAS=in_bias is not None)
+    shift = bias if in_bias is None else in_bias  # unread without IN_BIAS
+    args = (u, shift, weight, bias, out, h, w, channels, n_chunks, u.stride(), out.stride())
+    return out, [("taps", grid, args, dict(meta, **flags))]
+
+
+def _taps_backward_plan(dout, u, in_bias, weight, gelu: bool) -> tuple[tuple[torch.Tensor, torch.Tensor], list[Launch]]:
+    """u's gradient (u's shape and dtype, contiguous) and the partial sums (programs, K*K + 2, C) fp32 of the
+    weight's, bias's and in_bias's gradients, and the one launch that fills both; on meta and fake tensors too."""
+    b, h, w, c = u.shape
+    k = weight.shape[-1]
+    du = torch.empty(u.shape, dtype=u.dtype, device=u.device)
+    meta = taps_config(w, c)
+    if u.dtype == torch.float16:  # at ptxas's own choice of 128 registers fp16's spilled 40 bytes (bf16's did not)
+        meta["maxnreg"] = 255
+    n_chunks, channels, grid = _taps_grid(u, meta)
+    sums = torch.empty(grid[0], k * k + 2, c, dtype=torch.float32, device=u.device)
+    flags = dict(K=k, GELU=gelu, IN_BIAS=in_bias is not None, BLOCK_T=_pow2(k * k + 2))
+    shift = weight if in_bias is None else in_bias  # unread without IN_BIAS
+    args = (dout, u, shift, weight, du, sums, h, w, channels, n_chunks, dout.stride(), u.stride(), du.stride())
+    return (du, sums), [("taps_backward", grid, args, dict(meta, **flags))]
 
 
 # The fp32 backward's warps (both kernels; fp32 takes 32 tokens a block). With 4, on sm_90: under Triton 3.6 (the GPU
@@ -1026,6 +1178,76 @@ def norm_linear(
     return _norm_linear_op(x, y, scale, gain, shift, norm.eps, layer.weight, bias, _call_dtype(x))
 
 
+@torch.library.custom_op("rmt_zoo::depthwise_taps", mutates_args=())
+def _taps_op(
+    u: torch.Tensor, in_bias: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor, gelu: bool,
+    dtype: torch.dtype,
+) -> torch.Tensor:  # fmt: skip
+    out, calls = _taps_plan(u, in_bias, weight, bias, gelu, dtype)
+    _runner(u)(calls[0])
+    return out
+
+
+@_taps_op.register_fake
+def _(u, in_bias, weight, bias, gelu, dtype) -> torch.Tensor:
+    return u.new_empty(u.shape, dtype=dtype)
+
+
+@torch.library.custom_op("rmt_zoo::depthwise_taps_backward", mutates_args=())
+def _taps_backward_op(
+    dout: torch.Tensor, u: torch.Tensor, in_bias: torch.Tensor | None, weight: torch.Tensor, gelu: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    grads, calls = _taps_backward_plan(dout, u, in_bias, weight, gelu)
+    _runner(u)(calls[0])
+    return grads
+
+
+@_taps_backward_op.register_fake
+def _(dout, u, in_bias, weight, gelu):
+    return _taps_backward_plan(dout, u, in_bias, weight, gelu)[0]
+
+
+def _taps_setup_context(ctx, inputs, output) -> None:
+    u, in_bias, weight, bias, gelu, _ = inputs
+    ctx.save_for_backward(u, in_bias, weight)
+    ctx.gelu, ctx.bias_dtype = gelu, bias.dtype
+
+
+def _taps_backward(ctx, dout: torch.Tensor):
+    """The gradients of u (in u's dtype), in_bias, the weight and the bias (each in its own dtype) from one launch,
+    whose per-program partial sums of the parameters' gradients are summed here (a small reduction inductor fuses
+    with the casts)."""
+    u, in_bias, weight = ctx.saved_tensors
+    du, partial = torch.ops.rmt_zoo.depthwise_taps_backward(dout.contiguous(), u, in_bias, weight, ctx.gelu)
+    sums = partial.sum(0)
+    k2 = weight[0].numel()
+    dweight = sums[:k2].t().reshape(weight.shape).to(weight.dtype)
+    d_in = None if in_bias is None else sums[k2 + 1].to(in_bias.dtype)
+    return du, d_in, dweight, sums[k2].to(ctx.bias_dtype), None, None
+
+
+_taps_op.register_autograd(_taps_backward, setup_context=_taps_setup_context)
+
+
+def fused_taps(
+    u: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, in_bias: torch.Tensor | None = None, gelu: bool = False
+) -> torch.Tensor:
+    """conv(act(u + in_bias)) + bias for channels-last u (B, H, W, C): the depthwise K x K conv (weight (C, 1, K, K),
+    zero padding), act exact GELU where `gelu`, in one launch, and its backward in one launch that also sums the
+    parameters' gradients (the plain taps' backward is a scatter and nine reductions, each reading the maps again).
+    In the dtype the conv would run in (autocast's where it is on), the parameters rounded to it; u is read as
+    a contiguous copy where it is not contiguous (a stage's first CPE gets the downsampling's NCHW-ordered map, which
+    a compiled graph then writes channels-last in the first place). RMT's FFN passes fc1's output without its bias,
+    the bias and gelu=True; the CPE its input."""
+    if weight.dim() != 4 or weight.shape[:2] != (u.shape[-1], 1) or bias.shape != (u.shape[-1],):
+        raise ValueError(
+            f"fused_taps needs a (C, 1, K, K) weight and a (C,) bias for u's {u.shape[-1]} channels, got "
+            f"{tuple(weight.shape)} and {tuple(bias.shape)}."
+        )
+    dtype = _call_dtype(u)
+    return _taps_op(u.to(dtype).contiguous(), in_bias, weight.contiguous(), bias, gelu, dtype)
+
+
 def _probe(device: torch.device, dtype: torch.dtype) -> None:
     """Build and run both forms, forward and backward, and `norm_linear`, on tiny inputs: raises where the kernels
     cannot be built."""
@@ -1041,6 +1263,9 @@ def _probe(device: torch.device, dtype: torch.dtype) -> None:
             x = torch.randn(2, 16, device=device, dtype=dtype)
             layer, norm = torch.nn.Linear(16, 16, device=device), torch.nn.LayerNorm(16, device=device)
             norm_linear(x, norm, layer, x, torch.ones(16, device=device))
+        u = torch.randn(1, 2, 3, 16, device=device, dtype=dtype, requires_grad=True)  # the FFN's taps, with GELU
+        fused_taps(u, torch.randn(16, 1, 3, 3, device=device), torch.randn(16, device=device),
+                       torch.randn(16, device=device), True).sum().backward()  # fmt: skip
 
 
 _BUILDS: dict[tuple[torch.device, torch.dtype], bool] = {}
@@ -1143,8 +1368,30 @@ def _declared_norm_linear_macs(x, y, scale, norm_weight, norm_bias, eps, weight,
     return OpMacs(x.numel() // x.shape[-1] * weight.numel(), normalized=x.numel())
 
 
+def _declared_taps_cost(u, in_bias, weight, bias, gelu, dtype) -> OpCost:
+    """One call of rmt_zoo::depthwise_taps: one launch reading u and the parameters once, writing the output once
+    (each tap's neighbours are L1/L2 hits)."""
+    out, _ = _taps_plan(u, in_bias, weight, bias, gelu, dtype)
+    return OpCost(1, _nbytes(u, weight, bias, *([] if in_bias is None else [in_bias])), _nbytes(out))
+
+
+def _declared_taps_backward_cost(dout, u, in_bias, weight, gelu) -> OpCost:
+    """One call of rmt_zoo::depthwise_taps_backward: one launch reading dout, u and the parameters once, writing u's
+    gradient and the partial sums."""
+    (du, sums), _ = _taps_backward_plan(dout, u, in_bias, weight, gelu)
+    return OpCost(1, _nbytes(dout, u, weight, *([] if in_bias is None else [in_bias])), _nbytes(du, sums))
+
+
+def _declared_taps_macs(u, in_bias, weight, bias, gelu, dtype) -> OpMacs:
+    """The depthwise conv's multiply-adds."""
+    return OpMacs(u.numel() * weight[0].numel())
+
+
 declare_cost("rmt_zoo::retention", _declared_cost)
 declare_cost("rmt_zoo::retention_backward", _declared_backward_cost)
 declare_cost("rmt_zoo::norm_linear", _declared_norm_linear_cost)
 declare_macs("rmt_zoo::retention", _declared_macs)
 declare_macs("rmt_zoo::norm_linear", _declared_norm_linear_macs)
+declare_cost("rmt_zoo::depthwise_taps", _declared_taps_cost)
+declare_cost("rmt_zoo::depthwise_taps_backward", _declared_taps_backward_cost)
+declare_macs("rmt_zoo::depthwise_taps", _declared_taps_macs)

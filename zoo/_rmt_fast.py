@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import _retention
+from . import _retention, _retention_triton
 from ._retention import autocast_dtype, in_graph, manhattan_bias
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "decay_masks",
     "linear",
     "depthwise_taps",
+    "taps_kernel_takes",
     "rotary_tables",
     "rotate",
 ]
@@ -38,6 +39,8 @@ POSITION_CACHE_BYTES = 64 << 20
 SHIFTED_CONV_DEVICES = ("cuda",)
 # Devices where compiled graphs add a linear layer's bias apart from its matmul (`linear`).
 BIAS_APART_DEVICES = ("cuda",)
+# Whether compiled graphs that record gradients take the Triton taps kernels (`taps_kernel_takes`).
+TAPS_IN_KERNEL = True
 
 Tables = tuple[torch.Tensor, ...]
 
@@ -163,6 +166,21 @@ def depthwise_taps(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     return out if bias is None else out + bias.to(dtype)
 
 
+def taps_kernel_takes(x: torch.Tensor) -> bool:
+    """Whether a depthwise conv on x runs as `_retention_triton.fused_taps`: in compiled graphs that record gradients
+    on SHIFTED_CONV_DEVICES where the Triton kernels build, unless TAPS_IN_KERNEL is off. There the plain taps'
+    backward scatters into a padded map and reduces each tap's weight gradient in a kernel of its own, reading the
+    maps again each time; the kernel's backward reads dout and the input once. Inference graphs keep the plain taps,
+    which inductor fuses with the ops around them (docs/rmt_internals.md has the counts)."""
+    return (
+        TAPS_IN_KERNEL
+        and torch.is_grad_enabled()
+        and torch.compiler.is_compiling()
+        and x.device.type in SHIFTED_CONV_DEVICES
+        and _retention_triton.auto_takes(x)
+    )
+
+
 class DWConv2d(nn.Module):
     """Depthwise conv on channels-last (B, H, W, C) tensors, returned contiguous; both permutes are views.
 
@@ -211,9 +229,15 @@ class DWConv2d(nn.Module):
                 self._kept = (key, self._fold().to(dtype), bias.to(dtype))
         return self._kept[1], self._kept[2]
 
+    def fused(self, u: torch.Tensor, in_bias: torch.Tensor | None = None, gelu: bool = False) -> torch.Tensor:
+        """self(GELU(u + in_bias)) (GELU where `gelu`) in one Triton launch (`taps_kernel_takes` says where)."""
+        return _retention_triton.fused_taps(u, *self._weights(u), in_bias, gelu)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, bias = self._weights(x)
         if torch.compiler.is_compiling() and x.device.type in SHIFTED_CONV_DEVICES:  # x is a Proxy under FX
+            if taps_kernel_takes(x):
+                return self.fused(x)
             return depthwise_taps(x, weight, bias)
         # A stage's first block gets NCHW-ordered memory from the downsampling conv; one copy here puts the whole
         # residual stream in contiguous (B, H, W, C), which LayerNorm and the linear layers read without copies.

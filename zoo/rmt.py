@@ -30,7 +30,7 @@ from ._builder import create, stage_indices
 from ._checkpoint import StateDict
 from ._registry import Family, ModelInfo, register_family
 from ._retention import ATTN_IMPLS, attend, check_impl, fused, in_graph, norms_fused
-from ._rmt_fast import DWConv2d, PositionCache, decay_masks, linear, rotary_tables, rotate
+from ._rmt_fast import DWConv2d, PositionCache, decay_masks, linear, rotary_tables, rotate, taps_kernel_takes
 from ._staged import StagedModel
 
 __all__ = ["RMT", "checkpoint_filter_fn", "DEFAULT_HUB_ORG", "ORG_ENV", "ATTN_IMPLS", "FAMILY", "INFOS"]
@@ -191,6 +191,8 @@ class FeedForward(nn.Module):
         x + scale * y: the fused kernel computes both inside fc1's matmul (`norms_fused`)."""
         if norm is not None:
             hidden = _retention_triton.norm_linear(x, norm, self.fc1, *residual)
+        elif taps_kernel_takes(x):  # fc1's bias and GELU inside the taps kernel: no hidden map between them
+            return self.fc2(self.dwconv.fused(F.linear(x, self.fc1.weight), self.fc1.bias, gelu=True))
         else:  # fc1's bias is added with GELU in compiled CUDA graphs; fc2's stays in its matmul (`linear` says why)
             hidden = linear(self.fc1, x)
         return self.fc2(self.dwconv(self.act(hidden)))
