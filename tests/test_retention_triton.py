@@ -896,9 +896,15 @@ def test_taps_declare_their_cost():
     assert backward == OpCost(1, 2 * maps + 4 * 64 * 10, maps + 4 * (2 * 2) * 11 * 64)
 
 
-def test_fused_taps_refuse_mismatched_weights():
-    with pytest.raises(ValueError, match="fused_taps needs a \\(C, 1, K, K\\) weight"):
-        rt.fused_taps(torch.randn(1, 3, 3, 8), torch.randn(4, 1, 3, 3), torch.randn(8))
+@pytest.mark.parametrize(
+    "weight, bias, in_bias",
+    [((4, 1, 3, 3), (8,), None), ((8, 1, 2, 2), (8,), None), ((8, 1, 3, 5), (8,), None), ((8, 1, 3, 3), (8,), (4,))],
+    ids=["channels", "even", "not_square", "in_bias"],
+)
+def test_fused_taps_refuse_mismatched_weights(weight, bias, in_bias):
+    shift = None if in_bias is None else torch.randn(in_bias)
+    with pytest.raises(ValueError, match="fused_taps needs a \\(C, 1, K, K\\) weight with K odd"):
+        rt.fused_taps(torch.randn(1, 3, 3, 8), torch.randn(weight), torch.randn(bias), shift)
 
 
 def test_taps_kernel_only_in_compiled_training_on_cuda(monkeypatch):

@@ -883,7 +883,8 @@ def taps_config(width: int, channels: int) -> dict:
     """Tiles of the depthwise-taps kernels: a row's BLOCK_P pixels (the width, up to 64) by BLOCK_C channels, 1024
     elements on 8 warps. On sm_90 (tests/test_retention_triton.py builds every RMT layer's) 2048 on 4 or 8 warps,
     or 1024 on 4, spilled in one kernel or another (GELU's forward up to 1 KB); so did every tile where the
-    channels are strided, hence `fused_taps` hands the kernels contiguous maps."""
+    channels are strided, hence `fused_taps` hands the kernels contiguous maps. The backward also takes maxnreg
+    (`_taps_backward_plan`): one block of 8 warps an SM, whose cost in latency hiding only a GPU can tell."""
     block_p = min(64, _pow2(width))
     return dict(ROWS=TAPS_ROWS, BLOCK_P=block_p, BLOCK_C=min(max(16, 1024 // block_p), max(16, _pow2(channels))),
                 num_warps=8, num_stages=1)  # fmt: skip
@@ -915,9 +916,9 @@ def _taps_backward_plan(dout, u, in_bias, weight, gelu: bool) -> tuple[tuple[tor
     b, h, w, c = u.shape
     k = weight.shape[-1]
     du = torch.empty(u.shape, dtype=u.dtype, device=u.device)
-    meta = taps_config(w, c)
-    if u.dtype == torch.float16:  # at ptxas's own choice of 128 registers fp16's spilled 40 bytes (bf16's did not)
-        meta["maxnreg"] = 255
+    # ptxas's own register choice (often 128, sometimes 64) spilled 8-156 bytes in one dtype or another, under Triton
+    # 3.6 or 3.8, at every tile tried (256-2048 elements, 4 or 8 warps); with up to 255 it takes 188-220, no spills
+    meta = dict(taps_config(w, c), maxnreg=255)
     n_chunks, channels, grid = _taps_grid(u, meta)
     sums = torch.empty(grid[0], k * k + 2, c, dtype=torch.float32, device=u.device)
     flags = dict(K=k, GELU=gelu, IN_BIAS=in_bias is not None, BLOCK_T=_pow2(k * k + 2))
@@ -1239,10 +1240,17 @@ def fused_taps(
     a contiguous copy where it is not contiguous (a stage's first CPE gets the downsampling's NCHW-ordered map, which
     a compiled graph then writes channels-last in the first place). RMT's FFN passes fc1's output without its bias,
     the bias and gelu=True; the CPE its input."""
-    if weight.dim() != 4 or weight.shape[:2] != (u.shape[-1], 1) or bias.shape != (u.shape[-1],):
+    c = u.shape[-1]
+    square = weight.dim() == 4 and weight.shape[2] == weight.shape[3] and weight.shape[2] % 2 == 1
+    if (
+        not square
+        or weight.shape[:2] != (c, 1)
+        or bias.shape != (c,)
+        or (in_bias is not None and in_bias.shape != (c,))
+    ):
         raise ValueError(
-            f"fused_taps needs a (C, 1, K, K) weight and a (C,) bias for u's {u.shape[-1]} channels, got "
-            f"{tuple(weight.shape)} and {tuple(bias.shape)}."
+            f"fused_taps needs a (C, 1, K, K) weight with K odd and (C,) biases for u's {c} channels, got "
+            f"{tuple(weight.shape)}, {tuple(bias.shape)} and {None if in_bias is None else tuple(in_bias.shape)}."
         )
     dtype = _call_dtype(u)
     return _taps_op(u.to(dtype).contiguous(), in_bias, weight.contiguous(), bias, gelu, dtype)
