@@ -105,23 +105,25 @@ def test_norm_linear_matches_the_plain_ops_under_autocast(dtype, rel_err):
 @pytest.mark.parametrize("dtype", [torch.float32, *LOW], ids=str)
 def test_compiled_training_takes_the_taps_kernels(dtype, rel_err, monkeypatch):
     """A block's CPE and FFN in a compiled training step (inductor, fullgraph) run the Triton taps kernels forward and
-    backward, and their parameter gradients match the eager step's (cuDNN's convs) in fp32 and under autocast."""
+    backward, and their gradients (the input's and the parameters') match the eager step's (cuDNN's convs) in fp32
+    and under autocast."""
     taken = []
     fused = _retention_triton.fused_taps
     monkeypatch.setattr(_retention_triton, "fused_taps", lambda *args: taken.append(1) or fused(*args))
     torch.manual_seed(0)
     ffn, cpe = rmt.FeedForward(64, 192).cuda(), rmt.DWConv2d(64, 3, residual=True).cuda()
-    x = torch.randn(4, 14, 14, 64, device="cuda")
+    x = torch.randn(4, 14, 14, 64, device="cuda", requires_grad=True)
     grads = {}
     for name, step in (
         ("eager", lambda t: ffn(cpe(t))),
         ("compiled", torch.compile(lambda t: ffn(cpe(t)), fullgraph=True)),
     ):
         ffn.zero_grad(), cpe.zero_grad()
+        x.grad = None
         with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
             out = step(x)
         out.float().square().mean().backward()
-        grads[name] = [p.grad.float().clone() for p in (*ffn.parameters(), *cpe.parameters())]
+        grads[name] = [p.grad.float().clone() for p in (x, *ffn.parameters(), *cpe.parameters())]
     assert len(taken) == 2  # traced once: the CPE's and the FFN's
     worst = max(rel_err(a, b) for a, b in zip(grads["compiled"], grads["eager"]))
     assert worst <= LOW_TOL.get(dtype, TOL)

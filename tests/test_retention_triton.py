@@ -269,6 +269,7 @@ def _taps_compiled_train_case() -> dict:
     torch.manual_seed(0)
     ffn, cpe = rmt.FeedForward(16, 48), _rmt_fast.DWConv2d(16, 3, residual=True)
     x = torch.randn(2, 9, 7, 16)
+    built = rt.taps_available(x)  # the probe's own runs before the count
     calls = _TapsCalls()
     grads = {}
     for name in ("eager", "compiled"):
@@ -279,7 +280,7 @@ def _taps_compiled_train_case() -> dict:
         grads[name] = [p.grad.clone() for p in (*ffn.parameters(), *cpe.parameters())]
         grads[name + "_calls"] = calls.take()
     errs = [rel_err(a, b) for a, b in zip(grads["compiled"], grads["eager"])]
-    return dict(err=max(errs), eager=grads["eager_calls"], compiled=grads["compiled_calls"])
+    return dict(err=max(errs), eager=grads["eager_calls"], compiled=grads["compiled_calls"], built=built)
 
 
 def _lepe_rounding_case() -> dict[str, float]:
@@ -536,7 +537,8 @@ def test_compiled_training_takes_the_taps_kernels(interpreted):
     """A compiled training step runs the FFN's and the CPE's taps kernels forward and backward, with the eager
     step's gradients (eager runs the convs)."""
     result = interpreted["taps_compiled_train"]
-    assert result["eager"] == [] and sorted(result["compiled"]) == ["backward"] * 2 + ["forward"] * 2
+    assert result["built"] and result["eager"] == []
+    assert sorted(result["compiled"]) == ["backward"] * 2 + ["forward"] * 2
     assert result["err"] <= 1e-5
 
 
@@ -737,7 +739,24 @@ def auto_on_cpu(monkeypatch):
     monkeypatch.setattr(rt, "AUTO_DEVICES", ("cpu",))
     monkeypatch.setattr(rt, "TRITON_FOUND", True)
     monkeypatch.setattr(rt, "_BUILDS", {})
-    monkeypatch.setattr(rt, "_warned", False)
+    monkeypatch.setattr(rt, "_TAPS_BUILDS", {})
+
+
+def test_taps_fall_back_apart_from_the_retention_kernel(auto_on_cpu, monkeypatch):
+    """A taps build that fails (an option another Triton backend lacks, say) warns once and leaves compiled training
+    on the plain taps; the retention kernel's choice is its own probe's."""
+    monkeypatch.setattr(rt, "_probe", lambda device, dtype: None)
+
+    def failing(device, dtype):
+        raise KeyError("maxnreg")
+
+    monkeypatch.setattr(rt, "_probe_taps", failing)
+    x = torch.randn(1, 2, 2, 16)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert not rt.taps_available(x) and not rt.taps_available(x.double()) and rt.auto_takes(x)
+    assert len(caught) == 1 and "take the plain depthwise taps" in str(caught[0].message)
+    assert rt._TAPS_BUILDS == {(x.device, torch.float32): False, (x.device, torch.float64): False}
 
 
 def test_auto_falls_back_with_one_warning_where_the_kernel_cannot_be_built(auto_on_cpu, monkeypatch):
@@ -907,10 +926,18 @@ def test_fused_taps_refuse_mismatched_weights(weight, bias, in_bias):
         rt.fused_taps(torch.randn(1, 3, 3, 8), torch.randn(weight), torch.randn(bias), shift)
 
 
+def test_taps_kernel_only_for_3x3_convs(monkeypatch):
+    """The CPE's and the FFN's 3x3 convs take the taps kernel; LePE's 5x5 keeps the plain taps (its kernel builds
+    spilled on sm_90, and the retention op computes it where that runs)."""
+    monkeypatch.setattr(_rmt_fast, "taps_kernel_takes", lambda x: True)
+    x = torch.randn(1, 2, 2, 16)
+    assert _rmt_fast.DWConv2d(16, 3, residual=True).takes_kernel(x) and not _rmt_fast.DWConv2d(16, 5).takes_kernel(x)
+
+
 def test_taps_kernel_only_in_compiled_training_on_cuda(monkeypatch):
     """Compiled graphs that record gradients on CUDA (where the kernels build) take the taps kernels; eager, no
     gradients, another device or TAPS_IN_KERNEL off keep the plain forms."""
-    monkeypatch.setattr(rt, "auto_takes", lambda x: x.device.type == "cuda")
+    monkeypatch.setattr(rt, "taps_available", lambda x: x.device.type == "cuda")
     with FakeTensorMode(allow_non_fake_inputs=True):
         cuda = torch.empty(1, 2, 2, 16, device="cuda")
     cpu = torch.empty(1, 2, 2, 16)

@@ -589,3 +589,56 @@ def test_compiled_depthwise_taps_fullgraph(monkeypatch, rel_err, rmt_small):
     with torch.no_grad():
         assert rel_err(torch.compile(model, backend="aot_eager", fullgraph=True)(x), eager) <= 1e-5
     assert sorted(set(seen)) == [3, 5] and len(seen) == 3 * 4  # pos, lepe, ffn dwconv in each of 4 blocks
+
+
+# --- fused paths read module parameters only where the module is plain ------------------------------------------------
+
+
+class _Shifted(torch.nn.Linear):
+    """A linear whose own forward differs from its parameters' (as a LoRA or quantizer wrapper's would): + 1."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) + 1
+
+
+def test_plain_is_the_exact_module_type():
+    assert _rmt_fast.plain(torch.nn.Linear(2, 2), torch.nn.Linear)
+    assert not _rmt_fast.plain(_Shifted(2, 2), torch.nn.Linear)
+    assert _rmt_fast.plain(torch.nn.GELU(), torch.nn.GELU) and not _rmt_fast.plain(torch.nn.GELU("tanh"), torch.nn.GELU)
+
+
+def test_masa_calls_a_wrapped_qkv():
+    """MaSA's plain path splits qkv's weight into the q/k and v matmuls; a wrapped qkv is called instead, so its own
+    forward counts (here: as a bias 1 larger)."""
+    torch.manual_seed(0)
+    relpos = rmt.DecayPosition(32, 2, 2, 4, True)
+    masa = rmt.ManhattanSelfAttention(32, 2, True).eval()
+    wrapped, biased = copy.deepcopy(masa), copy.deepcopy(masa)
+    wrapped.qkv = _Shifted(32, 96)
+    wrapped.qkv.load_state_dict(masa.qkv.state_dict())
+    biased.qkv.bias.data += 1
+    x = torch.randn(2, 5, 7, 32)
+    with torch.no_grad():
+        args = (relpos(5, 7, x.dtype), relpos.decay, "matmul")
+        assert torch.allclose(wrapped(x, *args), biased(x, *args), atol=1e-6)
+        assert not torch.allclose(wrapped(x, *args), masa(x, *args), atol=1e-3)
+
+
+def test_fused_paths_keep_a_wrapped_or_replaced_module(monkeypatch):
+    """The taps kernel (fc1's bias and GELU inside), the LayerNorms inside the matmuls and fc1's bias apart are taken
+    only with plain modules: a wrapped fc1 or another activation keeps the module calls."""
+    monkeypatch.setattr(rmt.DWConv2d, "takes_kernel", lambda self, x: True)
+    x = torch.randn(1, 2, 2, 16)
+    ffn = rmt.FeedForward(16, 48)
+    assert ffn._taps_fused(x)
+    ffn.act = torch.nn.ReLU()
+    assert not ffn._taps_fused(x)
+    block = rmt.RetBlock(16, 2, 3, True, 0.0, None)
+    assert block._plain() and block.ffn._taps_fused(x)
+    block.ffn.fc1 = _Shifted(16, 48)
+    assert not block._plain() and not block.ffn._taps_fused(x)
+    monkeypatch.setattr(_rmt_fast, "BIAS_APART_DEVICES", ("cpu",))
+    monkeypatch.setattr(_rmt_fast, "in_graph", lambda: True)
+    layer = _Shifted(16, 8)
+    with torch.no_grad():
+        assert torch.equal(_rmt_fast.linear(layer, x), layer(x))

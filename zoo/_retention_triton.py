@@ -50,7 +50,7 @@ import torch
 
 from ._op_cost import OpCost, OpMacs, declare_cost, declare_macs
 
-__all__ = ["auto_takes", "fused_taps", "norm_linear", "require", "retention"]
+__all__ = ["auto_takes", "fused_taps", "norm_linear", "require", "retention", "taps_available"]
 
 # Where attn_impl="auto" takes the kernels: device types, and whether triton is installed (asked once, at import,
 # without importing it).
@@ -875,7 +875,8 @@ def _norm_linear_plan(x, y, scale, norm_weight, norm_bias, eps: float, weight, b
 
 
 # Image rows a depthwise-taps program takes: its partial sums of the parameters' gradients are (K*K + 2) x C fp32 per
-# ROWS rows of an image (1.3% of a 16-bit map's bytes at K=3).
+# TAPS_ROWS rows of an image (rmt_s at 224x224: 2.8% of a stage-1 map's bytes, 45% of a 7x7 one's, 8.7% over all
+# its taps' maps; 2.3% at 800x800), written once and read once by their sum, both counted in the declared cost.
 TAPS_ROWS = 16
 
 
@@ -918,7 +919,7 @@ def _taps_backward_plan(dout, u, in_bias, weight, gelu: bool) -> tuple[tuple[tor
     du = torch.empty(u.shape, dtype=u.dtype, device=u.device)
     # ptxas's own register choice (often 128, sometimes 64) spilled 8-156 bytes in one dtype or another, under Triton
     # 3.6 or 3.8, at every tile tried (256-2048 elements, 4 or 8 warps); with up to 255 it takes 188-220, no spills
-    meta = dict(taps_config(w, c), maxnreg=255)
+    meta = dict(taps_config(w, c), **({} if torch.version.hip else dict(maxnreg=255)))  # an NVIDIA option
     n_chunks, channels, grid = _taps_grid(u, meta)
     sums = torch.empty(grid[0], k * k + 2, c, dtype=torch.float32, device=u.device)
     flags = dict(K=k, GELU=gelu, IN_BIAS=in_bias is not None, BLOCK_T=_pow2(k * k + 2))
@@ -1271,36 +1272,57 @@ def _probe(device: torch.device, dtype: torch.dtype) -> None:
             x = torch.randn(2, 16, device=device, dtype=dtype)
             layer, norm = torch.nn.Linear(16, 16, device=device), torch.nn.LayerNorm(16, device=device)
             norm_linear(x, norm, layer, x, torch.ones(16, device=device))
-        u = torch.randn(1, 2, 3, 16, device=device, dtype=dtype, requires_grad=True)  # the FFN's taps, with GELU
-        fused_taps(u, torch.randn(16, 1, 3, 3, device=device), torch.randn(16, device=device),
-                       torch.randn(16, device=device), True).sum().backward()  # fmt: skip
+
+
+def _probe_taps(device: torch.device, dtype: torch.dtype) -> None:
+    """Build and run the taps kernels as the CPE and the FFN take them, forward and backward, on tiny inputs."""
+    with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
+        for in_bias, gelu in ((None, False), (torch.randn(16, device=device), True)):
+            u = torch.randn(1, 2, 3, 16, device=device, dtype=dtype, requires_grad=True)
+            weight, bias = torch.randn(16, 1, 3, 3, device=device), torch.randn(16, device=device)
+            fused_taps(u, weight, bias, in_bias, gelu).sum().backward()
 
 
 _BUILDS: dict[tuple[torch.device, torch.dtype], bool] = {}
-_warned = False
+_TAPS_BUILDS: dict[tuple[torch.device, torch.dtype], bool] = {}
+
+
+def _tried(cache: dict, probe, device: torch.device, dtype: torch.dtype, fallback: str) -> bool:
+    """Whether `probe(device, dtype)` runs, tried once per key into `cache`; the cache's first failure warns that
+    the `fallback` is taken. Fake tensors (export, the GPU proxy's fake CUDA) have nothing to build: answered as
+    where the kernels build."""
+    if torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE) is not None:
+        return True
+    key = (device, dtype)
+    if key not in cache:
+        first = False not in cache.values()
+        try:
+            probe(device, dtype)
+            cache[key] = True
+        except Exception as e:  # any failure to build (Triton, ptxas, the driver) takes the other path
+            cache[key] = False
+            if first:
+                warnings.warn(f"{fallback} on {device} in {dtype} ({type(e).__name__}: {e}).", stacklevel=3)
+    return cache[key]
 
 
 @torch.compiler.assume_constant_result  # a compiled graph takes the answer as a constant, asked when traced
 def _builds(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether the kernels build and run on `device` in `dtype`, tried once each; the first failure warns."""
-    global _warned
-    if torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE) is not None:
-        return True  # fake tensors (export, the GPU proxy's fake CUDA): nothing to build; answered as where it builds
-    key = (device, dtype)
-    if key not in _BUILDS:
-        try:
-            _probe(device, dtype)
-            _BUILDS[key] = True
-        except Exception as e:  # any failure to build (Triton, ptxas, the driver) sends "auto" to matmul-softmax
-            _BUILDS[key] = False
-            if not _warned:
-                _warned = True
-                warnings.warn(
-                    f'attn_impl="auto" takes matmul-softmax: the fused retention kernel cannot be built on {device} '
-                    f"in {dtype} ({type(e).__name__}: {e}).",
-                    stacklevel=2,
-                )
-    return _BUILDS[key]
+    """Whether the retention and LayerNorm kernels build and run on `device` in `dtype`."""
+    fallback = 'attn_impl="auto" takes matmul-softmax: the fused retention kernel cannot be built'
+    return _tried(_BUILDS, _probe, device, dtype, fallback)
+
+
+@torch.compiler.assume_constant_result
+def _taps_builds(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the taps kernels build and run on `device` in `dtype` (apart from `_builds`: either may fail alone)."""
+    fallback = "compiled training steps take the plain depthwise taps: the Triton taps kernels cannot be built"
+    return _tried(_TAPS_BUILDS, _probe_taps, device, dtype, fallback)
+
+
+def _kernels_may_run(x: torch.Tensor) -> bool:
+    """CUDA, triton installed, and not a graph exported to ONNX (which has no op for the kernels)."""
+    return x.device.type in AUTO_DEVICES and TRITON_FOUND and not torch.onnx.is_in_onnx_export()
 
 
 def auto_takes(x: torch.Tensor) -> bool:
@@ -1308,9 +1330,12 @@ def auto_takes(x: torch.Tensor) -> bool:
     kernels build in the dtype the call would run in (autocast's where it is on), except in a graph exported to
     ONNX, which has no op for them. Predicted, until a GPU measures it (benchmarks/rmt_gpu.py times "auto",
     "matmul" and "triton" side by side): fewer bytes than matmul-softmax at every stage (docs/rmt_internals.md)."""
-    if x.device.type not in AUTO_DEVICES or not TRITON_FOUND or torch.onnx.is_in_onnx_export():
-        return False
-    return _builds(x.device, _call_dtype(x))
+    return _kernels_may_run(x) and _builds(x.device, _call_dtype(x))
+
+
+def taps_available(x: torch.Tensor) -> bool:
+    """Whether the taps kernels can take a conv on x: as `auto_takes`, with the taps kernels' own build probe."""
+    return _kernels_may_run(x) and _taps_builds(x.device, _call_dtype(x))
 
 
 def _nbytes(*tensors: torch.Tensor) -> int:

@@ -26,6 +26,7 @@ __all__ = [
     "DWConv2d",
     "decay_masks",
     "linear",
+    "plain",
     "depthwise_taps",
     "taps_kernel_takes",
     "rotary_tables",
@@ -39,8 +40,11 @@ POSITION_CACHE_BYTES = 64 << 20
 SHIFTED_CONV_DEVICES = ("cuda",)
 # Devices where compiled graphs add a linear layer's bias apart from its matmul (`linear`).
 BIAS_APART_DEVICES = ("cuda",)
-# Whether compiled graphs that record gradients take the Triton taps kernels (`taps_kernel_takes`).
+# Whether compiled graphs that record gradients take the Triton taps kernels (`taps_kernel_takes`), and for which
+# kernel sizes: the CPE's and the FFN's 3x3 (LePE's 5x5 runs inside the retention op where that runs; its taps
+# kernels spilled on sm_90).
 TAPS_IN_KERNEL = True
+TAPS_KERNEL_SIZES = (3,)
 
 Tables = tuple[torch.Tensor, ...]
 
@@ -135,6 +139,15 @@ def decay_masks(mask_h: torch.Tensor, mask_w: torch.Tensor, chunkwise: bool) -> 
     return (manhattan_bias(mask_h, mask_w, slice(None))[None],)
 
 
+def plain(module: nn.Module, kind: type[nn.Module]) -> bool:
+    """Whether `module` is exactly a `kind` (for nn.GELU, the exact one). The fused paths that read a module's
+    parameters instead of calling it (a LayerNorm inside the matmul, fc1's bias apart or in the taps kernel, GELU in
+    the taps kernel, the q/k and v matmuls from qkv's weight) take it only then, so a subclass or a wrapper in its
+    place (LoRA's, a quantizer's) or another activation keeps its own forward. Forward hooks are not looked at (the
+    GPU proxy hooks every module to attribute its kernels): a hook on such a module runs where the module is called."""
+    return type(module) is kind and (kind is not nn.GELU or module.approximate == "none")
+
+
 def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """layer(x). In compiled inference graphs on BIAS_APART_DEVICES the bias is added apart from the matmul, in the
     matmul's output dtype: inductor then adds it, and autocast's cast of it, inside the elementwise kernel that reads
@@ -144,7 +157,9 @@ def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     write the padded input out first (RMT's out_proj and fc2, whose outputs the next CPE reads). Graphs that record
     gradients keep it too: there the separate add costs the backward more bytes than it saves (the GPU proxy's
     counts are in docs/rmt_internals.md)."""
-    if layer.bias is None or torch.is_grad_enabled() or not (in_graph() and x.device.type in BIAS_APART_DEVICES):
+    if layer.bias is None or not plain(layer, nn.Linear) or torch.is_grad_enabled():
+        return layer(x)
+    if not (in_graph() and x.device.type in BIAS_APART_DEVICES):
         return layer(x)
     y = F.linear(x, layer.weight)
     return y + layer.bias.to(y.dtype)
@@ -177,7 +192,7 @@ def taps_kernel_takes(x: torch.Tensor) -> bool:
         and torch.is_grad_enabled()
         and torch.compiler.is_compiling()
         and x.device.type in SHIFTED_CONV_DEVICES
-        and _retention_triton.auto_takes(x)
+        and _retention_triton.taps_available(x)
     )
 
 
@@ -229,14 +244,18 @@ class DWConv2d(nn.Module):
                 self._kept = (key, self._fold().to(dtype), bias.to(dtype))
         return self._kept[1], self._kept[2]
 
+    def takes_kernel(self, x: torch.Tensor) -> bool:
+        """Whether this conv on x runs as the Triton taps kernel: `taps_kernel_takes`, at TAPS_KERNEL_SIZES."""
+        return self.conv.kernel_size[0] in TAPS_KERNEL_SIZES and taps_kernel_takes(x)
+
     def fused(self, u: torch.Tensor, in_bias: torch.Tensor | None = None, gelu: bool = False) -> torch.Tensor:
-        """self(GELU(u + in_bias)) (GELU where `gelu`) in one Triton launch (`taps_kernel_takes` says where)."""
+        """self(GELU(u + in_bias)) (GELU where `gelu`) in one Triton launch (`takes_kernel` says where)."""
         return _retention_triton.fused_taps(u, *self._weights(u), in_bias, gelu)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, bias = self._weights(x)
         if torch.compiler.is_compiling() and x.device.type in SHIFTED_CONV_DEVICES:  # x is a Proxy under FX
-            if taps_kernel_takes(x):
+            if self.takes_kernel(x):
                 return self.fused(x)
             return depthwise_taps(x, weight, bias)
         # A stage's first block gets NCHW-ordered memory from the downsampling conv; one copy here puts the whole

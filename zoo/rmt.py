@@ -30,7 +30,7 @@ from ._builder import create, stage_indices
 from ._checkpoint import StateDict
 from ._registry import Family, ModelInfo, register_family
 from ._retention import ATTN_IMPLS, attend, check_impl, fused, in_graph, norms_fused
-from ._rmt_fast import DWConv2d, PositionCache, decay_masks, linear, rotary_tables, rotate, taps_kernel_takes
+from ._rmt_fast import DWConv2d, PositionCache, decay_masks, linear, plain, rotary_tables, rotate
 from ._staged import StagedModel
 
 __all__ = ["RMT", "checkpoint_filter_fn", "DEFAULT_HUB_ORG", "ORG_ENV", "ATTN_IMPLS", "FAMILY", "INFOS"]
@@ -162,10 +162,14 @@ class ManhattanSelfAttention(nn.Module):
             return self.out_proj(out.view(b, h, w, c))
         if norm is not None:
             x = norm(x)
-        (w_qk, w_v), (b_qk, b_v) = self.qkv.weight.split((2 * c, c)), self.qkv.bias.split((2 * c, c))
-        v = F.linear(x, w_v, b_v)  # its own matmul: a contiguous v is 2-4x faster in the depthwise LePE conv
+        if plain(self.qkv, nn.Linear):
+            (w_qk, w_v), (b_qk, b_v) = self.qkv.weight.split((2 * c, c)), self.qkv.bias.split((2 * c, c))
+            v = F.linear(x, w_v, b_v)  # its own matmul: a contiguous v is 2-4x faster in the depthwise LePE conv
+            qk = F.linear(x, w_qk, b_qk)
+        else:  # a wrapped or subclassed qkv computes its own output
+            qk, v = self.qkv(x).split((2 * c, c), -1)
         lepe = self.lepe(v).view(b, h, w, n, d)
-        qk = F.linear(x, w_qk, b_qk).view(b, h, w, 2, n, d)
+        qk = qk.view(b, h, w, 2, n, d)
         # q and k as views (b, h, N, w, d) for row attention or (b, N, h, w, d) for whole-image, rotated in one pass
         # and written in the layout attention reads; lepe first: the sum takes its contiguous layout, so out's
         # permute costs no separate copy
@@ -191,11 +195,17 @@ class FeedForward(nn.Module):
         x + scale * y: the fused kernel computes both inside fc1's matmul (`norms_fused`)."""
         if norm is not None:
             hidden = _retention_triton.norm_linear(x, norm, self.fc1, *residual)
-        elif taps_kernel_takes(x):  # fc1's bias and GELU inside the taps kernel: no hidden map between them
+        elif self._taps_fused(x):  # fc1's bias and GELU inside the taps kernel: no hidden map between them
             return self.fc2(self.dwconv.fused(F.linear(x, self.fc1.weight), self.fc1.bias, gelu=True))
         else:  # fc1's bias is added with GELU in compiled CUDA graphs; fc2's stays in its matmul (`linear` says why)
             hidden = linear(self.fc1, x)
         return self.fc2(self.dwconv(self.act(hidden)))
+
+    def _taps_fused(self, x: torch.Tensor) -> bool:
+        """Whether fc1's bias, GELU and the depthwise conv run as one taps kernel: where the conv takes it, fc1 and
+        the activation plain (`plain`)."""
+        plain_ = plain(self.fc1, nn.Linear) and self.fc1.bias is not None and plain(self.act, nn.GELU)
+        return plain_ and plain(self.dwconv, DWConv2d) and self.dwconv.takes_kernel(x)
 
 
 class RetBlock(nn.Module):
@@ -223,12 +233,18 @@ class RetBlock(nn.Module):
         if attn_impl == "reference":
             return _rmt_reference.block(self, x, pos)
         x = self.pos(x)
-        if norms_fused(attn_impl, x) and not (self.training and isinstance(self.drop_path, DropPath)):
+        if norms_fused(attn_impl, x) and not (self.training and isinstance(self.drop_path, DropPath)) and self._plain():
             return self._norms_fused(x, pos, decay, attn_impl)
         y = self.retention(self.retention_layer_norm(x), pos, decay, attn_impl)
         x = x + self.drop_path(y if self.gamma_1 is None else self.gamma_1 * y)
         y = self.ffn(self.final_layer_norm(x))
         return x + self.drop_path(y if self.gamma_2 is None else self.gamma_2 * y)
+
+    def _plain(self) -> bool:
+        """Whether the LayerNorms and the matmuls after them are plain (`plain`): the fused forward reads their
+        parameters."""
+        norms = plain(self.retention_layer_norm, nn.LayerNorm) and plain(self.final_layer_norm, nn.LayerNorm)
+        return norms and plain(self.retention.qkv, nn.Linear) and plain(self.ffn.fc1, nn.Linear)
 
     def _norms_fused(
         self, x: torch.Tensor, pos: tuple[torch.Tensor, ...], decay: torch.Tensor, attn_impl: str
