@@ -474,14 +474,28 @@ def _child() -> dict[str, dict]:
     return results
 
 
-@pytest.fixture(scope="module")
-def interpreted() -> dict[str, dict]:
+def _run_child() -> str:
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
     run = subprocess.run(
         [sys.executable, __file__], env=env, capture_output=True, text=True, timeout=900, cwd=Path(__file__).parent
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    return json.loads(run.stdout.splitlines()[-1])
+    return run.stdout.splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def interpreted(tmp_path_factory) -> dict[str, dict]:
+    """The child's results; under pytest-xdist run once per test session, whichever worker asks first (the child
+    takes a minute or more on 2 cores), shared through the session's base temporary folder."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return json.loads(_run_child())
+    import filelock
+
+    shared = tmp_path_factory.getbasetemp().parent / "retention_triton_child.json"
+    with filelock.FileLock(f"{shared}.lock"):
+        if not shared.exists():
+            shared.write_text(_run_child())
+    return json.loads(shared.read_text())
 
 
 @pytest.mark.e2e
