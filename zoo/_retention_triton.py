@@ -1,5 +1,5 @@
 """Fused Triton kernels for RMT's retention, softmax(q k^T + D) v, forward and backward: `attn_impl="triton"`, and
-what `attn_impl="auto"` takes on CUDA where they build (`auto_takes`).
+what `attn_impl="auto"` takes on CUDA where they build (`auto_takes`); and two more RMT kernels (below).
 
 Why: at head dim 16-32 the matmul-softmax path writes the (L x L) scores and reads them back, several times the
 feature map itself in stage 1. Here the decay D = gamma_head * distance is computed in the kernel from token
@@ -35,8 +35,13 @@ LayerNorm inside the matmul after it (`norm_linear`, rmt_zoo::norm_linear, one l
 MaSA takes the fused op and no gradients are recorded, each block's LayerNorms run inside its qkv and fc1 matmuls, fc1's
 with the residual sum before it, so neither the normalized map nor that sum goes to memory (it has no backward:
 training keeps the plain modules).
+The depthwise taps (`fused_taps`, rmt_zoo::depthwise_taps, `_taps_kernel` and `_taps_backward_kernel`): in compiled
+training steps on CUDA, the CPE's and the FFN's 3x3 convs (the FFN's with fc1's bias and GELU applied as u is loaded)
+in one launch each way; the backward writes u's gradient and per-program sums of the parameters' gradients, where the
+plain taps' backward read the maps again for each tap (zoo/_rmt_fast.py's `taps_kernel_takes` says where).
 Every launch plan declares its cost (zoo/_op_cost.py) for the GPU proxy (`_declared_cost`, `_declared_backward_cost`,
-`_declared_norm_linear_cost`), and each forward op its multiply-adds for the FLOP counters.
+`_declared_norm_linear_cost`, `_declared_taps_cost`, `_declared_taps_backward_cost`), and each forward op its
+multiply-adds for the FLOP counters.
 """
 
 from __future__ import annotations
