@@ -887,8 +887,8 @@ TAPS_ROWS = 16
 
 def taps_config(width: int, channels: int) -> dict:
     """Tiles of the depthwise-taps kernels: a row's BLOCK_P pixels (the width, up to 64) by BLOCK_C channels, 1024
-    elements on 8 warps. On sm_90 (tests/test_retention_triton.py builds every RMT layer's) 2048 on 4 or 8 warps,
-    or 1024 on 4, spilled in one kernel or another (GELU's forward up to 1 KB); so did every tile where the
+    elements on 8 warps. On sm_90 (tests/test_retention_triton.py builds every RMT CPE's and FFN's) 2048 on 4 or 8
+    warps, or 1024 on 4, spilled in one kernel or another (GELU's forward up to 1 KB); so did every tile where the
     channels are strided, hence `fused_taps` hands the kernels contiguous maps. The backward also takes maxnreg
     (`_taps_backward_plan`): one block of 8 warps an SM, whose cost in latency hiding only a GPU can tell."""
     block_p = min(64, _pow2(width))
@@ -896,23 +896,23 @@ def taps_config(width: int, channels: int) -> dict:
                 num_warps=8, num_stages=1)  # fmt: skip
 
 
-def _taps_grid(u: torch.Tensor, meta: dict) -> tuple[int, int, tuple[int, int]]:
-    """(n_chunks, channels, grid) of the taps kernels over u (B, H, W, C)."""
+def _taps_grid(u: torch.Tensor, meta: dict) -> tuple[int, tuple[int, int]]:
+    """(n_chunks, grid) of the taps kernels over u (B, H, W, C)."""
     b, h, _, c = u.shape
     n_chunks = _cdiv(h, meta["ROWS"])
-    return n_chunks, c, (b * n_chunks, _cdiv(c, meta["BLOCK_C"]))
+    return n_chunks, (b * n_chunks, _cdiv(c, meta["BLOCK_C"]))
 
 
 def _taps_plan(u, in_bias, weight, bias, gelu: bool, dtype) -> tuple[torch.Tensor, list[Launch]]:
-    """The output (B, H, W, C) in `dtype`, contiguous, and the one launch that fills it (`depthwise_taps` documents
-    the inputs); on meta and fake tensors too."""
+    """The output (B, H, W, C) in `dtype`, contiguous, and the one launch that fills it (`fused_taps` documents the
+    inputs); on meta and fake tensors too."""
     b, h, w, c = u.shape
     out = torch.empty(b, h, w, c, dtype=dtype, device=u.device)
     meta = taps_config(w, c)
-    n_chunks, channels, grid = _taps_grid(u, meta)
+    n_chunks, grid = _taps_grid(u, meta)
     flags = dict(K=weight.shape[-1], GELU=gelu, IN_BIAS=in_bias is not None)
     shift = bias if in_bias is None else in_bias  # unread without IN_BIAS
-    args = (u, shift, weight, bias, out, h, w, channels, n_chunks, u.stride(), out.stride())
+    args = (u, shift, weight, bias, out, h, w, c, n_chunks, u.stride(), out.stride())
     return out, [("taps", grid, args, dict(meta, **flags))]
 
 
@@ -925,11 +925,11 @@ def _taps_backward_plan(dout, u, in_bias, weight, gelu: bool) -> tuple[tuple[tor
     # ptxas's own register choice (often 128, sometimes 64) spilled 8-156 bytes in one dtype or another, under Triton
     # 3.6 or 3.8, at every tile tried (256-2048 elements, 4 or 8 warps); with up to 255 it takes 188-220, no spills
     meta = dict(taps_config(w, c), **({} if torch.version.hip else dict(maxnreg=255)))  # an NVIDIA option
-    n_chunks, channels, grid = _taps_grid(u, meta)
+    n_chunks, grid = _taps_grid(u, meta)
     sums = torch.empty(grid[0], k * k + 2, c, dtype=torch.float32, device=u.device)
     flags = dict(K=k, GELU=gelu, IN_BIAS=in_bias is not None, BLOCK_T=_pow2(k * k + 2))
     shift = weight if in_bias is None else in_bias  # unread without IN_BIAS
-    args = (dout, u, shift, weight, du, sums, h, w, channels, n_chunks, dout.stride(), u.stride(), du.stride())
+    args = (dout, u, shift, weight, du, sums, h, w, c, n_chunks, dout.stride(), u.stride(), du.stride())
     return (du, sums), [("taps_backward", grid, args, dict(meta, **flags))]
 
 

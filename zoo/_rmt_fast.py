@@ -157,9 +157,8 @@ def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     write the padded input out first (RMT's out_proj and fc2, whose outputs the next CPE reads). Graphs that record
     gradients keep it too: there the separate add costs the backward more bytes than it saves (the GPU proxy's
     counts are in docs/rmt_internals.md)."""
-    if layer.bias is None or not plain(layer, nn.Linear) or torch.is_grad_enabled():
-        return layer(x)
-    if not (in_graph() and x.device.type in BIAS_APART_DEVICES):
+    apart = in_graph() and x.device.type in BIAS_APART_DEVICES and not torch.is_grad_enabled()
+    if layer.bias is None or not apart or not plain(layer, nn.Linear):
         return layer(x)
     y = F.linear(x, layer.weight)
     return y + layer.bias.to(y.dtype)
@@ -253,11 +252,9 @@ class DWConv2d(nn.Module):
         return _retention_triton.fused_taps(u, *self._weights(u), in_bias, gelu)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight, bias = self._weights(x)
         if torch.compiler.is_compiling() and x.device.type in SHIFTED_CONV_DEVICES:  # x is a Proxy under FX
-            if self.takes_kernel(x):
-                return self.fused(x)
-            return depthwise_taps(x, weight, bias)
+            return self.fused(x) if self.takes_kernel(x) else depthwise_taps(x, *self._weights(x))
+        weight, bias = self._weights(x)
         # A stage's first block gets NCHW-ordered memory from the downsampling conv; one copy here puts the whole
         # residual stream in contiguous (B, H, W, C), which LayerNorm and the linear layers read without copies.
         x = x.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
