@@ -13,7 +13,9 @@ a warning), a choice made on predicted numbers, so the throughput setting times 
 eager with attn_impl="matmul" (what "auto" took before, at these short rows), "triton" (the kernels named, no
 fallback) and "sdpa", ours compiled with "matmul", ours eager with its LayerNorms apart from the matmuls (where the
 fused kernels run "auto" computes them inside the qkv and fc1 matmuls: this times that kernel against LayerNorm and
-cuBLAS); and swin_t, eager and compiled, timm's own code at equal GMACs.
+cuBLAS), ours eager with short rows packed (zoo/_retention_triton.py's PACK_ROWS: stages 2-3 in 64-row wgmma tiles,
+against today's 16-row ones; `SWITCHED` holds both switches); and swin_t, eager and compiled, timm's own code at
+equal GMACs.
 The official model's random initial weights are loaded into ours (`checkpoint_filter_fn`, strict). Before timing,
 every path's output is checked against the eager fp32 output of its own code on the same input: 1e-4 in fp32, 5e-2
 under bf16 autocast (the harness's bf16 bound: bf16 keeps 8 significant bits and errors compound over rmt_s's 29
@@ -48,7 +50,7 @@ from typing import Callable
 import torch
 
 import zoo
-from zoo import _retention
+from zoo import _retention, _retention_triton
 from bench.env import collect_env
 from bench.device import synchronize
 from bench.measure import numerics
@@ -58,6 +60,14 @@ from benchmarks import _common as shared
 # The harness's own bounds against eager: fp32, and bf16 autocast.
 TOL = {None: precision("fp32").tolerance, torch.bfloat16: precision("amp-bf16").tolerance}
 
+
+# Module switches "auto" is timed with as well, each a path: label -> (module, attribute, value for the call).
+SWITCHED = {
+    # LayerNorm, then cuBLAS: the eager alternative to the LayerNorm-in-matmul kernel "auto" takes without gradients
+    "ours eager (auto, LayerNorms apart)": (_retention, "NORMS_IN_MATMUL", False),
+    # stages 2-3's short rows packed into 64-row wgmma tiles, against today's 16-row mma.sync ones
+    "ours eager (auto, short rows packed)": (_retention_triton, "PACK_ROWS", True),
+}
 
 # What rmt_gpu.py measures, in this order; --parts picks some (a second call finishes what a first one had no time for).
 PARTS = ("throughput", "memory", "latency")
@@ -73,7 +83,7 @@ class Setting:
     attn_impls: tuple[str, ...] = ()  # ours eager with these attn_impls as well as "auto"
     compiled_attn_impls: tuple[str, ...] = ()  # ours compiled with these attn_impls as well as "auto"
     peers: tuple[str, ...] = ()  # other models (timm's own code) timed eager and compiled beside RMT
-    norms_apart: bool = False  # ours eager ("auto") with its LayerNorms apart from the matmuls as well
+    switched: tuple[str, ...] = ()  # ours eager ("auto") with these SWITCHED settings as well
 
 
 @dataclass(frozen=True)
@@ -95,7 +105,7 @@ class Config:
 GPU = Config(
     device="cuda", model="rmt_s", size=224,
     settings=(Setting("throughput", "bf16 autocast", 256, torch.bfloat16, attn_impls=("matmul", "triton", "sdpa"),
-                      compiled_attn_impls=("matmul",), peers=("swin_t",), norms_apart=True),
+                      compiled_attn_impls=("matmul",), peers=("swin_t",), switched=tuple(SWITCHED)),
               Setting("latency", "fp32", 1, None, compile_mode="reduce-overhead")),
     dense_model="rmt_t", dense_size=(800, 1344), rounds=5, min_round_s=0.5, profile_rows=25, compile_backend="inductor",
 )  # fmt: skip
@@ -104,7 +114,7 @@ GPU = Config(
 REHEARSE = Config(
     device="cpu", model="rmt_t", size=64,
     settings=(Setting("throughput", "bf16 autocast", 2, torch.bfloat16, attn_impls=("sdpa",), peers=("test_convnext",),
-                      norms_apart=True),
+                      switched=tuple(SWITCHED)),
               Setting("latency", "fp32", 1, None, compile_mode="reduce-overhead")),
     dense_model="rmt_t", dense_size=(64, 96), rounds=2, min_round_s=0.02, profile_rows=10, compile_backend="eager",
     threads=1,  # the rehearsal machine is shared: threads spin-waiting on busy cores multiply the time
@@ -125,15 +135,12 @@ def _under(setting: Setting, device: str, fn: Callable, x: torch.Tensor) -> Call
     return call
 
 
-NORMS_APART = "ours eager (auto, LayerNorms apart)"
-
-
-def _norms_apart(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """model(x) with its blocks' LayerNorms apart from the matmuls (zoo's NORMS_IN_MATMUL off for the call): the
-    fused LayerNorm-in-matmul kernel's eager alternative, LayerNorm then cuBLAS."""
+def _switch(model: torch.nn.Module, label: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """model(x) with the module switch SWITCHED[label] set for the call."""
+    module, name, value = SWITCHED[label]
 
     def call(x: torch.Tensor) -> torch.Tensor:
-        with mock.patch.object(_retention, "NORMS_IN_MATMUL", False):
+        with mock.patch.object(module, name, value):
             return model(x)
 
     return call
@@ -157,8 +164,8 @@ def time_setting(cfg: Config, official, setting: Setting) -> tuple[list[shared.T
         models[f"ours compiled ({impl})"] = torch.compile(
             copy.deepcopy(ours).set_attn_impl(impl), fullgraph=True, **compile_args
         )
-    if setting.norms_apart:
-        models[NORMS_APART] = _norms_apart(ours)
+    for label in setting.switched:
+        models[label] = _switch(ours, label)
     owner = dict.fromkeys(models, "official")  # whose code's eager fp32 output each path is checked against
     eager_fp32 = {"official": theirs}
     for name in setting.peers:
@@ -184,8 +191,9 @@ def time_setting(cfg: Config, official, setting: Setting) -> tuple[list[shared.T
            "failed": failed, "img_s": {p.label: p.img_s for p in paths}, "median": median,
            "ratios": shared.ratios(median, setting.peers, setting.attn_impls, setting.compiled_attn_impls),
            "first_calls_s": first_call_s}  # fmt: skip
-    if NORMS_APART in median:
-        row["ratios"][f"ours eager / {NORMS_APART}"] = median["ours eager"] / median[NORMS_APART]
+    for label in setting.switched:
+        if label in median:
+            row["ratios"][f"ours eager / {label}"] = median["ours eager"] / median[label]
     return paths, row
 
 

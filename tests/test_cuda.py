@@ -87,6 +87,28 @@ def test_rmt_paths_under_autocast(impl, dtype, rel_err, rmt_pair):
 
 
 @pytest.mark.parametrize("dtype", LOW, ids=str)
+def test_packed_short_rows_match_unpacked(dtype, rel_err, rmt_small, monkeypatch):
+    """attn_impl="triton" with short rows packed (`PACK_ROWS`: the 64x96 input's chunkwise stages, rows of 24 and 12
+    and columns of 16 and 8, all pack) against it unpacked, under autocast: the output, the input's gradient and
+    each MaSA's qkv weight's (gradients through the packed backward; layer scale 0.5, so that none underflows)."""
+    torch.manual_seed(0)
+    model = rmt.RMT(**rmt_small, layer_init_values=0.5, attn_impl="triton").eval().cuda()
+    x, weight = torch.randn(2, 3, 64, 96, device="cuda"), torch.linspace(-1, 1, 10, device="cuda")
+    qkvs = [block.retention.qkv.weight for layer in model.layers for block in layer.blocks]
+    results = {}
+    for packed in (False, True):
+        monkeypatch.setattr(_retention_triton, "PACK_ROWS", packed)
+        model.zero_grad()
+        inp = x.clone().requires_grad_()
+        with torch.autocast("cuda", dtype=dtype):
+            out = model(inp)
+        (out.float() * weight).sum().backward()
+        results[packed] = [out.float(), inp.grad, *(w.grad for w in qkvs)]
+    errors = [rel_err(a.float(), b.float()) for a, b in zip(results[True], results[False])]
+    assert max(errors) <= LOW_TOL[dtype], errors
+
+
+@pytest.mark.parametrize("dtype", LOW, ids=str)
 def test_norm_linear_matches_the_plain_ops_under_autocast(dtype, rel_err):
     """LayerNorm inside the matmul (the fused kernel a no-grad block takes) against LayerNorm, then the linear, under
     autocast, with a scaled residual added first, for x in both layouts a block hands it (NCHW-ordered memory, as a

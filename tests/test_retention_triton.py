@@ -68,6 +68,14 @@ GRAD_CASES = {
     "grad_whole_fp32": ((5, 14), 2, 16, False, torch.float32),
     "grad_rows_40_fp32": ((2, 40), 1, 16, True, torch.float32),
 }
+# Short rows packed into 64-token tiles (`rt.PACK_ROWS`), the op's output and gradients against fp64 (16-bit only:
+# fp32 never packs): 13x17 packs two image rows of 32 slots in the forward (13 rows: the last pair half past the
+# image) and two heads of 32 / four of 16 in the backward's rows and columns; 7x9 four rows of 16, and its 3 heads
+# leave one slot of the backward's packs of four past the last head.
+PACKED_CASES = {
+    "packed_rows_cols_fp16": ((13, 17), 2, 32, True, torch.float16),
+    "packed_heads_fp16": ((7, 9), 3, 16, True, torch.float16),
+}
 # The depthwise taps kernels (`rt.fused_taps`), forward and backward, against autograd of fp64 GELU and conv2d:
 # (B, H, W, C), K, gelu, in_bias, u NCHW-ordered, dtype. 19 rows: two programs' chunks of 16; 70 wide: two blocks of
 # 64 pixels; 300 channels: two blocks, the second partial; 5x5 as LePE's.
@@ -399,6 +407,10 @@ def _child() -> dict[str, dict]:
     results["dense_whole"] = dict(err=rel_err(outs["triton"], outs["matmul"]), calls=calls.take())
     for case, args in OP_CASES.items():
         results[case] = dict(err=_op_case(*args))
+    rt.PACK_ROWS = True
+    for case, args in PACKED_CASES.items():
+        results[case] = dict(err=_op_case(*args), grad_err=_grad_case(*args))
+    rt.PACK_ROWS = False
     for case, args in NORM_CASES.items():
         results[case] = _norm_case(*args)
     results["norm_rounding"] = _norm_rounding_case()
@@ -517,6 +529,71 @@ def test_dense_whole_image_stage(interpreted):
 def test_op_matches_official_fp64(interpreted, case):
     """The op alone, non-contiguous q and k, against the official formulas in fp64."""
     assert interpreted[case]["err"] <= TOL["fp16" if OP_CASES[case][-1] == torch.float16 else "fp32"]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("case", PACKED_CASES)
+def test_packed_short_rows_match_official_fp64(interpreted, case):
+    """The op with short rows packed (`rt.PACK_ROWS`), forward and gradients, against the official formulas in
+    fp64, as unpacked (`test_packed_launches` shows these cases pack)."""
+    assert interpreted[case]["err"] <= TOL["fp16"] and interpreted[case]["grad_err"] <= TOL["fp16"]
+
+
+def _packs(grid: tuple[int, int], heads: int, head_dim: int, chunkwise: bool, dtype: torch.dtype) -> dict:
+    """{kernel: PACK} of the op's forward and backward launches at a shape (meta tensors, batch 2)."""
+    h, w = grid
+    qkv = torch.empty(2, h, w, 3, heads, head_dim, dtype=dtype, device="meta")
+    lepe = torch.empty(heads * head_dim, 1, 5, 5, device="meta")
+    rot = torch.empty(2, 2, *((1, h, 1, w, head_dim) if chunkwise else (1, 1, h, w, head_dim)), device="meta")
+    decay, dout = torch.empty(heads, device="meta"), torch.empty(2, h, w, heads, head_dim, dtype=dtype, device="meta")
+    plan = rt.launches(qkv, lepe, lepe[:, 0, 0, 0], rot, decay, chunkwise)[1]
+    rt.backward_plan(dout, qkv, rot, decay, dout, chunkwise, plan.append)
+    packs: dict[str, set] = {}
+    for name, _, _, meta in plan:
+        packs.setdefault(name, set()).add(meta.get("PACK", 1))
+    return {name: sorted(p) for name, p in packs.items()}
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [(PACKED_CASES["packed_rows_cols_fp16"], {"rows_then_columns": [2], "attend": [2],
+                                              "attend_backward_block": [2, 4]}),
+     (PACKED_CASES["packed_heads_fp16"], {"rows_then_columns": [4], "attend": [4], "attend_backward_block": [4]}),
+     (((28, 28), 4, 32, True, torch.bfloat16), {"rows_then_columns": [2], "attend": [2],
+                                                "attend_backward_block": [2]}),
+     (((14, 14), 8, 32, True, torch.bfloat16), {"rows_then_columns": [4], "attend": [4],
+                                                "attend_backward_block": [4]}),
+     (((56, 56), 4, 16, True, torch.bfloat16), {"rows_then_columns": [1], "attend": [1],
+                                                "attend_backward_block": [1]}),
+     (((13, 17), 2, 32, True, torch.float32), {"rows_then_columns": [1], "attend": [1],
+                                               "attend_backward_block": [1]}),
+     (((5, 6), 2, 16, False, torch.float16), {"attend": [1], "attend_backward_block": [1]})],
+    ids=["13x17", "7x9", "28x28", "14x14", "56x56", "fp32", "whole-5x6"],
+)  # fmt: skip
+def test_packed_launches(case, expected, monkeypatch):
+    """With PACK_ROWS, 16-bit rows of up to 32 tokens pack into 64-token tiles: the forward's image rows (2 of 32,
+    4 of 16), the backward's heads (its rows recomputed, then its columns' and rows' gradients); rows of 56, fp32
+    (whose dots run on FMAs) and the whole image (one sequence a head: nothing to pack beside it) do not. Off,
+    nothing packs."""
+    monkeypatch.setattr(rt, "PACK_ROWS", True)
+    assert _packs(*case) == expected
+    monkeypatch.setattr(rt, "PACK_ROWS", False)
+    assert all(packs == [1] for packs in _packs(*case).values())
+
+
+@pytest.mark.parametrize(("grid", "pack", "rows"), [((28, 28), 2, 4), ((14, 14), 4, 8)])
+def test_packed_tiles_are_one_warpgroup(grid, pack, rows, monkeypatch):
+    """A packed tile is 64 tokens, one pipeline stage: the backward's passes on 4 warps (one warpgroup: wgmma's
+    shape on sm_90, which the sm_90 build test checks), the forward on 8 (two sharing its dots), whose programs take
+    as many image rows as the column attention's registers allow at head dim 32 (BLOCK_I x BLOCK_J x 32 <= 4096)
+    and one block of columns, the whole row."""
+    monkeypatch.setattr(rt, "PACK_ROWS", True)
+    h, w = grid
+    meta = rt.rows_then_columns_config(h, w, 32, torch.bfloat16)
+    assert (meta["PACK"], meta["BLOCK_I"], meta["PACK"] * meta["BLOCK_J"]) == (pack, rows, rt.PACKED_TILE)
+    assert meta["BLOCK_J"] >= w and meta["num_warps"] == 8 and meta["num_stages"] == 1
+    one_d = rt.attend_config(w, 32, torch.bfloat16, 4)
+    assert (one_d["PACK"], one_d["BLOCK_M"], one_d["num_warps"]) == (pack, rt.PACKED_TILE, 4)
 
 
 @pytest.mark.e2e
@@ -883,10 +960,27 @@ def test_gpu_benchmark_times_the_norms_apart(auto_on_cpu, monkeypatch):
     monkeypatch.setattr(rt, "norm_linear", lambda x, norm, layer, *res: norms.append(1) or layer(norm(x)))
     model = rmt.RMT(**TINY).eval()
     with torch.no_grad():
-        rmt_gpu._norms_apart(model)(torch.randn(1, 3, 32, 32))
+        rmt_gpu._switch(model, "ours eager (auto, LayerNorms apart)")(torch.randn(1, 3, 32, 32))
         assert norms == []
         model(torch.randn(1, 3, 32, 32))
     assert len(norms) == 8
+
+
+def test_gpu_benchmark_times_short_rows_packed(auto_on_cpu, monkeypatch):
+    """benchmarks/rmt_gpu.py's "short rows packed" path runs "auto" with every fused call's launches planned
+    packed (`rt.PACK_ROWS` on for the call); the model itself, after it, plans them unpacked."""
+    from benchmarks import rmt_gpu
+
+    monkeypatch.setattr(rt, "_probe", lambda device, dtype: None)
+    monkeypatch.setattr(rt, "norm_linear", lambda x, norm, layer, *res: layer(norm(x)))
+    switches = []
+    monkeypatch.setattr(rt, "retention", lambda qkv, *args: switches.append(rt.PACK_ROWS) or qkv[:, :, :, 2] * 1)
+    model = rmt.RMT(**TINY).eval()
+    with torch.no_grad():
+        rmt_gpu._switch(model, "ours eager (auto, short rows packed)")(torch.randn(1, 3, 32, 32))
+        assert switches == [True] * 4
+        model(torch.randn(1, 3, 32, 32))
+    assert switches == [True] * 4 + [False] * 4
 
 
 def test_block_keeps_its_norms_where_stochastic_depth_runs(monkeypatch):
@@ -992,30 +1086,37 @@ def _stage_shapes(arch: dict, size: tuple[int, int]):
 
 
 def _stage_keys(arch: dict, size: tuple[int, int], dtype: torch.dtype):
-    """(stage, compile key) of every launch of every stage at an input size: attention, the two LayerNorms in their
-    matmuls and the CPE's and FFN's taps."""
+    """(stage, packed, compile key) of every launch of every stage at an input size: attention, with short rows
+    packed (`rt.PACK_ROWS`) and not, the two LayerNorms in their matmuls and the CPE's and FFN's taps."""
     for stage, h, w, n, d, chunkwise in _stage_shapes(arch, size):
         i = stage - 1
         hidden = int(arch["mlp_ratios"][i] * n * d)
-        for key in _sources(h, w, n, d, chunkwise, dtype):
-            yield stage, key
+        for packed in (False, True):
+            for key in _sources(h, w, n, d, chunkwise, dtype, packed):
+                yield stage, packed, key
         for key in _norm_sources(h, w, n * d, hidden, arch["layerscales"][i], dtype):
-            yield stage, key
+            yield stage, False, key
         for key in _taps_sources(h, w, n * d, hidden, dtype):
-            yield stage, key
+            yield stage, False, key
 
 
-def _sources(h: int, w: int, n: int, d: int, chunkwise: bool, dtype: torch.dtype):
-    """The compile keys of the launches of one stage's attention, forward and backward (`_keys`)."""
+def _sources(h: int, w: int, n: int, d: int, chunkwise: bool, dtype: torch.dtype, packed: bool):
+    """The compile keys of the launches of one stage's attention, forward and backward (`_keys`), short rows packed
+    or not."""
     # the projection (b, h, w, 3, N, d), as MaSA passes it (batch 2); fp32 rotary tables
     qkv = torch.empty(2, h, w, 3, n, d, dtype=dtype, device="meta")
     weight, bias = torch.empty(n * d, 1, 5, 5, device="meta"), torch.empty(n * d, device="meta")
     rot = torch.empty(2, 2, *((1, h, 1, w, d) if chunkwise else (1, 1, h, w, d)), device="meta")
     decay = torch.empty(n, device="meta")
-    backward = []
+    plan = []
     dout = torch.empty(2, h, w, n, d, dtype=dtype, device="meta")
-    rt.backward_plan(dout, qkv, rot, decay, dout, chunkwise, backward.append)
-    yield from _keys([*rt.launches(qkv, weight, bias, rot, decay, chunkwise)[1], *backward])
+    saved, rt.PACK_ROWS = rt.PACK_ROWS, packed
+    try:
+        plan += rt.launches(qkv, weight, bias, rot, decay, chunkwise)[1]
+        rt.backward_plan(dout, qkv, rot, decay, dout, chunkwise, plan.append)
+    finally:
+        rt.PACK_ROWS = saved
+    yield from _keys(plan)
 
 
 def _norm_sources(h: int, w: int, dim: int, hidden: int, layer_scale: bool, dtype: torch.dtype):
@@ -1102,14 +1203,14 @@ def _ptxas(key, monkeypatch) -> tuple[int, int, bool]:
 @pytest.mark.e2e  # the slow tier: ptxas runs for every stage shape
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=["fp16", "bf16", "fp32"])
 def test_sm90_build_has_no_spills(dtype, monkeypatch, tmp_path):
-    """Every stage of rmt_t/s/b/l at 224x224 and 800x1344, attention and the LayerNorms in their matmuls; launches
-    that compile alike are built once."""
+    """Every stage of rmt_t/s/b/l at 224x224 and 800x1344, attention (short rows packed and not), the LayerNorms in
+    their matmuls and the taps; launches that compile alike are built once."""
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
     builds: dict[tuple, list[str]] = {}
     for variant, arch in rmt._ARCHS.items():
         for size_name, size in SIZES.items():
-            for stage, key in _stage_keys(arch, size, dtype):
-                builds.setdefault(key, []).append(f"{variant}@{size_name}/stage{stage}")
+            for stage, packed, key in _stage_keys(arch, size, dtype):
+                builds.setdefault(key, []).append(f"{variant}@{size_name}/stage{stage}{'/packed' * packed}")
     report = []
     for key, uses in builds.items():
         regs, spills, wgmma = _ptxas(key, monkeypatch)
@@ -1118,6 +1219,14 @@ def test_sm90_build_has_no_spills(dtype, monkeypatch, tmp_path):
     # the LayerNorm-in-matmul kernel's 16-bit tiles (128 x 128 on 8 warps) take wgmma; fp32's dots run on FMAs
     norms = [wgmma for name, *_, wgmma, _ in report if name == "norm_linear"]
     assert norms and all(wgmma == (dtype != torch.float32) for wgmma in norms), "\n".join(map(str, report))
+    # with short rows packed, every attention launch of stages 2-4 at 224x224 runs its dots as wgmma in 16 bits, on
+    # one warpgroup (the packed forward: two)
+    late = re.compile(r"@224/stage[234]/packed")
+    packed = [(name, wgmma, dict(options)["num_warps"]) for name, _, options, _, _, wgmma, uses in report
+              if name.startswith(("rows", "attend")) and any(map(late.search, uses))]  # fmt: skip
+    warps = lambda name: 8 if name == "rows_then_columns" else 4  # noqa: E731
+    if dtype != torch.float32:
+        assert packed and all(wgmma and n == warps(name) for name, wgmma, n in packed), packed
 
 
 if __name__ == "__main__":

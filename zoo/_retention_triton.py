@@ -18,6 +18,11 @@ The forward, one launch per call:
   price is compute: each block of image rows recomputes the row attention it needs (a 4x repeat at 56x56).
 - whole-image form (stage 4): every token against every token, Manhattan distance from token indices
   (`_attend_kernel`, which also runs single 1-D passes for the backward).
+- short rows packed (`PACK_ROWS`, off until a GPU times it): 16-bit rows and columns of up to 32 tokens go several
+  to a 64-token tile with a block-diagonal mask, so stages 2-3 at 224x224 run their dots as sm_90 wgmma where
+  today's tiles take 16-row mma.sync: the forward's row attention 2 image rows of 32 or 4 of 16 at once
+  (`_packed_row_attention`), the backward's 1-D passes 2 or 4 heads (`_packed`). The price: PACK times the score
+  elements, and more row recompute in the forward.
 The backward (rmt_zoo::retention_backward, the op's autograd formula), flash-style: probabilities recomputed from q,
 k and the decay in registers, nothing L x L in memory. It writes the qkv gradient in place, each part in its input's
 layout (no stack or scatter): rows then columns backpropagate columns first (their d(values) is d(rows)), then rows,
@@ -68,6 +73,15 @@ NOT_SPECIALIZED = ("seq_len", "height", "width", "n_b", "n_c", "n_heads", "n_i",
 # for sm_90 with fewer than 255 registers and no spills under Triton 3.6 and 3.8 (tests/test_retention_triton.py;
 # fp32's dots run on FMAs and hold more in registers, so it takes more warps).
 WARPS = {16: (1, 1), 32: (1, 4), 64: (4, 8)}
+# Whether short rows are packed into 64-row tiles, so that stages 2-3 at 224x224 (rows and columns of 28 and 14) run
+# 4-warp programs whose dots are wgmma on sm_90: the forward's row attention, several image rows to a tile
+# (`packed_config`), and the backward's 1-D passes, several heads to a tile (`attend_config`), each with a
+# block-diagonal mask. Off until a GPU says otherwise: a packed tile computes PACK times the score elements (exp2 and
+# the rest), and the packed forward's programs take fewer image rows each (more row recompute), where today's 16-row
+# mma.sync dots are a small part of a program's instructions. benchmarks/rmt_gpu.py times both.
+PACK_ROWS = False
+# A packed tile's queries (and keys): 64, wgmma's rows for one warpgroup.
+PACKED_TILE = 64
 # Meta-parameters of a launch that are compile options, not the kernel's constexprs.
 LAUNCH_OPTIONS = ("num_warps", "num_stages", "maxnreg")
 # Bound by _kernels() when Triton is first used: the kernels' source names it, and Triton resolves it at compile time.
@@ -84,16 +98,18 @@ def require() -> None:
 
 def _rows_then_columns_kernel(
     q, k, v, lepe_w, lepe_b, out, rot, decay, height, width, n_heads, n_i, n_j, sq, sk, sv, so, st, sg,
-    HEAD_DIM: tl.constexpr, LEPE_K: tl.constexpr, PRECISION: tl.constexpr,
+    HEAD_DIM: tl.constexpr, LEPE_K: tl.constexpr, PRECISION: tl.constexpr, PACK: tl.constexpr,
     BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     """One program: the output at BLOCK_I image rows x BLOCK_J columns of one image and head, rows then columns in
     one pass. q, k (b, h, N, w, d) unrotated, rotated on load by the tables at rot (`_rotary`); v and out
     (b, h, w, N, d); each tensor's strides as one tuple in its dims' order (rot's: q's, then to sin, to k's; the
     decay's over heads). out = LePE(v) (`_lepe`) + attention. The column attention's keys are the image rows
-    r = 0..height-1, taken one at a time with an online softmax; its value at row r is the row attention of
-    (r, columns) against row r, computed here in registers (so no `rows` tensor in memory). The programs of one
-    image and head are adjacent (rows fastest), so their repeated reads of q, k, v hit L2."""
+    r = 0..height-1, taken one at a time with an online softmax (`_column_step`); its value at row r is the row
+    attention of (r, columns) against row r, computed here in registers (so no `rows` tensor in memory): a row at a
+    time (PACK 1, `_row_attention`), or PACK rows in one tile (`_packed_row_attention`, where one block holds a
+    whole row). The programs of one image and head are adjacent (rows fastest), so their repeated reads of q, k, v
+    hit L2."""
     sq_b, sq_h, sq_n, sq_w, sq_d = sq
     sk_b, sk_h, sk_n, sk_w, sk_d = sk
     sv_b, sv_h, sv_w, sv_n, sv_d = sv
@@ -105,11 +121,9 @@ def _rows_then_columns_kernel(
     bh = pid // (n_i * n_j)
     bb = bh // n_heads
     hd = bh % n_heads
-    log2e = 1.4426950408889634  # scores in log2 units, for exp2
-    gamma = tl.load(decay + hd * sg[0]).to(tl.float32) * log2e
+    gamma = tl.load(decay + hd * sg[0]).to(tl.float32) * 1.4426950408889634  # log2 units, for exp2
     offs_i = ib * BLOCK_I + tl.arange(0, BLOCK_I)
     offs_j = jb * BLOCK_J + tl.arange(0, BLOCK_J)
-    offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     dim_ok = offs_d < HEAD_DIM
     j_ok = offs_j < width
@@ -127,41 +141,27 @@ def _rows_then_columns_kernel(
     l_c = tl.zeros((BLOCK_I, BLOCK_J), tl.float32)
     acc = tl.zeros((BLOCK_I, BLOCK_J, BLOCK_D), tl.float32)
     row_mask = j_ok[:, None] & dim_ok[None, :]
-    for r in range(0, height):
-        # row attention of (r, offs_j) against image row r: the column attention's value at key r
-        tokens = r * st_h + offs_j[:, None] * st_w
-        q_row = _rotary(
-            q, rot, r * sq_h + offs_j[:, None] * sq_w, tokens, offs_d[None, :], sq_d, st_d, st_sin, row_mask
-        )
-        q_row = q_row.to(q.dtype.element_ty)
-        m_r, l_r, acc_r = _softmax_start(BLOCK_J, BLOCK_D)
-        for start in range(0, width, BLOCK_N):
-            keys = start + offs_n
-            key_ok = keys < width
-            k_tile = _rotary(  # k^T tile
-                k, rot + st_k, r * sk_h + keys[None, :] * sk_w, r * st_h + keys[None, :] * st_w, offs_d[:, None],
-                sk_d, st_d, st_sin, key_ok[None, :] & dim_ok[:, None],
-            ).to(k.dtype.element_ty)  # fmt: skip
-            dist = tl.abs(offs_j[:, None] - keys[None, :]).to(tl.float32)
-            scores = tl.dot(q_row, k_tile, input_precision=PRECISION) * log2e + gamma * dist
-            v_tile = tl.load(
-                v + r * sv_h + keys[:, None] * sv_w + offs_d[None, :] * sv_d,
-                mask=key_ok[:, None] & dim_ok[None, :],
-                other=0.0,
-            )
-            m_r, l_r, acc_r = _softmax_step(scores, key_ok, v_tile, m_r, l_r, acc_r, PRECISION)
-        value = acc_r / l_r[:, None]  # (BLOCK_J, BLOCK_D); padded columns hold finite garbage, never stored
-        key = _rotary(
-            k, rot + st_k, r * sk_h + offs_j[:, None] * sk_w, tokens, offs_d[None, :], sk_d, st_d, st_sin, row_mask
-        )
-        dist = tl.abs(offs_i - r).to(tl.float32)
-        scores = tl.sum(q_cols * key[None, :, :], 2) * log2e + gamma * dist[:, None]
-        m_new = tl.maximum(m_c, scores)
-        alpha = tl.exp2(m_c - m_new)
-        p = tl.exp2(scores - m_new)
-        l_c = l_c * alpha + p
-        acc = acc * alpha[:, :, None] + p[:, :, None] * value[None, :, :]
-        m_c = m_new
+    if PACK == 1:
+        for r in range(0, height):
+            value = _row_attention(
+                q, k, v, rot, r, offs_j, offs_d, dim_ok, row_mask, gamma, width, sq_h, sq_w, sq_d, sk_h, sk_w,
+                sk_d, sv_h, sv_w, sv_d, st_h, st_w, st_d, st_sin, st_k, PRECISION, BLOCK_J, BLOCK_N, BLOCK_D,
+            )  # fmt: skip
+            m_c, l_c, acc = _column_step(
+                q_cols, k, rot, r, offs_i, offs_j, offs_d, row_mask, value, gamma, height, m_c, l_c, acc, sk_h,
+                sk_w, sk_d, st_h, st_w, st_d, st_sin, st_k,
+            )  # fmt: skip
+    else:
+        for r0 in range(0, height, PACK):
+            values = _packed_row_attention(
+                q, k, v, rot, r0, offs_d, dim_ok, gamma, height, width, sq_h, sq_w, sq_d, sk_h, sk_w, sk_d, sv_h,
+                sv_w, sv_d, st_h, st_w, st_d, st_sin, st_k, PRECISION, PACK, BLOCK_J, BLOCK_D,
+            )  # fmt: skip
+            for p in tl.static_range(PACK):
+                m_c, l_c, acc = _column_step(
+                    q_cols, k, rot, r0 + p, offs_i, offs_j, offs_d, row_mask, values[p], gamma, height, m_c, l_c,
+                    acc, sk_h, sk_w, sk_d, st_h, st_w, st_d, st_sin, st_k,
+                )  # fmt: skip
     outs = (
         bb * so_b
         + hd * so_n
@@ -176,14 +176,122 @@ def _rows_then_columns_kernel(
     tl.store(out + outs, (acc / l_c[:, :, None] + lepe).to(out.dtype.element_ty), mask=out_mask)
 
 
-def _sequence(decay, n_b, n_c, sg):
-    """Batch index (a, b, c) of this program's sequence (program axis 0, c fastest) and its decay in log2 units (sg:
-    the decay's strides over a, b, c)."""
+def _row_attention(
+    q, k, v, rot, r, offs_j, offs_d, dim_ok, row_mask, gamma, width, sq_h, sq_w, sq_d, sk_h, sk_w, sk_d, sv_h, sv_w,
+    sv_d, st_h, st_w, st_d, st_sin, st_k, PRECISION: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """The row attention of (r, offs_j) against image row r, (BLOCK_J, BLOCK_D) fp32, BLOCK_N keys at a time with
+    an online softmax (a BLOCK_J x BLOCK_N dot: mma.sync on sm_90, wgmma takes 64 rows). Padded columns hold finite
+    garbage, never stored."""
+    offs_n = tl.arange(0, BLOCK_N)
+    q_row = _rotary(
+        q, rot, r * sq_h + offs_j[:, None] * sq_w, r * st_h + offs_j[:, None] * st_w, offs_d[None, :], sq_d, st_d,
+        st_sin, row_mask,
+    ).to(q.dtype.element_ty)  # fmt: skip
+    m_r, l_r, acc_r = _softmax_start(BLOCK_J, BLOCK_D)
+    for start in range(0, width, BLOCK_N):
+        keys = start + offs_n
+        key_ok = keys < width
+        k_tile = _rotary(  # k^T tile
+            k, rot + st_k, r * sk_h + keys[None, :] * sk_w, r * st_h + keys[None, :] * st_w, offs_d[:, None],
+            sk_d, st_d, st_sin, key_ok[None, :] & dim_ok[:, None],
+        ).to(k.dtype.element_ty)  # fmt: skip
+        dist = tl.abs(offs_j[:, None] - keys[None, :]).to(tl.float32)
+        scores = tl.dot(q_row, k_tile, input_precision=PRECISION) * 1.4426950408889634 + gamma * dist
+        v_tile = tl.load(
+            v + r * sv_h + keys[:, None] * sv_w + offs_d[None, :] * sv_d,
+            mask=key_ok[:, None] & dim_ok[None, :],
+            other=0.0,
+        )
+        m_r, l_r, acc_r = _softmax_step(scores, key_ok, v_tile, m_r, l_r, acc_r, PRECISION)
+    return acc_r / l_r[:, None]
+
+
+def _packed_row_attention(
+    q, k, v, rot, r0, offs_d, dim_ok, gamma, height, width, sq_h, sq_w, sq_d, sk_h, sk_w, sk_d, sv_h, sv_w, sv_d,
+    st_h, st_w, st_d, st_sin, st_k, PRECISION: tl.constexpr, PACK: tl.constexpr, BLOCK_J: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """The row attention of image rows r0..r0+PACK-1 (every column: BLOCK_J >= width), as one tile of
+    PACK * BLOCK_J queries against as many keys with a block-diagonal mask (a query sees its own row's keys), so
+    the dots are 64-row wgmma on sm_90; the price is PACK times the score elements. Returns the PACK rows' values,
+    each (BLOCK_J, BLOCK_D) fp32 (`_split_rows`); rows past the image hold finite garbage (`_column_step` leaves
+    them out)."""
+    tokens = tl.arange(0, PACK * BLOCK_J)
+    rows, cols = r0 + tokens // BLOCK_J, tokens % BLOCK_J
+    ok = (rows < height) & (cols < width)
+    mask = ok[:, None] & dim_ok[None, :]
+    q_tile = _rotary(
+        q, rot, rows[:, None] * sq_h + cols[:, None] * sq_w, rows[:, None] * st_h + cols[:, None] * st_w,
+        offs_d[None, :], sq_d, st_d, st_sin, mask,
+    ).to(q.dtype.element_ty)  # fmt: skip
+    k_tile = _rotary(  # k^T tile
+        k, rot + st_k, rows[None, :] * sk_h + cols[None, :] * sk_w, rows[None, :] * st_h + cols[None, :] * st_w,
+        offs_d[:, None], sk_d, st_d, st_sin, ok[None, :] & dim_ok[:, None],
+    ).to(k.dtype.element_ty)  # fmt: skip
+    dist = tl.abs(cols[:, None] - cols[None, :]).to(tl.float32)
+    scores = tl.dot(q_tile, k_tile, input_precision=PRECISION) * 1.4426950408889634 + gamma * dist
+    same_row = (rows[:, None] == rows[None, :]) & (cols < width)[None, :]
+    scores = tl.where(same_row, scores, float("-inf"))
+    p = tl.exp2(scores - tl.max(scores, 1)[:, None])
+    v_tile = tl.load(v + rows[:, None] * sv_h + cols[:, None] * sv_w + offs_d[None, :] * sv_d, mask=mask, other=0.0)
+    value = tl.dot(p.to(v_tile.dtype), v_tile, input_precision=PRECISION) / tl.sum(p, 1)[:, None]
+    return _split_rows(value, PACK, BLOCK_J, BLOCK_D)
+
+
+def _split_rows(value, PACK: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr):
+    """(PACK * BLOCK_J, BLOCK_D) as a tuple of PACK (BLOCK_J, BLOCK_D) tensors, row p of the image first in
+    position p (PACK 2 or 4: Triton splits a trailing dim of 2)."""
+    if PACK == 2:
+        rows = tl.split(tl.permute(tl.reshape(value, (2, BLOCK_J, BLOCK_D)), (1, 2, 0)))
+    else:
+        first, second = tl.split(tl.permute(tl.reshape(value, (2, 2, BLOCK_J, BLOCK_D)), (2, 3, 0, 1)))
+        row0, row2 = tl.split(first)
+        row1, row3 = tl.split(second)
+        rows = (row0, row1, row2, row3)
+    return rows
+
+
+def _column_step(
+    q_cols, k, rot, r, offs_i, offs_j, offs_d, row_mask, value, gamma, height, m_c, l_c, acc, sk_h, sk_w, sk_d,
+    st_h, st_w, st_d, st_sin, st_k,
+):  # fmt: skip
+    """Image row r into the column attention's online softmax (running max m_c, sum l_c, output acc, fp32): the
+    queries q_cols (BLOCK_I, BLOCK_J, BLOCK_D) against r's keys (loaded, rotated) with value, the row attention at
+    (r, offs_j). A row past the image (r >= height) adds nothing."""
+    key = _rotary(
+        k, rot + st_k, r * sk_h + offs_j[:, None] * sk_w, r * st_h + offs_j[:, None] * st_w, offs_d[None, :], sk_d,
+        st_d, st_sin, row_mask & (r < height),
+    )  # fmt: skip
+    dist = tl.abs(offs_i - r).to(tl.float32)
+    scores = tl.sum(q_cols * key[None, :, :], 2) * 1.4426950408889634 + gamma * dist[:, None]
+    scores = tl.where(r < height, scores, float("-inf"))
+    m_new = tl.maximum(m_c, scores)
+    alpha = tl.exp2(m_c - m_new)
+    p = tl.exp2(scores - m_new)
+    return m_new, l_c * alpha + p, acc * alpha[:, :, None] + p[:, :, None] * value[None, :, :]
+
+
+def _sequence(n_b, n_c, PACK: tl.constexpr):
+    """Batch index (a, b, c) of this program's first sequence: program axis 0, c fastest, PACK sequences along c a
+    program (the last program's may run past n_c)."""
     pid = tl.program_id(0).to(tl.int64)
-    a = pid // (n_b * n_c)
-    b = (pid // n_c) % n_b
-    c = pid % n_c
-    return pid, a, b, c, tl.load(decay + _offset(sg, a, b, c)).to(tl.float32) * 1.4426950408889634
+    n_packs = tl.cdiv(n_c, PACK)
+    return pid // (n_b * n_packs), (pid // n_packs) % n_b, (pid % n_packs) * PACK
+
+
+def _packed(BLOCK: tl.constexpr, PACK: tl.constexpr, c, n_c, start):
+    """A tile of BLOCK tokens holding PACK sequences of BLOCK // PACK slots: each token's sequence (0..PACK-1,
+    counted from c), its position (from start), and whether its sequence exists (c + sequence < n_c)."""
+    tokens = tl.arange(0, BLOCK)
+    seq = tokens // (BLOCK // PACK)
+    return seq, start + tokens % (BLOCK // PACK), c + seq < n_c
+
+
+def _log2_decay(decay, sg, a, b, c, ok):
+    """The decay of sequence(s) (a, b, c) in log2 units (sg: the decay's strides over a, b, c); 0 where not ok."""
+    return tl.load(decay + _offset(sg, a, b, c), mask=ok, other=0.0).to(tl.float32) * 1.4426950408889634
 
 
 def _offset(strides, a, b, c):
@@ -270,44 +378,52 @@ def _distance(queries, keys, width, MANHATTAN: tl.constexpr):
 def _attend_kernel(
     q, k, v, lepe_w, lepe_b, out, lse, rot, decay, seq_len, width, n_b, n_c, sq, sk, sv, so, st, sg,
     HEAD_DIM: tl.constexpr, MANHATTAN: tl.constexpr, LEPE_K: tl.constexpr, STORE_LSE: tl.constexpr,
-    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr, PACK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):  # fmt: skip
-    """One program: BLOCK_M queries of the sequence at batch index (a, b, c) (c fastest); every tensor is read
-    through its own strides, one tuple each (over a, b, c, tokens, head dim), the decay through strides sg that are
-    0 except on the head's axis. MANHATTAN: tokens are t = row * width + column and the decay is by their Manhattan
-    distance; else by |t - t'|. q and k come unrotated and are rotated on load by the tables at rot (`_rotary`; rot's
-    strides st as q's, then to sin and to k's tables). LEPE_K > 0 (the whole image, b the head): out = LePE(v)
-    (`_lepe`, a LEPE_K x LEPE_K conv) + attention. STORE_LSE: each query's log2-sum-exp2 of its scores (log2 units)
-    goes to lse, contiguous (A, B, C, L) fp32, for the backward."""
-    pid, a, b, c, gamma = _sequence(decay, n_b, n_c, sg)
+    """One program: BLOCK_M queries of the sequence at batch index (a, b, c) (c fastest), or, PACK > 1, the whole
+    sequences c..c+PACK-1 in one tile (`_packed`) with a block-diagonal mask (a query sees its own sequence's
+    keys): short rows as one 64-row wgmma tile on sm_90. Every tensor is read through its own strides, one tuple
+    each (over a, b, c, tokens, head dim), the decay through strides sg that are 0 except on the head's axis.
+    MANHATTAN: tokens are t = row * width + column and the decay is by their Manhattan distance; else by |t - t'|.
+    q and k come unrotated and are rotated on load by the tables at rot (`_rotary`; rot's strides st as q's, then to
+    sin and to k's tables). LEPE_K > 0 (the whole image, b the head; PACK 1): out = LePE(v) (`_lepe`, a
+    LEPE_K x LEPE_K conv) + attention. STORE_LSE: each query's log2-sum-exp2 of its scores (log2 units) goes to
+    lse, contiguous (A, B, C, L) fp32, for the backward."""
+    a, b, c = _sequence(n_b, n_c, PACK)
     log2e = 1.4426950408889634  # scores in log2 units, for exp2
-    offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
+    seq_m, offs_m, real_m = _packed(BLOCK_M, PACK, c, n_c, tl.program_id(1) * (BLOCK_M // PACK))
     offs_d = tl.arange(0, BLOCK_D)
     dim_ok = offs_d < HEAD_DIM
+    gamma = _log2_decay(decay, sg, a, b, c + seq_m, real_m)
     rot += _offset(st, a, b, c)
-    q_mask = (offs_m[:, None] < seq_len) & dim_ok[None, :]
+    q_mask = ((offs_m < seq_len) & real_m)[:, None] & dim_ok[None, :]
     q_tile = _rotary(
-        q + _offset(sq, a, b, c), rot, offs_m[:, None] * sq[3], offs_m[:, None] * st[3], offs_d[None, :],
-        sq[4], st[4], st[5], q_mask,
+        q + _offset(sq, a, b, c), rot, (seq_m * sq[2] + offs_m * sq[3])[:, None],
+        (seq_m * st[2] + offs_m * st[3])[:, None], offs_d[None, :], sq[4], st[4], st[5], q_mask,
     ).to(q.dtype.element_ty)  # fmt: skip
     k += _offset(sk, a, b, c)
     v += _offset(sv, a, b, c)
-    v_ptrs = v + offs_n[:, None] * sv[3] + offs_d[None, :] * sv[4]
     m_i, l_i, acc = _softmax_start(BLOCK_M, BLOCK_D)
-    for start in range(0, seq_len, BLOCK_N):
-        keys = start + offs_n
+    for start in range(0, seq_len, BLOCK_N // PACK):
+        seq_n, keys, real_n = _packed(BLOCK_N, PACK, c, n_c, start)
         key_ok = keys < seq_len
+        loaded = key_ok & real_n
         k_tile = _rotary(  # k^T tile
-            k, rot + st[6], keys[None, :] * sk[3], keys[None, :] * st[3], offs_d[:, None], sk[4], st[4], st[5],
-            key_ok[None, :] & dim_ok[:, None],
+            k, rot + st[6], (seq_n * sk[2] + keys * sk[3])[None, :], (seq_n * st[2] + keys * st[3])[None, :],
+            offs_d[:, None], sk[4], st[4], st[5], loaded[None, :] & dim_ok[:, None],
         ).to(k.dtype.element_ty)  # fmt: skip
         dist = _distance(offs_m, keys, width, MANHATTAN)
-        scores = tl.dot(q_tile, k_tile, input_precision=PRECISION) * log2e + gamma * dist
-        v_tile = tl.load(v_ptrs, mask=key_ok[:, None] & dim_ok[None, :], other=0.0)
+        scores = tl.dot(q_tile, k_tile, input_precision=PRECISION) * log2e + gamma[:, None] * dist
+        if PACK > 1:
+            scores = tl.where(seq_m[:, None] == seq_n[None, :], scores, float("-inf"))
+        v_tile = tl.load(
+            v + (seq_n * sv[2] + keys * sv[3])[:, None] + offs_d[None, :] * sv[4],
+            mask=loaded[:, None] & dim_ok[None, :],
+            other=0.0,
+        )
         m_i, l_i, acc = _softmax_step(scores, key_ok, v_tile, m_i, l_i, acc, PRECISION)
-        v_ptrs += BLOCK_N * sv[3]
-    outs = _offset(so, a, b, c) + offs_m[:, None] * so[3] + offs_d[None, :] * so[4]
+    outs = _offset(so, a, b, c) + (seq_m * so[2] + offs_m * so[3])[:, None] + offs_d[None, :] * so[4]
     acc = acc / l_i[:, None]
     if LEPE_K > 0:
         acc += _lepe(
@@ -316,7 +432,8 @@ def _attend_kernel(
         )  # fmt: skip
     tl.store(out + outs, acc.to(out.dtype.element_ty), mask=q_mask)
     if STORE_LSE:
-        tl.store(lse + pid * seq_len + offs_m, m_i + tl.log2(l_i), mask=offs_m < seq_len)
+        sequences = (a * n_b + b) * n_c + c + seq_m
+        tl.store(lse + sequences * seq_len + offs_m, m_i + tl.log2(l_i), mask=(offs_m < seq_len) & real_m)
 
 
 def _attend_backward_kernel(
@@ -332,7 +449,8 @@ def _attend_backward_kernel(
     dout share the strides so; dq, dk and dv take q's, k's and v's. ADD_DV: dv_add (strides so) is added to dv
     (another gradient of v's, so that none is summed outside). q and k come unrotated (rotated on load, `_rotary`),
     and dq, dk are the gradients of the unrotated q, k (`_unrotary`)."""
-    pid, a, b, c, gamma = _sequence(decay, n_b, n_c, sg)
+    a, b, c = _sequence(n_b, n_c, 1)
+    gamma = _log2_decay(decay, sg, a, b, c, True)
     log2e = 1.4426950408889634  # scores in log2 units, for exp2
     offs_d = tl.arange(0, BLOCK_D)
     dim_ok = offs_d < HEAD_DIM
@@ -344,7 +462,7 @@ def _attend_backward_kernel(
     dv += _offset(sv, a, b, c)
     rot += _offset(st, a, b, c)
     g_off = _offset(so, a, b, c)
-    lse += pid * seq_len
+    lse += ((a * n_b + b) * n_c + c) * seq_len
     if DQ:
         offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
         m_ok = offs_m < seq_len
@@ -428,33 +546,36 @@ def _attend_backward_kernel(
 def _attend_backward_block_kernel(
     q, k, v, dout, dq, dk, dv, dv_add, rot, decay, seq_len, width, n_b, n_c, sq, sk, sv, so, st, sg,
     HEAD_DIM: tl.constexpr, MANHATTAN: tl.constexpr, ACCUMULATE: tl.constexpr, ADD_DV: tl.constexpr,
-    PRECISION: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr, PACK: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
-    """The backward of `_attend_kernel` where one block holds the whole sequence (every row and column at 224x224):
-    one program per sequence recomputes the probabilities outright (no lse), takes rowsum(dout * out) as
-    rowsum(p * dp) (no out), and writes dq, dk and dv. Strides, rotation, ACCUMULATE and ADD_DV as
-    `_attend_backward_kernel`."""
-    pid, a, b, c, gamma = _sequence(decay, n_b, n_c, sg)
+    """The backward of `_attend_kernel` where one block holds the whole sequence (every row and column at 224x224),
+    or PACK whole sequences (`_packed`, a block-diagonal mask): one program recomputes the probabilities outright
+    (no lse), takes rowsum(dout * out) as rowsum(p * dp) (no out), and writes dq, dk and dv. Strides, rotation,
+    ACCUMULATE and ADD_DV as `_attend_backward_kernel`."""
+    a, b, c = _sequence(n_b, n_c, PACK)
     log2e = 1.4426950408889634  # scores in log2 units, for exp2
-    offs = tl.arange(0, BLOCK)
+    seq, pos, real = _packed(BLOCK, PACK, c, n_c, 0)
     offs_d = tl.arange(0, BLOCK_D)
-    ok = offs < seq_len
-    mask = ok[:, None] & (offs_d < HEAD_DIM)[None, :]
-    tokens = offs[:, None]
+    ok = pos < seq_len
+    mask = (ok & real)[:, None] & (offs_d < HEAD_DIM)[None, :]
+    gamma = _log2_decay(decay, sg, a, b, c + seq, real)
     rot += _offset(st, a, b, c)
-    q_tile = _rotary(
-        q + _offset(sq, a, b, c), rot, tokens * sq[3], tokens * st[3], offs_d[None, :], sq[4], st[4], st[5], mask
-    ).to(q.dtype.element_ty)
-    k_tile = _rotary(
-        k + _offset(sk, a, b, c), rot + st[6], tokens * sk[3], tokens * st[3], offs_d[None, :], sk[4], st[4],
-        st[5], mask,
-    ).to(k.dtype.element_ty)  # fmt: skip
-    v_tile = tl.load(v + _offset(sv, a, b, c) + tokens * sv[3] + offs_d[None, :] * sv[4], mask=mask, other=0.0)
-    g_ptrs = _offset(so, a, b, c) + tokens * so[3] + offs_d[None, :] * so[4]
+    tokens = (seq * st[2] + pos * st[3])[:, None]
+    q_at = _offset(sq, a, b, c) + (seq * sq[2] + pos * sq[3])[:, None]
+    k_at = _offset(sk, a, b, c) + (seq * sk[2] + pos * sk[3])[:, None]
+    q_tile = _rotary(q + q_at, rot, 0, tokens, offs_d[None, :], sq[4], st[4], st[5], mask).to(q.dtype.element_ty)
+    k_tile = _rotary(k + k_at, rot + st[6], 0, tokens, offs_d[None, :], sk[4], st[4], st[5], mask).to(
+        k.dtype.element_ty
+    )
+    v_at = _offset(sv, a, b, c) + (seq * sv[2] + pos * sv[3])[:, None] + offs_d[None, :] * sv[4]
+    v_tile = tl.load(v + v_at, mask=mask, other=0.0)
+    g_ptrs = _offset(so, a, b, c) + (seq * so[2] + pos * so[3])[:, None] + offs_d[None, :] * so[4]
     do_tile = tl.load(dout + g_ptrs, mask=mask, other=0.0)
-    dist = _distance(offs, offs, width, MANHATTAN)
-    scores = tl.dot(q_tile, tl.trans(k_tile), input_precision=PRECISION) * log2e + gamma * dist
+    dist = _distance(pos, pos, width, MANHATTAN)
+    scores = tl.dot(q_tile, tl.trans(k_tile), input_precision=PRECISION) * log2e + gamma[:, None] * dist
     scores = tl.where(ok[None, :], scores, float("-inf"))
+    if PACK > 1:
+        scores = tl.where(seq[:, None] == seq[None, :], scores, float("-inf"))
     p = tl.exp2(scores - tl.max(scores, 1)[:, None])
     p = p / tl.sum(p, 1)[:, None]
     dp = tl.dot(do_tile, tl.trans(v_tile), input_precision=PRECISION)
@@ -462,10 +583,10 @@ def _attend_backward_block_kernel(
     acc_q = tl.dot(ds.to(k_tile.dtype), k_tile, input_precision=PRECISION)
     acc_k = tl.dot(tl.trans(ds.to(q_tile.dtype)), q_tile, input_precision=PRECISION)
     acc_v = tl.dot(tl.trans(p.to(do_tile.dtype)), do_tile, input_precision=PRECISION)
-    acc_q = _unrotary(acc_q, rot, tokens * st[3], offs_d, st[4], st[5], mask, dq, PRECISION)
-    acc_k = _unrotary(acc_k, rot + st[6], tokens * st[3], offs_d, st[4], st[5], mask, dk, PRECISION)
-    q_grads = _offset(sq, a, b, c) + tokens * sq[3] + offs_d[None, :] * sq[4]  # each gradient in its input's layout
-    k_grads = _offset(sk, a, b, c) + tokens * sk[3] + offs_d[None, :] * sk[4]
+    acc_q = _unrotary(acc_q, rot, tokens, offs_d, st[4], st[5], mask, dq, PRECISION)
+    acc_k = _unrotary(acc_k, rot + st[6], tokens, offs_d, st[4], st[5], mask, dk, PRECISION)
+    q_grads = q_at + offs_d[None, :] * sq[4]  # each gradient in its input's layout
+    k_grads = k_at + offs_d[None, :] * sk[4]
     if ACCUMULATE:
         acc_q += tl.load(dq + q_grads, mask=mask, other=0.0).to(tl.float32)
         acc_k += tl.load(dk + k_grads, mask=mask, other=0.0).to(tl.float32)
@@ -473,7 +594,7 @@ def _attend_backward_block_kernel(
     tl.store(dk + k_grads, acc_k.to(dk.dtype.element_ty), mask)
     if ADD_DV:
         acc_v += tl.load(dv_add + g_ptrs, mask=mask, other=0.0).to(tl.float32)
-    tl.store(dv + _offset(sv, a, b, c) + tokens * sv[3] + offs_d[None, :] * sv[4], acc_v.to(dv.dtype.element_ty), mask)
+    tl.store(dv + v_at, acc_v.to(dv.dtype.element_ty), mask)
 
 
 def _normed_rows(
@@ -648,12 +769,18 @@ def _taps_backward_kernel(
 # Functions the kernels call, jitted with them.
 HELPERS = (
     _sequence,
+    _packed,
+    _log2_decay,
     _offset,
     _rounded,
     _lepe,
     _distance,
     _rotary,
     _unrotary,
+    _row_attention,
+    _packed_row_attention,
+    _split_rows,
+    _column_step,
     _softmax_start,
     _softmax_step,
     _normed_rows,
@@ -703,11 +830,17 @@ def _precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"  # fp32 as exact as the matmul path (no TF32)
 
 
-def attend_config(seq_len: int, head_dim: int, dtype: torch.dtype) -> dict:
-    """Block sizes and warps for one pass of `_attend_kernel`: up to 64 tokens a block (16 is tl.dot's smallest
-    side); one pipeline stage where the key loop runs once (nothing to prefetch: no shared memory spent on it)."""
+def attend_config(seq_len: int, head_dim: int, dtype: torch.dtype, n_seq: int = 1) -> dict:
+    """Block sizes and warps for one pass of `_attend_kernel` over sequences of seq_len tokens, n_seq of them along
+    the batch axis c: up to 64 tokens a block (16 is tl.dot's smallest side); one pipeline stage where the key loop
+    runs once (nothing to prefetch: no shared memory spent on it). With PACK_ROWS, 16-bit sequences of up to 32
+    tokens, several along c (heads), go PACKED_TILE // block to a 4-warp tile."""
     block = min(64, max(16, _pow2(seq_len)))
+    if PACK_ROWS and dtype != torch.float32 and block <= PACKED_TILE // 2 and n_seq > 1:
+        tile = dict(BLOCK_M=PACKED_TILE, BLOCK_N=PACKED_TILE, BLOCK_D=max(16, _pow2(head_dim)))
+        return dict(PACK=PACKED_TILE // block, **tile, PRECISION="tf32", num_warps=4, num_stages=1)
     return dict(
+        PACK=1,
         BLOCK_M=block,
         BLOCK_N=block,
         BLOCK_D=max(16, _pow2(head_dim)),
@@ -730,10 +863,13 @@ def rows_then_columns_config(height: int, width: int, head_dim: int, dtype: torc
     the LePE conv in its epilogue, 4 spilled 48 bytes at stage 1 under Triton 3.6 (at 255 registers; 8: 232, no
     spills, under 3.6 and 3.8). One pipeline stage where a row's keys fit one block (28x28 and 14x14 grids): nothing
     to prefetch, and the shared memory its buffers took goes (sm_90, bf16: 27.6 to 5.1 KB at 28x28, 14.3 to 3.1 KB
-    at 14x14)."""
+    at 14x14). With PACK_ROWS, 16-bit rows of up to 32 columns go `packed_config`'s way."""
     block_d = max(16, _pow2(head_dim))
+    if PACK_ROWS and dtype != torch.float32 and width <= PACKED_TILE // 2:
+        return packed_config(height, width, block_d)
     keys = min(_FP32_KEYS[block_d >= 32] if dtype == torch.float32 else 32, max(16, _pow2(width)))
     return dict(
+        PACK=1,
         BLOCK_I=min(_pow2(height), 4 * 32 * 32 // (16 * block_d)),
         BLOCK_J=16,
         BLOCK_N=keys,
@@ -741,6 +877,26 @@ def rows_then_columns_config(height: int, width: int, head_dim: int, dtype: torc
         PRECISION=_precision(dtype),
         num_warps=8 if dtype == torch.float32 else 4,
         **(dict(num_stages=1) if width <= keys else {}),
+    )
+
+
+def packed_config(height: int, width: int, block_d: int) -> dict:
+    """The row-then-column form with PACK image rows of BLOCK_J >= width columns as one PACKED_TILE tile
+    (`_packed_row_attention`): two rows of 32 at 28x28, four of 16 at 14x14, one pipeline stage. 8 warps, two
+    warpgroups sharing each 64-row wgmma, and BLOCK_I as the column attention's registers allow (BLOCK_I x BLOCK_J
+    x BLOCK_D <= 512 a warp: 4 rows at 28x28, 8 at 14x14, head dim 32): on 4 warps the same budget takes half the
+    image rows a program (twice the row recompute: each program recomputes every row's attention), and twice it
+    spilled on sm_90 under Triton 3.6 (24 bytes at 28x28, 444 at 14x14)."""
+    block_j = max(16, _pow2(width))
+    return dict(
+        PACK=PACKED_TILE // block_j,
+        BLOCK_I=max(1, min(_pow2(height), 512 * 8 // (block_j * block_d))),
+        BLOCK_J=block_j,
+        BLOCK_N=block_j,
+        BLOCK_D=block_d,
+        PRECISION="tf32",
+        num_warps=8,
+        num_stages=1,
     )
 
 
@@ -828,8 +984,9 @@ def _attend(q, k, table, pairs, v, out, decay, lse, width: int, lepe: tuple | No
     table's strides to sin and to k's; decay: an (A, B, C) view; lepe: the conv's (weight, bias), for a whole image
     (B the head). width > 0: Manhattan distance on a grid of that width; 0: 1-D distance."""
     n_a, n_b, n_c, seq_len, head_dim = q.shape
-    meta = attend_config(seq_len, head_dim, q.dtype)
-    grid = (n_a * n_b * n_c, _cdiv(seq_len, meta["BLOCK_M"]))
+    meta = attend_config(seq_len, head_dim, q.dtype, n_c)
+    pack = meta["PACK"]
+    grid = (n_a * n_b * _cdiv(n_c, pack), _cdiv(seq_len, meta["BLOCK_M"] // pack))
     weight, bias = lepe or (out, out)  # unread without LePE
     lse_ = out if lse is None else lse
     args = (q, k, v, weight, bias, out, lse_, table, decay, seq_len, max(width, 1), n_b, n_c)
@@ -941,10 +1098,10 @@ def _taps_backward_plan(dout, u, in_bias, weight, gelu: bool) -> tuple[tuple[tor
 FP32_BACKWARD_WARPS = 8
 
 
-def backward_config(seq_len: int, head_dim: int, dtype: torch.dtype) -> dict:
+def backward_config(seq_len: int, head_dim: int, dtype: torch.dtype, n_seq: int = 1) -> dict:
     """`attend_config` for the backward; fp32 takes 32 tokens a block and `FP32_BACKWARD_WARPS`: its dots run on
     FMAs, and at 64 tokens a block or fewer warps it spills."""
-    meta = attend_config(seq_len, head_dim, dtype)
+    meta = attend_config(seq_len, head_dim, dtype, n_seq)
     meta.pop("num_stages", None)  # the one-block kernel has no loop; the others loop more than once
     if dtype == torch.float32:
         block = min(32, meta["BLOCK_M"])
@@ -954,7 +1111,8 @@ def backward_config(seq_len: int, head_dim: int, dtype: torch.dtype) -> dict:
 
 def one_block(q: torch.Tensor) -> bool:
     """Whether the backward of a pass over q (A, B, C, L, D) holds each whole sequence in one block."""
-    return q.shape[3] <= backward_config(q.shape[3], q.shape[4], q.dtype)["BLOCK_M"]
+    meta = backward_config(q.shape[3], q.shape[4], q.dtype, q.shape[2])
+    return q.shape[3] <= meta["BLOCK_M"] // meta["PACK"]
 
 
 def _attend_backward(
@@ -965,7 +1123,7 @@ def _attend_backward(
     where given, is added to dv. Where one block holds each sequence (`one_block`), one launch that needs neither
     out nor lse (pass None); else two (dq; dk and dv) that need both."""
     n_a, n_b, n_c, seq_len, head_dim = q.shape
-    meta = backward_config(seq_len, head_dim, q.dtype)
+    meta = backward_config(seq_len, head_dim, q.dtype, n_c)
     strides = _strides(q, k, v, dout, table, pairs, decay)
     flags = dict(HEAD_DIM=head_dim, MANHATTAN=width > 0, ACCUMULATE=accumulate, ADD_DV=dv_add is not None)
     dv_add = dv if dv_add is None else dv_add  # unread without ADD_DV
@@ -975,9 +1133,11 @@ def _attend_backward(
         wide = meta["BLOCK_M"] == 32 and meta["BLOCK_D"] >= 32 and q.dtype != torch.float32
         tile = 64 if wide else meta["BLOCK_M"]
         warps = FP32_BACKWARD_WARPS if q.dtype == torch.float32 else 4
-        block = dict(BLOCK=tile, BLOCK_D=meta["BLOCK_D"], PRECISION=meta["PRECISION"], num_warps=warps)
-        return [("attend_backward_block", (n_a * n_b * n_c,), args, dict(block, **flags))]
+        pack = meta["PACK"]
+        block = dict(PACK=pack, BLOCK=tile, BLOCK_D=meta["BLOCK_D"], PRECISION=meta["PRECISION"], num_warps=warps)
+        return [("attend_backward_block", (n_a * n_b * _cdiv(n_c, pack),), args, dict(block, **flags))]
     args = (q, k, v, out, dout, lse, dq, dk, dv, dv_add, table, decay, seq_len, max(width, 1), n_b, n_c, *strides)
+    del meta["PACK"]  # sequences longer than a block: never packed
     grid = (n_a * n_b * n_c, _cdiv(seq_len, meta["BLOCK_M"]))  # BLOCK_M == BLOCK_N
     return [("attend_backward", grid, args, dict(meta, **flags, DQ=dq_)) for dq_ in (True, False)]
 
