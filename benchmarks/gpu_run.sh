@@ -170,7 +170,7 @@ main() {
         [[ -z $parts ]] || step "official comparison, the rest ($parts)" official $parts
     fi
     [[ -z $resume && -z $rehearse ]] || step "CUDA tests" tests
-    [[ -n $resume ]] || step "official comparison" official throughput memory latency
+    [[ -n $resume ]] || step "official comparison" official throughput memory latency train
     [[ -n $rehearse ]] || seed
     if [[ -n $resume && ! -f $WORK/results.jsonl ]]; then
         echo "no $WORK/results.jsonl (the first call never reached the suite, or this machine is fresh): the suite starts afresh"

@@ -4,7 +4,10 @@
     python -m benchmarks.rmt_gpu --official .gl/RMT.py --out OUT --parts latency   # one part only
     python -m benchmarks.rmt_gpu --official .gl/RMT.py --out OUT --rehearse   # CPU, tiny sizes: the plumbing only
 
-rmt_s at 224x224 in two settings: bf16 autocast at batch 256 (throughput) and fp32 at batch 1 (latency). Paths,
+rmt_s at 224x224 in three settings: bf16 autocast at batch 256 (throughput), fp32 at batch 1 (latency), and bf16
+autocast training steps at batch 64 (train: forward and backward, eager only, as a compiled training graph would take
+minutes of the GPU session to build; the official code, ours "auto", ours with short rows packed, whose backward
+packs too, and swin_t; gradients accumulate between steps, as no optimizer runs). Paths,
 interleaved round by round: official eager, official torch.compile, ours eager (attn_impl="auto"), ours
 torch.compile(fullgraph=True); compiled graphs are static (dynamic=False), and at batch 1 use CUDA graphs
 (mode="reduce-overhead", both implementations), the usual way to serve batch 1 when launches dominate. "auto" takes
@@ -22,8 +25,8 @@ under bf16 autocast (the harness's bf16 bound: bf16 keeps 8 significant bits and
 blocks); the official bf16's own error is reported beside ours.
 A path that raises (a compiler bug, say) is reported and left out; the others are timed.
 TF32 is off throughout (cuDNN's default TF32 convolutions alone exceed 1e-4), so fp32 is fp32. Rounds are bracketed
-by synchronisation; medians over rounds. Between the two settings (--parts picks among throughput, memory and
-latency, always in that order): rmt_t as a backbone (features_only) at 800x1344, batch 1, fp32, the peak of
+by synchronisation; medians over rounds. Between the first two settings (--parts picks among throughput, memory,
+latency and train, always in that order): rmt_t as a backbone (features_only) at 800x1344, batch 1, fp32, the peak of
 torch.cuda.max_memory_allocated over one forward of ours, of our reference path and of the official model (its whole
 classifier: it has no features_only), each after a warm-up forward, empty_cache and reset_peak_memory_stats. And a
 torch.profiler table of one forward of each path of the throughput setting, compiled ones included (top operators by
@@ -70,12 +73,12 @@ SWITCHED = {
 }
 
 # What rmt_gpu.py measures, in this order; --parts picks some (a second call finishes what a first one had no time for).
-PARTS = ("throughput", "memory", "latency")
+PARTS = ("throughput", "memory", "latency", "train")
 
 
 @dataclass(frozen=True)
 class Setting:
-    part: str  # "throughput" or "latency"
+    part: str  # "throughput", "latency" or "train"
     label: str
     batch: int
     autocast: torch.dtype | None  # None: fp32
@@ -84,6 +87,7 @@ class Setting:
     compiled_attn_impls: tuple[str, ...] = ()  # ours compiled with these attn_impls as well as "auto"
     peers: tuple[str, ...] = ()  # other models (timm's own code) timed eager and compiled beside RMT
     switched: tuple[str, ...] = ()  # ours eager ("auto") with these SWITCHED settings as well
+    train: bool = False  # each path a training step (forward, then backward), eager paths only
 
 
 @dataclass(frozen=True)
@@ -106,7 +110,9 @@ GPU = Config(
     device="cuda", model="rmt_s", size=224,
     settings=(Setting("throughput", "bf16 autocast", 256, torch.bfloat16, attn_impls=("matmul", "triton", "sdpa"),
                       compiled_attn_impls=("matmul",), peers=("swin_t",), switched=tuple(SWITCHED)),
-              Setting("latency", "fp32", 1, None, compile_mode="reduce-overhead")),
+              Setting("latency", "fp32", 1, None, compile_mode="reduce-overhead"),
+              Setting("train", "bf16 autocast, training step", 64, torch.bfloat16, peers=("swin_t",),
+                      switched=("ours eager (auto, short rows packed)",), train=True)),
     dense_model="rmt_t", dense_size=(800, 1344), rounds=5, min_round_s=0.5, profile_rows=25, compile_backend="inductor",
 )  # fmt: skip
 # CPU, tiny: every step runs, nothing is measured. A one-block-per-stage RMT with both MaSA forms and layer scale;
@@ -115,7 +121,9 @@ REHEARSE = Config(
     device="cpu", model="rmt_t", size=64,
     settings=(Setting("throughput", "bf16 autocast", 2, torch.bfloat16, attn_impls=("sdpa",), peers=("test_convnext",),
                       switched=tuple(SWITCHED)),
-              Setting("latency", "fp32", 1, None, compile_mode="reduce-overhead")),
+              Setting("latency", "fp32", 1, None, compile_mode="reduce-overhead"),
+              Setting("train", "bf16 autocast, training step", 2, torch.bfloat16, peers=("test_convnext",),
+                      switched=("ours eager (auto, short rows packed)",), train=True)),
     dense_model="rmt_t", dense_size=(64, 96), rounds=2, min_round_s=0.02, profile_rows=10, compile_backend="eager",
     threads=1,  # the rehearsal machine is shared: threads spin-waiting on busy cores multiply the time
     arch=dict(embed_dims=[16, 32, 48, 64], depths=[1, 1, 1, 1], num_heads=[2, 2, 4, 4], init_values=[2, 2, 2, 2],
@@ -132,7 +140,16 @@ def _under(setting: Setting, device: str, fn: Callable, x: torch.Tensor) -> Call
         with context:
             return fn(x)
 
-    return call
+    if not setting.train:
+        return call
+
+    def step() -> torch.Tensor:  # gradients recorded inside the harness's inference_mode; they accumulate
+        with torch.inference_mode(False), torch.enable_grad():
+            out = call()
+            out.float().sum().backward()
+        return out.detach()
+
+    return step
 
 
 def _switch(model: torch.nn.Module, label: str) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -152,12 +169,10 @@ def time_setting(cfg: Config, official, setting: Setting) -> tuple[list[shared.T
     x = torch.randn(setting.batch, 3, cfg.size, cfg.size, device=cfg.device)
     theirs, ours = (m.to(cfg.device) for m in shared.official_and_ours(official, cfg.model, cfg.arch))
     compile_args = dict(backend=cfg.compile_backend, mode=setting.compile_mode, dynamic=False)
-    models = {
-        "official eager": theirs,
-        "official compiled": torch.compile(theirs, **compile_args),
-        "ours eager": ours,
-        "ours compiled": torch.compile(ours, fullgraph=True, **compile_args),
-    }
+    models = {"official eager": theirs, "ours eager": ours}
+    if not setting.train:
+        models["official compiled"] = torch.compile(theirs, **compile_args)
+        models["ours compiled"] = torch.compile(ours, fullgraph=True, **compile_args)
     for impl in setting.attn_impls:
         models[f"ours eager ({impl})"] = copy.deepcopy(ours).set_attn_impl(impl)
     for impl in setting.compiled_attn_impls:
@@ -171,8 +186,9 @@ def time_setting(cfg: Config, official, setting: Setting) -> tuple[list[shared.T
     for name in setting.peers:
         peer = zoo.load(name).eval().to(cfg.device)
         eager_fp32[name] = models[f"{name} eager"] = peer
-        models[f"{name} compiled"] = torch.compile(peer, **compile_args)
         owner[f"{name} eager"] = owner[f"{name} compiled"] = name
+        if not setting.train:
+            models[f"{name} compiled"] = torch.compile(peer, **compile_args)
     paths = [shared.Timed(label, _under(setting, cfg.device, m, x)) for label, m in models.items()]
     with torch.inference_mode():
         refs = {name: m(x).float() for name, m in eager_fp32.items()}
@@ -262,14 +278,14 @@ def markdown(result: dict) -> str:
     facts = [
         f"{env['device_name']}, driver {env['gpu_driver']}, CUDA {env['cuda']}, torch {env['torch']}, timm "
         f"{env['timm']}, Python {env['python']}, commit {env['git_commit']}",
-        f"{result['model']} at {result['size']}x{result['size']}, inference_mode, random weights (the official "
+        f"{result['model']} at {result['size']}x{result['size']}, inference_mode (training steps: gradients "
+        "recorded), eval mode, random weights (the official "
         f"model's, loaded into ours), TF32 off ({json.dumps(result['numerics'])}); medians over interleaved rounds",
     ]
     lines = shared.report_head("RMT on a GPU: ours against the official code", result, facts)
     for row in result["settings"]:
-        heading = (
-            f"{row['setting']}, batch {row['batch']} ({row['rounds']} rounds; torch.compile mode {row['compile_mode']})"
-        )
+        compiled = "" if row["part"] == "train" else f"; torch.compile mode {row['compile_mode']}"
+        heading = f"{row['setting']}, batch {row['batch']} ({row['rounds']} rounds{compiled})"
         columns = ["path", "img/s (median)", "min", "max", "ms per batch (median)",
                    f"rel. err vs its code's eager fp32 (bound {row['tolerance']:g})"]  # fmt: skip
         errors = row["rel_err_vs_eager_fp32"]

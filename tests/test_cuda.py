@@ -95,7 +95,14 @@ def test_packed_short_rows_match_unpacked(dtype, rel_err, rmt_small, monkeypatch
     model = rmt.RMT(**rmt_small, layer_init_values=0.5, attn_impl="triton").eval().cuda()
     x, weight = torch.randn(2, 3, 64, 96, device="cuda"), torch.linspace(-1, 1, 10, device="cuda")
     qkvs = [block.retention.qkv.weight for layer in model.layers for block in layer.blocks]
-    results = {}
+    runner, packs = _retention_triton._runner, []
+
+    def spying(q):  # notes each launch's PACK as it runs
+        run = runner(q)
+        return lambda launch: packs.append(launch[3].get("PACK", 1)) or run(launch)
+
+    monkeypatch.setattr(_retention_triton, "_runner", spying)
+    results, ran = {}, {}
     for packed in (False, True):
         monkeypatch.setattr(_retention_triton, "PACK_ROWS", packed)
         model.zero_grad()
@@ -104,6 +111,8 @@ def test_packed_short_rows_match_unpacked(dtype, rel_err, rmt_small, monkeypatch
             out = model(inp)
         (out.float() * weight).sum().backward()
         results[packed] = [out.float(), inp.grad, *(w.grad for w in qkvs)]
+        ran[packed], packs[:] = set(packs), []
+    assert ran[False] == {1} and max(ran[True]) > 1, ran
     errors = [rel_err(a.float(), b.float()) for a, b in zip(results[True], results[False])]
     assert max(errors) <= LOW_TOL[dtype], errors
 

@@ -60,11 +60,13 @@ OP_CASES = {
     "whole_fp32": ((5, 6), 2, 16, False, torch.float32),
 }
 # Gradients of the op alone against autograd of fp64 matmul-softmax: rows and columns, fp32 and fp16 (one block a
-# sequence: one launch a pass), a whole image of 70 tokens and rows of 40 (fp32's backward blocks hold 32 tokens:
-# key and query loops over blocks, the rows' pass adding to the columns' dq, dk).
+# sequence: one launch a pass), fp16 rows of 20 at head dim 32 (two heads to the 64-token tile such rows take; 3
+# heads: the second pair half past the last), a whole image of 70 tokens and rows of 40 (fp32's backward blocks
+# hold 32 tokens: key and query loops over blocks, the rows' pass adding to the columns' dq, dk).
 GRAD_CASES = {
     "grad_rows_cols_fp32": ((7, 9), 2, 16, True, torch.float32),
     "grad_rows_cols_fp16": ((7, 9), 2, 16, True, torch.float16),
+    "grad_rows_paired_fp16": ((5, 20), 3, 32, True, torch.float16),
     "grad_whole_fp32": ((5, 14), 2, 16, False, torch.float32),
     "grad_rows_40_fp32": ((2, 40), 1, 16, True, torch.float32),
 }
@@ -408,9 +410,11 @@ def _child() -> dict[str, dict]:
     for case, args in OP_CASES.items():
         results[case] = dict(err=_op_case(*args))
     rt.PACK_ROWS = True
-    for case, args in PACKED_CASES.items():
-        results[case] = dict(err=_op_case(*args), grad_err=_grad_case(*args))
-    rt.PACK_ROWS = False
+    try:
+        for case, args in PACKED_CASES.items():
+            results[case] = dict(err=_op_case(*args), grad_err=_grad_case(*args))
+    finally:
+        rt.PACK_ROWS = False
     for case, args in NORM_CASES.items():
         results[case] = _norm_case(*args)
     results["norm_rounding"] = _norm_rounding_case()
@@ -479,7 +483,7 @@ def _child() -> dict[str, dict]:
             x, relpos(5, 7, x.dtype), relpos.decay, "auto"
         )
         eager = masa(x, relpos(5, 7, x.dtype), relpos.decay, "triton")
-    builds = [[str(device), str(dtype), ok] for (device, dtype), ok in rt._BUILDS.items()]
+    builds = [[str(device), str(dtype), packed, ok] for (device, dtype, packed), ok in rt._BUILDS.items()]
     results["auto_compiled"] = dict(err=rel_err(compiled, eager), calls=calls.take()[:-1], builds=builds)
     _rmt_fast.SHIFTED_CONV_DEVICES = ("cpu",)
     results["taps_compiled_train"] = _taps_compiled_train_case()
@@ -573,16 +577,20 @@ def _packs(grid: tuple[int, int], heads: int, head_dim: int, chunkwise: bool, dt
 def test_packed_launches(case, expected, monkeypatch):
     """With PACK_ROWS, 16-bit rows of up to 32 tokens pack into 64-token tiles: the forward's image rows (2 of 32,
     4 of 16), the backward's heads (its rows recomputed, then its columns' and rows' gradients); rows of 56, fp32
-    (whose dots run on FMAs) and the whole image (one sequence a head: nothing to pack beside it) do not. Off,
-    nothing packs."""
+    (whose dots run on FMAs) and the whole image (one sequence a head: nothing to pack beside it) do not. Off, only
+    the backward's 16-bit sequences of 17-32 tokens at head dim 32, which a 64-token tile holds anyway, pack two
+    heads to it."""
     monkeypatch.setattr(rt, "PACK_ROWS", True)
     assert _packs(*case) == expected
     monkeypatch.setattr(rt, "PACK_ROWS", False)
-    assert all(packs == [1] for packs in _packs(*case).values())
+    unpacked = {name: [1] for name in expected}
+    if case[2] >= 32 and case[-1] != torch.float32 and 16 < case[0][1] <= 32:  # rows a 64-token tile pads anyway
+        unpacked["attend_backward_block"] = [1, 2] if case[0][0] <= 16 else [2]  # columns: 16 tokens or fewer
+    assert _packs(*case) == unpacked
 
 
 @pytest.mark.parametrize(("grid", "pack", "rows"), [((28, 28), 2, 4), ((14, 14), 4, 8)])
-def test_packed_tiles_are_one_warpgroup(grid, pack, rows, monkeypatch):
+def test_packed_tile_shapes(grid, pack, rows, monkeypatch):
     """A packed tile is 64 tokens, one pipeline stage: the backward's passes on 4 warps (one warpgroup: wgmma's
     shape on sm_90, which the sm_90 build test checks), the forward on 8 (two sharing its dots), whose programs take
     as many image rows as the column attention's registers allow at head dim 32 (BLOCK_I x BLOCK_J x 32 <= 4096)
@@ -718,7 +726,7 @@ def test_auto_compiled_probes_and_takes_the_kernel(interpreted):
     """ "auto" on a device where the kernels build (the interpreter's CPU standing for CUDA): the build probe runs
     (its kernels really launch) while torch.compile(fullgraph=True) traces, and the graph takes the op."""
     auto = interpreted["auto_compiled"]
-    assert auto["builds"] == [["cpu", "torch.float32", True]]
+    assert auto["builds"] == [["cpu", "torch.float32", False, True]]
     assert auto["calls"] == [True] and auto["err"] <= 1e-5
 
 
@@ -891,7 +899,7 @@ def test_auto_takes_the_kernel_where_it_builds(auto_on_cpu, monkeypatch):
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         model(x)
-        assert seen == [True, True, False, False] and rt._BUILDS == {(x.device, torch.float32): True}
+        assert seen == [True, True, False, False] and rt._BUILDS == {(x.device, torch.float32, False): True}
         assert norms == [0, 1] * 4  # qkv's LayerNorm alone, fc1's with the residual
         monkeypatch.setattr(rt, "TRITON_FOUND", False)
         model(x)
@@ -918,6 +926,29 @@ def test_auto_exports_to_onnx_without_the_kernels(auto_on_cpu, monkeypatch):
             warnings.simplefilter("ignore")
             program = torch.onnx.export(model, (torch.randn(1, 3, 32, 32),), dynamo=True, verbose=False)
     assert taken == [] and len(program.model_proto.graph.node) > 0
+
+
+def test_auto_probes_packed_short_rows_apart(auto_on_cpu, monkeypatch):
+    """Turning PACK_ROWS on after "auto" has probed the kernels probes again, under the switch (its packed kernels
+    are other builds); the answer for each setting is kept, and a packed build that fails sends only that setting to
+    matmul-softmax."""
+    seen = []
+
+    def probe(device, dtype):
+        seen.append(rt.PACK_ROWS)
+        if rt.PACK_ROWS:
+            raise RuntimeError("ptxas: out of resource")
+
+    monkeypatch.setattr(rt, "_probe", probe)
+    x = torch.randn(1, 2, 3, 1, 16)
+    assert rt.auto_takes(x)
+    monkeypatch.setattr(rt, "PACK_ROWS", True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert not rt.auto_takes(x) and not rt.auto_takes(x)
+    assert len(caught) == 1 and seen == [False, True]
+    monkeypatch.setattr(rt, "PACK_ROWS", False)
+    assert rt.auto_takes(x) and seen == [False, True]
 
 
 def test_auto_on_fake_tensors_takes_the_kernel_untried(auto_on_cpu, monkeypatch):

@@ -22,7 +22,8 @@ The forward, one launch per call:
   to a 64-token tile with a block-diagonal mask, so stages 2-3 at 224x224 run their dots as sm_90 wgmma where
   today's tiles take 16-row mma.sync: the forward's row attention 2 image rows of 32 or 4 of 16 at once
   (`_packed_row_attention`), the backward's 1-D passes 2 or 4 heads (`_packed`). The price: PACK times the score
-  elements, and more row recompute in the forward.
+  elements of the tiles they replace, and more row recompute in the forward. (The backward's 16-bit rows of 17-32
+  tokens at head dim 32 had a 64-token tile each anyway: they pair their heads whatever the switch says.)
 The backward (rmt_zoo::retention_backward, the op's autograd formula), flash-style: probabilities recomputed from q,
 k and the decay in registers, nothing L x L in memory. It writes the qkv gradient in place, each part in its input's
 layout (no stack or scatter): rows then columns backpropagate columns first (their d(values) is d(rows)), then rows,
@@ -76,9 +77,10 @@ WARPS = {16: (1, 1), 32: (1, 4), 64: (4, 8)}
 # Whether short rows are packed into 64-row tiles, so that stages 2-3 at 224x224 (rows and columns of 28 and 14) run
 # 4-warp programs whose dots are wgmma on sm_90: the forward's row attention, several image rows to a tile
 # (`packed_config`), and the backward's 1-D passes, several heads to a tile (`attend_config`), each with a
-# block-diagonal mask. Off until a GPU says otherwise: a packed tile computes PACK times the score elements (exp2 and
-# the rest), and the packed forward's programs take fewer image rows each (more row recompute), where today's 16-row
-# mma.sync dots are a small part of a program's instructions. benchmarks/rmt_gpu.py times both.
+# block-diagonal mask. Off until a GPU says otherwise: a packed tile computes PACK times the score elements of the
+# tiles it replaces (exp2 and the rest), and the packed forward's programs take fewer image rows each (more row
+# recompute), where today's 16-row mma.sync dots are a small part of a program's instructions. benchmarks/rmt_gpu.py
+# times both, inference and training steps.
 PACK_ROWS = False
 # A packed tile's queries (and keys): 64, wgmma's rows for one warpgroup.
 PACKED_TILE = 64
@@ -1099,8 +1101,8 @@ FP32_BACKWARD_WARPS = 8
 
 
 def backward_config(seq_len: int, head_dim: int, dtype: torch.dtype, n_seq: int = 1) -> dict:
-    """`attend_config` for the backward; fp32 takes 32 tokens a block and `FP32_BACKWARD_WARPS`: its dots run on
-    FMAs, and at 64 tokens a block or fewer warps it spills."""
+    """`attend_config` for the backward (n_seq sequences along c, which PACK_ROWS may pack); fp32 takes 32 tokens a
+    block and `FP32_BACKWARD_WARPS`: its dots run on FMAs, and at 64 tokens a block or fewer warps it spills."""
     meta = attend_config(seq_len, head_dim, dtype, n_seq)
     meta.pop("num_stages", None)  # the one-block kernel has no loop; the others loop more than once
     if dtype == torch.float32:
@@ -1129,15 +1131,16 @@ def _attend_backward(
     dv_add = dv if dv_add is None else dv_add  # unread without ADD_DV
     if lse is None:
         args = (q, k, v, dout, dq, dk, dv, dv_add, table, decay, seq_len, max(width, 1), n_b, n_c, *strides)
-        # 16-bit, head dim 32 and up: a 32-token tile spills on sm_90 (the rotation's loads), a 64-token one does not
+        # 16-bit, head dim 32 and up: a 32-token tile spills on sm_90 (the rotation's loads), a 64-token one does not;
+        # two sequences fill it where there are two (packed whatever PACK_ROWS says: the same tile, half the programs)
         wide = meta["BLOCK_M"] == 32 and meta["BLOCK_D"] >= 32 and q.dtype != torch.float32
         tile = 64 if wide else meta["BLOCK_M"]
         warps = FP32_BACKWARD_WARPS if q.dtype == torch.float32 else 4
-        pack = meta["PACK"]
+        pack = 2 if wide and n_c > 1 else meta["PACK"]
         block = dict(PACK=pack, BLOCK=tile, BLOCK_D=meta["BLOCK_D"], PRECISION=meta["PRECISION"], num_warps=warps)
         return [("attend_backward_block", (n_a * n_b * _cdiv(n_c, pack),), args, dict(block, **flags))]
     args = (q, k, v, out, dout, lse, dq, dk, dv, dv_add, table, decay, seq_len, max(width, 1), n_b, n_c, *strides)
-    del meta["PACK"]  # sequences longer than a block: never packed
+    assert meta.pop("PACK") == 1, "a sequence longer than a block is never packed"
     grid = (n_a * n_b * n_c, _cdiv(seq_len, meta["BLOCK_M"]))  # BLOCK_M == BLOCK_N
     return [("attend_backward", grid, args, dict(meta, **flags, DQ=dq_)) for dq_ in (True, False)]
 
@@ -1423,15 +1426,16 @@ def fused_taps(
 
 
 def _probe(device: torch.device, dtype: torch.dtype) -> None:
-    """Build and run both forms, forward and backward, and `norm_linear`, on tiny inputs: raises where the kernels
-    cannot be built."""
+    """Build and run both forms, forward and backward, and `norm_linear`, on tiny inputs, with short rows packed
+    as `PACK_ROWS` says: raises where the kernels cannot be built."""
+    new = lambda *s: torch.randn(s, device=device, dtype=dtype, requires_grad=True)  # noqa: E731
     with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
-        for chunkwise in (True, False):  # a 2x3 grid, one head
-            shape = (1, 2, 1, 3, 16) if chunkwise else (1, 1, 2, 3, 16)
-            new = lambda *s: torch.randn(s, device=device, dtype=dtype, requires_grad=True)  # noqa: E731
-            lepe = (new(16, 1, 5, 5), new(16))  # the conv, 5x5 as in RMT
-            rot = torch.randn(2, 2, *shape, device=device)
-            out = _retention_op(new(1, 2, 3, 3, 1, 16), *lepe, rot, torch.full((1,), -0.5, device=device), chunkwise)
+        # rows then columns on a 2x17 grid, two heads of 32 (the backward pairs the heads' rows in 16 bits); one
+        # head of 16 on a 2x3 image
+        for chunkwise, (h, w, n, d) in ((True, (2, 17, 2, 32)), (False, (2, 3, 1, 16))):
+            rot = torch.randn(2, 2, *((1, h, 1, w, d) if chunkwise else (1, 1, h, w, d)), device=device)
+            lepe = (new(n * d, 1, 5, 5), new(n * d))  # the conv, 5x5 as in RMT
+            out = _retention_op(new(1, h, w, 3, n, d), *lepe, rot, torch.full((n,), -0.5, device=device), chunkwise)
             out.sum().backward()
         with torch.no_grad():  # LayerNorm inside the matmul, with a residual added first
             x = torch.randn(2, 16, device=device, dtype=dtype)
@@ -1448,17 +1452,17 @@ def _probe_taps(device: torch.device, dtype: torch.dtype) -> None:
             fused_taps(u, weight, bias, in_bias, gelu).sum().backward()
 
 
-_BUILDS: dict[tuple[torch.device, torch.dtype], bool] = {}
+_BUILDS: dict[tuple[torch.device, torch.dtype, bool], bool] = {}
 _TAPS_BUILDS: dict[tuple[torch.device, torch.dtype], bool] = {}
 
 
-def _tried(cache: dict, probe, device: torch.device, dtype: torch.dtype, fallback: str) -> bool:
-    """Whether `probe(device, dtype)` runs, tried once per key into `cache`; the cache's first failure warns that
-    the `fallback` is taken. Fake tensors (export, the GPU proxy's fake CUDA) have nothing to build: answered as
-    where the kernels build."""
+def _tried(cache: dict, probe, key: tuple, fallback: str) -> bool:
+    """Whether `probe(device, dtype)` runs, tried once per key (device, dtype, and any switch the probe's kernels
+    follow) into `cache`; the cache's first failure warns that the `fallback` is taken. Fake tensors (export, the GPU
+    proxy's fake CUDA) have nothing to build: answered as where the kernels build."""
     if torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE) is not None:
         return True
-    key = (device, dtype)
+    device, dtype = key[:2]
     if key not in cache:
         first = False not in cache.values()
         try:
@@ -1472,17 +1476,18 @@ def _tried(cache: dict, probe, device: torch.device, dtype: torch.dtype, fallbac
 
 
 @torch.compiler.assume_constant_result  # a compiled graph takes the answer as a constant, asked when traced
-def _builds(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether the retention and LayerNorm kernels build and run on `device` in `dtype`."""
+def _builds(device: torch.device, dtype: torch.dtype, packed: bool) -> bool:
+    """Whether the retention and LayerNorm kernels build and run on `device` in `dtype`, with short rows packed
+    (`packed`: PACK_ROWS as it is, which the probe's launches follow) or not."""
     fallback = 'attn_impl="auto" takes matmul-softmax: the fused retention kernel cannot be built'
-    return _tried(_BUILDS, _probe, device, dtype, fallback)
+    return _tried(_BUILDS, _probe, (device, dtype, packed), fallback)
 
 
 @torch.compiler.assume_constant_result
 def _taps_builds(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether the taps kernels build and run on `device` in `dtype` (apart from `_builds`: either may fail alone)."""
     fallback = "compiled training steps take the plain depthwise taps: the Triton taps kernels cannot be built"
-    return _tried(_TAPS_BUILDS, _probe_taps, device, dtype, fallback)
+    return _tried(_TAPS_BUILDS, _probe_taps, (device, dtype), fallback)
 
 
 def _kernels_may_run(x: torch.Tensor) -> bool:
@@ -1495,7 +1500,7 @@ def auto_takes(x: torch.Tensor) -> bool:
     kernels build in the dtype the call would run in (autocast's where it is on), except in a graph exported to
     ONNX, which has no op for them. Predicted, until a GPU measures it (benchmarks/rmt_gpu.py times "auto",
     "matmul" and "triton" side by side): fewer bytes than matmul-softmax at every stage (docs/rmt_internals.md)."""
-    return _kernels_may_run(x) and _builds(x.device, _call_dtype(x))
+    return _kernels_may_run(x) and _builds(x.device, _call_dtype(x), PACK_ROWS)
 
 
 def taps_available(x: torch.Tensor) -> bool:
