@@ -64,12 +64,13 @@ from benchmarks import _common as shared
 TOL = {None: precision("fp32").tolerance, torch.bfloat16: precision("amp-bf16").tolerance}
 
 
+# The path of "auto" with short rows packed (stages 2-3 in 64-row wgmma tiles, against today's 16-row mma.sync ones).
+PACKED = "ours eager (auto, short rows packed)"
 # Module switches "auto" is timed with as well, each a path: label -> (module, attribute, value for the call).
 SWITCHED = {
     # LayerNorm, then cuBLAS: the eager alternative to the LayerNorm-in-matmul kernel "auto" takes without gradients
     "ours eager (auto, LayerNorms apart)": (_retention, "NORMS_IN_MATMUL", False),
-    # stages 2-3's short rows packed into 64-row wgmma tiles, against today's 16-row mma.sync ones
-    "ours eager (auto, short rows packed)": (_retention_triton, "PACK_ROWS", True),
+    PACKED: (_retention_triton, "PACK_ROWS", True),
 }
 
 # What rmt_gpu.py measures, in this order; --parts picks some (a second call finishes what a first one had no time for).
@@ -112,7 +113,7 @@ GPU = Config(
                       compiled_attn_impls=("matmul",), peers=("swin_t",), switched=tuple(SWITCHED)),
               Setting("latency", "fp32", 1, None, compile_mode="reduce-overhead"),
               Setting("train", "bf16 autocast, training step", 64, torch.bfloat16, peers=("swin_t",),
-                      switched=("ours eager (auto, short rows packed)",), train=True)),
+                      switched=(PACKED,), train=True)),
     dense_model="rmt_t", dense_size=(800, 1344), rounds=5, min_round_s=0.5, profile_rows=25, compile_backend="inductor",
 )  # fmt: skip
 # CPU, tiny: every step runs, nothing is measured. A one-block-per-stage RMT with both MaSA forms and layer scale;
@@ -123,7 +124,7 @@ REHEARSE = Config(
                       switched=tuple(SWITCHED)),
               Setting("latency", "fp32", 1, None, compile_mode="reduce-overhead"),
               Setting("train", "bf16 autocast, training step", 2, torch.bfloat16, peers=("test_convnext",),
-                      switched=("ours eager (auto, short rows packed)",), train=True)),
+                      switched=(PACKED,), train=True)),
     dense_model="rmt_t", dense_size=(64, 96), rounds=2, min_round_s=0.02, profile_rows=10, compile_backend="eager",
     threads=1,  # the rehearsal machine is shared: threads spin-waiting on busy cores multiply the time
     arch=dict(embed_dims=[16, 32, 48, 64], depths=[1, 1, 1, 1], num_heads=[2, 2, 4, 4], init_values=[2, 2, 2, 2],

@@ -544,16 +544,9 @@ def test_packed_short_rows_match_official_fp64(interpreted, case):
 
 
 def _packs(grid: tuple[int, int], heads: int, head_dim: int, chunkwise: bool, dtype: torch.dtype) -> dict:
-    """{kernel: PACK} of the op's forward and backward launches at a shape (meta tensors, batch 2)."""
-    h, w = grid
-    qkv = torch.empty(2, h, w, 3, heads, head_dim, dtype=dtype, device="meta")
-    lepe = torch.empty(heads * head_dim, 1, 5, 5, device="meta")
-    rot = torch.empty(2, 2, *((1, h, 1, w, head_dim) if chunkwise else (1, 1, h, w, head_dim)), device="meta")
-    decay, dout = torch.empty(heads, device="meta"), torch.empty(2, h, w, heads, head_dim, dtype=dtype, device="meta")
-    plan = rt.launches(qkv, lepe, lepe[:, 0, 0, 0], rot, decay, chunkwise)[1]
-    rt.backward_plan(dout, qkv, rot, decay, dout, chunkwise, plan.append)
+    """{kernel: PACK} of the op's forward and backward launches at a shape (`_plan`)."""
     packs: dict[str, set] = {}
-    for name, _, _, meta in plan:
+    for name, _, _, meta in _plan(*grid, heads, head_dim, chunkwise, dtype):
         packs.setdefault(name, set()).add(meta.get("PACK", 1))
     return {name: sorted(p) for name, p in packs.items()}
 
@@ -1131,20 +1124,24 @@ def _stage_keys(arch: dict, size: tuple[int, int], dtype: torch.dtype):
             yield stage, False, key
 
 
-def _sources(h: int, w: int, n: int, d: int, chunkwise: bool, dtype: torch.dtype, packed: bool):
-    """The compile keys of the launches of one stage's attention, forward and backward (`_keys`), short rows packed
-    or not."""
-    # the projection (b, h, w, 3, N, d), as MaSA passes it (batch 2); fp32 rotary tables
+def _plan(h: int, w: int, n: int, d: int, chunkwise: bool, dtype: torch.dtype) -> list:
+    """The launches of one stage's attention, forward and backward, on meta tensors: the projection
+    (b, h, w, 3, N, d) as MaSA passes it (batch 2), the LePE conv 5x5, fp32 rotary tables."""
     qkv = torch.empty(2, h, w, 3, n, d, dtype=dtype, device="meta")
     weight, bias = torch.empty(n * d, 1, 5, 5, device="meta"), torch.empty(n * d, device="meta")
     rot = torch.empty(2, 2, *((1, h, 1, w, d) if chunkwise else (1, 1, h, w, d)), device="meta")
-    decay = torch.empty(n, device="meta")
-    plan = []
-    dout = torch.empty(2, h, w, n, d, dtype=dtype, device="meta")
+    decay, dout = torch.empty(n, device="meta"), torch.empty(2, h, w, n, d, dtype=dtype, device="meta")
+    plan = rt.launches(qkv, weight, bias, rot, decay, chunkwise)[1]
+    rt.backward_plan(dout, qkv, rot, decay, dout, chunkwise, plan.append)
+    return plan
+
+
+def _sources(h: int, w: int, n: int, d: int, chunkwise: bool, dtype: torch.dtype, packed: bool):
+    """The compile keys of the launches of one stage's attention, forward and backward (`_plan`, `_keys`), short
+    rows packed or not."""
     saved, rt.PACK_ROWS = rt.PACK_ROWS, packed
     try:
-        plan += rt.launches(qkv, weight, bias, rot, decay, chunkwise)[1]
-        rt.backward_plan(dout, qkv, rot, decay, dout, chunkwise, plan.append)
+        plan = _plan(h, w, n, d, chunkwise, dtype)
     finally:
         rt.PACK_ROWS = saved
     yield from _keys(plan)
